@@ -1,0 +1,107 @@
+//! The command line: `sitegate run | check-config | version | …`.
+//!
+//! Each subcommand maps its outcome to a process exit code: 0 success, 1 failure, 78 (EX_CONFIG)
+//! for an invalid configuration.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, EX_CONFIG};
+use crate::logging::{self, LogFormat};
+
+/// Default config location on an installed box.
+pub const DEFAULT_CONFIG: &str = "/etc/sitegate/sitegate.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "sitegate", version, about = "Site controller gateway daemon")]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print every problem with its key path (exit 78 if invalid).
+    CheckConfig {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the version and build details.
+    Version,
+}
+
+/// Process environment lookup (tests pass their own).
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// Loads the config or prints its problems; `Err` carries the exit code.
+pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
+    let profiles = crate::app::profile_names(None);
+    match Config::load(path, &|p| profiles.contains(p)) {
+        Ok(c) => {
+            // A profiles dir named in the config may add profiles: re-check with it.
+            if c.profiles_dir.is_some() {
+                let more = crate::app::profile_names(c.profiles_dir.as_deref());
+                return Config::load(path, &|p| more.contains(p)).map_err(|e| {
+                    eprint!("{e}");
+                    EX_CONFIG
+                });
+            }
+            Ok(c)
+        }
+        Err(e) => {
+            eprint!("{e}");
+            Err(EX_CONFIG)
+        }
+    }
+}
+
+/// Runs one command; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Version => {
+            println!(
+                "sitegate {} (schema {}, target {})",
+                env!("CARGO_PKG_VERSION"),
+                crate::store::SCHEMA_VERSION,
+                std::env::consts::ARCH
+            );
+            0
+        }
+        Command::CheckConfig { config } => match load_config(&config) {
+            Ok(c) => {
+                println!(
+                    "config `{}` is valid: {} link(s), {} unit(s){}",
+                    config.display(),
+                    c.links.len(),
+                    c.units.len(),
+                    if c.site.is_none() {
+                        ", not provisioned"
+                    } else {
+                        ""
+                    }
+                );
+                0
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            logging::init(cli.log_format, &cfg.log_level, &env);
+            crate::app::run_daemon(cfg)
+        }
+    }
+}

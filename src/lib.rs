@@ -1,0 +1,32 @@
+//! sitegate: the daemon on a site controller box.
+//!
+//! It authenticates local users and authorizes every command by role and scope from access
+//! grants that the cloud signed; forwards permitted commands over Modbus to generators and HVAC
+//! units while polling their state; and reports state, alarms and an audit trail over MQTT
+//! through a store-and-forward outbox. See `docs/architecture.md`.
+//!
+//! # Layout
+//! - [`model`]: identifiers, roles, capabilities, scopes — the shared vocabulary.
+//! - [`config`]: the TOML site config, validated into a type that only exists when valid.
+//! - [`clock`]: injected time, so expiry and clock policy are testable.
+//! - [`store`]: the SQLite database (WAL, migrations, durability).
+//! - [`audit`]: the hash-chained audit trail; every record is also queued for MQTT.
+//! - [`outbox`]: the MQTT store-and-forward queue.
+//! - [`notify`]: systemd's sd_notify protocol (ready, watchdog, stopping).
+//! - [`logging`]: tracing set-up (human, JSON, journald).
+//! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
+//! - [`cli`]: the command-line interface that `main.rs` dispatches.
+//! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod logging;
+pub mod model;
+pub mod notify;
+pub mod outbox;
+pub mod store;
+pub mod util;
+pub mod util_b64;
