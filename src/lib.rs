@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`model`]: identifiers, roles, capabilities, scopes — the shared vocabulary.
+//! - [`access`]: the access state (users, grants, revocations, policy) that grants produce and authz reads.
 //! - [`config`]: the TOML site config, validated into a type that only exists when valid.
 //! - [`clock`]: injected time, so expiry and clock policy are testable.
 //! - [`store`]: the SQLite database (WAL, migrations, durability).
@@ -18,6 +19,7 @@
 //! - [`cli`]: the command-line interface that `main.rs` dispatches.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
 
+pub mod access;
 pub mod app;
 pub mod audit;
 pub mod cli;
