@@ -38,11 +38,31 @@ pub fn run_daemon(cfg: Config) -> i32 {
     };
     let notifier = Notifier::from_process_env();
     let code = rt.block_on(async {
-        match Daemon::start(cfg, Arc::new(SystemClock), notifier.clone()).await {
-            Ok(d) => d.run_until_signal().await,
+        // Signal handlers first, so that a SIGTERM during start-up is a clean exit too.
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "start-up failed");
-                1
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return 1;
+            }
+        };
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
+        let start = Daemon::start(cfg, Arc::new(SystemClock), notifier.clone());
+        tokio::select! {
+            res = start => match res {
+                Ok(d) => {
+                    signals.wait().await;
+                    d.stop().await
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "start-up failed");
+                    1
+                }
+            },
+            _ = signals.wait() => {
+                notifier.stopping();
+                tracing::info!("stopped during start-up");
+                0
             }
         }
     });
@@ -73,7 +93,10 @@ impl Daemon {
             let dir = cfg.state_dir.clone();
             tokio::task::spawn_blocking(move || Store::open_in(&dir)).await??
         };
-        let events_topic = cfg.site.as_ref().map(|s| format!("{}/events", s.topic_root()));
+        let events_topic = cfg
+            .site
+            .as_ref()
+            .map(|s| format!("{}/events", s.topic_root()));
         let audit = Audit::new(store.clone(), clock.clone(), events_topic);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -93,9 +116,11 @@ impl Daemon {
         }
 
         audit
-            .record(Event::new("daemon_started", "ok").actor("system").detail(
-                serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
-            ))
+            .record(
+                Event::new("daemon_started", "ok")
+                    .actor("system")
+                    .detail(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
+            )
             .await?;
         notifier.ready();
         tracing::info!(state_dir = %cfg.state_dir.display(), "sitegate is running");
@@ -106,12 +131,6 @@ impl Daemon {
             tasks,
             notifier,
         })
-    }
-
-    /// Waits for SIGTERM or SIGINT, then shuts down.
-    pub async fn run_until_signal(self) -> i32 {
-        wait_for_signal().await;
-        self.stop().await
     }
 
     /// Cancels every task and waits for them, at most [`SHUTDOWN_GRACE`].
@@ -137,21 +156,34 @@ impl Daemon {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
+/// The daemon's signal handlers: SIGTERM and SIGINT stop it; SIGHUP is logged (configuration
+/// changes take effect on restart; `systemctl reload` is accepted and says so).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    pub async fn wait(&mut self) {
+        loop {
             tokio::select! {
-                _ = t.recv() => tracing::info!("received SIGTERM"),
-                _ = i.recv() => tracing::info!("received SIGINT"),
+                _ = self.term.recv() => { tracing::info!("received SIGTERM"); return }
+                _ = self.int.recv() => { tracing::info!("received SIGINT"); return }
+                _ = self.hup.recv() => {
+                    tracing::info!("received SIGHUP; configuration changes take effect on restart");
+                }
             }
-        }
-        _ => {
-            tracing::warn!("cannot install signal handlers; waiting for ctrl-c");
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -198,7 +198,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             name: m.name,
             source,
         };
-        let tx = conn.transaction().map_err(wrap)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(wrap)?;
         tx.execute_batch(m.sql).map_err(wrap)?;
         let now = crate::clock::unix_ms(time::OffsetDateTime::now_utc());
         tx.execute(
@@ -207,7 +209,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .map_err(wrap)?;
         tx.commit().map_err(wrap)?;
-        tracing::info!(version = m.version, name = m.name, "applied database migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied database migration"
+        );
     }
     Ok(())
 }

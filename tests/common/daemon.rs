@@ -1,0 +1,143 @@
+//! Running the real `sitegate` binary: free ports, config files, notify sockets, log capture.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the `sitegate` binary cargo built for the tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sitegate"))
+}
+
+/// A free TCP port on 127.0.0.1 (bind :0, read, close).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Sends a signal by name to a process (`kill -TERM pid`).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Waits for a child to exit, at most `limit`; kills it and panics past that.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A notify socket like systemd's, bound in a temp dir.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    sock: UnixDatagram,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        NotifySocket { path, sock }
+    }
+
+    /// Waits until a datagram containing `needle` arrives; returns every message seen so far.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no notify message with {needle:?} within {limit:?}; saw {seen:?}"
+            );
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                let hit = msg.contains(needle);
+                seen.push(msg);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+/// Collects a child's stderr lines in the background.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    pub fn capture(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                l.0.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    pub fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a line contains `needle`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.0.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "no line containing {needle:?} within {limit:?}:\n{}",
+            self.all()
+        );
+    }
+}
+
+/// Starts `sitegate run --config CONFIG` with NOTIFY_SOCKET (and extra env), capturing stderr.
+pub fn spawn_run(config: &Path, notify: Option<&Path>, env: &[(&str, &str)]) -> (Child, Lines) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
+        .env("RUST_LOG", "info");
+    if let Some(n) = notify {
+        cmd.env("NOTIFY_SOCKET", n);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let lines = Lines::capture(child.stderr.take().unwrap());
+    (child, lines)
+}
