@@ -1,14 +1,17 @@
 # Sourced by cross/build and cross/test: toolchain settings for the ARM targets.
-# Unit tests for a target are built with Debian's cross gcc and run under qemu-user; release
-# binaries are linked by cargo-zigbuild against glibc 2.28 so they run on older box distributions.
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
-export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
-export AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
-export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm -L /usr/arm-linux-gnueabihf"
+# Unit tests for a target are built with Debian's cross gcc and run under qemu-user
+# (use_debian_cross); release binaries are linked by cargo-zigbuild against glibc 2.28 so they run
+# on older box distributions (zig brings its own linker and libc stubs: don't mix the two).
+use_debian_cross() {
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+  export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+  export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+  export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
+  export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
+  export AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
+  export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm -L /usr/arm-linux-gnueabihf"
+}
 
 # The oldest glibc the release binaries must run on.
 SITEGATE_GLIBC=2.28
