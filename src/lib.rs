@@ -15,6 +15,7 @@
 //! - [`outbox`]: the MQTT store-and-forward queue.
 //! - [`notify`]: systemd's sd_notify protocol (ready, watchdog, stopping).
 //! - [`logging`]: tracing set-up (human, JSON, journald).
+//! - [`provision`]: from a blank box to a configured one (CLI and first-boot setup).
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
 //! - [`cli`]: the command-line interface that `main.rs` dispatches.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
@@ -29,6 +30,7 @@ pub mod logging;
 pub mod model;
 pub mod notify;
 pub mod outbox;
+pub mod provision;
 pub mod store;
 pub mod util;
 pub mod util_b64;

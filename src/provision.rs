@@ -1,0 +1,326 @@
+//! Provisioning: from a blank box to a configured one.
+//!
+//! `sitegate provision` (and the first-boot setup endpoint, which calls the same code) sets the
+//! site and gateway ids, imports the cloud trust keys, makes the device key and the TLS
+//! certificate, and writes the config. It refuses to re-provision a provisioned box unless forced,
+//! and then keeps a backup of the old config and database first. The config is rewritten with
+//! `toml_edit`, so an installer's comments, links and units survive; the result is validated
+//! before anything is written.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
+
+use crate::config::{Config, ConfigError, RawTrustKey};
+use crate::model::{GatewayId, SiteId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(
+        "this box is already provisioned as site `{site}` gateway `{gateway}`; \
+         re-run with --force to replace it (the old config and database are backed up first)"
+    )]
+    AlreadyProvisioned { site: String, gateway: String },
+    #[error("missing {0}")]
+    Missing(String),
+    #[error("invalid {what}: {message}")]
+    Invalid { what: &'static str, message: String },
+    #[error("existing config `{path}` cannot be edited: {message}")]
+    BadExisting { path: PathBuf, message: String },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("`{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
+    move |source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the installer supplies.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub site: String,
+    pub gateway: String,
+    pub name: Option<String>,
+    /// State directory; default: keep the config's, or `/var/lib/sitegate`.
+    pub state_dir: Option<PathBuf>,
+    /// Cloud trust anchors.
+    pub trust: Vec<RawTrustKey>,
+    /// LAN API address; default: keep the config's.
+    pub api_listen: Option<String>,
+    /// MQTT broker url; default: keep the config's.
+    pub mqtt_url: Option<String>,
+    pub force: bool,
+}
+
+/// What changed on disk.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub config: Config,
+    pub config_path: PathBuf,
+    /// Backups made before overwriting (config file, database copy).
+    pub backups: Vec<PathBuf>,
+}
+
+/// Parses `kid=base64url-key` as given on the command line.
+pub fn parse_trust_arg(s: &str) -> Result<RawTrustKey, ProvisionError> {
+    let (kid, key) = s.split_once('=').ok_or_else(|| ProvisionError::Invalid {
+        what: "trust key",
+        message: format!("`{s}` is not KID=PUBLIC_KEY"),
+    })?;
+    Ok(RawTrustKey {
+        kid: kid.trim().to_string(),
+        public_key: key.trim().to_string(),
+    })
+}
+
+/// Reads the `[site]` of an existing config, if any (a provisioned box).
+pub fn existing_site(config_path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(config_path).ok()?;
+    let doc = text.parse::<DocumentMut>().ok()?;
+    let site = doc.get("site")?.as_table()?;
+    Some((
+        site.get("id")?.as_str()?.to_string(),
+        site.get("gateway")?.as_str()?.to_string(),
+    ))
+}
+
+/// Validates the request, backs up what it replaces, and writes the new config atomically.
+/// `profile_exists` is the profile registry's membership test (for validating units kept from an
+/// existing config).
+pub fn write_config(
+    config_path: &Path,
+    req: &Request,
+    profile_exists: &dyn Fn(&str) -> bool,
+    now: time::OffsetDateTime,
+) -> Result<Written, ProvisionError> {
+    SiteId::new(req.site.clone()).map_err(|e| ProvisionError::Invalid {
+        what: "site id",
+        message: e.to_string(),
+    })?;
+    GatewayId::new(req.gateway.clone()).map_err(|e| ProvisionError::Invalid {
+        what: "gateway id",
+        message: e.to_string(),
+    })?;
+    if req.trust.is_empty() {
+        return Err(ProvisionError::Missing(
+            "cloud trust key (--trust KID=PUBLIC_KEY or --trust-file FILE)".into(),
+        ));
+    }
+
+    let existing = match std::fs::read_to_string(config_path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(config_path)(e)),
+    };
+    if let (Some((site, gateway)), false) = (existing_site(config_path), req.force) {
+        return Err(ProvisionError::AlreadyProvisioned { site, gateway });
+    }
+    let mut doc = match &existing {
+        Some(t) => t
+            .parse::<DocumentMut>()
+            .map_err(|e| ProvisionError::BadExisting {
+                path: config_path.to_path_buf(),
+                message: e.to_string(),
+            })?,
+        None => DocumentMut::new(),
+    };
+
+    let mut site = Table::new();
+    site.insert("id", value(req.site.as_str()));
+    site.insert("gateway", value(req.gateway.as_str()));
+    if let Some(n) = &req.name {
+        site.insert("name", value(n.as_str()));
+    }
+    doc.insert("site", Item::Table(site));
+
+    if let Some(dir) = &req.state_dir {
+        set_in(
+            &mut doc,
+            "state",
+            "dir",
+            value(dir.to_string_lossy().as_ref()),
+        );
+    }
+    if let Some(listen) = &req.api_listen {
+        set_in(&mut doc, "api", "listen", value(listen.as_str()));
+    }
+    if let Some(url) = &req.mqtt_url {
+        set_in(&mut doc, "mqtt", "url", value(url.as_str()));
+    }
+    let mut trust = ArrayOfTables::new();
+    for k in &req.trust {
+        let mut t = Table::new();
+        t.insert("kid", value(k.kid.as_str()));
+        t.insert("public_key", value(k.public_key.as_str()));
+        trust.push(t);
+    }
+    set_in(&mut doc, "grants", "trust", Item::ArrayOfTables(trust));
+
+    let text = doc.to_string();
+    let base = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    // Validate before anything is written or backed up.
+    let mut config = Config::parse(&text, &base, profile_exists).map_err(|mut e| {
+        e.file = Some(config_path.to_path_buf());
+        e
+    })?;
+    config.source = Some(config_path.to_path_buf());
+
+    let mut backups = Vec::new();
+    let stamp = stamp(now);
+    if let Some(old) = &existing {
+        let bak = PathBuf::from(format!("{}.bak-{stamp}", config_path.display()));
+        crate::util::write_private(&bak, old.as_bytes()).map_err(io_err(&bak))?;
+        backups.push(bak);
+        let db = config.state_dir.join(crate::store::DB_FILE);
+        if db.exists() {
+            backups.push(backup_database(&db, &config.state_dir, &stamp)?);
+        }
+    }
+    if let Some(parent) = config_path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    crate::util::write_public(config_path, text.as_bytes()).map_err(io_err(config_path))?;
+    Ok(Written {
+        config,
+        config_path: config_path.to_path_buf(),
+        backups,
+    })
+}
+
+/// Sets `table.key = v`, creating the table when absent (keeps the table's other keys and its
+/// comments).
+fn set_in(doc: &mut DocumentMut, table: &str, key: &str, v: Item) {
+    let mut t = match doc.remove(table) {
+        Some(Item::Table(t)) => t,
+        _ => Table::new(),
+    };
+    t.insert(key, v);
+    doc.insert(table, Item::Table(t));
+}
+
+fn stamp(now: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    now.format(&f).unwrap_or_else(|_| "backup".into())
+}
+
+/// Copies the live database consistently (SQLite `VACUUM INTO`) to `state/backups/`.
+pub fn backup_database(
+    db: &Path,
+    state_dir: &Path,
+    stamp: &str,
+) -> Result<PathBuf, ProvisionError> {
+    let dir = state_dir.join("backups");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let out = dir.join(format!("sitegate-{stamp}.db"));
+    let conn = rusqlite::Connection::open(db).map_err(|e| {
+        ProvisionError::Other(format!("cannot open `{}` for backup: {e}", db.display()))
+    })?;
+    conn.execute("VACUUM INTO ?1", [out.to_string_lossy().as_ref()])
+        .map_err(|e| ProvisionError::Other(format!("database backup failed: {e}")))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(dir: &Path) -> Request {
+        Request {
+            site: "s-1".into(),
+            gateway: "gw-1".into(),
+            name: Some("Plant".into()),
+            state_dir: Some(dir.join("state")),
+            trust: vec![RawTrustKey {
+                kid: "fleet-a".into(),
+                public_key: crate::util_b64::encode([7u8; 32]),
+            }],
+            api_listen: Some("127.0.0.1:0".into()),
+            mqtt_url: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn provisioning_keeps_existing_units_and_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sitegate.toml");
+        std::fs::write(
+            &path,
+            "# installer notes\n[[links]]\nname = \"bus\"\nkind = \"tcp\"\naddress = \"127.0.0.1:502\"\n\n[[units]]\nid = \"gen-1\"\nlink = \"bus\"\nslave = 3\nprofile = \"p\"\n",
+        )
+        .unwrap();
+        let w = write_config(
+            &path,
+            &req(dir.path()),
+            &|_| true,
+            time::OffsetDateTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert_eq!(w.config.units.len(), 1);
+        assert_eq!(w.config.site.as_ref().unwrap().id.as_str(), "s-1");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# installer notes"));
+        assert_eq!(
+            w.backups.len(),
+            1,
+            "the unprovisioned config is backed up too"
+        );
+    }
+
+    #[test]
+    fn a_provisioned_box_is_not_clobbered_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sitegate.toml");
+        write_config(
+            &path,
+            &req(dir.path()),
+            &|_| true,
+            time::OffsetDateTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+        let mut again = req(dir.path());
+        again.site = "s-2".into();
+        let e =
+            write_config(&path, &again, &|_| true, time::OffsetDateTime::UNIX_EPOCH).unwrap_err();
+        assert!(
+            matches!(e, ProvisionError::AlreadyProvisioned { .. }),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+
+        again.force = true;
+        let w = write_config(&path, &again, &|_| true, time::OffsetDateTime::UNIX_EPOCH).unwrap();
+        assert_eq!(w.config.site.unwrap().id.as_str(), "s-2");
+        let bak = std::fs::read_to_string(&w.backups[0]).unwrap();
+        assert_eq!(bak, before, "the replaced config is kept as a backup");
+    }
+
+    #[test]
+    fn invalid_input_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sitegate.toml");
+        let mut r = req(dir.path());
+        r.trust[0].public_key = "short".into();
+        let e = write_config(&path, &r, &|_| true, time::OffsetDateTime::UNIX_EPOCH).unwrap_err();
+        assert!(e.to_string().contains("grants.trust[0].public_key"), "{e}");
+        assert!(!path.exists());
+        r = req(dir.path());
+        r.site = "bad/site".into();
+        assert!(write_config(&path, &r, &|_| true, time::OffsetDateTime::UNIX_EPOCH).is_err());
+        assert!(!path.exists());
+    }
+}
