@@ -250,6 +250,8 @@ pub struct Index {
     by_email: HashMap<String, u32>,
     grants: Vec<IGrant>,
     grant_ids: HashMap<GrantId, u32>,
+    /// Every revoked id (cloud and local), also for grants not in the index.
+    revoked: HashSet<GrantId>,
     dropped: Vec<Dropped>,
 }
 
@@ -282,6 +284,11 @@ impl Index {
             by_email: HashMap::new(),
             grants: Vec::new(),
             grant_ids: HashMap::new(),
+            revoked: state
+                .revoked
+                .union(&inputs.local_revoked)
+                .cloned()
+                .collect(),
             dropped: Vec::new(),
         };
         for (unit, group) in &inputs.inventory {
@@ -788,9 +795,7 @@ impl Index {
 
     /// Whether a grant id is revoked (by the cloud or on this box).
     pub fn is_revoked(&self, id: &GrantId) -> bool {
-        self.grant_ids
-            .get(id)
-            .is_some_and(|&i| self.grants[i as usize].revoked)
+        self.revoked.contains(id)
     }
 
     pub fn site(&self) -> Option<&SiteId> {
@@ -917,4 +922,4 @@ impl Authz {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,10 @@ pub struct Migration {
 }
 
 /// The newest schema this binary understands.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+pub const SCHEMA_VERSION: i64 = match MIGRATIONS.last() {
+    Some(m) => m.version,
+    None => 0,
+};
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
