@@ -347,17 +347,20 @@ impl Index {
             });
         }
         // Link delegations to their parents; drop those that can never work.
-        let mut keep = vec![true; ix.grants.len()];
-        for i in 0..ix.grants.len() {
-            if let Err(why) = ix.link_parent(i) {
-                keep[i] = false;
-                let id = ix.grants[i].grant.id.clone();
-                ix.drop_grant(&id, why);
-            }
-        }
+        let keep_linked: Vec<bool> = (0..ix.grants.len())
+            .map(|i| match ix.link_parent(i) {
+                Ok(()) => true,
+                Err(why) => {
+                    let id = ix.grants[i].grant.id.clone();
+                    ix.drop_grant(&id, why);
+                    false
+                }
+            })
+            .collect();
+        let mut keep = keep_linked;
         // A delegation whose ancestor was dropped is dropped too (chains are short).
         for _ in 0..MAX_CHAIN {
-            for i in 0..ix.grants.len() {
+            for i in 0..keep.len() {
                 if let Some(p) = ix.grants[i].parent {
                     if keep[i] && !keep[p as usize] {
                         keep[i] = false;
@@ -367,8 +370,8 @@ impl Index {
                 }
             }
         }
-        for i in 0..ix.grants.len() {
-            if !keep[i] {
+        for (i, kept) in keep.iter().enumerate() {
+            if !kept {
                 continue;
             }
             if let Err(why) = ix.place(i as u32) {
