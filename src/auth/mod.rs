@@ -481,7 +481,9 @@ impl Auth {
             return Err(AuthError::Unauthenticated);
         }
         let hash = crate::util::sha256_hex(bearer.as_bytes());
-        let now = self.now();
+        // Judged on the same clock floor as grants: setting the clock back extends nothing.
+        let index = self.inner.authz.index();
+        let now = index.effective_now(self.now());
         let h2 = hash.clone();
         let row = self
             .inner
@@ -504,7 +506,6 @@ impl Auth {
                 .await?;
             return Err(AuthError::SessionExpired);
         }
-        let index = self.inner.authz.index();
         match index.user(&info.user) {
             Some(u) if u.active => {}
             // Deactivated or removed: the session ends now.
@@ -526,25 +527,37 @@ impl Auth {
         Ok(info)
     }
 
-    /// Ends the session of `bearer` (idempotent).
+    /// Ends the session of `bearer`, even if it has already expired. `Unauthenticated` if there
+    /// is no such session.
     pub async fn logout(&self, bearer: &str) -> Result<(), AuthError> {
-        let info = self.authenticate(bearer).await?;
-        let hash = crate::util::sha256_hex(bearer.trim().as_bytes());
+        let bearer = bearer.trim();
+        if bearer.len() != TOKEN_CHARS {
+            return Err(AuthError::Unauthenticated);
+        }
+        let hash = crate::util::sha256_hex(bearer.as_bytes());
         let audit = self.inner.audit.clone();
-        let ev = Event::new("logout", "ok")
-            .actor(info.user.to_string())
-            .detail(json!({"session": info.id}));
-        self.inner
+        let ended = self
+            .inner
             .store
             .call(move |c| {
                 let tx = c.transaction()?;
+                let Some((_, info, _)) = store::get_session(&tx, &hash)? else {
+                    return Ok(false);
+                };
                 store::delete_session(&tx, &hash)?;
+                let ev = Event::new("logout", "ok")
+                    .actor(info.user.to_string())
+                    .detail(json!({"session": info.id}));
                 audit.record_in(&tx, &ev)?;
                 tx.commit()?;
-                Ok(())
+                Ok(true)
             })
             .await?;
-        Ok(())
+        if ended {
+            Ok(())
+        } else {
+            Err(AuthError::Unauthenticated)
+        }
     }
 
     /// Ends every session of `user` (e.g. after a password change).

@@ -291,6 +291,7 @@ async fn sessions_survive_a_restart_and_logout_revokes_them() {
         e.auth.authenticate(&token).await,
         Err(AuthError::Unauthenticated)
     );
+    assert_eq!(e.auth.logout(&token).await, Err(AuthError::Unauthenticated));
     assert!(audit_rows(&e.store).iter().any(|r| r.kind == "logout"));
 }
 

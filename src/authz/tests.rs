@@ -851,11 +851,13 @@ fn readers_never_see_a_half_built_index_while_writers_swap() {
     first.seq = 0;
     let authz = Arc::new(Authz::new(inputs(first, vec![])));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Arc::new(std::sync::Barrier::new(2));
     let reader = {
-        let (authz, stop) = (authz.clone(), stop.clone());
+        let (authz, stop, start) = (authz.clone(), stop.clone(), start.clone());
         std::thread::spawn(move || {
             let mut seen = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            start.wait();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || seen < 1000 {
                 let ix = authz.index();
                 // Every index is whole: seq odd ⇔ the grant is present.
                 let allowed = ix.decide(&uid("u"), View, &Target::Site, NOW).is_allow();
@@ -865,6 +867,7 @@ fn readers_never_see_a_half_built_index_while_writers_swap() {
             seen
         })
     };
+    start.wait();
     for seq in 0..200u64 {
         let grants = if seq % 2 == 1 {
             vec![grant("g1", "u", Role::Viewer, s_site())]
@@ -876,7 +879,7 @@ fn readers_never_see_a_half_built_index_while_writers_swap() {
         authz.set_state(Arc::new(st));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(reader.join().unwrap() > 0);
+    assert!(reader.join().unwrap() >= 1000);
 }
 
 mod props {
