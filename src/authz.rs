@@ -729,16 +729,24 @@ impl Index {
 
     /// The units `user` may view at `now`, in inventory order, with role and capabilities.
     pub fn visible_units(&self, user: &UserId, now: OffsetDateTime) -> Vec<UnitView> {
+        let Some(&ui) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let now = self.effective_now(now);
         let mut out = Vec::new();
         for (i, unit) in self.unit_ids.iter().enumerate() {
-            let target = Target::Unit(unit.clone());
-            if let Ok((role, caps)) = self.effective_caps(user, &target, now) {
-                if caps.effective.contains(Capability::View) {
+            let key = Key::Unit {
+                unit: i as u32,
+                group: self.unit_group[i],
+            };
+            if let Ok((role, _)) = self.resolve(ui, key, now, &mut Visited::new()) {
+                let caps = role.capabilities().intersect(self.policy.features);
+                if caps.contains(Capability::View) {
                     out.push(UnitView {
                         unit: unit.clone(),
                         group: self.unit_group[i].map(|g| self.group_ids[g as usize].clone()),
                         role,
-                        caps: caps.effective,
+                        caps,
                     });
                 }
             }

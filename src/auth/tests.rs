@@ -511,3 +511,20 @@ async fn an_over_long_password_is_refused_without_matching() {
         Err(AuthError::InvalidCredentials)
     );
 }
+
+#[tokio::test]
+async fn a_token_session_never_outlives_the_tokens_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(
+        dir.path(),
+        access(),
+        Some(Arc::new(FixedToken(Ok(installer(Duration::minutes(30)))))),
+    );
+    let s = e.auth.login_token(b"good", IP).await.unwrap();
+    assert_eq!(s.info.expires, NOW + Duration::minutes(30));
+    e.clock.advance(Duration::minutes(30));
+    assert_eq!(
+        e.auth.authenticate(&s.token).await,
+        Err(AuthError::SessionExpired)
+    );
+}
