@@ -8,6 +8,9 @@
 //! # Layout
 //! - [`model`]: identifiers, roles, capabilities, scopes — the shared vocabulary.
 //! - [`access`]: the access state (users, grants, revocations, policy) that grants produce and authz reads.
+//! - [`authz`]: the authorization decision over an immutable, swapped-whole index.
+//! - [`auth`]: local login (password, installer token), sessions, throttling.
+//! - [`delegation`]: local grants delegated on this box, signed by the device key; access requests.
 //! - [`config`]: the TOML site config, validated into a type that only exists when valid.
 //! - [`clock`]: injected time, so expiry and clock policy are testable.
 //! - [`store`]: the SQLite database (WAL, migrations, durability).
@@ -23,9 +26,12 @@
 pub mod access;
 pub mod app;
 pub mod audit;
+pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod delegation;
 pub mod logging;
 pub mod model;
 pub mod notify;

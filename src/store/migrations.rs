@@ -9,12 +9,16 @@ pub struct Migration {
 }
 
 /// The newest schema this binary understands.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+pub const SCHEMA_VERSION: i64 = match MIGRATIONS.last() {
+    Some(m) => m.version,
+    None => 0,
+};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "core: meta, audit, outbox",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "core: meta, audit, outbox",
+        sql: "
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -48,4 +52,68 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_class ON outbox(class, seq);
 ",
-}];
+    },
+    Migration {
+        version: 3,
+        name: "authz: sessions, login throttle, token grants, local grants, access requests",
+        sql: "
+-- Login sessions. Only the SHA-256 of the bearer token is stored.
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    method TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    client TEXT NOT NULL
+);
+CREATE INDEX sessions_user ON sessions(user);
+CREATE INDEX sessions_expires ON sessions(expires_ms);
+-- Failed-login throttling per account (`acct:<email hash>`) and per client (`ip:<addr>`).
+CREATE TABLE login_throttle (
+    key TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    last_failure_ms INTEGER NOT NULL,
+    next_allowed_ms INTEGER NOT NULL,
+    locked_until_ms INTEGER NOT NULL
+);
+-- Installer-token logins: the cloud-signed user and grant, kept until the grant expires.
+CREATE TABLE token_grants (
+    grant_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    email TEXT NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    not_before_ms INTEGER,
+    expires_ms INTEGER,
+    added_ms INTEGER NOT NULL
+);
+-- Delegations made on this box (independent sites), signed by the device key.
+CREATE TABLE local_grants (
+    id TEXT PRIMARY KEY,
+    payload TEXT NOT NULL,
+    sig TEXT NOT NULL,
+    user TEXT NOT NULL,
+    delegator TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    revoked_by TEXT
+);
+-- Pending delegations (pro sites) and access requests, queued for the cloud.
+CREATE TABLE access_requests (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('delegation', 'access')),
+    requester TEXT NOT NULL,
+    user TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    expires_ms INTEGER,
+    note TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
+",
+    },
+];

@@ -1,0 +1,530 @@
+//! Login, sessions and throttling against a real SQLite file.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use time::Duration;
+
+use super::*;
+use crate::access::AccessState;
+use crate::authz::tests::{NOW, grant, inputs, s_site, s_unit, state, uid, unit};
+use crate::authz::{Decision, DenyReason, Target};
+use crate::clock::{Clock, ManualClock};
+use crate::model::{GrantId, Role};
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20));
+const IP2: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 21));
+
+fn cfg() -> crate::config::Auth {
+    crate::config::Auth {
+        session_ttl: StdDuration::from_secs(3600),
+        throttle_base: StdDuration::from_millis(500),
+        throttle_max: StdDuration::from_secs(4),
+        lockout_after_failures: 5,
+        lockout: StdDuration::from_secs(600),
+    }
+}
+
+fn access() -> AccessState {
+    let mut st = state(
+        &["ana", "bob", "adm"],
+        vec![
+            grant("g1", "ana", Role::ControlOnly, s_unit("a1")),
+            grant("g2", "bob", Role::Viewer, s_site()),
+            grant("g3", "adm", Role::Admin, s_site()),
+        ],
+    );
+    for u in &mut st.users {
+        u.email = format!("{}@Example.com", u.id);
+        u.password = Some(hash_password(&format!("pw-{}", u.id), 1000));
+    }
+    st
+}
+
+struct Env {
+    clock: ManualClock,
+    authz: Arc<Authz>,
+    auth: Auth,
+    store: Store,
+}
+
+fn open(dir: &Path, st: AccessState, tokens: Option<Arc<dyn TokenVerifier>>) -> Env {
+    let clock = ManualClock::new(NOW);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let store = Store::open_in(dir).unwrap();
+    let audit = Audit::new(store.clone(), shared.clone(), None);
+    let authz = Arc::new(Authz::new(inputs(st, vec![])));
+    let auth = Auth::new(store.clone(), audit, authz.clone(), shared, cfg(), tokens).unwrap();
+    Env {
+        clock,
+        authz,
+        auth,
+        store,
+    }
+}
+
+fn audit_rows(store: &Store) -> Vec<crate::audit::Record> {
+    store
+        .with_conn(|c| {
+            crate::audit::query(
+                c,
+                &crate::audit::Query {
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn password_login_is_case_insensitive_and_opens_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let s = e
+        .auth
+        .login_password("  ANA@example.COM ", "pw-ana", IP)
+        .await
+        .unwrap();
+    assert_eq!(s.token.len(), 43);
+    let info = e.auth.authenticate(&s.token).await.unwrap();
+    assert_eq!(info.user, uid("ana"));
+    assert_eq!(info.method, Method::Password);
+    assert_eq!(info.expires, NOW + Duration::hours(1));
+    // Only the hash is stored.
+    let stored: String = e
+        .store
+        .with_conn(|c| Ok(c.query_row("SELECT token_hash FROM sessions", [], |r| r.get(0))?))
+        .unwrap();
+    assert_ne!(stored, s.token);
+    assert_eq!(stored, crate::util::sha256_hex(s.token.as_bytes()));
+    let rec = &audit_rows(&e.store)[0];
+    assert_eq!((rec.kind.as_str(), rec.outcome.as_str()), ("login", "ok"));
+    assert_eq!(rec.actor.as_deref(), Some("ana"));
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_email_fail_alike_and_never_audit_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let a = e
+        .auth
+        .login_password("ana@example.com", "secret-guess-1", IP)
+        .await
+        .unwrap_err();
+    e.clock.advance(Duration::minutes(1));
+    let b = e
+        .auth
+        .login_password("nobody@example.com", "secret-guess-2", IP2)
+        .await
+        .unwrap_err();
+    assert_eq!(a, AuthError::InvalidCredentials);
+    assert_eq!(a, b);
+    assert_eq!(a.to_string(), b.to_string());
+    let rows = audit_rows(&e.store);
+    let all = serde_json::to_string(&rows).unwrap();
+    assert!(
+        !all.contains("secret-guess"),
+        "a password reached the audit log"
+    );
+    assert!(
+        !all.contains("nobody@example.com"),
+        "an attempted email reached the audit log"
+    );
+    let unknown = rows
+        .iter()
+        .find(|r| r.detail["reason"] == "unknown_account")
+        .unwrap();
+    assert_eq!(
+        unknown.actor.as_deref(),
+        Some(email_key("nobody@example.com").as_str())
+    );
+    assert_eq!(unknown.outcome, "failed");
+    let wrong = rows
+        .iter()
+        .find(|r| r.detail["reason"] == "wrong_password")
+        .unwrap();
+    assert_eq!(wrong.actor.as_deref(), Some("ana"));
+}
+
+#[tokio::test]
+async fn a_deactivated_or_passwordless_account_cannot_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = access();
+    st.users[0].active = false;
+    st.users[1].password = None;
+    let e = open(dir.path(), st, None);
+    assert_eq!(
+        e.auth.login_password("ana@example.com", "pw-ana", IP).await,
+        Err(AuthError::InvalidCredentials)
+    );
+    e.clock.advance(Duration::minutes(1));
+    assert_eq!(
+        e.auth.login_password("bob@example.com", "", IP2).await,
+        Err(AuthError::InvalidCredentials)
+    );
+}
+
+#[tokio::test]
+async fn failed_logins_are_delayed_exponentially_per_account_and_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let mut delays = Vec::new();
+    for i in 0..4 {
+        // A fresh client address each time, so only the account counter applies.
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i + 1));
+        assert_eq!(
+            e.auth.login_password("bob@example.com", "wrong", ip).await,
+            Err(AuthError::InvalidCredentials)
+        );
+        let ip2 = IpAddr::V4(Ipv4Addr::new(10, 0, 1, i + 1));
+        match e
+            .auth
+            .login_password("bob@example.com", "pw-bob", ip2)
+            .await
+        {
+            Err(AuthError::Throttled { retry_after }) => delays.push(retry_after),
+            other => panic!("expected a throttle, got {other:?}"),
+        }
+        e.clock.advance(Duration::seconds(10));
+    }
+    assert_eq!(
+        delays,
+        [500u64, 1000, 2000, 4000]
+            .map(StdDuration::from_millis)
+            .to_vec()
+    );
+    // After the delay the right password works and clears the account counter.
+    e.auth
+        .login_password("bob@example.com", "pw-bob", IP)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failed_logins_are_delayed_per_client_address_across_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let _ = e.auth.login_password("x1@example.com", "a", IP).await;
+    let r = e.auth.login_password("ana@example.com", "pw-ana", IP).await;
+    assert!(matches!(r, Err(AuthError::Throttled { .. })), "{r:?}");
+    // Another client is not affected.
+    e.auth
+        .login_password("ana@example.com", "pw-ana", IP2)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_account_locks_after_repeated_failures_and_an_admin_can_see_and_clear_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    for i in 0..5u8 {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i + 1));
+        let _ = e.auth.login_password("ana@example.com", "nope", ip).await;
+        e.clock.advance(Duration::seconds(5));
+    }
+    let r = e.auth.login_password("ana@example.com", "pw-ana", IP).await;
+    assert!(matches!(r, Err(AuthError::Locked { .. })), "{r:?}");
+    let rows = audit_rows(&e.store);
+    assert!(
+        rows.iter()
+            .any(|r| r.kind == "login" && r.outcome == "locked")
+    );
+    // Only an admin may list lockouts.
+    assert_eq!(
+        e.auth.lockouts(&uid("bob")).await,
+        Err(AuthError::Forbidden)
+    );
+    let list = e.auth.lockouts(&uid("adm")).await.unwrap();
+    let ana = list.iter().find(|l| l.label == "ana@example.com").unwrap();
+    assert!(ana.locked_until.is_some());
+    assert_eq!(ana.failures, 5);
+    e.auth.clear_lockout(&uid("adm"), &ana.key).await.unwrap();
+    e.auth
+        .login_password("ana@example.com", "pw-ana", IP)
+        .await
+        .unwrap();
+    assert!(matches!(
+        e.auth.clear_lockout(&uid("adm"), &ana.key).await,
+        Err(AuthError::NoSuchLockout(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_lockout_ends_by_itself_after_the_lockout_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    for i in 0..5u8 {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i + 1));
+        let _ = e.auth.login_password("ana@example.com", "nope", ip).await;
+        e.clock.advance(Duration::seconds(5));
+    }
+    assert!(matches!(
+        e.auth.login_password("ana@example.com", "pw-ana", IP).await,
+        Err(AuthError::Locked { .. })
+    ));
+    e.clock.advance(Duration::minutes(11));
+    e.auth
+        .login_password("ana@example.com", "pw-ana", IP)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sessions_survive_a_restart_and_logout_revokes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = {
+        let e = open(dir.path(), access(), None);
+        e.auth
+            .login_password("ana@example.com", "pw-ana", IP)
+            .await
+            .unwrap()
+            .token
+    };
+    let e = open(dir.path(), access(), None);
+    assert_eq!(e.auth.authenticate(&token).await.unwrap().user, uid("ana"));
+    e.auth.logout(&token).await.unwrap();
+    assert_eq!(
+        e.auth.authenticate(&token).await,
+        Err(AuthError::Unauthenticated)
+    );
+    assert_eq!(e.auth.logout(&token).await, Err(AuthError::Unauthenticated));
+    assert!(audit_rows(&e.store).iter().any(|r| r.kind == "logout"));
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let s = e
+        .auth
+        .login_password("ana@example.com", "pw-ana", IP)
+        .await
+        .unwrap();
+    e.clock.advance(Duration::minutes(59));
+    e.auth.authenticate(&s.token).await.unwrap();
+    e.clock.advance(Duration::minutes(1));
+    assert_eq!(
+        e.auth.authenticate(&s.token).await,
+        Err(AuthError::SessionExpired)
+    );
+    // And it is gone for good, even if the clock is set back.
+    e.clock.set(NOW);
+    assert_eq!(
+        e.auth.authenticate(&s.token).await,
+        Err(AuthError::Unauthenticated)
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_bearers_are_unauthenticated() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    for bad in [
+        "",
+        "x",
+        "not base64 at all!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        &"A".repeat(43),
+        &"A".repeat(10_000),
+    ] {
+        assert_eq!(
+            e.auth.authenticate(bad).await,
+            Err(AuthError::Unauthenticated),
+            "{bad:.20}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn revocation_mid_session_denies_the_next_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let s = e
+        .auth
+        .login_password("ana@example.com", "pw-ana", IP)
+        .await
+        .unwrap();
+    let a1 = Target::Unit(unit("a1"));
+    let who = e.auth.authenticate(&s.token).await.unwrap().user;
+    assert!(
+        e.authz
+            .decide(&who, Capability::Control, &a1, NOW)
+            .is_allow()
+    );
+    // The cloud revokes g1.
+    let mut st = access();
+    st.seq = 2;
+    st.revoked.insert(GrantId::new("g1").unwrap());
+    e.authz.set_state(Arc::new(st));
+    let who = e.auth.authenticate(&s.token).await.unwrap().user;
+    assert_eq!(
+        e.authz.decide(&who, Capability::Control, &a1, NOW),
+        Decision::Deny(DenyReason::Revoked)
+    );
+    // The cloud deactivates the account: the session itself ends.
+    let mut st = access();
+    st.seq = 3;
+    st.users[0].active = false;
+    e.authz.set_state(Arc::new(st));
+    assert_eq!(
+        e.auth.authenticate(&s.token).await,
+        Err(AuthError::UserInactive)
+    );
+}
+
+struct FixedToken(Result<(User, Grant), String>);
+
+impl TokenVerifier for FixedToken {
+    fn verify(&self, envelope: &[u8]) -> Result<(User, Grant), String> {
+        if envelope == b"good" {
+            self.0.clone()
+        } else {
+            Err("signature does not verify".into())
+        }
+    }
+}
+
+fn installer(exp: Duration) -> (User, Grant) {
+    let u = User {
+        id: uid("inst"),
+        email: "Inst@Example.com".into(),
+        name: "Installer".into(),
+        active: true,
+        password: None,
+    };
+    let mut g = grant("t-1", "inst", Role::Technician, s_site());
+    g.origin = Origin::Cloud; // login_token forces Token
+    g.expires_at = Some(NOW + exp);
+    (u, g)
+}
+
+#[tokio::test]
+async fn an_installer_token_logs_in_and_its_grant_lives_until_expiry_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let verifier: Arc<dyn TokenVerifier> = Arc::new(FixedToken(Ok(installer(Duration::hours(2)))));
+    let token = {
+        let e = open(dir.path(), access(), Some(verifier.clone()));
+        let s = e.auth.login_token(b"good", IP).await.unwrap();
+        assert_eq!(s.info.method, Method::Token);
+        // Session cannot outlive the token's grant (ttl 1 h < 2 h here, so ttl applies).
+        assert_eq!(s.info.expires, NOW + Duration::hours(1));
+        assert!(
+            e.authz
+                .decide(
+                    &uid("inst"),
+                    Capability::Configure,
+                    &Target::Unit(unit("b1")),
+                    NOW
+                )
+                .is_allow()
+        );
+        assert_eq!(
+            e.authz
+                .index()
+                .grant(&GrantId::new("t-1").unwrap())
+                .unwrap()
+                .origin,
+            Origin::Token
+        );
+        s.token
+    };
+    let e = open(dir.path(), access(), Some(verifier));
+    assert_eq!(e.auth.authenticate(&token).await.unwrap().user, uid("inst"));
+    assert!(
+        e.authz
+            .decide(&uid("inst"), Capability::View, &Target::Site, NOW)
+            .is_allow()
+    );
+    // Past expiry the grant stops working and prune drops it.
+    e.clock.advance(Duration::hours(3));
+    assert_eq!(
+        e.authz
+            .decide(&uid("inst"), Capability::View, &Target::Site, e.clock.now()),
+        Decision::Deny(DenyReason::Expired)
+    );
+    e.auth.prune().await.unwrap();
+    assert!(
+        e.authz
+            .index()
+            .grant(&GrantId::new("t-1").unwrap())
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn bad_expired_or_revoked_installer_tokens_are_refused_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(
+        dir.path(),
+        access(),
+        Some(Arc::new(FixedToken(Ok(installer(Duration::hours(-1)))))),
+    );
+    assert!(matches!(
+        e.auth.login_token(b"tampered", IP).await,
+        Err(AuthError::TokenRejected(_))
+    ));
+    e.clock.advance(Duration::minutes(1));
+    assert!(matches!(
+        e.auth.login_token(b"good", IP2).await,
+        Err(AuthError::TokenRejected(m)) if m.contains("expired")
+    ));
+    let mut st = access();
+    st.revoked.insert(GrantId::new("t-1").unwrap());
+    let e2dir = tempfile::tempdir().unwrap();
+    let e2 = open(
+        e2dir.path(),
+        st,
+        Some(Arc::new(FixedToken(Ok(installer(Duration::hours(1)))))),
+    );
+    assert!(matches!(
+        e2.auth.login_token(b"good", IP).await,
+        Err(AuthError::TokenRejected(m)) if m.contains("revoked")
+    ));
+    let rows = audit_rows(&e.store);
+    assert!(
+        rows.iter()
+            .filter(|r| r.kind == "login" && r.outcome == "failed")
+            .count()
+            >= 2
+    );
+    // No verifier configured.
+    let e3dir = tempfile::tempdir().unwrap();
+    let e3 = open(e3dir.path(), access(), None);
+    assert_eq!(
+        e3.auth.login_token(b"good", IP).await,
+        Err(AuthError::TokenUnavailable)
+    );
+}
+
+#[tokio::test]
+async fn an_over_long_password_is_refused_without_matching() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = access();
+    let long = "p".repeat(2000);
+    st.users[0].password = Some(hash_password(&long, 10));
+    let e = open(dir.path(), st, None);
+    assert_eq!(
+        e.auth.login_password("ana@example.com", &long, IP).await,
+        Err(AuthError::InvalidCredentials)
+    );
+}
+
+#[tokio::test]
+async fn a_token_session_never_outlives_the_tokens_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(
+        dir.path(),
+        access(),
+        Some(Arc::new(FixedToken(Ok(installer(Duration::minutes(30)))))),
+    );
+    let s = e.auth.login_token(b"good", IP).await.unwrap();
+    assert_eq!(s.info.expires, NOW + Duration::minutes(30));
+    e.clock.advance(Duration::minutes(30));
+    assert_eq!(
+        e.auth.authenticate(&s.token).await,
+        Err(AuthError::SessionExpired)
+    );
+}

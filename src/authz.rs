@@ -1,0 +1,936 @@
+//! The authorization decision: may this user use this capability on this target, right now?
+//!
+//! Owns the immutable decision [`Index`] (built from the applied [`AccessState`], the box's local
+//! delegations, installer-token grants and the unit inventory) and the [`Authz`] handle that swaps
+//! a freshly built index in whole on every change. Readers load the current index without locking.
+//!
+//! [`Index::decide`] is a plain synchronous function: no locks, no I/O, no async, no clock reads
+//! (the caller passes `now`). It must never allow by default: every path that is not an explicit
+//! allow is a [`Decision::Deny`] with a reason. See `docs/authorization.md` for the model.
+//!
+//! Precedence: the role that applies is the role of the MOST SPECIFIC valid grant covering the
+//! target (unit beats group beats site); among equally specific valid grants, the highest role.
+//! `none` is a role like any other, so a more specific `none` takes a unit away. Effective
+//! capabilities = role ∩ package features. Time is judged at max(now, last_trusted_time).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::access::{AccessState, Grant, Origin, Policy, User};
+use crate::model::{
+    CapSet, Capability, GrantId, GroupId, Management, Role, Scope, SiteId, UnitId, UserId,
+};
+
+/// Longest chain of delegations (cloud grant → local → local …) the index follows. Deeper chains
+/// are dropped at build time; this also bounds every recursion in [`Index::decide`].
+pub const MAX_CHAIN: usize = 4;
+
+/// What a decision is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// One unit of the inventory.
+    Unit(UnitId),
+    /// A group as a whole (group- and site-scoped grants apply; unit grants do not).
+    Group(GroupId),
+    /// The site as a whole (only site-scoped grants apply).
+    Site,
+    /// A point of a unit; `required` is the capability its profile names for this access
+    /// (e.g. `diagnose` to read a diagnostic register). Both the asked capability and `required`
+    /// must be held.
+    Point { unit: UnitId, required: Capability },
+}
+
+impl Target {
+    /// The target a grant's scope names (site ids are not compared here).
+    pub fn of_scope(scope: &Scope) -> Target {
+        match scope {
+            Scope::Site(_) => Target::Site,
+            Scope::Group(g) => Target::Group(g.clone()),
+            Scope::Unit(u) => Target::Unit(u.clone()),
+        }
+    }
+}
+
+/// Why a request was denied. Stable codes (see [`DenyReason::code`]) go to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// The user is not in the access state.
+    UnknownUser,
+    /// The user is deactivated.
+    UserInactive,
+    /// No grant covers the target.
+    NoGrant,
+    /// The applicable role does not include the capability (this includes `none`).
+    RoleLacks,
+    /// The role includes it but the site's package does not.
+    PackageExcludes,
+    /// The only covering grants have expired.
+    Expired,
+    /// The only covering grants are not valid yet.
+    NotYetValid,
+    /// The only covering grants are revoked.
+    Revoked,
+    /// The role's `max_offline` has passed since the last signed bundle.
+    OfflineTooLong,
+    /// The only covering grants are delegations whose delegator no longer holds the access.
+    DelegatorInvalid,
+    /// The unit is not in this site's inventory.
+    UnknownUnit,
+    /// The group is not in this site's inventory.
+    UnknownGroup,
+}
+
+impl DenyReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::UnknownUser => "unknown_user",
+            DenyReason::UserInactive => "user_inactive",
+            DenyReason::NoGrant => "no_grant",
+            DenyReason::RoleLacks => "role_lacks",
+            DenyReason::PackageExcludes => "package_excludes",
+            DenyReason::Expired => "expired",
+            DenyReason::NotYetValid => "not_yet_valid",
+            DenyReason::Revoked => "revoked",
+            DenyReason::OfflineTooLong => "offline_too_long",
+            DenyReason::DelegatorInvalid => "delegator_invalid",
+            DenyReason::UnknownUnit => "unknown_unit",
+            DenyReason::UnknownGroup => "unknown_group",
+        }
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The outcome of [`Index::decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Allow,
+    Deny(DenyReason),
+}
+
+impl Decision {
+    pub fn is_allow(self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+}
+
+/// What a user may do with one point, for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PointAccess {
+    pub viewable: bool,
+    pub writable: bool,
+}
+
+impl PointAccess {
+    /// From the user's effective capabilities on the unit and the point's read capability and
+    /// write capability (`None` = read-only point). A point that cannot be seen cannot be written.
+    pub fn from_caps(caps: CapSet, read: Capability, write: Option<Capability>) -> PointAccess {
+        let viewable = caps.contains(Capability::View) && caps.contains(read);
+        let writable = viewable && write.is_some_and(|w| caps.contains(w));
+        PointAccess { viewable, writable }
+    }
+}
+
+/// One unit a user may view, with what they may do there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitView {
+    pub unit: UnitId,
+    pub group: Option<GroupId>,
+    pub role: Role,
+    pub caps: CapSet,
+}
+
+/// The grant that decides a user's role on a target (for delegation and `GET /me`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applicable {
+    /// The effective role (a delegation is capped at its delegator's current role).
+    pub role: Role,
+    pub grant: Grant,
+    /// The earliest expiry along the grant's delegation chain.
+    pub chain_expires_at: Option<OffsetDateTime>,
+    /// The users the grant was delegated through (root delegator first), empty for cloud grants.
+    pub chain_users: Vec<UserId>,
+    /// Whether the chain's root is a cloud-signed grant (bundle or installer token).
+    pub cloud_rooted: bool,
+}
+
+/// Everything an index is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// This box's site id from the config (falls back to the bundle's).
+    pub site: Option<SiteId>,
+    pub state: Arc<AccessState>,
+    /// Local delegations (`Origin::Local`) in force or revoked.
+    pub local: Vec<Grant>,
+    /// Local delegations revoked on this box.
+    pub local_revoked: HashSet<GrantId>,
+    /// Installer-token logins: the token's user and grant (`Origin::Token`).
+    pub tokens: Vec<(User, Grant)>,
+    /// The unit inventory from the config: unit and its group.
+    pub inventory: Vec<(UnitId, Option<GroupId>)>,
+}
+
+/// A grant as the index holds it.
+#[derive(Debug, Clone)]
+struct IGrant {
+    grant: Grant,
+    revoked: bool,
+    /// Index of the parent grant (local delegations only).
+    parent: Option<u32>,
+    /// Index of the delegator's user row (local delegations only).
+    delegator: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct UserRow {
+    user: User,
+    /// Grant indices by scope level, each list sorted by role, highest first.
+    unit: HashMap<u32, Vec<u32>>,
+    group: HashMap<u32, Vec<u32>>,
+    site: Vec<u32>,
+}
+
+/// The resolved place a target sits in the inventory.
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    Unit { unit: u32, group: Option<u32> },
+    Group(u32),
+    Site,
+}
+
+/// Users visited while following delegators (stack-allocated, bounded by [`MAX_CHAIN`]).
+struct Visited {
+    users: [u32; MAX_CHAIN + 1],
+    len: usize,
+}
+
+impl Visited {
+    fn new() -> Self {
+        Visited {
+            users: [0; MAX_CHAIN + 1],
+            len: 0,
+        }
+    }
+    fn contains(&self, u: u32) -> bool {
+        self.users[..self.len].contains(&u)
+    }
+}
+
+/// Something dropped while building (a grant that can never apply), for diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub grant: GrantId,
+    pub reason: String,
+}
+
+/// The immutable decision index. Build with [`Index::build`]; share behind [`Authz`].
+#[derive(Debug, Clone)]
+pub struct Index {
+    site: Option<SiteId>,
+    seq: u64,
+    policy: Policy,
+    issued_at: Option<OffsetDateTime>,
+    floor: Option<OffsetDateTime>,
+    units: HashMap<UnitId, u32>,
+    unit_ids: Vec<UnitId>,
+    unit_group: Vec<Option<u32>>,
+    groups: HashMap<GroupId, u32>,
+    group_ids: Vec<GroupId>,
+    users: HashMap<UserId, u32>,
+    rows: Vec<UserRow>,
+    by_email: HashMap<String, u32>,
+    grants: Vec<IGrant>,
+    grant_ids: HashMap<GrantId, u32>,
+    /// Every revoked id (cloud and local), also for grants not in the index.
+    revoked: HashSet<GrantId>,
+    dropped: Vec<Dropped>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::build(&Inputs::default())
+    }
+}
+
+impl Index {
+    /// Builds the index. Grants that can never apply (unknown user, unit or group, another site,
+    /// a delegation without a valid parent or too deep a chain) are left out and listed in
+    /// [`Index::dropped`].
+    pub fn build(inputs: &Inputs) -> Index {
+        let state = &inputs.state;
+        let site = inputs.site.clone().or_else(|| state.site.clone());
+        let mut ix = Index {
+            site,
+            seq: state.seq,
+            policy: state.policy.clone(),
+            issued_at: state.issued_at,
+            floor: state.last_trusted_time,
+            units: HashMap::new(),
+            unit_ids: Vec::new(),
+            unit_group: Vec::new(),
+            groups: HashMap::new(),
+            group_ids: Vec::new(),
+            users: HashMap::new(),
+            rows: Vec::new(),
+            by_email: HashMap::new(),
+            grants: Vec::new(),
+            grant_ids: HashMap::new(),
+            revoked: state
+                .revoked
+                .union(&inputs.local_revoked)
+                .cloned()
+                .collect(),
+            dropped: Vec::new(),
+        };
+        for (unit, group) in &inputs.inventory {
+            if ix.units.contains_key(unit) {
+                continue;
+            }
+            let g = group.as_ref().map(|g| ix.group_index(g));
+            ix.units.insert(unit.clone(), ix.unit_ids.len() as u32);
+            ix.unit_ids.push(unit.clone());
+            ix.unit_group.push(g);
+        }
+        // Users: the bundle's first (its `active` flag wins), then token users it does not know.
+        let token_users = inputs.tokens.iter().map(|(u, _)| u);
+        for user in state.users.iter().chain(token_users) {
+            if ix.users.contains_key(&user.id) {
+                continue;
+            }
+            let idx = ix.rows.len() as u32;
+            let email = user.email.trim().to_lowercase();
+            if !email.is_empty() {
+                ix.by_email.entry(email).or_insert(idx);
+            }
+            ix.users.insert(user.id.clone(), idx);
+            ix.rows.push(UserRow {
+                user: user.clone(),
+                unit: HashMap::new(),
+                group: HashMap::new(),
+                site: Vec::new(),
+            });
+        }
+        // Grants: cloud, then token, then local (a later duplicate id is dropped).
+        let token_grants = inputs.tokens.iter().map(|(_, g)| g);
+        let all = state
+            .grants
+            .iter()
+            .chain(token_grants)
+            .chain(inputs.local.iter());
+        for grant in all {
+            if ix.grant_ids.contains_key(&grant.id) {
+                ix.drop_grant(&grant.id, "duplicate grant id");
+                continue;
+            }
+            if !ix.users.contains_key(&grant.user) {
+                ix.drop_grant(&grant.id, "unknown user");
+                continue;
+            }
+            let revoked =
+                state.revoked.contains(&grant.id) || inputs.local_revoked.contains(&grant.id);
+            ix.grant_ids
+                .insert(grant.id.clone(), ix.grants.len() as u32);
+            ix.grants.push(IGrant {
+                grant: grant.clone(),
+                revoked,
+                parent: None,
+                delegator: None,
+            });
+        }
+        // Link delegations to their parents; drop those that can never work.
+        let keep_linked: Vec<bool> = (0..ix.grants.len())
+            .map(|i| match ix.link_parent(i) {
+                Ok(()) => true,
+                Err(why) => {
+                    let id = ix.grants[i].grant.id.clone();
+                    ix.drop_grant(&id, why);
+                    false
+                }
+            })
+            .collect();
+        let mut keep = keep_linked;
+        // A delegation whose ancestor was dropped is dropped too (chains are short).
+        for _ in 0..MAX_CHAIN {
+            for i in 0..keep.len() {
+                if let Some(p) = ix.grants[i].parent {
+                    if keep[i] && !keep[p as usize] {
+                        keep[i] = false;
+                        let id = ix.grants[i].grant.id.clone();
+                        ix.drop_grant(&id, "parent grant dropped");
+                    }
+                }
+            }
+        }
+        for (i, kept) in keep.iter().enumerate() {
+            if !kept {
+                continue;
+            }
+            if let Err(why) = ix.place(i as u32) {
+                let id = ix.grants[i].grant.id.clone();
+                ix.drop_grant(&id, why);
+            }
+        }
+        // INVARIANT: every per-level list is sorted by role, highest first, so the first valid
+        // non-delegated grant of a level is that level's answer.
+        let grants = &ix.grants;
+        let by_role = |a: &u32, b: &u32| {
+            grants[*b as usize]
+                .grant
+                .role
+                .cmp(&grants[*a as usize].grant.role)
+        };
+        for row in &mut ix.rows {
+            row.site.sort_by(by_role);
+            for v in row.unit.values_mut() {
+                v.sort_by(by_role);
+            }
+            for v in row.group.values_mut() {
+                v.sort_by(by_role);
+            }
+        }
+        ix
+    }
+
+    fn group_index(&mut self, g: &GroupId) -> u32 {
+        if let Some(i) = self.groups.get(g) {
+            return *i;
+        }
+        let i = self.group_ids.len() as u32;
+        self.groups.insert(g.clone(), i);
+        self.group_ids.push(g.clone());
+        i
+    }
+
+    fn drop_grant(&mut self, id: &GrantId, reason: &str) {
+        self.dropped.push(Dropped {
+            grant: id.clone(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Resolves a local grant's parent and delegator and checks the chain's shape.
+    fn link_parent(&mut self, i: usize) -> Result<(), &'static str> {
+        let Origin::Local { delegator, parent } = &self.grants[i].grant.origin else {
+            return Ok(());
+        };
+        let Some(&p) = self.grant_ids.get(parent) else {
+            return Err("parent grant unknown");
+        };
+        let Some(&d) = self.users.get(delegator) else {
+            return Err("delegator unknown");
+        };
+        if self.grants[p as usize].grant.user != *delegator {
+            return Err("parent grant belongs to someone else");
+        }
+        if !self.scope_within(
+            &self.grants[i].grant.scope,
+            &self.grants[p as usize].grant.scope,
+        ) {
+            return Err("scope outside the parent grant");
+        }
+        self.grants[i].parent = Some(p);
+        self.grants[i].delegator = Some(d);
+        // Walk up: the chain must end at a non-local grant within MAX_CHAIN steps (this also
+        // rejects cycles, which a forged or corrupted store could contain).
+        let mut cur = p as usize;
+        for _ in 0..MAX_CHAIN {
+            match &self.grants[cur].grant.origin {
+                Origin::Cloud | Origin::Token => return Ok(()),
+                Origin::Local { parent, .. } => match self.grant_ids.get(parent) {
+                    Some(&next) => cur = next as usize,
+                    None => return Err("parent grant unknown"),
+                },
+            }
+        }
+        Err("delegation chain too deep or cyclic")
+    }
+
+    /// Files a grant under its user and scope level.
+    fn place(&mut self, gi: u32) -> Result<(), &'static str> {
+        let g = &self.grants[gi as usize].grant;
+        let Some(&ui) = self.users.get(&g.user) else {
+            return Err("unknown user");
+        };
+        match &g.scope {
+            Scope::Site(s) => {
+                if self.site.as_ref().is_some_and(|mine| mine != s) {
+                    return Err("grant for another site");
+                }
+                self.rows[ui as usize].site.push(gi);
+            }
+            Scope::Group(grp) => {
+                let Some(&x) = self.groups.get(grp) else {
+                    return Err("unknown group");
+                };
+                self.rows[ui as usize].group.entry(x).or_default().push(gi);
+            }
+            Scope::Unit(u) => {
+                let Some(&x) = self.units.get(u) else {
+                    return Err("unknown unit");
+                };
+                self.rows[ui as usize].unit.entry(x).or_default().push(gi);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `inner` ⊆ `outer` in this site's inventory.
+    pub fn scope_within(&self, inner: &Scope, outer: &Scope) -> bool {
+        match (inner, outer) {
+            (_, Scope::Site(s)) => {
+                // A site scope covers everything of this site; a foreign site covers nothing.
+                self.site.as_ref().is_none_or(|mine| mine == s)
+                    && !matches!(inner, Scope::Site(t) if t != s)
+            }
+            (Scope::Site(_), _) => false,
+            (Scope::Group(a), Scope::Group(b)) => a == b,
+            (Scope::Group(_), Scope::Unit(_)) => false,
+            (Scope::Unit(u), Scope::Group(g)) => self
+                .units
+                .get(u)
+                .and_then(|&i| self.unit_group[i as usize])
+                .is_some_and(|gi| self.group_ids[gi as usize] == *g),
+            (Scope::Unit(a), Scope::Unit(b)) => a == b,
+        }
+    }
+
+    /// max(now, last_trusted_time): setting the clock back never revives an expired grant.
+    pub fn effective_now(&self, now: OffsetDateTime) -> OffsetDateTime {
+        match self.floor {
+            Some(f) if f > now => f,
+            _ => now,
+        }
+    }
+
+    /// Whether one grant is valid at `now` (revocation, validity window, offline limit and —
+    /// for delegations — the parent chain and the delegator's account).
+    fn check_valid(&self, g: &IGrant, now: OffsetDateTime, depth: usize) -> Result<(), DenyReason> {
+        if g.revoked {
+            return Err(DenyReason::Revoked);
+        }
+        if g.grant.not_before.is_some_and(|nb| now < nb) {
+            return Err(DenyReason::NotYetValid);
+        }
+        if g.grant.expires_at.is_some_and(|e| now >= e) {
+            return Err(DenyReason::Expired);
+        }
+        if let (Some(limit), Some(issued)) =
+            (self.policy.max_offline.get(&g.grant.role), self.issued_at)
+        {
+            if now - issued > *limit {
+                return Err(DenyReason::OfflineTooLong);
+            }
+        }
+        if let (Some(p), Some(d)) = (g.parent, g.delegator) {
+            if depth >= MAX_CHAIN || !self.rows[d as usize].user.active {
+                return Err(DenyReason::DelegatorInvalid);
+            }
+            self.check_valid(&self.grants[p as usize], now, depth + 1)
+                .map_err(|_| DenyReason::DelegatorInvalid)?;
+        }
+        Ok(())
+    }
+
+    /// The applicable role of user row `ui` on `key`, and the grant that gives it.
+    fn resolve(
+        &self,
+        ui: u32,
+        key: Key,
+        now: OffsetDateTime,
+        visited: &mut Visited,
+    ) -> Result<(Role, u32), DenyReason> {
+        let row = &self.rows[ui as usize];
+        if !row.user.active {
+            return Err(DenyReason::UserInactive);
+        }
+        let levels: [Option<&Vec<u32>>; 3] = match key {
+            Key::Unit { unit, group } => [
+                row.unit.get(&unit),
+                group.and_then(|g| row.group.get(&g)),
+                Some(&row.site),
+            ],
+            Key::Group(g) => [None, row.group.get(&g), Some(&row.site)],
+            Key::Site => [None, None, Some(&row.site)],
+        };
+        let mut first_skip: Option<DenyReason> = None;
+        // Most specific level first; the first level with a valid grant decides.
+        for level in levels.into_iter().flatten() {
+            let mut best: Option<(Role, u32)> = None;
+            for &gi in level {
+                let g = &self.grants[gi as usize];
+                if best.is_some_and(|(r, _)| r >= g.grant.role) {
+                    // Sorted by role: nothing further in this level can beat `best`.
+                    break;
+                }
+                if let Err(why) = self.check_valid(g, now, 0) {
+                    first_skip.get_or_insert(why);
+                    continue;
+                }
+                let role = match g.delegator {
+                    // A cloud or token grant: its role stands.
+                    None => g.grant.role,
+                    // A delegation is worth at most what its delegator holds here right now.
+                    Some(d) => {
+                        if visited.contains(d) || visited.len >= MAX_CHAIN {
+                            first_skip.get_or_insert(DenyReason::DelegatorInvalid);
+                            continue;
+                        }
+                        visited.users[visited.len] = ui;
+                        visited.len += 1;
+                        let held = self.resolve(d, key, now, visited);
+                        visited.len -= 1;
+                        match held {
+                            Ok((dr, _)) if dr >= g.grant.role => g.grant.role,
+                            // Capped below its own role: the delegator lost part of it. A
+                            // delegated `none` stays a restriction; anything capped to `none`
+                            // simply stops working.
+                            Ok((dr, _)) if dr > Role::None => dr,
+                            Ok(_) | Err(_) => {
+                                first_skip.get_or_insert(DenyReason::DelegatorInvalid);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                if best.is_none_or(|(r, _)| role > r) {
+                    best = Some((role, gi));
+                }
+            }
+            if let Some(b) = best {
+                return Ok(b);
+            }
+        }
+        Err(first_skip.unwrap_or(DenyReason::NoGrant))
+    }
+
+    fn key_of(&self, target: &Target) -> Result<Key, DenyReason> {
+        match target {
+            Target::Unit(u) | Target::Point { unit: u, .. } => match self.units.get(u) {
+                Some(&unit) => Ok(Key::Unit {
+                    unit,
+                    group: self.unit_group[unit as usize],
+                }),
+                None => Err(DenyReason::UnknownUnit),
+            },
+            Target::Group(g) => self
+                .groups
+                .get(g)
+                .map(|&g| Key::Group(g))
+                .ok_or(DenyReason::UnknownGroup),
+            Target::Site => Ok(Key::Site),
+        }
+    }
+
+    /// May `user` use `cap` on `target` at `now`? Default deny.
+    pub fn decide(
+        &self,
+        user: &UserId,
+        cap: Capability,
+        target: &Target,
+        now: OffsetDateTime,
+    ) -> Decision {
+        let caps = match self.effective_caps(user, target, now) {
+            Ok((_, caps)) => caps,
+            Err(why) => return Decision::Deny(why),
+        };
+        let required = match target {
+            Target::Point { required, .. } => Some(*required),
+            Target::Unit(_) | Target::Group(_) | Target::Site => None,
+        };
+        let role_caps = caps.role;
+        let features = self.policy.features;
+        let need = |c: Capability| match (role_caps.contains(c), features.contains(c)) {
+            // The role does not include it (covers `none`).
+            (false, _) => Err(DenyReason::RoleLacks),
+            // The role does, the site's package does not.
+            (true, false) => Err(DenyReason::PackageExcludes),
+            // Both do.
+            (true, true) => Ok(()),
+        };
+        match (need(cap), required.map(need)) {
+            // The asked capability is missing: deny with its reason.
+            (Err(why), _) => Decision::Deny(why),
+            // A point whose profile requires more than the user holds.
+            (Ok(()), Some(Err(why))) => Decision::Deny(why),
+            // Everything needed is held.
+            (Ok(()), Some(Ok(())) | None) => Decision::Allow,
+        }
+    }
+
+    /// The applicable role on `target` and the capabilities it gives (role ∩ package).
+    pub fn effective_caps(
+        &self,
+        user: &UserId,
+        target: &Target,
+        now: OffsetDateTime,
+    ) -> Result<(Role, EffCaps), DenyReason> {
+        let Some(&ui) = self.users.get(user) else {
+            return Err(DenyReason::UnknownUser);
+        };
+        let key = self.key_of(target)?;
+        let now = self.effective_now(now);
+        let (role, _) = self.resolve(ui, key, now, &mut Visited::new())?;
+        let role_caps = role.capabilities();
+        Ok((
+            role,
+            EffCaps {
+                role: role_caps,
+                effective: role_caps.intersect(self.policy.features),
+            },
+        ))
+    }
+
+    /// The grant that decides `user`'s role on `target`, with its delegation chain.
+    pub fn applicable(
+        &self,
+        user: &UserId,
+        target: &Target,
+        now: OffsetDateTime,
+    ) -> Result<Applicable, DenyReason> {
+        let Some(&ui) = self.users.get(user) else {
+            return Err(DenyReason::UnknownUser);
+        };
+        let key = self.key_of(target)?;
+        let now = self.effective_now(now);
+        let (role, gi) = self.resolve(ui, key, now, &mut Visited::new())?;
+        let mut chain_users = Vec::new();
+        let mut expires = None::<OffsetDateTime>;
+        let mut cur = Some(gi);
+        let mut cloud_rooted = false;
+        for _ in 0..=MAX_CHAIN {
+            let Some(c) = cur else { break };
+            let g = &self.grants[c as usize];
+            if let Some(e) = g.grant.expires_at {
+                expires = Some(expires.map_or(e, |x| x.min(e)));
+            }
+            match &g.grant.origin {
+                Origin::Local { delegator, .. } => chain_users.insert(0, delegator.clone()),
+                Origin::Cloud | Origin::Token => cloud_rooted = true,
+            }
+            cur = g.parent;
+        }
+        Ok(Applicable {
+            role,
+            grant: self.grants[gi as usize].grant.clone(),
+            chain_expires_at: expires,
+            chain_users,
+            cloud_rooted,
+        })
+    }
+
+    /// The units `user` may view at `now`, in inventory order, with role and capabilities.
+    pub fn visible_units(&self, user: &UserId, now: OffsetDateTime) -> Vec<UnitView> {
+        let Some(&ui) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let now = self.effective_now(now);
+        let mut out = Vec::new();
+        for (i, unit) in self.unit_ids.iter().enumerate() {
+            let key = Key::Unit {
+                unit: i as u32,
+                group: self.unit_group[i],
+            };
+            if let Ok((role, _)) = self.resolve(ui, key, now, &mut Visited::new()) {
+                let caps = role.capabilities().intersect(self.policy.features);
+                if caps.contains(Capability::View) {
+                    out.push(UnitView {
+                        unit: unit.clone(),
+                        group: self.unit_group[i].map(|g| self.group_ids[g as usize].clone()),
+                        role,
+                        caps,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `user` may view / write one point of `unit` whose profile requires `read` to read
+    /// it and `write` to write it.
+    pub fn point_access(
+        &self,
+        user: &UserId,
+        unit: &UnitId,
+        read: Capability,
+        write: Option<Capability>,
+        now: OffsetDateTime,
+    ) -> PointAccess {
+        match self.effective_caps(user, &Target::Unit(unit.clone()), now) {
+            Ok((_, caps)) => PointAccess::from_caps(caps.effective, read, write),
+            Err(_) => PointAccess {
+                viewable: false,
+                writable: false,
+            },
+        }
+    }
+
+    /// The units a scope covers in this site's inventory.
+    pub fn units_in(&self, scope: &Scope) -> Vec<UnitId> {
+        self.unit_ids
+            .iter()
+            .filter(|u| self.scope_within(&Scope::Unit((*u).clone()), scope))
+            .cloned()
+            .collect()
+    }
+
+    pub fn user(&self, id: &UserId) -> Option<&User> {
+        self.users.get(id).map(|&i| &self.rows[i as usize].user)
+    }
+
+    /// Case-insensitive lookup by email.
+    pub fn user_by_email(&self, email: &str) -> Option<&User> {
+        self.by_email
+            .get(&email.trim().to_lowercase())
+            .map(|&i| &self.rows[i as usize].user)
+    }
+
+    /// Every user the index knows (bundle users first, then token users).
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.rows.iter().map(|r| &r.user)
+    }
+
+    pub fn grant(&self, id: &GrantId) -> Option<&Grant> {
+        self.grant_ids
+            .get(id)
+            .map(|&i| &self.grants[i as usize].grant)
+    }
+
+    /// Whether a grant id is revoked (by the cloud or on this box).
+    pub fn is_revoked(&self, id: &GrantId) -> bool {
+        self.revoked.contains(id)
+    }
+
+    pub fn site(&self) -> Option<&SiteId> {
+        self.site.as_ref()
+    }
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    pub fn management(&self) -> Management {
+        self.policy.management
+    }
+    pub fn features(&self) -> CapSet {
+        self.policy.features
+    }
+    pub fn units(&self) -> &[UnitId] {
+        &self.unit_ids
+    }
+    pub fn has_unit(&self, u: &UnitId) -> bool {
+        self.units.contains_key(u)
+    }
+    pub fn has_group(&self, g: &GroupId) -> bool {
+        self.groups.contains_key(g)
+    }
+    /// Grants left out at build, with why.
+    pub fn dropped(&self) -> &[Dropped] {
+        &self.dropped
+    }
+    /// Number of grants placed in the index.
+    pub fn grant_count(&self) -> usize {
+        self.grants.len()
+    }
+}
+
+/// The capabilities a role gives on a target, before and after the package ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffCaps {
+    /// What the role includes.
+    pub role: CapSet,
+    /// What the role includes AND the site's package allows: what the user may actually do.
+    pub effective: CapSet,
+}
+
+/// The shared authorization handle: the current [`Index`] behind an `ArcSwap`.
+///
+/// Readers (`index`, `decide`) never lock. Writers (`set_*`) serialize on a mutex that only they
+/// take, rebuild the whole index from the new inputs, and swap it in as one value.
+pub struct Authz {
+    current: ArcSwap<Index>,
+    inputs: Mutex<Inputs>,
+}
+
+impl std::fmt::Debug for Authz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authz")
+            .field("seq", &self.current.load().seq)
+            .finish()
+    }
+}
+
+impl Authz {
+    pub fn new(inputs: Inputs) -> Authz {
+        let ix = Index::build(&inputs);
+        Authz {
+            current: ArcSwap::from_pointee(ix),
+            inputs: Mutex::new(inputs),
+        }
+    }
+
+    /// The current index (cheap; hold it for one request so every check sees the same state).
+    pub fn index(&self) -> Arc<Index> {
+        self.current.load_full()
+    }
+
+    /// Decides against the current index.
+    pub fn decide(
+        &self,
+        user: &UserId,
+        cap: Capability,
+        target: &Target,
+        now: OffsetDateTime,
+    ) -> Decision {
+        self.current.load().decide(user, cap, target, now)
+    }
+
+    /// Changes the inputs with `f`, rebuilds, and swaps the new index in.
+    pub fn update(&self, f: impl FnOnce(&mut Inputs)) -> Arc<Index> {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut inputs);
+        let ix = Arc::new(Index::build(&inputs));
+        self.current.store(ix.clone());
+        ix
+    }
+
+    /// A new applied access state (from the grants engine).
+    pub fn set_state(&self, state: Arc<AccessState>) -> Arc<Index> {
+        self.update(|i| i.state = state)
+    }
+
+    /// The full set of local delegations and the ones revoked on this box.
+    pub fn set_local(&self, local: Vec<Grant>, revoked: HashSet<GrantId>) -> Arc<Index> {
+        self.update(|i| {
+            i.local = local;
+            i.local_revoked = revoked;
+        })
+    }
+
+    /// The full set of installer-token logins.
+    pub fn set_tokens(&self, tokens: Vec<(User, Grant)>) -> Arc<Index> {
+        self.update(|i| i.tokens = tokens)
+    }
+
+    /// Adds (or replaces, by grant id) one installer-token login.
+    pub fn add_token(&self, user: User, grant: Grant) -> Arc<Index> {
+        self.update(|i| {
+            i.tokens.retain(|(_, g)| g.id != grant.id);
+            i.tokens.push((user, grant));
+        })
+    }
+
+    /// A new unit inventory (config reload).
+    pub fn set_inventory(&self, inventory: Vec<(UnitId, Option<GroupId>)>) -> Arc<Index> {
+        self.update(|i| i.inventory = inventory)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,571 @@
+//! Delegation rules, pro vs independent, persistence with signatures, and the invariant that a
+//! delegation never yields more than its root delegator holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use time::Duration;
+
+use super::*;
+use crate::access::AccessState;
+use crate::authz::tests::{NOW, grant, inputs, local, s_group, s_site, s_unit, state, uid, unit};
+use crate::authz::{Decision, Inputs};
+use crate::clock::ManualClock;
+
+const TOPIC: &str = "sitegate/v1/s-1/gw-1/requests";
+
+struct Env {
+    authz: Arc<Authz>,
+    d: Delegations,
+    store: Store,
+}
+
+fn open(dir: &Path, st: AccessState) -> Env {
+    let clock: SharedClock = Arc::new(ManualClock::new(NOW));
+    let store = Store::open_in(dir).unwrap();
+    let audit = Audit::new(store.clone(), clock.clone(), None);
+    let authz = Arc::new(Authz::new(inputs(st, vec![])));
+    let d = Delegations::new(
+        store.clone(),
+        audit,
+        authz.clone(),
+        clock,
+        dir,
+        Some(TOPIC.into()),
+    )
+    .unwrap();
+    Env { authz, d, store }
+}
+
+fn site_state(management: Management) -> AccessState {
+    let mut exp = grant("g-tech", "tech", Role::Technician, s_group("g-a"));
+    exp.expires_at = Some(NOW + Duration::days(1));
+    let mut st = state(
+        &["adm", "tech", "ana", "bob", "viewer"],
+        vec![
+            grant("g-adm", "adm", Role::Admin, s_site()),
+            exp,
+            grant("g-view", "viewer", Role::Viewer, s_site()),
+        ],
+    );
+    st.policy.management = management;
+    st
+}
+
+fn req(user: &str, role: Role, scope: Scope, exp: Option<Duration>) -> DelegationRequest {
+    DelegationRequest {
+        user: uid(user),
+        role,
+        scope,
+        not_before: None,
+        expires_at: exp.map(|d| NOW + d),
+    }
+}
+
+fn count(store: &Store, sql: &str) -> i64 {
+    store
+        .with_conn(|c| Ok(c.query_row(sql, [], |r| r.get(0))?))
+        .unwrap()
+}
+
+fn allowed(authz: &Authz, who: &str, cap: Capability, u: &str) -> bool {
+    authz
+        .decide(&uid(who), cap, &Target::Unit(unit(u)), NOW)
+        .is_allow()
+}
+
+#[tokio::test]
+async fn an_independent_delegation_takes_effect_at_once_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let e = open(dir.path(), site_state(Management::Independent));
+        assert!(!allowed(&e.authz, "ana", Capability::Control, "a1"));
+        let created =
+            e.d.create(
+                &uid("adm"),
+                req("ana", Role::ControlOnly, s_group("g-a"), None),
+            )
+            .await
+            .unwrap();
+        let Created::Effective(g) = created else {
+            panic!("expected an effective grant")
+        };
+        assert!(allowed(&e.authz, "ana", Capability::Control, "a1"));
+        assert!(!allowed(&e.authz, "ana", Capability::Control, "b1"));
+        assert!(!allowed(&e.authz, "ana", Capability::Configure, "a1"));
+        // Reported upward and audited in the same transaction.
+        assert_eq!(
+            count(
+                &e.store,
+                "SELECT COUNT(*) FROM outbox WHERE class = 'request'"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &e.store,
+                "SELECT COUNT(*) FROM audit WHERE kind = 'delegation' AND outcome = 'ok'"
+            ),
+            1
+        );
+        g.id
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join(DEVICE_KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let e = open(dir.path(), site_state(Management::Independent));
+    assert!(allowed(&e.authz, "ana", Capability::Control, "a2"));
+    let listing = e.d.list(&uid("ana")).await.unwrap();
+    assert_eq!(listing.grants.len(), 1);
+    assert_eq!(listing.grants[0].id, id);
+}
+
+#[tokio::test]
+async fn a_tampered_stored_grant_fails_its_signature_and_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path(), site_state(Management::Independent));
+        e.d.create(&uid("adm"), req("ana", Role::Viewer, s_unit("a1"), None))
+            .await
+            .unwrap();
+        // Someone with write access to the database upgrades the role.
+        e.store
+            .with_conn(|c| {
+                c.execute(
+                    "UPDATE local_grants SET payload = replace(payload, '\"viewer\"', '\"admin\"')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+    }
+    let e = open(dir.path(), site_state(Management::Independent));
+    assert!(!allowed(&e.authz, "ana", Capability::View, "a1"));
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM audit WHERE kind = 'local_grant_rejected'"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn delegation_above_ceiling_outside_scope_or_past_expiry_is_refused_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), site_state(Management::Independent));
+    let day = Duration::days(1);
+    let cases: Vec<(&str, DelegationRequest, &str)> = vec![
+        // technician's ceiling is control-only
+        (
+            "tech",
+            req(
+                "ana",
+                Role::Technician,
+                s_group("g-a"),
+                Some(Duration::hours(1)),
+            ),
+            "above_ceiling",
+        ),
+        (
+            "tech",
+            req("ana", Role::Viewer, s_site(), Some(Duration::hours(1))),
+            "forbidden",
+        ),
+        (
+            "tech",
+            req(
+                "ana",
+                Role::Viewer,
+                s_group("g-b"),
+                Some(Duration::hours(1)),
+            ),
+            "forbidden",
+        ),
+        (
+            "tech",
+            req("ana", Role::Viewer, s_unit("b1"), Some(Duration::hours(1))),
+            "forbidden",
+        ),
+        (
+            "tech",
+            req("ana", Role::Viewer, s_unit("zz"), Some(Duration::hours(1))),
+            "unknown_scope",
+        ),
+        // technician's own grant expires in a day
+        (
+            "tech",
+            req("ana", Role::Viewer, s_unit("a1"), None),
+            "expiry_required",
+        ),
+        (
+            "tech",
+            req(
+                "ana",
+                Role::Viewer,
+                s_unit("a1"),
+                Some(day + Duration::seconds(1)),
+            ),
+            "expiry_too_late",
+        ),
+        (
+            "tech",
+            req(
+                "ana",
+                Role::Viewer,
+                s_unit("a1"),
+                Some(Duration::seconds(-1)),
+            ),
+            "expiry_invalid",
+        ),
+        // viewers cannot delegate at all
+        (
+            "viewer",
+            req("ana", Role::Viewer, s_unit("a1"), None),
+            "forbidden",
+        ),
+        (
+            "ana",
+            req("bob", Role::Viewer, s_unit("a1"), None),
+            "forbidden",
+        ),
+        // nobody delegates to themselves or to unknown users
+        (
+            "adm",
+            req("adm", Role::Viewer, s_unit("a1"), None),
+            "circular_delegation",
+        ),
+        (
+            "adm",
+            req("ghost", Role::Viewer, s_unit("a1"), None),
+            "unknown_user",
+        ),
+    ];
+    for (actor, r, code) in cases {
+        let got = e.d.create(&uid(actor), r.clone()).await;
+        assert_eq!(
+            got.as_ref().map_err(|e| e.code()),
+            Err(code),
+            "{actor}: {r:?}"
+        );
+    }
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM audit WHERE kind = 'delegation' AND outcome = 'denied'"
+        ),
+        12
+    );
+    assert_eq!(count(&e.store, "SELECT COUNT(*) FROM local_grants"), 0);
+    // Within every limit it works.
+    e.d.create(
+        &uid("tech"),
+        req("ana", Role::ControlOnly, s_unit("a1"), Some(day)),
+    )
+    .await
+    .unwrap();
+    assert!(allowed(&e.authz, "ana", Capability::Control, "a1"));
+    // An admin may delegate admin.
+    e.d.create(&uid("adm"), req("bob", Role::Admin, s_site(), None))
+        .await
+        .unwrap();
+    assert!(allowed(&e.authz, "bob", Capability::ManageUsers, "c1"));
+}
+
+#[tokio::test]
+async fn a_delegator_cannot_pass_on_a_unit_taken_away_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = site_state(Management::Independent);
+    st.grants
+        .push(grant("g-none", "adm", Role::None, s_unit("a2")));
+    let e = open(dir.path(), st);
+    let got =
+        e.d.create(&uid("adm"), req("ana", Role::Viewer, s_group("g-a"), None))
+            .await;
+    assert_eq!(got.map_err(|e| e.code()), Err("above_own_role"));
+    // The rest of the site is fine.
+    e.d.create(&uid("adm"), req("ana", Role::Viewer, s_group("g-b"), None))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_or_deactivated_delegator_takes_the_delegation_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), site_state(Management::Independent));
+    e.d.create(&uid("adm"), req("ana", Role::ControlOnly, s_site(), None))
+        .await
+        .unwrap();
+    assert!(allowed(&e.authz, "ana", Capability::Control, "b1"));
+    let mut st = site_state(Management::Independent);
+    st.seq = 2;
+    st.revoked.insert(GrantId::new("g-adm").unwrap());
+    e.authz.set_state(Arc::new(st));
+    assert_eq!(
+        e.authz.decide(
+            &uid("ana"),
+            Capability::Control,
+            &Target::Unit(unit("b1")),
+            NOW
+        ),
+        Decision::Deny(DenyReason::DelegatorInvalid)
+    );
+    let mut st = site_state(Management::Independent);
+    st.seq = 3;
+    st.users[0].active = false;
+    e.authz.set_state(Arc::new(st));
+    assert!(!allowed(&e.authz, "ana", Capability::View, "b1"));
+    let mut st = site_state(Management::Independent);
+    st.seq = 4;
+    e.authz.set_state(Arc::new(st));
+    assert!(allowed(&e.authz, "ana", Capability::View, "b1"));
+}
+
+#[tokio::test]
+async fn revoking_a_delegation_ends_it_and_only_those_entitled_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), site_state(Management::Independent));
+    let Created::Effective(g) =
+        e.d.create(
+            &uid("tech"),
+            req("ana", Role::Viewer, s_unit("a1"), Some(Duration::hours(2))),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("expected effective")
+    };
+    // A viewer elsewhere cannot revoke it, and learns nothing about it.
+    assert_eq!(
+        e.d.revoke(&uid("bob"), &g.id).await.map_err(|e| e.code()),
+        Err("not_found")
+    );
+    assert!(allowed(&e.authz, "ana", Capability::View, "a1"));
+    // An admin of the site can.
+    e.d.revoke(&uid("adm"), &g.id).await.unwrap();
+    assert_eq!(
+        e.authz.decide(
+            &uid("ana"),
+            Capability::View,
+            &Target::Unit(unit("a1")),
+            NOW
+        ),
+        Decision::Deny(DenyReason::Revoked)
+    );
+    // Idempotent; the listing shows who revoked it.
+    e.d.revoke(&uid("tech"), &g.id).await.unwrap();
+    let l = e.d.list(&uid("tech")).await.unwrap();
+    assert_eq!(l.grants[0].revoked_by.as_deref(), Some("adm"));
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM outbox WHERE msg_id LIKE '%-revoked'"
+        ),
+        1
+    );
+    assert_eq!(
+        e.d.revoke(&uid("adm"), &GrantId::new("l-nope").unwrap())
+            .await
+            .map_err(|e| e.code()),
+        Err("not_found")
+    );
+}
+
+#[tokio::test]
+async fn in_a_pro_site_a_delegation_is_only_a_pending_request_for_the_cloud() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), site_state(Management::Pro));
+    let created =
+        e.d.create(&uid("adm"), req("ana", Role::ControlOnly, s_site(), None))
+            .await
+            .unwrap();
+    let Created::Pending(p) = created else {
+        panic!("expected pending")
+    };
+    assert_eq!(p.kind, "delegation");
+    assert!(!allowed(&e.authz, "ana", Capability::View, "a1"));
+    assert_eq!(count(&e.store, "SELECT COUNT(*) FROM local_grants"), 0);
+    let (topic, body): (String, Vec<u8>) = e
+        .store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT topic, payload FROM outbox WHERE class = 'request'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(topic, TOPIC);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["status"], "pending");
+    assert_eq!(v["user"], "ana");
+    // The admin sees it; a bystander does not.
+    assert_eq!(e.d.list(&uid("adm")).await.unwrap().requests.len(), 1);
+    assert_eq!(e.d.list(&uid("bob")).await.unwrap().requests.len(), 0);
+}
+
+#[tokio::test]
+async fn in_a_pro_site_holders_of_local_grants_may_not_delegate() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), site_state(Management::Independent));
+    e.d.create(&uid("adm"), req("ana", Role::Admin, s_site(), None))
+        .await
+        .unwrap();
+    // The site is taken over by a service business.
+    let mut st = site_state(Management::Pro);
+    st.seq = 2;
+    e.authz.set_state(Arc::new(st));
+    assert_eq!(
+        e.d.create(&uid("ana"), req("bob", Role::Viewer, s_unit("a1"), None))
+            .await
+            .map_err(|e| e.code()),
+        Err("not_cloud_grant")
+    );
+}
+
+#[tokio::test]
+async fn any_user_may_ask_for_access_and_it_goes_to_the_cloud() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), site_state(Management::Pro));
+    let p =
+        e.d.access_request(
+            &uid("bob"),
+            s_unit("a1"),
+            Role::ControlOnly,
+            "need the\u{7} AC",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.kind.as_str(), p.note.as_str()),
+        ("access", "need the AC")
+    );
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM audit WHERE kind = 'access_request'"
+        ),
+        1
+    );
+    assert_eq!(
+        e.d.access_request(&uid("bob"), s_unit("zz"), Role::Viewer, "")
+            .await
+            .map_err(|e| e.code()),
+        Err("unknown_scope")
+    );
+    assert_eq!(
+        e.d.access_request(&uid("bob"), s_site(), Role::Viewer, &"x".repeat(501))
+            .await
+            .map_err(|e| e.code()),
+        Err("note_too_long")
+    );
+    for _ in 1..MAX_OPEN_REQUESTS_PER_USER {
+        e.d.access_request(&uid("bob"), s_site(), Role::Viewer, "")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        e.d.access_request(&uid("bob"), s_site(), Role::Viewer, "")
+            .await
+            .map_err(|e| e.code()),
+        Err("too_many_requests")
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const USERS: [&str; 4] = ["root", "u1", "u2", "u3"];
+    const UNITS: [&str; 4] = ["a1", "a2", "b1", "c1"];
+
+    fn arb_scope() -> impl Strategy<Value = Scope> {
+        prop::sample::select(vec![
+            s_site(),
+            s_group("g-a"),
+            s_group("g-b"),
+            s_unit("a1"),
+            s_unit("a2"),
+            s_unit("b1"),
+            s_unit("c1"),
+        ])
+    }
+    fn arb_role() -> impl Strategy<Value = Role> {
+        prop::sample::select(Role::ALL.to_vec())
+    }
+    fn arb_exp() -> impl Strategy<Value = Option<i64>> {
+        prop::option::of(1i64..200)
+    }
+
+    fn allow(
+        ix: &crate::authz::Index,
+        who: &str,
+        cap: Capability,
+        u: &str,
+        at: OffsetDateTime,
+    ) -> bool {
+        ix.decide(&uid(who), cap, &Target::Unit(unit(u)), at)
+            .is_allow()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever sequence of delegations is attempted (each checked by the same rules as the
+        /// API), no other user ever holds a capability on a unit that the root delegator — the
+        /// only holder of cloud grants — lacks there, at any time, even after a revocation.
+        #[test]
+        fn no_delegation_yields_more_than_the_root_delegator_holds(
+            root in prop::collection::vec((arb_role(), arb_scope(), arb_exp(), arb_exp()), 1..5),
+            steps in prop::collection::vec((0usize..4, 0usize..4, arb_role(), arb_scope(), arb_exp()), 0..14),
+            revoke in prop::option::of(0usize..4),
+        ) {
+            let grants: Vec<_> = root.iter().enumerate().map(|(i, (r, s, e, nb))| {
+                let mut g = grant(&format!("c{i}"), "root", *r, s.clone());
+                // Some root grants start later (a restriction that arrives after delegating).
+                g.not_before = nb.filter(|h| h % 3 == 0).map(|h| NOW + Duration::hours(h / 2));
+                g.expires_at = e.map(|h| NOW + Duration::hours(h));
+                g
+            }).collect();
+            let mut inp: Inputs = inputs(state(&USERS, grants), vec![]);
+            for (n, (by, to, role, scope, exp)) in steps.iter().enumerate() {
+                let ix = crate::authz::Index::build(&inp);
+                let r = DelegationRequest {
+                    user: uid(USERS[*to]), role: *role, scope: scope.clone(),
+                    not_before: None, expires_at: exp.map(|h| NOW + Duration::hours(h)),
+                };
+                if let Ok(parent) = Delegations::check(&ix, &uid(USERS[*by]), &r, NOW) {
+                    let mut g = local(&format!("l{n}"), USERS[*to], *role, scope.clone(), USERS[*by], parent.as_str());
+                    g.expires_at = r.expires_at;
+                    inp.local.push(g);
+                }
+            }
+            let mut variants = vec![crate::authz::Index::build(&inp)];
+            if let Some(k) = revoke {
+                let mut st = (*inp.state).clone();
+                st.revoked.insert(GrantId::new(format!("c{k}")).unwrap());
+                let mut inp2 = inp.clone();
+                inp2.state = Arc::new(st);
+                variants.push(crate::authz::Index::build(&inp2));
+            }
+            for ix in &variants {
+                for at in [NOW, NOW + Duration::hours(2), NOW + Duration::hours(100), NOW + Duration::days(30)] {
+                    for u in UNITS {
+                        for cap in Capability::ALL {
+                            let root_has = allow(ix, "root", cap, u, at);
+                            for who in &USERS[1..] {
+                                prop_assert!(
+                                    !allow(ix, who, cap, u, at) || root_has,
+                                    "{who} has {cap} on {u} at {at} but root does not"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
