@@ -5,6 +5,10 @@
 //! The lead replaces these with the real engines in the daemon-level integration tests.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail loudly on broken fixtures"
+)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
