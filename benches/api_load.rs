@@ -37,7 +37,10 @@ async fn run(target: &Target, name: &str, secs: u64, put: bool) {
         let http = target.http.clone();
         let token = target.token.clone();
         let url = if put {
-            format!("{}/units/{}/points/{}", target.base, target.unit, target.point)
+            format!(
+                "{}/units/{}/points/{}",
+                target.base, target.unit, target.point
+            )
         } else {
             format!("{}/units", target.base)
         };
@@ -49,7 +52,9 @@ async fn run(target: &Target, name: &str, secs: u64, put: bool) {
                 let t = Instant::now();
                 let req = if put {
                     let v = 20.0 + ((c as u64 + i) % 5) as f64;
-                    http.put(&url).bearer_auth(&token).json(&json!({ "value": v }))
+                    http.put(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({ "value": v }))
                 } else {
                     http.get(&url).bearer_auth(&token)
                 };
@@ -105,8 +110,7 @@ fn main() {
                 base,
                 token: std::env::var("SITEGATE_BENCH_TOKEN").unwrap_or_default(),
                 unit: std::env::var("SITEGATE_BENCH_UNIT").unwrap_or_else(|_| "hvac-1".into()),
-                point: std::env::var("SITEGATE_BENCH_POINT")
-                    .unwrap_or_else(|_| "setpoint".into()),
+                point: std::env::var("SITEGATE_BENCH_POINT").unwrap_or_else(|_| "setpoint".into()),
                 http: reqwest::Client::builder()
                     .danger_accept_invalid_certs(true)
                     .pool_max_idle_per_host(CLIENTS)

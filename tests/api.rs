@@ -753,3 +753,54 @@ async fn shutdown_stops_the_server() {
     assert!(matches!(res, Ok(Ok(Ok(())))), "{res:?}");
     assert!(http.get(url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn metrics_from_the_lan_need_a_token_with_site_wide_diagnose() {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+    let h = Harness::start().await;
+    let admin = h.login("admin@example.com").await;
+    let tech = h.login("tech@example.com").await;
+    let lan = std::net::SocketAddr::from(([192, 168, 1, 50], 40000));
+    let app = sitegate::api::router(h.state.clone());
+    let call = |token: Option<String>| {
+        let app = app.clone();
+        async move {
+            let mut b = axum::http::Request::builder().uri("/api/v1/metrics");
+            if let Some(t) = token {
+                b = b.header("authorization", format!("Bearer {t}"));
+            }
+            let mut req = b.body(Body::empty()).unwrap();
+            req.extensions_mut().insert(ConnectInfo(lan));
+            app.oneshot(req).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(call(None).await, 401);
+    assert_eq!(
+        call(Some(tech)).await,
+        403,
+        "unit-scoped diagnose is not enough"
+    );
+    assert_eq!(call(Some(admin)).await, 200);
+}
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let mut sock = tokio::net::TcpStream::connect(h.serving.addr)
+        .await
+        .unwrap();
+    let mut req = String::from("GET /api/v1/healthz HTTP/1.1\r\nhost: x\r\n");
+    // 70 headers: over the API's limit of 64, under hyper's default of 100.
+    for i in 0..70 {
+        req.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    req.push_str("connection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}

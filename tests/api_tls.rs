@@ -32,7 +32,9 @@ impl ServerCertVerifier for Pinned {
         if sitegate::tls::fingerprint(end_entity.as_ref()) == self.fp {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("certificate fingerprint does not match the pin".into()))
+            Err(rustls::Error::General(
+                "certificate fingerprint does not match the pin".into(),
+            ))
         }
     }
     fn verify_tls12_signature(
@@ -62,7 +64,9 @@ impl ServerCertVerifier for Pinned {
         )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -121,10 +125,20 @@ async fn a_self_signed_certificate_is_made_and_its_fingerprint_can_be_pinned() {
         .build()
         .unwrap();
     assert!(plain.get(h.url("/healthz")).send().await.is_err());
-    let r = pinned_client(&fp).get(h.url("/healthz")).send().await.unwrap();
+    let r = pinned_client(&fp)
+        .get(h.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let wrong = fp.replacen(&fp[..2], if &fp[..2] == "00" { "11" } else { "00" }, 1);
-    assert!(pinned_client(&wrong).get(h.url("/healthz")).send().await.is_err());
+    assert!(
+        pinned_client(&wrong)
+            .get(h.url("/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
 
     // Plain HTTP on the TLS port gets no API answer.
     let r = reqwest::Client::new()
@@ -142,8 +156,8 @@ async fn the_certificate_survives_a_restart_so_pins_stay_valid() {
     }))
     .await;
     let first = h.serving.tls_fingerprint.clone().unwrap();
-    let again = sitegate::tls::ensure_self_signed(h.dir.path(), &sitegate::tls::default_names())
-        .unwrap();
+    let again =
+        sitegate::tls::ensure_self_signed(h.dir.path(), &sitegate::tls::default_names()).unwrap();
     assert!(!again.created);
     assert_eq!(again.fingerprint, first);
 }
@@ -152,21 +166,33 @@ async fn the_certificate_survives_a_restart_so_pins_stay_valid() {
 async fn a_configured_certificate_replaces_the_generated_one() {
     install_crypto();
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = sitegate::tls::generate(&["gateway.example".into(), "127.0.0.1".into()])
-        .unwrap();
+    let (cert, key) =
+        sitegate::tls::generate(&["gateway.example".into(), "127.0.0.1".into()]).unwrap();
     let cert_path = certs.path().join("site.crt");
     let key_path = certs.path().join("site.key");
     std::fs::write(&cert_path, &cert).unwrap();
     std::fs::write(&key_path, &key).unwrap();
-    let expected = sitegate::tls::load(&cert_path, &key_path).unwrap().fingerprint;
+    let expected = sitegate::tls::load(&cert_path, &key_path)
+        .unwrap()
+        .fingerprint;
 
     let h = Harness::start_with(api_config(ApiMode::Tls {
         cert: Some(cert_path),
         key: Some(key_path),
     }))
     .await;
-    assert_eq!(h.serving.tls_fingerprint.as_deref(), Some(expected.as_str()));
-    assert!(!h.dir.path().join("tls").exists(), "no self-signed pair was made");
-    let r = pinned_client(&expected).get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(
+        h.serving.tls_fingerprint.as_deref(),
+        Some(expected.as_str())
+    );
+    assert!(
+        !h.dir.path().join("tls").exists(),
+        "no self-signed pair was made"
+    );
+    let r = pinned_client(&expected)
+        .get(h.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }

@@ -376,6 +376,18 @@ async fn audit_command(
         .await;
 }
 
+/// A client-supplied value as recorded in the audit trail: as is when small, otherwise only its
+/// size (the trail and its MQTT copy must not carry arbitrary client payloads).
+fn bounded(v: &Value) -> Value {
+    const MAX_AUDITED_VALUE: usize = 128;
+    let text = v.to_string();
+    if text.len() <= MAX_AUDITED_VALUE {
+        v.clone()
+    } else {
+        json!({ "omitted_bytes": text.len() })
+    }
+}
+
 fn write_error(e: &WriteError) -> ApiError {
     match e {
         WriteError::Validation(m) => ApiError::unprocessable("invalid_value", safe(m)),
@@ -425,7 +437,7 @@ pub async fn write_point(
         ));
     };
     let detail = |extra: Value| {
-        let mut d = json!({ "action": "write", "point": p.name, "value": body.value });
+        let mut d = json!({ "action": "write", "point": p.name, "value": bounded(&body.value) });
         if let (Some(o), Some(e)) = (d.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }

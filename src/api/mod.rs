@@ -335,7 +335,10 @@ pub async fn serve(
             (tokio::spawn(server.serve(app)), Some(material.fingerprint))
         }
     };
-    tracing::info!(%addr, tls = tls_fingerprint.is_some(), "LAN API listening");
+    match &tls_fingerprint {
+        Some(fp) => tracing::info!(%addr, sha256 = %fp, "LAN API listening (TLS)"),
+        None => tracing::warn!(%addr, "LAN API listening on plain HTTP (loopback only)"),
+    }
     Ok(Serving {
         addr,
         tls_fingerprint,

@@ -695,6 +695,7 @@ pub struct Harness {
     pub units: Arc<MemUnits>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub state: ApiState,
     pub serving: Serving,
     pub shutdown: CancellationToken,
     pub base: String,
@@ -738,7 +739,7 @@ impl Harness {
             &cfg,
         );
         let shutdown = CancellationToken::new();
-        let serving = api::serve(state, &cfg, dir.path(), shutdown.clone())
+        let serving = api::serve(state.clone(), &cfg, dir.path(), shutdown.clone())
             .await
             .unwrap();
         let scheme = if serving.tls_fingerprint.is_some() {
@@ -755,6 +756,7 @@ impl Harness {
             units,
             store,
             metrics,
+            state,
             serving,
             shutdown,
             base,
