@@ -70,6 +70,7 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+#[expect(clippy::unwrap_used, reason = "test helper")]
 fn pinned_client(fp: &str) -> reqwest::Client {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
