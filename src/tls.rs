@@ -114,10 +114,15 @@ pub fn ensure_self_signed(state_dir: &Path, names: &[String]) -> Result<TlsMater
     match (has_cert, has_key) {
         (true, true) => {}
         (false, false) => {
-            std::fs::create_dir_all(&dir).map_err(|source| TlsError::Write {
-                path: dir.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|source| TlsError::Write {
+                    path: dir.clone(),
+                    source,
+                })?;
             let (cert_pem, key_pem) = generate(names)?;
             // Key first: a crash between the two leaves a half pair, which is reported rather
             // than silently replaced.

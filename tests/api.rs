@@ -641,6 +641,9 @@ async fn unknown_routes_are_json_404_and_wrong_methods_json_405() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let token = h.login("viewer@example.com").await;
+    let (s, v) = h.get("/units/%FF%FE", &token).await;
+    assert_error(s, &v, 404, "not_found");
     let r = h.http.patch(h.url("/units")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     let v: Value = r.json().await.unwrap();

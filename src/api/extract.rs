@@ -121,6 +121,21 @@ fn json_rejection(rej: &JsonRejection, limit: usize) -> ApiError {
     }
 }
 
+/// Path parameters whose rejection (e.g. a segment that is not UTF-8 once decoded) is a JSON 404:
+/// such a path can name no resource.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(_) => Err(ApiError::route_not_found()),
+        }
+    }
+}
+
 /// Query parameters whose rejection is a 400 `invalid_query`.
 pub struct ApiQuery<T>(pub T);
 

@@ -3,7 +3,7 @@
 //! error contract.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, Caller, ClientIp, bearer, safe};
+use super::extract::{ApiJson, ApiPath as Path, ApiQuery, Caller, ClientIp, bearer, safe};
 use super::ports::{
     AccessRequest, DelegateRequest, DelegationError, DelegationOutcome, LoginError, PointInfo,
     ReadError, Reading, RegisterKind, SessionInfo, Target, WriteError,
