@@ -807,3 +807,15 @@ async fn oversized_request_heads_are_refused() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }
+
+#[tokio::test]
+async fn a_request_over_the_request_timeout_is_abandoned_with_504() {
+    let mut cfg = api_config(ApiMode::Plain);
+    cfg.request_timeout = Duration::from_millis(300);
+    cfg.fresh_read_timeout = Duration::from_secs(30);
+    let h = Harness::start_with(cfg).await;
+    let token = h.login("viewer@example.com").await;
+    *h.units.fresh_delay.lock().unwrap() = Duration::from_secs(10);
+    let (s, v) = h.get("/units/hvac-1?fresh=true", &token).await;
+    assert_error(s, &v, 504, "request_timeout");
+}

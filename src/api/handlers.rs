@@ -197,23 +197,19 @@ fn visible_unit(state: &ApiState, user: &UserId, raw: &str) -> ApiResult<UnitId>
     if state.0.ports.units.unit(&unit).is_none() {
         return Err(ApiError::unit_not_found());
     }
-    match decide(state, user, Capability::View, &Target::Unit(unit.clone())) {
-        true => Ok(unit),
-        false => Err(ApiError::unit_not_found()),
+    if decide(state, user, Capability::View, &Target::Unit(unit.clone())) {
+        Ok(unit)
+    } else {
+        Err(ApiError::unit_not_found())
     }
 }
 
-/// Asks the authorization port and counts denials.
+/// Asks the authorization port; counts a denial.
 fn decide(state: &ApiState, user: &UserId, cap: Capability, target: &Target) -> bool {
-    match state.0.ports.authz.decide(user, cap, target) {
-        super::ports::Decision::Allow => true,
-        super::ports::Decision::Deny(reason) => {
-            state.0.metrics.observe_denial(cap.as_str(), reason);
-            false
-        }
-    }
+    deny_reason(state, user, cap, target).is_none()
 }
 
+/// Asks the authorization port; `Some(reason)` when denied (counted in the metrics).
 fn deny_reason(
     state: &ApiState,
     user: &UserId,
