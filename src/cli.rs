@@ -35,6 +35,16 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Make the LAN API's self-signed certificate if it is missing (or check the configured
+    /// one) and print its SHA-256 fingerprint, for an installer to pin.
+    ApiCert {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Extra subject name (DNS name or IP address) for a new certificate, e.g. the box's LAN
+        /// address; repeatable. Ignored when the certificate already exists.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Print the version and build details.
     Version,
 }
@@ -95,6 +105,13 @@ pub fn run(cli: Cli) -> i32 {
             }
             Err(code) => code,
         },
+        Command::ApiCert { config, names } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            api_cert(&cfg, &names)
+        }
         Command::Run { config } => {
             let cfg = match load_config(&config) {
                 Ok(c) => c,
@@ -102,6 +119,42 @@ pub fn run(cli: Cli) -> i32 {
             };
             logging::init(cli.log_format, &cfg.log_level, &env);
             crate::app::run_daemon(cfg)
+        }
+    }
+}
+
+/// `sitegate api-cert`: ensure the API certificate and print its fingerprint.
+fn api_cert(cfg: &Config, names: &[String]) -> i32 {
+    use crate::config::ApiMode;
+    let res = match &cfg.api.mode {
+        ApiMode::Plain => {
+            println!(
+                "the LAN API is configured for plain HTTP on loopback; no certificate is used"
+            );
+            return 0;
+        }
+        ApiMode::Tls {
+            cert: Some(c),
+            key: Some(k),
+        } => crate::tls::load(c, k),
+        ApiMode::Tls { .. } => {
+            let mut all = crate::tls::default_names();
+            all.extend(names.iter().cloned());
+            crate::tls::ensure_self_signed(&cfg.state_dir, &all)
+        }
+    };
+    match res {
+        Ok(m) => {
+            if m.created {
+                println!("created `{}`", m.cert_path.display());
+            }
+            println!("certificate: {}", m.cert_path.display());
+            println!("sha256 fingerprint: {}", m.fingerprint);
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
         }
     }
 }

@@ -19,11 +19,15 @@
 //! - [`notify`]: systemd's sd_notify protocol (ready, watchdog, stopping).
 //! - [`logging`]: tracing set-up (human, JSON, journald).
 //! - [`provision`]: from a blank box to a configured one (CLI and first-boot setup).
+//! - [`api`]: the LAN API (HTTP/JSON under `/api/v1`): routes, error contract, hardening, serving.
+//! - [`tls`]: the API's certificate (self-signed at provisioning, or configured) and its fingerprint.
+//! - [`metrics`]: the Prometheus registry behind `GET /api/v1/metrics`.
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
 //! - [`cli`]: the command-line interface that `main.rs` dispatches.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
 
 pub mod access;
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -33,10 +37,12 @@ pub mod clock;
 pub mod config;
 pub mod delegation;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod outbox;
 pub mod provision;
 pub mod store;
+pub mod tls;
 pub mod util;
 pub mod util_b64;

@@ -1,0 +1,431 @@
+//! The LAN API: HTTP/JSON under `/api/v1`, over TLS by default (see [`crate::tls`]).
+//!
+//! Owns the routes, the error contract ([`error::ApiError`]), the request hardening (body,
+//! header and time limits, per-client rate limit, CORS, security headers) and the serving loop.
+//! It reaches the engines only through the traits in [`ports`], and never decides access by
+//! itself: every check is a question to [`ports::AuthzPort::decide`]. It must never reveal
+//! whether a unit outside the caller's scope exists (such a unit answers exactly like a missing
+//! one), and never put internal detail (paths, SQL, type names) into a response.
+//!
+//! Every route is listed once in [`ROUTES`], which builds the router; `docs/openapi.json` must
+//! describe each of them (a test enforces it).
+
+pub mod error;
+mod extract;
+mod handlers;
+mod layers;
+pub mod ports;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Audit;
+use crate::clock::SharedClock;
+use crate::config::{self, ApiMode};
+use crate::metrics::Metrics;
+
+pub use error::ApiError;
+use ports::{AuthPort, AuthzPort, DelegationPort, UnitsPort};
+
+/// The OpenAPI document served at `/api/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+/// How long in-flight requests get to finish after shutdown is requested.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Most headers accepted in one request.
+const MAX_HEADERS: usize = 64;
+/// Largest request head (request line + headers) hyper buffers (its minimum is 8 KiB).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Time a client gets to send a complete request head (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One route: method, path template (axum and OpenAPI share the `{param}` syntax) and the
+/// handler that serves it.
+pub struct RouteDef {
+    pub method: Method,
+    pub path: &'static str,
+    handler: fn() -> MethodRouter<ApiState>,
+}
+
+/// Every route of the API. The router is built from this table and nothing else.
+pub static ROUTES: &[RouteDef] = &[
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/session",
+        handler: || post(handlers::login),
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/session",
+        handler: || delete(handlers::logout),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/me",
+        handler: || get(handlers::me),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/units",
+        handler: || get(handlers::list_units),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/units/{unit}",
+        handler: || get(handlers::unit_detail),
+    },
+    RouteDef {
+        method: Method::PUT,
+        path: "/api/v1/units/{unit}/points/{point}",
+        handler: || put(handlers::write_point),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/units/{unit}/commands/{command}",
+        handler: || post(handlers::run_command),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/units/{unit}/diagnostics",
+        handler: || get(handlers::diagnostics),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/audit",
+        handler: || get(handlers::audit_query),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/grants",
+        handler: || get(handlers::list_grants),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/grants",
+        handler: || post(handlers::create_grant),
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/grants/{id}",
+        handler: || delete(handlers::revoke_grant),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/access-requests",
+        handler: || post(handlers::access_request),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/healthz",
+        handler: || get(handlers::healthz),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/metrics",
+        handler: || get(handlers::metrics),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/openapi.json",
+        handler: || get(handlers::openapi),
+    },
+];
+
+/// The engines the API talks to.
+#[derive(Clone)]
+pub struct Ports {
+    pub auth: Arc<dyn AuthPort>,
+    pub authz: Arc<dyn AuthzPort>,
+    pub units: Arc<dyn UnitsPort>,
+    pub delegation: Arc<dyn DelegationPort>,
+}
+
+/// Limits taken from `[api]` in the config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub fresh_read_timeout: Duration,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &config::Api) -> Self {
+        Limits {
+            max_body_bytes: cfg.max_body_bytes,
+            request_timeout: cfg.request_timeout,
+            fresh_read_timeout: cfg.fresh_read_timeout,
+            rate_per_sec: cfg.rate_limit_per_sec,
+            rate_burst: cfg.rate_limit_burst,
+        }
+    }
+}
+
+/// Shared state of every request: the ports, the audit trail, metrics, the clock and limits.
+#[derive(Clone)]
+pub struct ApiState(Arc<Inner>);
+
+struct Inner {
+    ports: Ports,
+    audit: Audit,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    limits: Limits,
+    cors_origins: Vec<HeaderValue>,
+    rate: layers::RateLimiter,
+}
+
+impl ApiState {
+    pub fn new(
+        ports: Ports,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        cfg: &config::Api,
+    ) -> Self {
+        let limits = Limits::from_config(cfg);
+        let cors_origins = cfg
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+            .collect();
+        ApiState(Arc::new(Inner {
+            rate: layers::RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
+            ports,
+            audit,
+            metrics,
+            clock,
+            limits,
+            cors_origins,
+        }))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+}
+
+/// Builds the router from [`ROUTES`] with every hardening layer.
+pub fn router(state: ApiState) -> Router {
+    let mut r: Router<ApiState> = Router::new();
+    for def in ROUTES {
+        // Several methods on one path merge into one method router.
+        r = r.route(def.path, (def.handler)());
+    }
+    let limit = state.0.limits.max_body_bytes;
+    r.fallback(handlers::no_route)
+        .method_not_allowed_fallback(handlers::wrong_method)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::body_size,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::rate_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::cors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::observe_and_secure,
+        ))
+        .with_state(state)
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on `{addr}`: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// A running API server.
+pub struct Serving {
+    /// The address actually bound (resolves port 0).
+    pub addr: SocketAddr,
+    /// SHA-256 fingerprint of the served certificate (`AB:CD:…`), `None` in plain mode.
+    pub tls_fingerprint: Option<String>,
+    /// Ends after `shutdown` is cancelled and in-flight requests drained (at most
+    /// [`DRAIN_GRACE`]).
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `cfg.listen` (port 0 allowed), sets up TLS (self-signed certificate in
+/// `<state_dir>/tls/` unless `cfg.mode` names one; plain only when configured) and serves until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    state: ApiState,
+    cfg: &config::Api,
+    state_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<Serving, ServeError> {
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.graceful_shutdown(Some(DRAIN_GRACE));
+        });
+    }
+    let (task, tls_fingerprint) = match &cfg.mode {
+        ApiMode::Plain => {
+            let mut server = axum_server::from_tcp(listener).handle(handle);
+            tune(server.http_builder());
+            (tokio::spawn(server.serve(app)), None)
+        }
+        ApiMode::Tls { cert, key } => {
+            let material = match (cert, key) {
+                (Some(c), Some(k)) => crate::tls::load(c, k)?,
+                _ => {
+                    let names = crate::tls::default_names();
+                    let sd = state_dir.to_path_buf();
+                    tokio::task::spawn_blocking(move || crate::tls::ensure_self_signed(&sd, &names))
+                        .await
+                        .map_err(|_| crate::tls::TlsError::Generate("task failed".into()))??
+                }
+            };
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(material.server_config);
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                .handshake_timeout(TLS_HANDSHAKE_TIMEOUT);
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(handle);
+            tune(server.http_builder());
+            (tokio::spawn(server.serve(app)), Some(material.fingerprint))
+        }
+    };
+    match &tls_fingerprint {
+        Some(fp) => tracing::info!(%addr, sha256 = %fp, "LAN API listening (TLS)"),
+        None => tracing::warn!(%addr, "LAN API listening on plain HTTP (loopback only)"),
+    }
+    Ok(Serving {
+        addr,
+        tls_fingerprint,
+        task,
+    })
+}
+
+/// Header count, head size and head read time limits (slow or oversized request heads).
+fn tune(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    b.http1()
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    b.http2()
+        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX))
+        .max_concurrent_streams(64)
+        .timer(hyper_util::rt::TokioTimer::new());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let mut out = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, _) in item.as_object().unwrap() {
+                if ["get", "put", "post", "delete", "patch", "head", "options"]
+                    .contains(&method.as_str())
+                {
+                    out.insert((method.to_uppercase(), format!("/api/v1{path}")));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document_and_nothing_else_is() {
+        let routes: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        let doc = documented();
+        let missing: Vec<_> = routes.difference(&doc).collect();
+        let extra: Vec<_> = doc.difference(&routes).collect();
+        assert!(
+            missing.is_empty(),
+            "routes missing from docs/openapi.json: {missing:?}"
+        );
+        assert!(extra.is_empty(), "documented but not routed: {extra:?}");
+    }
+
+    #[test]
+    fn every_documented_operation_lists_its_error_responses() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                assert!(
+                    responses.keys().any(|k| k.starts_with('2')),
+                    "{method} {path} documents no success response"
+                );
+                if op.get("security").is_none() {
+                    // Authenticated by default: 401 must be documented.
+                    assert!(
+                        responses.contains_key("401"),
+                        "{method} {path} lacks a 401 response"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn route_paths_are_unique_per_method() {
+        let mut seen = BTreeSet::new();
+        for r in ROUTES {
+            assert!(
+                seen.insert((r.method.clone(), r.path)),
+                "duplicate {}",
+                r.path
+            );
+        }
+    }
+}

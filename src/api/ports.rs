@@ -1,0 +1,518 @@
+//! The ports through which the LAN API reaches the engines: authentication (sessions), the
+//! authorization decision, the Modbus units, and delegation.
+//!
+//! The API depends only on these traits, so it can be built and tested without the engines, and
+//! each engine implements one small trait when it is wired in `app`. The traits are object safe
+//! (`Arc<dyn …>`); async operations return a boxed future ([`BoxFut`]); operations that are
+//! naturally synchronous (the authorization decision over an immutable index, reading the
+//! cached unit state) are plain functions.
+//!
+//! Nothing here performs I/O or holds policy: it is vocabulary only.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::model::{CapSet, Capability, GrantId, GroupId, LinkId, Role, Scope, UnitId, UserId};
+
+/// The future type returned by async port methods.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+// ---------------------------------------------------------------------------------------------
+// Authentication
+// ---------------------------------------------------------------------------------------------
+
+/// A live session, as the auth engine vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub user: UserId,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Why a login was refused. The API answers every variant without saying whether the account
+/// exists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    /// Unknown account, wrong password, inactive user, or a bad/expired/foreign token.
+    #[error("invalid credentials")]
+    Invalid,
+    /// Too many recent failures for this account or client address: try again later.
+    #[error("too many failed logins; retry later")]
+    Throttled { retry_after: Duration },
+    /// The account is locked after repeated failures.
+    #[error("account locked")]
+    Locked { retry_after: Duration },
+    /// The engine could not answer (store failure); details are logged by the engine.
+    #[error("login unavailable")]
+    Unavailable,
+}
+
+/// Why a bearer token does not authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown token (never issued, logged out, or malformed).
+    #[error("invalid session")]
+    Invalid,
+    /// The session existed but has expired.
+    #[error("session expired")]
+    Expired,
+    /// The engine could not answer.
+    #[error("authentication unavailable")]
+    Unavailable,
+}
+
+/// Sessions: login, bearer check, logout. Implemented by the `auth` engine.
+pub trait AuthPort: Send + Sync + 'static {
+    /// Verifies an email and password (offline, against the bundle's verifier), applies the
+    /// per-account and per-address throttles, audits the attempt, and on success opens a session.
+    /// Returns the bearer token (shown once; stored only as a hash) and the session.
+    fn login_password<'a>(
+        &'a self,
+        email: &'a str,
+        password: &'a str,
+        client_ip: IpAddr,
+    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>>;
+
+    /// Verifies a cloud-signed installer token envelope (the exact bytes received) and opens a
+    /// session for the user it names.
+    fn login_token<'a>(
+        &'a self,
+        envelope: &'a [u8],
+        client_ip: IpAddr,
+    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>>;
+
+    /// Resolves a bearer token to its session (expiry judged by the engine's clock).
+    fn authenticate<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<SessionInfo, AuthError>>;
+
+    /// Ends the session of this bearer token (idempotent: an unknown token is `Invalid`).
+    fn logout<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<(), AuthError>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authorization
+// ---------------------------------------------------------------------------------------------
+
+/// What a decision is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The whole site (site-wide audit, metrics, delegation at site scope).
+    Site,
+    /// One unit (the engine resolves its group from the inventory).
+    Unit(UnitId),
+}
+
+/// The answer of the authorization engine. A denial is a value, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Denied, with a stable reason code from a bounded set (e.g. `no_grant`, `expired`,
+    /// `revoked`, `role_lacks_capability`, `feature_disabled`, `inactive_user`, `offline_too_long`);
+    /// used as a metrics label and in audit records, never shown with more detail to the caller.
+    Deny(&'static str),
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+}
+
+/// One grant as shown to a user (in `/me` and in delegation listings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantInfo {
+    pub id: GrantId,
+    pub user: UserId,
+    /// The grantee's email, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub role: Role,
+    pub scope: Scope,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// `cloud`, `local` or `token`.
+    pub origin: &'static str,
+    /// For local grants: who delegated it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegator: Option<UserId>,
+}
+
+/// The caller as the authorization engine sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    pub user: UserId,
+    pub email: String,
+    pub name: String,
+    /// Capabilities that hold at site level (for site-wide operations).
+    pub site: CapSet,
+    /// Effective capabilities per unit (units with none are omitted).
+    pub units: Vec<(UnitId, CapSet)>,
+    /// The caller's currently valid grants.
+    pub grants: Vec<GrantInfo>,
+    /// The site's management mode (`pro` or `independent`), if a bundle is applied.
+    pub management: Option<crate::model::Management>,
+}
+
+/// The decision engine. Implemented by `authz` over its immutable index: synchronous, no I/O.
+pub trait AuthzPort: Send + Sync + 'static {
+    /// May `user` use `capability` on `target` now? Default deny.
+    fn decide(&self, user: &UserId, capability: Capability, target: &Target) -> Decision;
+
+    /// The units on which `user` has at least `view`, with the effective capabilities on each.
+    fn visible_units(&self, user: &UserId) -> Vec<(UnitId, CapSet)>;
+
+    /// The user's profile and effective capabilities; `None` if the user is unknown or inactive.
+    fn me(&self, user: &UserId) -> Option<Me>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Units (Modbus engine)
+// ---------------------------------------------------------------------------------------------
+
+/// A unit of the inventory with its current reachability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitSummary {
+    pub id: UnitId,
+    pub name: String,
+    /// Device profile name (e.g. `dse-gencomm`, `coolmaster-va`).
+    pub profile: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
+    pub link: LinkId,
+    pub online: bool,
+    /// Last successful transaction with the unit.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// One enum value of a point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnumLabel {
+    pub value: i64,
+    pub label: String,
+}
+
+/// A named point of a unit's profile.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PointInfo {
+    pub name: String,
+    pub label: String,
+    /// Engineering unit (`°C`, `V`, `rpm`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// `bool`, `u16`, `i16`, `u32`, `i32`, `f32` or `enum`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Capability needed to read the point (`view` or `diagnose`).
+    pub read: Capability,
+    /// Capability needed to write it (`control` or `configure`); `None` = read-only.
+    pub write: Option<Capability>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub enum_labels: Vec<EnumLabel>,
+}
+
+/// A profile command that is not a plain point write (e.g. a generator start key sequence).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandInfo {
+    pub name: String,
+    pub label: String,
+    /// Capability needed to run it.
+    pub capability: Capability,
+}
+
+/// The parts of a unit's profile the API shows and authorizes against.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UnitProfile {
+    pub points: Vec<PointInfo>,
+    pub commands: Vec<CommandInfo>,
+}
+
+/// Quality of a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// A fresh value from the device.
+    Good,
+    /// The last good value, but polling has failed since.
+    Stale,
+    /// The device reports the sensor as open circuit (e.g. 0x7FFC).
+    SensorOpen,
+    /// The register holds a reserved/unavailable sentinel (e.g. 0xFFFF).
+    Unavailable,
+    /// Never read yet.
+    Unknown,
+    /// The last read of this point failed.
+    CommError,
+}
+
+/// One point value from the cache (or a fresh read).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reading {
+    pub point: String,
+    /// `null` when the quality carries no number.
+    pub value: Value,
+    pub quality: Quality,
+    /// When the value was read from the device.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub read_at: Option<OffsetDateTime>,
+}
+
+/// Why a read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("unknown unit")]
+    UnknownUnit,
+    #[error("the unit did not answer in time")]
+    Timeout,
+    /// Modbus exception (e.g. `illegal data address`).
+    #[error("device exception: {0}")]
+    Exception(String),
+    #[error("link error: {0}")]
+    Transport(String),
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WriteOutcome {
+    /// The value as validated and written (after scaling/enum resolution, in engineering units).
+    pub written: Value,
+    /// The value read back from the device after the write.
+    pub read_back: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandOutcome {
+    pub command: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Why a write or command failed. The API maps each to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The value fails the point's type, range or enum (nothing reached the bus) → 422.
+    #[error("{0}")]
+    Validation(String),
+    /// No such point or command on the unit → 404.
+    #[error("unknown point")]
+    UnknownPoint,
+    /// The unit did not answer in time → 504.
+    #[error("the unit did not answer in time")]
+    Timeout,
+    /// The device answered with a Modbus exception → 502.
+    #[error("device exception: {0}")]
+    Exception(String),
+    /// The read-back differs from what was written → 502.
+    #[error("read-back mismatch: {0}")]
+    Mismatch(String),
+    /// The link failed (connection refused, serial error, framing) → 502.
+    #[error("link error: {0}")]
+    Transport(String),
+}
+
+/// Register kinds for raw diagnostic reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterKind {
+    Coil,
+    Discrete,
+    Input,
+    Holding,
+}
+
+/// Counters of one Modbus link.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct LinkStats {
+    pub link: String,
+    /// `tcp`, `rtu` or `rtu-over-tcp`.
+    pub kind: String,
+    pub connected: bool,
+    pub requests: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub exceptions: u64,
+    pub retries: u64,
+    /// Requests waiting for the bus.
+    pub queue_depth: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Diagnostics of one unit and its link.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnostics {
+    pub unit: UnitId,
+    pub slave: u8,
+    pub online: bool,
+    pub consecutive_failures: u32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub link: LinkStats,
+}
+
+/// The Modbus engine as the API uses it. Implemented by `modbus`.
+///
+/// The engine owns validation: `write_point` must check type, range and enum and return
+/// `WriteError::Validation` before anything is queued for the bus. The API authorizes first
+/// (capability from [`PointInfo::write`]) and never calls `write_point` for a denied caller.
+pub trait UnitsPort: Send + Sync + 'static {
+    /// Every unit of the inventory with its reachability (cached; no bus traffic).
+    fn units(&self) -> Vec<UnitSummary>;
+
+    /// One unit (cached), or `None` if it does not exist.
+    fn unit(&self, unit: &UnitId) -> Option<UnitSummary>;
+
+    /// The unit's points and commands.
+    fn profile(&self, unit: &UnitId) -> Option<UnitProfile>;
+
+    /// The cached values of every point of the unit (no bus traffic).
+    fn snapshot(&self, unit: &UnitId) -> Option<Vec<Reading>>;
+
+    /// Reads every point of the unit now, as an interactive read (ahead of polling), within
+    /// `timeout`; returns the fresh values.
+    fn read_fresh<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        timeout: Duration,
+    ) -> BoxFut<'a, Result<Vec<Reading>, ReadError>>;
+
+    /// Validates `value` for `point`, writes it, reads it back.
+    fn write_point<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        point: &'a str,
+        value: Value,
+    ) -> BoxFut<'a, Result<WriteOutcome, WriteError>>;
+
+    /// Runs a profile command (e.g. `start`, `stop`, `auto`, `reset_faults`).
+    fn run_command<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        command: &'a str,
+    ) -> BoxFut<'a, Result<CommandOutcome, WriteError>>;
+
+    /// Unit and link diagnostics (cached counters).
+    fn diagnostics(&self, unit: &UnitId) -> Option<Diagnostics>;
+
+    /// Reads `count` raw registers (or coils, as 0/1) starting at the 0-based `address`.
+    /// The API has already bounded `count` (125 registers, 2000 bits) and the address range.
+    fn read_raw<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        kind: RegisterKind,
+        address: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> BoxFut<'a, Result<Vec<u16>, ReadError>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delegation
+// ---------------------------------------------------------------------------------------------
+
+/// A request to delegate a local grant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegateRequest {
+    /// The grantee's login email; a local user is created when unknown (independent sites).
+    pub email: String,
+    /// Display name for a new user.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Initial password for a new local user (hashed by the engine, never logged).
+    #[serde(default)]
+    pub password: Option<String>,
+    pub role: Role,
+    pub scope: Scope,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A request for access, sent upward for approval.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub role: Role,
+    pub scope: Scope,
+    /// Free text for the approver (bounded by the API to 500 characters).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Result of a delegation or revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DelegationOutcome {
+    /// Took effect at once (independent site, or revocation by the delegator).
+    Applied(Option<GrantInfo>),
+    /// Sent upward; takes effect when a signed bundle includes it.
+    Pending { request_id: String },
+}
+
+/// Why a delegation operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelegationError {
+    /// The actor may not do this (no `manage_users`, above its ceiling, outside its scope,
+    /// beyond its own expiry, or a pro site without a cloud grant) → 403, with a reason code.
+    #[error("not allowed: {0}")]
+    Forbidden(&'static str),
+    /// No such grant (or not visible to the actor) → 404.
+    #[error("no such grant")]
+    NotFound,
+    /// Conflicts with the current state (already revoked, duplicate) → 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed in a way the engine detects (bad email, expiry in the past) → 422.
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine could not answer → 500.
+    #[error("delegation unavailable")]
+    Unavailable,
+}
+
+/// Local grants and access requests. Implemented by `grants` (signing, storing, reporting
+/// upward) together with `authz` (ceiling and scope checks).
+pub trait DelegationPort: Send + Sync + 'static {
+    /// Grants the actor may manage (inside the scopes where it holds `manage_users`).
+    fn list<'a>(&'a self, actor: &'a UserId)
+    -> BoxFut<'a, Result<Vec<GrantInfo>, DelegationError>>;
+
+    /// Delegates a local grant.
+    fn create<'a>(
+        &'a self,
+        actor: &'a UserId,
+        request: DelegateRequest,
+    ) -> BoxFut<'a, Result<DelegationOutcome, DelegationError>>;
+
+    /// Revokes a grant the actor manages.
+    fn revoke<'a>(
+        &'a self,
+        actor: &'a UserId,
+        grant: &'a GrantId,
+    ) -> BoxFut<'a, Result<DelegationOutcome, DelegationError>>;
+
+    /// Records and sends upward a request for access; returns the request id.
+    fn request_access<'a>(
+        &'a self,
+        actor: &'a UserId,
+        request: AccessRequest,
+    ) -> BoxFut<'a, Result<String, DelegationError>>;
+}
