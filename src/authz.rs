@@ -786,6 +786,19 @@ impl Index {
         self.users.get(id).map(|&i| &self.rows[i as usize].user)
     }
 
+    /// Every grant of `user` the index holds (valid or not), for listings.
+    pub fn grants_of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = &'a Grant> + 'a {
+        let row = self.users.get(user).map(|&i| &self.rows[i as usize]);
+        row.into_iter()
+            .flat_map(|r| {
+                r.site
+                    .iter()
+                    .chain(r.group.values().flatten())
+                    .chain(r.unit.values().flatten())
+            })
+            .map(move |&gi| &self.grants[gi as usize].grant)
+    }
+
     /// Case-insensitive lookup by email.
     pub fn user_by_email(&self, email: &str) -> Option<&User> {
         self.by_email

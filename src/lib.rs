@@ -22,11 +22,13 @@
 //! - [`api`]: the LAN API (HTTP/JSON under `/api/v1`): routes, error contract, hardening, serving.
 //! - [`tls`]: the API's certificate (self-signed at provisioning, or configured) and its fingerprint.
 //! - [`metrics`]: the Prometheus registry behind `GET /api/v1/metrics`.
+//! - [`adapters`]: the engines behind the API's port traits.
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
 //! - [`cli`]: the command-line interface that `main.rs` dispatches.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
 
 pub mod access;
+pub mod adapters;
 pub mod api;
 pub mod app;
 pub mod audit;

@@ -5,7 +5,6 @@
 //! The lead replaces these with the real engines in the daemon-level integration tests.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
-
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers fail loudly on broken fixtures"
