@@ -1,5 +1,7 @@
 //! Running the real `sitegate` binary: free ports, config files, notify sockets, log capture.
 
+#![allow(clippy::panic, reason = "test helpers fail the test loudly")]
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
