@@ -13,6 +13,7 @@
 //! - [`store`]: the SQLite database (WAL, migrations, durability).
 //! - [`audit`]: the hash-chained audit trail; every record is also queued for MQTT.
 //! - [`outbox`]: the MQTT store-and-forward queue.
+//! - [`mqtt`]: the northbound MQTT link (TLS, reconnect, grants in, status/telemetry/events out, outbox drain).
 //! - [`notify`]: systemd's sd_notify protocol (ready, watchdog, stopping).
 //! - [`logging`]: tracing set-up (human, JSON, journald).
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod model;
+pub mod mqtt;
 pub mod notify;
 pub mod outbox;
 pub mod store;

@@ -1,0 +1,628 @@
+//! The connection and the outbox drain, as two tasks:
+//!
+//! - the poll task owns rumqttc's `EventLoop`, forwards every event, and on an error waits with
+//!   exponential backoff and jitter before the next connect (rumqttc itself reconnects on the
+//!   next `poll()` without any delay);
+//! - the drain task owns the `AsyncClient` and the in-flight bookkeeping: which outbox row each
+//!   packet id carries, so that a PUBACK deletes exactly that row.
+//!
+//! Packet ids: rumqttc assigns them when it takes a request off its channel, strictly in channel
+//! order, and reports each as `Outgoing::Publish(pkid)` (or `Outgoing::AwaitAck(pkid)` when the
+//! id is still in use, the publish then follows as `Outgoing::Publish(pkid)` once its PUBACK
+//! arrived). Only the drain task submits publishes, so a FIFO of submitted rows matched against
+//! those events maps each pkid to its row. INVARIANT: the FIFO and the channel hold the same
+//! requests in the same order; on a connection error the drain forgets every in-flight row and
+//! acknowledges, and only then does the poll task empty rumqttc's queues (`clean()` +
+//! `pending.clear()`), so nothing submitted for a dead connection survives into the next one.
+//! Unacknowledged rows stay in SQLite and are read again (at-least-once).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
+    Packet, QoS, StateError, SubscribeFilter, SubscribeReasonCode,
+};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    GrantSink, INFLIGHT_WINDOW, InboundKind, MAX_INBOUND_BYTES, MAX_OUTBOUND_BYTES, OFFLINE_STATUS,
+    Shared,
+};
+use crate::audit::{Audit, Event as AuditEvent};
+use crate::outbox::{self, Row};
+
+/// How often the drain looks for rows queued without a wake-up (audit records).
+const TICK: Duration = Duration::from_millis(100);
+/// Acknowledged rows are deleted in batches of this size (one transaction each) or on a tick.
+const ACK_BATCH: usize = 64;
+/// First reconnect delay; doubles up to `reconnect_max`.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// How long a clean shutdown waits for the offline status and the DISCONNECT to go out.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) struct Parts<'a> {
+    pub shared: Arc<Shared>,
+    pub options: MqttOptions,
+    pub audit: Audit,
+    pub sink: Arc<dyn GrantSink>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub tracker: &'a TaskTracker,
+    pub reconnect_max: Duration,
+}
+
+enum Msg {
+    Event(Event),
+    Down {
+        error: ConnectionError,
+        ack: oneshot::Sender<()>,
+    },
+}
+
+pub(super) fn spawn(p: Parts<'_>) {
+    let (client, eventloop) = AsyncClient::new(p.options, usize::from(INFLIGHT_WINDOW) + 16);
+    let (ev_tx, ev_rx) = mpsc::channel(256);
+    let (in_tx, in_rx) = mpsc::channel(8);
+    let poll_stop = CancellationToken::new();
+    p.tracker.spawn(poll_loop(
+        eventloop,
+        ev_tx,
+        poll_stop.clone(),
+        p.reconnect_max,
+    ));
+    p.tracker.spawn(inbound_loop(
+        in_rx,
+        p.shared.clone(),
+        p.sink,
+        p.audit.clone(),
+    ));
+    let drain = Drain {
+        shared: p.shared,
+        client,
+        audit: p.audit,
+        in_tx,
+        connected: false,
+        ever_connected: false,
+        down_streak: 0,
+        fifo: VecDeque::new(),
+        collided: None,
+        by_pkid: HashMap::new(),
+        acked: Vec::new(),
+        last_flush: Instant::now(),
+        cursors: [0; 4],
+        maybe_more: true,
+    };
+    p.tracker.spawn(drain.run(ev_rx, p.shutdown, poll_stop));
+}
+
+/// Exponential backoff with jitter: the n-th delay is uniform in [d/2, d] with
+/// d = min(BACKOFF_MIN · 2ⁿ, max).
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        let max = max.max(BACKOFF_MIN);
+        Backoff {
+            next: BACKOFF_MIN,
+            max,
+        }
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+    fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.max);
+        let r = u64::from_le_bytes(crate::util::random_bytes::<8>());
+        let half = d / 2;
+        let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_millis(r % half_ms)
+    }
+}
+
+async fn poll_loop(
+    mut el: EventLoop,
+    tx: mpsc::Sender<Msg>,
+    stop: CancellationToken,
+    reconnect_max: Duration,
+) {
+    let mut backoff = Backoff::new(reconnect_max);
+    loop {
+        let r = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            r = el.poll() => r,
+        };
+        match r {
+            Ok(ev) => {
+                if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                    backoff.reset();
+                }
+                let disconnect = matches!(ev, Event::Outgoing(Outgoing::Disconnect));
+                if tx.send(Msg::Event(ev)).await.is_err() || disconnect {
+                    break;
+                }
+            }
+            Err(error) => {
+                let (ack, acked) = oneshot::channel();
+                if tx.send(Msg::Down { error, ack }).await.is_err() {
+                    break;
+                }
+                // INVARIANT: the drain has forgotten its in-flight rows; drop whatever was
+                // submitted for the dead connection (and rumqttc's own retransmit queue: the
+                // outbox resends from SQLite).
+                let _ = acked.await;
+                el.clean();
+                el.pending.clear();
+                let delay = backoff.delay();
+                tracing::debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    "mqtt reconnect backoff"
+                );
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// A row handed to rumqttc.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    seq: i64,
+    qos1: bool,
+}
+
+struct Drain {
+    shared: Arc<Shared>,
+    client: AsyncClient,
+    audit: Audit,
+    in_tx: mpsc::Sender<(InboundKind, Vec<u8>)>,
+    connected: bool,
+    ever_connected: bool,
+    /// Connection errors since the last successful connect (for log and audit rate).
+    down_streak: u64,
+    /// Submitted, no packet id yet (channel order).
+    fifo: VecDeque<Sent>,
+    /// Submitted, its packet id still in use: rumqttc sends it when that id is acknowledged.
+    collided: Option<Sent>,
+    /// Sent, waiting for the PUBACK.
+    by_pkid: HashMap<u16, Sent>,
+    /// Acknowledged, not yet deleted.
+    acked: Vec<i64>,
+    last_flush: Instant,
+    /// Per class, the highest seq submitted on this connection.
+    cursors: [i64; 4],
+    /// Whether the outbox may hold rows past the cursors.
+    maybe_more: bool,
+}
+
+impl Drain {
+    fn inflight(&self) -> usize {
+        self.fifo.len() + self.by_pkid.len() + usize::from(self.collided.is_some())
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        shutdown: CancellationToken,
+        poll_stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                m = rx.recv() => match m {
+                    Some(Msg::Event(ev)) => self.on_event(ev).await,
+                    Some(Msg::Down { error, ack }) => {
+                        self.on_down(error).await;
+                        let _ = ack.send(());
+                    }
+                    None => break,
+                },
+                () = self.shared.wake.notified() => self.maybe_more = true,
+                _ = tick.tick() => {
+                    self.maybe_more = true;
+                    self.flush_acks().await;
+                }
+            }
+            self.pump().await;
+        }
+        self.stop(rx, poll_stop).await;
+    }
+
+    /// Deletes acknowledged rows when a batch is full or the last flush is a tick old.
+    async fn pump(&mut self) {
+        if self.acked.len() >= ACK_BATCH || self.last_flush.elapsed() >= TICK {
+            self.flush_acks().await;
+        }
+        let room = usize::from(INFLIGHT_WINDOW).saturating_sub(self.inflight());
+        // Refill in chunks, not per PUBACK: each fill is a SQLite read.
+        if self.connected
+            && self.maybe_more
+            && (room >= usize::from(INFLIGHT_WINDOW) / 4 || self.inflight() == 0)
+        {
+            self.fill(room).await;
+        }
+    }
+
+    async fn flush_acks(&mut self) {
+        self.last_flush = Instant::now();
+        if self.acked.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.acked);
+        let n = seqs.len();
+        if let Err(e) = self
+            .shared
+            .store
+            .call(move |c| outbox::delete_acked(c, &seqs))
+            .await
+        {
+            // The rows stay queued and are sent again after a reconnect (a duplicate, not a
+            // loss); keep going.
+            tracing::error!(error = %e, rows = n, "cannot delete acknowledged outbox rows");
+        }
+    }
+
+    async fn fill(&mut self, room: usize) {
+        let after = self.cursors;
+        let rows = match self
+            .shared
+            .store
+            .call(move |c| outbox::next_batch(c, &after, room))
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        self.maybe_more = rows.len() >= room;
+        for row in rows {
+            self.cursors[row.class.index()] = row.seq;
+            if row.payload.len() > MAX_OUTBOUND_BYTES {
+                self.drop_oversized(&row).await;
+                continue;
+            }
+            let qos = if row.qos1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let sent = Sent {
+                seq: row.seq,
+                qos1: row.qos1,
+            };
+            // The channel holds the whole window, so this only fails if the event loop is gone.
+            if let Err(e) = self
+                .client
+                .try_publish(row.topic, qos, row.retain, row.payload)
+            {
+                tracing::warn!(error = %e, "cannot hand a message to the mqtt client");
+                self.cursors[row.class.index()] = row.seq - 1;
+                self.maybe_more = true;
+                break;
+            }
+            self.fifo.push_back(sent);
+        }
+        self.shared
+            .stats
+            .inflight
+            .store(self.inflight() as u64, Ordering::Relaxed);
+    }
+
+    async fn drop_oversized(&mut self, row: &Row) {
+        tracing::error!(
+            msg_id = %row.msg_id,
+            bytes = row.payload.len(),
+            limit = MAX_OUTBOUND_BYTES,
+            "outbox message too large to send; removed"
+        );
+        self.acked.push(row.seq);
+        let _ = self
+            .audit
+            .record(
+                AuditEvent::new("mqtt_message_too_large", "failed")
+                    .actor("system")
+                    .detail(json!({
+                        "msg_id": row.msg_id,
+                        "topic": row.topic,
+                        "bytes": row.payload.len(),
+                        "limit": MAX_OUTBOUND_BYTES,
+                    })),
+            )
+            .await;
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => self.on_connected().await,
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(s) = self.by_pkid.remove(&ack.pkid) {
+                    self.acked.push(s.seq);
+                    self.shared.stats.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let kind = if p.topic == self.shared.topics.grants {
+                    InboundKind::Grants
+                } else if p.topic == self.shared.topics.keys {
+                    InboundKind::Keys
+                } else {
+                    tracing::debug!(topic = %p.topic, "ignoring a message on an unexpected topic");
+                    return;
+                };
+                if p.payload.is_empty() {
+                    // An empty retained message only clears the retained slot.
+                    tracing::debug!(kind = kind.as_str(), "ignoring an empty message");
+                    return;
+                }
+                self.shared.stats.inbound.fetch_add(1, Ordering::Relaxed);
+                // Backpressure: a slow sink slows the event loop instead of piling up memory.
+                let _ = self.in_tx.send((kind, p.payload.to_vec())).await;
+            }
+            Event::Incoming(Packet::SubAck(s))
+                if s.return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+            {
+                tracing::error!(
+                    "the broker refused the subscription to grants/keys; check its ACL"
+                );
+                let _ = self
+                    .audit
+                    .record(
+                        AuditEvent::new("mqtt_subscribe_refused", "failed")
+                            .actor("system")
+                            .detail(json!({
+                                "topics": [self.shared.topics.grants, self.shared.topics.keys]
+                            })),
+                    )
+                    .await;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let sent = match self.collided.take() {
+                    Some(s) => Some(s),
+                    None => self.fifo.pop_front(),
+                };
+                let Some(sent) = sent else {
+                    // The offline status on shutdown: not an outbox row.
+                    return;
+                };
+                self.shared.stats.sent.fetch_add(1, Ordering::Relaxed);
+                if sent.qos1 {
+                    self.by_pkid.insert(pkid, sent);
+                } else {
+                    self.acked.push(sent.seq);
+                }
+            }
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+                tracing::debug!(pkid, "packet id still in use; publish deferred");
+                self.collided = self.fifo.pop_front();
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_connected(&mut self) {
+        self.connected = true;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        if self.ever_connected {
+            self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ever_connected = true;
+        self.down_streak = 0;
+        tracing::info!("connected to the mqtt broker");
+        let topics = &self.shared.topics;
+        let filters = [
+            SubscribeFilter::new(topics.grants.clone(), QoS::AtLeastOnce),
+            SubscribeFilter::new(topics.keys.clone(), QoS::AtLeastOnce),
+        ];
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::error!(error = %e, "cannot subscribe to grants/keys");
+        }
+        let status = self.shared.online_status().to_string().into_bytes();
+        if let Err(e) = self
+            .shared
+            .enqueue_state(self.shared.topics.status.clone(), status)
+            .await
+        {
+            tracing::error!(error = %e, "cannot queue the online status");
+        }
+        self.cursors = [0; 4];
+        self.maybe_more = true;
+    }
+
+    async fn on_down(&mut self, error: ConnectionError) {
+        let was_connected = self.connected;
+        self.connected = false;
+        self.shared.connected.store(false, Ordering::Relaxed);
+        self.flush_acks().await;
+        self.fifo.clear();
+        self.collided = None;
+        self.by_pkid.clear();
+        self.cursors = [0; 4];
+        self.shared.stats.inflight.store(0, Ordering::Relaxed);
+        self.down_streak += 1;
+        let first = self.down_streak == 1;
+        match &error {
+            ConnectionError::ConnectionRefused(code) => {
+                let reason = refused_reason(*code);
+                tracing::warn!(
+                    reason,
+                    attempt = self.down_streak,
+                    "the mqtt broker refused the connection"
+                );
+                // Audit the first refusal of a streak and then every 100th: a broker that refuses
+                // for days must not flood the audit trail.
+                if first || self.down_streak % 100 == 0 {
+                    let _ = self
+                        .audit
+                        .record(
+                            AuditEvent::new("mqtt_refused", "failed")
+                                .actor("system")
+                                .detail(json!({ "reason": reason, "attempt": self.down_streak })),
+                        )
+                        .await;
+                }
+            }
+            ConnectionError::MqttState(StateError::Deserialization(
+                rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+            )) => {
+                tracing::error!(
+                    bytes = n,
+                    "the broker sent a message larger than the packet limit; dropping the connection"
+                );
+                if first {
+                    let _ = self
+                        .audit
+                        .record(
+                            AuditEvent::new("mqtt_inbound_too_large", "rejected")
+                                .actor("system")
+                                .detail(json!({ "bytes": n, "limit": super::MAX_PACKET_BYTES })),
+                        )
+                        .await;
+                }
+            }
+            other if was_connected => {
+                tracing::warn!(error = %other, "mqtt connection lost; reconnecting");
+            }
+            other if first => {
+                tracing::warn!(error = %other, "cannot connect to the mqtt broker; retrying");
+            }
+            other => {
+                tracing::debug!(error = %other, attempt = self.down_streak, "mqtt connect failed");
+            }
+        }
+    }
+
+    /// On shutdown: publish the offline status and DISCONNECT (so the broker does not send the
+    /// will), wait briefly for PUBACKs, then stop the poll task.
+    async fn stop(mut self, mut rx: mpsc::Receiver<Msg>, poll_stop: CancellationToken) {
+        if self.connected {
+            let _ = self.client.try_publish(
+                self.shared.topics.status.clone(),
+                QoS::AtLeastOnce,
+                true,
+                OFFLINE_STATUS.to_vec(),
+            );
+            let _ = self.client.try_disconnect();
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Msg::Event(Event::Outgoing(Outgoing::Disconnect)))) => break,
+                    Ok(Some(Msg::Event(ev))) => self.on_event(ev).await,
+                    Ok(Some(Msg::Down { ack, .. })) => {
+                        let _ = ack.send(());
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        self.flush_acks().await;
+        self.shared.connected.store(false, Ordering::Relaxed);
+        poll_stop.cancel();
+    }
+}
+
+fn refused_reason(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::Success => "success",
+        ConnectReturnCode::RefusedProtocolVersion => "protocol_version",
+        ConnectReturnCode::BadClientId => "client_id_rejected",
+        ConnectReturnCode::ServiceUnavailable => "service_unavailable",
+        ConnectReturnCode::BadUserNamePassword => "bad_username_or_password",
+        ConnectReturnCode::NotAuthorized => "not_authorized",
+    }
+}
+
+/// Hands inbound envelopes to the sink, one at a time in arrival order, and queues the returned
+/// state document retained on `…/grants/state`.
+async fn inbound_loop(
+    mut rx: mpsc::Receiver<(InboundKind, Vec<u8>)>,
+    shared: Arc<Shared>,
+    sink: Arc<dyn GrantSink>,
+    audit: Audit,
+) {
+    while let Some((kind, bytes)) = rx.recv().await {
+        let size = bytes.len();
+        let doc = if size > MAX_INBOUND_BYTES {
+            tracing::warn!(
+                kind = kind.as_str(),
+                bytes = size,
+                "inbound message too large; rejected"
+            );
+            let _ = audit
+                .record(
+                    AuditEvent::new("mqtt_inbound_too_large", "rejected")
+                        .actor("system")
+                        .detail(json!({ "kind": kind, "bytes": size, "limit": MAX_INBOUND_BYTES })),
+                )
+                .await;
+            json!({
+                "kind": kind,
+                "outcome": "rejected",
+                "reason": "too_large",
+                "bytes": size,
+                "limit": MAX_INBOUND_BYTES,
+            })
+        } else {
+            let sink = sink.clone();
+            match tokio::task::spawn_blocking(move || sink.apply(kind, bytes)).await {
+                Ok(doc) => doc,
+                Err(e) => {
+                    // A panicking sink must not take the MQTT link down with it.
+                    tracing::error!(kind = kind.as_str(), error = %e, "the grant sink failed");
+                    json!({ "kind": kind, "outcome": "rejected", "reason": "internal_error" })
+                }
+            }
+        };
+        let payload = doc.to_string().into_bytes();
+        if let Err(e) = shared
+            .enqueue_state(shared.topics.grants_state.clone(), payload)
+            .await
+        {
+            tracing::error!(error = %e, "cannot queue the grants state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(4));
+        let mut last_cap = Duration::ZERO;
+        for i in 0..10 {
+            let cap = (BACKOFF_MIN * 2u32.pow(i)).min(Duration::from_secs(4));
+            let d = b.delay();
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {i}: {d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+            assert!(cap >= last_cap);
+            last_cap = cap;
+        }
+        b.reset();
+        assert!(b.delay() <= BACKOFF_MIN);
+    }
+}
