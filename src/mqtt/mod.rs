@@ -50,7 +50,7 @@ pub const MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
 /// Publishes in flight (sent, PUBACK not yet seen) at most.
 pub const INFLIGHT_WINDOW: u16 = 128;
 
-/// The last will, and the status published on a clean shutdown.
+/// The last will (a clean shutdown publishes `{"online":false,"reason":"shutdown",…}` instead).
 pub const OFFLINE_STATUS: &[u8] = br#"{"online":false}"#;
 
 /// What arrived on a subscribed topic.

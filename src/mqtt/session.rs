@@ -515,11 +515,18 @@ impl Drain {
     /// will), wait briefly for PUBACKs, then stop the poll task.
     async fn stop(mut self, mut rx: mpsc::Receiver<Msg>, poll_stop: CancellationToken) {
         if self.connected {
+            // Not the bare will: the cloud can tell a clean stop from a crash or a lost link.
+            let doc = json!({
+                "online": false,
+                "reason": "shutdown",
+                "version": env!("CARGO_PKG_VERSION"),
+                "since": self.shared.since,
+            });
             let _ = self.client.try_publish(
                 self.shared.topics.status.clone(),
                 QoS::AtLeastOnce,
                 true,
-                OFFLINE_STATUS.to_vec(),
+                doc.to_string().into_bytes(),
             );
             let _ = self.client.try_disconnect();
             let deadline = tokio::time::Instant::now() + STOP_GRACE;
