@@ -105,7 +105,10 @@ async fn a_retained_bundle_is_applied_and_its_state_is_published_retained() {
     {
         let seen = sink.seen.lock().unwrap();
         assert_eq!(seen[0].0, InboundKind::Grants);
-        assert_eq!(seen[0].1, br#"{"seq":42,"sig":"good"}"#, "exact bytes reach the sink");
+        assert_eq!(
+            seen[0].1, br#"{"seq":42,"sig":"good"}"#,
+            "exact bytes reach the sink"
+        );
     }
 
     // A late subscriber gets the state and the online status as retained messages.
@@ -115,7 +118,9 @@ async fn a_retained_bundle_is_applied_and_its_state_is_published_retained() {
         .await;
     assert_eq!(st.json()["applied_seq"], 42);
     let status = late
-        .wait_message(&format!("{ROOT}/status"), Duration::from_secs(10), |m| m.retain)
+        .wait_message(&format!("{ROOT}/status"), Duration::from_secs(10), |m| {
+            m.retain
+        })
         .await;
     assert_eq!(status.json()["online"], true);
     assert_eq!(status.json()["version"], env!("CARGO_PKG_VERSION"));
@@ -190,9 +195,11 @@ async fn an_oversized_envelope_is_rejected_without_reaching_the_sink_or_dropping
     let big = vec![b'x'; sitegate::mqtt::MAX_INBOUND_BYTES + 1];
     broker::publish(b.port, dir.path(), &format!("{ROOT}/grants"), &big, false);
     let st = watcher
-        .wait_message(&format!("{ROOT}/grants/state"), Duration::from_secs(15), |m| {
-            m.json()["reason"] == "too_large"
-        })
+        .wait_message(
+            &format!("{ROOT}/grants/state"),
+            Duration::from_secs(15),
+            |m| m.json()["reason"] == "too_large",
+        )
         .await;
     assert_eq!(st.json()["bytes"], sitegate::mqtt::MAX_INBOUND_BYTES + 1);
     assert!(sink.seen.lock().unwrap().is_empty());
@@ -205,9 +212,11 @@ async fn an_oversized_envelope_is_rejected_without_reaching_the_sink_or_dropping
         false,
     );
     watcher
-        .wait_message(&format!("{ROOT}/grants/state"), Duration::from_secs(10), |m| {
-            m.json()["outcome"] == "applied"
-        })
+        .wait_message(
+            &format!("{ROOT}/grants/state"),
+            Duration::from_secs(10),
+            |m| m.json()["outcome"] == "applied",
+        )
         .await;
     assert_eq!(bx.handle.stats().await.unwrap().reconnects, 0);
     // The rejection is in the audit trail.

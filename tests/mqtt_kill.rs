@@ -50,7 +50,11 @@ async fn child_box() {
         .parse()
         .unwrap();
     let store = Store::open_in(std::path::Path::new(&dir)).unwrap();
-    let audit = Audit::new(store.clone(), Arc::new(SystemClock), Some(format!("{ROOT}/events")));
+    let audit = Audit::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        Some(format!("{ROOT}/events")),
+    );
     let tracker = TaskTracker::new();
     let _h = MqttClient::start(
         &mqtt_config(port, "sitegate-kill"),
@@ -108,8 +112,10 @@ async fn sigkill_mid_stream_loses_nothing_and_the_will_is_published() {
     let status_topic = format!("{ROOT}/status");
 
     let mut child = spawn_child(&state, b.port, EVENTS);
-    sub.wait_message(&status_topic, Duration::from_secs(20), |m| m.json()["online"] == true)
-        .await;
+    sub.wait_message(&status_topic, Duration::from_secs(20), |m| {
+        m.json()["online"] == true
+    })
+    .await;
     wait_for("300 events to arrive", Duration::from_secs(30), || {
         sub.on(&events_topic).len() >= 300
     })
@@ -143,9 +149,11 @@ async fn sigkill_mid_stream_loses_nothing_and_the_will_is_published() {
 
     // Restarted (no new events): everything recorded before the kill arrives.
     let mut child = spawn_child(&state, b.port, 0);
-    wait_for("every recorded event id at the subscriber", Duration::from_secs(60), || {
-        ids.is_subset(&received(&sub))
-    })
+    wait_for(
+        "every recorded event id at the subscriber",
+        Duration::from_secs(60),
+        || ids.is_subset(&received(&sub)),
+    )
     .await;
     child.kill().unwrap();
     child.wait().unwrap();

@@ -78,10 +78,18 @@ async fn a_thousand_events_recorded_while_the_broker_is_down_all_arrive_after_it
     sub.wait_subscribed().await;
     let r = start(dir.path(), mqtt_config(b.port, "sitegate-outage"));
     let h = r.handle.clone();
-    wait_for("the box to connect", Duration::from_secs(10), || h.connected()).await;
+    wait_for("the box to connect", Duration::from_secs(10), || {
+        h.connected()
+    })
+    .await;
 
     b.stop();
-    wait_for("the box to notice the outage", Duration::from_secs(20), || !h.connected()).await;
+    wait_for(
+        "the box to notice the outage",
+        Duration::from_secs(20),
+        || !h.connected(),
+    )
+    .await;
     let mut ids = HashSet::new();
     for i in 0..1000 {
         let rec = r
@@ -98,9 +106,11 @@ async fn a_thousand_events_recorded_while_the_broker_is_down_all_arrive_after_it
     assert_eq!(queued, 1000, "every event waits in the outbox");
 
     b.restart();
-    wait_for("all 1,000 event ids at the subscriber", Duration::from_secs(60), || {
-        ids.is_subset(&event_ids(&sub))
-    })
+    wait_for(
+        "all 1,000 event ids at the subscriber",
+        Duration::from_secs(60),
+        || ids.is_subset(&event_ids(&sub)),
+    )
     .await;
     wait_for("the outbox to empty", Duration::from_secs(10), || {
         r.store
@@ -146,7 +156,10 @@ async fn fresh_telemetry_overtakes_a_large_event_backlog() {
     drop(store);
     let r = start(dir.path(), mqtt_config(b.port, "sitegate-fair"));
     let h = r.handle.clone();
-    wait_for("the box to connect", Duration::from_secs(10), || h.connected()).await;
+    wait_for("the box to connect", Duration::from_secs(10), || {
+        h.connected()
+    })
+    .await;
     let unit = "hvac-1".parse().unwrap();
     let sample = PointSample {
         name: "room_temp".into(),
@@ -160,7 +173,11 @@ async fn fresh_telemetry_overtakes_a_large_event_backlog() {
         .await
         .unwrap();
     let t = sub
-        .wait_message(&format!("{ROOT}/telemetry/hvac-1"), Duration::from_secs(20), |_| true)
+        .wait_message(
+            &format!("{ROOT}/telemetry/hvac-1"),
+            Duration::from_secs(20),
+            |_| true,
+        )
         .await;
     let events_before = sub.on(&format!("{ROOT}/events")).len();
     assert!(
@@ -203,11 +220,22 @@ async fn availability_telemetry_and_requests_are_published_as_documented() {
         deadband: Some(1.0),
     };
     assert_eq!(tel.update(&unit, &[p(5.0)], now).await.unwrap(), 1);
-    assert_eq!(tel.update(&unit, &[p(5.5)], now).await.unwrap(), 0, "inside the deadband");
-    assert_eq!(tel.update(&unit, &[p(6.2)], now).await.unwrap(), 1, "drift beyond it");
-    h.request("req-1", json!({"kind": "access_request", "user": "u-9", "role": "viewer"}))
-        .await
-        .unwrap();
+    assert_eq!(
+        tel.update(&unit, &[p(5.5)], now).await.unwrap(),
+        0,
+        "inside the deadband"
+    );
+    assert_eq!(
+        tel.update(&unit, &[p(6.2)], now).await.unwrap(),
+        1,
+        "drift beyond it"
+    );
+    h.request(
+        "req-1",
+        json!({"kind": "access_request", "user": "u-9", "role": "viewer"}),
+    )
+    .await
+    .unwrap();
 
     let topic = format!("{ROOT}/telemetry/gen-1");
     sub.wait_message(&topic, Duration::from_secs(10), |m| {
@@ -222,7 +250,9 @@ async fn availability_telemetry_and_requests_are_published_as_documented() {
     assert_ne!(sent[0]["msg_id"], sent[1]["msg_id"]);
 
     let req = sub
-        .wait_message(&format!("{ROOT}/requests"), Duration::from_secs(10), |_| true)
+        .wait_message(&format!("{ROOT}/requests"), Duration::from_secs(10), |_| {
+            true
+        })
         .await;
     assert_eq!(req.json()["msg_id"], "req-1");
     assert_eq!(req.json()["user"], "u-9");

@@ -156,9 +156,18 @@ pub fn signal(pid: u32, name: &str) {
 /// `mosquitto_pub` as a third-party publisher: QoS 1, retained when `retain`, payload from a file.
 pub fn publish_file(port: u16, topic: &str, file: &Path, retain: bool) {
     let mut cmd = Command::new("mosquitto_pub");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic])
-        .arg("-f")
-        .arg(file);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ])
+    .arg("-f")
+    .arg(file);
     if retain {
         cmd.arg("-r");
     }

@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests: a real mosquitto per test (`broker`), an MQTT
 //! subscriber that records what it receives, and bounded polling.
-#![allow(dead_code, reason = "shared by several test binaries; each uses a subset")]
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries; each uses a subset"
+)]
 
 pub mod broker;
+pub mod pki;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -111,9 +118,11 @@ impl Collector {
 
     pub async fn wait_subscribed(&self) {
         let c = self.connected.clone();
-        wait_for("the subscriber to subscribe", Duration::from_secs(10), || {
-            c.load(std::sync::atomic::Ordering::SeqCst)
-        })
+        wait_for(
+            "the subscriber to subscribe",
+            Duration::from_secs(10),
+            || c.load(std::sync::atomic::Ordering::SeqCst),
+        )
         .await;
     }
 
