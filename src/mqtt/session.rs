@@ -31,8 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    GrantSink, INFLIGHT_WINDOW, InboundKind, MAX_INBOUND_BYTES, MAX_OUTBOUND_BYTES, OFFLINE_STATUS,
-    Shared,
+    GrantSink, INFLIGHT_WINDOW, InboundKind, MAX_INBOUND_BYTES, MAX_OUTBOUND_BYTES, Shared,
 };
 use crate::audit::{Audit, Event as AuditEvent};
 use crate::outbox::{self, Row};
