@@ -1,4 +1,10 @@
 //! Grant and key envelopes in, `…/grants/state` out, against a real mosquitto.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is a test failure"
+)]
 
 mod common;
 

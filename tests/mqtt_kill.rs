@@ -4,6 +4,12 @@
 //! The test re-executes its own binary as the child (`child_box`, ignored unless the
 //! `SITEGATE_MQTT_CHILD_DIR` environment variable is set), which runs the real client on the
 //! shared SQLite file.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is a test failure"
+)]
 
 mod common;
 

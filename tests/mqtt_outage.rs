@@ -1,4 +1,10 @@
 //! Store-and-forward across a broker outage, and fairness of the drain.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is a test failure"
+)]
 
 mod common;
 

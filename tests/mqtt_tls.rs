@@ -1,4 +1,10 @@
 //! TLS with client certificates (made by the test) and username/password against mosquitto.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is a test failure"
+)]
 
 mod common;
 
