@@ -39,7 +39,7 @@ use crate::outbox::{self, Row};
 /// How often the drain looks for rows queued without a wake-up (audit records).
 const TICK: Duration = Duration::from_millis(100);
 /// Acknowledged rows are deleted in batches of this size (one transaction each) or on a tick.
-const ACK_BATCH: usize = 64;
+const ACK_BATCH: usize = 512;
 /// First reconnect delay; doubles up to `reconnect_max`.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the offline status and the DISCONNECT to go out.
