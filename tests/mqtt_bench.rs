@@ -87,16 +87,24 @@ async fn outbox_drain(port: u16, dir: &std::path::Path) -> f64 {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let left = store.with_conn(|c| outbox::class_depth(c, Class::Event)).unwrap();
+        let left = store
+            .with_conn(|c| outbox::class_depth(c, Class::Event))
+            .unwrap();
         if left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "drain did not finish; {left} left");
+        assert!(
+            Instant::now() < deadline,
+            "drain did not finish; {left} left"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
     let stats = h.stats().await.unwrap();
-    eprintln!("outbox drain: {N} msgs in {secs:.2} s = {:.0} msg/s ({stats:?})", N as f64 / secs);
+    eprintln!(
+        "outbox drain: {N} msgs in {secs:.2} s = {:.0} msg/s ({stats:?})",
+        N as f64 / secs
+    );
     shutdown.cancel();
     N as f64 / secs
 }

@@ -264,3 +264,42 @@ async fn availability_telemetry_and_requests_are_published_as_documented() {
     assert_eq!(req.json()["user"], "u-9");
     r.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_can_never_be_sent_is_removed_and_audited_instead_of_blocking_its_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path());
+    let sub = Collector::start(b.port, "cloud", &format!("{ROOT}/events"), false, None);
+    sub.wait_subscribed().await;
+    let store = Store::open_in(dir.path()).unwrap();
+    store
+        .with_conn(|c| {
+            outbox::enqueue(c, Class::Event, "bad", "x/#", b"{}", true, false)?;
+            outbox::enqueue(
+                c,
+                Class::Event,
+                "good",
+                &format!("{ROOT}/events"),
+                br#"{"id":"good"}"#,
+                true,
+                false,
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    let r = start(dir.path(), mqtt_config(b.port, "sitegate-poison"));
+    sub.wait_message(&format!("{ROOT}/events"), Duration::from_secs(10), |m| {
+        m.json()["id"] == "good"
+    })
+    .await;
+    // Its removal is itself an event.
+    let m = sub
+        .wait_message(&format!("{ROOT}/events"), Duration::from_secs(10), |m| {
+            m.json()["kind"] == "mqtt_message_unsendable"
+        })
+        .await;
+    assert_eq!(m.json()["detail"]["msg_id"], "bad");
+    assert_eq!(m.json()["detail"]["reason"], "invalid_topic");
+    r.shutdown.cancel();
+}

@@ -44,7 +44,7 @@ pub const MAX_INBOUND_BYTES: usize = 1024 * 1024;
 const MAX_PACKET_BYTES: usize = 2 * MAX_INBOUND_BYTES;
 
 /// Largest outbound payload. A queued row above it can never be sent (the broker or rumqttc would
-/// drop the connection on every try), so the drain removes it and audits `mqtt_message_too_large`.
+/// drop the connection on every try), so the drain removes it and audits `mqtt_message_unsendable`.
 pub const MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
 
 /// Publishes in flight (sent, PUBACK not yet seen) at most.

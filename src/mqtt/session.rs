@@ -294,8 +294,8 @@ impl Drain {
         self.maybe_more = rows.len() >= room;
         for row in rows {
             self.cursors[row.class.index()] = row.seq;
-            if row.payload.len() > MAX_OUTBOUND_BYTES {
-                self.drop_oversized(&row).await;
+            if let Some(reason) = unsendable(&row) {
+                self.drop_unsendable(&row, reason).await;
                 continue;
             }
             let qos = if row.qos1 {
@@ -325,23 +325,25 @@ impl Drain {
             .store(self.inflight() as u64, Ordering::Relaxed);
     }
 
-    async fn drop_oversized(&mut self, row: &Row) {
+    /// Removes a row that can never be sent (it would block its class forever) and audits it.
+    async fn drop_unsendable(&mut self, row: &Row, reason: &'static str) {
         tracing::error!(
             msg_id = %row.msg_id,
             bytes = row.payload.len(),
-            limit = MAX_OUTBOUND_BYTES,
-            "outbox message too large to send; removed"
+            reason,
+            "outbox message cannot be sent; removed"
         );
         self.acked.push(row.seq);
         let _ = self
             .audit
             .record(
-                AuditEvent::new("mqtt_message_too_large", "failed")
+                AuditEvent::new("mqtt_message_unsendable", "failed")
                     .actor("system")
                     .detail(json!({
                         "msg_id": row.msg_id,
                         "topic": row.topic,
                         "bytes": row.payload.len(),
+                        "reason": reason,
                         "limit": MAX_OUTBOUND_BYTES,
                     })),
             )
@@ -547,6 +549,18 @@ impl Drain {
     }
 }
 
+/// Why a queued row can never be published, if it can't: rumqttc refuses wildcard topics and the
+/// broker drops the connection on an oversized packet or a NUL in the topic.
+fn unsendable(row: &Row) -> Option<&'static str> {
+    if row.payload.len() > MAX_OUTBOUND_BYTES {
+        Some("too_large")
+    } else if row.topic.is_empty() || row.topic.contains(['+', '#', '\0']) {
+        Some("invalid_topic")
+    } else {
+        None
+    }
+}
+
 fn refused_reason(code: ConnectReturnCode) -> &'static str {
     match code {
         ConnectReturnCode::Success => "success",
@@ -630,5 +644,26 @@ mod tests {
         }
         b.reset();
         assert!(b.delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn rows_that_could_block_the_drain_forever_are_recognised() {
+        let row = |topic: &str, len: usize| Row {
+            seq: 1,
+            msg_id: "m".into(),
+            class: crate::outbox::Class::Event,
+            topic: topic.into(),
+            payload: vec![b'x'; len],
+            qos1: true,
+            retain: false,
+        };
+        assert_eq!(unsendable(&row("a/b", 10)), None);
+        assert_eq!(unsendable(&row("a/+/b", 10)), Some("invalid_topic"));
+        assert_eq!(unsendable(&row("a/#", 10)), Some("invalid_topic"));
+        assert_eq!(unsendable(&row("", 10)), Some("invalid_topic"));
+        assert_eq!(
+            unsendable(&row("a/b", MAX_OUTBOUND_BYTES + 1)),
+            Some("too_large")
+        );
     }
 }
