@@ -183,6 +183,27 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[cfg(test)]
+    fn for_test(store: Store) -> Arc<Shared> {
+        let site = Site {
+            id: crate::model::SiteId::new("s-1").unwrap(),
+            gateway: crate::model::GatewayId::new("gw-1").unwrap(),
+            name: None,
+        };
+        Arc::new(Shared {
+            topics: Topics::new(&site),
+            store,
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            stats: Counters::default(),
+            boot_id: "test".into(),
+            started: Instant::now(),
+            since: String::new(),
+            next_id: AtomicU64::new(0),
+            availability: Mutex::new(HashMap::new()),
+        })
+    }
+
     fn msg_id(&self, prefix: &str) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         format!("{prefix}-{}-{n}", self.boot_id)

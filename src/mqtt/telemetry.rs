@@ -279,6 +279,93 @@ mod tests {
         }
     }
 
+    fn queued(store: &crate::store::Store) -> Vec<TelemetryMessage> {
+        store
+            .with_conn(|c| {
+                let mut st =
+                    c.prepare("SELECT payload FROM outbox WHERE class = 'telemetry' ORDER BY seq")?;
+                let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+                Ok(rows
+                    .map(|p| serde_json::from_slice(&p.unwrap()).unwrap())
+                    .collect())
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_sends_the_latest_values_including_those_inside_the_deadband() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_in(dir.path()).unwrap();
+        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::ZERO, 1000, 0);
+        let unit = UnitId::new("hvac-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let temp = |v: f64| PointSample {
+            name: "room_temp".into(),
+            value: json!(v),
+            quality: Quality::Good,
+            deadband: Some(0.5),
+        };
+        assert_eq!(t.update(&unit, &[temp(21.0)], now).await.unwrap(), 1);
+        assert_eq!(t.update(&unit, &[temp(21.3)], now).await.unwrap(), 0);
+        assert_eq!(t.heartbeat(now).await.unwrap(), 1);
+        let q = queued(&store);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].reason, Reason::Change);
+        assert_eq!(q[1].reason, Reason::Heartbeat);
+        assert_eq!(q[1].points["room_temp"].value, json!(21.3));
+        // The heartbeat value is now the reference for the deadband.
+        assert_eq!(t.update(&unit, &[temp(21.7)], now).await.unwrap(), 0);
+        assert_eq!(t.update(&unit, &[temp(21.9)], now).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_unit_that_sent_within_the_interval_gets_no_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_in(dir.path()).unwrap();
+        let t = Telemetry::new(
+            Shared::for_test(store.clone()),
+            Duration::from_secs(3600),
+            1000,
+            0,
+        );
+        let unit = UnitId::new("gen-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let p = PointSample {
+            name: "rpm".into(),
+            value: json!(1500),
+            quality: Quality::Good,
+            deadband: None,
+        };
+        t.update(&unit, &[p], now).await.unwrap();
+        assert_eq!(t.heartbeat(now).await.unwrap(), 0);
+        assert_eq!(queued(&store).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_backlog_drops_the_oldest_telemetry_and_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_in(dir.path()).unwrap();
+        let shared = Shared::for_test(store.clone());
+        let t = Telemetry::new(shared.clone(), Duration::from_secs(3600), 10, 0);
+        let unit = UnitId::new("gen-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        for i in 0..25 {
+            let p = PointSample {
+                name: "rpm".into(),
+                value: json!(i),
+                quality: Quality::Good,
+                deadband: None,
+            };
+            assert_eq!(t.update(&unit, &[p], now).await.unwrap(), 1);
+        }
+        let q = queued(&store);
+        assert_eq!(q.len(), 10);
+        assert_eq!(q[0].points["rpm"].value, json!(15), "oldest dropped first");
+        assert_eq!(shared.stats.dropped.load(Ordering::Relaxed), 15);
+        let persisted = store.with_conn(|c| outbox::telemetry_dropped(c)).unwrap();
+        assert_eq!(persisted, 15);
+    }
+
     #[test]
     fn a_new_point_is_always_sent() {
         assert!(should_send(None, &s(json!(1), Quality::Good, Some(10.0))));
