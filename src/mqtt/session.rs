@@ -67,6 +67,7 @@ pub(super) fn spawn(p: Parts<'_>) {
     let (client, eventloop) = AsyncClient::new(p.options, usize::from(INFLIGHT_WINDOW) + 16);
     let (ev_tx, ev_rx) = mpsc::channel(256);
     let (in_tx, in_rx) = mpsc::channel(8);
+    let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
     let poll_stop = CancellationToken::new();
     p.tracker.spawn(poll_loop(
         eventloop,
@@ -91,12 +92,18 @@ pub(super) fn spawn(p: Parts<'_>) {
         fifo: VecDeque::new(),
         collided: None,
         by_pkid: HashMap::new(),
+        ready: VecDeque::new(),
         acked: Vec::new(),
         last_flush: Instant::now(),
+        deleting: None,
         cursors: [0; 4],
         maybe_more: true,
+        generation: 0,
+        fetching: false,
+        fetch_tx,
     };
-    p.tracker.spawn(drain.run(ev_rx, p.shutdown, poll_stop));
+    p.tracker
+        .spawn(drain.run(ev_rx, fetch_rx, p.shutdown, poll_stop));
 }
 
 /// Exponential backoff with jitter: the n-th delay is uniform in [d/2, d] with
@@ -183,6 +190,9 @@ struct Sent {
     qos1: bool,
 }
 
+/// The result of a background outbox read, tagged with the connection generation it was made for.
+type Fetched = (u64, Result<Vec<Row>, crate::store::StoreError>);
+
 struct Drain {
     shared: Arc<Shared>,
     client: AsyncClient,
@@ -192,6 +202,8 @@ struct Drain {
     ever_connected: bool,
     /// Connection errors since the last successful connect (for log and audit rate).
     down_streak: u64,
+    /// Read from the outbox, fairly interleaved, not yet submitted.
+    ready: VecDeque<Row>,
     /// Submitted, no packet id yet (channel order).
     fifo: VecDeque<Sent>,
     /// Submitted, its packet id still in use: rumqttc sends it when that id is acknowledged.
@@ -201,10 +213,17 @@ struct Drain {
     /// Acknowledged, not yet deleted.
     acked: Vec<i64>,
     last_flush: Instant,
-    /// Per class, the highest seq submitted on this connection.
+    /// The delete of acknowledged rows running in the background, if any.
+    deleting: Option<tokio::task::JoinHandle<()>>,
+    /// Per class, the highest seq read into `ready` on this connection.
     cursors: [i64; 4],
     /// Whether the outbox may hold rows past the cursors.
     maybe_more: bool,
+    /// Bumped on every disconnect: a read started for an older connection is discarded.
+    generation: u64,
+    /// A background read is running.
+    fetching: bool,
+    fetch_tx: mpsc::UnboundedSender<Fetched>,
 }
 
 impl Drain {
@@ -215,6 +234,7 @@ impl Drain {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Msg>,
+        mut fetch_rx: mpsc::UnboundedReceiver<Fetched>,
         shutdown: CancellationToken,
         poll_stop: CancellationToken,
     ) {
@@ -232,72 +252,83 @@ impl Drain {
                     }
                     None => break,
                 },
+                Some(f) = fetch_rx.recv() => self.on_fetched(f).await,
                 () = self.shared.wake.notified() => self.maybe_more = true,
-                _ = tick.tick() => {
-                    self.maybe_more = true;
-                    self.flush_acks().await;
-                }
+                _ = tick.tick() => self.maybe_more = true,
             }
-            self.pump().await;
+            self.pump();
         }
         self.stop(rx, poll_stop).await;
     }
 
-    /// Deletes acknowledged rows when a batch is full or the last flush is a tick old.
-    async fn pump(&mut self) {
+    /// Never waits on SQLite: deletes acknowledged rows in the background (in batches, or when
+    /// the last delete is a tick old), tops up the in-flight window from the rows already read,
+    /// and starts the next read before those run out.
+    fn pump(&mut self) {
         if self.acked.len() >= ACK_BATCH || self.last_flush.elapsed() >= TICK {
-            self.flush_acks().await;
+            self.flush_acks_background();
         }
-        let room = usize::from(INFLIGHT_WINDOW).saturating_sub(self.inflight());
-        // Refill in chunks, not per PUBACK: each fill is a SQLite read.
+        self.submit_ready();
         if self.connected
             && self.maybe_more
-            && (room >= usize::from(INFLIGHT_WINDOW) / 4 || self.inflight() == 0)
+            && !self.fetching
+            && self.ready.len() < usize::from(INFLIGHT_WINDOW) / 2
         {
-            self.fill(room).await;
+            self.start_fetch();
         }
     }
 
-    async fn flush_acks(&mut self) {
-        self.last_flush = Instant::now();
-        if self.acked.is_empty() {
-            return;
-        }
-        let seqs = std::mem::take(&mut self.acked);
-        let n = seqs.len();
-        if let Err(e) = self
-            .shared
-            .store
-            .call(move |c| outbox::delete_acked(c, &seqs))
-            .await
-        {
-            // The rows stay queued and are sent again after a reconnect (a duplicate, not a
-            // loss); keep going.
-            tracing::error!(error = %e, rows = n, "cannot delete acknowledged outbox rows");
-        }
-    }
-
-    async fn fill(&mut self, room: usize) {
+    /// Reads the next rows (fairly interleaved across classes) on the blocking pool; the result
+    /// comes back through `fetch_tx`. Small reads keep the interleave fresh: new telemetry waits
+    /// at most for the rows already read.
+    fn start_fetch(&mut self) {
+        self.fetching = true;
         let after = self.cursors;
-        let rows = match self
-            .shared
-            .store
-            .call(move |c| outbox::next_batch(c, &after, room))
-            .await
-        {
+        let generation = self.generation;
+        let room = usize::from(INFLIGHT_WINDOW);
+        let store = self.shared.store.clone();
+        let tx = self.fetch_tx.clone();
+        tokio::spawn(async move {
+            let r = store
+                .call(move |c| outbox::next_batch(c, &after, room))
+                .await;
+            let _ = tx.send((generation, r));
+        });
+    }
+
+    async fn on_fetched(&mut self, (generation, result): Fetched) {
+        if generation != self.generation {
+            return; // read for a connection that is gone; the cursors were reset
+        }
+        self.fetching = false;
+        let rows = match result {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
-                return;
+                return; // retried on the next tick
             }
         };
-        self.maybe_more = rows.len() >= room;
+        self.maybe_more = rows.len() >= usize::from(INFLIGHT_WINDOW);
         for row in rows {
-            self.cursors[row.class.index()] = row.seq;
+            let c = &mut self.cursors[row.class.index()];
+            *c = (*c).max(row.seq);
             if let Some(reason) = unsendable(&row) {
                 self.drop_unsendable(&row, reason).await;
                 continue;
             }
+            self.ready.push_back(row);
+        }
+    }
+
+    /// Hands ready rows to rumqttc while the window has room.
+    fn submit_ready(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while self.inflight() < usize::from(INFLIGHT_WINDOW) {
+            let Some(row) = self.ready.pop_front() else {
+                break;
+            };
             let qos = if row.qos1 {
                 QoS::AtLeastOnce
             } else {
@@ -313,8 +344,7 @@ impl Drain {
                 .try_publish(row.topic, qos, row.retain, row.payload)
             {
                 tracing::warn!(error = %e, "cannot hand a message to the mqtt client");
-                self.cursors[row.class.index()] = row.seq - 1;
-                self.maybe_more = true;
+                // Read again after the reconnect that follows.
                 break;
             }
             self.fifo.push_back(sent);
@@ -323,6 +353,41 @@ impl Drain {
             .stats
             .inflight
             .store(self.inflight() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts deleting the acknowledged rows on the blocking pool without waiting, so PUBACKs
+    /// keep flowing during the commit's fsync. One delete runs at a time; rows acknowledged
+    /// meanwhile wait for the next one. A crash before the delete commits only means a resend.
+    fn flush_acks_background(&mut self) {
+        if self.deleting.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.last_flush = Instant::now();
+        if self.acked.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.acked);
+        let store = self.shared.store.clone();
+        self.deleting = Some(tokio::spawn(async move {
+            let n = seqs.len();
+            if let Err(e) = store.call(move |c| outbox::delete_acked(c, &seqs)).await {
+                // The rows stay queued and are sent again after a reconnect (a duplicate, not a
+                // loss); keep going.
+                tracing::error!(error = %e, rows = n, "cannot delete acknowledged outbox rows");
+            }
+        }));
+    }
+
+    /// Waits for a background delete, then deletes the rest: before the outbox is read from the
+    /// start again (reconnect) and on stop.
+    async fn flush_acks(&mut self) {
+        if let Some(h) = self.deleting.take() {
+            let _ = h.await;
+        }
+        self.flush_acks_background();
+        if let Some(h) = self.deleting.take() {
+            let _ = h.await;
+        }
     }
 
     /// Removes a row that can never be sent (it would block its class forever) and audits it.
@@ -445,7 +510,6 @@ impl Drain {
         {
             tracing::error!(error = %e, "cannot queue the online status");
         }
-        self.cursors = [0; 4];
         self.maybe_more = true;
     }
 
@@ -454,6 +518,11 @@ impl Drain {
         self.connected = false;
         self.shared.connected.store(false, Ordering::Relaxed);
         self.flush_acks().await;
+        // INVARIANT: after this nothing of the old connection is tracked; every unacknowledged
+        // row is read again from SQLite on the next connection.
+        self.generation += 1;
+        self.fetching = false;
+        self.ready.clear();
         self.fifo.clear();
         self.collided = None;
         self.by_pkid.clear();
