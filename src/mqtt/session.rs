@@ -42,6 +42,8 @@ const TICK: Duration = Duration::from_millis(100);
 const ACK_BATCH: usize = 512;
 /// First reconnect delay; doubles up to `reconnect_max`.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(30);
 /// How long a clean shutdown waits for the offline status and the DISCONNECT to go out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -141,6 +143,7 @@ async fn poll_loop(
     reconnect_max: Duration,
 ) {
     let mut backoff = Backoff::new(reconnect_max);
+    let mut up_since: Option<tokio::time::Instant> = None;
     loop {
         let r = tokio::select! {
             biased;
@@ -150,7 +153,7 @@ async fn poll_loop(
         match r {
             Ok(ev) => {
                 if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
-                    backoff.reset();
+                    up_since = Some(tokio::time::Instant::now());
                 }
                 let disconnect = matches!(ev, Event::Outgoing(Outgoing::Disconnect));
                 if tx.send(Msg::Event(ev)).await.is_err() || disconnect {
@@ -158,6 +161,11 @@ async fn poll_loop(
                 }
             }
             Err(error) => {
+                // Only a connection that stayed up resets the backoff: a broker that accepts and
+                // then drops at once (a duplicate client id kicking us out) must not make a loop.
+                if up_since.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                    backoff.reset();
+                }
                 let (ack, acked) = oneshot::channel();
                 if tx.send(Msg::Down { error, ack }).await.is_err() {
                     break;
