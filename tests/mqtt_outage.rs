@@ -28,7 +28,7 @@ const ROOT: &str = "sitegate/v1/s-1/gw-1";
 struct NoSink;
 impl GrantSink for NoSink {
     fn apply(&self, _: InboundKind, _: Vec<u8>) -> Value {
-        json!({})
+        json!({"sink": "called"})
     }
 }
 
@@ -128,6 +128,24 @@ async fn a_thousand_events_recorded_while_the_broker_is_down_all_arrive_after_it
     let stats = r.handle.stats().await.unwrap();
     assert!(stats.reconnects >= 1, "{stats:?}");
     assert!(stats.acked >= 1000, "{stats:?}");
+
+    // The box subscribed again after the reconnect: a bundle published now reaches the sink.
+    let watcher = Collector::start(
+        b.port,
+        "watcher",
+        &format!("{ROOT}/grants/state"),
+        false,
+        None,
+    );
+    watcher.wait_subscribed().await;
+    common::broker::publish(b.port, dir.path(), &format!("{ROOT}/grants"), b"{}", false);
+    watcher
+        .wait_message(
+            &format!("{ROOT}/grants/state"),
+            Duration::from_secs(10),
+            |m| m.json()["sink"] == "called",
+        )
+        .await;
     r.shutdown.cancel();
     r.tracker.close();
     r.tracker.wait().await;
