@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::Broker;
-use common::{mqtt_config, site};
+use common::mqtt::{mqtt_config, site};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::{Value, json};
 use sitegate::audit::Audit;

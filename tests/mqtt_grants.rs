@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::broker::{self, Broker};
-use common::{Collector, mqtt_config, site};
+use common::mqtt::{Collector, mqtt_config, site};
 use serde_json::{Value, json};
 use sitegate::audit::Audit;
 use sitegate::clock::SystemClock;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::{Collector, mqtt_config, site, wait_for};
+use common::mqtt::{Collector, mqtt_config, site, wait_for};
 use serde_json::{Value, json};
 use sitegate::audit::{Audit, Event};
 use sitegate::clock::SystemClock;

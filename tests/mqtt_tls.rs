@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::broker::Broker;
+use common::mqtt::{Collector, mqtt_config, site, wait_for};
 use common::pki::Pki;
-use common::{Collector, mqtt_config, site, wait_for};
 use serde_json::{Value, json};
 use sitegate::audit::Audit;
 use sitegate::clock::SystemClock;

@@ -1,6 +1,12 @@
 //! A real mosquitto for one test: its own config file in the test's temp dir, its own free port,
 //! persistence in the temp dir (so a stopped and restarted broker keeps retained messages and
 //! persistent sessions). Stopped with SIGTERM (clean, saves persistence) or SIGKILL; killed on drop.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failure is a test failure"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -177,7 +183,7 @@ pub fn publish_file(port: u16, topic: &str, file: &Path, retain: bool) {
 
 /// Publishes `payload` with `mosquitto_pub` (written to a file in `dir` first).
 pub fn publish(port: u16, dir: &Path, topic: &str, payload: &[u8], retain: bool) {
-    let f = dir.join(format!("pub-{}.bin", super::broker::free_port()));
+    let f = dir.join(format!("pub-{}.bin", free_port()));
     std::fs::write(&f, payload).unwrap();
     publish_file(port, topic, &f, retain);
 }

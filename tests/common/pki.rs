@@ -1,5 +1,11 @@
 //! Test certificates made with rcgen: a CA, a broker certificate for 127.0.0.1/localhost and a
 //! client certificate, written as PEM files into a temp dir.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failure is a test failure"
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
