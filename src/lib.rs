@@ -16,6 +16,7 @@
 //! - [`store`]: the SQLite database (WAL, migrations, durability).
 //! - [`audit`]: the hash-chained audit trail; every record is also queued for MQTT.
 //! - [`outbox`]: the MQTT store-and-forward queue.
+//! - [`mqtt`]: the northbound MQTT link (TLS, reconnect, grants in, status/telemetry/events out, outbox drain).
 //! - [`notify`]: systemd's sd_notify protocol (ready, watchdog, stopping).
 //! - [`logging`]: tracing set-up (human, JSON, journald).
 //! - [`provision`]: from a blank box to a configured one (CLI and first-boot setup).
@@ -41,6 +42,7 @@ pub mod delegation;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod mqtt;
 pub mod notify;
 pub mod outbox;
 pub mod provision;

@@ -10,7 +10,10 @@
     reason = "test helpers fail loudly on broken fixtures"
 )]
 
+pub mod broker;
 pub mod daemon;
+pub mod mqtt;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

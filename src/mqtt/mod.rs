@@ -1,0 +1,451 @@
+//! The MQTT northbound link: one connection to the fleet broker (TLS, mutual TLS,
+//! username/password), grant and key updates in, status / availability / telemetry / events /
+//! requests out, everything outbound through the SQLite outbox.
+//!
+//! It owns the rumqttc event loop, the reconnect policy (exponential backoff with jitter, clean
+//! session and resubscription on every connect), the retained `…/status` with its last will, and
+//! the outbox drain (a bounded in-flight window; a row leaves the outbox only on its PUBACK).
+//! It must never verify grants itself (it hands the bytes to a [`GrantSink`]), never block the
+//! event loop on SQLite (that runs on the blocking pool), never drop an event or a request, and
+//! never log a password or key material. See `docs/mqtt.md` for the wire contract.
+
+mod session;
+mod telemetry;
+mod tls;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use telemetry::{
+    PointSample, PointValue, Quality, Reason, Telemetry, TelemetryMessage, should_send,
+};
+
+use crate::audit::Audit;
+use crate::config::{Mqtt, Site};
+use crate::model::UnitId;
+use crate::outbox::{self, Class};
+use crate::store::{Store, StoreError};
+
+/// Largest inbound payload handed to the [`GrantSink`]; a bigger grants/keys message is rejected
+/// on `…/grants/state` with reason `too_large` (and audited) without being parsed.
+pub const MAX_INBOUND_BYTES: usize = 1024 * 1024;
+
+/// rumqttc's own packet limit: beyond it the connection is dropped (a memory bound against a
+/// hostile broker), so it sits above [`MAX_INBOUND_BYTES`] to let that limit answer first.
+const MAX_PACKET_BYTES: usize = 2 * MAX_INBOUND_BYTES;
+
+/// Largest outbound payload. A queued row above it can never be sent (the broker or rumqttc would
+/// drop the connection on every try), so the drain removes it and audits `mqtt_message_unsendable`.
+pub const MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
+
+/// Publishes in flight (sent, PUBACK not yet seen) at most.
+pub const INFLIGHT_WINDOW: u16 = 128;
+
+/// The last will (a clean shutdown publishes `{"online":false,"reason":"shutdown",…}` instead).
+pub const OFFLINE_STATUS: &[u8] = br#"{"online":false}"#;
+
+/// What arrived on a subscribed topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundKind {
+    /// `…/grants`: a signed bundle envelope.
+    Grants,
+    /// `…/keys`: a signed trust key set envelope.
+    Keys,
+}
+
+impl InboundKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundKind::Grants => "grants",
+            InboundKind::Keys => "keys",
+        }
+    }
+}
+
+/// Where inbound grant and key envelopes go (the grants engine implements it; the lead wires it).
+///
+/// `apply` runs on the blocking pool, one message at a time in arrival order. It receives the
+/// exact payload bytes and must be idempotent (QoS 1 and retained messages arrive again on every
+/// reconnect, possibly reordered with respect to messages sent long ago). It returns the state
+/// document to publish retained on `…/grants/state`; because only the newest retained message
+/// survives, the document should describe the whole state (applied bundle seq, key set seq, and
+/// the outcome of this message: applied, duplicate, or rejected with its reason).
+pub trait GrantSink: Send + Sync + 'static {
+    fn apply(&self, kind: InboundKind, bytes: Vec<u8>) -> serde_json::Value;
+}
+
+/// Why the MQTT client could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("cannot read {what} `{}`: {reason}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("tls set-up: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot encode a message: {0}")]
+    Encode(String),
+}
+
+/// The topics of this box, all under `sitegate/v1/{site}/{gateway}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub root: String,
+    pub status: String,
+    pub grants: String,
+    pub keys: String,
+    pub grants_state: String,
+    pub events: String,
+    pub requests: String,
+}
+
+impl Topics {
+    pub fn new(site: &Site) -> Topics {
+        let root = site.topic_root();
+        Topics {
+            status: format!("{root}/status"),
+            grants: format!("{root}/grants"),
+            keys: format!("{root}/keys"),
+            grants_state: format!("{root}/grants/state"),
+            events: format!("{root}/events"),
+            requests: format!("{root}/requests"),
+            root,
+        }
+    }
+    /// `…/telemetry/{unit}`.
+    pub fn telemetry(&self, unit: &str) -> String {
+        format!("{}/telemetry/{unit}", self.root)
+    }
+    /// `…/units/{unit}/availability`.
+    pub fn availability(&self, unit: &str) -> String {
+        format!("{}/units/{unit}/availability", self.root)
+    }
+}
+
+/// Counters for metrics (monotonic since start unless noted).
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    dropped: AtomicU64,
+    reconnects: AtomicU64,
+    inbound: AtomicU64,
+    inflight: AtomicU64,
+}
+
+/// A snapshot of the client's counters and queue depths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MqttStats {
+    pub connected: bool,
+    /// Publishes written to the broker connection (resends included).
+    pub sent: u64,
+    /// PUBACKs received (rows removed from the outbox).
+    pub acked: u64,
+    /// Telemetry messages dropped from a full backlog, ever (persistent).
+    pub telemetry_dropped: u64,
+    /// Successful connects after the first one.
+    pub reconnects: u64,
+    /// Grant/key messages received.
+    pub inbound: u64,
+    /// Publishes awaiting their PUBACK now.
+    pub inflight: u64,
+    /// Rows queued per class (`event`, `request`, `telemetry`, `state`).
+    pub depth: Vec<(String, u64)>,
+}
+
+/// State shared by the tasks and the handle.
+pub(crate) struct Shared {
+    topics: Topics,
+    store: Store,
+    wake: Notify,
+    connected: AtomicBool,
+    stats: Counters,
+    /// Random per-start prefix of the message ids this process makes.
+    boot_id: String,
+    started: Instant,
+    since: String,
+    next_id: AtomicU64,
+    availability: Mutex<HashMap<String, bool>>,
+}
+
+impl Shared {
+    #[cfg(test)]
+    fn for_test(store: Store) -> Arc<Shared> {
+        let site = Site {
+            id: crate::model::SiteId::new("s-1").unwrap(),
+            gateway: crate::model::GatewayId::new("gw-1").unwrap(),
+            name: None,
+        };
+        Arc::new(Shared {
+            topics: Topics::new(&site),
+            store,
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            stats: Counters::default(),
+            boot_id: "test".into(),
+            started: Instant::now(),
+            since: String::new(),
+            next_id: AtomicU64::new(0),
+            availability: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn msg_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{prefix}-{}-{n}", self.boot_id)
+    }
+
+    /// The retained `…/status` document of a running box.
+    fn online_status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "online": true,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "since": self.since,
+            "telemetry_dropped": self.stats.dropped.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Queues a retained state message (replacing any queued one for the same topic).
+    async fn enqueue_state(
+        self: &Arc<Self>,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<(), MqttError> {
+        let id = self.msg_id("s");
+        self.store
+            .call(move |c| {
+                outbox::enqueue(c, Class::State, &id, &topic, &payload, true, true)?;
+                Ok(())
+            })
+            .await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Builds and starts the MQTT client.
+pub struct MqttClient;
+
+impl MqttClient {
+    /// Reads the credentials (failing with the path of any unreadable certificate, key or
+    /// password file), then spawns the connection, drain, inbound and heartbeat tasks on
+    /// `tracker`. They stop when `shutdown` is cancelled (publishing an offline status and
+    /// disconnecting cleanly when connected). Must be called inside a tokio runtime.
+    pub fn start(
+        cfg: &Mqtt,
+        site: &Site,
+        store: Store,
+        audit: Audit,
+        sink: Arc<dyn GrantSink>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<MqttHandle, MqttError> {
+        let topics = Topics::new(site);
+        let options = options(cfg, &topics)?;
+        let (dropped, queued_telemetry) = store.with_conn(|c| {
+            Ok((
+                outbox::telemetry_dropped(c)?,
+                outbox::class_depth(c, Class::Telemetry)?,
+            ))
+        })?;
+        let shared = Arc::new(Shared {
+            topics,
+            store,
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            stats: Counters {
+                dropped: AtomicU64::new(dropped),
+                ..Counters::default()
+            },
+            boot_id: crate::util::random_hex(6),
+            started: Instant::now(),
+            since: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
+            next_id: AtomicU64::new(0),
+            availability: Mutex::new(HashMap::new()),
+        });
+        let telemetry = Telemetry::new(
+            shared.clone(),
+            cfg.telemetry_interval,
+            cfg.telemetry_backlog_max,
+            queued_telemetry,
+        );
+        session::spawn(session::Parts {
+            shared: shared.clone(),
+            options,
+            audit,
+            sink,
+            shutdown: shutdown.clone(),
+            tracker,
+            reconnect_max: cfg.reconnect_max,
+        });
+        // Heartbeat: telemetry snapshots and a fresh status (uptime, drop count).
+        {
+            let telemetry = telemetry.clone();
+            let shared = shared.clone();
+            let every = cfg.telemetry_interval.max(Duration::from_secs(1));
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = telemetry.heartbeat(time::OffsetDateTime::now_utc()).await {
+                        tracing::warn!(error = %e, "telemetry heartbeat failed");
+                    }
+                    if shared.connected.load(Ordering::Relaxed) {
+                        let doc = shared.online_status().to_string().into_bytes();
+                        if let Err(e) = shared
+                            .enqueue_state(shared.topics.status.clone(), doc)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cannot queue the status");
+                        }
+                    }
+                }
+            });
+        }
+        Ok(MqttHandle { shared, telemetry })
+    }
+}
+
+/// Builds the rumqttc options from the config (reading the password and TLS files).
+fn options(cfg: &Mqtt, topics: &Topics) -> Result<MqttOptions, MqttError> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    // rumqttc asserts on keep-alive below 1 s; config validation refuses it, this is belt and braces.
+    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
+    // A clean session on every connect: the outbox, not the broker session, holds what must be
+    // resent, and the subscriptions are made again after each CONNACK.
+    o.set_clean_session(true);
+    o.set_max_packet_size(MAX_PACKET_BYTES, MAX_OUTBOUND_BYTES + 64 * 1024);
+    o.set_inflight(INFLIGHT_WINDOW);
+    o.set_request_channel_capacity(usize::from(INFLIGHT_WINDOW) + 16);
+    o.set_last_will(LastWill::new(
+        topics.status.clone(),
+        OFFLINE_STATUS.to_vec(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &cfg.username {
+        let password = match &cfg.password_file {
+            Some(p) => tls::read_password(p)?,
+            None => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if cfg.tls {
+        let config = tls::client_config(cfg)?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(config),
+        )));
+    }
+    Ok(o)
+}
+
+/// The running client, as the rest of the daemon sees it. Cheap to clone.
+#[derive(Clone)]
+pub struct MqttHandle {
+    shared: Arc<Shared>,
+    telemetry: Telemetry,
+}
+
+impl MqttHandle {
+    /// The telemetry input (deadband and heartbeat decisions).
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
+    }
+
+    /// The topics of this box.
+    pub fn topics(&self) -> &Topics {
+        &self.shared.topics
+    }
+
+    /// Whether the broker connection is up now.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Queues the retained `online`/`offline` availability of `unit` when it differs from the
+    /// last one set.
+    pub async fn set_availability(&self, unit: &UnitId, online: bool) -> Result<(), MqttError> {
+        {
+            let mut map = self
+                .shared
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if map.insert(unit.to_string(), online) == Some(online) {
+                return Ok(());
+            }
+        }
+        let payload: &[u8] = if online { b"online" } else { b"offline" };
+        self.shared
+            .enqueue_state(
+                self.shared.topics.availability(unit.as_str()),
+                payload.to_vec(),
+            )
+            .await
+    }
+
+    /// Queues a pending access request or delegation on `…/requests` (see
+    /// [`outbox::enqueue_request`]; use that inside your own transaction instead when the request
+    /// is stored in the same change).
+    pub async fn request(&self, id: &str, payload: serde_json::Value) -> Result<(), MqttError> {
+        let root = self.shared.topics.root.clone();
+        let id = id.to_string();
+        self.shared
+            .store
+            .call(move |c| outbox::enqueue_request(c, &root, &id, &payload))
+            .await?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Tells the drain that rows were queued (it also looks by itself every 100 ms).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Counters and queue depths, for `/metrics` and health.
+    pub async fn stats(&self) -> Result<MqttStats, MqttError> {
+        let depth = self
+            .shared
+            .store
+            .call(|c| {
+                outbox::CLASSES
+                    .iter()
+                    .map(|cl| Ok((cl.as_str().to_string(), outbox::class_depth(c, *cl)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await?;
+        let s = &self.shared.stats;
+        Ok(MqttStats {
+            connected: self.connected(),
+            sent: s.sent.load(Ordering::Relaxed),
+            acked: s.acked.load(Ordering::Relaxed),
+            telemetry_dropped: s.dropped.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            inbound: s.inbound.load(Ordering::Relaxed),
+            inflight: s.inflight.load(Ordering::Relaxed),
+            depth,
+        })
+    }
+}

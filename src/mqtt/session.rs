@@ -1,0 +1,746 @@
+//! The connection and the outbox drain, as two tasks:
+//!
+//! - the poll task owns rumqttc's `EventLoop`, forwards every event, and on an error waits with
+//!   exponential backoff and jitter before the next connect (rumqttc itself reconnects on the
+//!   next `poll()` without any delay);
+//! - the drain task owns the `AsyncClient` and the in-flight bookkeeping: which outbox row each
+//!   packet id carries, so that a PUBACK deletes exactly that row.
+//!
+//! Packet ids: rumqttc assigns them when it takes a request off its channel, strictly in channel
+//! order, and reports each as `Outgoing::Publish(pkid)` (or `Outgoing::AwaitAck(pkid)` when the
+//! id is still in use, the publish then follows as `Outgoing::Publish(pkid)` once its PUBACK
+//! arrived). Only the drain task submits publishes, so a FIFO of submitted rows matched against
+//! those events maps each pkid to its row. INVARIANT: the FIFO and the channel hold the same
+//! requests in the same order; on a connection error the drain forgets every in-flight row and
+//! acknowledges, and only then does the poll task empty rumqttc's queues (`clean()` +
+//! `pending.clear()`), so nothing submitted for a dead connection survives into the next one.
+//! Unacknowledged rows stay in SQLite and are read again (at-least-once).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
+    Packet, QoS, StateError, SubscribeFilter, SubscribeReasonCode,
+};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    GrantSink, INFLIGHT_WINDOW, InboundKind, MAX_INBOUND_BYTES, MAX_OUTBOUND_BYTES, Shared,
+};
+use crate::audit::{Audit, Event as AuditEvent};
+use crate::outbox::{self, Row};
+
+/// How often the drain looks for rows queued without a wake-up (audit records).
+const TICK: Duration = Duration::from_millis(100);
+/// Acknowledged rows are deleted in batches of this size (one transaction each) or on a tick.
+const ACK_BATCH: usize = 512;
+/// First reconnect delay; doubles up to `reconnect_max`.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(30);
+/// How long a clean shutdown waits for the offline status and the DISCONNECT to go out.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) struct Parts<'a> {
+    pub shared: Arc<Shared>,
+    pub options: MqttOptions,
+    pub audit: Audit,
+    pub sink: Arc<dyn GrantSink>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub tracker: &'a TaskTracker,
+    pub reconnect_max: Duration,
+}
+
+enum Msg {
+    Event(Event),
+    Down {
+        error: ConnectionError,
+        ack: oneshot::Sender<()>,
+    },
+}
+
+pub(super) fn spawn(p: Parts<'_>) {
+    let (client, eventloop) = AsyncClient::new(p.options, usize::from(INFLIGHT_WINDOW) + 16);
+    let (ev_tx, ev_rx) = mpsc::channel(256);
+    let (in_tx, in_rx) = mpsc::channel(8);
+    let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+    let poll_stop = CancellationToken::new();
+    p.tracker.spawn(poll_loop(
+        eventloop,
+        ev_tx,
+        poll_stop.clone(),
+        p.reconnect_max,
+    ));
+    p.tracker.spawn(inbound_loop(
+        in_rx,
+        p.shared.clone(),
+        p.sink,
+        p.audit.clone(),
+    ));
+    let drain = Drain {
+        shared: p.shared,
+        client,
+        audit: p.audit,
+        in_tx,
+        connected: false,
+        ever_connected: false,
+        down_streak: 0,
+        fifo: VecDeque::new(),
+        collided: None,
+        by_pkid: HashMap::new(),
+        ready: VecDeque::new(),
+        acked: Vec::new(),
+        last_flush: Instant::now(),
+        deleting: None,
+        cursors: [0; 4],
+        maybe_more: true,
+        generation: 0,
+        fetching: false,
+        fetch_tx,
+    };
+    p.tracker
+        .spawn(drain.run(ev_rx, fetch_rx, p.shutdown, poll_stop));
+}
+
+/// Exponential backoff with jitter: the n-th delay is uniform in [d/2, d] with
+/// d = min(BACKOFF_MIN · 2ⁿ, max).
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        let max = max.max(BACKOFF_MIN);
+        Backoff {
+            next: BACKOFF_MIN,
+            max,
+        }
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+    fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.max);
+        let r = u64::from_le_bytes(crate::util::random_bytes::<8>());
+        let half = d / 2;
+        let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_millis(r % half_ms)
+    }
+}
+
+async fn poll_loop(
+    mut el: EventLoop,
+    tx: mpsc::Sender<Msg>,
+    stop: CancellationToken,
+    reconnect_max: Duration,
+) {
+    let mut backoff = Backoff::new(reconnect_max);
+    let mut up_since: Option<tokio::time::Instant> = None;
+    loop {
+        let r = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            r = el.poll() => r,
+        };
+        match r {
+            Ok(ev) => {
+                if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                    up_since = Some(tokio::time::Instant::now());
+                }
+                let disconnect = matches!(ev, Event::Outgoing(Outgoing::Disconnect));
+                if tx.send(Msg::Event(ev)).await.is_err() || disconnect {
+                    break;
+                }
+            }
+            Err(error) => {
+                // Only a connection that stayed up resets the backoff: a broker that accepts and
+                // then drops at once (a duplicate client id kicking us out) must not make a loop.
+                if up_since.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                    backoff.reset();
+                }
+                let (ack, acked) = oneshot::channel();
+                if tx.send(Msg::Down { error, ack }).await.is_err() {
+                    break;
+                }
+                // INVARIANT: the drain has forgotten its in-flight rows; drop whatever was
+                // submitted for the dead connection (and rumqttc's own retransmit queue: the
+                // outbox resends from SQLite).
+                let _ = acked.await;
+                el.clean();
+                el.pending.clear();
+                let delay = backoff.delay();
+                tracing::debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    "mqtt reconnect backoff"
+                );
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// A row handed to rumqttc.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    seq: i64,
+    qos1: bool,
+}
+
+/// The result of a background outbox read, tagged with the connection generation it was made for.
+type Fetched = (u64, Result<Vec<Row>, crate::store::StoreError>);
+
+struct Drain {
+    shared: Arc<Shared>,
+    client: AsyncClient,
+    audit: Audit,
+    in_tx: mpsc::Sender<(InboundKind, Vec<u8>)>,
+    connected: bool,
+    ever_connected: bool,
+    /// Connection errors since the last successful connect (for log and audit rate).
+    down_streak: u64,
+    /// Read from the outbox, fairly interleaved, not yet submitted.
+    ready: VecDeque<Row>,
+    /// Submitted, no packet id yet (channel order).
+    fifo: VecDeque<Sent>,
+    /// Submitted, its packet id still in use: rumqttc sends it when that id is acknowledged.
+    collided: Option<Sent>,
+    /// Sent, waiting for the PUBACK.
+    by_pkid: HashMap<u16, Sent>,
+    /// Acknowledged, not yet deleted.
+    acked: Vec<i64>,
+    last_flush: Instant,
+    /// The delete of acknowledged rows running in the background, if any.
+    deleting: Option<tokio::task::JoinHandle<()>>,
+    /// Per class, the highest seq read into `ready` on this connection.
+    cursors: [i64; 4],
+    /// Whether the outbox may hold rows past the cursors.
+    maybe_more: bool,
+    /// Bumped on every disconnect: a read started for an older connection is discarded.
+    generation: u64,
+    /// A background read is running.
+    fetching: bool,
+    fetch_tx: mpsc::UnboundedSender<Fetched>,
+}
+
+impl Drain {
+    fn inflight(&self) -> usize {
+        self.fifo.len() + self.by_pkid.len() + usize::from(self.collided.is_some())
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut fetch_rx: mpsc::UnboundedReceiver<Fetched>,
+        shutdown: CancellationToken,
+        poll_stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                m = rx.recv() => match m {
+                    Some(Msg::Event(ev)) => self.on_event(ev).await,
+                    Some(Msg::Down { error, ack }) => {
+                        self.on_down(error).await;
+                        let _ = ack.send(());
+                    }
+                    None => break,
+                },
+                Some(f) = fetch_rx.recv() => self.on_fetched(f).await,
+                () = self.shared.wake.notified() => self.maybe_more = true,
+                _ = tick.tick() => self.maybe_more = true,
+            }
+            self.pump();
+        }
+        self.stop(rx, poll_stop).await;
+    }
+
+    /// Never waits on SQLite: deletes acknowledged rows in the background (in batches, or when
+    /// the last delete is a tick old), tops up the in-flight window from the rows already read,
+    /// and starts the next read before those run out.
+    fn pump(&mut self) {
+        if self.acked.len() >= ACK_BATCH || self.last_flush.elapsed() >= TICK {
+            self.flush_acks_background();
+        }
+        self.submit_ready();
+        if self.connected
+            && self.maybe_more
+            && !self.fetching
+            && self.ready.len() < usize::from(INFLIGHT_WINDOW) / 2
+        {
+            self.start_fetch();
+        }
+    }
+
+    /// Reads the next rows (fairly interleaved across classes) on the blocking pool; the result
+    /// comes back through `fetch_tx`. Small reads keep the interleave fresh: new telemetry waits
+    /// at most for the rows already read.
+    fn start_fetch(&mut self) {
+        self.fetching = true;
+        let after = self.cursors;
+        let generation = self.generation;
+        let room = usize::from(INFLIGHT_WINDOW);
+        let store = self.shared.store.clone();
+        let tx = self.fetch_tx.clone();
+        tokio::spawn(async move {
+            let r = store
+                .call(move |c| outbox::next_batch(c, &after, room))
+                .await;
+            let _ = tx.send((generation, r));
+        });
+    }
+
+    async fn on_fetched(&mut self, (generation, result): Fetched) {
+        if generation != self.generation {
+            return; // read for a connection that is gone; the cursors were reset
+        }
+        self.fetching = false;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return; // retried on the next tick
+            }
+        };
+        self.maybe_more = rows.len() >= usize::from(INFLIGHT_WINDOW);
+        for row in rows {
+            let c = &mut self.cursors[row.class.index()];
+            *c = (*c).max(row.seq);
+            if let Some(reason) = unsendable(&row) {
+                self.drop_unsendable(&row, reason).await;
+                continue;
+            }
+            self.ready.push_back(row);
+        }
+    }
+
+    /// Hands ready rows to rumqttc while the window has room.
+    fn submit_ready(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while self.inflight() < usize::from(INFLIGHT_WINDOW) {
+            let Some(row) = self.ready.pop_front() else {
+                break;
+            };
+            let qos = if row.qos1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let sent = Sent {
+                seq: row.seq,
+                qos1: row.qos1,
+            };
+            // The channel holds the whole window, so this only fails if the event loop is gone.
+            if let Err(e) = self
+                .client
+                .try_publish(row.topic, qos, row.retain, row.payload)
+            {
+                tracing::warn!(error = %e, "cannot hand a message to the mqtt client");
+                // Read again after the reconnect that follows.
+                break;
+            }
+            self.fifo.push_back(sent);
+        }
+        self.shared
+            .stats
+            .inflight
+            .store(self.inflight() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts deleting the acknowledged rows on the blocking pool without waiting, so PUBACKs
+    /// keep flowing during the commit's fsync. One delete runs at a time; rows acknowledged
+    /// meanwhile wait for the next one. A crash before the delete commits only means a resend.
+    fn flush_acks_background(&mut self) {
+        if self.deleting.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.last_flush = Instant::now();
+        if self.acked.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.acked);
+        let store = self.shared.store.clone();
+        self.deleting = Some(tokio::spawn(async move {
+            let n = seqs.len();
+            if let Err(e) = store.call(move |c| outbox::delete_acked(c, &seqs)).await {
+                // The rows stay queued and are sent again after a reconnect (a duplicate, not a
+                // loss); keep going.
+                tracing::error!(error = %e, rows = n, "cannot delete acknowledged outbox rows");
+            }
+        }));
+    }
+
+    /// Waits for a background delete, then deletes the rest: before the outbox is read from the
+    /// start again (reconnect) and on stop.
+    async fn flush_acks(&mut self) {
+        if let Some(h) = self.deleting.take() {
+            let _ = h.await;
+        }
+        self.flush_acks_background();
+        if let Some(h) = self.deleting.take() {
+            let _ = h.await;
+        }
+    }
+
+    /// Removes a row that can never be sent (it would block its class forever) and audits it.
+    async fn drop_unsendable(&mut self, row: &Row, reason: &'static str) {
+        tracing::error!(
+            msg_id = %row.msg_id,
+            bytes = row.payload.len(),
+            reason,
+            "outbox message cannot be sent; removed"
+        );
+        self.acked.push(row.seq);
+        let _ = self
+            .audit
+            .record(
+                AuditEvent::new("mqtt_message_unsendable", "failed")
+                    .actor("system")
+                    .detail(json!({
+                        "msg_id": row.msg_id,
+                        "topic": row.topic,
+                        "bytes": row.payload.len(),
+                        "reason": reason,
+                        "limit": MAX_OUTBOUND_BYTES,
+                    })),
+            )
+            .await;
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => self.on_connected().await,
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(s) = self.by_pkid.remove(&ack.pkid) {
+                    self.acked.push(s.seq);
+                    self.shared.stats.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let kind = if p.topic == self.shared.topics.grants {
+                    InboundKind::Grants
+                } else if p.topic == self.shared.topics.keys {
+                    InboundKind::Keys
+                } else {
+                    tracing::debug!(topic = %p.topic, "ignoring a message on an unexpected topic");
+                    return;
+                };
+                if p.payload.is_empty() {
+                    // An empty retained message only clears the retained slot.
+                    tracing::debug!(kind = kind.as_str(), "ignoring an empty message");
+                    return;
+                }
+                self.shared.stats.inbound.fetch_add(1, Ordering::Relaxed);
+                // Backpressure: a slow sink slows the event loop instead of piling up memory.
+                let _ = self.in_tx.send((kind, p.payload.to_vec())).await;
+            }
+            Event::Incoming(Packet::SubAck(s))
+                if s.return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+            {
+                tracing::error!(
+                    "the broker refused the subscription to grants/keys; check its ACL"
+                );
+                let _ = self
+                    .audit
+                    .record(
+                        AuditEvent::new("mqtt_subscribe_refused", "failed")
+                            .actor("system")
+                            .detail(json!({
+                                "topics": [self.shared.topics.grants, self.shared.topics.keys]
+                            })),
+                    )
+                    .await;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let sent = match self.collided.take() {
+                    Some(s) => Some(s),
+                    None => self.fifo.pop_front(),
+                };
+                let Some(sent) = sent else {
+                    // The offline status on shutdown: not an outbox row.
+                    return;
+                };
+                self.shared.stats.sent.fetch_add(1, Ordering::Relaxed);
+                if sent.qos1 {
+                    self.by_pkid.insert(pkid, sent);
+                } else {
+                    self.acked.push(sent.seq);
+                }
+            }
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+                tracing::debug!(pkid, "packet id still in use; publish deferred");
+                self.collided = self.fifo.pop_front();
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_connected(&mut self) {
+        self.connected = true;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        if self.ever_connected {
+            self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ever_connected = true;
+        self.down_streak = 0;
+        tracing::info!("connected to the mqtt broker");
+        let topics = &self.shared.topics;
+        let filters = [
+            SubscribeFilter::new(topics.grants.clone(), QoS::AtLeastOnce),
+            SubscribeFilter::new(topics.keys.clone(), QoS::AtLeastOnce),
+        ];
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::error!(error = %e, "cannot subscribe to grants/keys");
+        }
+        let status = self.shared.online_status().to_string().into_bytes();
+        if let Err(e) = self
+            .shared
+            .enqueue_state(self.shared.topics.status.clone(), status)
+            .await
+        {
+            tracing::error!(error = %e, "cannot queue the online status");
+        }
+        self.maybe_more = true;
+    }
+
+    async fn on_down(&mut self, error: ConnectionError) {
+        let was_connected = self.connected;
+        self.connected = false;
+        self.shared.connected.store(false, Ordering::Relaxed);
+        self.flush_acks().await;
+        // INVARIANT: after this nothing of the old connection is tracked; every unacknowledged
+        // row is read again from SQLite on the next connection.
+        self.generation += 1;
+        self.fetching = false;
+        self.ready.clear();
+        self.fifo.clear();
+        self.collided = None;
+        self.by_pkid.clear();
+        self.cursors = [0; 4];
+        self.shared.stats.inflight.store(0, Ordering::Relaxed);
+        self.down_streak += 1;
+        let first = self.down_streak == 1;
+        match &error {
+            ConnectionError::ConnectionRefused(code) => {
+                let reason = refused_reason(*code);
+                tracing::warn!(
+                    reason,
+                    attempt = self.down_streak,
+                    "the mqtt broker refused the connection"
+                );
+                // Audit the first refusal of a streak and then every 100th: a broker that refuses
+                // for days must not flood the audit trail.
+                if first || self.down_streak % 100 == 0 {
+                    let _ = self
+                        .audit
+                        .record(
+                            AuditEvent::new("mqtt_refused", "failed")
+                                .actor("system")
+                                .detail(json!({ "reason": reason, "attempt": self.down_streak })),
+                        )
+                        .await;
+                }
+            }
+            ConnectionError::MqttState(StateError::Deserialization(
+                rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+            )) => {
+                tracing::error!(
+                    bytes = n,
+                    "the broker sent a message larger than the packet limit; dropping the connection"
+                );
+                if first {
+                    let _ = self
+                        .audit
+                        .record(
+                            AuditEvent::new("mqtt_inbound_too_large", "rejected")
+                                .actor("system")
+                                .detail(json!({ "bytes": n, "limit": super::MAX_PACKET_BYTES })),
+                        )
+                        .await;
+                }
+            }
+            other if was_connected => {
+                tracing::warn!(error = %other, "mqtt connection lost; reconnecting");
+            }
+            other if first => {
+                tracing::warn!(error = %other, "cannot connect to the mqtt broker; retrying");
+            }
+            other => {
+                tracing::debug!(error = %other, attempt = self.down_streak, "mqtt connect failed");
+            }
+        }
+    }
+
+    /// On shutdown: publish the offline status and DISCONNECT (so the broker does not send the
+    /// will), wait briefly for PUBACKs, then stop the poll task.
+    async fn stop(mut self, mut rx: mpsc::Receiver<Msg>, poll_stop: CancellationToken) {
+        if self.connected {
+            // Not the bare will: the cloud can tell a clean stop from a crash or a lost link.
+            let doc = json!({
+                "online": false,
+                "reason": "shutdown",
+                "version": env!("CARGO_PKG_VERSION"),
+                "since": self.shared.since,
+            });
+            let _ = self.client.try_publish(
+                self.shared.topics.status.clone(),
+                QoS::AtLeastOnce,
+                true,
+                doc.to_string().into_bytes(),
+            );
+            let _ = self.client.try_disconnect();
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Msg::Event(Event::Outgoing(Outgoing::Disconnect)))) => break,
+                    Ok(Some(Msg::Event(ev))) => self.on_event(ev).await,
+                    Ok(Some(Msg::Down { ack, .. })) => {
+                        let _ = ack.send(());
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        self.flush_acks().await;
+        self.shared.connected.store(false, Ordering::Relaxed);
+        poll_stop.cancel();
+    }
+}
+
+/// Why a queued row can never be published, if it can't: rumqttc refuses wildcard topics and the
+/// broker drops the connection on an oversized packet or a NUL in the topic.
+fn unsendable(row: &Row) -> Option<&'static str> {
+    if row.payload.len() > MAX_OUTBOUND_BYTES {
+        Some("too_large")
+    } else if row.topic.is_empty() || row.topic.contains(['+', '#', '\0']) {
+        Some("invalid_topic")
+    } else {
+        None
+    }
+}
+
+fn refused_reason(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::Success => "success",
+        ConnectReturnCode::RefusedProtocolVersion => "protocol_version",
+        ConnectReturnCode::BadClientId => "client_id_rejected",
+        ConnectReturnCode::ServiceUnavailable => "service_unavailable",
+        ConnectReturnCode::BadUserNamePassword => "bad_username_or_password",
+        ConnectReturnCode::NotAuthorized => "not_authorized",
+    }
+}
+
+/// Hands inbound envelopes to the sink, one at a time in arrival order, and queues the returned
+/// state document retained on `…/grants/state`.
+async fn inbound_loop(
+    mut rx: mpsc::Receiver<(InboundKind, Vec<u8>)>,
+    shared: Arc<Shared>,
+    sink: Arc<dyn GrantSink>,
+    audit: Audit,
+) {
+    while let Some((kind, bytes)) = rx.recv().await {
+        let size = bytes.len();
+        let doc = if size > MAX_INBOUND_BYTES {
+            tracing::warn!(
+                kind = kind.as_str(),
+                bytes = size,
+                "inbound message too large; rejected"
+            );
+            let _ = audit
+                .record(
+                    AuditEvent::new("mqtt_inbound_too_large", "rejected")
+                        .actor("system")
+                        .detail(json!({ "kind": kind, "bytes": size, "limit": MAX_INBOUND_BYTES })),
+                )
+                .await;
+            json!({
+                "kind": kind,
+                "outcome": "rejected",
+                "reason": "too_large",
+                "bytes": size,
+                "limit": MAX_INBOUND_BYTES,
+            })
+        } else {
+            let sink = sink.clone();
+            match tokio::task::spawn_blocking(move || sink.apply(kind, bytes)).await {
+                Ok(doc) => doc,
+                Err(e) => {
+                    // A panicking sink must not take the MQTT link down with it.
+                    tracing::error!(kind = kind.as_str(), error = %e, "the grant sink failed");
+                    json!({ "kind": kind, "outcome": "rejected", "reason": "internal_error" })
+                }
+            }
+        };
+        let payload = doc.to_string().into_bytes();
+        if let Err(e) = shared
+            .enqueue_state(shared.topics.grants_state.clone(), payload)
+            .await
+        {
+            tracing::error!(error = %e, "cannot queue the grants state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(4));
+        let mut last_cap = Duration::ZERO;
+        for i in 0..10 {
+            let cap = (BACKOFF_MIN * 2u32.pow(i)).min(Duration::from_secs(4));
+            let d = b.delay();
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {i}: {d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+            assert!(cap >= last_cap);
+            last_cap = cap;
+        }
+        b.reset();
+        assert!(b.delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn rows_that_could_block_the_drain_forever_are_recognised() {
+        let row = |topic: &str, len: usize| Row {
+            seq: 1,
+            msg_id: "m".into(),
+            class: crate::outbox::Class::Event,
+            topic: topic.into(),
+            payload: vec![b'x'; len],
+            qos1: true,
+            retain: false,
+        };
+        assert_eq!(unsendable(&row("a/b", 10)), None);
+        assert_eq!(unsendable(&row("a/+/b", 10)), Some("invalid_topic"));
+        assert_eq!(unsendable(&row("a/#", 10)), Some("invalid_topic"));
+        assert_eq!(unsendable(&row("", 10)), Some("invalid_topic"));
+        assert_eq!(
+            unsendable(&row("a/b", MAX_OUTBOUND_BYTES + 1)),
+            Some("too_large")
+        );
+    }
+}

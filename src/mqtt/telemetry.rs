@@ -1,0 +1,436 @@
+//! Telemetry decisions: which point values are worth a message. A point is sent when it is new,
+//! when its quality changed, or when its value moved beyond its deadband since the value last
+//! SENT (so a slow drift still gets reported once it adds up); and every unit gets a full
+//! snapshot on the heartbeat interval when nothing was sent for it during the interval.
+//!
+//! This module never reads devices (the Modbus engine calls [`Telemetry::update`]) and never
+//! talks to the broker: it only queues messages on the outbox, whose telemetry backlog is bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{MqttError, Shared};
+use crate::model::UnitId;
+use crate::outbox;
+
+/// How much a value is to be trusted (the Modbus engine maps sentinels and failures here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// Read successfully and within range.
+    Good,
+    /// Read, but doubtful (out of the profile's range, a converter reports a warning).
+    Uncertain,
+    /// The device reports a fault value (sensor open circuit, reserved sentinel).
+    Bad,
+    /// Not read recently (the unit is offline or the bus failed): the last known value.
+    Stale,
+}
+
+/// One point value offered to [`Telemetry::update`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointSample {
+    pub name: String,
+    /// The scaled value (number, bool, enum name string, or null when there is none).
+    pub value: Value,
+    pub quality: Quality,
+    /// For numbers: send only when the value moved by MORE than this since the value last sent.
+    /// `None` (or a non-number value): send on any change.
+    pub deadband: Option<f64>,
+}
+
+/// The value of one point in a telemetry message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointValue {
+    pub value: Value,
+    pub quality: Quality,
+}
+
+/// Why a telemetry message was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Change,
+    Heartbeat,
+}
+
+/// The payload on `…/telemetry/{unit}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryMessage {
+    pub msg_id: String,
+    pub unit: String,
+    pub at: String,
+    pub reason: Reason,
+    pub points: BTreeMap<String, PointValue>,
+}
+
+/// Whether `sample` must be sent, given the value last sent for the point.
+pub fn should_send(last_sent: Option<&PointValue>, sample: &PointSample) -> bool {
+    let Some(last) = last_sent else { return true };
+    if last.quality != sample.quality {
+        return true;
+    }
+    match (last.value.as_f64(), sample.value.as_f64(), sample.deadband) {
+        (Some(old), Some(new), Some(band)) if band.is_finite() && band > 0.0 => {
+            // NaN never compares greater: treat a NaN on either side as a change.
+            if old.is_nan() || new.is_nan() {
+                return true;
+            }
+            (new - old).abs() > band
+        }
+        _ => last.value != sample.value,
+    }
+}
+
+#[derive(Default)]
+struct UnitState {
+    /// What the cloud last received per point.
+    sent: HashMap<String, PointValue>,
+    /// The newest value per point (what a heartbeat sends).
+    latest: BTreeMap<String, PointValue>,
+    last_send: Option<Instant>,
+}
+
+/// Decides and queues telemetry. Cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    units: Mutex<HashMap<String, UnitState>>,
+    interval: Duration,
+    backlog_max: u64,
+    /// An upper bound on the telemetry rows queued: the exact (costlier) trim runs only when this
+    /// reaches the bound. Reset to the true count on each heartbeat.
+    approx_len: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Telemetry {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        interval: Duration,
+        backlog_max: u64,
+        queued: u64,
+    ) -> Telemetry {
+        Telemetry {
+            inner: Arc::new(Inner {
+                shared,
+                units: Mutex::new(HashMap::new()),
+                interval,
+                backlog_max,
+                approx_len: AtomicU64::new(queued),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UnitState>> {
+        self.inner.units.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers the newest values of some points of `unit` read at `at`. Queues one message with
+    /// the points that changed beyond their deadband (or changed quality); returns how many
+    /// points it queued (0: nothing worth sending).
+    pub async fn update(
+        &self,
+        unit: &UnitId,
+        points: &[PointSample],
+        at: OffsetDateTime,
+    ) -> Result<usize, MqttError> {
+        let changed: BTreeMap<String, PointValue> = {
+            let mut units = self.lock();
+            let st = units.entry(unit.to_string()).or_default();
+            let mut changed = BTreeMap::new();
+            for s in points {
+                let pv = PointValue {
+                    value: s.value.clone(),
+                    quality: s.quality,
+                };
+                if should_send(st.sent.get(&s.name), s) {
+                    st.sent.insert(s.name.clone(), pv.clone());
+                    changed.insert(s.name.clone(), pv.clone());
+                }
+                st.latest.insert(s.name.clone(), pv);
+            }
+            if !changed.is_empty() {
+                st.last_send = Some(Instant::now());
+            }
+            changed
+        };
+        let n = changed.len();
+        if n > 0 {
+            self.queue(unit.as_str(), changed, Reason::Change, at)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Queues a full snapshot for every unit that sent nothing during the last interval. Called
+    /// by the client's heartbeat task; returns how many units it sent.
+    pub async fn heartbeat(&self, at: OffsetDateTime) -> Result<usize, MqttError> {
+        let due: Vec<(String, BTreeMap<String, PointValue>)> = {
+            let mut units = self.lock();
+            let now = Instant::now();
+            let slack = self.inner.interval / 10;
+            units
+                .iter_mut()
+                .filter(|(_, st)| {
+                    !st.latest.is_empty()
+                        && st
+                            .last_send
+                            .is_none_or(|t| now.duration_since(t) + slack >= self.inner.interval)
+                })
+                .map(|(unit, st)| {
+                    st.last_send = Some(now);
+                    for (k, v) in &st.latest {
+                        st.sent.insert(k.clone(), v.clone());
+                    }
+                    (unit.clone(), st.latest.clone())
+                })
+                .collect()
+        };
+        // Re-learn the true backlog size so the trim check stays cheap while the drain keeps up.
+        let queued = self
+            .inner
+            .shared
+            .store
+            .call(|c| outbox::class_depth(c, outbox::Class::Telemetry))
+            .await?;
+        self.inner.approx_len.store(queued, Ordering::Relaxed);
+        let n = due.len();
+        for (unit, points) in due {
+            self.queue(&unit, points, Reason::Heartbeat, at).await?;
+        }
+        Ok(n)
+    }
+
+    async fn queue(
+        &self,
+        unit: &str,
+        points: BTreeMap<String, PointValue>,
+        reason: Reason,
+        at: OffsetDateTime,
+    ) -> Result<(), MqttError> {
+        let shared = &self.inner.shared;
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let msg = TelemetryMessage {
+            msg_id: format!("t-{}-{n}", shared.boot_id),
+            unit: unit.to_string(),
+            at: crate::clock::rfc3339(at),
+            reason,
+            points,
+        };
+        let payload = serde_json::to_vec(&msg).map_err(|e| MqttError::Encode(e.to_string()))?;
+        let topic = shared.topics.telemetry(unit);
+        let max = self.inner.backlog_max;
+        let len = self.inner.approx_len.fetch_add(1, Ordering::Relaxed) + 1;
+        let check = len >= max;
+        let dropped = shared
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let d = outbox::enqueue_telemetry(&tx, &msg.msg_id, &topic, &payload, max, check)?;
+                tx.commit()?;
+                Ok(d)
+            })
+            .await?;
+        if check {
+            self.inner.approx_len.store(max, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            shared.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                max,
+                "telemetry backlog full; dropped the oldest messages"
+            );
+        }
+        shared.wake.notify_one();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn s(v: Value, q: Quality, band: Option<f64>) -> PointSample {
+        PointSample {
+            name: "p".into(),
+            value: v,
+            quality: q,
+            deadband: band,
+        }
+    }
+    fn pv(v: Value, q: Quality) -> PointValue {
+        PointValue {
+            value: v,
+            quality: q,
+        }
+    }
+
+    fn queued(store: &crate::store::Store) -> Vec<TelemetryMessage> {
+        store
+            .with_conn(|c| {
+                let mut st =
+                    c.prepare("SELECT payload FROM outbox WHERE class = 'telemetry' ORDER BY seq")?;
+                let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+                Ok(rows
+                    .map(|p| serde_json::from_slice(&p.unwrap()).unwrap())
+                    .collect())
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_sends_the_latest_values_including_those_inside_the_deadband() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_in(dir.path()).unwrap();
+        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::ZERO, 1000, 0);
+        let unit = UnitId::new("hvac-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let temp = |v: f64| PointSample {
+            name: "room_temp".into(),
+            value: json!(v),
+            quality: Quality::Good,
+            deadband: Some(0.5),
+        };
+        assert_eq!(t.update(&unit, &[temp(21.0)], now).await.unwrap(), 1);
+        assert_eq!(t.update(&unit, &[temp(21.3)], now).await.unwrap(), 0);
+        assert_eq!(t.heartbeat(now).await.unwrap(), 1);
+        let q = queued(&store);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].reason, Reason::Change);
+        assert_eq!(q[1].reason, Reason::Heartbeat);
+        assert_eq!(q[1].points["room_temp"].value, json!(21.3));
+        // The heartbeat value is now the reference for the deadband.
+        assert_eq!(t.update(&unit, &[temp(21.7)], now).await.unwrap(), 0);
+        assert_eq!(t.update(&unit, &[temp(21.9)], now).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_unit_that_sent_within_the_interval_gets_no_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_in(dir.path()).unwrap();
+        let t = Telemetry::new(
+            Shared::for_test(store.clone()),
+            Duration::from_secs(3600),
+            1000,
+            0,
+        );
+        let unit = UnitId::new("gen-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let p = PointSample {
+            name: "rpm".into(),
+            value: json!(1500),
+            quality: Quality::Good,
+            deadband: None,
+        };
+        t.update(&unit, &[p], now).await.unwrap();
+        assert_eq!(t.heartbeat(now).await.unwrap(), 0);
+        assert_eq!(queued(&store).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_backlog_drops_the_oldest_telemetry_and_counts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_in(dir.path()).unwrap();
+        let shared = Shared::for_test(store.clone());
+        let t = Telemetry::new(shared.clone(), Duration::from_secs(3600), 10, 0);
+        let unit = UnitId::new("gen-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        for i in 0..25 {
+            let p = PointSample {
+                name: "rpm".into(),
+                value: json!(i),
+                quality: Quality::Good,
+                deadband: None,
+            };
+            assert_eq!(t.update(&unit, &[p], now).await.unwrap(), 1);
+        }
+        let q = queued(&store);
+        assert_eq!(q.len(), 10);
+        assert_eq!(q[0].points["rpm"].value, json!(15), "oldest dropped first");
+        assert_eq!(shared.stats.dropped.load(Ordering::Relaxed), 15);
+        let persisted = store.with_conn(|c| outbox::telemetry_dropped(c)).unwrap();
+        assert_eq!(persisted, 15);
+    }
+
+    #[test]
+    fn a_new_point_is_always_sent() {
+        assert!(should_send(None, &s(json!(1), Quality::Good, Some(10.0))));
+    }
+
+    #[test]
+    fn a_change_within_the_deadband_is_not_sent_but_drift_beyond_it_is() {
+        let last = pv(json!(20.0), Quality::Good);
+        assert!(!should_send(
+            Some(&last),
+            &s(json!(20.4), Quality::Good, Some(0.5))
+        ));
+        assert!(!should_send(
+            Some(&last),
+            &s(json!(19.5), Quality::Good, Some(0.5))
+        ));
+        assert!(should_send(
+            Some(&last),
+            &s(json!(20.6), Quality::Good, Some(0.5))
+        ));
+        assert!(should_send(
+            Some(&last),
+            &s(json!(19.4), Quality::Good, Some(0.5))
+        ));
+    }
+
+    #[test]
+    fn a_quality_change_is_sent_even_inside_the_deadband() {
+        let last = pv(json!(20.0), Quality::Good);
+        assert!(should_send(
+            Some(&last),
+            &s(json!(20.0), Quality::Stale, Some(5.0))
+        ));
+    }
+
+    #[test]
+    fn without_a_deadband_any_change_is_sent_and_no_change_is_not() {
+        let last = pv(json!("auto"), Quality::Good);
+        assert!(!should_send(
+            Some(&last),
+            &s(json!("auto"), Quality::Good, None)
+        ));
+        assert!(should_send(
+            Some(&last),
+            &s(json!("manual"), Quality::Good, Some(1.0))
+        ));
+        let last = pv(json!(3), Quality::Good);
+        assert!(should_send(Some(&last), &s(json!(4), Quality::Good, None)));
+        assert!(!should_send(Some(&last), &s(json!(3), Quality::Good, None)));
+    }
+
+    #[test]
+    fn a_nonsense_deadband_falls_back_to_any_change() {
+        let last = pv(json!(1.0), Quality::Good);
+        assert!(should_send(
+            Some(&last),
+            &s(json!(1.5), Quality::Good, Some(f64::NAN))
+        ));
+        assert!(should_send(
+            Some(&last),
+            &s(json!(1.5), Quality::Good, Some(-1.0))
+        ));
+        assert!(!should_send(
+            Some(&last),
+            &s(json!(1.0), Quality::Good, Some(f64::INFINITY))
+        ));
+    }
+}

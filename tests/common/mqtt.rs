@@ -1,0 +1,194 @@
+//! A third-party MQTT subscriber that records what it receives, bounded polling, and the site
+//! and client configs the MQTT tests use.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failure is a test failure"
+)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tokio_util::sync::CancellationToken;
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A third-party subscriber (rumqttc, QoS 1) that records everything it receives and reconnects
+/// by itself until dropped.
+pub struct Collector {
+    pub msgs: Arc<Mutex<Vec<Received>>>,
+    pub connected: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Collector {
+    /// Subscribes to `filter` on 127.0.0.1:`port`. `persistent` keeps the broker session (and the
+    /// messages queued for it) across the subscriber's and the broker's restarts.
+    pub fn start(
+        port: u16,
+        client_id: &str,
+        filter: &str,
+        persistent: bool,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Collector {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_session(!persistent);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(4 << 20, 4 << 20);
+        if let Some(cfg) = tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
+        }
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        {
+            let msgs = msgs.clone();
+            let connected = connected.clone();
+            let stop = stop.clone();
+            let filter = filter.to_string();
+            tokio::spawn(async move {
+                loop {
+                    let ev = tokio::select! {
+                        () = stop.cancelled() => break,
+                        ev = el.poll() => ev,
+                    };
+                    match ev {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            connected.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            msgs.lock().unwrap().push(Received {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            connected.store(false, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        }
+        Collector {
+            msgs,
+            connected,
+            stop,
+        }
+    }
+
+    pub async fn wait_subscribed(&self) {
+        let c = self.connected.clone();
+        wait_for(
+            "the subscriber to subscribe",
+            Duration::from_secs(10),
+            || c.load(std::sync::atomic::Ordering::SeqCst),
+        )
+        .await;
+    }
+
+    /// Messages received on `topic` so far.
+    pub fn on(&self, topic: &str) -> Vec<Received> {
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Waits until a message on `topic` satisfies `pred`; returns it.
+    pub async fn wait_message(
+        &self,
+        topic: &str,
+        limit: Duration,
+        pred: impl Fn(&Received) -> bool,
+    ) -> Received {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(m) = self.on(topic).into_iter().find(|m| pred(m)) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for a message on `{topic}`; got {:?}",
+                self.on(topic)
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The site of every test: topic root `sitegate/v1/s-1/gw-1`.
+pub fn site() -> sitegate::config::Site {
+    sitegate::config::Site {
+        id: "s-1".parse().unwrap(),
+        gateway: "gw-1".parse().unwrap(),
+        name: None,
+    }
+}
+
+/// A plain-TCP client config for the broker on `port`, quick to reconnect.
+pub fn mqtt_config(port: u16, client_id: &str) -> sitegate::config::Mqtt {
+    sitegate::config::Mqtt {
+        host: "127.0.0.1".into(),
+        port,
+        tls: false,
+        client_id: client_id.into(),
+        username: None,
+        password_file: None,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        keep_alive: Duration::from_secs(5),
+        telemetry_interval: Duration::from_secs(60),
+        telemetry_backlog_max: 50_000,
+        reconnect_max: Duration::from_secs(1),
+    }
+}
