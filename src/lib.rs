@@ -9,6 +9,7 @@
 //! - [`model`]: identifiers, roles, capabilities, scopes — the shared vocabulary.
 //! - [`access`]: the access state (users, grants, revocations, policy) that grants produce and authz reads.
 //! - [`config`]: the TOML site config, validated into a type that only exists when valid.
+//! - [`grants`]: signed grant bundles, trust keys and rotation, installer tokens, the fleet tool.
 //! - [`clock`]: injected time, so expiry and clock policy are testable.
 //! - [`store`]: the SQLite database (WAL, migrations, durability).
 //! - [`audit`]: the hash-chained audit trail; every record is also queued for MQTT.
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod grants;
 pub mod logging;
 pub mod model;
 pub mod notify;
