@@ -12,6 +12,7 @@
 //! leaves the previous state untouched and is audited with a machine-readable reason.
 
 pub mod bundle;
+pub mod cli;
 pub mod engine;
 pub mod envelope;
 pub mod fleet;
