@@ -138,7 +138,8 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
     match cmd {
         FleetCommand::Keygen { out, kid } => {
             if let Some(k) = &kid {
-                crate::model::check_id(k).map_err(|e| GrantError::Invalid(format!("--kid: {e}")))?;
+                crate::model::check_id(k)
+                    .map_err(|e| GrantError::Invalid(format!("--kid: {e}")))?;
             }
             if out.exists() {
                 return Err(GrantError::Invalid(format!(

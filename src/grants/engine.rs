@@ -71,6 +71,8 @@ struct Book {
     tokens: Vec<VerifiedToken>,
     last_rejection: Option<RejectionRecord>,
     last_applied: Option<OffsetDateTime>,
+    /// True when a rejection came after the last successful apply.
+    rejected_since_apply: bool,
     rollback_raised: bool,
 }
 
@@ -275,6 +277,7 @@ impl GrantEngine {
             match VerifiedToken::verify(env, &loaded.trust.ever_trusted()) {
                 Ok(t) if t.site == site && t.grant.expires_at.is_some_and(|e| e > eff) => {
                     book.tokens.push(t);
+                    book.rejected_since_apply = false;
                 }
                 Ok(_) => {}
                 Err(e) => problems.push(format!("stored installer token no longer verifies: {e}")),
@@ -432,7 +435,9 @@ impl GrantEngine {
                 })),
             );
         }
-        lock(&self.inner.book).last_rejection = Some(RejectionRecord {
+        let mut book = lock(&self.inner.book);
+        book.rejected_since_apply = true;
+        book.last_rejection = Some(RejectionRecord {
             kind: kind.as_str(),
             reason: r.reason,
             message: r.message.clone(),
@@ -685,6 +690,7 @@ impl GrantEngine {
             book.bundle_sha256 = Some(vb.payload_sha256().to_string());
             book.stored_bundle_valid = true;
             book.last_applied = Some(now);
+            book.rejected_since_apply = false;
             Arc::new(state)
         };
         self.publish(state);
@@ -796,6 +802,7 @@ impl GrantEngine {
             })
             .map_err(|e| fail(Rejection::new(Reason::Storage, format!("database: {e}"))))?;
         self.inner.trust.store(Arc::new(new_trust));
+        lock(&self.inner.book).rejected_since_apply = false;
         if cur.last_trusted_time != Some(floor) {
             let mut next = (*cur).clone();
             next.last_trusted_time = Some(floor);
@@ -910,6 +917,7 @@ impl GrantEngine {
             let mut book = lock(&self.inner.book);
             book.tokens.retain(|x| x.grant.id != t.grant.id);
             book.tokens.push(t);
+            book.rejected_since_apply = false;
             Arc::new(build_state(
                 &self.inner.site,
                 book.bundle.as_deref(),
@@ -929,11 +937,12 @@ impl GrantEngine {
         let s = self.inner.state.load_full();
         let trust = self.inner.trust.load_full();
         let book = lock(&self.inner.book);
-        let status = match (&book.last_rejection, book.last_applied, &book.bundle) {
-            (Some(r), Some(a), _) if r.at >= a => "rejected",
-            (Some(_), None, _) => "rejected",
-            (_, _, Some(_)) => "applied",
-            _ => "none",
+        let status = if book.rejected_since_apply {
+            "rejected"
+        } else if book.bundle.is_some() {
+            "applied"
+        } else {
+            "none"
         };
         json!({
             "site": self.inner.site.as_str(),
@@ -941,6 +950,7 @@ impl GrantEngine {
             "seq": s.seq,
             "issued_at": s.issued_at.map(rfc3339),
             "payload_sha256": book.bundle_sha256,
+            "applied_at": book.last_applied.map(rfc3339),
             "keys_seq": trust.seq,
             "last_trusted_time": s.last_trusted_time.map(rfc3339),
             "users": s.users.len(),
