@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::bundle::{Bundle, VerifiedBundle, VerifiedToken, policy_to_json};
-use super::envelope::{Kind, peek_kind};
+use super::envelope::{Kind, payload_sha256, peek_kind};
 use super::trust::{self, TrustSet, VerifiedKeys};
 use super::{GrantError, Reason, Rejection, effective_now, reject};
 use crate::access::{AccessState, Policy};
@@ -453,6 +453,17 @@ impl GrantEngine {
         self.check_clock();
         let cur = self.inner.state.load_full();
         let eff = effective_now(now, cur.last_trusted_time);
+        // INVARIANT: a redelivery of the payload in force changes nothing, so it is answered
+        // before verification (its key may have been retired since it was applied).
+        {
+            let book = lock(&self.inner.book);
+            if book.stored_bundle_valid
+                && book.bundle_sha256.is_some()
+                && payload_sha256(bytes, Kind::Bundle) == book.bundle_sha256
+            {
+                return Ok(ApplyOutcome::Duplicate { seq: cur.seq });
+            }
+        }
         let trust = self.inner.trust.load_full();
         let vb = VerifiedBundle::verify(bytes, &trust.active_at(eff))
             .map_err(|r| self.rejected(Kind::Bundle, source, r, None))?;
@@ -714,6 +725,13 @@ impl GrantEngine {
         let cur = self.inner.state.load_full();
         let eff = effective_now(now, cur.last_trusted_time);
         let trust = self.inner.trust.load_full();
+        // INVARIANT: as for bundles, the key set in force received again changes nothing.
+        if trust.seq > 0
+            && trust.payload_sha256.is_some()
+            && payload_sha256(bytes, Kind::Keys) == trust.payload_sha256
+        {
+            return Ok(ApplyOutcome::KeysDuplicate { seq: trust.seq });
+        }
         let vk = VerifiedKeys::verify(bytes, &trust.active_at(eff))
             .map_err(|r| self.rejected(Kind::Keys, source, r, None))?;
         let seq = vk.seq;

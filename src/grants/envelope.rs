@@ -287,6 +287,15 @@ pub(crate) fn open(bytes: &[u8], expected: Kind) -> Result<Opened, Rejection> {
     })
 }
 
+/// SHA-256 (hex) of the payload of a well-formed envelope of `kind`, without verifying it. Used
+/// only to recognise a redelivery of the payload already in force (which changes nothing), so
+/// that a retained message signed by a since-retired key is not reported as an attack.
+pub(crate) fn payload_sha256(bytes: &[u8], kind: Kind) -> Option<String> {
+    open(bytes, kind)
+        .ok()
+        .map(|o| crate::util::sha256_hex(&o.payload))
+}
+
 /// Opens a single-signature envelope and verifies it with the key `keys` chooses. Returns the
 /// kid and the verified payload bytes.
 pub(crate) fn open_and_verify_single(

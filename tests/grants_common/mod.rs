@@ -185,7 +185,7 @@ pub fn open_engine(store: &Store, clock: &ManualClock, cfg: &Grants) -> GrantEng
 pub fn keyset(seq: u64, keys: &[(&str, &Ed25519KeyPair)]) -> Value {
     json!({
         "seq": seq,
-        "issued_at": ts(issued(5)),
+        "issued_at": ts(T0),
         "keys": keys.iter().map(|(kid, k)| json!({"kid": kid, "public_key": fleet::public_key_b64(k)})).collect::<Vec<_>>()
     })
 }
