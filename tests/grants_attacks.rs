@@ -1,5 +1,11 @@
 //! A table of hostile envelopes. Every one must be rejected with its reason, audited, and leave
 //! the applied state (access state, trust keys, and what a restart would load) untouched.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed set-up step should fail the test"
+)]
 
 mod grants_common;
 

@@ -1,5 +1,11 @@
 //! The grants command line as an integrator uses it: make keys, hash a password, sign a bundle,
 //! a key rotation and a token, and apply them to a box with `sitegate grants apply`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed set-up step should fail the test"
+)]
 
 use std::io::Write;
 use std::path::Path;

@@ -2,6 +2,12 @@
 //! envelope is what the fleet library produces for the payload shown, the signature verifies,
 //! and the box applies it. Regenerate with
 //! `cargo test --test grants_docs -- --ignored --nocapture print_docs_example`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed set-up step should fail the test"
+)]
 
 use std::sync::Arc;
 

@@ -1,5 +1,11 @@
 //! The grant engine against a real SQLite database: apply, idempotence, revocation, restart,
 //! clock policy, key rotation, installer tokens.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed set-up step should fail the test"
+)]
 
 mod grants_common;
 

@@ -1,5 +1,11 @@
 //! Property: flipping any bits of any single byte of a signed envelope never yields something
 //! that verifies (as a bundle, a key set or a token) or that the engine applies.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed set-up step should fail the test"
+)]
 
 mod grants_common;
 

@@ -1,6 +1,12 @@
 //! Shared fixtures for the grants tests: deterministic keys, a store in a temp dir, a manual
 //! clock, and bundle descriptions signed through the fleet library (never by hand).
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test fixtures; each test binary uses a different subset"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
