@@ -401,3 +401,78 @@ fn retained_envelopes_signed_by_a_since_retired_key_are_duplicates_not_attacks()
     // And after a restart, the stored bundle (signed by the retired key) still loads.
     assert_eq!(fx.reopen().snapshot().grants.len(), 3);
 }
+
+#[test]
+fn local_grants_are_merged_unless_revoked_or_for_unknown_users() {
+    use sitegate::access::Grant;
+    use sitegate::model::{Scope, UnitId, UserId};
+    let fx = Fx::new();
+    fx.apply_seq(1);
+    let mut rx = fx.engine.subscribe();
+    rx.borrow_and_update();
+    let local = |id: &str, user: &str| Grant {
+        id: gid(id),
+        user: UserId::new(user).unwrap(),
+        role: Role::Viewer,
+        scope: Scope::Unit(UnitId::new("hvac-2").unwrap()),
+        not_before: None,
+        expires_at: None,
+        origin: Origin::Local {
+            delegator: UserId::new("u-1").unwrap(),
+            parent: gid("g-1"),
+        },
+    };
+    fx.engine.replace_local_grants(vec![
+        local("l-1", "u-2"),
+        local("l-2", "u-404"),
+        local("g-0", "u-2"),
+        local("g-1", "u-2"),
+    ]);
+    assert!(rx.has_changed().unwrap());
+    let s = fx.engine.snapshot();
+    let local_ids: Vec<_> = s
+        .grants
+        .iter()
+        .filter(|g| matches!(g.origin, Origin::Local { .. }))
+        .map(|g| g.id.as_str().to_string())
+        .collect();
+    assert_eq!(local_ids, vec!["l-1".to_string()]);
+    // They survive the next bundle.
+    fx.clock.set(issued(2));
+    fx.apply(&sign_bundle(&bundle(2))).unwrap();
+    assert!(
+        fx.engine
+            .snapshot()
+            .grants
+            .iter()
+            .any(|g| g.id == gid("l-1"))
+    );
+}
+
+#[test]
+fn a_token_user_sharing_a_bundle_users_email_is_left_out() {
+    let fx = Fx::new();
+    fx.apply_seq(1);
+    let mut t = token(T0 + time::Duration::days(1));
+    t["user"]["email"] = json!("ana@example.com");
+    fx.engine
+        .apply(
+            Some(Kind::Token),
+            &sign(Kind::Token, KID_A, &key(1), &t),
+            "t",
+        )
+        .unwrap();
+    let s = fx.engine.snapshot();
+    assert!(!s.users.iter().any(|u| u.id.as_str() == "u-9"));
+    assert!(!s.grants.iter().any(|g| g.id == gid("g-t1")));
+}
+
+#[test]
+fn rejection_messages_never_carry_long_attacker_text() {
+    let fx = Fx::new();
+    let field = "x".repeat(100_000);
+    let env = format!(r#"{{"v":1,"kind":"bundle","{field}":1}}"#);
+    let err = fx.apply(env.as_bytes()).unwrap_err();
+    assert_eq!(err.reason, Reason::Malformed);
+    assert!(err.message.len() <= sitegate::grants::Rejection::MAX_MESSAGE + 3);
+}

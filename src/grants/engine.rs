@@ -21,7 +21,7 @@ use super::bundle::{Bundle, VerifiedBundle, VerifiedToken, policy_to_json};
 use super::envelope::{Kind, payload_sha256, peek_kind};
 use super::trust::{self, TrustSet, VerifiedKeys};
 use super::{GrantError, Reason, Rejection, effective_now, reject};
-use crate::access::{AccessState, Policy};
+use crate::access::{AccessState, Grant, Policy};
 use crate::audit::{Audit, Event};
 use crate::clock::{SharedClock, from_unix_ms, rfc3339, unix_ms};
 use crate::model::{GrantId, SiteId};
@@ -69,6 +69,9 @@ struct Book {
     /// guards against rollback, but a redelivery of the same bytes re-applies it.
     stored_bundle_valid: bool,
     tokens: Vec<VerifiedToken>,
+    /// Grants delegated on this box (owned by the delegation module, see
+    /// [`GrantEngine::replace_local_grants`]).
+    local: Vec<Grant>,
     last_rejection: Option<RejectionRecord>,
     last_applied: Option<OffsetDateTime>,
     /// True when a rejection came after the last successful apply.
@@ -125,6 +128,7 @@ fn build_state(
     seq_floor: u64,
     revoked: HashSet<GrantId>,
     tokens: &[VerifiedToken],
+    local: &[Grant],
     floor: Option<OffsetDateTime>,
 ) -> AccessState {
     let mut users = Vec::new();
@@ -148,10 +152,26 @@ fn build_state(
         if revoked.contains(&t.grant.id) || grants.iter().any(|g| g.id == t.grant.id) {
             continue;
         }
-        if !users.iter().any(|u| u.id == t.user.id) {
-            users.push(t.user.clone());
+        match users
+            .iter()
+            .find(|u| u.id == t.user.id || u.email == t.user.email)
+        {
+            // The bundle defines this user: the bundle's definition wins.
+            Some(u) if u.id == t.user.id => {}
+            // Another user already has this e-mail: logins must stay unambiguous.
+            Some(_) => continue,
+            None => users.push(t.user.clone()),
         }
         grants.push(t.grant.clone());
+    }
+    for g in local {
+        if revoked.contains(&g.id)
+            || grants.iter().any(|x| x.id == g.id)
+            || !users.iter().any(|u| u.id == g.user)
+        {
+            continue;
+        }
+        grants.push(g.clone());
     }
     AccessState {
         site: Some(site.clone()),
@@ -289,6 +309,7 @@ impl GrantEngine {
             loaded.seq,
             loaded.revoked,
             &book.tokens,
+            &book.local,
             loaded.floor,
         );
         let state = Arc::new(state);
@@ -695,6 +716,7 @@ impl GrantEngine {
                 b.seq,
                 revoked,
                 &book.tokens,
+                &book.local,
                 floor,
             );
             book.bundle = Some(bundle);
@@ -942,11 +964,34 @@ impl GrantEngine {
                 cur.seq,
                 cur.revoked.clone(),
                 &book.tokens,
+                &book.local,
                 Some(floor),
             ))
         };
         self.publish(state);
         Ok(ApplyOutcome::TokenAdmitted { grant })
+    }
+
+    /// Replaces the grants delegated on this box (the delegation module persists and signs them;
+    /// the engine only merges them into the published state). A local grant whose id is revoked,
+    /// collides with a cloud grant, or names a user the state does not know is left out.
+    pub fn replace_local_grants(&self, grants: Vec<Grant>) {
+        let _guard = lock(&self.inner.apply_lock);
+        let cur = self.inner.state.load_full();
+        let state = {
+            let mut book = lock(&self.inner.book);
+            book.local = grants;
+            Arc::new(build_state(
+                &self.inner.site,
+                book.bundle.as_deref(),
+                cur.seq,
+                cur.revoked.clone(),
+                &book.tokens,
+                &book.local,
+                cur.last_trusted_time,
+            ))
+        };
+        self.publish(state);
     }
 
     /// The retained `…/grants/state` message: the applied bundle (seq, hash, issue time), the key

@@ -134,11 +134,20 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// Longest message kept (parser errors can quote attacker-chosen text).
+    pub const MAX_MESSAGE: usize = 300;
+
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            message: message.into(),
+        let mut message: String = message.into();
+        if message.len() > Self::MAX_MESSAGE {
+            let mut cut = Self::MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
         }
+        Rejection { reason, message }
     }
 }
 

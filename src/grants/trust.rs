@@ -149,6 +149,15 @@ impl TrustSet {
     }
 }
 
+/// Checks a key-set description before signing (the fleet tool): schema, seq, keys.
+pub fn check_keys_payload(payload: &[u8]) -> Result<(), Rejection> {
+    let wire: KeysWire = parse_json(payload, "keys")?;
+    if wire.seq == 0 {
+        return reject(Reason::Malformed, "key set `seq` must be at least 1");
+    }
+    decode_keys(wire.keys).map(|_| ())
+}
+
 /// A key to add outside a rotation (config or `trust import`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnchorKey {
