@@ -476,3 +476,16 @@ fn rejection_messages_never_carry_long_attacker_text() {
     assert_eq!(err.reason, Reason::Malformed);
     assert!(err.message.len() <= sitegate::grants::Rejection::MAX_MESSAGE + 3);
 }
+
+#[test]
+fn a_stale_engine_never_moves_the_stored_seq_back() {
+    // Two engines on one database, as when `sitegate grants apply` runs beside the daemon.
+    let fx = Fx::new();
+    fx.apply_seq(1);
+    let other = fx.reopen();
+    fx.clock.set(issued(3));
+    other.apply(None, &sign_bundle(&bundle(3)), "tool").unwrap();
+    let err = fx.apply(&sign_bundle(&bundle(2))).unwrap_err();
+    assert_eq!(err.reason, Reason::Rollback);
+    assert_eq!(fx.reopen().snapshot().seq, 3);
+}

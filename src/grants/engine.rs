@@ -614,6 +614,15 @@ impl GrantEngine {
             .store
             .with_conn(|conn| {
                 let tx = conn.transaction()?;
+                // INVARIANT: the database's seq never goes back, even if another process (the
+                // `grants apply` tool) moved it since this engine loaded.
+                let stored = meta_u64(&tx, META_SEQ)?.unwrap_or(0);
+                if stored > b.seq || (stored == b.seq && stored != cur.seq) {
+                    return Ok(Err(Rejection::new(
+                        Reason::Rollback,
+                        format!("the database already holds bundle seq {stored}; restart to load it"),
+                    )));
+                }
                 {
                     let mut ins = tx.prepare(
                         "INSERT OR IGNORE INTO grant_revocations(grant_id, seq, revoked_ms, expires_at_ms)
@@ -700,9 +709,9 @@ impl GrantEngine {
                     })),
                 )?;
                 tx.commit()?;
-                Ok(revoked)
+                Ok(Ok(revoked))
             })
-            .map_err(|e| Rejection::new(Reason::Storage, format!("database: {e}")))?;
+            .map_err(|e| Rejection::new(Reason::Storage, format!("database: {e}")))??;
         // Committed: publish with one swap.
         let bundle = Arc::new(b.clone());
         let state = {
@@ -821,6 +830,15 @@ impl GrantEngine {
             .store
             .with_conn(|conn| {
                 let tx = conn.transaction()?;
+                let stored = TrustSet::load(&tx)?.seq;
+                if stored >= vk.seq {
+                    return Ok(Err(Rejection::new(
+                        Reason::Rollback,
+                        format!(
+                            "the database already holds key set seq {stored}; restart to load it"
+                        ),
+                    )));
+                }
                 trust::store_keys(&tx, &vk, now)?;
                 Store::meta_set(&tx, META_FLOOR, &unix_ms(floor).to_string())?;
                 audit.record_in(
@@ -838,9 +856,10 @@ impl GrantEngine {
                         })),
                 )?;
                 tx.commit()?;
-                TrustSet::load(conn)
+                TrustSet::load(conn).map(Ok)
             })
-            .map_err(|e| fail(Rejection::new(Reason::Storage, format!("database: {e}"))))?;
+            .map_err(|e| fail(Rejection::new(Reason::Storage, format!("database: {e}"))))?
+            .map_err(fail)?;
         self.inner.trust.store(Arc::new(new_trust));
         lock(&self.inner.book).rejected_since_apply = false;
         if cur.last_trusted_time != Some(floor) {
