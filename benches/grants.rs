@@ -85,26 +85,40 @@ fn status_kb(field: &str) -> Option<u64> {
         .ok()
 }
 
-fn memory_report() {
+/// Child process: apply the envelope in `path` on a fresh engine and print the memory figures.
+/// Running in its own process keeps the bundle's generation out of the numbers.
+fn memory_child(path: &str) {
+    let env = std::fs::read(path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let eng = engine(dir.path());
-    let env = envelope(1);
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let base = status_kb("VmRSS:").unwrap_or(0);
     eng.apply(None, &env, "bench").unwrap();
     let peak = status_kb("VmHWM:").unwrap_or(0);
     let after = status_kb("VmRSS:").unwrap_or(0);
-    eprintln!(
-        "grants memory: envelope {} KiB; RSS before apply {base} KiB, peak during verify+apply {peak} KiB \
+    println!(
+        "grants memory: envelope {} KiB; RSS before verify+apply {base} KiB, peak {peak} KiB \
          (+{} KiB{}), RSS after {after} KiB",
         env.len() / 1024,
         peak.saturating_sub(base),
         if reset {
             ""
         } else {
-            ", VmHWM not reset: includes set-up"
+            "; VmHWM could not be reset"
         }
     );
+}
+
+fn memory_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.env");
+    std::fs::write(&path, envelope(1)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--grants-memory-child")
+        .arg(&path)
+        .output()
+        .unwrap();
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
 fn benches(c: &mut Criterion) {
@@ -142,6 +156,11 @@ fn benches(c: &mut Criterion) {
 criterion_group!(grants_benches, benches);
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--grants-memory-child") {
+        memory_child(&args[i + 1]);
+        return;
+    }
     memory_report();
     grants_benches();
     Criterion::default().configure_from_args().final_summary();
