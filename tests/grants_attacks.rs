@@ -425,6 +425,37 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "more users than the limit",
+            hint: None,
+            reason: Reason::TooLarge,
+            audit_kind: "grant_rejected",
+            prepare: nothing,
+            make: |_| {
+                let mut b = bundle(6);
+                let users: Vec<Value> = (0..=sitegate::grants::MAX_USERS)
+                    .map(|i| json!({"id": format!("u{i}"), "email": format!("{i}@x"), "active": true}))
+                    .collect();
+                b["users"] = json!(users);
+                b["grants"] = json!([]);
+                sign_bundle(&b)
+            },
+        },
+        Case {
+            name: "key set with more signatures than the limit",
+            hint: Some(Kind::Keys),
+            reason: Reason::TooLarge,
+            audit_kind: "keys_rejected",
+            prepare: nothing,
+            make: |_| {
+                let keys: Vec<_> = (0..=sitegate::grants::MAX_KEYS as u8)
+                    .map(|i| key(100 + i))
+                    .collect();
+                let kids: Vec<String> = (0..keys.len()).map(|i| format!("k-{i}")).collect();
+                let signers: Vec<_> = kids.iter().map(String::as_str).zip(keys.iter()).collect();
+                sign_keyset(&keyset(1, &[(KID_A, &key(1))]), &signers)
+            },
+        },
+        Case {
             name: "token signature replayed as a bundle",
             hint: Some(Kind::Bundle),
             reason: Reason::BadSignature,
