@@ -124,6 +124,22 @@ fn an_integrator_signs_and_a_box_applies_bundles_keys_and_tokens_from_the_comman
         None,
     );
     let c = p(&cfg);
+    assert!(
+        ok(
+            &[
+                "fleet",
+                "verify",
+                "--in",
+                p(&env),
+                "--kid",
+                "fleet-a",
+                "--public-key",
+                &pk_a
+            ],
+            None
+        )
+        .contains("seq 1, 1 users, 1 grants")
+    );
     assert!(ok(&["grants", "apply", p(&env), "-c", c], None).contains("Applied"));
     assert!(ok(&["grants", "apply", p(&env), "-c", c], None).contains("Duplicate"));
     let status: serde_json::Value =
@@ -160,6 +176,21 @@ fn an_integrator_signs_and_a_box_applies_bundles_keys_and_tokens_from_the_comman
     bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
     std::fs::write(&tampered, bytes).unwrap();
     let out = sitegate(&["grants", "apply", p(&tampered), "-c", c], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_signature"));
+    let out = sitegate(
+        &[
+            "fleet",
+            "verify",
+            "--in",
+            p(&tampered),
+            "--kid",
+            "fleet-a",
+            "--public-key",
+            &pk_a,
+        ],
+        None,
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad_signature"));
 

@@ -62,6 +62,18 @@ pub enum FleetCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Verify an envelope against one public key (as a box trusting only that key would) and
+    /// print its payload; exits 1 with the rejection reason otherwise.
+    Verify {
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Key id the public key is trusted under.
+        #[arg(long)]
+        kid: String,
+        /// Raw Ed25519 public key, base64url.
+        #[arg(long)]
+        public_key: String,
+    },
     /// Hash a password read from stdin (first line) into the PBKDF2 verifier format.
     HashPassword {
         #[arg(long, default_value_t = super::password::DEFAULT_ITERATIONS)]
@@ -207,6 +219,58 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
                 kid.iter().map(String::as_str).zip(keys.iter()).collect();
             let env = fleet::sign_keys_description(&signers, &read(&input)?)?;
             emit(out.as_deref(), &env)
+        }
+        FleetCommand::Verify {
+            input,
+            kid,
+            public_key,
+        } => {
+            let pk = crate::util_b64::decode(&public_key)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| {
+                    GrantError::Invalid("--public-key must be 32 bytes in base64url".into())
+                })?;
+            let provider = move |k: &str| {
+                if k == kid {
+                    Ok(pk)
+                } else {
+                    Err(super::KeyError::Unknown)
+                }
+            };
+            let bytes = read(&input)?;
+            let kind = super::envelope::peek_kind(&bytes)?;
+            let summary = match kind {
+                super::Kind::Bundle => {
+                    let b = super::VerifiedBundle::verify(&bytes, &provider)?;
+                    format!(
+                        "bundle for site `{}`, seq {}, {} users, {} grants, {} revoked",
+                        b.bundle().site,
+                        b.bundle().seq,
+                        b.bundle().users.len(),
+                        b.bundle().grants.len(),
+                        b.bundle().revoked.len()
+                    )
+                }
+                super::Kind::Token => {
+                    let t = super::VerifiedToken::verify(&bytes, &provider)?;
+                    format!(
+                        "token for site `{}`, user `{}`, grant `{}`",
+                        t.site, t.user.id, t.grant.id
+                    )
+                }
+                super::Kind::Keys => {
+                    let k = super::VerifiedKeys::verify(&bytes, &provider)?;
+                    format!(
+                        "key set seq {}, keys {:?}, signed by {:?}",
+                        k.seq,
+                        k.keys.iter().map(|x| x.kid.as_str()).collect::<Vec<_>>(),
+                        k.signed_by
+                    )
+                }
+            };
+            println!("valid: {summary}");
+            Ok(())
         }
         FleetCommand::HashPassword { iterations } => {
             let mut pw = String::new();
