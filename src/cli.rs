@@ -47,6 +47,21 @@ pub enum Command {
     },
     /// Print the version and build details.
     Version,
+    /// Make signing keys and sign grant bundles, key sets and installer tokens.
+    Fleet {
+        #[command(subcommand)]
+        cmd: crate::grants::cli::FleetCommand,
+    },
+    /// Manage the keys this box trusts for signed grants.
+    Trust {
+        #[command(subcommand)]
+        cmd: crate::grants::cli::TrustCommand,
+    },
+    /// Apply a signed envelope from a file, or show the grants state.
+    Grants {
+        #[command(subcommand)]
+        cmd: crate::grants::cli::GrantsCommand,
+    },
 }
 
 /// Process environment lookup (tests pass their own).
@@ -88,6 +103,9 @@ pub fn run(cli: Cli) -> i32 {
             );
             0
         }
+        Command::Fleet { cmd } => crate::grants::cli::run_fleet(cmd),
+        Command::Trust { cmd } => crate::grants::cli::run_trust(cmd),
+        Command::Grants { cmd } => crate::grants::cli::run_grants(cmd),
         Command::CheckConfig { config } => match load_config(&config) {
             Ok(c) => {
                 println!(

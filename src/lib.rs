@@ -12,6 +12,7 @@
 //! - [`auth`]: local login (password, installer token), sessions, throttling.
 //! - [`delegation`]: local grants delegated on this box, signed by the device key; access requests.
 //! - [`config`]: the TOML site config, validated into a type that only exists when valid.
+//! - [`grants`]: signed grant bundles, trust keys and rotation, installer tokens, the fleet tool.
 //! - [`clock`]: injected time, so expiry and clock policy are testable.
 //! - [`store`]: the SQLite database (WAL, migrations, durability).
 //! - [`audit`]: the hash-chained audit trail; every record is also queued for MQTT.
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delegation;
+pub mod grants;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -54,6 +54,77 @@ CREATE INDEX outbox_class ON outbox(class, seq);
 ",
     },
     Migration {
+        version: 2,
+        name: "grants: trust keys, applied bundle, users, grants, revocations, tokens",
+        sql: "
+-- Trusted Ed25519 keys (config, trust import, or a verified key set). Never deleted: a retired
+-- key stays so that it can never be re-added.
+CREATE TABLE trust_keys (
+    kid TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    not_after_ms INTEGER,
+    retired_ms INTEGER,
+    source TEXT NOT NULL,
+    added_ms INTEGER NOT NULL
+);
+-- Applied key-set envelopes, newest seq wins.
+CREATE TABLE grant_keysets (
+    seq INTEGER PRIMARY KEY,
+    payload_sha256 TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    applied_ms INTEGER NOT NULL
+);
+-- The applied bundle: exact envelope bytes, re-verified on start-up (one row).
+CREATE TABLE grant_bundle (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    issued_at_ms INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    applied_ms INTEGER NOT NULL
+);
+-- Every bundle seq ever applied with its payload hash (replay and equivocation detection).
+CREATE TABLE grant_bundle_history (
+    seq INTEGER PRIMARY KEY,
+    payload_sha256 TEXT NOT NULL,
+    issued_at_ms INTEGER NOT NULL,
+    applied_ms INTEGER NOT NULL
+);
+-- Queryable mirror of the applied bundle's users and grants.
+CREATE TABLE grant_users (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    password TEXT
+);
+CREATE TABLE grant_grants (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    not_before_ms INTEGER,
+    expires_at_ms INTEGER
+);
+CREATE INDEX grant_grants_user ON grant_grants(user_id);
+-- Irreversible revocations; a row may be pruned only after the grant's own expiry passed.
+CREATE TABLE grant_revocations (
+    grant_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    revoked_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER
+);
+-- Admitted installer tokens (exact envelope bytes, re-verified on start-up).
+CREATE TABLE grant_tokens (
+    grant_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    admitted_ms INTEGER NOT NULL
+);
+",
+    },
+    Migration {
         version: 3,
         name: "authz: sessions, login throttle, token grants, local grants, access requests",
         sql: "

@@ -1,0 +1,428 @@
+//! Command-line front ends of the grants module: `sitegate fleet …` (signing, for integrators),
+//! `sitegate trust …` (the box's trust anchors) and `sitegate grants …` (apply a signed file,
+//! show the state). Each returns the process exit code; messages go to stdout/stderr, never
+//! secrets.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use super::{GrantEngine, GrantError, fleet, trust};
+use crate::audit::Audit;
+use crate::clock::{Clock, SystemClock, rfc3339};
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Make an Ed25519 key pair: PKCS#8 v2 private key file (mode 0600); prints kid and public key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Key id (default `fleet-<8 hex of the public key hash>`).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Print the public key of a private key file.
+    Pubkey {
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Sign a bundle description (JSON): checked, compacted, signed; prints or writes the envelope.
+    SignBundle {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        kid: String,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sign a key-set description with a trusted key and every new key (repeat --key/--kid).
+    SignKeys {
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        #[arg(long, required = true)]
+        kid: Vec<String>,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sign an installer-token description (one user, one grant).
+    IssueToken {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        kid: String,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify an envelope against one public key (as a box trusting only that key would) and
+    /// print its payload; exits 1 with the rejection reason otherwise.
+    Verify {
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Key id the public key is trusted under.
+        #[arg(long)]
+        kid: String,
+        /// Raw Ed25519 public key, base64url.
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Hash a password read from stdin (first line) into the PBKDF2 verifier format.
+    HashPassword {
+        #[arg(long, default_value_t = super::password::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Add trust anchors from a JSON file: `{"keys":[{"kid","public_key","not_after"?}]}`.
+    Import {
+        file: PathBuf,
+        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// List the trusted keys (active, expired, retired).
+    List {
+        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Apply a signed envelope (bundle, keys or token) from a file, e.g. before the box is online.
+    Apply {
+        file: PathBuf,
+        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the grants state (what the box publishes on `…/grants/state`).
+    Status {
+        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, GrantError> {
+    std::fs::read(path).map_err(|e| GrantError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })
+}
+
+fn emit(out: Option<&Path>, envelope: &[u8]) -> Result<(), GrantError> {
+    match out {
+        Some(p) => crate::util::write_public(p, envelope).map_err(|e| GrantError::Io {
+            path: p.display().to_string(),
+            source: e,
+        }),
+        None => {
+            println!("{}", String::from_utf8_lossy(envelope));
+            Ok(())
+        }
+    }
+}
+
+fn finish(r: Result<(), GrantError>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Runs `sitegate fleet …`.
+pub fn run_fleet(cmd: FleetCommand) -> i32 {
+    finish(fleet_inner(cmd))
+}
+
+fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
+    match cmd {
+        FleetCommand::Keygen { out, kid } => {
+            if let Some(k) = &kid {
+                crate::model::check_id(k)
+                    .map_err(|e| GrantError::Invalid(format!("--kid: {e}")))?;
+            }
+            if out.exists() {
+                return Err(GrantError::Invalid(format!(
+                    "`{}` exists; refusing to overwrite a key",
+                    out.display()
+                )));
+            }
+            let doc = fleet::generate_pkcs8()?;
+            crate::util::write_private(&out, &doc).map_err(|e| GrantError::Io {
+                path: out.display().to_string(),
+                source: e,
+            })?;
+            let key = fleet::load_pkcs8(&out)?;
+            let kid = kid.unwrap_or_else(|| fleet::default_kid(&key));
+            println!("kid: {kid}");
+            println!("public_key: {}", fleet::public_key_b64(&key));
+            println!();
+            println!("# for the box's config:");
+            println!("[[grants.trust]]");
+            println!("kid = \"{kid}\"");
+            println!("public_key = \"{}\"", fleet::public_key_b64(&key));
+            Ok(())
+        }
+        FleetCommand::Pubkey { key } => {
+            let key = fleet::load_pkcs8(&key)?;
+            println!("{}", fleet::public_key_b64(&key));
+            Ok(())
+        }
+        FleetCommand::SignBundle {
+            key,
+            kid,
+            input,
+            out,
+        } => {
+            let k = fleet::load_pkcs8(&key)?;
+            let env = fleet::sign_bundle_description(&k, &kid, &read(&input)?)?;
+            emit(out.as_deref(), &env)
+        }
+        FleetCommand::IssueToken {
+            key,
+            kid,
+            input,
+            out,
+        } => {
+            let k = fleet::load_pkcs8(&key)?;
+            let env = fleet::sign_token_description(&k, &kid, &read(&input)?)?;
+            emit(out.as_deref(), &env)
+        }
+        FleetCommand::SignKeys {
+            key,
+            kid,
+            input,
+            out,
+        } => {
+            if key.len() != kid.len() {
+                return Err(GrantError::Invalid(
+                    "give one --kid for each --key, in the same order".into(),
+                ));
+            }
+            let keys = key
+                .iter()
+                .map(|p| fleet::load_pkcs8(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let signers: Vec<(&str, &ring::signature::Ed25519KeyPair)> =
+                kid.iter().map(String::as_str).zip(keys.iter()).collect();
+            let env = fleet::sign_keys_description(&signers, &read(&input)?)?;
+            emit(out.as_deref(), &env)
+        }
+        FleetCommand::Verify {
+            input,
+            kid,
+            public_key,
+        } => {
+            let pk = crate::util_b64::decode(&public_key)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| {
+                    GrantError::Invalid("--public-key must be 32 bytes in base64url".into())
+                })?;
+            let provider = move |k: &str| {
+                if k == kid {
+                    Ok(pk)
+                } else {
+                    Err(super::KeyError::Unknown)
+                }
+            };
+            let bytes = read(&input)?;
+            let kind = super::envelope::peek_kind(&bytes)?;
+            let summary = match kind {
+                super::Kind::Bundle => {
+                    let b = super::VerifiedBundle::verify(&bytes, &provider)?;
+                    format!(
+                        "bundle for site `{}`, seq {}, {} users, {} grants, {} revoked",
+                        b.bundle().site,
+                        b.bundle().seq,
+                        b.bundle().users.len(),
+                        b.bundle().grants.len(),
+                        b.bundle().revoked.len()
+                    )
+                }
+                super::Kind::Token => {
+                    let t = super::VerifiedToken::verify(&bytes, &provider)?;
+                    format!(
+                        "token for site `{}`, user `{}`, grant `{}`",
+                        t.site, t.user.id, t.grant.id
+                    )
+                }
+                super::Kind::Keys => {
+                    let k = super::VerifiedKeys::verify(&bytes, &provider)?;
+                    format!(
+                        "key set seq {}, keys {:?}, signed by {:?}",
+                        k.seq,
+                        k.keys.iter().map(|x| x.kid.as_str()).collect::<Vec<_>>(),
+                        k.signed_by
+                    )
+                }
+            };
+            println!("valid: {summary}");
+            Ok(())
+        }
+        FleetCommand::HashPassword { iterations } => {
+            let mut pw = String::new();
+            std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut pw)
+                .map_err(|e| GrantError::Io {
+                    path: "stdin".into(),
+                    source: e,
+                })?;
+            let line = pw.lines().next().unwrap_or("");
+            if line.is_empty() {
+                return Err(GrantError::Invalid(
+                    "no password on stdin (the first line is the password)".into(),
+                ));
+            }
+            println!("{}", fleet::hash_password(line, iterations)?);
+            Ok(())
+        }
+    }
+}
+
+fn open_store(config: &Path) -> Result<(crate::config::Config, Store), i32> {
+    let cfg = crate::cli::load_config(config)?;
+    if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
+        eprintln!("error: cannot create `{}`: {e}", cfg.state_dir.display());
+        return Err(1);
+    }
+    match Store::open_in(&cfg.state_dir) {
+        Ok(s) => Ok((cfg, s)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(1)
+        }
+    }
+}
+
+/// Runs `sitegate trust …`.
+pub fn run_trust(cmd: TrustCommand) -> i32 {
+    match cmd {
+        TrustCommand::Import { file, config } => {
+            let (_cfg, store) = match open_store(&config) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            finish((|| {
+                let keys = trust::parse_import_file(&read(&file)?)?;
+                let now = SystemClock.now();
+                let added = store.with_conn(|c| {
+                    trust::import(c, &keys, now).map_err(|e| match e {
+                        GrantError::Store(s) => s,
+                        other => crate::store::StoreError::Corrupt(other.to_string()),
+                    })
+                })?;
+                println!(
+                    "{added} key(s) added, {} already trusted",
+                    keys.len() - added
+                );
+                if added > 0 {
+                    println!("a running daemon picks them up at its next start");
+                }
+                Ok(())
+            })())
+        }
+        TrustCommand::List { config } => {
+            let (_cfg, store) = match open_store(&config) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            finish((|| {
+                let set = store.with_conn(|c| trust::TrustSet::load(c))?;
+                let now = SystemClock.now();
+                println!("key set seq {}", set.seq);
+                for k in set.keys.values() {
+                    let status = if k.retired_at.is_some() {
+                        "retired"
+                    } else if k.not_after.is_some_and(|n| now >= n) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}  {}  {}  source={}{}",
+                        k.kid,
+                        crate::util_b64::encode(k.public_key),
+                        status,
+                        k.source,
+                        k.not_after
+                            .map(|n| format!("  not_after={}", rfc3339(n)))
+                            .unwrap_or_default()
+                    );
+                }
+                Ok(())
+            })())
+        }
+    }
+}
+
+fn open_engine(config: &Path) -> Result<GrantEngine, i32> {
+    let (cfg, store) = open_store(config)?;
+    let Some(site) = cfg.site.clone() else {
+        eprintln!("error: the box is not provisioned (no `[site]` in the config)");
+        return Err(1);
+    };
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let audit = Audit::new(
+        store.clone(),
+        clock.clone(),
+        Some(format!("{}/events", site.topic_root())),
+    );
+    GrantEngine::open(store, audit, clock, site.id, &cfg.grants).map_err(|e| {
+        eprintln!("error: {e}");
+        1
+    })
+}
+
+/// Runs `sitegate grants …`.
+pub fn run_grants(cmd: GrantsCommand) -> i32 {
+    match cmd {
+        GrantsCommand::Apply { file, config } => {
+            let engine = match open_engine(&config) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            let bytes = match read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            };
+            let source = format!("file:{}", file.display());
+            match engine.apply(None, &bytes, &source) {
+                Ok(outcome) => {
+                    println!("{outcome:?}");
+                    0
+                }
+                Err(r) => {
+                    eprintln!("rejected ({}): {}", r.reason, r.message);
+                    1
+                }
+            }
+        }
+        GrantsCommand::Status { config } => match open_engine(&config) {
+            Ok(e) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&e.state_json()).unwrap_or_default()
+                );
+                0
+            }
+            Err(code) => code,
+        },
+    }
+}
