@@ -6,11 +6,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::access::Origin;
+use std::time::Duration;
+
 use crate::api::ports::{
-    self, AccessRequest, AuthPort, AuthzPort, BoxFut, DelegateRequest, DelegationOutcome,
-    DelegationPort, GrantInfo, LoginError, Me, SessionInfo,
+    self, AccessRequest, AuthPort, AuthzPort, BoxFut, CommandInfo, CommandOutcome,
+    DelegateRequest, DelegationOutcome, DelegationPort, Diagnostics, EnumLabel, GrantInfo,
+    LinkStats, LoginError, Me, PointInfo, ReadError, Reading, RegisterKind, SessionInfo,
+    UnitProfile, UnitSummary, UnitsPort, WriteError,
 };
-use crate::auth::{self, Auth};
+use crate::auth::{self, Auth, TokenVerifier};
+use crate::grants::{ApplyOutcome, GrantEngine, Kind};
+use crate::modbus::{self, ModbusEngine};
+use crate::mqtt::{PointSample, Quality as TelemetryQuality};
 use crate::authz::{Authz, Decision, Target};
 use crate::clock::SharedClock;
 use crate::delegation::{self, DelegationRequest, Delegations};
@@ -336,6 +343,388 @@ impl DelegationPort for DelegationAdapter {
                 .await
                 .map(|p| p.id)
                 .map_err(delegation_error)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grants: MQTT inbound and installer tokens
+// ---------------------------------------------------------------------------------------------
+
+/// [`crate::mqtt::GrantSink`] over the grants engine: applies what arrives on `…/grants` and
+/// `…/keys` and returns the state document for `…/grants/state`.
+pub struct GrantsSink(pub GrantEngine);
+
+impl crate::mqtt::GrantSink for GrantsSink {
+    fn apply(&self, kind: crate::mqtt::InboundKind, bytes: Vec<u8>) -> serde_json::Value {
+        let hint = match kind {
+            crate::mqtt::InboundKind::Grants => Kind::Bundle,
+            crate::mqtt::InboundKind::Keys => Kind::Keys,
+        };
+        let outcome = match self.0.apply(Some(hint), &bytes, "mqtt") {
+            Ok(o) => serde_json::json!({ "result": outcome_str(&o) }),
+            Err(r) => serde_json::json!({
+                "result": "rejected",
+                "reason": r.reason.as_str(),
+                "message": r.message,
+            }),
+        };
+        let mut state = self.0.state_json();
+        if let Some(o) = state.as_object_mut() {
+            o.insert("last_message".into(), outcome);
+        }
+        state
+    }
+}
+
+fn outcome_str(o: &ApplyOutcome) -> &'static str {
+    match o {
+        ApplyOutcome::Applied { .. } => "applied",
+        ApplyOutcome::Duplicate { .. } => "duplicate",
+        ApplyOutcome::KeysApplied { .. } => "keys_applied",
+        ApplyOutcome::KeysDuplicate { .. } => "keys_duplicate",
+        ApplyOutcome::TokenAdmitted { .. } => "token_admitted",
+    }
+}
+
+/// [`TokenVerifier`] over the grants engine (trusted keys, site, revocations, expiry).
+pub struct GrantsTokens(pub GrantEngine);
+
+impl TokenVerifier for GrantsTokens {
+    fn verify(&self, envelope: &[u8]) -> Result<(crate::access::User, crate::access::Grant), String> {
+        self.0
+            .verify_token(envelope)
+            .map(|t| (t.user, t.grant))
+            .map_err(|r| format!("{}: {}", r.reason.as_str(), r.message))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Units (Modbus engine)
+// ---------------------------------------------------------------------------------------------
+
+/// [`UnitsPort`] over the Modbus engine.
+pub struct UnitsAdapter(pub ModbusEngine);
+
+fn quality(q: modbus::Quality) -> ports::Quality {
+    match q {
+        modbus::Quality::Good => ports::Quality::Good,
+        modbus::Quality::Stale => ports::Quality::Stale,
+        modbus::Quality::OpenCircuit => ports::Quality::SensorOpen,
+        modbus::Quality::Unimplemented
+        | modbus::Quality::OverRange
+        | modbus::Quality::UnderRange
+        | modbus::Quality::BadData => ports::Quality::Unavailable,
+        modbus::Quality::Error => ports::Quality::CommError,
+        modbus::Quality::Unknown => ports::Quality::Unknown,
+    }
+}
+
+/// A cached point value as telemetry (the engine already applied the point's deadband).
+pub fn point_sample(name: &str, v: &modbus::PointValue) -> PointSample {
+    PointSample {
+        name: name.to_string(),
+        value: v.value.clone(),
+        quality: match v.quality {
+            modbus::Quality::Good => TelemetryQuality::Good,
+            modbus::Quality::Stale | modbus::Quality::Unknown => TelemetryQuality::Stale,
+            modbus::Quality::OpenCircuit
+            | modbus::Quality::Unimplemented
+            | modbus::Quality::OverRange
+            | modbus::Quality::UnderRange
+            | modbus::Quality::BadData
+            | modbus::Quality::Error => TelemetryQuality::Bad,
+        },
+        deadband: None,
+    }
+}
+
+fn summary(u: modbus::UnitInfo, last_seen: Option<time::OffsetDateTime>) -> UnitSummary {
+    UnitSummary {
+        id: u.id,
+        name: u.name,
+        profile: u.profile,
+        group: u.group,
+        link: u.link,
+        online: u.online.unwrap_or(false),
+        last_seen,
+    }
+}
+
+fn readings(s: &modbus::UnitSnapshot) -> Vec<Reading> {
+    s.points
+        .iter()
+        .map(|(name, v)| Reading {
+            point: name.clone(),
+            value: v.value.clone(),
+            quality: quality(v.quality),
+            read_at: v
+                .at_ms
+                .and_then(|ms| i64::try_from(ms).ok())
+                .map(crate::clock::from_unix_ms),
+        })
+        .collect()
+}
+
+impl UnitsAdapter {
+    fn last_seen(&self, unit: &UnitId) -> Option<time::OffsetDateTime> {
+        self.0
+            .snapshot(unit)?
+            .points
+            .values()
+            .filter(|v| v.quality != modbus::Quality::Error)
+            .filter_map(|v| v.at_ms)
+            .max()
+            .and_then(|ms| i64::try_from(ms).ok())
+            .map(crate::clock::from_unix_ms)
+    }
+}
+
+fn read_error(e: modbus::EngineError) -> ReadError {
+    use modbus::{EngineError as E, ModbusError as M};
+    match e {
+        E::UnknownUnit(_) => ReadError::UnknownUnit,
+        E::Modbus(M::Timeout) => ReadError::Timeout,
+        E::Modbus(M::Exception(c)) => {
+            ReadError::Exception(modbus::link::exception_name(c).to_string())
+        }
+        other => ReadError::Transport(other.to_string()),
+    }
+}
+
+fn write_error(e: modbus::WriteError) -> WriteError {
+    use modbus::WriteError as W;
+    match e {
+        W::Invalid { .. } => WriteError::Validation(e.to_string()),
+        W::UnknownPoint(_) | W::UnknownCommand(_) | W::UnknownUnit(_) => WriteError::UnknownPoint,
+        W::Busy(_) | W::ShuttingDown => WriteError::Transport(e.to_string()),
+    }
+}
+
+/// Maps a write that reached the bus; only a verified write is a success.
+fn write_status(o: &modbus::WriteOutcome) -> Result<(), WriteError> {
+    match &o.status {
+        modbus::WriteStatus::Ok => Ok(()),
+        modbus::WriteStatus::Mismatch => Err(WriteError::Mismatch(format!(
+            "wrote {}, read back {}",
+            o.written,
+            o.read_back.clone().unwrap_or(serde_json::Value::Null)
+        ))),
+        modbus::WriteStatus::Unverified { reason } => {
+            Err(WriteError::Mismatch(format!("written but not verified: {reason}")))
+        }
+        modbus::WriteStatus::Exception { name, .. } => Err(WriteError::Exception(name.clone())),
+        modbus::WriteStatus::Timeout => Err(WriteError::Timeout),
+        modbus::WriteStatus::Failed { reason } => Err(WriteError::Transport(reason.clone())),
+    }
+}
+
+fn percentile_ms(l: &modbus::LinkStats, q: f64) -> Option<f64> {
+    let total: u64 = l.latency_buckets_ms.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return None;
+    }
+    let want = (total as f64 * q).ceil() as u64;
+    let mut seen = 0;
+    for (i, (_, n)) in l.latency_buckets_ms.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            // Upper bound of the bucket; the overflow bucket reports the last finite bound.
+            let idx = i.min(modbus::link::LATENCY_BUCKETS_MS.len().saturating_sub(1));
+            return modbus::link::LATENCY_BUCKETS_MS.get(idx).map(|b| *b as f64);
+        }
+    }
+    None
+}
+
+/// Link counters as the API shows them.
+pub fn link_stats(l: &modbus::LinkStats) -> LinkStats {
+    LinkStats {
+        link: l.link.clone(),
+        kind: l.kind.to_string(),
+        connected: l.connected,
+        requests: l.requests,
+        errors: l.errors,
+        timeouts: l.timeouts,
+        exceptions: l.exceptions,
+        retries: 0,
+        queue_depth: l.queued,
+        latency_p50_ms: percentile_ms(l, 0.5),
+        latency_p99_ms: percentile_ms(l, 0.99),
+        last_error: l.last_error.clone(),
+    }
+}
+
+impl UnitsPort for UnitsAdapter {
+    fn units(&self) -> Vec<UnitSummary> {
+        self.0
+            .units()
+            .into_iter()
+            .map(|u| {
+                let seen = self.last_seen(&u.id);
+                summary(u, seen)
+            })
+            .collect()
+    }
+
+    fn unit(&self, unit: &UnitId) -> Option<UnitSummary> {
+        let u = self.0.units().into_iter().find(|u| u.id == *unit)?;
+        Some(summary(u, self.last_seen(unit)))
+    }
+
+    fn profile(&self, unit: &UnitId) -> Option<UnitProfile> {
+        let p = self.0.profile_of(unit)?;
+        Some(UnitProfile {
+            points: p
+                .points
+                .iter()
+                .map(|pt| PointInfo {
+                    name: pt.name.clone(),
+                    label: if pt.description.is_empty() {
+                        pt.name.clone()
+                    } else {
+                        pt.description.clone()
+                    },
+                    unit: pt.unit.clone(),
+                    kind: pt.ty.as_str().to_string(),
+                    read: pt.read,
+                    write: pt.write,
+                    min: pt.min,
+                    max: pt.max,
+                    enum_labels: pt
+                        .labels
+                        .iter()
+                        .map(|(v, l)| EnumLabel {
+                            value: i64::from(*v),
+                            label: l.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            commands: p
+                .commands
+                .iter()
+                .map(|c| CommandInfo {
+                    name: c.name.clone(),
+                    label: if c.description.is_empty() {
+                        c.name.clone()
+                    } else {
+                        c.description.clone()
+                    },
+                    capability: c.capability,
+                })
+                .collect(),
+        })
+    }
+
+    fn snapshot(&self, unit: &UnitId) -> Option<Vec<Reading>> {
+        self.0.snapshot(unit).map(|s| readings(&s))
+    }
+
+    fn read_fresh<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        timeout: Duration,
+    ) -> BoxFut<'a, Result<Vec<Reading>, ReadError>> {
+        Box::pin(async move {
+            self.0
+                .read_fresh(unit, timeout)
+                .await
+                .map(|s| readings(&s))
+                .map_err(read_error)
+        })
+    }
+
+    fn write_point<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        point: &'a str,
+        value: serde_json::Value,
+    ) -> BoxFut<'a, Result<ports::WriteOutcome, WriteError>> {
+        Box::pin(async move {
+            let o = self
+                .0
+                .write_point(unit, point, value)
+                .await
+                .map_err(write_error)?;
+            write_status(&o)?;
+            Ok(ports::WriteOutcome {
+                written: o.written.clone(),
+                read_back: o.read_back.clone().unwrap_or(serde_json::Value::Null),
+                at: time::OffsetDateTime::now_utc(),
+            })
+        })
+    }
+
+    fn run_command<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        command: &'a str,
+    ) -> BoxFut<'a, Result<CommandOutcome, WriteError>> {
+        Box::pin(async move {
+            let o = self
+                .0
+                .run_command(unit, command)
+                .await
+                .map_err(write_error)?;
+            write_status(&o)?;
+            Ok(CommandOutcome {
+                command: command.to_string(),
+                at: time::OffsetDateTime::now_utc(),
+            })
+        })
+    }
+
+    fn diagnostics(&self, unit: &UnitId) -> Option<Diagnostics> {
+        let u = self.0.units().into_iter().find(|u| u.id == *unit)?;
+        let snap = self.0.snapshot(unit);
+        let link = self
+            .0
+            .link_stats()
+            .into_iter()
+            .find(|l| l.link == u.link.as_str())
+            .map(|l| link_stats(&l))
+            .unwrap_or_default();
+        let errors = snap.as_ref().map_or(0, |s| {
+            s.points
+                .values()
+                .filter(|v| v.quality == modbus::Quality::Error)
+                .count()
+        });
+        Some(Diagnostics {
+            unit: u.id.clone(),
+            slave: u.slave,
+            online: u.online.unwrap_or(false),
+            consecutive_failures: u32::try_from(errors).unwrap_or(u32::MAX),
+            last_success: self.last_seen(unit),
+            last_error: link.last_error.clone(),
+            link,
+        })
+    }
+
+    fn read_raw<'a>(
+        &'a self,
+        unit: &'a UnitId,
+        kind: RegisterKind,
+        address: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> BoxFut<'a, Result<Vec<u16>, ReadError>> {
+        Box::pin(async move {
+            let kind = match kind {
+                RegisterKind::Coil => modbus::RegKind::Coil,
+                RegisterKind::Discrete => modbus::RegKind::Discrete,
+                RegisterKind::Input => modbus::RegKind::Input,
+                RegisterKind::Holding => modbus::RegKind::Holding,
+            };
+            let values = tokio::time::timeout(timeout, self.0.raw_read(unit, kind, address, count))
+                .await
+                .map_err(|_| ReadError::Timeout)?
+                .map_err(read_error)?;
+            Ok(match values {
+                modbus::RawValues::Words(w) => w,
+                modbus::RawValues::Bits(b) => b.into_iter().map(u16::from).collect(),
+            })
         })
     }
 }

@@ -9,9 +9,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::adapters::{
+    AuthAdapter, AuthzAdapter, DelegationAdapter, GrantsSink, GrantsTokens, UnitsAdapter,
+};
+use crate::api::{self, ApiState, Ports};
 use crate::audit::{Audit, Event};
+use crate::auth::{Auth, TokenVerifier};
+use crate::authz::{Authz, Inputs};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, Site};
+use crate::delegation::Delegations;
+use crate::grants::GrantEngine;
+use crate::metrics::Metrics;
+use crate::modbus::{ModbusEngine, ProfileRegistry, UnitUpdate};
+use crate::mqtt::{MqttClient, MqttHandle, PointSample};
 use crate::notify::Notifier;
 use crate::store::Store;
 
@@ -46,24 +57,42 @@ pub fn run_daemon(cfg: Config) -> i32 {
                 return 1;
             }
         };
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
-        let start = Daemon::start(cfg, Arc::new(SystemClock), notifier.clone());
-        tokio::select! {
-            res = start => match res {
-                Ok(d) => {
-                    signals.wait().await;
-                    d.stop().await
+        let mut cfg = cfg;
+        loop {
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
+            let start = Daemon::start(cfg.clone(), Arc::new(SystemClock), notifier.clone());
+            let daemon = tokio::select! {
+                res = start => match res {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "start-up failed");
+                        return 1;
+                    }
+                },
+                _ = signals.wait() => {
+                    notifier.stopping();
+                    tracing::info!("stopped during start-up");
+                    return 0;
                 }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "start-up failed");
-                    1
-                }
-            },
-            _ = signals.wait() => {
-                notifier.stopping();
-                tracing::info!("stopped during start-up");
-                0
+            };
+            // A box provisioned through the first-boot setup endpoint stops its setup server
+            // and starts again on the configuration that setup wrote.
+            let restart = tokio::select! {
+                _ = signals.wait() => false,
+                _ = daemon.stopped() => true,
+            };
+            let code = daemon.stop(!restart).await;
+            if !restart {
+                return code;
             }
+            let Some(source) = cfg.source.clone() else {
+                return 1;
+            };
+            cfg = match crate::cli::load_config(&source) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            tracing::info!("provisioned; starting with the new configuration");
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -75,28 +104,56 @@ pub struct Daemon {
     pub store: Store,
     pub audit: Audit,
     pub shutdown: CancellationToken,
+    /// Present on a provisioned box.
+    pub site: Option<Running>,
+    /// Where the LAN API listens (the real port when the config said 0).
+    pub api_addr: std::net::SocketAddr,
+    /// SHA-256 fingerprint of the API's TLS certificate (`None` for plain HTTP).
+    pub tls_fingerprint: Option<String>,
     tasks: TaskTracker,
     notifier: Notifier,
 }
 
+/// The engines of a provisioned box.
+#[derive(Clone)]
+pub struct Running {
+    pub grants: GrantEngine,
+    pub authz: Arc<Authz>,
+    pub auth: Auth,
+    pub delegations: Delegations,
+    pub modbus: ModbusEngine,
+    pub mqtt: Option<MqttHandle>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Opens the store in `state_dir` on the blocking pool.
+async fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create state dir `{}`: {e}", state_dir.display())
+    })?;
+    restrict_dir(state_dir);
+    let dir = state_dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || Store::open_in(&dir)).await??)
+}
+
+/// The state directory holds keys and the database: owner only.
+fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot restrict the state directory");
+    }
+}
+
 impl Daemon {
     /// Opens the store and starts every task. Returns once the daemon is ready to serve.
+    /// An unprovisioned box (no `[site]`) serves only the first-boot setup endpoint.
     pub async fn start(
         cfg: Config,
         clock: SharedClock,
         notifier: Notifier,
     ) -> anyhow::Result<Daemon> {
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create state dir `{}`: {e}", cfg.state_dir.display())
-        })?;
-        let store = {
-            let dir = cfg.state_dir.clone();
-            tokio::task::spawn_blocking(move || Store::open_in(&dir)).await??
-        };
-        let events_topic = cfg
-            .site
-            .as_ref()
-            .map(|s| format!("{}/events", s.topic_root()));
+        let store = open_store(&cfg.state_dir).await?;
+        let events_topic = cfg.site.as_ref().map(|s| format!("{}/events", s.topic_root()));
         let audit = Audit::new(store.clone(), clock.clone(), events_topic);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -115,28 +172,87 @@ impl Daemon {
             });
         }
 
+        let (site, serving) = match &cfg.site {
+            Some(site) => {
+                let running =
+                    start_engines(&cfg, site, &store, &audit, &clock, &shutdown, &tasks).await?;
+                let ports = Ports {
+                    auth: Arc::new(AuthAdapter(running.auth.clone())),
+                    authz: Arc::new(AuthzAdapter {
+                        authz: running.authz.clone(),
+                        clock: clock.clone(),
+                    }),
+                    units: Arc::new(UnitsAdapter(running.modbus.clone())),
+                    delegation: Arc::new(DelegationAdapter {
+                        delegations: running.delegations.clone(),
+                        authz: running.authz.clone(),
+                    }),
+                };
+                let state = ApiState::new(
+                    ports,
+                    audit.clone(),
+                    running.metrics.clone(),
+                    clock.clone(),
+                    &cfg.api,
+                );
+                let serving =
+                    api::serve(state, &cfg.api, &cfg.state_dir, shutdown.child_token()).await?;
+                (Some(running), serving)
+            }
+            None => {
+                let serving =
+                    crate::setup::serve(&cfg, audit.clone(), shutdown.clone(), &tasks).await?;
+                (None, serving)
+            }
+        };
+        let api_addr = serving.addr;
+        let tls_fingerprint = serving.tls_fingerprint.clone();
+        tasks.spawn(async move {
+            if let Ok(Err(e)) = serving.task.await {
+                tracing::error!(error = %e, "the LAN API server failed");
+            }
+        });
+
         audit
-            .record(
-                Event::new("daemon_started", "ok")
-                    .actor("system")
-                    .detail(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
-            )
+            .record(Event::new("daemon_started", "ok").actor("system").detail(
+                serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "provisioned": site.is_some(),
+                }),
+            ))
             .await?;
         notifier.ready();
-        tracing::info!(state_dir = %cfg.state_dir.display(), "sitegate is running");
+        tracing::info!(
+            state_dir = %cfg.state_dir.display(),
+            api = %api_addr,
+            tls_fingerprint = tls_fingerprint.as_deref().unwrap_or("none (plain HTTP)"),
+            units = cfg.units.len(),
+            "sitegate is running"
+        );
         Ok(Daemon {
             store,
             audit,
             shutdown,
+            site,
+            api_addr,
+            tls_fingerprint,
             tasks,
             notifier,
         })
     }
 
+    /// Resolves when the daemon asks to stop by itself (first-boot setup finished).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await;
+    }
+
     /// Cancels every task and waits for them, at most [`SHUTDOWN_GRACE`].
-    pub async fn stop(self) -> i32 {
+    /// `final_stop` tells systemd the service is stopping (not sent for an in-process restart).
+    pub async fn stop(self, final_stop: bool) -> i32 {
         tracing::info!("shutting down");
-        self.notifier.stopping();
+        if final_stop {
+            self.notifier.stopping();
+        }
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
@@ -154,6 +270,205 @@ impl Daemon {
             .await;
         0
     }
+}
+
+/// Builds the engines of a provisioned box and spawns their tasks.
+async fn start_engines(
+    cfg: &Config,
+    site: &Site,
+    store: &Store,
+    audit: &Audit,
+    clock: &SharedClock,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<Running> {
+    let grants = {
+        let (store, audit, clock, id, gcfg) = (
+            store.clone(),
+            audit.clone(),
+            clock.clone(),
+            site.id.clone(),
+            cfg.grants.clone(),
+        );
+        tokio::task::spawn_blocking(move || GrantEngine::open(store, audit, clock, id, &gcfg))
+            .await??
+    };
+    let registry = Arc::new(
+        ProfileRegistry::load(cfg.profiles_dir.as_deref())
+            .map_err(|p| anyhow::anyhow!("device profiles: {}", p.join("; ")))?,
+    );
+    let inventory = cfg
+        .units
+        .iter()
+        .map(|u| (u.id.clone(), u.group.clone()))
+        .collect();
+    let authz = Arc::new(Authz::new(Inputs {
+        site: Some(site.id.clone()),
+        state: grants.snapshot(),
+        inventory,
+        ..Inputs::default()
+    }));
+    let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(grants.clone()));
+    let auth = Auth::new(
+        store.clone(),
+        audit.clone(),
+        authz.clone(),
+        clock.clone(),
+        cfg.auth.clone(),
+        Some(verifier),
+    )?;
+    let delegations = Delegations::new(
+        store.clone(),
+        audit.clone(),
+        authz.clone(),
+        clock.clone(),
+        &cfg.state_dir,
+        Some(format!("{}/requests", site.topic_root())),
+    )?;
+
+    // Every applied bundle rebuilds and swaps the authorization index.
+    {
+        let mut rx = grants.subscribe();
+        let authz = authz.clone();
+        let stop = shutdown.child_token();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = rx.changed() => {
+                        if changed.is_err() { break }
+                        let state = rx.borrow_and_update().clone();
+                        authz.set_state(state);
+                    }
+                }
+            }
+        });
+    }
+
+    let modbus = ModbusEngine::start(
+        &cfg.links,
+        &cfg.units,
+        registry,
+        audit.clone(),
+        shutdown.child_token(),
+        tasks,
+    )?;
+
+    let mqtt = match &cfg.mqtt {
+        Some(m) => Some(MqttClient::start(
+            m,
+            site,
+            store.clone(),
+            audit.clone(),
+            Arc::new(GrantsSink(grants.clone())),
+            shutdown.child_token(),
+            tasks,
+        )?),
+        None => None,
+    };
+    if let Some(mqtt) = &mqtt {
+        spawn_unit_bridge(&modbus, mqtt.clone(), shutdown.child_token(), tasks);
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let running = Running {
+        grants,
+        authz,
+        auth,
+        delegations,
+        modbus,
+        mqtt,
+        metrics,
+    };
+    spawn_housekeeping(&running, store.clone(), shutdown.child_token(), tasks);
+    Ok(running)
+}
+
+/// Forwards the Modbus engine's value and availability changes to MQTT.
+fn spawn_unit_bridge(
+    modbus: &ModbusEngine,
+    mqtt: MqttHandle,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    // Availability starts as unknown; publish each unit's state once it is decided.
+    let mut rx = modbus.subscribe();
+    tasks.spawn(async move {
+        loop {
+            let update = tokio::select! {
+                _ = stop.cancelled() => break,
+                u = rx.recv() => u,
+            };
+            match update {
+                Ok(UnitUpdate::Availability { unit, online }) => {
+                    if let Err(e) = mqtt.set_availability(&unit, online).await {
+                        tracing::warn!(unit = %unit, error = %e, "cannot queue availability");
+                    }
+                }
+                Ok(UnitUpdate::Values { unit, points }) => {
+                    let samples: Vec<PointSample> = points
+                        .iter()
+                        .map(|(name, v)| crate::adapters::point_sample(name, v))
+                        .collect();
+                    let at = time::OffsetDateTime::now_utc();
+                    if let Err(e) = mqtt.telemetry().update(&unit, &samples, at).await {
+                        tracing::warn!(unit = %unit, error = %e, "cannot queue telemetry");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "telemetry bridge lagged; the heartbeat catches up");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
+/// Periodic upkeep: clock-rollback check, session pruning, metrics gauges.
+fn spawn_housekeeping(
+    running: &Running,
+    store: Store,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let r = running.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            n += 1;
+            let state = r.grants.snapshot();
+            r.metrics.set_grant(
+                state.seq,
+                state.issued_at.map(crate::clock::unix_ms).unwrap_or(0),
+            );
+            let s = store.clone();
+            if let Ok(Ok(depths)) =
+                tokio::task::spawn_blocking(move || crate::outbox::depth(&s)).await
+            {
+                for class in ["event", "request", "telemetry", "state"] {
+                    let d = depths.iter().find(|(c, _)| c == class).map_or(0, |(_, d)| *d);
+                    r.metrics.set_outbox_depth(class, u64::try_from(d).unwrap_or(0));
+                }
+            }
+            for l in r.modbus.link_stats() {
+                r.metrics.set_link(&l);
+            }
+            if n % 12 == 0 {
+                let g = r.grants.clone();
+                let _ = tokio::task::spawn_blocking(move || g.check_clock()).await;
+            }
+            if n % 60 == 0 {
+                if let Err(e) = r.auth.prune().await {
+                    tracing::warn!(error = %e, "cannot prune expired sessions");
+                }
+            }
+        }
+    });
 }
 
 /// The daemon's signal handlers: SIGTERM and SIGINT stop it; SIGHUP is logged (configuration

@@ -25,6 +25,7 @@
 //! - [`tls`]: the API's certificate (self-signed at provisioning, or configured) and its fingerprint.
 //! - [`metrics`]: the Prometheus registry behind `GET /api/v1/metrics`.
 //! - [`adapters`]: the engines behind the API's port traits.
+//! - [`setup`]: the first-boot setup endpoint of an unprovisioned box.
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
 //! - [`cli`]: the command-line interface that `main.rs` dispatches.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
@@ -48,6 +49,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod outbox;
 pub mod provision;
+pub mod setup;
 pub mod store;
 pub mod tls;
 pub mod util;

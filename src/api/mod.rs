@@ -284,6 +284,17 @@ pub async fn serve(
     state_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<Serving, ServeError> {
+    serve_router(router(state), cfg, state_dir, shutdown).await
+}
+
+/// Serves any router with the API's listener, TLS and connection limits (the first-boot setup
+/// endpoint uses it with its own router).
+pub async fn serve_router(
+    app: Router,
+    cfg: &config::Api,
+    state_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<Serving, ServeError> {
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| ServeError::Bind {
         addr: cfg.listen,
         source,
@@ -298,7 +309,7 @@ pub async fn serve(
         addr: cfg.listen,
         source,
     })?;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     {
         let handle = handle.clone();
