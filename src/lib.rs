@@ -15,6 +15,8 @@
 //! - [`outbox`]: the MQTT store-and-forward queue.
 //! - [`notify`]: systemd's sd_notify protocol (ready, watchdog, stopping).
 //! - [`logging`]: tracing set-up (human, JSON, journald).
+//! - [`modbus`]: Modbus links, device profiles, the polling scheduler, validated writes, diagnostics.
+//! - [`sim`]: simulated generator and HVAC units (Modbus TCP/RTU servers) for tests and demos.
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
 //! - [`cli`]: the command-line interface that `main.rs` dispatches.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
@@ -27,8 +29,10 @@ pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod model;
+pub mod modbus;
 pub mod notify;
 pub mod outbox;
+pub mod sim;
 pub mod store;
 pub mod util;
 pub mod util_b64;
