@@ -19,8 +19,15 @@ use crate::store::Store;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// Names of the device profiles available (built-in plus those in `dir`).
-pub fn profile_names(_dir: Option<&Path>) -> HashSet<String> {
-    HashSet::new()
+/// A broken profile directory yields only the built-ins here; `ProfileRegistry::load` reports
+/// its problems when the daemon starts.
+pub fn profile_names(dir: Option<&Path>) -> HashSet<String> {
+    match crate::modbus::ProfileRegistry::load(dir) {
+        Ok(r) => r.names().into_iter().collect(),
+        Err(_) => crate::modbus::ProfileRegistry::builtin()
+            .map(|r| r.names().into_iter().collect())
+            .unwrap_or_default(),
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.

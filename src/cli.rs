@@ -37,6 +37,8 @@ pub enum Command {
     },
     /// Print the version and build details.
     Version,
+    /// Serve simulated Modbus units (generator, HVAC) over TCP, RTU or RTU over TCP.
+    Sim(crate::sim::cli::SimArgs),
 }
 
 /// Process environment lookup (tests pass their own).
@@ -77,6 +79,10 @@ pub fn run(cli: Cli) -> i32 {
                 std::env::consts::ARCH
             );
             0
+        }
+        Command::Sim(args) => {
+            logging::init(cli.log_format, "info", &env);
+            crate::sim::cli::run(args)
         }
         Command::CheckConfig { config } => match load_config(&config) {
             Ok(c) => {

@@ -792,7 +792,12 @@ impl LinkTask {
         loop {
             let res = self.exec_once(slave, op, force).await;
             match &res {
-                Err(e) if e.breaks_transport() && !op.is_write() && attempt < retries => {
+                Err(e)
+                    if e.breaks_transport()
+                        && !op.is_write()
+                        && attempt < retries
+                        && !self.shutdown.is_cancelled() =>
+                {
                     attempt += 1;
                     sleep(RETRY_BASE * 2u32.saturating_pow(attempt - 1)).await;
                 }
@@ -835,7 +840,17 @@ impl LinkTask {
             return Err(ModbusError::Transport("not connected".into()));
         };
         let started = Instant::now();
-        let res = link::transact(ctx, slave, op, self.link.timeout).await;
+        let fut = link::transact(ctx, slave, op, self.link.timeout);
+        let res = if op.is_write() {
+            // INVARIANT: a write is never cut off by shutdown; its own timeout bounds it.
+            fut.await
+        } else {
+            let stop = self.shutdown.clone();
+            tokio::select! {
+                r = fut => r,
+                _ = stop.cancelled() => Err(ModbusError::Transport("shutting down".into())),
+            }
+        };
         lock(&self.stats).record(op, started, &res);
         if let Err(e) = &res
             && e.breaks_transport()

@@ -20,6 +20,16 @@ pub enum SimDevice {
     Profile(Arc<Profile>),
 }
 
+impl SimDevice {
+    pub fn name(&self) -> String {
+        match self {
+            SimDevice::Generator => "generator".into(),
+            SimDevice::Hvac => "hvac".into(),
+            SimDevice::Profile(p) => p.name.clone(),
+        }
+    }
+}
+
 // Generator registers (see config/profiles/dse-gencomm.toml).
 const G_MODE: u16 = 772;
 const G_STATE: u16 = 773;
