@@ -80,7 +80,10 @@ impl Daemon {
             let dir = cfg.state_dir.clone();
             tokio::task::spawn_blocking(move || Store::open_in(&dir)).await??
         };
-        let events_topic = cfg.site.as_ref().map(|s| format!("{}/events", s.topic_root()));
+        let events_topic = cfg
+            .site
+            .as_ref()
+            .map(|s| format!("{}/events", s.topic_root()));
         let audit = Audit::new(store.clone(), clock.clone(), events_topic);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -100,9 +103,11 @@ impl Daemon {
         }
 
         audit
-            .record(Event::new("daemon_started", "ok").actor("system").detail(
-                serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
-            ))
+            .record(
+                Event::new("daemon_started", "ok")
+                    .actor("system")
+                    .detail(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
+            )
             .await?;
         notifier.ready();
         tracing::info!(state_dir = %cfg.state_dir.display(), "sitegate is running");

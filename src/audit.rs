@@ -142,7 +142,13 @@ impl Audit {
     /// change it describes) and queues it on the outbox.
     pub fn record_in(&self, conn: &Connection, event: &Event) -> Result<Record, StoreError> {
         let at = self.clock.now();
-        append(conn, &self.next_id(), at, event, self.events_topic.as_deref())
+        append(
+            conn,
+            &self.next_id(),
+            at,
+            event,
+            self.events_topic.as_deref(),
+        )
     }
 
     /// Appends `event` in its own transaction (blocking).
@@ -186,9 +192,11 @@ fn append(
     topic: Option<&str>,
 ) -> Result<Record, StoreError> {
     let prev: String = conn
-        .query_row("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
         .optional()?
         .unwrap_or_else(|| GENESIS.to_string());
     let at_ms = unix_ms(at);
@@ -353,7 +361,9 @@ mod tests {
     fn audit() -> (tempfile::TempDir, Audit) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).unwrap();
-        let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-11-26 12:00 UTC)));
+        let clock = Arc::new(ManualClock::new(
+            time::macros::datetime!(2026-11-26 12:00 UTC),
+        ));
         let a = Audit::new(store, clock, Some("sitegate/v1/s/g/events".into()));
         (dir, a)
     }

@@ -540,9 +540,7 @@ impl Config {
         };
         let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
         if meta.len() > MAX_CONFIG_BYTES {
-            return Err(err(format!(
-                "file is larger than {MAX_CONFIG_BYTES} bytes"
-            )));
+            return Err(err(format!("file is larger than {MAX_CONFIG_BYTES} bytes")));
         }
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let base = path
@@ -681,18 +679,12 @@ impl RawConfig {
                 ApiMode::Plain
             }
             other => {
-                p.add(
-                    "api.mode",
-                    format!("`{other}` is not one of tls, plain"),
-                );
+                p.add("api.mode", format!("`{other}` is not one of tls, plain"));
                 ApiMode::Plain
             }
         };
         if !(1024..=16 * 1024 * 1024).contains(&self.api.max_body_bytes) {
-            p.add(
-                "api.max_body_bytes",
-                "must be between 1024 and 16777216",
-            );
+            p.add("api.max_body_bytes", "must be between 1024 and 16777216");
         }
         if !(100..=600_000).contains(&self.api.request_timeout_ms) {
             p.add("api.request_timeout_ms", "must be between 100 and 600000");
@@ -732,10 +724,16 @@ impl RawConfig {
         for (i, k) in self.grants.trust.iter().enumerate() {
             let path = format!("grants.trust[{i}]");
             if check_id(&k.kid).is_err() {
-                p.add(format!("{path}.kid"), format!("`{}` is not a valid key id", k.kid));
+                p.add(
+                    format!("{path}.kid"),
+                    format!("`{}` is not a valid key id", k.kid),
+                );
             }
             if !kids.insert(k.kid.clone()) {
-                p.add(format!("{path}.kid"), format!("duplicate key id `{}`", k.kid));
+                p.add(
+                    format!("{path}.kid"),
+                    format!("duplicate key id `{}`", k.kid),
+                );
             }
             match crate::util_b64::decode(&k.public_key) {
                 Ok(bytes) if bytes.len() == 32 => {
@@ -801,7 +799,10 @@ impl RawConfig {
                 p.add("mqtt.password_file", "a password needs `username`");
             }
             if !(1..=86_400).contains(&m.telemetry_interval_secs) {
-                p.add("mqtt.telemetry_interval_secs", "must be between 1 and 86400");
+                p.add(
+                    "mqtt.telemetry_interval_secs",
+                    "must be between 1 and 86400",
+                );
             }
             if m.telemetry_backlog_max < 10 {
                 p.add("mqtt.telemetry_backlog_max", "must be at least 10");
@@ -845,7 +846,10 @@ impl RawConfig {
                 .map_err(|e| p.add(format!("{path}.name"), e.to_string()))
                 .ok();
             if link_names.insert(l.name.clone(), i).is_some() {
-                p.add(format!("{path}.name"), format!("duplicate link name `{}`", l.name));
+                p.add(
+                    format!("{path}.name"),
+                    format!("duplicate link name `{}`", l.name),
+                );
             }
             if !(10..=60_000).contains(&l.timeout_ms) {
                 p.add(format!("{path}.timeout_ms"), "must be between 10 and 60000");
@@ -898,10 +902,14 @@ impl RawConfig {
                         p.add(format!("{path}.device"), "is required for `rtu` links");
                     }
                     let baud = l.baud.unwrap_or(9600);
-                    const BAUDS: [u32; 9] =
-                        [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115_200, 230_400];
+                    const BAUDS: [u32; 9] = [
+                        1200, 2400, 4800, 9600, 19200, 38400, 57600, 115_200, 230_400,
+                    ];
                     if !BAUDS.contains(&baud) {
-                        p.add(format!("{path}.baud"), format!("{baud} is not a standard baud rate"));
+                        p.add(
+                            format!("{path}.baud"),
+                            format!("{baud} is not a standard baud rate"),
+                        );
                     }
                     let parity = match l.parity.as_deref().unwrap_or("none") {
                         "none" => Parity::None,
@@ -941,7 +949,10 @@ impl RawConfig {
             };
             let inter_frame_delay = match (&kind, l.inter_frame_delay_ms) {
                 (_, Some(ms)) if ms > 1000 => {
-                    p.add(format!("{path}.inter_frame_delay_ms"), "must be at most 1000");
+                    p.add(
+                        format!("{path}.inter_frame_delay_ms"),
+                        "must be at most 1000",
+                    );
                     Duration::ZERO
                 }
                 (_, Some(ms)) => Duration::from_millis(ms),
@@ -977,7 +988,10 @@ impl RawConfig {
                 .map_err(|e| p.add(format!("{path}.id"), e.to_string()))
                 .ok();
             if !unit_ids.insert(u.id.clone()) {
-                p.add(format!("{path}.id"), format!("duplicate unit id `{}`", u.id));
+                p.add(
+                    format!("{path}.id"),
+                    format!("duplicate unit id `{}`", u.id),
+                );
             }
             let link = if link_names.contains_key(&u.link) {
                 LinkId::new(u.link.clone()).ok()
@@ -1168,7 +1182,8 @@ profile = "missing"
 
     #[test]
     fn keep_alive_below_one_second_is_refused_before_rumqttc_sees_it() {
-        let text = format!("{GOOD}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nkeep_alive_secs = 0\n");
+        let text =
+            format!("{GOOD}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nkeep_alive_secs = 0\n");
         let e = Config::parse(&text, Path::new("/"), &any_profile).unwrap_err();
         assert_eq!(e.problems[0].path, "mqtt.keep_alive_secs");
     }

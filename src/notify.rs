@@ -93,7 +93,11 @@ mod tests {
         n.watchdog();
         let mut buf = [0u8; 256];
         let len = rx.recv(&mut buf).unwrap();
-        assert!(std::str::from_utf8(&buf[..len]).unwrap().starts_with("READY=1"));
+        assert!(
+            std::str::from_utf8(&buf[..len])
+                .unwrap()
+                .starts_with("READY=1")
+        );
         let len = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
     }

@@ -66,7 +66,10 @@ async fn engine_polls_simulated_units_into_engineering_values_with_sentinel_qual
     let units = h.engine.units();
     assert!(units.iter().all(|u| u.online == Some(true)), "{units:?}");
     let kinds = h.audit_kinds().await;
-    assert!(kinds.contains(&("unit_online".into(), Some("gen".into()))), "{kinds:?}");
+    assert!(
+        kinds.contains(&("unit_online".into(), Some("gen".into()))),
+        "{kinds:?}"
+    );
     h.shutdown().await;
     stop.cancel();
 }
@@ -85,24 +88,39 @@ async fn a_write_is_validated_before_the_bus_then_written_and_read_back() {
         let e = h.engine.write_point(&ac, point, v).await.unwrap_err();
         assert!(matches!(e, WriteError::Invalid { .. }), "{point}: {e:?}");
     }
-    assert!(s.stats().writes_to(2).is_empty(), "no write reached the unit");
+    assert!(
+        s.stats().writes_to(2).is_empty(),
+        "no write reached the unit"
+    );
     assert!(matches!(
         h.engine.write_point(&ac, "nope", json!(1)).await,
         Err(WriteError::UnknownPoint(_))
     ));
 
-    let out = h.engine.write_point(&ac, "setpoint", json!(21.5)).await.unwrap();
+    let out = h
+        .engine
+        .write_point(&ac, "setpoint", json!(21.5))
+        .await
+        .unwrap();
     assert_eq!(out.status, WriteStatus::Ok, "{out:?}");
     assert_eq!(out.read_back, Some(json!(21.5)));
     assert_eq!(s.register(2, RegKind::Holding, 2), Some(215));
-    let out = h.engine.write_point(&ac, "mode", json!("heat")).await.unwrap();
+    let out = h
+        .engine
+        .write_point(&ac, "mode", json!("heat"))
+        .await
+        .unwrap();
     assert_eq!(out.status, WriteStatus::Ok);
     assert_eq!(s.register(2, RegKind::Holding, 0), Some(1));
     // The cache follows the read-back at once.
     assert_eq!(value(&h, "ac", "setpoint").unwrap().0, json!(21.5));
 
     // The unit ignores an attempt to set the filter sign: read-back shows the mismatch.
-    let out = h.engine.write_point(&ac, "filter_sign", json!(true)).await.unwrap();
+    let out = h
+        .engine
+        .write_point(&ac, "filter_sign", json!(true))
+        .await
+        .unwrap();
     assert_eq!(out.status, WriteStatus::Mismatch, "{out:?}");
     assert_eq!(out.read_back, Some(json!(false)));
     h.shutdown().await;
@@ -117,7 +135,10 @@ async fn the_hvac_room_temperature_drifts_toward_the_setpoint_when_on() {
         value(&h, "ac", "room_temperature")?.0.as_f64()
     })
     .await;
-    h.engine.write_point(&ac, "setpoint", json!(20)).await.unwrap();
+    h.engine
+        .write_point(&ac, "setpoint", json!(20))
+        .await
+        .unwrap();
     h.engine.write_point(&ac, "on", json!(true)).await.unwrap();
     eventually(15, "room temperature falling", || {
         let now = value(&h, "ac", "room_temperature")?.0.as_f64()?;
@@ -133,14 +154,40 @@ async fn the_generator_starts_on_its_control_key_ramps_up_and_stops() {
     let (h, s, stop) = gen_and_hvac(200).await;
     let genset = uid("gen");
     // In stop mode the controller ignores start, like a real one.
-    assert!(h.engine.run_command(&genset, "start").await.unwrap().status.is_ok());
+    assert!(
+        h.engine
+            .run_command(&genset, "start")
+            .await
+            .unwrap()
+            .status
+            .is_ok()
+    );
     assert!(matches!(
         h.engine.run_command(&genset, "launch").await,
         Err(WriteError::UnknownCommand(_))
     ));
-    assert!(h.engine.run_command(&genset, "manual").await.unwrap().status.is_ok());
-    assert!(h.engine.run_command(&genset, "start").await.unwrap().status.is_ok());
-    let writes = s.stats().writes_to(1).into_iter().cloned().collect::<Vec<_>>();
+    assert!(
+        h.engine
+            .run_command(&genset, "manual")
+            .await
+            .unwrap()
+            .status
+            .is_ok()
+    );
+    assert!(
+        h.engine
+            .run_command(&genset, "start")
+            .await
+            .unwrap()
+            .status
+            .is_ok()
+    );
+    let writes = s
+        .stats()
+        .writes_to(1)
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
     let last = writes.last().unwrap();
     assert_eq!(
         (last.function, last.address, last.values.clone()),
@@ -155,7 +202,14 @@ async fn the_generator_starts_on_its_control_key_ramps_up_and_stops() {
     })
     .await;
     assert_eq!(value(&h, "gen", "control_mode").unwrap().0, json!("manual"));
-    assert!(h.engine.run_command(&genset, "stop").await.unwrap().status.is_ok());
+    assert!(
+        h.engine
+            .run_command(&genset, "stop")
+            .await
+            .unwrap()
+            .status
+            .is_ok()
+    );
     eventually(15, "generator stopped", || {
         (value(&h, "gen", "engine_state")?.0 == json!("stopped")
             && value(&h, "gen", "l1_n_voltage")?.0 == json!(0))
@@ -178,7 +232,11 @@ async fn device_exceptions_and_silence_come_back_as_write_outcomes() {
             ..Fault::default()
         },
     );
-    let out = h.engine.write_point(&ac, "setpoint", json!(22)).await.unwrap();
+    let out = h
+        .engine
+        .write_point(&ac, "setpoint", json!(22))
+        .await
+        .unwrap();
     assert!(
         matches!(out.status, WriteStatus::Exception { code: 4, .. }),
         "{out:?}"
@@ -192,7 +250,11 @@ async fn device_exceptions_and_silence_come_back_as_write_outcomes() {
         },
     );
     let before = s.stats().writes_to(2).len();
-    let out = h.engine.write_point(&ac, "setpoint", json!(23)).await.unwrap();
+    let out = h
+        .engine
+        .write_point(&ac, "setpoint", json!(23))
+        .await
+        .unwrap();
     assert_eq!(out.status, WriteStatus::Timeout, "{out:?}");
     assert_eq!(
         s.stats().writes_to(2).len(),
@@ -200,7 +262,11 @@ async fn device_exceptions_and_silence_come_back_as_write_outcomes() {
         "a write that timed out is not retried"
     );
     s.clear_faults();
-    let out = h.engine.write_point(&ac, "setpoint", json!(23)).await.unwrap();
+    let out = h
+        .engine
+        .write_point(&ac, "setpoint", json!(23))
+        .await
+        .unwrap();
     assert_eq!(out.status, WriteStatus::Ok, "the link recovers: {out:?}");
     h.shutdown().await;
     stop.cancel();
@@ -230,11 +296,18 @@ async fn a_silent_unit_goes_offline_with_an_audit_event_and_comes_back_online() 
     })
     .await;
     // Values of an offline unit are stale, the other unit is unaffected.
-    assert_eq!(value(&h, "gen", "battery_voltage").unwrap().1, Quality::Stale);
+    assert_eq!(
+        value(&h, "gen", "battery_voltage").unwrap().1,
+        Quality::Stale
+    );
     assert_eq!(h.engine.units()[1].online, Some(true));
     let mut saw_offline = false;
     while let Ok(u) = updates.try_recv() {
-        if let UnitUpdate::Availability { unit, online: false } = u {
+        if let UnitUpdate::Availability {
+            unit,
+            online: false,
+        } = u
+        {
             assert_eq!(unit.as_str(), "gen");
             saw_offline = true;
         }
@@ -256,7 +329,10 @@ async fn a_silent_unit_goes_offline_with_an_audit_event_and_comes_back_online() 
         .filter(|(_, u)| u.as_deref() == Some("gen"))
         .map(|(k, _)| k.as_str())
         .collect();
-    assert_eq!(gen_events, vec!["unit_online", "unit_offline", "unit_online"]);
+    assert_eq!(
+        gen_events,
+        vec!["unit_online", "unit_offline", "unit_online"]
+    );
     h.shutdown().await;
     stop.cancel();
 }
@@ -287,7 +363,11 @@ async fn a_dead_unit_on_link_a_does_not_delay_commands_on_link_b() {
     eventually(5, "link a busy", || (a.stats().dropped > 0).then_some(())).await;
     let ac = uid("ac");
     for sp in [20, 21, 22, 23, 24] {
-        let out = h.engine.write_point(&ac, "setpoint", json!(sp)).await.unwrap();
+        let out = h
+            .engine
+            .write_point(&ac, "setpoint", json!(sp))
+            .await
+            .unwrap();
         assert_eq!(out.status, WriteStatus::Ok);
     }
     let stats = h.engine.link_stats();
@@ -402,7 +482,11 @@ async fn a_coalesced_read_across_an_unmapped_gap_is_split_and_no_point_is_lost()
         .read_fresh(&uid("g"), Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(s.stats().function(3), 5, "the split is remembered: two reads per cycle");
+    assert_eq!(
+        s.stats().function(3),
+        5,
+        "the split is remembered: two reads per cycle"
+    );
     let vals: Vec<_> = ["a", "b", "c", "d"]
         .iter()
         .map(|n| snap.points[*n].value.clone())
@@ -443,7 +527,10 @@ async fn raw_reads_and_link_statistics_serve_technicians() {
     let s = &stats[0];
     assert!(s.requests >= 2 && s.exceptions >= 1 && s.connected, "{s:?}");
     let answered: u64 = s.latency_buckets_ms.iter().map(|b| b.1).sum();
-    assert_eq!(answered, s.requests - s.timeouts - s.transport_errors - s.protocol_errors);
+    assert_eq!(
+        answered,
+        s.requests - s.timeouts - s.transport_errors - s.protocol_errors
+    );
     h.shutdown().await;
     stop.cancel();
 }
@@ -453,8 +540,7 @@ async fn a_sensor_open_circuit_is_reported_as_quality_and_recovers() {
     let (h, s, stop) = gen_and_hvac(100).await;
     s.set_register(2, RegKind::Holding, 6, 0x7FFC);
     eventually(10, "open circuit", || {
-        (value(&h, "ac", "room_temperature")?
-            == (serde_json::Value::Null, Quality::OpenCircuit))
+        (value(&h, "ac", "room_temperature")? == (serde_json::Value::Null, Quality::OpenCircuit))
             .then_some(())
     })
     .await;

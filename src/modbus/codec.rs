@@ -28,7 +28,11 @@ pub enum ValueError {
     #[error("expected {expected}, got `{got}`")]
     Type { expected: &'static str, got: String },
     #[error("`{value}` is outside the allowed range {min}..={max}")]
-    Range { value: String, min: String, max: String },
+    Range {
+        value: String,
+        min: String,
+        max: String,
+    },
     #[error("`{got}` is not one of {allowed}")]
     Enum { got: String, allowed: String },
     #[error("point `{0}` is read-only")]
@@ -164,10 +168,12 @@ pub fn encode(p: &Point, v: &Value) -> Result<Encoded, ValueError> {
                 .filter(|k| p.labels.contains_key(k)),
             _ => None,
         };
-        return key.map(|k| Encoded::Words(vec![k])).ok_or_else(|| ValueError::Enum {
-            got: kind_name(v),
-            allowed: allowed(),
-        });
+        return key
+            .map(|k| Encoded::Words(vec![k]))
+            .ok_or_else(|| ValueError::Enum {
+                got: kind_name(v),
+                allowed: allowed(),
+            });
     }
     let Some(x) = v.as_f64().filter(|x| x.is_finite()) else {
         return Err(ValueError::Type {
@@ -307,13 +313,28 @@ labels = { 1 = "not_active", 2 = "warning" }
         let p = prof();
         let t = p.point("t").unwrap();
         assert_eq!(encode(t, &json!(21.5)).unwrap(), Encoded::Words(vec![215]));
-        assert!(matches!(encode(t, &json!(40)), Err(ValueError::Range { .. })));
-        assert!(matches!(encode(t, &json!("hot")), Err(ValueError::Type { .. })));
-        assert!(matches!(encode(t, &json!(21.55)), Err(ValueError::Type { .. })));
+        assert!(matches!(
+            encode(t, &json!(40)),
+            Err(ValueError::Range { .. })
+        ));
+        assert!(matches!(
+            encode(t, &json!("hot")),
+            Err(ValueError::Type { .. })
+        ));
+        assert!(matches!(
+            encode(t, &json!(21.55)),
+            Err(ValueError::Type { .. })
+        ));
         let m = p.point("m").unwrap();
-        assert_eq!(encode(m, &json!("manual")).unwrap(), Encoded::Words(vec![2]));
+        assert_eq!(
+            encode(m, &json!("manual")).unwrap(),
+            Encoded::Words(vec![2])
+        );
         assert_eq!(encode(m, &json!(1)).unwrap(), Encoded::Words(vec![1]));
-        assert!(matches!(encode(m, &json!("turbo")), Err(ValueError::Enum { .. })));
+        assert!(matches!(
+            encode(m, &json!("turbo")),
+            Err(ValueError::Enum { .. })
+        ));
         assert!(matches!(encode(m, &json!(7)), Err(ValueError::Enum { .. })));
         assert!(matches!(
             encode(p.point("v").unwrap(), &json!(1)),

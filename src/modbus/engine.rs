@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, Event};
-use crate::config::{Link, Unit};
+use crate::config::{Link, LinkKind, Unit};
 use crate::model::{GroupId, LinkId, UnitId};
 
 use super::codec::{self, Encoded, Raw, ValueError};
@@ -80,7 +80,10 @@ pub enum UnitUpdate {
         unit: UnitId,
         points: BTreeMap<String, PointValue>,
     },
-    Availability { unit: UnitId, online: bool },
+    Availability {
+        unit: UnitId,
+        online: bool,
+    },
 }
 
 /// What a raw read returned.
@@ -372,7 +375,10 @@ impl ModbusEngine {
     }
 
     fn unit(&self, id: &UnitId) -> Option<&Arc<UnitShared>> {
-        self.inner.by_id.get(id).and_then(|&i| self.inner.units.get(i))
+        self.inner
+            .by_id
+            .get(id)
+            .and_then(|&i| self.inner.units.get(i))
     }
 
     /// Every configured unit, in config order.
@@ -666,8 +672,7 @@ impl ModbusEngine {
             .iter()
             .map(|l| {
                 let mut s = lock(&l.stats).clone();
-                s.queued = (l.cmd_tx.max_capacity() - l.cmd_tx.capacity()
-                    + l.int_tx.max_capacity()
+                s.queued = (l.cmd_tx.max_capacity() - l.cmd_tx.capacity() + l.int_tx.max_capacity()
                     - l.int_tx.capacity()) as u64;
                 s
             })
@@ -786,7 +791,13 @@ impl LinkTask {
 
     /// Runs `op`, retrying failures that are not exceptions up to `retries` times. Writes are
     /// never retried (a timed-out write may have taken effect).
-    async fn exec(&mut self, unit: usize, op: &Op, retries: u32, force: bool) -> Result<Reply, ModbusError> {
+    async fn exec(
+        &mut self,
+        unit: usize,
+        op: &Op,
+        retries: u32,
+        force: bool,
+    ) -> Result<Reply, ModbusError> {
         let slave = self.slave(unit);
         let mut attempt = 0;
         loop {
@@ -858,6 +869,13 @@ impl LinkTask {
             // A late answer would be taken for the next request's: start afresh.
             self.ctx = None;
             lock(&self.stats).connected = false;
+            if *e == ModbusError::Timeout && !matches!(self.link.kind, LinkKind::Tcp { .. }) {
+                // RTU answers carry no transaction id: let a late answer arrive and be discarded
+                // (the port is cleared on reopen) before the bus is used again.
+                let settle = (self.link.timeout / 2)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(1));
+                sleep(settle).await;
+            }
         }
         if !self.link.inter_frame_delay.is_zero() {
             sleep(self.link.inter_frame_delay).await;
@@ -1020,7 +1038,9 @@ impl LinkTask {
     }
 
     fn set_online(&mut self, unit: usize, online: bool, reason: Option<String>) {
-        let Some(u) = self.units.get(unit) else { return };
+        let Some(u) = self.units.get(unit) else {
+            return;
+        };
         let changed = {
             let mut st = lock(&u.state);
             let changed = st.online != Some(online);
@@ -1038,10 +1058,17 @@ impl LinkTask {
         if let (Some(r), Some(obj)) = (reason, detail.as_object_mut()) {
             obj.insert("reason".into(), Value::String(r));
         }
-        let ev = Event::new(if online { "unit_online" } else { "unit_offline" }, "ok")
-            .actor("system")
-            .unit(u.cfg.id.as_str())
-            .detail(detail);
+        let ev = Event::new(
+            if online {
+                "unit_online"
+            } else {
+                "unit_offline"
+            },
+            "ok",
+        )
+        .actor("system")
+        .unit(u.cfg.id.as_str())
+        .detail(detail);
         let _ = self.audit_tx.send(ev);
         let _ = self.updates.send(UnitUpdate::Availability {
             unit: u.cfg.id.clone(),
@@ -1097,7 +1124,9 @@ impl LinkTask {
     }
 
     fn mark_error(&mut self, unit: usize, b: &Block) {
-        let Some(u) = self.units.get(unit) else { return };
+        let Some(u) = self.units.get(unit) else {
+            return;
+        };
         let mut changed = BTreeMap::new();
         {
             let mut st = lock(&u.state);
@@ -1130,13 +1159,17 @@ impl LinkTask {
 
     /// Decodes a reply into the cache; publishes the points that changed beyond their deadband.
     fn store(&mut self, unit: usize, b: &Block, reply: &Reply) {
-        let Some(u) = self.units.get(unit) else { return };
+        let Some(u) = self.units.get(unit) else {
+            return;
+        };
         let now = (Instant::now(), unix_ms());
         let mut changed = BTreeMap::new();
         {
             let mut st = lock(&u.state);
             for &i in &b.points {
-                let Some(p) = u.profile.points.get(i) else { continue };
+                let Some(p) = u.profile.points.get(i) else {
+                    continue;
+                };
                 let off = usize::from(p.address.saturating_sub(b.start));
                 let w = usize::from(p.width());
                 let (value, quality) = match reply {
@@ -1150,7 +1183,9 @@ impl LinkTask {
                     },
                     Reply::Written => continue,
                 };
-                let Some(c) = st.values.get_mut(i) else { continue };
+                let Some(c) = st.values.get_mut(i) else {
+                    continue;
+                };
                 let differs = c.quality != quality
                     || match (c.value.as_f64(), value.as_f64(), p.deadband) {
                         (Some(a), Some(v), Some(db)) => (a - v).abs() > db,

@@ -54,7 +54,9 @@ impl ModbusError {
 }
 
 /// The one place where tokio-modbus's nested result is flattened.
-pub fn flatten<T>(r: Result<Result<T, ExceptionCode>, tokio_modbus::Error>) -> Result<T, ModbusError> {
+pub fn flatten<T>(
+    r: Result<Result<T, ExceptionCode>, tokio_modbus::Error>,
+) -> Result<T, ModbusError> {
     match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(code)) => Err(ModbusError::Exception(u8::from(code))),
@@ -66,9 +68,19 @@ pub fn flatten<T>(r: Result<Result<T, ExceptionCode>, tokio_modbus::Error>) -> R
 /// One bus operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Read { kind: RegKind, addr: u16, count: u16 },
-    WriteCoils { addr: u16, values: Vec<bool> },
-    WriteRegisters { addr: u16, values: Vec<u16> },
+    Read {
+        kind: RegKind,
+        addr: u16,
+        count: u16,
+    },
+    WriteCoils {
+        addr: u16,
+        values: Vec<bool>,
+    },
+    WriteRegisters {
+        addr: u16,
+        values: Vec<u16>,
+    },
 }
 
 impl Op {
@@ -126,9 +138,8 @@ pub async fn connect(link: &Link) -> Result<Context, ModbusError> {
                 } else {
                     tokio_serial::StopBits::One
                 });
-            let port = tokio_serial::SerialStream::open(&builder).map_err(|e| {
-                ModbusError::Transport(format!("open `{}`: {e}", device.display()))
-            })?;
+            let port = tokio_serial::SerialStream::open(&builder)
+                .map_err(|e| ModbusError::Transport(format!("open `{}`: {e}", device.display())))?;
             // Drop whatever a previous conversation left behind (a late answer would shift every
             // later response).
             let _ = port.clear(tokio_serial::ClearBuffer::All);

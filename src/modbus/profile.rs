@@ -393,7 +393,10 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
     let mut signature = Vec::new();
     for (i, s) in raw.signature.iter().enumerate() {
         let path = format!("signature[{i}]");
-        let kind = s.kind.parse::<RegKind>().map_err(|e| problems.push(format!("{path}.kind: {e}")));
+        let kind = s
+            .kind
+            .parse::<RegKind>()
+            .map_err(|e| problems.push(format!("{path}.kind: {e}")));
         let a = addr(s.address, 1, &path, &mut problems);
         let v = u16::try_from(s.value).map_err(|_| {
             problems.push(format!("{path}.value: {} does not fit in 16 bits", s.value))
@@ -436,10 +439,9 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
         let Some(address) = addr(p.address, p.ty.width(), &path, &mut problems) else {
             continue;
         };
-        let read = p
-            .read
-            .as_deref()
-            .map_or(Some(Capability::View), |s| cap(s, &format!("{path}.read"), &mut problems));
+        let read = p.read.as_deref().map_or(Some(Capability::View), |s| {
+            cap(s, &format!("{path}.read"), &mut problems)
+        });
         let write = match p.write.as_deref() {
             None => None,
             Some(s) => {
@@ -528,7 +530,11 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
         };
         let mut sentinels = Vec::new();
         for s in &p.sentinels {
-            let max = if p.ty.width() == 2 { u32::MAX as i64 } else { 0xFFFF };
+            let max = if p.ty.width() == 2 {
+                u32::MAX as i64
+            } else {
+                0xFFFF
+            };
             if s.raw < 0 || s.raw > max {
                 problems.push(format!(
                     "{path}.sentinels: raw value {} does not fit the point's registers",
@@ -612,7 +618,9 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
         }
         let capability = cap(&c.capability, &format!("{path}.capability"), &mut problems);
         if capability == Some(Capability::View) {
-            problems.push(format!("{path}.capability: `view` cannot authorize a command"));
+            problems.push(format!(
+                "{path}.capability: `view` cannot authorize a command"
+            ));
         }
         if c.writes.is_empty() {
             problems.push(format!("{path}.writes: a command needs at least one write"));
@@ -644,7 +652,10 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
             let mut values = Vec::new();
             for v in &w.values {
                 if *v < 0 || *v > limit {
-                    problems.push(format!("{wpath}.values: {v} does not fit a {}", kind.as_str()));
+                    problems.push(format!(
+                        "{wpath}.values: {v} does not fit a {}",
+                        kind.as_str()
+                    ));
                 } else {
                     values.push(u16::try_from(*v).unwrap_or(0));
                 }
@@ -708,7 +719,9 @@ impl ProfileRegistry {
         }
         if let Some(dir) = dir {
             match std::fs::read_dir(dir) {
-                Err(e) => problems.push(format!("cannot read profile dir `{}`: {e}", dir.display())),
+                Err(e) => {
+                    problems.push(format!("cannot read profile dir `{}`: {e}", dir.display()))
+                }
                 Ok(entries) => {
                     let mut files: Vec<_> = entries
                         .filter_map(Result::ok)
@@ -737,7 +750,9 @@ impl ProfileRegistry {
                             Ok(p) => {
                                 profiles.insert(p.name.clone(), Arc::new(p));
                             }
-                            Err(e) => problems.extend(e.into_iter().map(|m| format!("`{shown}`: {m}"))),
+                            Err(e) => {
+                                problems.extend(e.into_iter().map(|m| format!("`{shown}`: {m}")))
+                            }
                         }
                     }
                 }
@@ -793,7 +808,10 @@ mod tests {
         assert_eq!(start.writes[0].values, vec![35705, 29830]);
         assert!(dse.point("engine_hours").unwrap().ty == ValueType::U32);
         let hvac = reg.get("coolmaster-va").unwrap();
-        assert_eq!(hvac.point("setpoint").unwrap().write, Some(Capability::Control));
+        assert_eq!(
+            hvac.point("setpoint").unwrap().write,
+            Some(Capability::Control)
+        );
     }
 
     #[test]

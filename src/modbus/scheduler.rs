@@ -45,7 +45,9 @@ impl Block {
         let mut out = Vec::new();
         let mut end: Option<u32> = None;
         for &i in &self.points {
-            let Some(p) = profile.points.get(i) else { continue };
+            let Some(p) = profile.points.get(i) else {
+                continue;
+            };
             if let Some(e) = end
                 && u32::from(p.address) >= e
                 && (!bridges || u32::from(p.address) > e)
@@ -67,7 +69,12 @@ pub fn plan(
 ) -> Vec<Block> {
     let mut items: Vec<(RegKind, u16, u32, usize)> = points
         .into_iter()
-        .filter_map(|i| profile.points.get(i).map(|p| (p.kind, p.address, p.end(), i)))
+        .filter_map(|i| {
+            profile
+                .points
+                .get(i)
+                .map(|p| (p.kind, p.address, p.end(), i))
+        })
         .collect();
     items.sort();
     let mut blocks: Vec<Block> = Vec::new();
@@ -141,11 +148,17 @@ mod tests {
         let pts: Vec<_> = (0..300u16).map(|a| ("holding", a, "u16")).collect();
         let p = profile(&pts);
         let b = plan(&p, 0..p.points.len(), 0, &BTreeSet::new());
-        assert_eq!(b.iter().map(|b| b.count).collect::<Vec<_>>(), vec![125, 125, 50]);
+        assert_eq!(
+            b.iter().map(|b| b.count).collect::<Vec<_>>(),
+            vec![125, 125, 50]
+        );
         let bits: Vec<_> = (0..2500u16).map(|a| ("coil", a, "bool")).collect();
         let p = profile(&bits);
         let b = plan(&p, 0..p.points.len(), 0, &BTreeSet::new());
-        assert_eq!(b.iter().map(|b| b.count).collect::<Vec<_>>(), vec![2000, 500]);
+        assert_eq!(
+            b.iter().map(|b| b.count).collect::<Vec<_>>(),
+            vec![2000, 500]
+        );
     }
 
     #[test]

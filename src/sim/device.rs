@@ -164,7 +164,13 @@ impl DeviceState {
                 for a in 0..16 {
                     s.map.entry((h, a)).or_insert(0);
                 }
-                for (a, v) in [(H_MODE, 0), (H_FAN, 3), (H_SET, 240), (H_ON, 0), (H_SWING, 5)] {
+                for (a, v) in [
+                    (H_MODE, 0),
+                    (H_FAN, 3),
+                    (H_SET, 240),
+                    (H_ON, 0),
+                    (H_SWING, 5),
+                ] {
                     s.map.insert((h, a), v);
                 }
             }
@@ -254,9 +260,17 @@ impl DeviceState {
                 regs32.push((G_STARTS, *starts));
             }
             Model::Hvac { room } => {
-                let on = self.map.get(&(RegKind::Holding, H_ON)).copied().unwrap_or(0) != 0;
+                let on = self
+                    .map
+                    .get(&(RegKind::Holding, H_ON))
+                    .copied()
+                    .unwrap_or(0)
+                    != 0;
                 let set = f64::from(
-                    self.map.get(&(RegKind::Holding, H_SET)).copied().unwrap_or(240) as i16,
+                    self.map
+                        .get(&(RegKind::Holding, H_SET))
+                        .copied()
+                        .unwrap_or(240) as i16,
                 ) / 10.0;
                 let (target, rate) = if on { (set, 0.2) } else { (28.0, 0.02) };
                 let step = rate * dt;
@@ -268,7 +282,11 @@ impl DeviceState {
                     *room -= step;
                 }
                 regs.push((H_ROOM, ((*room * 10.0).round() as i16) as u16));
-                let locks = self.map.get(&(RegKind::Holding, H_LOCK_SET)).copied().unwrap_or(0);
+                let locks = self
+                    .map
+                    .get(&(RegKind::Holding, H_LOCK_SET))
+                    .copied()
+                    .unwrap_or(0);
                 regs.push((H_LOCKS, locks & 7));
             }
             Model::Static => {}
@@ -308,7 +326,12 @@ impl DeviceState {
     }
 
     /// Device-specific checks and side effects of a register write.
-    fn write_regs(&mut self, addr: u16, values: &[u16], multiple: bool) -> Result<(), ExceptionCode> {
+    fn write_regs(
+        &mut self,
+        addr: u16,
+        values: &[u16],
+        multiple: bool,
+    ) -> Result<(), ExceptionCode> {
         self.check_writable(RegKind::Holding, addr, values.len())?;
         match self.model {
             Model::Generator { .. } if addr == G_KEY || addr == G_KEY + 1 => {
@@ -399,16 +422,22 @@ impl DeviceState {
     pub(crate) fn apply(&mut self, req: Request<'static>) -> Result<Response, ExceptionCode> {
         let bits = |w: Vec<u16>| w.into_iter().map(|v| v != 0).collect::<Vec<bool>>();
         match req {
-            Request::ReadCoils(a, n) => Ok(Response::ReadCoils(bits(self.read(RegKind::Coil, a, n)?))),
+            Request::ReadCoils(a, n) => {
+                Ok(Response::ReadCoils(bits(self.read(RegKind::Coil, a, n)?)))
+            }
             Request::ReadDiscreteInputs(a, n) => Ok(Response::ReadDiscreteInputs(bits(
                 self.read(RegKind::Discrete, a, n)?,
             ))),
-            Request::ReadHoldingRegisters(a, n) => Ok(Response::ReadHoldingRegisters(
-                self.read(RegKind::Holding, a, n)?,
-            )),
-            Request::ReadInputRegisters(a, n) => Ok(Response::ReadInputRegisters(
-                self.read(RegKind::Input, a, n)?,
-            )),
+            Request::ReadHoldingRegisters(a, n) => Ok(Response::ReadHoldingRegisters(self.read(
+                RegKind::Holding,
+                a,
+                n,
+            )?)),
+            Request::ReadInputRegisters(a, n) => Ok(Response::ReadInputRegisters(self.read(
+                RegKind::Input,
+                a,
+                n,
+            )?)),
             Request::WriteSingleCoil(a, v) => {
                 self.check_writable(RegKind::Coil, a, 1)?;
                 self.map.insert((RegKind::Coil, a), u16::from(v));
@@ -420,10 +449,15 @@ impl DeviceState {
                 }
                 self.check_writable(RegKind::Coil, a, v.len())?;
                 for (i, b) in v.iter().enumerate() {
-                    self.map
-                        .insert((RegKind::Coil, a + u16::try_from(i).unwrap_or(0)), u16::from(*b));
+                    self.map.insert(
+                        (RegKind::Coil, a + u16::try_from(i).unwrap_or(0)),
+                        u16::from(*b),
+                    );
                 }
-                Ok(Response::WriteMultipleCoils(a, u16::try_from(v.len()).unwrap_or(0)))
+                Ok(Response::WriteMultipleCoils(
+                    a,
+                    u16::try_from(v.len()).unwrap_or(0),
+                ))
             }
             Request::WriteSingleRegister(a, v) => {
                 self.write_regs(a, &[v], false)?;

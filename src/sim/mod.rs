@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::modbus::profile::{Profile, RegKind};
 
-pub use device::SimDevice;
 use device::DeviceState;
+pub use device::SimDevice;
 
 /// One simulated unit: a slave id and what answers there.
 #[derive(Debug, Clone)]

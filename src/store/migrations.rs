@@ -11,11 +11,10 @@ pub struct Migration {
 /// The newest schema this binary understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "core: meta, audit, outbox",
-        sql: "
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "core: meta, audit, outbox",
+    sql: "
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -49,5 +48,4 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_class ON outbox(class, seq);
 ",
-    },
-];
+}];

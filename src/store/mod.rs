@@ -207,7 +207,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .map_err(wrap)?;
         tx.commit().map_err(wrap)?;
-        tracing::info!(version = m.version, name = m.name, "applied database migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied database migration"
+        );
     }
     Ok(())
 }

@@ -101,7 +101,9 @@ impl Harness {
             .call(|c| {
                 let mut st = c.prepare("SELECT kind, unit FROM audit ORDER BY seq")?;
                 let rows = st
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?
+                    .query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                    })?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             })
@@ -137,4 +139,84 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A child process that is killed (by its own pid) when dropped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A socat PTY pair `DIR/ttyA` ⇄ `DIR/ttyB`; both links exist when this returns.
+pub struct PtyPair {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    _socat: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl PtyPair {
+    pub async fn new() -> PtyPair {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("ttyA");
+        let b = dir.path().join("ttyB");
+        let child = std::process::Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat is installed");
+        let guard = ChildGuard(child);
+        eventually(10, "socat ptys", || {
+            (a.exists() && b.exists()).then_some(())
+        })
+        .await;
+        PtyPair {
+            a,
+            b,
+            _socat: guard,
+            _dir: dir,
+        }
+    }
+}
+
+/// Spawns `sitegate sim ARGS` and returns it with the first line it printed.
+pub fn spawn_sim(args: &[&str]) -> (ChildGuard, String) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sitegate"))
+        .arg("sim")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    assert!(line.starts_with("sim "), "unexpected first line: {line:?}");
+    (guard, line)
+}
+
+/// Runs mbpoll with a bounded time; returns (success, stdout+stderr).
+pub fn mbpoll(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("timeout")
+        .arg("15")
+        .arg("mbpoll")
+        .args(args)
+        .output()
+        .expect("mbpoll is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
