@@ -1,5 +1,6 @@
 //! Interoperability with third-party peers: pymodbus as a device the engine polls and writes,
 //! and mbpoll as a client of `sitegate sim` over TCP and RTU.
+#![allow(clippy::panic, reason = "test helper")]
 
 mod common;
 
@@ -65,10 +66,13 @@ async fn the_engine_polls_and_writes_a_pymodbus_device() {
 }
 
 fn port_of(line: &str) -> String {
-    line.split_whitespace()
+    match line
+        .split_whitespace()
         .find_map(|w| w.strip_prefix("127.0.0.1:"))
-        .unwrap()
-        .to_string()
+    {
+        Some(p) => p.to_string(),
+        None => panic!("no address in {line:?}"),
+    }
 }
 
 #[test]

@@ -1,4 +1,9 @@
 //! The engine over Modbus RTU through a socat PTY pair, against the in-process simulator.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration test helpers"
+)]
 
 mod common;
 

@@ -1,5 +1,10 @@
 //! The engine against the simulators over Modbus TCP (and RTU over TCP): polling, validated
 //! writes with read-back, commands, faults, availability, coalescing and gap splitting.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "integration test helpers"
+)]
 
 mod common;
 

@@ -1,5 +1,11 @@
 //! Shared helpers for the Modbus integration tests.
 #![allow(dead_code, reason = "each test binary uses a subset")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
