@@ -613,3 +613,38 @@ async fn shutdown_stops_every_link_task_even_with_a_dead_link() {
     assert!(t.elapsed() < Duration::from_secs(10));
     stop_a.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_changes_beyond_the_deadband_and_slow_drift_adds_up() {
+    let (h, s, stop) = gen_and_hvac(100).await;
+    let mut rx = h.engine.subscribe();
+    let room_updates = |rx: &mut tokio::sync::broadcast::Receiver<UnitUpdate>| {
+        let mut seen = Vec::new();
+        while let Ok(u) = rx.try_recv() {
+            if let UnitUpdate::Values { unit, points } = u
+                && unit.as_str() == "ac"
+                && let Some(p) = points.get("room_temperature")
+            {
+                seen.push(p.value.clone());
+            }
+        }
+        seen
+    };
+    for (raw, shown) in [(250, 25.0), (251, 25.1), (252, 25.2), (253, 25.3)] {
+        s.set_register(2, RegKind::Holding, 6, raw);
+        eventually(10, "polled", || {
+            (value(&h, "ac", "room_temperature")?.0 == json!(shown)).then_some(())
+        })
+        .await;
+    }
+    let seen = room_updates(&mut rx);
+    // 25.0 is published; 25.1 and 25.2 are within 0.2 of it; 25.3 is not.
+    assert_eq!(seen.last(), Some(&json!(25.3)), "{seen:?}");
+    assert!(seen.contains(&json!(25.0)), "{seen:?}");
+    assert!(
+        !seen.contains(&json!(25.1)) && !seen.contains(&json!(25.2)),
+        "{seen:?}"
+    );
+    h.shutdown().await;
+    stop.cancel();
+}

@@ -188,6 +188,9 @@ pub struct WriteOutcome {
 #[derive(Debug, Clone)]
 struct Cached {
     value: Value,
+    /// The value last published to subscribers (deadbands compare against it, so a slow drift
+    /// is published once it adds up).
+    published: Value,
     quality: Quality,
     at: Option<(Instant, u64)>,
 }
@@ -288,6 +291,7 @@ impl ModbusEngine {
             let values = vec![
                 Cached {
                     value: Value::Null,
+                    published: Value::Null,
                     quality: Quality::Unknown,
                     at: None,
                 };
@@ -1136,6 +1140,7 @@ impl LinkTask {
                 {
                     c.quality = Quality::Error;
                     c.value = Value::Null;
+                    c.published = Value::Null;
                     changed.insert(
                         p.name.clone(),
                         PointValue {
@@ -1187,12 +1192,13 @@ impl LinkTask {
                     continue;
                 };
                 let differs = c.quality != quality
-                    || match (c.value.as_f64(), value.as_f64(), p.deadband) {
+                    || match (c.published.as_f64(), value.as_f64(), p.deadband) {
                         (Some(a), Some(v), Some(db)) => (a - v).abs() > db,
-                        _ => c.value != value,
+                        _ => c.published != value,
                     };
                 if differs {
                     c.value = value.clone();
+                    c.published = value.clone();
                     c.quality = quality;
                     changed.insert(
                         p.name.clone(),

@@ -212,6 +212,25 @@ pub async fn transact(
     Ok(reply)
 }
 
+/// Reads the basic device identification (FC43/14): `(object id, text)` pairs.
+pub async fn read_device_id(
+    ctx: &mut Context,
+    slave: u8,
+    timeout: Duration,
+) -> Result<Vec<(u8, String)>, ModbusError> {
+    use tokio_modbus::prelude::ReadCode;
+    ctx.set_slave(Slave(slave));
+    let r = tokio::time::timeout(timeout, ctx.read_device_identification(ReadCode::Basic, 0))
+        .await
+        .map_err(|_| ModbusError::Timeout)?;
+    let resp = flatten(r)?;
+    Ok(resp
+        .device_id_objects
+        .iter()
+        .map(|o| (o.id, String::from_utf8_lossy(&o.value).into_owned()))
+        .collect())
+}
+
 /// Upper bounds (ms) of the latency histogram buckets; the last bucket is everything above.
 pub const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
 

@@ -10,12 +10,14 @@
 //! - [`link`]: transports, one transaction with a timeout, error flattening, link statistics.
 //! - [`scheduler`]: the read plan (coalescing, gap splitting).
 //! - [`engine`]: link tasks, unit state, cache, the public handle.
+//! - [`tools`]: `sitegate units test` and `sitegate scan`.
 
 pub mod codec;
 pub mod engine;
 pub mod link;
 pub mod profile;
 pub mod scheduler;
+pub mod tools;
 
 pub use engine::{
     EngineError, ModbusEngine, PointValue, RawValues, UnitInfo, UnitSnapshot, UnitUpdate,

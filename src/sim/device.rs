@@ -473,6 +473,32 @@ impl DeviceState {
                     u16::try_from(v.len()).unwrap_or(0),
                 ))
             }
+            Request::ReadDeviceIdentification(_, _) => match self.model {
+                // The generator controller identifies itself (FC43/14); the HVAC gateway does not.
+                Model::Generator { .. } => {
+                    use tokio_modbus::prelude::{
+                        ConformityLevel, DeviceIdObject, ReadCode, ReadDeviceIdentificationResponse,
+                    };
+                    let obj = |id, v: &'static str| DeviceIdObject {
+                        id,
+                        value: tokio_modbus::bytes::Bytes::from_static(v.as_bytes()),
+                    };
+                    Ok(Response::ReadDeviceIdentification(
+                        ReadDeviceIdentificationResponse {
+                            read_code: ReadCode::Basic,
+                            conformity_level: ConformityLevel::BasicIdentificationStreamOnly,
+                            more_follows: false,
+                            next_object_id: 0,
+                            device_id_objects: vec![
+                                obj(0, "Deep Sea Electronics"),
+                                obj(1, "DSE7320 (sitegate sim)"),
+                                obj(2, "1.0"),
+                            ],
+                        },
+                    ))
+                }
+                _ => Err(ExceptionCode::IllegalFunction),
+            },
             _ => Err(ExceptionCode::IllegalFunction),
         }
     }
