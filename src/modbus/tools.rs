@@ -132,8 +132,8 @@ pub fn units_test(args: UnitsTestArgs) -> i32 {
                 Ok(snap) => {
                     let profile = engine.profile_of(&u.id);
                     println!(
-                        "  {:<32} {:>14} {:<6} {:<14} {}",
-                        "point", "value", "unit", "quality", "read"
+                        "  {:<32} {:>14} {:<6} {:<14} read",
+                        "point", "value", "unit", "quality"
                     );
                     for (name, v) in &snap.points {
                         let read = profile
