@@ -888,6 +888,23 @@ impl LinkTask {
     }
 
     async fn run_job(&mut self, job: Job) {
+        let unit = job.unit;
+        let answered = self.run_job_inner(job).await;
+        if answered {
+            // The unit answered a command or interactive read: whatever the poll cycle thought,
+            // it is reachable, so leave degraded mode and poll it now.
+            if let Some(s) = self.sched.get_mut(unit)
+                && s.fails > 0
+            {
+                s.fails = 0;
+                s.next_poll = Instant::now();
+                self.set_online(unit, true, None);
+            }
+        }
+    }
+
+    /// Runs one job; returns whether the device answered (a reply or an exception).
+    async fn run_job_inner(&mut self, job: Job) -> bool {
         match job.kind {
             JobKind::Write {
                 ops,
@@ -911,11 +928,15 @@ impl LinkTask {
                     }
                     result = Ok(Some(r));
                 }
+                let answered = matches!(result, Ok(_) | Err(ModbusError::Exception(_)));
                 let _ = reply.send(result);
+                answered
             }
             JobKind::Raw { op, reply } => {
                 let r = self.exec(job.unit, &op, self.link.retries, true).await;
+                let answered = matches!(r, Ok(_) | Err(ModbusError::Exception(_)));
                 let _ = reply.send(r);
+                answered
             }
             JobKind::Refresh { reply } => {
                 let mut blocks: VecDeque<Block> = self.plan(job.unit).into();
@@ -934,7 +955,9 @@ impl LinkTask {
                         }
                     }
                 }
+                let answered = result.is_ok();
                 let _ = reply.send(result);
+                answered
             }
         }
     }
