@@ -27,6 +27,9 @@ use crate::modbus::profile::{Profile, RegKind};
 use device::DeviceState;
 pub use device::SimDevice;
 
+/// Writes remembered by [`SimStats::writes`].
+const MAX_WRITES_KEPT: usize = 10_000;
+
 /// One simulated unit: a slave id and what answers there.
 #[derive(Debug, Clone)]
 pub struct SimUnit {
@@ -309,6 +312,10 @@ async fn handle(
         *st.by_function.entry(fc).or_default() += 1;
         *st.by_slave.entry(slave).or_default() += 1;
         if let Some(w) = &write {
+            // Bounded for long demo runs: the oldest writes go first.
+            if st.writes.len() >= MAX_WRITES_KEPT {
+                st.writes.drain(..MAX_WRITES_KEPT / 10);
+            }
             st.writes.push(w.clone());
         }
     }
