@@ -689,3 +689,77 @@ async fn a_unit_that_keeps_failing_is_backed_off_so_it_costs_the_bus_little() {
     h.shutdown().await;
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_is_not_cut_off_by_shutdown() {
+    let (h, s, stop) = gen_and_hvac(200).await;
+    s.set_fault(
+        Some(2),
+        Fault {
+            delay: Duration::from_millis(400),
+            only_writes: true,
+            ..Fault::default()
+        },
+    );
+    let engine = h.engine.clone();
+    let write =
+        tokio::spawn(async move { engine.write_point(&uid("ac"), "setpoint", json!(18)).await });
+    eventually(5, "write arrived", || {
+        (!s.stats().writes_to(2).is_empty()).then_some(())
+    })
+    .await;
+    h.stop.cancel();
+    let out = write.await.unwrap().unwrap();
+    assert_eq!(out.status, WriteStatus::Ok, "{out:?}");
+    assert_eq!(s.register(2, RegKind::Holding, 2), Some(180));
+    h.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_overtakes_the_rest_of_a_poll_cycle() {
+    // Ten runs far apart: ten read requests per cycle.
+    let mut t = String::from("name = \"ten\"\n");
+    for i in 0..10 {
+        t.push_str(&format!(
+            "[[points]]\nname=\"p{i}\"\nkind=\"holding\"\naddress={}\ntype=\"u16\"\nwrite=\"control\"\n",
+            i * 100
+        ));
+    }
+    let p = Arc::new(Profile::parse(&t).unwrap());
+    let (s, stop) = sim(vec![SimUnit::profile(3, p.clone())]).await;
+    let h = Harness::start(
+        &[tcp_link("bus", s.addr.unwrap(), 1000)],
+        &[unit("t", "bus", 3, "ten", 10)],
+        ProfileRegistry::from_profiles([(*p).clone()]),
+    );
+    eventually(10, "online", || {
+        (h.engine.units()[0].online == Some(true)).then_some(())
+    })
+    .await;
+    // Slow reads keep the bus busy polling.
+    s.set_fault(
+        None,
+        Fault {
+            delay: Duration::from_millis(30),
+            ..Fault::default()
+        },
+    );
+    for round in 0..3 {
+        let n0 = s.stats().requests;
+        let out = h
+            .engine
+            .write_point(&uid("t"), "p9", json!(round))
+            .await
+            .unwrap();
+        assert_eq!(out.status, WriteStatus::Ok);
+        let w = s.stats().writes_to(3).last().cloned().cloned().unwrap();
+        assert!(
+            w.seq <= n0 + 2,
+            "the write waited for {} requests (at most the one in flight expected)",
+            w.seq - n0 - 1
+        );
+    }
+    h.shutdown().await;
+    stop.cancel();
+}

@@ -856,8 +856,9 @@ impl LinkTask {
         };
         let started = Instant::now();
         let fut = link::transact(ctx, slave, op, self.link.timeout);
-        let res = if op.is_write() {
-            // INVARIANT: a write is never cut off by shutdown; its own timeout bounds it.
+        let res = if op.is_write() || force {
+            // INVARIANT: a write (and the rest of its job, such as the read-back) is never cut
+            // off by shutdown; its own timeout bounds it. Only poll reads are abandoned.
             fut.await
         } else {
             let stop = self.shutdown.clone();

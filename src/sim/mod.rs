@@ -74,6 +74,8 @@ pub struct Fault {
 /// One write request as it arrived (before any validation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SimWrite {
+    /// Position among all requests received (1-based), to check ordering.
+    pub seq: u64,
     pub slave: u8,
     pub function: u8,
     pub address: u16,
@@ -292,6 +294,7 @@ fn write_of(slave: u8, req: &Request<'_>) -> Option<SimWrite> {
         _ => return None,
     };
     Some(SimWrite {
+        seq: 0,
         slave,
         function,
         address,
@@ -305,10 +308,13 @@ async fn handle(
 ) -> Result<Option<Response>, ExceptionCode> {
     let slave = req.slave;
     let fc = req.request.function_code().value();
-    let write = write_of(slave, &req.request);
+    let mut write = write_of(slave, &req.request);
     {
         let mut st = lock(&shared.stats);
         st.requests += 1;
+        if let Some(w) = write.as_mut() {
+            w.seq = st.requests;
+        }
         *st.by_function.entry(fc).or_default() += 1;
         *st.by_slave.entry(slave).or_default() += 1;
         if let Some(w) = &write {
