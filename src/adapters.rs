@@ -9,19 +9,19 @@ use crate::access::Origin;
 use std::time::Duration;
 
 use crate::api::ports::{
-    self, AccessRequest, AuthPort, AuthzPort, BoxFut, CommandInfo, CommandOutcome,
-    DelegateRequest, DelegationOutcome, DelegationPort, Diagnostics, EnumLabel, GrantInfo,
-    LinkStats, LoginError, Me, PointInfo, ReadError, Reading, RegisterKind, SessionInfo,
-    UnitProfile, UnitSummary, UnitsPort, WriteError,
+    self, AccessRequest, AuthPort, AuthzPort, BoxFut, CommandInfo, CommandOutcome, DelegateRequest,
+    DelegationOutcome, DelegationPort, Diagnostics, EnumLabel, GrantInfo, LinkStats, LoginError,
+    Me, PointInfo, ReadError, Reading, RegisterKind, SessionInfo, UnitProfile, UnitSummary,
+    UnitsPort, WriteError,
 };
 use crate::auth::{self, Auth, TokenVerifier};
-use crate::grants::{ApplyOutcome, GrantEngine, Kind};
-use crate::modbus::{self, ModbusEngine};
-use crate::mqtt::{PointSample, Quality as TelemetryQuality};
 use crate::authz::{Authz, Decision, Target};
 use crate::clock::SharedClock;
 use crate::delegation::{self, DelegationRequest, Delegations};
+use crate::grants::{ApplyOutcome, GrantEngine, Kind};
+use crate::modbus::{self, ModbusEngine};
 use crate::model::{CapSet, Capability, GrantId, UnitId, UserId};
+use crate::mqtt::{PointSample, Quality as TelemetryQuality};
 
 // ---------------------------------------------------------------------------------------------
 // Sessions
@@ -391,7 +391,10 @@ fn outcome_str(o: &ApplyOutcome) -> &'static str {
 pub struct GrantsTokens(pub GrantEngine);
 
 impl TokenVerifier for GrantsTokens {
-    fn verify(&self, envelope: &[u8]) -> Result<(crate::access::User, crate::access::Grant), String> {
+    fn verify(
+        &self,
+        envelope: &[u8],
+    ) -> Result<(crate::access::User, crate::access::Grant), String> {
         self.0
             .verify_token(envelope)
             .map(|t| (t.user, t.grant))
@@ -510,9 +513,9 @@ fn write_status(o: &modbus::WriteOutcome) -> Result<(), WriteError> {
             o.written,
             o.read_back.clone().unwrap_or(serde_json::Value::Null)
         ))),
-        modbus::WriteStatus::Unverified { reason } => {
-            Err(WriteError::Mismatch(format!("written but not verified: {reason}")))
-        }
+        modbus::WriteStatus::Unverified { reason } => Err(WriteError::Mismatch(format!(
+            "written but not verified: {reason}"
+        ))),
         modbus::WriteStatus::Exception { name, .. } => Err(WriteError::Exception(name.clone())),
         modbus::WriteStatus::Timeout => Err(WriteError::Timeout),
         modbus::WriteStatus::Failed { reason } => Err(WriteError::Transport(reason.clone())),

@@ -30,8 +30,15 @@ use crate::store::Store;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// Names of the device profiles available (built-in plus those in `dir`).
-pub fn profile_names(_dir: Option<&Path>) -> HashSet<String> {
-    HashSet::new()
+/// A broken profile directory yields only the built-ins here; `ProfileRegistry::load` reports
+/// its problems when the daemon starts.
+pub fn profile_names(dir: Option<&Path>) -> HashSet<String> {
+    match crate::modbus::ProfileRegistry::load(dir) {
+        Ok(r) => r.names().into_iter().collect(),
+        Err(_) => crate::modbus::ProfileRegistry::builtin()
+            .map(|r| r.names().into_iter().collect())
+            .unwrap_or_default(),
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
@@ -128,9 +135,8 @@ pub struct Running {
 
 /// Opens the store in `state_dir` on the blocking pool.
 async fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(state_dir).map_err(|e| {
-        anyhow::anyhow!("cannot create state dir `{}`: {e}", state_dir.display())
-    })?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state dir `{}`: {e}", state_dir.display()))?;
     restrict_dir(state_dir);
     let dir = state_dir.to_path_buf();
     Ok(tokio::task::spawn_blocking(move || Store::open_in(&dir)).await??)
@@ -153,7 +159,10 @@ impl Daemon {
         notifier: Notifier,
     ) -> anyhow::Result<Daemon> {
         let store = open_store(&cfg.state_dir).await?;
-        let events_topic = cfg.site.as_ref().map(|s| format!("{}/events", s.topic_root()));
+        let events_topic = cfg
+            .site
+            .as_ref()
+            .map(|s| format!("{}/events", s.topic_root()));
         let audit = Audit::new(store.clone(), clock.clone(), events_topic);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -214,12 +223,14 @@ impl Daemon {
         });
 
         audit
-            .record(Event::new("daemon_started", "ok").actor("system").detail(
-                serde_json::json!({
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "provisioned": site.is_some(),
-                }),
-            ))
+            .record(
+                Event::new("daemon_started", "ok")
+                    .actor("system")
+                    .detail(serde_json::json!({
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "provisioned": site.is_some(),
+                    })),
+            )
             .await?;
         notifier.ready();
         tracing::info!(
@@ -416,7 +427,10 @@ fn spawn_unit_bridge(
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "telemetry bridge lagged; the heartbeat catches up");
+                    tracing::warn!(
+                        skipped = n,
+                        "telemetry bridge lagged; the heartbeat catches up"
+                    );
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
@@ -451,8 +465,12 @@ fn spawn_housekeeping(
                 tokio::task::spawn_blocking(move || crate::outbox::depth(&s)).await
             {
                 for class in ["event", "request", "telemetry", "state"] {
-                    let d = depths.iter().find(|(c, _)| c == class).map_or(0, |(_, d)| *d);
-                    r.metrics.set_outbox_depth(class, u64::try_from(d).unwrap_or(0));
+                    let d = depths
+                        .iter()
+                        .find(|(c, _)| c == class)
+                        .map_or(0, |(_, d)| *d);
+                    r.metrics
+                        .set_outbox_depth(class, u64::try_from(d).unwrap_or(0));
                 }
             }
             for l in r.modbus.link_stats() {
@@ -477,6 +495,17 @@ pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+}
+
+/// Resolves on the first SIGTERM or SIGINT (for tools such as `sitegate sim`).
+pub async fn wait_for_signal() {
+    match Signals::install() {
+        Ok(mut s) => s.wait().await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install signal handlers; waiting for ctrl-c");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 impl Signals {

@@ -62,6 +62,19 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::grants::cli::GrantsCommand,
     },
+    /// Serve simulated Modbus units (generator, HVAC) over TCP, RTU or RTU over TCP.
+    Sim(crate::sim::cli::SimArgs),
+    /// Unit tools for installers (`units test [UNIT]`: read every point and print a table).
+    #[command(subcommand)]
+    Units(UnitsCommand),
+    /// Probe slave ids on a link and print proposed `[[units]]` entries.
+    Scan(crate::modbus::tools::ScanArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UnitsCommand {
+    /// Read every readable point of a unit (or all units) and print values, units and failures.
+    Test(crate::modbus::tools::UnitsTestArgs),
 }
 
 /// Process environment lookup (tests pass their own).
@@ -106,6 +119,18 @@ pub fn run(cli: Cli) -> i32 {
         Command::Fleet { cmd } => crate::grants::cli::run_fleet(cmd),
         Command::Trust { cmd } => crate::grants::cli::run_trust(cmd),
         Command::Grants { cmd } => crate::grants::cli::run_grants(cmd),
+        Command::Units(UnitsCommand::Test(args)) => {
+            logging::init(cli.log_format, "error", &env);
+            crate::modbus::tools::units_test(args)
+        }
+        Command::Scan(args) => {
+            logging::init(cli.log_format, "error", &env);
+            crate::modbus::tools::scan(args)
+        }
+        Command::Sim(args) => {
+            logging::init(cli.log_format, "info", &env);
+            crate::sim::cli::run(args)
+        }
         Command::CheckConfig { config } => match load_config(&config) {
             Ok(c) => {
                 println!(

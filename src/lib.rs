@@ -26,6 +26,8 @@
 //! - [`metrics`]: the Prometheus registry behind `GET /api/v1/metrics`.
 //! - [`adapters`]: the engines behind the API's port traits.
 //! - [`setup`]: the first-boot setup endpoint of an unprovisioned box.
+//! - [`modbus`]: Modbus links, device profiles, the polling scheduler, validated writes, diagnostics.
+//! - [`sim`]: simulated generator and HVAC units (Modbus TCP/RTU servers) for tests and demos.
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
 //! - [`cli`]: the command-line interface that `main.rs` dispatches.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
@@ -44,12 +46,14 @@ pub mod delegation;
 pub mod grants;
 pub mod logging;
 pub mod metrics;
+pub mod modbus;
 pub mod model;
 pub mod mqtt;
 pub mod notify;
 pub mod outbox;
 pub mod provision;
 pub mod setup;
+pub mod sim;
 pub mod store;
 pub mod tls;
 pub mod util;

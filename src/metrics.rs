@@ -236,10 +236,9 @@ pub struct Metrics {
     pub http_duration: HistogramFamily,
     /// `sitegate_authz_denials_total{capability,reason}`.
     pub authz_denials: Family,
-    /// `sitegate_modbus_request_duration_seconds{link}`.
-    pub modbus_latency: HistogramFamily,
-    /// `sitegate_modbus_errors_total{link,kind}`.
-    pub modbus_errors: Family,
+    /// Latest counters of every Modbus link, copied from the engine by the daemon's
+    /// housekeeping task (`sitegate_modbus_*{link}`).
+    links: Mutex<BTreeMap<String, crate::modbus::LinkStats>>,
     /// `sitegate_outbox_depth{class}`.
     pub outbox_depth: Family,
     /// `sitegate_rate_limited_total`.
@@ -276,18 +275,7 @@ impl Metrics {
                 "counter",
                 &["capability", "reason"],
             ),
-            modbus_latency: HistogramFamily::new(
-                "sitegate_modbus_request_duration_seconds",
-                "Modbus transaction latency per link.",
-                &["link"],
-                &LATENCY_BUCKETS,
-            ),
-            modbus_errors: Family::new(
-                "sitegate_modbus_errors_total",
-                "Modbus transaction failures per link and kind (timeout, exception, transport, protocol).",
-                "counter",
-                &["link", "kind"],
-            ),
+            links: Mutex::new(BTreeMap::new()),
             outbox_depth: Family::new(
                 "sitegate_outbox_depth",
                 "Messages waiting in the MQTT outbox, by class.",
@@ -317,15 +305,90 @@ impl Metrics {
         self.authz_denials.inc(&[capability, reason]);
     }
 
-    /// Records one Modbus transaction's latency on `link` (successful or not).
-    pub fn observe_modbus_latency(&self, link: &str, took: Duration) {
-        self.modbus_latency.observe(&[link], took.as_secs_f64());
+    /// Stores the latest counters of one Modbus link (requests, errors by kind, latency
+    /// histogram); rendered as `sitegate_modbus_*{link}`.
+    pub fn set_link(&self, stats: &crate::modbus::LinkStats) {
+        lock(&self.links).insert(stats.link.clone(), stats.clone());
     }
 
-    /// Counts one Modbus failure on `link`; `kind` is `timeout`, `exception`, `transport` or
-    /// `protocol`.
-    pub fn observe_modbus_error(&self, link: &str, kind: &str) {
-        self.modbus_errors.inc(&[link, kind]);
+    fn render_links(&self, out: &mut String) {
+        let links = lock(&self.links);
+        if links.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sitegate_modbus_requests_total Modbus transactions per link.\n\
+             # TYPE sitegate_modbus_requests_total counter"
+        );
+        for (name, l) in links.iter() {
+            let _ = writeln!(
+                out,
+                "sitegate_modbus_requests_total{{link=\"{}\"}} {}",
+                escape(name),
+                l.requests
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sitegate_modbus_errors_total Modbus transaction failures per link and kind.\n\
+             # TYPE sitegate_modbus_errors_total counter"
+        );
+        for (name, l) in links.iter() {
+            for (kind, n) in [
+                ("timeout", l.timeouts),
+                ("exception", l.exceptions),
+                ("transport", l.transport_errors),
+                ("protocol", l.protocol_errors),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "sitegate_modbus_errors_total{{link=\"{}\",kind=\"{kind}\"}} {n}",
+                    escape(name)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sitegate_modbus_link_connected Whether the link's transport is connected.\n\
+             # TYPE sitegate_modbus_link_connected gauge"
+        );
+        for (name, l) in links.iter() {
+            let _ = writeln!(
+                out,
+                "sitegate_modbus_link_connected{{link=\"{}\"}} {}",
+                escape(name),
+                u8::from(l.connected)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sitegate_modbus_request_duration_seconds Modbus transaction latency per link (answered requests).\n\
+             # TYPE sitegate_modbus_request_duration_seconds histogram"
+        );
+        for (name, l) in links.iter() {
+            let name = escape(name);
+            let mut cumulative = 0u64;
+            for (i, (_, n)) in l.latency_buckets_ms.iter().enumerate() {
+                cumulative += n;
+                let le = crate::modbus::link::LATENCY_BUCKETS_MS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_string(), |ms| fmt_f64(*ms as f64 / 1000.0));
+                let _ = writeln!(
+                    out,
+                    "sitegate_modbus_request_duration_seconds_bucket{{link=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sitegate_modbus_request_duration_seconds_sum{{link=\"{name}\"}} {}",
+                fmt_f64(l.latency_sum_ms / 1000.0)
+            );
+            let _ = writeln!(
+                out,
+                "sitegate_modbus_request_duration_seconds_count{{link=\"{name}\"}} {cumulative}"
+            );
+        }
     }
 
     /// Sets the outbox depth of one class (`event`, `telemetry`, `request`, …).
@@ -347,8 +410,7 @@ impl Metrics {
         self.http_requests.render(&mut out);
         self.http_duration.render(&mut out);
         self.authz_denials.render(&mut out);
-        self.modbus_latency.render(&mut out);
-        self.modbus_errors.render(&mut out);
+        self.render_links(&mut out);
         self.outbox_depth.render(&mut out);
         self.rate_limited.render(&mut out);
         let _ = writeln!(
@@ -381,8 +443,21 @@ mod tests {
         m.observe_http("/api/v1/units", "GET", 200, Duration::from_millis(3));
         m.observe_http("/api/v1/units", "GET", 200, Duration::from_millis(3));
         m.observe_denial("control", "role_lacks_capability");
-        m.observe_modbus_latency("bus\"1", Duration::from_millis(20));
-        m.observe_modbus_error("bus1", "timeout");
+        let mut link = crate::modbus::LinkStats::new(&crate::config::Link {
+            name: crate::model::LinkId::new("bus1").unwrap(),
+            kind: crate::config::LinkKind::Tcp {
+                address: "127.0.0.1:502".into(),
+            },
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            max_gap: 0,
+            inter_frame_delay: Duration::ZERO,
+        });
+        link.requests = 3;
+        link.timeouts = 1;
+        link.latency_buckets_ms[4].1 = 2;
+        link.latency_sum_ms = 30.0;
+        m.set_link(&link);
         m.set_outbox_depth("event", 7);
         m.set_grant(42, 1_000);
         let text = m.render(61_000);
@@ -396,9 +471,11 @@ mod tests {
         assert!(text.contains(
             "sitegate_http_request_duration_seconds_bucket{route=\"/api/v1/units\",le=\"0.0025\"} 0"
         ));
-        assert!(
-            text.contains("sitegate_modbus_request_duration_seconds_count{link=\"bus\\\"1\"} 1")
-        );
+        assert!(text.contains("sitegate_modbus_request_duration_seconds_count{link=\"bus1\"} 2"));
+        assert!(text.contains(
+            "sitegate_modbus_request_duration_seconds_bucket{link=\"bus1\",le=\"0.02\"} 2"
+        ));
+        assert!(text.contains("sitegate_modbus_requests_total{link=\"bus1\"} 3"));
         assert!(text.contains("sitegate_modbus_errors_total{link=\"bus1\",kind=\"timeout\"} 1"));
         assert!(text.contains("sitegate_outbox_depth{class=\"event\"} 7"));
         assert!(text.contains("sitegate_grant_seq 42"));

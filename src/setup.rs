@@ -129,7 +129,11 @@ async fn setup(
                     .detail(json!({ "reason": "wrong_code" })),
             )
             .await;
-        return error(StatusCode::FORBIDDEN, "wrong_setup_code", "the setup code is not right");
+        return error(
+            StatusCode::FORBIDDEN,
+            "wrong_setup_code",
+            "the setup code is not right",
+        );
     }
     let Some(config_path) = s.cfg.source.clone() else {
         return error(
@@ -196,9 +200,17 @@ async fn setup(
                         .detail(json!({ "reason": e.to_string() })),
                 )
                 .await;
-            error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_setup", e.to_string())
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_setup",
+                e.to_string(),
+            )
         }
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "setup failed"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "setup failed",
+        ),
     }
 }
 
@@ -249,7 +261,10 @@ mod tests {
     fn codes_are_grouped_and_compare_without_dashes_or_case() {
         let c = new_code();
         assert_eq!(c.len(), 14);
-        assert_eq!(normalize(&c), normalize(&c.to_lowercase().replace('-', " ")));
+        assert_eq!(
+            normalize(&c),
+            normalize(&c.to_lowercase().replace('-', " "))
+        );
         assert_ne!(new_code(), c);
     }
 }

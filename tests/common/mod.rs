@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod daemon;
+pub mod modbus;
 pub mod mqtt;
 pub mod pki;
 

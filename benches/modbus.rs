@@ -1,0 +1,171 @@
+//! Cost of the engine over a direct tokio-modbus client, against the same in-process simulator:
+//! a full poll of one unit (`read_fresh`) and a validated write with read-back.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark set-up fails loudly"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use sitegate::audit::Audit;
+use sitegate::clock::SystemClock;
+use sitegate::config::{Link, LinkKind, Unit};
+use sitegate::modbus::{ModbusEngine, ProfileRegistry};
+use sitegate::model::{LinkId, UnitId};
+use sitegate::sim::{SimServer, SimUnit};
+use sitegate::store::Store;
+use tokio_modbus::client::{Reader, Writer};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (engine, addr) = rt.block_on(async {
+        let sim = SimServer::start_tcp(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![SimUnit::generator(1), SimUnit::hvac(2)],
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let addr = sim.addr.unwrap();
+        let link = Link {
+            name: LinkId::new("bus").unwrap(),
+            kind: LinkKind::Tcp {
+                address: addr.to_string(),
+            },
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            max_gap: 8,
+            inter_frame_delay: Duration::ZERO,
+        };
+        let unit = |id: &str, slave, profile: &str| Unit {
+            id: UnitId::new(id).unwrap(),
+            name: id.into(),
+            link: link.name.clone(),
+            slave,
+            profile: profile.into(),
+            group: None,
+            // Background polling off: only the measured requests touch the bus.
+            poll_interval: Duration::from_secs(3600),
+        };
+        let store = Store::open_in(dir.path()).unwrap();
+        let audit = Audit::new(store, Arc::new(SystemClock), None);
+        let engine = ModbusEngine::start(
+            std::slice::from_ref(&link),
+            &[
+                unit("gen", 1, "dse-gencomm"),
+                unit("ac", 2, "coolmaster-va"),
+            ],
+            Arc::new(ProfileRegistry::builtin().unwrap()),
+            audit,
+            stop.clone(),
+            &tracker,
+        )
+        .unwrap();
+        // Let the first cycle learn the generator's gap splits.
+        for u in ["gen", "ac"] {
+            let _ = engine
+                .read_fresh(&UnitId::new(u).unwrap(), Duration::from_secs(5))
+                .await;
+        }
+        (engine, addr)
+    });
+    let mut direct = rt.block_on(async {
+        let mut ctx = tokio_modbus::client::tcp::connect(addr).await.unwrap();
+        ctx.set_slave(tokio_modbus::Slave(2));
+        ctx
+    });
+    let ac = UnitId::new("ac").unwrap();
+    let genset = UnitId::new("gen").unwrap();
+
+    let mut g = c.benchmark_group("poll_cycle");
+    g.bench_function("engine_hvac_read_fresh", |b| {
+        b.iter(|| {
+            rt.block_on(engine.read_fresh(&ac, Duration::from_secs(5)))
+                .unwrap()
+        })
+    });
+    g.bench_function("direct_hvac_read_16_registers", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                direct.set_slave(tokio_modbus::Slave(2));
+                direct.read_holding_registers(0, 16).await.unwrap().unwrap()
+            })
+        })
+    });
+    let gen_plan: Vec<(u16, u16)> = vec![
+        (772, 2),
+        (1024, 10),
+        (1044, 2),
+        (1798, 2),
+        (1808, 2),
+        (2048, 3),
+        (6144, 2),
+    ];
+    g.bench_function("engine_generator_read_fresh", |b| {
+        b.iter(|| {
+            rt.block_on(engine.read_fresh(&genset, Duration::from_secs(5)))
+                .unwrap()
+        })
+    });
+    g.bench_function("direct_generator_same_blocks", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                direct.set_slave(tokio_modbus::Slave(1));
+                for (a, n) in &gen_plan {
+                    direct
+                        .read_holding_registers(*a, *n)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("command_round_trip");
+    g.bench_function("engine_write_point_with_readback", |b| {
+        b.iter(|| {
+            rt.block_on(engine.write_point(&ac, "setpoint", json!(21.5)))
+                .unwrap()
+        })
+    });
+    g.bench_function("direct_write_and_read_back", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                direct.set_slave(tokio_modbus::Slave(2));
+                direct.write_single_register(2, 215).await.unwrap().unwrap();
+                direct.read_holding_registers(2, 1).await.unwrap().unwrap()
+            })
+        })
+    });
+    g.bench_function("engine_generator_command", |b| {
+        b.iter(|| {
+            rt.block_on(engine.run_command(&genset, "mute_alarm"))
+                .unwrap()
+        })
+    });
+    g.finish();
+    stop.cancel();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

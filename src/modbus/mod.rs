@@ -1,0 +1,27 @@
+//! The Modbus engine: links (TCP, RTU, RTU over TCP), device profiles, the per-link scheduler
+//! that polls and coalesces, validated writes with read-back, and diagnostics.
+//!
+//! It owns every conversation with field devices: nothing else in the process opens a bus. It
+//! never decides who may do what (the API checks capabilities against [`profile::Point::read`] /
+//! [`profile::Point::write`] before calling it) and never blocks one link on another.
+//!
+//! - [`profile`]: profile TOML, validation, registry.
+//! - [`codec`]: raw registers ⇄ engineering values, write validation.
+//! - [`link`]: transports, one transaction with a timeout, error flattening, link statistics.
+//! - [`scheduler`]: the read plan (coalescing, gap splitting).
+//! - [`engine`]: link tasks, unit state, cache, the public handle.
+//! - [`tools`]: `sitegate units test` and `sitegate scan`.
+
+pub mod codec;
+pub mod engine;
+pub mod link;
+pub mod profile;
+pub mod scheduler;
+pub mod tools;
+
+pub use engine::{
+    EngineError, ModbusEngine, PointValue, RawValues, UnitInfo, UnitSnapshot, UnitUpdate,
+    WriteError, WriteOutcome, WriteStatus,
+};
+pub use link::{LinkStats, ModbusError};
+pub use profile::{Profile, ProfileRegistry, Quality, RegKind};

@@ -1,0 +1,893 @@
+//! Device profiles: named points (register kind, address, type, scale, unit, range, capabilities),
+//! multi-register commands and sentinel values, parsed from TOML and validated; plus the registry
+//! of built-in and site profiles.
+//!
+//! A [`Profile`] can only exist when it passed validation, so the engine never meets overlapping
+//! points, an address beyond 65535, a bad enum or a min above max. This module does no I/O on a
+//! bus and never touches the engine's state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Capability;
+
+/// The profiles compiled into the binary.
+pub const BUILTIN: [(&str, &str); 2] = [
+    (
+        "coolmaster-va",
+        include_str!("../../config/profiles/coolmaster-va.toml"),
+    ),
+    (
+        "dse-gencomm",
+        include_str!("../../config/profiles/dse-gencomm.toml"),
+    ),
+];
+
+/// Largest profile file accepted.
+const MAX_PROFILE_BYTES: u64 = 512 * 1024;
+
+/// A Modbus data table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegKind {
+    Coil,
+    Discrete,
+    Input,
+    Holding,
+}
+
+impl RegKind {
+    /// Bit tables (coils, discrete inputs) versus 16-bit register tables.
+    pub fn is_bit(self) -> bool {
+        matches!(self, RegKind::Coil | RegKind::Discrete)
+    }
+    /// Largest quantity one read request may ask for (Modbus spec).
+    pub fn max_read(self) -> u16 {
+        if self.is_bit() { 2000 } else { 125 }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegKind::Coil => "coil",
+            RegKind::Discrete => "discrete",
+            RegKind::Input => "input",
+            RegKind::Holding => "holding",
+        }
+    }
+    /// Whether the table can be written at all.
+    pub fn writable(self) -> bool {
+        matches!(self, RegKind::Coil | RegKind::Holding)
+    }
+}
+
+impl std::str::FromStr for RegKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "coil" | "coils" => Ok(RegKind::Coil),
+            "discrete" | "discrete_input" | "discretes" => Ok(RegKind::Discrete),
+            "input" | "input_register" | "inputs" => Ok(RegKind::Input),
+            "holding" | "holding_register" | "holdings" => Ok(RegKind::Holding),
+            other => Err(format!(
+                "unknown register kind `{other}` (expected coil, discrete, input or holding)"
+            )),
+        }
+    }
+}
+
+/// How a point's raw registers are interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+    Enum,
+}
+
+impl ValueType {
+    /// The name used in profiles and the API (`u16`, `enum`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueType::Bool => "bool",
+            ValueType::U16 => "u16",
+            ValueType::I16 => "i16",
+            ValueType::U32 => "u32",
+            ValueType::I32 => "i32",
+            ValueType::F32 => "f32",
+            ValueType::Enum => "enum",
+        }
+    }
+
+    /// Registers (or bits) the value occupies.
+    pub fn width(self) -> u16 {
+        match self {
+            ValueType::Bool | ValueType::U16 | ValueType::I16 | ValueType::Enum => 1,
+            ValueType::U32 | ValueType::I32 | ValueType::F32 => 2,
+        }
+    }
+}
+
+/// Order of the two 16-bit words of a 32-bit value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WordOrder {
+    /// High word at the lower address (Modbus convention, DSE GenComm).
+    #[default]
+    Big,
+    /// Low word at the lower address.
+    Little,
+}
+
+/// The quality of a cached value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    Good,
+    /// Not refreshed within its poll budget, or the unit is offline.
+    Stale,
+    /// Sentinel: the sender or sensor is open circuit / faulty.
+    OpenCircuit,
+    /// Sentinel: the device does not implement the value.
+    Unimplemented,
+    /// Sentinel: above the measurable range.
+    OverRange,
+    /// Sentinel: below the measurable range.
+    UnderRange,
+    /// Sentinel: the device reports bad data.
+    BadData,
+    /// The last read of the point failed (exception, timeout).
+    Error,
+    /// Never read yet.
+    Unknown,
+}
+
+impl Quality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Stale => "stale",
+            Quality::OpenCircuit => "open_circuit",
+            Quality::Unimplemented => "unimplemented",
+            Quality::OverRange => "over_range",
+            Quality::UnderRange => "under_range",
+            Quality::BadData => "bad_data",
+            Quality::Error => "error",
+            Quality::Unknown => "unknown",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TOML form.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    manufacturer: Option<String>,
+    #[serde(default)]
+    signature: Vec<RawSignature>,
+    #[serde(default)]
+    points: Vec<RawPoint>,
+    #[serde(default)]
+    commands: Vec<RawCommand>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignature {
+    kind: String,
+    address: i64,
+    value: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSentinel {
+    raw: i64,
+    quality: Quality,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoint {
+    name: String,
+    kind: String,
+    address: i64,
+    #[serde(rename = "type")]
+    ty: ValueType,
+    #[serde(default)]
+    description: String,
+    scale: Option<f64>,
+    offset: Option<f64>,
+    unit: Option<String>,
+    #[serde(default)]
+    word_order: WordOrder,
+    min: Option<f64>,
+    max: Option<f64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Capability needed to read; default `view`.
+    read: Option<String>,
+    /// Capability needed to write; absent = read-only.
+    write: Option<String>,
+    deadband: Option<f64>,
+    #[serde(default)]
+    sentinels: Vec<RawSentinel>,
+    /// Bit mask inside a 16-bit register (for packed flags and nibbles); read-only.
+    mask: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    name: String,
+    #[serde(default)]
+    description: String,
+    capability: String,
+    writes: Vec<RawWrite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWrite {
+    kind: String,
+    address: i64,
+    values: Vec<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Valid form.
+// ---------------------------------------------------------------------------------------------
+
+/// A validated device profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub manufacturer: Option<String>,
+    pub signature: Vec<Signature>,
+    pub points: Vec<Point>,
+    pub commands: Vec<Command>,
+    #[serde(skip)]
+    by_name: HashMap<String, usize>,
+}
+
+/// A register that identifies the device model during a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Signature {
+    pub kind: RegKind,
+    pub address: u16,
+    pub value: u16,
+}
+
+/// Raw value → quality mapping (checked before scaling).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sentinel {
+    pub raw: u32,
+    pub quality: Quality,
+}
+
+/// One named value of a device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub name: String,
+    pub description: String,
+    pub kind: RegKind,
+    pub address: u16,
+    #[serde(rename = "type")]
+    pub ty: ValueType,
+    pub scale: f64,
+    pub offset: f64,
+    pub unit: Option<String>,
+    pub word_order: WordOrder,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Enum labels by raw value.
+    pub labels: BTreeMap<u16, String>,
+    pub read: Capability,
+    pub write: Option<Capability>,
+    pub deadband: Option<f64>,
+    pub sentinels: Vec<Sentinel>,
+    pub mask: Option<u16>,
+}
+
+impl Point {
+    /// Registers (or bits) occupied.
+    pub fn width(&self) -> u16 {
+        self.ty.width()
+    }
+    /// One past the last address occupied.
+    pub fn end(&self) -> u32 {
+        u32::from(self.address) + u32::from(self.width())
+    }
+    pub fn writable(&self) -> bool {
+        self.write.is_some()
+    }
+}
+
+/// One write of a command: FC16 for registers (FC15 for coils), in the listed order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandWrite {
+    pub kind: RegKind,
+    pub address: u16,
+    pub values: Vec<u16>,
+}
+
+/// A named action that is not a single point write (e.g. a DSE control key and its complement).
+#[derive(Debug, Clone, Serialize)]
+pub struct Command {
+    pub name: String,
+    pub description: String,
+    pub capability: Capability,
+    pub writes: Vec<CommandWrite>,
+}
+
+impl Profile {
+    /// Parses and validates profile TOML; every problem is returned, each with its key path.
+    pub fn parse(text: &str) -> Result<Profile, Vec<String>> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| {
+            vec![
+                e.to_string()
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })?;
+        validate(raw)
+    }
+
+    /// Looks up a point by name.
+    pub fn point(&self, name: &str) -> Option<&Point> {
+        self.by_name.get(name).and_then(|&i| self.points.get(i))
+    }
+    pub fn point_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+    pub fn command(&self, name: &str) -> Option<&Command> {
+        self.commands.iter().find(|c| c.name == name)
+    }
+}
+
+fn cap(s: &str, path: &str, problems: &mut Vec<String>) -> Option<Capability> {
+    match s.parse::<Capability>() {
+        Ok(Capability::ManageUsers) => {
+            problems.push(format!(
+                "{path}: capability `manage_users` does not apply to a point (expected view, control, diagnose or configure)"
+            ));
+            None
+        }
+        Ok(c) => Some(c),
+        Err(_) => {
+            problems.push(format!(
+                "{path}: unknown capability `{s}` (expected view, control, diagnose or configure)"
+            ));
+            None
+        }
+    }
+}
+
+fn addr(a: i64, width: u16, path: &str, problems: &mut Vec<String>) -> Option<u16> {
+    if a < 0 || a + i64::from(width) > 65536 {
+        problems.push(format!(
+            "{path}: address {a} is out of range (0..=65535, and the value must fit below 65536)"
+        ));
+        return None;
+    }
+    u16::try_from(a).ok()
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
+    let mut problems = Vec::new();
+    if !valid_name(&raw.name) {
+        problems.push(format!(
+            "name: `{}` is not a valid profile name (lowercase letters, digits, `-`, `_`)",
+            raw.name
+        ));
+    }
+    let mut signature = Vec::new();
+    for (i, s) in raw.signature.iter().enumerate() {
+        let path = format!("signature[{i}]");
+        let kind = s
+            .kind
+            .parse::<RegKind>()
+            .map_err(|e| problems.push(format!("{path}.kind: {e}")));
+        let a = addr(s.address, 1, &path, &mut problems);
+        let v = u16::try_from(s.value).map_err(|_| {
+            problems.push(format!("{path}.value: {} does not fit in 16 bits", s.value))
+        });
+        if let (Ok(kind), Some(address), Ok(value)) = (kind, a, v) {
+            signature.push(Signature {
+                kind,
+                address,
+                value,
+            });
+        }
+    }
+
+    let mut points = Vec::new();
+    let mut by_name = HashMap::new();
+    for (i, p) in raw.points.iter().enumerate() {
+        let path = format!("points[{i}] (`{}`)", p.name);
+        if !valid_name(&p.name) {
+            problems.push(format!(
+                "{path}: not a valid point name (lowercase letters, digits, `-`, `_`)"
+            ));
+        }
+        if by_name.insert(p.name.clone(), points.len()).is_some() {
+            problems.push(format!("{path}: duplicate point name"));
+        }
+        let before = problems.len();
+        let kind = match p.kind.parse::<RegKind>() {
+            Ok(k) => k,
+            Err(e) => {
+                problems.push(format!("{path}.kind: {e}"));
+                continue;
+            }
+        };
+        if kind.is_bit() && p.ty != ValueType::Bool {
+            problems.push(format!(
+                "{path}.type: a {} point must be `bool`",
+                kind.as_str()
+            ));
+        }
+        let Some(address) = addr(p.address, p.ty.width(), &path, &mut problems) else {
+            continue;
+        };
+        let read = p.read.as_deref().map_or(Some(Capability::View), |s| {
+            cap(s, &format!("{path}.read"), &mut problems)
+        });
+        let write = match p.write.as_deref() {
+            None => None,
+            Some(s) => {
+                let c = cap(s, &format!("{path}.write"), &mut problems);
+                if c == Some(Capability::View) {
+                    problems.push(format!(
+                        "{path}.write: `view` cannot authorize a write (use control or configure)"
+                    ));
+                }
+                if !kind.writable() {
+                    problems.push(format!(
+                        "{path}.write: a {} point cannot be written",
+                        kind.as_str()
+                    ));
+                }
+                c
+            }
+        };
+        let scale = p.scale.unwrap_or(1.0);
+        if !scale.is_finite() || scale == 0.0 {
+            problems.push(format!("{path}.scale: must be a finite non-zero number"));
+        }
+        let offset = p.offset.unwrap_or(0.0);
+        if !offset.is_finite() {
+            problems.push(format!("{path}.offset: must be finite"));
+        }
+        if let (Some(lo), Some(hi)) = (p.min, p.max)
+            && lo > hi
+        {
+            problems.push(format!("{path}: min {lo} is greater than max {hi}"));
+        }
+        for (field, v) in [("min", p.min), ("max", p.max), ("deadband", p.deadband)] {
+            if let Some(v) = v
+                && !v.is_finite()
+            {
+                problems.push(format!("{path}.{field}: must be finite"));
+            }
+        }
+        if p.deadband.is_some_and(|d| d < 0.0) {
+            problems.push(format!("{path}.deadband: must not be negative"));
+        }
+        let mut labels = BTreeMap::new();
+        for (k, v) in &p.labels {
+            match k.parse::<u16>() {
+                Ok(n) => {
+                    if v.is_empty() || labels.values().any(|l: &String| l == v) {
+                        problems.push(format!("{path}.labels: label `{v}` is empty or repeated"));
+                    }
+                    labels.insert(n, v.clone());
+                }
+                Err(_) => problems.push(format!(
+                    "{path}.labels: key `{k}` is not a 16-bit unsigned number"
+                )),
+            }
+        }
+        if p.ty == ValueType::Enum && labels.is_empty() {
+            problems.push(format!("{path}.labels: an enum point needs labels"));
+        }
+        if p.ty != ValueType::Enum && !labels.is_empty() {
+            problems.push(format!("{path}.labels: only enum points have labels"));
+        }
+        if p.ty == ValueType::Enum && (p.scale.is_some() || p.offset.is_some()) {
+            problems.push(format!("{path}: an enum point takes no scale or offset"));
+        }
+        let mask = match p.mask {
+            None => None,
+            Some(m) => match u16::try_from(m) {
+                Ok(0) | Err(_) => {
+                    problems.push(format!("{path}.mask: must be a non-zero 16-bit value"));
+                    None
+                }
+                Ok(m) => {
+                    if kind.is_bit() || p.ty.width() != 1 {
+                        problems.push(format!(
+                            "{path}.mask: only 16-bit register points take a mask"
+                        ));
+                    }
+                    if p.write.is_some() {
+                        problems.push(format!(
+                            "{path}.mask: a masked point is read-only (no read-modify-write on a shared bus)"
+                        ));
+                    }
+                    Some(m)
+                }
+            },
+        };
+        let mut sentinels = Vec::new();
+        for s in &p.sentinels {
+            let max = if p.ty.width() == 2 {
+                u32::MAX as i64
+            } else {
+                0xFFFF
+            };
+            if s.raw < 0 || s.raw > max {
+                problems.push(format!(
+                    "{path}.sentinels: raw value {} does not fit the point's registers",
+                    s.raw
+                ));
+            } else if matches!(s.quality, Quality::Good | Quality::Stale | Quality::Unknown) {
+                problems.push(format!(
+                    "{path}.sentinels: quality `{}` is not a sentinel quality",
+                    s.quality.as_str()
+                ));
+            } else {
+                sentinels.push(Sentinel {
+                    raw: u32::try_from(s.raw).unwrap_or(0),
+                    quality: s.quality,
+                });
+            }
+        }
+        if problems.len() > before {
+            continue;
+        }
+        let (Some(read), true) = (read, p.write.is_none() || write.is_some()) else {
+            continue;
+        };
+        points.push(Point {
+            name: p.name.clone(),
+            description: p.description.clone(),
+            kind,
+            address,
+            ty: p.ty,
+            scale,
+            offset,
+            unit: p.unit.clone(),
+            word_order: p.word_order,
+            min: p.min,
+            max: p.max,
+            labels,
+            read,
+            write,
+            deadband: p.deadband,
+            sentinels,
+            mask,
+        });
+    }
+    // Re-index by position in `points` (skipped invalid points shift positions).
+    by_name = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), i))
+        .collect();
+
+    // Overlaps: within a table, two points may share a register only if both are masked with
+    // disjoint bits.
+    let mut sorted: Vec<&Point> = points.iter().collect();
+    sorted.sort_by_key(|p| (p.kind, p.address));
+    for (i, a) in sorted.iter().enumerate() {
+        for b in sorted.iter().skip(i + 1) {
+            if b.kind != a.kind || u32::from(b.address) >= a.end() {
+                break;
+            }
+            let shared_ok = matches!((a.mask, b.mask), (Some(x), Some(y)) if x & y == 0);
+            if !shared_ok {
+                problems.push(format!(
+                    "points `{}` and `{}` overlap at {} register {}",
+                    a.name,
+                    b.name,
+                    a.kind.as_str(),
+                    b.address
+                ));
+            }
+        }
+    }
+
+    let mut commands = Vec::new();
+    for (i, c) in raw.commands.iter().enumerate() {
+        let path = format!("commands[{i}] (`{}`)", c.name);
+        if !valid_name(&c.name) {
+            problems.push(format!("{path}: not a valid command name"));
+        }
+        if raw.commands.iter().take(i).any(|o| o.name == c.name) {
+            problems.push(format!("{path}: duplicate command name"));
+        }
+        let capability = cap(&c.capability, &format!("{path}.capability"), &mut problems);
+        if capability == Some(Capability::View) {
+            problems.push(format!(
+                "{path}.capability: `view` cannot authorize a command"
+            ));
+        }
+        if c.writes.is_empty() {
+            problems.push(format!("{path}.writes: a command needs at least one write"));
+        }
+        let mut writes = Vec::new();
+        for (j, w) in c.writes.iter().enumerate() {
+            let wpath = format!("{path}.writes[{j}]");
+            let kind = match w.kind.parse::<RegKind>() {
+                Ok(k) if k.writable() => k,
+                Ok(k) => {
+                    problems.push(format!("{wpath}.kind: a {} cannot be written", k.as_str()));
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!("{wpath}.kind: {e}"));
+                    continue;
+                }
+            };
+            let max = if kind.is_bit() { 1968 } else { 123 };
+            if w.values.is_empty() || w.values.len() > max {
+                problems.push(format!("{wpath}.values: between 1 and {max} values"));
+                continue;
+            }
+            let n = u16::try_from(w.values.len()).unwrap_or(u16::MAX);
+            let Some(address) = addr(w.address, n, &wpath, &mut problems) else {
+                continue;
+            };
+            let limit = if kind.is_bit() { 1 } else { 0xFFFF };
+            let mut values = Vec::new();
+            for v in &w.values {
+                if *v < 0 || *v > limit {
+                    problems.push(format!(
+                        "{wpath}.values: {v} does not fit a {}",
+                        kind.as_str()
+                    ));
+                } else {
+                    values.push(u16::try_from(*v).unwrap_or(0));
+                }
+            }
+            writes.push(CommandWrite {
+                kind,
+                address,
+                values,
+            });
+        }
+        if let Some(capability) = capability {
+            commands.push(Command {
+                name: c.name.clone(),
+                description: c.description.clone(),
+                capability,
+                writes,
+            });
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(Profile {
+            name: raw.name,
+            description: raw.description,
+            manufacturer: raw.manufacturer,
+            signature,
+            points,
+            commands,
+            by_name,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Every profile known to the process: the built-ins plus `*.toml` files of a site directory
+/// (a site file with a built-in's name replaces it).
+#[derive(Debug, Clone, Default)]
+pub struct ProfileRegistry {
+    profiles: BTreeMap<String, Arc<Profile>>,
+}
+
+impl ProfileRegistry {
+    /// Only the built-in profiles.
+    pub fn builtin() -> Result<ProfileRegistry, Vec<String>> {
+        Self::load(None)
+    }
+
+    /// Built-ins plus every `*.toml` in `dir`; all problems of all files are reported together,
+    /// each prefixed by its file.
+    pub fn load(dir: Option<&Path>) -> Result<ProfileRegistry, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut profiles = BTreeMap::new();
+        for (name, text) in BUILTIN {
+            match Profile::parse(text) {
+                Ok(p) => {
+                    profiles.insert(p.name.clone(), Arc::new(p));
+                }
+                Err(e) => problems.extend(e.into_iter().map(|m| format!("built-in `{name}`: {m}"))),
+            }
+        }
+        if let Some(dir) = dir {
+            match std::fs::read_dir(dir) {
+                Err(e) => {
+                    problems.push(format!("cannot read profile dir `{}`: {e}", dir.display()))
+                }
+                Ok(entries) => {
+                    let mut files: Vec<_> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                        .collect();
+                    files.sort();
+                    for f in files {
+                        let shown = f.display().to_string();
+                        let text = match std::fs::metadata(&f) {
+                            Ok(m) if m.len() > MAX_PROFILE_BYTES => {
+                                problems.push(format!(
+                                    "`{shown}`: larger than {MAX_PROFILE_BYTES} bytes"
+                                ));
+                                continue;
+                            }
+                            _ => match std::fs::read_to_string(&f) {
+                                Ok(t) => t,
+                                Err(e) => {
+                                    problems.push(format!("`{shown}`: cannot read: {e}"));
+                                    continue;
+                                }
+                            },
+                        };
+                        match Profile::parse(&text) {
+                            Ok(p) => {
+                                profiles.insert(p.name.clone(), Arc::new(p));
+                            }
+                            Err(e) => {
+                                problems.extend(e.into_iter().map(|m| format!("`{shown}`: {m}")))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(ProfileRegistry { profiles })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// A registry of exactly these profiles (tests, tools).
+    pub fn from_profiles(list: impl IntoIterator<Item = Profile>) -> ProfileRegistry {
+        ProfileRegistry {
+            profiles: list
+                .into_iter()
+                .map(|p| (p.name.clone(), Arc::new(p)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Profile>> {
+        self.profiles.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.profiles.keys().cloned().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Profile>> {
+        self.profiles.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name = \"t\"\n";
+
+    fn errs(body: &str) -> Vec<String> {
+        Profile::parse(&format!("{BASE}{body}")).unwrap_err()
+    }
+
+    #[test]
+    fn builtin_profiles_parse_and_validate() {
+        let reg = ProfileRegistry::builtin().unwrap();
+        assert_eq!(reg.names(), vec!["coolmaster-va", "dse-gencomm"]);
+        let dse = reg.get("dse-gencomm").unwrap();
+        let start = dse.command("start").unwrap();
+        assert_eq!(start.writes[0].address, 4104);
+        assert_eq!(start.writes[0].values, vec![35705, 29830]);
+        assert!(dse.point("engine_hours").unwrap().ty == ValueType::U32);
+        let hvac = reg.get("coolmaster-va").unwrap();
+        assert_eq!(
+            hvac.point("setpoint").unwrap().write,
+            Some(Capability::Control)
+        );
+    }
+
+    #[test]
+    fn overlapping_points_are_rejected_with_both_names() {
+        let e = errs(
+            "[[points]]\nname=\"a\"\nkind=\"holding\"\naddress=10\ntype=\"u32\"\n\
+             [[points]]\nname=\"b\"\nkind=\"holding\"\naddress=11\ntype=\"u16\"\n",
+        );
+        assert!(e.iter().any(|m| m.contains("`a` and `b` overlap")), "{e:?}");
+    }
+
+    #[test]
+    fn masked_points_may_share_a_register_when_bits_are_disjoint() {
+        let p = Profile::parse(&format!(
+            "{BASE}[[points]]\nname=\"a\"\nkind=\"holding\"\naddress=1\ntype=\"u16\"\nmask=0xF000\n\
+             [[points]]\nname=\"b\"\nkind=\"holding\"\naddress=1\ntype=\"u16\"\nmask=0x0F00\n"
+        ));
+        assert!(p.is_ok(), "{p:?}");
+    }
+
+    #[test]
+    fn out_of_range_address_unknown_capability_bad_enum_and_min_above_max_are_all_reported() {
+        let e = errs(
+            "[[points]]\nname=\"a\"\nkind=\"holding\"\naddress=65535\ntype=\"u32\"\n\
+             [[points]]\nname=\"b\"\nkind=\"holding\"\naddress=1\ntype=\"u16\"\nwrite=\"superuser\"\n\
+             [[points]]\nname=\"c\"\nkind=\"holding\"\naddress=2\ntype=\"enum\"\n\
+             [[points]]\nname=\"d\"\nkind=\"holding\"\naddress=3\ntype=\"u16\"\nmin=5.0\nmax=1.0\n\
+             [[points]]\nname=\"e\"\nkind=\"holding\"\naddress=4\ntype=\"enum\"\nlabels={x=\"on\"}\n",
+        );
+        let all = e.join("\n");
+        assert!(all.contains("address 65535 is out of range"), "{all}");
+        assert!(all.contains("unknown capability `superuser`"), "{all}");
+        assert!(all.contains("an enum point needs labels"), "{all}");
+        assert!(all.contains("min 5 is greater than max 1"), "{all}");
+        assert!(all.contains("key `x` is not a 16-bit"), "{all}");
+    }
+
+    #[test]
+    fn a_discrete_input_cannot_be_writable() {
+        let e = errs(
+            "[[points]]\nname=\"a\"\nkind=\"discrete\"\naddress=1\ntype=\"bool\"\nwrite=\"control\"\n",
+        );
+        assert!(e.iter().any(|m| m.contains("cannot be written")), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = errs("[[points]]\nname=\"a\"\nkind=\"holding\"\naddress=1\ntype=\"u16\"\nscal=2\n");
+        assert!(e.join(" ").contains("unknown field `scal`"), "{e:?}");
+    }
+
+    #[test]
+    fn registry_loads_a_site_dir_and_reports_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("x.toml"),
+            "name=\"site-x\"\n[[points]]\nname=\"a\"\nkind=\"input\"\naddress=0\ntype=\"u16\"\n",
+        )
+        .unwrap();
+        let reg = ProfileRegistry::load(Some(dir.path())).unwrap();
+        assert!(reg.get("site-x").is_some());
+        std::fs::write(dir.path().join("y.toml"), "name=\"Bad Name\"\n").unwrap();
+        let e = ProfileRegistry::load(Some(dir.path())).unwrap_err();
+        assert!(e[0].contains("y.toml"), "{e:?}");
+    }
+}
