@@ -293,49 +293,60 @@ async fn start_engines(
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<Running> {
-    let grants = {
-        let (store, audit, clock, id, gcfg) = (
+    // The engines open SQLite and key files synchronously: build them on the blocking pool so a
+    // signal during start-up is still handled at once.
+    let (grants, registry, authz, auth, delegations) = {
+        let (store, audit, clock, site, cfg) = (
             store.clone(),
             audit.clone(),
             clock.clone(),
-            site.id.clone(),
-            cfg.grants.clone(),
+            site.clone(),
+            cfg.clone(),
         );
-        tokio::task::spawn_blocking(move || GrantEngine::open(store, audit, clock, id, &gcfg))
-            .await??
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let grants = GrantEngine::open(
+                store.clone(),
+                audit.clone(),
+                clock.clone(),
+                site.id.clone(),
+                &cfg.grants,
+            )?;
+            let registry = Arc::new(
+                ProfileRegistry::load(cfg.profiles_dir.as_deref())
+                    .map_err(|p| anyhow::anyhow!("device profiles: {}", p.join("; ")))?,
+            );
+            let inventory = cfg
+                .units
+                .iter()
+                .map(|u| (u.id.clone(), u.group.clone()))
+                .collect();
+            let authz = Arc::new(Authz::new(Inputs {
+                site: Some(site.id.clone()),
+                state: grants.snapshot(),
+                inventory,
+                ..Inputs::default()
+            }));
+            let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(grants.clone()));
+            let auth = Auth::new(
+                store.clone(),
+                audit.clone(),
+                authz.clone(),
+                clock.clone(),
+                cfg.auth.clone(),
+                Some(verifier),
+            )?;
+            let delegations = Delegations::new(
+                store,
+                audit,
+                authz.clone(),
+                clock,
+                &cfg.state_dir,
+                Some(format!("{}/requests", site.topic_root())),
+            )?;
+            Ok((grants, registry, authz, auth, delegations))
+        })
+        .await??
     };
-    let registry = Arc::new(
-        ProfileRegistry::load(cfg.profiles_dir.as_deref())
-            .map_err(|p| anyhow::anyhow!("device profiles: {}", p.join("; ")))?,
-    );
-    let inventory = cfg
-        .units
-        .iter()
-        .map(|u| (u.id.clone(), u.group.clone()))
-        .collect();
-    let authz = Arc::new(Authz::new(Inputs {
-        site: Some(site.id.clone()),
-        state: grants.snapshot(),
-        inventory,
-        ..Inputs::default()
-    }));
-    let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(grants.clone()));
-    let auth = Auth::new(
-        store.clone(),
-        audit.clone(),
-        authz.clone(),
-        clock.clone(),
-        cfg.auth.clone(),
-        Some(verifier),
-    )?;
-    let delegations = Delegations::new(
-        store.clone(),
-        audit.clone(),
-        authz.clone(),
-        clock.clone(),
-        &cfg.state_dir,
-        Some(format!("{}/requests", site.topic_root())),
-    )?;
 
     // Every applied bundle rebuilds and swaps the authorization index.
     {
