@@ -40,7 +40,7 @@ async fn the_engine_polls_writes_and_commands_units_on_an_rtu_bus() {
         let g = h.engine.snapshot(&uid("gen"))?;
         let a = h.engine.snapshot(&uid("ac"))?;
         (g.points["battery_voltage"].value == json!(13.1)
-            && a.points["setpoint"].value == json!(24))
+            && a.points["setpoint"].value == json!(24.0))
         .then_some(())
     })
     .await;

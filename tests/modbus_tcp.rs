@@ -51,7 +51,7 @@ fn value(h: &Harness, unit: &str, point: &str) -> Option<(serde_json::Value, Qua
 async fn engine_polls_simulated_units_into_engineering_values_with_sentinel_qualities() {
     let (h, _s, stop) = gen_and_hvac(200).await;
     eventually(10, "hvac setpoint", || {
-        (value(&h, "ac", "setpoint")? == (json!(24), Quality::Good)).then_some(())
+        (value(&h, "ac", "setpoint")? == (json!(24.0), Quality::Good)).then_some(())
     })
     .await;
     eventually(10, "generator battery", || {
@@ -59,7 +59,7 @@ async fn engine_polls_simulated_units_into_engineering_values_with_sentinel_qual
     })
     .await;
     assert_eq!(value(&h, "gen", "control_mode").unwrap().0, json!("stop"));
-    assert_eq!(value(&h, "gen", "engine_hours").unwrap().0, json!(1234));
+    assert_eq!(value(&h, "gen", "engine_hours").unwrap().0, json!(1234.0));
     assert_eq!(
         value(&h, "gen", "oil_temperature").unwrap(),
         (serde_json::Value::Null, Quality::Unimplemented)
@@ -217,7 +217,7 @@ async fn the_generator_starts_on_its_control_key_ramps_up_and_stops() {
     );
     eventually(15, "generator stopped", || {
         (value(&h, "gen", "engine_state")?.0 == json!("stopped")
-            && value(&h, "gen", "l1_n_voltage")?.0 == json!(0))
+            && value(&h, "gen", "l1_n_voltage")?.0 == json!(0.0))
         .then_some(())
     })
     .await;
@@ -573,7 +573,7 @@ async fn rtu_over_tcp_links_talk_rtu_frames_to_a_converter() {
         ProfileRegistry::builtin().unwrap(),
     );
     eventually(10, "online", || {
-        (value(&h, "ac", "setpoint")?.0 == json!(24)).then_some(())
+        (value(&h, "ac", "setpoint")?.0 == json!(24.0)).then_some(())
     })
     .await;
     let out = h
@@ -626,7 +626,7 @@ async fn subscribers_get_changes_beyond_the_deadband_and_slow_drift_adds_up() {
         seen
     };
     for (raw, shown) in [
-        (250, json!(25)),
+        (250, json!(25.0)),
         (251, json!(25.1)),
         (252, json!(25.2)),
         (253, json!(25.3)),
@@ -640,7 +640,7 @@ async fn subscribers_get_changes_beyond_the_deadband_and_slow_drift_adds_up() {
     let seen = room_updates(&mut rx);
     // 25 is published; 25.1 and 25.2 are within 0.2 of it; 25.3 is not.
     assert_eq!(seen.last(), Some(&json!(25.3)), "{seen:?}");
-    assert!(seen.contains(&json!(25)), "{seen:?}");
+    assert!(seen.contains(&json!(25.0)), "{seen:?}");
     assert!(
         !seen.contains(&json!(25.1)) && !seen.contains(&json!(25.2)),
         "{seen:?}"
@@ -760,6 +760,43 @@ async fn a_command_overtakes_the_rest_of_a_poll_cycle() {
             w.seq - n0 - 1
         );
     }
+    h.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reporting_its_target_unreachable_takes_the_unit_offline() {
+    let (h, s, stop) = gen_and_hvac(100).await;
+    eventually(10, "online", || {
+        (h.engine.units()[1].online == Some(true)).then_some(())
+    })
+    .await;
+    // A TCP gateway answers 0x0B for an RTU slave behind it that does not respond.
+    s.set_fault(
+        Some(2),
+        Fault {
+            exception: Some(0x0B),
+            ..Fault::default()
+        },
+    );
+    eventually(10, "hvac offline", || {
+        (h.engine.units()[1].online == Some(false)).then_some(())
+    })
+    .await;
+    assert_eq!(h.engine.units()[0].online, Some(true));
+    // An ordinary exception (a device answering) keeps a unit online.
+    s.set_fault(
+        Some(2),
+        Fault {
+            exception: Some(0x04),
+            ..Fault::default()
+        },
+    );
+    eventually(70, "hvac online again", || {
+        (h.engine.units()[1].online == Some(true)).then_some(())
+    })
+    .await;
+    assert_eq!(value(&h, "ac", "setpoint").unwrap().1, Quality::Error);
     h.shutdown().await;
     stop.cancel();
 }

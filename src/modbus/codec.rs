@@ -61,8 +61,15 @@ fn tidy(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-fn number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+/// Integer points stay JSON integers; scaled and float points are always JSON floats, so that a
+/// point's JSON type never changes with its value (typed consumers, time-series stores).
+fn number(p: &Point, x: f64) -> Value {
+    let integral = matches!(
+        p.ty,
+        ValueType::U16 | ValueType::I16 | ValueType::U32 | ValueType::I32
+    ) && p.scale == 1.0
+        && p.offset.fract() == 0.0;
+    if integral && x.fract() == 0.0 && x.abs() < 9.0e15 {
         Value::from(x as i64)
     } else {
         serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
@@ -119,7 +126,7 @@ pub fn decode(p: &Point, raw: &Raw<'_>) -> (Value, Quality) {
             f64::from(f)
         }
     };
-    (number(tidy(v * p.scale + p.offset)), Quality::Good)
+    (number(p, tidy(v * p.scale + p.offset)), Quality::Good)
 }
 
 fn kind_name(v: &Value) -> String {
@@ -340,5 +347,37 @@ labels = { 1 = "not_active", 2 = "warning" }
             encode(p.point("v").unwrap(), &json!(1)),
             Err(ValueError::ReadOnly(_))
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_accepted_for_writing_reads_back_as_itself(raw in 160i16..=320, f in -1.0e6f32..1.0e6) {
+            let p = Profile::parse(
+                "name=\"t\"\n[[points]]\nname=\"s\"\nkind=\"holding\"\naddress=0\ntype=\"i16\"\n\
+                 scale=0.1\nmin=16.0\nmax=32.0\nwrite=\"control\"\n\
+                 [[points]]\nname=\"f\"\nkind=\"holding\"\naddress=1\ntype=\"f32\"\nword_order=\"little\"\nwrite=\"control\"\n",
+            )
+            .unwrap();
+            let s = p.point("s").unwrap();
+            let v = serde_json::json!(f64::from(raw) / 10.0);
+            let Encoded::Words(w) = encode(s, &v).unwrap() else { panic!("words") };
+            proptest::prop_assert_eq!(decode(s, &Raw::Words(&w)), (v, Quality::Good));
+            let fp = p.point("f").unwrap();
+            let Encoded::Words(w) = encode(fp, &serde_json::json!(f64::from(f))).unwrap() else { panic!("words") };
+            let (back, q) = decode(fp, &Raw::Words(&w));
+            proptest::prop_assert_eq!(q, Quality::Good);
+            let back = back.as_f64().unwrap();
+            proptest::prop_assert!((back - f64::from(f)).abs() <= f64::from(f).abs() * 1e-6 + 1e-6);
+        }
+
+        #[test]
+        fn decoding_arbitrary_registers_never_panics(w0 in proptest::num::u16::ANY, w1 in proptest::num::u16::ANY) {
+            let p = prof();
+            for pt in &p.points {
+                let _ = decode(pt, &Raw::Words(&[w0, w1]));
+                let _ = decode(pt, &Raw::Words(&[w0]));
+                let _ = decode(pt, &Raw::Words(&[]));
+            }
+        }
     }
 }

@@ -929,13 +929,13 @@ impl LinkTask {
                     }
                     result = Ok(Some(r));
                 }
-                let answered = matches!(result, Ok(_) | Err(ModbusError::Exception(_)));
+                let answered = result.as_ref().err().is_none_or(|e| !e.unit_unreachable());
                 let _ = reply.send(result);
                 answered
             }
             JobKind::Raw { op, reply } => {
                 let r = self.exec(job.unit, &op, self.link.retries, true).await;
-                let answered = matches!(r, Ok(_) | Err(ModbusError::Exception(_)));
+                let answered = r.as_ref().err().is_none_or(|e| !e.unit_unreachable());
                 let _ = reply.send(r);
                 answered
             }
@@ -1117,6 +1117,7 @@ impl LinkTask {
             count: b.count,
         };
         match self.exec(unit, &op, retries, false).await {
+            Err(e) if e.unit_unreachable() => BlockResult::Failed(e),
             Ok(reply) => {
                 self.store(unit, b, &reply);
                 BlockResult::Ok
@@ -1143,11 +1144,10 @@ impl LinkTask {
                 );
                 BlockResult::Split(more)
             }
-            Err(ModbusError::Exception(_)) => {
+            Err(_) => {
                 self.mark_error(unit, b);
                 BlockResult::Exception
             }
-            Err(e) => BlockResult::Failed(e),
         }
     }
 

@@ -47,6 +47,15 @@ pub fn exception_name(code: u8) -> &'static str {
 }
 
 impl ModbusError {
+    /// Whether the unit itself did not answer. A gateway's exceptions 0x0A/0x0B (path
+    /// unavailable, target failed to respond) mean the unit behind it is unreachable.
+    pub fn unit_unreachable(&self) -> bool {
+        match self {
+            ModbusError::Exception(c) => matches!(c, 0x0A | 0x0B),
+            _ => true,
+        }
+    }
+
     /// Errors after which the transport is re-opened (the stream may hold a late answer).
     pub fn breaks_transport(&self) -> bool {
         !matches!(self, ModbusError::Exception(_))
