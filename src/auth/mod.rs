@@ -10,7 +10,7 @@
 //! an attempted email appears in the audit log only as a hash. Unknown accounts cost the same
 //! PBKDF2 work as a wrong password.
 
-pub mod password;
+use crate::grants::password;
 mod store;
 
 use std::collections::HashSet;
@@ -31,7 +31,17 @@ use crate::clock::SharedClock;
 use crate::model::{Capability, UserId};
 use crate::store::{Store, StoreError};
 
-pub use password::{Verifier, VerifierError, hash_password};
+pub use crate::grants::password::Verifier;
+
+/// Makes a new verifier string for `password` (tools and tests); iterations are clamped to the
+/// accepted range.
+pub fn hash_password(password: &str, iterations: u32) -> String {
+    password::hash_password(
+        password.as_bytes(),
+        iterations.clamp(1, password::MAX_ITERATIONS),
+    )
+    .unwrap_or_default()
+}
 pub use store::Lockout;
 
 /// Verifies a cloud-signed installer token (`kind:"token"` envelope) and returns its user and

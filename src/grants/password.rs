@@ -16,6 +16,8 @@ pub const DEFAULT_ITERATIONS: u32 = 600_000;
 pub const MAX_ITERATIONS: u32 = 10_000_000;
 /// Length of a new salt.
 pub const SALT_LEN: usize = 16;
+/// Longest password accepted at login (longer input is refused before any hashing).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 const MIN_SALT: usize = 16;
 const MAX_SALT: usize = 64;
 const HASH_LEN: usize = 32;
@@ -34,6 +36,35 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("iterations", &self.iterations)
             .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Parses a verifier string (see [`parse_verifier`]).
+    pub fn parse(s: &str) -> Result<Verifier, String> {
+        parse_verifier(s)
+    }
+
+    /// A verifier that matches no password, with the given cost: unknown accounts are checked
+    /// against it so that they cost the same as a wrong password.
+    pub fn dummy(iterations: NonZeroU32) -> Verifier {
+        Verifier {
+            iterations,
+            salt: crate::util::random_bytes::<SALT_LEN>().to_vec(),
+            hash: crate::util::random_bytes::<HASH_LEN>(),
+        }
+    }
+
+    /// Constant-time check of `password` (blocking: run it on the blocking pool).
+    pub fn verify(&self, password: &[u8]) -> bool {
+        pbkdf2::verify(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            self.iterations,
+            &self.salt,
+            password,
+            &self.hash,
+        )
+        .is_ok()
     }
 }
 
@@ -114,17 +145,7 @@ pub fn hash_password_with_salt(
 /// Checks `password` against a verifier in constant time (ring's `pbkdf2::verify`). A malformed
 /// verifier never matches.
 pub fn verify_password(verifier: &str, password: &[u8]) -> bool {
-    match parse_verifier(verifier) {
-        Ok(v) => pbkdf2::verify(
-            pbkdf2::PBKDF2_HMAC_SHA256,
-            v.iterations,
-            &v.salt,
-            password,
-            &v.hash,
-        )
-        .is_ok(),
-        Err(_) => false,
-    }
+    parse_verifier(verifier).is_ok_and(|v| v.verify(password))
 }
 
 #[cfg(test)]
