@@ -130,11 +130,7 @@ pub fn config_text(
         t,
         "[site]\nid = \"{SITE}\"\ngateway = \"{GATEWAY}\"\nname = \"Demo site\"\n"
     );
-    let _ = writeln!(
-        t,
-        "[state]\ndir = {}\n",
-        toml_str(&state.to_string_lossy())
-    );
+    let _ = writeln!(t, "[state]\ndir = {}\n", toml_str(&state.to_string_lossy()));
     let _ = writeln!(t, "[api]\nlisten = \"{listen}\"\nmode = \"tls\"\n");
     let _ = writeln!(
         t,
@@ -390,7 +386,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         println!("{}", s.line());
     }
     println!();
-    println!("Press Ctrl-C to stop. The state dir is kept: {}", state.display());
+    println!(
+        "Press Ctrl-C to stop. The state dir is kept: {}",
+        state.display()
+    );
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -423,7 +422,10 @@ fn print_intro(
         Some(u) => println!("  MQTT:        {u} (events wait in the outbox while it is down)"),
         None => println!("  MQTT:        off (events wait in the outbox; pass --mqtt URL)"),
     }
-    println!("  fleet key:   {} (kid `{KID}`)", state.join("demo-fleet.pk8").display());
+    println!(
+        "  fleet key:   {} (kid `{KID}`)",
+        state.join("demo-fleet.pk8").display()
+    );
     println!();
     println!(
         "Users (site-wide grants; demo passwords use {DEMO_ITERATIONS} PBKDF2 rounds, \
@@ -472,7 +474,11 @@ mod tests {
     #[test]
     fn every_step_line_carries_its_expected_status() {
         let u = users();
-        let s = steps(Path::new("/s/tls/cert.pem"), "https://localhost:1/api/v1", &u);
+        let s = steps(
+            Path::new("/s/tls/cert.pem"),
+            "https://localhost:1/api/v1",
+            &u,
+        );
         assert_eq!(s.iter().filter(|x| x.sets.is_some()).count(), 4);
         assert!(s.iter().any(|x| x.expect == 403));
         for x in &s {

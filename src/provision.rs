@@ -307,12 +307,11 @@ pub fn read_trust_file(
     path: &Path,
 ) -> Result<(Vec<RawTrustKey>, Vec<crate::grants::trust::AnchorKey>), ProvisionError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let anchors = crate::grants::trust::parse_import_file(&bytes).map_err(|e| {
-        ProvisionError::Invalid {
+    let anchors =
+        crate::grants::trust::parse_import_file(&bytes).map_err(|e| ProvisionError::Invalid {
             what: "trust file",
             message: format!("`{}`: {e}", path.display()),
-        }
-    })?;
+        })?;
     let raw = anchors
         .iter()
         .map(|a| RawTrustKey {

@@ -101,7 +101,11 @@ fn the_demo_starts_and_every_printed_curl_line_gets_the_status_it_announces() {
     assert_eq!(v["read_back"], serde_json::json!(22.5), "{}", put.2);
     assert!(seen.iter().any(|(_, s, _)| *s == 403));
     let audit = seen.iter().find(|(c, _, _)| c.contains("/audit")).unwrap();
-    assert!(audit.2.contains("\"records\"") || audit.2.contains("kind"), "{}", audit.2);
+    assert!(
+        audit.2.contains("\"records\"") || audit.2.contains("kind"),
+        "{}",
+        audit.2
+    );
 
     signal(child.id(), "TERM");
     let st = wait_exit(&mut child, Duration::from_secs(15));

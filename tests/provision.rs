@@ -106,7 +106,11 @@ fn a_blank_box_is_provisioned_finds_a_generator_and_an_hvac_unit_and_tests_them(
         "systemctl enable --now sitegate",
         "sitegate scan",
     ] {
-        assert!(out.stdout.contains(want), "missing `{want}`: {}", out.stdout);
+        assert!(
+            out.stdout.contains(want),
+            "missing `{want}`: {}",
+            out.stdout
+        );
     }
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
@@ -115,8 +119,16 @@ fn a_blank_box_is_provisioned_finds_a_generator_and_an_hvac_unit_and_tests_them(
     let ok = sitegate(&["check-config", "--config", config.to_str().unwrap()]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     // The certificate carries the extra name, and the audit trail the provisioning.
-    let der = std::fs::read_to_string(state.join("tls/cert.pem")).unwrap();
-    assert!(der.contains("BEGIN CERTIFICATE"));
+    let san = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(state.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    let san = String::from_utf8_lossy(&san.stdout);
+    assert!(
+        san.contains("DNS:plant-room.local") && san.contains("DNS:localhost"),
+        "{san}"
+    );
     let store = sitegate::store::Store::open_in(&state).unwrap();
     let recs = store
         .with_conn(|c| {
@@ -152,10 +164,13 @@ fn a_blank_box_is_provisioned_finds_a_generator_and_an_hvac_unit_and_tests_them(
         "150",
     ]);
     assert_eq!(scan.code, 0, "{}{}", scan.stdout, scan.stderr);
-    assert!(scan.stdout.contains("2 unit(s) answered"), "{}", scan.stdout);
     assert!(
+        scan.stdout.contains("2 unit(s) answered"),
+        "{}",
         scan.stdout
-            .contains("slave = 3\nprofile = \"dse-gencomm\""),
+    );
+    assert!(
+        scan.stdout.contains("slave = 3\nprofile = \"dse-gencomm\""),
         "{}",
         scan.stdout
     );
@@ -181,9 +196,22 @@ fn a_blank_box_is_provisioned_finds_a_generator_and_an_hvac_unit_and_tests_them(
 
     let t = sitegate(&["units", "test", "--config", config.to_str().unwrap()]);
     assert_eq!(t.code, 0, "{}{}", t.stdout, t.stderr);
-    assert!(t.stdout.contains("dse-gencomm, link `bus`, slave 3"), "{}", t.stdout);
-    assert!(t.stdout.contains("coolmaster-va, link `bus`, slave 7"), "{}", t.stdout);
-    for point in ["engine_state", "battery_voltage", "setpoint", "room_temperature"] {
+    assert!(
+        t.stdout.contains("dse-gencomm, link `bus`, slave 3"),
+        "{}",
+        t.stdout
+    );
+    assert!(
+        t.stdout.contains("coolmaster-va, link `bus`, slave 7"),
+        "{}",
+        t.stdout
+    );
+    for point in [
+        "engine_state",
+        "battery_voltage",
+        "setpoint",
+        "room_temperature",
+    ] {
         assert!(t.stdout.contains(point), "no `{point}`: {}", t.stdout);
     }
     assert!(t.stdout.contains("°C"), "{}", t.stdout);
@@ -204,7 +232,11 @@ fn provision_refuses_to_clobber_a_provisioned_box_and_keeps_backups_when_forced(
 
     let again = provision(&config, &state, "s-2", &[]);
     assert_eq!(again.code, 1, "{}{}", again.stdout, again.stderr);
-    assert!(again.stderr.contains("already provisioned as site `s-1`"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already provisioned as site `s-1`"),
+        "{}",
+        again.stderr
+    );
     assert!(again.stderr.contains("--force"), "{}", again.stderr);
     assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
 
@@ -221,7 +253,11 @@ fn provision_refuses_to_clobber_a_provisioned_box_and_keeps_backups_when_forced(
     assert_eq!(std::fs::read_to_string(&backups[0]).unwrap(), before);
     assert!(backups[1].starts_with(state.join("backups")));
     assert!(std::fs::metadata(&backups[1]).unwrap().len() > 0);
-    assert!(std::fs::read_to_string(&config).unwrap().contains("\"s-2\""));
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("\"s-2\"")
+    );
     // The box keeps its identity material: pinned clients still match.
     assert_eq!(
         std::fs::read_to_string(state.join("tls/cert.pem")).unwrap(),
@@ -305,7 +341,11 @@ fn wait_file(path: &Path, limit: Duration) -> String {
                 return t.trim().to_string();
             }
         }
-        assert!(Instant::now() < deadline, "`{}` never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "`{}` never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -347,7 +387,10 @@ async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_wi
         assert!(Instant::now() < deadline, "no setup server: {}", logs.all());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(logs.all().contains(&code), "the code is on the console/journal");
+    assert!(
+        logs.all().contains(&code),
+        "the code is on the console/journal"
+    );
     let r = http.get(format!("{base}/units")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
 
@@ -390,7 +433,10 @@ async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_wi
     }
     assert!(!code_file.exists(), "a used code is removed");
     let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("# blank box") && text.contains("\"s-9\""), "{text}");
+    assert!(
+        text.contains("# blank box") && text.contains("\"s-9\""),
+        "{text}"
+    );
 
     // An installer token signed by the trust key given at setup, on a box with no bundle.
     let now = time::OffsetDateTime::now_utc();
@@ -401,9 +447,8 @@ async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_wi
         "grant": {"id": "g-ivo", "user": "u-ivo", "role": "technician", "scope": {"site": "s-9"},
                   "expires_at": (now + time::Duration::hours(4)).format(fmt).unwrap()},
     });
-    let token =
-        fleet::sign_token_description(&key, "fleet-a", &serde_json::to_vec(&desc).unwrap())
-            .unwrap();
+    let token = fleet::sign_token_description(&key, "fleet-a", &serde_json::to_vec(&desc).unwrap())
+        .unwrap();
     let r = http
         .post(format!("{base}/session"))
         .json(&serde_json::json!({ "token": String::from_utf8(token).unwrap() }))
@@ -447,5 +492,8 @@ async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_wi
     assert!(outcomes.contains(&"denied"), "{outcomes:?}");
     assert!(outcomes.contains(&"ok"), "{outcomes:?}");
     let denied = recs.iter().find(|r| r.outcome == "denied").unwrap();
-    assert!(!denied.detail.to_string().contains("WRNG"), "a guessed code is never logged");
+    assert!(
+        !denied.detail.to_string().contains("WRNG"),
+        "a guessed code is never logged"
+    );
 }
