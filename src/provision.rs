@@ -454,7 +454,11 @@ pub fn provision(
                 .map_err(|e| ProvisionError::Other(format!("TLS certificate: {e}")))?;
             (m.cert_path, m.fingerprint)
         }
-        _ => {
+        crate::config::ApiMode::Plain => (
+            PathBuf::new(),
+            "none (the LAN API is plain HTTP on loopback)".to_string(),
+        ),
+        crate::config::ApiMode::Tls { .. } => {
             let mut names = crate::tls::default_names();
             names.extend(tls_names.iter().cloned());
             let m = crate::tls::ensure_self_signed(&state, &names)
@@ -536,7 +540,9 @@ fn print_summary(p: &Provisioned, req: &Request) {
             .join(", ")
     );
     println!("  device public key:  {}", p.device_public_key);
-    println!("  TLS certificate:    {}", p.tls_cert.display());
+    if !p.tls_cert.as_os_str().is_empty() {
+        println!("  TLS certificate:    {}", p.tls_cert.display());
+    }
     println!("  TLS sha256:         {}", p.tls_fingerprint);
     if p.written.backups.is_empty() {
         println!("  backups:            none (nothing was replaced)");
