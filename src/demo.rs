@@ -419,7 +419,10 @@ fn print_intro(
     println!("  TLS sha256:  {}", tls.fingerprint);
     println!("  Modbus sim:  {sim} (generator gen-1 at slave 3, HVAC hvac-1 at slave 7)");
     match &args.mqtt {
-        Some(u) => println!("  MQTT:        {u} (events wait in the outbox while it is down)"),
+        Some(u) => {
+            println!("  MQTT:        {u} (events wait in the outbox while it is down)");
+            println!("  MQTT topics: sitegate/v1/{SITE}/{GATEWAY}/# (status, telemetry, events)");
+        }
         None => println!("  MQTT:        off (events wait in the outbox; pass --mqtt URL)"),
     }
     println!(

@@ -112,3 +112,50 @@ fn the_demo_starts_and_every_printed_curl_line_gets_the_status_it_announces() {
     assert!(st.success(), "{st:?}");
     assert!(state.join("sitegate.db").exists(), "the state dir is kept");
 }
+
+#[test]
+fn the_demo_publishes_to_the_broker_given_with_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker::Broker::start(dir.path());
+    let state = dir.path().join("demo-state");
+    let mut child = Command::new(bin())
+        .args(["demo", "--state-dir"])
+        .arg(&state)
+        .args(["--listen", "127.0.0.1:0", "--mqtt"])
+        .arg(format!("mqtt://127.0.0.1:{}", broker.port))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut intro = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        intro.push_str(&line);
+        intro.push('\n');
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    assert!(
+        intro.contains("MQTT topics: sitegate/v1/demo-site/demo-gw/#"),
+        "{intro}"
+    );
+    // The retained online status (bounded wait: -W).
+    let out = Command::new("mosquitto_sub")
+        .args(["-p", &broker.port.to_string(), "-h", "127.0.0.1", "-q", "1"])
+        .args([
+            "-t",
+            "sitegate/v1/demo-site/demo-gw/status",
+            "-C",
+            "1",
+            "-W",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("\"online\":true"), "{status:?}");
+    signal(child.id(), "TERM");
+    let st = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(st.success(), "{st:?}");
+}
