@@ -334,6 +334,18 @@ fn prompt(question: &str) -> Option<String> {
     }
 }
 
+/// Asks until the answer passes `check` (at most three times).
+fn prompt_valid(question: &str, check: impl Fn(&str) -> Result<(), String>) -> Option<String> {
+    for _ in 0..3 {
+        let answer = prompt(question)?;
+        match check(&answer) {
+            Ok(()) => return Some(answer),
+            Err(e) => eprintln!("`{answer}`: {e}"),
+        }
+    }
+    None
+}
+
 /// Builds the request from the flags, prompting on a terminal for what is missing.
 fn request_from_args(
     args: &ProvisionArgs,
@@ -354,10 +366,18 @@ fn request_from_args(
     let mut name = args.name.clone();
     if interactive {
         if site.is_none() {
-            site = prompt("site id (e.g. s-1042)");
+            site = prompt_valid("site id (e.g. s-1042)", |v| {
+                SiteId::new(v.to_string())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
         }
         if gateway.is_none() {
-            gateway = prompt("gateway id (e.g. gw-1)");
+            gateway = prompt_valid("gateway id (e.g. gw-1)", |v| {
+                GatewayId::new(v.to_string())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
         }
         if name.is_none() && args.site.is_none() {
             name = prompt("site name (optional, Enter to skip)");

@@ -497,3 +497,46 @@ async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_wi
         "a guessed code is never logged"
     );
 }
+
+#[test]
+fn on_a_terminal_provision_asks_for_what_is_missing_and_asks_again_after_a_bad_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sitegate.toml");
+    let state = dir.path().join("state");
+    let (_, pk) = trust_key();
+    // `script` gives the command a terminal; the answers come from its stdin.
+    let cmd = format!(
+        "'{}' provision --config '{}' --state-dir '{}' --api-listen 127.0.0.1:0",
+        bin().display(),
+        config.display(),
+        state.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        write!(
+            stdin,
+            "bad site/x\ns-5\ngw-3\nPlant room\nnot-a-key\nfleet-a={pk}\n"
+        )
+        .unwrap();
+    }
+    let st = wait_exit(&mut child, Duration::from_secs(30));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(st.success(), "{out}");
+    assert!(out.contains("site id"), "{out}");
+    assert!(
+        out.contains("`bad site/x`"),
+        "the bad answer is named: {out}"
+    );
+    assert!(out.contains("site:               s-5"), "{out}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"s-5\"") && text.contains("\"gw-3\"") && text.contains("Plant room"));
+}
