@@ -100,6 +100,24 @@ fn fleet_key(state: &Path) -> anyhow::Result<ring::signature::Ed25519KeyPair> {
     Ok(fleet::load_pkcs8(&path)?)
 }
 
+/// The demo rewrites the config and the grants of its state dir: refuse a directory that has
+/// something in it and was not made by a demo (a real box's `/var/lib/sitegate`, a home dir).
+fn check_state_dir(state: &Path) -> anyhow::Result<()> {
+    let mut entries = match std::fs::read_dir(state) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot read `{}`: {e}", state.display()),
+    };
+    if entries.next().is_some() && !state.join("demo-fleet.pk8").exists() {
+        anyhow::bail!(
+            "`{}` is not empty and was not made by `sitegate demo`; \
+             give a new or empty directory with --state-dir",
+            state.display()
+        );
+    }
+    Ok(())
+}
+
 /// Picks the API address: the one asked for, else the default, else a free loopback port.
 fn pick_listen(asked: Option<SocketAddr>) -> SocketAddr {
     if let Some(a) = asked {
@@ -315,6 +333,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("sitegate-demo-{}", crate::util::random_hex(4))),
     };
+    check_state_dir(&state)?;
     std::fs::create_dir_all(&state)
         .map_err(|e| anyhow::anyhow!("cannot create `{}`: {e}", state.display()))?;
     let state = std::fs::canonicalize(&state)?;

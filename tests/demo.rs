@@ -159,3 +159,23 @@ fn the_demo_publishes_to_the_broker_given_with_mqtt() {
     let st = wait_exit(&mut child, Duration::from_secs(15));
     assert!(st.success(), "{st:?}");
 }
+
+#[test]
+fn the_demo_refuses_a_state_dir_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sitegate.db"), b"a real box's database").unwrap();
+    let out = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was not made by `sitegate demo`"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("sitegate.db")).unwrap(),
+        b"a real box's database"
+    );
+    assert!(!dir.path().join("sitegate.toml").exists());
+}
