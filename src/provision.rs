@@ -579,7 +579,13 @@ fn print_summary(p: &Provisioned, req: &Request) {
     println!("  sitegate scan --link LINK --config {path}");
     println!("  (add the proposed [[units]] to the config)");
     println!("  sitegate units test --config {path}");
-    println!("  systemctl enable --now sitegate");
+    if p.written.backups.is_empty() {
+        println!("  systemctl enable --now sitegate");
+    } else {
+        println!(
+            "  systemctl restart sitegate   (a running daemon keeps the old config until then)"
+        );
+    }
     println!("  pin the TLS fingerprint above in the installer app");
 }
 
