@@ -69,6 +69,11 @@ pub enum Command {
     Units(UnitsCommand),
     /// Probe slave ids on a link and print proposed `[[units]]` entries.
     Scan(crate::modbus::tools::ScanArgs),
+    /// Provision this box: site and gateway ids, cloud trust keys, device key, TLS certificate,
+    /// config (refuses to replace a provisioned box without --force).
+    Provision(crate::provision::ProvisionArgs),
+    /// Run a complete demo site on loopback: simulated units, four users, the LAN API.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +131,14 @@ pub fn run(cli: Cli) -> i32 {
         Command::Scan(args) => {
             logging::init(cli.log_format, "error", &env);
             crate::modbus::tools::scan(args)
+        }
+        Command::Provision(args) => {
+            logging::init(cli.log_format, "warn", &env);
+            crate::provision::run_cli(args)
+        }
+        Command::Demo(args) => {
+            logging::init(cli.log_format, "warn", &env);
+            crate::demo::run(args)
         }
         Command::Sim(args) => {
             logging::init(cli.log_format, "info", &env);

@@ -26,6 +26,7 @@
 //! - [`metrics`]: the Prometheus registry behind `GET /api/v1/metrics`.
 //! - [`adapters`]: the engines behind the API's port traits.
 //! - [`setup`]: the first-boot setup endpoint of an unprovisioned box.
+//! - [`demo`]: `sitegate demo`, a complete site on loopback (simulators, four users, the API).
 //! - [`modbus`]: Modbus links, device profiles, the polling scheduler, validated writes, diagnostics.
 //! - [`sim`]: simulated generator and HVAC units (Modbus TCP/RTU servers) for tests and demos.
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
@@ -43,6 +44,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delegation;
+pub mod demo;
 pub mod grants;
 pub mod logging;
 pub mod metrics;

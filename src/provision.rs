@@ -233,6 +233,362 @@ pub fn backup_database(
     Ok(out)
 }
 
+/// `sitegate provision`: flags for scripted installs; prompts on a TTY for what is missing.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProvisionArgs {
+    /// Config file to write (created when absent; comments, links and units are kept).
+    #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Site id (as the cloud knows it).
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Gateway id of this box within the site.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Human-readable site name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// State directory (database, keys, certificate); default: the config's, else
+    /// `/var/lib/sitegate`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// A cloud trust key `KID=PUBLIC_KEY` (raw Ed25519, base64url); repeatable.
+    #[arg(long = "trust", value_name = "KID=PUBKEY")]
+    pub trust: Vec<String>,
+    /// Trust keys from a JSON file, the format `sitegate trust import` takes:
+    /// `{"keys":[{"kid","public_key","not_after"?}]}` or one such key object.
+    #[arg(long, value_name = "FILE")]
+    pub trust_file: Option<PathBuf>,
+    /// LAN API listen address (default: keep the config's, else `0.0.0.0:8443`).
+    #[arg(long)]
+    pub api_listen: Option<String>,
+    /// MQTT broker url (`mqtt://host:port` or `mqtts://host:port`).
+    #[arg(long)]
+    pub mqtt_url: Option<String>,
+    /// Extra subject name for the TLS certificate (the box's LAN address or DNS name);
+    /// repeatable.
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
+    /// Replace an existing provisioning (the old config and database are backed up first).
+    #[arg(long)]
+    pub force: bool,
+    /// Never prompt, even on a terminal: fail listing what is missing.
+    #[arg(long)]
+    pub non_interactive: bool,
+}
+
+/// What `provision` did, for the summary.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub written: Written,
+    pub device_public_key: String,
+    pub tls_cert: PathBuf,
+    pub tls_fingerprint: String,
+}
+
+impl ProvisionError {
+    /// Process exit code: 78 for invalid input or config, 1 for a refusal or a failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ProvisionError::Missing(_)
+            | ProvisionError::Invalid { .. }
+            | ProvisionError::BadExisting { .. }
+            | ProvisionError::Config(_) => crate::config::EX_CONFIG,
+            ProvisionError::AlreadyProvisioned { .. }
+            | ProvisionError::Io { .. }
+            | ProvisionError::Other(_) => 1,
+        }
+    }
+}
+
+/// Reads a trust file in the `sitegate trust import` format into config trust keys (and the
+/// anchors themselves, which may carry `not_after`).
+pub fn read_trust_file(
+    path: &Path,
+) -> Result<(Vec<RawTrustKey>, Vec<crate::grants::trust::AnchorKey>), ProvisionError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let anchors =
+        crate::grants::trust::parse_import_file(&bytes).map_err(|e| ProvisionError::Invalid {
+            what: "trust file",
+            message: format!("`{}`: {e}", path.display()),
+        })?;
+    let raw = anchors
+        .iter()
+        .map(|a| RawTrustKey {
+            kid: a.kid.clone(),
+            public_key: crate::util_b64::encode(a.public_key),
+        })
+        .collect();
+    Ok((raw, anchors))
+}
+
+/// Asks on the terminal; `None` when the answer is empty or stdin closed.
+fn prompt(question: &str) -> Option<String> {
+    use std::io::Write;
+    eprint!("{question}: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line.trim().to_string()).filter(|s| !s.is_empty()),
+        _ => None,
+    }
+}
+
+/// Asks until the answer passes `check` (at most three times).
+fn prompt_valid(question: &str, check: impl Fn(&str) -> Result<(), String>) -> Option<String> {
+    for _ in 0..3 {
+        let answer = prompt(question)?;
+        match check(&answer) {
+            Ok(()) => return Some(answer),
+            Err(e) => eprintln!("`{answer}`: {e}"),
+        }
+    }
+    None
+}
+
+/// Builds the request from the flags, prompting on a terminal for what is missing.
+fn request_from_args(
+    args: &ProvisionArgs,
+    interactive: bool,
+) -> Result<(Request, Vec<crate::grants::trust::AnchorKey>), ProvisionError> {
+    let mut trust = Vec::new();
+    for t in &args.trust {
+        trust.push(parse_trust_arg(t)?);
+    }
+    let mut anchors = Vec::new();
+    if let Some(f) = &args.trust_file {
+        let (raw, a) = read_trust_file(f)?;
+        trust.extend(raw);
+        anchors = a;
+    }
+    let mut site = args.site.clone();
+    let mut gateway = args.gateway.clone();
+    let mut name = args.name.clone();
+    if interactive {
+        if site.is_none() {
+            site = prompt_valid("site id (e.g. s-1042)", |v| {
+                SiteId::new(v.to_string())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        }
+        if gateway.is_none() {
+            gateway = prompt_valid("gateway id (e.g. gw-1)", |v| {
+                GatewayId::new(v.to_string())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        }
+        if name.is_none() && args.site.is_none() {
+            name = prompt("site name (optional, Enter to skip)");
+        }
+        while trust.is_empty() {
+            match prompt("cloud trust key as KID=PUBLIC_KEY (from `sitegate fleet keygen`)") {
+                Some(t) => match parse_trust_arg(&t) {
+                    Ok(k) => trust.push(k),
+                    Err(e) => eprintln!("{e}"),
+                },
+                None => break,
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    if site.is_none() {
+        missing.push("--site");
+    }
+    if gateway.is_none() {
+        missing.push("--gateway");
+    }
+    if trust.is_empty() {
+        missing.push("--trust KID=PUBLIC_KEY (or --trust-file FILE)");
+    }
+    if !missing.is_empty() {
+        return Err(ProvisionError::Missing(missing.join(", ")));
+    }
+    Ok((
+        Request {
+            site: site.unwrap_or_default(),
+            gateway: gateway.unwrap_or_default(),
+            name,
+            state_dir: args.state_dir.clone(),
+            trust,
+            api_listen: args.api_listen.clone(),
+            mqtt_url: args.mqtt_url.clone(),
+            force: args.force,
+        },
+        anchors,
+    ))
+}
+
+/// Provisions the box: config, state dir (0700), database, device key, TLS certificate, audit.
+pub fn provision(
+    config_path: &Path,
+    req: &Request,
+    anchors: &[crate::grants::trust::AnchorKey],
+    tls_names: &[String],
+) -> Result<Provisioned, ProvisionError> {
+    use std::os::unix::fs::PermissionsExt;
+    // Validate the extra names before anything is written.
+    for n in tls_names {
+        if n.is_empty() || n.len() > 253 || n.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(ProvisionError::Invalid {
+                what: "tls name",
+                message: format!("`{n}` is not a DNS name or IP address"),
+            });
+        }
+    }
+    let profiles = crate::app::profile_names(None);
+    let now = time::OffsetDateTime::now_utc();
+    let written = write_config(config_path, req, &|p| profiles.contains(p), now)?;
+    let state = written.config.state_dir.clone();
+    std::fs::create_dir_all(&state).map_err(io_err(&state))?;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(&state))?;
+    let store = crate::store::Store::open_in(&state)
+        .map_err(|e| ProvisionError::Other(format!("cannot open the database: {e}")))?;
+    // Keys with an expiry go to the trust store too, so that `not_after` is kept.
+    let dated: Vec<_> = anchors
+        .iter()
+        .filter(|a| a.not_after.is_some())
+        .cloned()
+        .collect();
+    if !dated.is_empty() {
+        store
+            .with_conn(|c| {
+                crate::grants::trust::import(c, &dated, now).map_err(|e| match e {
+                    crate::grants::GrantError::Store(s) => s,
+                    other => crate::store::StoreError::Corrupt(other.to_string()),
+                })
+            })
+            .map_err(|e| ProvisionError::Other(format!("cannot import trust keys: {e}")))?;
+    }
+    let device = crate::delegation::DeviceKey::load_or_create(&state)
+        .map_err(|e| ProvisionError::Other(format!("device key: {e}")))?;
+    let device_public_key = crate::util_b64::encode(device.public_key());
+    let (tls_cert, tls_fingerprint) = match &written.config.api.mode {
+        crate::config::ApiMode::Tls {
+            cert: Some(c),
+            key: Some(k),
+        } => {
+            let m = crate::tls::load(c, k)
+                .map_err(|e| ProvisionError::Other(format!("TLS certificate: {e}")))?;
+            (m.cert_path, m.fingerprint)
+        }
+        crate::config::ApiMode::Plain => (
+            PathBuf::new(),
+            "none (the LAN API is plain HTTP on loopback)".to_string(),
+        ),
+        crate::config::ApiMode::Tls { .. } => {
+            let mut names = crate::tls::default_names();
+            names.extend(tls_names.iter().cloned());
+            let m = crate::tls::ensure_self_signed(&state, &names)
+                .map_err(|e| ProvisionError::Other(format!("TLS certificate: {e}")))?;
+            (m.cert_path, m.fingerprint)
+        }
+    };
+    let site = written.config.site.clone();
+    let audit = crate::audit::Audit::new(
+        store,
+        std::sync::Arc::new(crate::clock::SystemClock),
+        site.as_ref().map(|s| format!("{}/events", s.topic_root())),
+    );
+    audit
+        .record_blocking(
+            &crate::audit::Event::new("provisioned", "ok")
+                .actor("installer:cli")
+                .detail(serde_json::json!({
+                    "site": req.site,
+                    "gateway": req.gateway,
+                    "trust": req.trust.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
+                    "forced": req.force,
+                    "backups": written.backups.len(),
+                })),
+        )
+        .map_err(|e| ProvisionError::Other(format!("cannot write the audit record: {e}")))?;
+    Ok(Provisioned {
+        written,
+        device_public_key,
+        tls_cert,
+        tls_fingerprint,
+    })
+}
+
+/// Runs `sitegate provision`; returns the exit code.
+pub fn run_cli(args: ProvisionArgs) -> i32 {
+    use std::io::IsTerminal;
+    let interactive = !args.non_interactive && std::io::stdin().is_terminal();
+    let (req, anchors) = match request_from_args(&args, interactive) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return e.exit_code();
+        }
+    };
+    match provision(&args.config, &req, &anchors, &args.tls_names) {
+        Ok(p) => {
+            print_summary(&p, &req);
+            0
+        }
+        Err(e) => {
+            // A config error carries its own multi-line report.
+            match &e {
+                ProvisionError::Config(c) => eprint!("{c}"),
+                other => eprintln!("error: {other}"),
+            }
+            e.exit_code()
+        }
+    }
+}
+
+fn print_summary(p: &Provisioned, req: &Request) {
+    let c = &p.written.config;
+    let path = p.written.config_path.display();
+    println!("provisioned");
+    println!("  site:               {}", req.site);
+    println!("  gateway:            {}", req.gateway);
+    if let Some(n) = &req.name {
+        println!("  name:               {n}");
+    }
+    println!("  config:             {path}");
+    println!("  state dir:          {}", c.state_dir.display());
+    println!(
+        "  trusted keys:       {}",
+        req.trust
+            .iter()
+            .map(|k| k.kid.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  device public key:  {}", p.device_public_key);
+    if !p.tls_cert.as_os_str().is_empty() {
+        println!("  TLS certificate:    {}", p.tls_cert.display());
+    }
+    println!("  TLS sha256:         {}", p.tls_fingerprint);
+    if p.written.backups.is_empty() {
+        println!("  backups:            none (nothing was replaced)");
+    } else {
+        for b in &p.written.backups {
+            println!("  backup:             {}", b.display());
+        }
+    }
+    println!();
+    println!("next steps:");
+    if c.links.is_empty() {
+        println!("  add a [[links]] entry for the bus to {path}, then:");
+    }
+    println!("  sitegate scan --link LINK --config {path}");
+    println!("  (add the proposed [[units]] to the config)");
+    println!("  sitegate units test --config {path}");
+    if p.written.backups.is_empty() {
+        println!("  systemctl enable --now sitegate");
+    } else {
+        println!(
+            "  systemctl restart sitegate   (a running daemon keeps the old config until then)"
+        );
+    }
+    println!("  pin the TLS fingerprint above in the installer app");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

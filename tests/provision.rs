@@ -1,0 +1,542 @@
+//! From a blank box to a working site with the real binary: `sitegate provision`, a simulated
+//! bus found by `sitegate scan`, `sitegate units test`; provisioning refuses to clobber; and the
+//! first-boot setup-code flow followed by an installer-token login on a box with no bundle.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test"
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::{bin, free_port, signal, spawn_run, wait_exit};
+use sitegate::grants::fleet;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn sitegate(args: &[&str]) -> Out {
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn trust_key() -> (ring::signature::Ed25519KeyPair, String) {
+    let k = fleet::keypair_from_seed(&[42u8; 32]).unwrap();
+    let pk = fleet::public_key_b64(&k);
+    (k, pk)
+}
+
+fn provision(config: &Path, state: &Path, site: &str, extra: &[&str]) -> Out {
+    let (_, pk) = trust_key();
+    let trust = format!("fleet-a={pk}");
+    let mut args = vec![
+        "provision",
+        "--config",
+        config.to_str().unwrap(),
+        "--site",
+        site,
+        "--gateway",
+        "gw-1",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--trust",
+        &trust,
+        "--api-listen",
+        "127.0.0.1:0",
+        "--tls-name",
+        "plant-room.local",
+        "--non-interactive",
+    ];
+    args.extend_from_slice(extra);
+    sitegate(&args)
+}
+
+/// Starts `sitegate sim` and returns it with its address (parsed from its first line).
+fn start_sim(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(bin())
+        .arg("sim")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(4)
+        .unwrap_or_else(|| panic!("unexpected sim output `{line}`"))
+        .to_string();
+    (child, addr)
+}
+
+#[test]
+fn a_blank_box_is_provisioned_finds_a_generator_and_an_hvac_unit_and_tests_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etc/sitegate.toml");
+    let state = dir.path().join("state");
+    let out = provision(&config, &state, "s-1", &[]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for want in [
+        "site:               s-1",
+        "gateway:            gw-1",
+        "trusted keys:       fleet-a",
+        "device public key:",
+        "TLS sha256:",
+        "systemctl enable --now sitegate",
+        "sitegate scan",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "missing `{want}`: {}",
+            out.stdout
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state dir is owner-only");
+    assert!(state.join("tls/cert.pem").exists());
+    let ok = sitegate(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    // The certificate carries the extra name, and the audit trail the provisioning.
+    let san = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(state.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    let san = String::from_utf8_lossy(&san.stdout);
+    assert!(
+        san.contains("DNS:plant-room.local") && san.contains("DNS:localhost"),
+        "{san}"
+    );
+    let store = sitegate::store::Store::open_in(&state).unwrap();
+    let recs = store
+        .with_conn(|c| {
+            sitegate::audit::query(
+                c,
+                &sitegate::audit::Query {
+                    kind: Some("provisioned".into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].detail["site"], "s-1");
+
+    // A simulated bus: a generator at 3 and an HVAC indoor unit at 7.
+    let (mut sim, addr) = start_sim(&["--tcp", "127.0.0.1:0", "--generator", "3", "--hvac", "7"]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[links]]\nname = \"bus\"\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout_ms = 500\n"
+    ));
+    std::fs::write(&config, &text).unwrap();
+    let scan = sitegate(&[
+        "scan",
+        "--link",
+        "bus",
+        "--config",
+        config.to_str().unwrap(),
+        "--range",
+        "1-10",
+        "--timeout-ms",
+        "150",
+    ]);
+    assert_eq!(scan.code, 0, "{}{}", scan.stdout, scan.stderr);
+    assert!(
+        scan.stdout.contains("2 unit(s) answered"),
+        "{}",
+        scan.stdout
+    );
+    assert!(
+        scan.stdout.contains("slave = 3\nprofile = \"dse-gencomm\""),
+        "{}",
+        scan.stdout
+    );
+    assert!(
+        scan.stdout
+            .contains("slave = 7\nprofile = \"coolmaster-va\""),
+        "{}",
+        scan.stdout
+    );
+    // The installer pastes the proposals into the config.
+    let proposed: String = scan
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    text.push_str(&proposed);
+    std::fs::write(&config, &text).unwrap();
+    let ok = sitegate(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("2 unit(s)"), "{}", ok.stdout);
+
+    let t = sitegate(&["units", "test", "--config", config.to_str().unwrap()]);
+    assert_eq!(t.code, 0, "{}{}", t.stdout, t.stderr);
+    assert!(
+        t.stdout.contains("dse-gencomm, link `bus`, slave 3"),
+        "{}",
+        t.stdout
+    );
+    assert!(
+        t.stdout.contains("coolmaster-va, link `bus`, slave 7"),
+        "{}",
+        t.stdout
+    );
+    for point in [
+        "engine_state",
+        "battery_voltage",
+        "setpoint",
+        "room_temperature",
+    ] {
+        assert!(t.stdout.contains(point), "no `{point}`: {}", t.stdout);
+    }
+    assert!(t.stdout.contains("°C"), "{}", t.stdout);
+    assert!(t.stdout.contains("all points read"), "{}", t.stdout);
+    sim.kill().unwrap();
+    let _ = sim.wait();
+}
+
+#[test]
+fn provision_refuses_to_clobber_a_provisioned_box_and_keeps_backups_when_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sitegate.toml");
+    let state = dir.path().join("state");
+    let first = provision(&config, &state, "s-1", &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let before = std::fs::read_to_string(&config).unwrap();
+    let cert_before = std::fs::read_to_string(state.join("tls/cert.pem")).unwrap();
+
+    let again = provision(&config, &state, "s-2", &[]);
+    assert_eq!(again.code, 1, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains("already provisioned as site `s-1`"),
+        "{}",
+        again.stderr
+    );
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+
+    let forced = provision(&config, &state, "s-2", &["--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(forced.stdout.contains("site:               s-2"));
+    let backups: Vec<PathBuf> = forced
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("backup:"))
+        .map(|p| PathBuf::from(p.trim()))
+        .collect();
+    assert_eq!(backups.len(), 2, "config and database: {}", forced.stdout);
+    assert_eq!(std::fs::read_to_string(&backups[0]).unwrap(), before);
+    assert!(backups[1].starts_with(state.join("backups")));
+    assert!(std::fs::metadata(&backups[1]).unwrap().len() > 0);
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("\"s-2\"")
+    );
+    // The box keeps its identity material: pinned clients still match.
+    assert_eq!(
+        std::fs::read_to_string(state.join("tls/cert.pem")).unwrap(),
+        cert_before
+    );
+}
+
+#[test]
+fn provision_fails_with_exit_78_listing_what_is_missing_or_invalid_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sitegate.toml");
+    let out = sitegate(&[
+        "provision",
+        "--config",
+        config.to_str().unwrap(),
+        "--non-interactive",
+    ]);
+    assert_eq!(out.code, 78, "{}", out.stderr);
+    for flag in ["--site", "--gateway", "--trust"] {
+        assert!(out.stderr.contains(flag), "{}", out.stderr);
+    }
+    let state = dir.path().join("state");
+    let bad = provision(&config, &state, "bad site/../x", &[]);
+    assert_eq!(bad.code, 78, "{}", bad.stderr);
+    let bad_key = sitegate(&[
+        "provision",
+        "--config",
+        config.to_str().unwrap(),
+        "--site",
+        "s-1",
+        "--gateway",
+        "gw-1",
+        "--trust",
+        "k=short",
+        "--non-interactive",
+    ]);
+    assert_eq!(bad_key.code, 78, "{}", bad_key.stderr);
+    assert!(!config.exists(), "nothing is written on invalid input");
+    assert!(!state.exists());
+}
+
+#[test]
+fn provision_takes_the_trust_file_format_of_trust_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sitegate.toml");
+    let state = dir.path().join("state");
+    let (_, pk) = trust_key();
+    let file = dir.path().join("trust.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"keys":[{{"kid":"fleet-a","public_key":"{pk}"}},{{"kid":"fleet-b","public_key":"{pk}","not_after":"2099-01-01T00:00:00Z"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let out = sitegate(&[
+        "provision",
+        "--config",
+        config.to_str().unwrap(),
+        "--site",
+        "s-1",
+        "--gateway",
+        "gw-1",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--trust-file",
+        file.to_str().unwrap(),
+        "--non-interactive",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("fleet-a, fleet-b"), "{}", out.stdout);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("kid = \"fleet-b\""), "{text}");
+}
+
+fn wait_file(path: &Path, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            if !t.trim().is_empty() {
+                return t.trim().to_string();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{}` never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_without_a_bundle() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("sitegate.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "# blank box\n[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\nmode = \"plain\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let (mut child, logs) = spawn_run(&config, None, &[]);
+    let code_file = state.join("setup-code");
+    let code = {
+        let p = code_file.clone();
+        tokio::task::spawn_blocking(move || wait_file(&p, Duration::from_secs(30)))
+            .await
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let health = |http: reqwest::Client, base: String| async move {
+        match http.get(format!("{base}/healthz")).send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        }
+    };
+    // Bounded wait for the setup server.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(http.clone(), base.clone()).await.is_none() {
+        assert!(Instant::now() < deadline, "no setup server: {}", logs.all());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        logs.all().contains(&code),
+        "the code is on the console/journal"
+    );
+    let r = http.get(format!("{base}/units")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+
+    let (key, pk) = trust_key();
+    let body = |code: &str| {
+        serde_json::json!({
+            "code": code, "site": "s-9", "gateway": "gw-1", "name": "Plant room",
+            "trust": [{"kid": "fleet-a", "public_key": pk}],
+        })
+    };
+    let r = http
+        .post(format!("{base}/setup"))
+        .json(&body("WRNG-CODE-XXXX"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(
+        !std::fs::read_to_string(&config).unwrap().contains("s-9"),
+        "a wrong code changes nothing"
+    );
+    let r = http
+        .post(format!("{base}/setup"))
+        .json(&body(&code.to_lowercase()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // The daemon restarts provisioned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(h) = health(http.clone(), base.clone()).await {
+            if h["status"] == "ok" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never restarted: {}", logs.all());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!code_file.exists(), "a used code is removed");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("# blank box") && text.contains("\"s-9\""),
+        "{text}"
+    );
+
+    // An installer token signed by the trust key given at setup, on a box with no bundle.
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = &time::format_description::well_known::Rfc3339;
+    let desc = serde_json::json!({
+        "site": "s-9", "issued_at": (now - time::Duration::minutes(1)).format(fmt).unwrap(),
+        "user": {"id": "u-ivo", "email": "ivo@installer.example", "name": "Ivo", "active": true},
+        "grant": {"id": "g-ivo", "user": "u-ivo", "role": "technician", "scope": {"site": "s-9"},
+                  "expires_at": (now + time::Duration::hours(4)).format(fmt).unwrap()},
+    });
+    let token = fleet::sign_token_description(&key, "fleet-a", &serde_json::to_vec(&desc).unwrap())
+        .unwrap();
+    let r = http
+        .post(format!("{base}/session"))
+        .json(&serde_json::json!({ "token": String::from_utf8(token).unwrap() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let session: serde_json::Value = r.json().await.unwrap();
+    let bearer = session["token"].as_str().unwrap().to_string();
+    let r = http
+        .get(format!("{base}/me"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let me: serde_json::Value = r.json().await.unwrap();
+    assert!(me.to_string().contains("u-ivo"), "{me}");
+
+    signal(child.id(), "TERM");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+
+    // The wrong code and the setup were audited.
+    let store = sitegate::store::Store::open_in(&state).unwrap();
+    let recs = store
+        .with_conn(|c| {
+            sitegate::audit::query(
+                c,
+                &sitegate::audit::Query {
+                    kind: Some("setup".into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    let outcomes: Vec<&str> = recs.iter().map(|r| r.outcome.as_str()).collect();
+    assert!(outcomes.contains(&"denied"), "{outcomes:?}");
+    assert!(outcomes.contains(&"ok"), "{outcomes:?}");
+    let denied = recs.iter().find(|r| r.outcome == "denied").unwrap();
+    assert!(
+        !denied.detail.to_string().contains("WRNG"),
+        "a guessed code is never logged"
+    );
+}
+
+#[test]
+fn on_a_terminal_provision_asks_for_what_is_missing_and_asks_again_after_a_bad_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sitegate.toml");
+    let state = dir.path().join("state");
+    let (_, pk) = trust_key();
+    // `script` gives the command a terminal; the answers come from its stdin.
+    let cmd = format!(
+        "'{}' provision --config '{}' --state-dir '{}' --api-listen 127.0.0.1:0",
+        bin().display(),
+        config.display(),
+        state.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        write!(
+            stdin,
+            "bad site/x\ns-5\ngw-3\nPlant room\nnot-a-key\nfleet-a={pk}\n"
+        )
+        .unwrap();
+    }
+    let st = wait_exit(&mut child, Duration::from_secs(30));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(st.success(), "{out}");
+    assert!(out.contains("site id"), "{out}");
+    assert!(
+        out.contains("`bad site/x`"),
+        "the bad answer is named: {out}"
+    );
+    assert!(out.contains("site:               s-5"), "{out}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"s-5\"") && text.contains("\"gw-3\"") && text.contains("Plant room"));
+}
