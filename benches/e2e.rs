@@ -125,7 +125,9 @@ async fn load(site: &Site, token: &str, secs: u64, put: bool) -> Value {
                 let t = Instant::now();
                 let req = if put {
                     let v = 20.0 + ((c as u64 + i) % 5) as f64;
-                    http.put(&url).bearer_auth(&token).json(&json!({ "value": v }))
+                    http.put(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({ "value": v }))
                 } else {
                     http.get(&url).bearer_auth(&token)
                 };
@@ -216,22 +218,12 @@ fn rss_child(addrs: &str) {
                 ));
             }
         }
-        let text = config_text(
-            &dir.path().join("state"),
-            &links,
-            &units,
-            1000,
-            "plain",
-            "",
-        );
+        let text = config_text(&dir.path().join("state"), &links, &units, 1000, "plain", "");
         let cfg = parse_config(&text, dir.path());
-        let daemon = sitegate::app::Daemon::start(
-            cfg,
-            Arc::new(SystemClock),
-            Notifier::from_env(&|_| None),
-        )
-        .await
-        .unwrap();
+        let daemon =
+            sitegate::app::Daemon::start(cfg, Arc::new(SystemClock), Notifier::from_env(&|_| None))
+                .await
+                .unwrap();
         let started = vm_rss_kib().unwrap_or(0);
         tokio::time::sleep(RSS_SETTLE).await;
         let steady = vm_rss_kib().unwrap_or(0);

@@ -155,8 +155,7 @@ async fn a_viewer_reads_every_unit_but_every_write_is_403_and_nothing_reaches_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_configure_point()
-{
+async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_configure_point() {
     let s = site().await;
     let t = s.login("carl").await;
 
@@ -202,7 +201,11 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
     }
     let r = get(&s, "/units/hvac-1/diagnostics", &t).await;
     assert_eq!(r.status, 403, "{}", r.body);
-    assert!(s.sim.stats().writes.is_empty(), "{:?}", s.sim.stats().writes);
+    assert!(
+        s.sim.stats().writes.is_empty(),
+        "{:?}",
+        s.sim.stats().writes
+    );
     s.stop().await;
 }
 
@@ -236,11 +239,7 @@ async fn a_unit_outside_the_scope_is_404_with_the_body_of_a_unit_that_does_not_e
     let s = site().await;
     let t = s.login("carl").await;
     let units = get(&s, "/units", &t).await;
-    assert!(
-        !units.body.to_string().contains("hvac-2"),
-        "{}",
-        units.body
-    );
+    assert!(!units.body.to_string().contains("hvac-2"), "{}", units.body);
     let hidden = get(&s, "/units/hvac-2", &t).await;
     let missing = get(&s, "/units/hvac-9", &t).await;
     assert_eq!(hidden.status, 404);
@@ -295,7 +294,13 @@ async fn a_setpoint_out_of_range_is_422_and_no_modbus_write_reaches_the_unit() {
     let s = site().await;
     let t = s.login("tess").await;
     s.sim.reset_stats();
-    for v in [json!(99), json!(15.9), json!(-40), json!("warm"), json!(null)] {
+    for v in [
+        json!(99),
+        json!(15.9),
+        json!(-40),
+        json!("warm"),
+        json!(null),
+    ] {
         let r = put_point(&s, "hvac-1", "setpoint", &t, v.clone()).await;
         assert_eq!(r.status, 422, "{v}: {}", r.body);
     }
@@ -426,10 +431,12 @@ async fn fresh_true_reads_the_unit_now_and_sees_a_change_made_behind_the_gateway
     let s = site().await;
     let t = s.login("vera").await;
     // Room temperature 23.4 °C written straight into the simulator.
-    assert!(
-        s.sim
-            .set_register(HVAC1_SLAVE, sitegate::modbus::profile::RegKind::Holding, 6, 234)
-    );
+    assert!(s.sim.set_register(
+        HVAC1_SLAVE,
+        sitegate::modbus::profile::RegKind::Holding,
+        6,
+        234
+    ));
     let r = get(&s, "/units/hvac-1?fresh=true", &t).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.to_string().contains("23.4"), "{}", r.body);
@@ -457,10 +464,12 @@ async fn over_tls_a_client_pinning_the_daemon_fingerprint_works_end_to_end() {
 async fn polling_keeps_the_cached_values_fresh_without_any_write() {
     let s = site().await;
     let t = s.login("vera").await;
-    assert!(
-        s.sim
-            .set_register(HVAC1_SLAVE, sitegate::modbus::profile::RegKind::Holding, 6, 251)
-    );
+    assert!(s.sim.set_register(
+        HVAC1_SLAVE,
+        sitegate::modbus::profile::RegKind::Holding,
+        6,
+        251
+    ));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = get(&s, "/units/hvac-1", &t).await;

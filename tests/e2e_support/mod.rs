@@ -71,8 +71,10 @@ pub fn bundle_signed_by(
                 "active": true, "password": verifier}));
         }
         if !revoked.contains(&m.grant) {
-            grants.push(json!({"id": m.grant, "user": m.user, "role": m.role, "scope": m.scope,
-                "not_before": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z"}));
+            grants.push(
+                json!({"id": m.grant, "user": m.user, "role": m.role, "scope": m.scope,
+                "not_before": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z"}),
+            );
         }
     }
     let b = json!({"site": SITE, "seq": seq, "issued_at": rfc3339(issued),
