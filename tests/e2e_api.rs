@@ -38,6 +38,12 @@ fn members() -> Vec<Member> {
             grant: "g-carl-gen",
         },
         Member {
+            user: "carl",
+            role: "control-only",
+            scope: json!({"unit": "hvac-3"}),
+            grant: "g-carl-hvac3",
+        },
+        Member {
             user: "tess",
             role: "technician",
             scope: json!({"site": SITE}),
@@ -199,6 +205,9 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
             assert_eq!(r.body["error"], "point_not_found", "{}", r.body);
         }
     }
+    // A configure point the caller can see (profile open-hvac): 403, nothing on the bus.
+    let r = put_point(&s, "hvac-3", "lock_flags", &t, json!(1)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
     let r = get(&s, "/units/hvac-1/diagnostics", &t).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(
@@ -213,6 +222,10 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
 async fn a_technician_writes_a_configure_point_and_reads_diagnostics_and_raw_registers() {
     let s = site().await;
     let t = s.login("tess").await;
+    s.sim.reset_stats();
+    let r = put_point(&s, "hvac-3", "lock_flags", &t, json!(3)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(s.sim.stats().writes_to(HVAC3_SLAVE).len(), 1);
     s.sim.reset_stats();
     let r = put_point(&s, "hvac-1", "lock_flags", &t, json!(5)).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -257,6 +270,32 @@ async fn a_unit_outside_the_scope_is_404_with_the_body_of_a_unit_that_does_not_e
         missing.body.to_string().replace("hvac-9", "X")
     );
     assert_eq!(total_writes(&s), before);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_valid_bearer_token_are_401_and_never_reach_the_bus() {
+    let s = site().await;
+    let long = "a".repeat(4096);
+    for token in ["", "garbage", "Bearer", long.as_str()] {
+        let r = get(&s, "/units", token).await;
+        assert_eq!(r.status, 401, "{token:.20}: {}", r.body);
+        let r = put_point(&s, "hvac-1", "setpoint", token, json!(21)).await;
+        assert_eq!(r.status, 401, "{token:.20}: {}", r.body);
+    }
+    let r = s
+        .http
+        .get(format!("{}/units", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A logged-out session is dead at once.
+    let t = s.login("carl").await;
+    let r = call(&s, reqwest::Method::DELETE, "/session", &t, None).await;
+    assert!(r.status == 200 || r.status == 204, "{}", r.body);
+    assert_eq!(get(&s, "/units", &t).await.status, 401);
+    assert!(s.sim.stats().writes.is_empty());
     s.stop().await;
 }
 

@@ -136,7 +136,8 @@ public_key = "{pk}"
 }
 
 /// The standard test site: one simulator with `gen-1` (slave 1, generator), `hvac-1` (slave 2,
-/// group offices) and `hvac-2` (slave 3, group secret).
+/// group offices), `hvac-2` (slave 3, group secret) and `hvac-3` (slave 4, group offices, profile
+/// `open-hvac`).
 pub struct Site {
     pub daemon: Daemon,
     pub sim: SimHandle,
@@ -150,6 +151,7 @@ pub struct Site {
 pub const GEN_SLAVE: u8 = 1;
 pub const HVAC1_SLAVE: u8 = 2;
 pub const HVAC2_SLAVE: u8 = 3;
+pub const HVAC3_SLAVE: u8 = 4;
 
 pub async fn start_sim(units: Vec<SimUnit>) -> (SimHandle, CancellationToken) {
     let stop = CancellationToken::new();
@@ -179,6 +181,7 @@ impl Site {
             SimUnit::generator(GEN_SLAVE),
             SimUnit::hvac(HVAC1_SLAVE),
             SimUnit::hvac(HVAC2_SLAVE),
+            SimUnit::hvac(HVAC3_SLAVE),
         ])
         .await;
         let links = vec![("bus".to_string(), sim.addr.unwrap())];
@@ -205,7 +208,27 @@ impl Site {
                 "secret",
             ),
         ];
-        let text = config_text(&dir.path().join("state"), &links, &units, 500, mode, extra);
+        // `open-hvac`: coolmaster-va with its configure point (lock_flags) readable by anyone
+        // who can view, so a write without `configure` meets 403 instead of scope hiding.
+        let profiles = dir.path().join("profiles");
+        std::fs::create_dir_all(&profiles).unwrap();
+        let cm = include_str!("../../config/profiles/coolmaster-va.toml")
+            .replace("name = \"coolmaster-va\"", "name = \"open-hvac\"")
+            .replace(
+                "read = \"diagnose\"\nwrite = \"configure\"",
+                "write = \"configure\"",
+            );
+        std::fs::write(profiles.join("open-hvac.toml"), cm).unwrap();
+        let mut units = units;
+        units.push((
+            "hvac-3".to_string(),
+            "bus".to_string(),
+            HVAC3_SLAVE,
+            "open-hvac",
+            "offices",
+        ));
+        let extra = format!("\n[profiles]\ndir = \"{}\"\n{extra}", profiles.display());
+        let text = config_text(&dir.path().join("state"), &links, &units, 500, mode, &extra);
         let cfg = parse_config(&text, dir.path());
         let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
         let shared: SharedClock = if manual {
