@@ -280,7 +280,7 @@ def main():
     w("`scripts/bench` (add `--no-cross` to skip the ARM builds). Single benches:")
     w("`cargo bench --bench authz|grants|modbus -- --warm-up-time 1 --measurement-time 3`,")
     w("`cargo bench --bench api_load`, `cargo bench --bench e2e`,")
-    w("`cargo test --release --test mqtt_bench -- --ignored --nocapture`.")
+    w("`cargo test --profile bench --test mqtt_bench -- --ignored --nocapture`.")
     w("")
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(L))
