@@ -136,7 +136,16 @@ async fn load(site: &Site, token: &str, secs: u64, put: bool) -> Value {
                         let _ = r.bytes().await;
                         lat.push(t.elapsed());
                     }
-                    Ok(r) => errors.push(r.status().as_u16().to_string()),
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body: Value = r.json().await.unwrap_or_default();
+                        let code = format!(
+                            "{} ({})",
+                            body["error"].as_str().unwrap_or("?"),
+                            body["message"].as_str().unwrap_or("")
+                        );
+                        errors.push(format!("{status} {code}"));
+                    }
                     Err(_) => errors.push("transport".to_string()),
                 }
                 i += 1;
