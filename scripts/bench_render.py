@@ -235,6 +235,13 @@ def main():
     if not re.search(r"req/s=", alog):
         w(f"| reference, router on in-memory ports | {MISSING} | | | |")
     w("")
+    put = e2e.get("load_put_point") or {}
+    if any("busy" in k for k in (put.get("errors") or {})):
+        w("Refused PUTs: each Modbus link queues at most 32 pending jobs (`src/modbus/engine.rs`); with")
+        w("50 writers on one link the excess is refused at once with \"link busy\", which the API")
+        w("currently answers as `502 device_error` (a `503` with `Retry-After` would describe it")
+        w("better; nothing reached the device for those requests).")
+        w("")
     w("Writes to one unit are serialized on its Modbus link (one transaction at a time per link), so")
     w("PUT throughput is bounded by the link round trip, not by HTTP; the in-memory reference shows")
     w("the cost of the API layer alone.")
