@@ -170,6 +170,26 @@ async fn load(site: &Site, token: &str, secs: u64, put: bool) -> Value {
     s
 }
 
+/// Modbus requests per poll of each unit of the test site (polled every 500 ms, nothing else on
+/// the bus), counted at the simulator over 5 s, next to the number of points of its profile.
+async fn poll_cost(site: &Site) -> Value {
+    const WINDOW: Duration = Duration::from_secs(5);
+    let polls = WINDOW.as_millis() as f64 / 500.0;
+    site.sim.reset_stats();
+    tokio::time::sleep(WINDOW).await;
+    let stats = site.sim.stats();
+    let points = |text: &str| text.matches("[[points]]").count();
+    let gen_points = points(include_str!("../config/profiles/dse-gencomm.toml"));
+    let hvac_points = points(include_str!("../config/profiles/coolmaster-va.toml"));
+    let per = |slave: u8| stats.by_slave.get(&slave).copied().unwrap_or(0) as f64 / polls;
+    json!([
+        {"unit": "gen-1", "profile": "dse-gencomm", "points": gen_points,
+         "requests_per_poll": per(GEN_SLAVE)},
+        {"unit": "hvac-1", "profile": "coolmaster-va", "points": hvac_points,
+         "requests_per_poll": per(HVAC1_SLAVE)},
+    ])
+}
+
 /// Parent side of the RSS figure: simulators here, the daemon in a child process.
 async fn rss() -> Value {
     let mut sims = Vec::new();
@@ -294,11 +314,13 @@ fn main() {
         let put = load(&site, &token, secs, true).await;
         println!("PUT point x{CLIENTS}: {put}");
         let writes = site.sim.stats().writes.len();
+        let poll = poll_cost(&site).await;
+        println!("poll cost: {poll}");
         site.stop().await;
         let rss = rss().await;
         println!("rss: {rss}");
         json!({"round_trip": rt, "load_get_units": get, "load_put_point": put,
-               "sim_writes_seen": writes, "rss": rss})
+               "sim_writes_seen": writes, "poll_cost": poll, "rss": rss})
     });
     let out = std::env::var("SITEGATE_BENCH_OUT")
         .unwrap_or_else(|_| "target/bench-results/e2e.json".to_string());

@@ -189,7 +189,27 @@ def main():
         ca, cb = crit(res, "modbus", a), crit(res, "modbus", b)
         w(f"| {label} | {cm(ca)} | {cm(cb)} | {ratio(ca and ca['median'], cb and cb['median'])} |")
     gc = crit(res, "modbus", "command_round_trip/engine_generator_command")
+    poll_cost = {}
+    try:
+        with open(os.path.join(res, "e2e.json"), encoding="utf-8") as f:
+            poll_cost = {p["unit"]: p for p in json.load(f).get("poll_cost", [])}
+    except (OSError, ValueError):
+        pass
     w(f"| generator command (one FC16 key write) | {cm(gc)} | – | – |")
+    w("")
+    w("Poll cycle cost in Modbus requests (counted at the simulator over 5 s of 500 ms polls, real")
+    w("daemon, benches/e2e.rs) against the points of the profile; the time of one cycle is the")
+    w("engine poll figure above.")
+    w("")
+    w("| profile | points | Modbus requests per poll | time per poll (engine) |")
+    w("|---|---|---|---|")
+    for unit, label, ident in [("hvac-1", "coolmaster-va (HVAC)", "poll_cycle/engine_hvac_read_fresh"), ("gen-1", "dse-gencomm (generator)", "poll_cycle/engine_generator_read_fresh")]:
+        p = poll_cost.get(unit)
+        c = crit(res, "modbus", ident)
+        if p:
+            w(f"| {label} | {p['points']} | {p['requests_per_poll']:.1f} | {ns(c and c['median'])} |")
+        else:
+            w(f"| {label} | {MISSING} | | {ns(c and c['median'])} |")
     w("")
 
     # --- e2e ---
