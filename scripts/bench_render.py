@@ -91,12 +91,13 @@ def machine(res):
 
 
 def size_of(res, name, path_default=None):
+    recorded = read(os.path.join(res, f"size-{name}.txt")).strip()
+    if recorded.isdigit():
+        return int(recorded)
     log = read(os.path.join(res, f"size-{name}.log"))
     m = re.search(r"binary: (\S+) \((\d+) bytes\)", log)
     if m:
         return int(m.group(2))
-    if path_default and os.path.exists(path_default) and log:
-        return os.path.getsize(path_default)
     return None
 
 
@@ -301,7 +302,7 @@ def main():
     w("")
     w("| target | size |")
     w("|---|---|")
-    w(f"| x86_64 (native) | {mib(size_of(res, 'native', 'target/release/sitegate'))} |")
+    w(f"| x86_64 (native) | {mib(size_of(res, 'native'))} |")
     w(f"| aarch64 (glibc 2.28, cross/build) | {mib(size_of(res, 'aarch64'))} |")
     w(f"| armv7 (glibc 2.28, cross/build) | {mib(size_of(res, 'armv7'))} |")
     w("")
