@@ -362,9 +362,10 @@ impl crate::mqtt::GrantSink for GrantsSink {
             crate::mqtt::InboundKind::Keys => Kind::Keys,
         };
         let outcome = match self.0.apply(Some(hint), &bytes, "mqtt") {
-            Ok(o) => serde_json::json!({ "result": outcome_str(&o) }),
+            Ok(o) => serde_json::json!({ "kind": kind.as_str(), "outcome": outcome_str(&o) }),
             Err(r) => serde_json::json!({
-                "result": "rejected",
+                "kind": kind.as_str(),
+                "outcome": "rejected",
                 "reason": r.reason.as_str(),
                 "message": r.message,
             }),

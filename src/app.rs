@@ -348,10 +348,14 @@ async fn start_engines(
         .await??
     };
 
-    // Every applied bundle rebuilds and swaps the authorization index.
+    let metrics = Arc::new(Metrics::new());
+    set_grant_gauges(&metrics, &grants.snapshot());
+
+    // Every applied bundle rebuilds and swaps the authorization index and updates the gauges.
     {
         let mut rx = grants.subscribe();
         let authz = authz.clone();
+        let metrics = metrics.clone();
         let stop = shutdown.child_token();
         tasks.spawn(async move {
             loop {
@@ -360,6 +364,7 @@ async fn start_engines(
                     changed = rx.changed() => {
                         if changed.is_err() { break }
                         let state = rx.borrow_and_update().clone();
+                        set_grant_gauges(&metrics, &state);
                         authz.set_state(state);
                     }
                 }
@@ -392,7 +397,6 @@ async fn start_engines(
         spawn_unit_bridge(&modbus, mqtt.clone(), shutdown.child_token(), tasks);
     }
 
-    let metrics = Arc::new(Metrics::new());
     let running = Running {
         grants,
         authz,
@@ -404,6 +408,14 @@ async fn start_engines(
     };
     spawn_housekeeping(&running, store.clone(), shutdown.child_token(), tasks);
     Ok(running)
+}
+
+/// The applied bundle's seq and issued_at as gauges (no age before the first bundle).
+fn set_grant_gauges(metrics: &Metrics, state: &crate::access::AccessState) {
+    metrics.set_grant(
+        state.seq,
+        state.issued_at.map_or(i64::MIN, crate::clock::unix_ms),
+    );
 }
 
 /// Forwards the Modbus engine's value and availability changes to MQTT.
@@ -466,11 +478,6 @@ fn spawn_housekeeping(
                 _ = tick.tick() => {}
             }
             n += 1;
-            let state = r.grants.snapshot();
-            r.metrics.set_grant(
-                state.seq,
-                state.issued_at.map(crate::clock::unix_ms).unwrap_or(0),
-            );
             let s = store.clone();
             if let Ok(Ok(depths)) =
                 tokio::task::spawn_blocking(move || crate::outbox::depth(&s)).await

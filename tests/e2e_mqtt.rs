@@ -94,7 +94,7 @@ async fn a_bundle_over_mqtt_is_applied_a_forged_one_is_rejected_and_commands_bec
     cloud
         .wait_message(&state_topic, Duration::from_secs(15), |m| {
             // The engine's state document (docs/grants.md), not the shorter form in docs/mqtt.md.
-            m.json()["seq"] == 1 && m.json()["last_message"]["result"] == "applied"
+            m.json()["seq"] == 1 && m.json()["last_message"]["outcome"] == "applied"
         })
         .await;
     // The failed login above started the throttle, which runs on the (manual) clock.
@@ -116,7 +116,7 @@ async fn a_bundle_over_mqtt_is_applied_a_forged_one_is_rejected_and_commands_bec
         })
         .await;
     assert_eq!(
-        m.json()["last_message"]["result"],
+        m.json()["last_message"]["outcome"],
         "rejected",
         "{:?}",
         m.json()
