@@ -559,3 +559,127 @@ fn clock_jumps_across_expiry_never_revive_a_grant_expired_at_signed_time() {
         "a new rollback episode is raised again"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// MQTT: the broker refuses the box's login
+// ---------------------------------------------------------------------------------------------
+
+struct NoSink;
+impl sitegate::mqtt::GrantSink for NoSink {
+    fn apply(&self, _: sitegate::mqtt::InboundKind, _: Vec<u8>) -> Value {
+        json!({})
+    }
+}
+
+/// Extends tests/mqtt_tls.rs (refusal audited once, retried until accepted): the retries back
+/// off, every event recorded during the refusal waits in the outbox, and all of them reach the
+/// cloud once the broker accepts the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_recorded_while_the_broker_refuses_the_login_all_arrive_once_it_accepts() {
+    use common::broker::Broker;
+    use common::mqtt::{Collector, mqtt_config, site, wait_for};
+    use sitegate::outbox::{self, Class};
+    const ROOT: &str = "sitegate/v1/s-1/gw-1";
+
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let set_pw = |pw: &str, create: bool| {
+        let mut c = Command::new("mosquitto_passwd");
+        if create {
+            c.arg("-c");
+        }
+        let st = c
+            .arg("-b")
+            .arg(&passwd)
+            .args(["sitegate", pw])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    set_pw("other-password", true);
+    // Anonymous clients (the test's cloud subscriber) are let in; wrong credentials are not.
+    let b = Broker::start_with(
+        dir.path(),
+        &format!("allow_anonymous true\npassword_file {}\n", passwd.display()),
+    );
+    let sub = Collector::start(b.port, "cloud", &format!("{ROOT}/events"), true, None);
+    sub.wait_subscribed().await;
+
+    let pw_file = dir.path().join("mqtt-password");
+    std::fs::write(&pw_file, "s3cret-pass\n").unwrap();
+    let mut cfg = mqtt_config(b.port, "sitegate-refused");
+    cfg.username = Some("sitegate".into());
+    cfg.password_file = Some(pw_file);
+    cfg.reconnect_max = Duration::from_secs(2);
+    let store = Store::open_in(dir.path()).unwrap();
+    let audit = Audit::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        Some(format!("{ROOT}/events")),
+    );
+    let shutdown = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let h = sitegate::mqtt::MqttClient::start(
+        &cfg,
+        &site(),
+        store.clone(),
+        audit.clone(),
+        Arc::new(NoSink),
+        shutdown.clone(),
+        &tracker,
+    )
+    .unwrap();
+
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..200 {
+        let rec = audit
+            .record(Event::new("command", "ok").detail(json!({ "i": i })))
+            .await
+            .unwrap();
+        ids.insert(rec.id);
+    }
+    // Refused repeatedly, with growing gaps between attempts (backoff, capped at 2 s).
+    let t0 = Instant::now();
+    wait_for("five refused attempts", Duration::from_secs(20), || {
+        b.log().matches("not authorised").count() >= 5
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "five attempts in {elapsed:?}: no backoff"
+    );
+    assert!(!h.connected());
+    let queued = store
+        .with_conn(|c| outbox::class_depth(c, Class::Event))
+        .unwrap();
+    assert!(queued >= 200, "events wait in the outbox: {queued}");
+
+    set_pw("s3cret-pass", false);
+    b.reload();
+    wait_for(
+        "every event at the subscriber",
+        Duration::from_secs(30),
+        || {
+            let got: std::collections::HashSet<String> = sub
+                .on(&format!("{ROOT}/events"))
+                .iter()
+                .filter_map(|m| m.json()["id"].as_str().map(str::to_string))
+                .collect();
+            ids.is_subset(&got)
+        },
+    )
+    .await;
+    wait_for("the outbox to drain", Duration::from_secs(10), || {
+        store
+            .with_conn(|c| outbox::class_depth(c, Class::Event))
+            .unwrap()
+            == 0
+    })
+    .await;
+    shutdown.cancel();
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .unwrap();
+}
