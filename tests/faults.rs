@@ -19,17 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::modbus::{
-    ChildGuard, Harness, eventually, rtu_link, tcp_link, uid, unit as unit_cfg,
-};
+use common::modbus::{ChildGuard, Harness, eventually, rtu_link, tcp_link, uid, unit as unit_cfg};
 use grants_common::*;
 use serde_json::{Value, json};
 use sitegate::audit::{Audit, Event};
 use sitegate::authz::{Authz, Inputs, Target};
 use sitegate::clock::SystemClock;
 use sitegate::grants::{Kind, Reason};
-use sitegate::model::{Capability, UnitId, UserId};
 use sitegate::modbus::{ProfileRegistry, Quality};
+use sitegate::model::{Capability, UnitId, UserId};
 use sitegate::sim::{SimServer, SimUnit};
 use sitegate::store::{Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,7 +149,11 @@ async fn a_unit_answering_garbage_is_a_protocol_fault_and_the_link_recovers_when
 
     garbage.store(true, Ordering::SeqCst);
     eventually(15, "the garbage unit offline", || {
-        let g = h.engine.units().into_iter().find(|u| u.id.as_str() == "gen")?;
+        let g = h
+            .engine
+            .units()
+            .into_iter()
+            .find(|u| u.id.as_str() == "gen")?;
         (g.online == Some(false)).then_some(())
     })
     .await;
@@ -183,7 +185,11 @@ async fn a_unit_answering_garbage_is_a_protocol_fault_and_the_link_recovers_when
 
     garbage.store(false, Ordering::SeqCst);
     eventually(30, "the unit back online with good values", || {
-        let g = h.engine.units().into_iter().find(|u| u.id.as_str() == "gen")?;
+        let g = h
+            .engine
+            .units()
+            .into_iter()
+            .find(|u| u.id.as_str() == "gen")?;
         let snap = h.engine.snapshot(&uid("gen"))?;
         (g.online == Some(true) && snap.points["battery_voltage"].quality == Quality::Good)
             .then_some(())
@@ -225,7 +231,10 @@ async fn a_serial_port_that_disappears_and_comes_back_brings_the_unit_back_onlin
     let a = dir.path().join("ttyA");
     let b = dir.path().join("ttyB");
     let mut pty = socat(&a, &b);
-    eventually(10, "socat ptys", || (a.exists() && b.exists()).then_some(())).await;
+    eventually(10, "socat ptys", || {
+        (a.exists() && b.exists()).then_some(())
+    })
+    .await;
     let sim_stop = CancellationToken::new();
     let _s = SimServer::start_rtu(&a, 38400, vec![SimUnit::hvac(2)], sim_stop.clone()).unwrap();
     let mut link = rtu_link("rs485", b.clone());
@@ -251,7 +260,10 @@ async fn a_serial_port_that_disappears_and_comes_back_brings_the_unit_back_onlin
 
     // Plugged back in: the same link path, a new device behind it.
     pty = socat(&a, &b);
-    eventually(10, "socat ptys again", || (a.exists() && b.exists()).then_some(())).await;
+    eventually(10, "socat ptys again", || {
+        (a.exists() && b.exists()).then_some(())
+    })
+    .await;
     let sim_stop = CancellationToken::new();
     let _s2 = SimServer::start_rtu(&a, 38400, vec![SimUnit::hvac(2)], sim_stop.clone()).unwrap();
     eventually(20, "unit back online over the new pty", || {
@@ -273,7 +285,9 @@ async fn a_serial_port_that_disappears_and_comes_back_brings_the_unit_back_onlin
 // ---------------------------------------------------------------------------------------------
 
 fn count(store: &Store, sql: &str) -> i64 {
-    store.with_conn(|c| Ok(c.query_row(sql, [], |r| r.get(0))?)).unwrap()
+    store
+        .with_conn(|c| Ok(c.query_row(sql, [], |r| r.get(0))?))
+        .unwrap()
 }
 
 #[test]
@@ -307,7 +321,8 @@ fn a_full_database_is_reported_as_full_corrupts_nothing_and_recovers_when_space_
     let big = "x".repeat(64 * 1024);
     let mut full = None;
     for i in 0..200 {
-        match audit.record_blocking(&Event::new("command", "ok").detail(json!({ "i": i, "pad": big })))
+        match audit
+            .record_blocking(&Event::new("command", "ok").detail(json!({ "i": i, "pad": big })))
         {
             Ok(_) => {}
             Err(e) => {
@@ -318,7 +333,10 @@ fn a_full_database_is_reported_as_full_corrupts_nothing_and_recovers_when_space_
     }
     let err = full.expect("the writes hit the size limit");
     assert!(matches!(err, StoreError::Full), "{err:?}");
-    assert_eq!(err.to_string(), "database full: no space left for the write");
+    assert_eq!(
+        err.to_string(),
+        "database full: no space left for the write"
+    );
 
     // A bundle arriving while the disk is full is refused as `storage`, state untouched.
     fx.clock.set(issued(2));
@@ -391,13 +409,20 @@ fn assert_exactly(state: &sitegate::access::AccessState, applied: &[u64]) {
         assert!(state.users.is_empty() && state.grants.is_empty());
         return;
     }
-    assert!(applied.contains(&seq) || seq == applied.last().unwrap() + 1, "seq {seq}");
+    assert!(
+        applied.contains(&seq) || seq == applied.last().unwrap() + 1,
+        "seq {seq}"
+    );
     assert_eq!(state.users.len(), 100, "seq {seq}");
     assert_eq!(state.grants.len(), BIG_GRANTS, "seq {seq}");
     let prefix = format!("g-{seq}-");
     let role = if seq % 2 == 0 { "viewer" } else { "technician" };
     for g in &state.grants {
-        assert!(g.id.as_str().starts_with(&prefix), "mixed state: {} in seq {seq}", g.id);
+        assert!(
+            g.id.as_str().starts_with(&prefix),
+            "mixed state: {} in seq {seq}",
+            g.id
+        );
         assert_eq!(g.role.to_string(), role, "mixed roles in seq {seq}");
     }
     for u in &state.users {
@@ -461,7 +486,10 @@ fn sigkill_during_a_bundle_apply_leaves_the_old_or_the_new_bundle_never_a_mix() 
         let state = fx.reopen().snapshot();
         // Either the last reported bundle or the one after it (its COMMIT returned but the line
         // was not printed yet); never a mix, never anything older.
-        assert!(state.seq >= *applied.last().unwrap(), "lost a committed bundle");
+        assert!(
+            state.seq >= *applied.last().unwrap(),
+            "lost a committed bundle"
+        );
         assert_exactly(&state, &applied);
         last_seq = state.seq;
         fx.store

@@ -105,7 +105,12 @@ fn bundle(seq: u64) -> Vec<u8> {
         "policy": {"management": "pro", "features": ["view", "control", "diagnose", "configure", "manage_users"]},
         "users": users, "grants": grants, "revoked": []
     });
-    fleet::sign(Kind::Bundle, "fleet-a", &key, &serde_json::to_vec(&payload).unwrap())
+    fleet::sign(
+        Kind::Bundle,
+        "fleet-a",
+        &key,
+        &serde_json::to_vec(&payload).unwrap(),
+    )
 }
 
 #[derive(Default)]
@@ -281,9 +286,7 @@ async fn run(secs: u64) {
                         "write" => http
                             .put(format!("{base}/api/v1/units/{unit}/points/setpoint"))
                             .json(&json!({"value": 18.0 + (i % 10) as f64})),
-                        _ => http.post(format!(
-                            "{base}/api/v1/units/{unit}/commands/reset_filter"
-                        )),
+                        _ => http.post(format!("{base}/api/v1/units/{unit}/commands/reset_filter")),
                     };
                     req.bearer_auth(&token)
                 };
@@ -325,7 +328,8 @@ async fn run(secs: u64) {
                             _ => 200,
                         };
                         if status != expected && t.samples.len() < 20 {
-                            t.samples.push(format!("{role} {op} {unit}: {status} {body}"));
+                            t.samples
+                                .push(format!("{role} {op} {unit}: {status} {body}"));
                         }
                     }
                     Err(e) => {
@@ -381,7 +385,7 @@ async fn run(secs: u64) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    let t = tally.lock().unwrap();
+    let t = std::mem::take(&mut *tally.lock().unwrap());
     let total: u64 = t.counts.values().sum();
     println!(
         "load: {CLIENTS} clients, {:.1} s, {total} requests, {:.0} req/s, {bundles} bundles applied, \
@@ -424,7 +428,6 @@ async fn run(secs: u64) {
         rss_end.saturating_sub(rss_start) < 64 * 1024,
         "memory grew from {rss_start} KiB to {rss_end} KiB"
     );
-    drop(t);
     daemon.stop(true).await;
     sim_stop.cancel();
     drop(broker);
