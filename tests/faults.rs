@@ -445,6 +445,7 @@ fn sigkill_during_a_bundle_apply_leaves_the_old_or_the_new_bundle_never_a_mix() 
         rng_state
     };
     let mut kills = 0;
+    let mut killed_mid_apply = 0;
     let mut last_seq = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while kills < 5 {
@@ -462,25 +463,35 @@ fn sigkill_during_a_bundle_apply_leaves_the_old_or_the_new_bundle_never_a_mix() 
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        // Wait until the child is ready (bundles signed) and has applied at least one.
+        // Learn how long one apply takes from the first one, then kill at a random moment inside
+        // the following apply (the child announces each apply before it starts).
         let mut applied = Vec::new();
+        let mut apply_ms = 0u64;
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(s) = line.strip_prefix("applied ") {
-                applied.push(s.parse::<u64>().unwrap());
+                let (seq, ms) = s.split_once(' ').unwrap();
+                applied.push(seq.parse::<u64>().unwrap());
+                apply_ms = ms.parse().unwrap();
                 break;
             }
         }
         assert!(!applied.is_empty(), "child applied nothing");
-        // Kill at a random moment within the next apply (an apply of 5,000 grants takes tens to
-        // hundreds of milliseconds here).
-        std::thread::sleep(Duration::from_millis(next_rand() % 300));
+        for line in lines.by_ref() {
+            if line.unwrap().starts_with("applying ") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(next_rand() % apply_ms.max(1)));
         child.kill().unwrap();
         child.wait().unwrap();
         for line in lines.map_while(Result::ok) {
             if let Some(s) = line.strip_prefix("applied ") {
-                applied.push(s.parse::<u64>().unwrap());
+                applied.push(s.split_once(' ').unwrap().0.parse::<u64>().unwrap());
             }
+        }
+        if fx.reopen().snapshot().seq == *applied.last().unwrap() {
+            killed_mid_apply += 1;
         }
         kills += 1;
         let state = fx.reopen().snapshot();
@@ -500,6 +511,12 @@ fn sigkill_during_a_bundle_apply_leaves_the_old_or_the_new_bundle_never_a_mix() 
             })
             .unwrap();
     }
+    // Most kills must land inside an apply (the next bundle was not committed), or the test
+    // proves nothing.
+    assert!(
+        killed_mid_apply >= 2,
+        "only {killed_mid_apply} of {kills} kills landed mid-apply"
+    );
 }
 
 /// The child: applies big bundles with increasing seq, each commit reported on stdout, until
@@ -512,8 +529,10 @@ fn apply_child(dir: &str) {
     for seq in from..from + 200 {
         let env = sign(Kind::Bundle, KID_A, &key(1), &big_bundle(seq));
         clock.set(issued(seq));
+        println!("applying {seq}");
+        let t = Instant::now();
         engine.apply(Some(Kind::Bundle), &env, "test").unwrap();
-        println!("applied {seq}");
+        println!("applied {seq} {}", t.elapsed().as_millis());
     }
 }
 
