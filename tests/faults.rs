@@ -26,6 +26,7 @@ use sitegate::audit::{Audit, Event};
 use sitegate::authz::{Authz, Inputs, Target};
 use sitegate::clock::SystemClock;
 use sitegate::grants::{Kind, Reason};
+use sitegate::modbus::profile::RegKind;
 use sitegate::modbus::{ProfileRegistry, Quality};
 use sitegate::model::{Capability, UnitId, UserId};
 use sitegate::sim::{SimServer, SimUnit};
@@ -37,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 // Modbus: a unit that answers garbage
 // ---------------------------------------------------------------------------------------------
 
-/// A TCP proxy in front of the simulator: while `garbage` is set, every answer is replaced by
-/// junk (random bytes, or a well-framed MBAP header around a random body).
+/// A TCP proxy in front of the simulator: while `garbage` is set, every answer of slave 1 is
+/// replaced by junk (random bytes, or a well-framed MBAP header around a random body).
 async fn garbage_proxy(
     upstream: std::net::SocketAddr,
     garbage: Arc<AtomicBool>,
@@ -71,7 +72,8 @@ async fn garbage_proxy(
                         r = up.read(&mut ubuf) => {
                             let Ok(n) = r else { return };
                             if n == 0 { return; }
-                            let out = if garbage.load(Ordering::SeqCst) {
+                            // Only slave 1's answers (MBAP unit id, byte 6) turn to garbage.
+                            let out = if garbage.load(Ordering::SeqCst) && ubuf[..n].get(6) == Some(&1) {
                                 n_answers += 1;
                                 junk(&ubuf[..n], n_answers)
                             } else {
@@ -120,7 +122,7 @@ async fn a_unit_answering_garbage_is_a_protocol_fault_and_the_link_recovers_when
     let stop = CancellationToken::new();
     let s = SimServer::start_tcp(
         "127.0.0.1:0".parse().unwrap(),
-        vec![SimUnit::generator(1), SimUnit::hvac(2)],
+        vec![SimUnit::generator(1), SimUnit::hvac(2), SimUnit::hvac(3)],
         stop.clone(),
     )
     .await
@@ -135,6 +137,7 @@ async fn a_unit_answering_garbage_is_a_protocol_fault_and_the_link_recovers_when
         &[
             unit_cfg("gen", "junky", 1, "dse-gencomm", 100),
             unit_cfg("ac", "clean", 2, "coolmaster-va", 100),
+            unit_cfg("ac-same-link", "junky", 3, "coolmaster-va", 100),
         ],
         ProfileRegistry::builtin().unwrap(),
     );
@@ -164,15 +167,29 @@ async fn a_unit_answering_garbage_is_a_protocol_fault_and_the_link_recovers_when
         .find(|l| l.link == "junky")
         .unwrap();
     assert!(
-        junky.protocol_errors + junky.transport_errors + junky.timeouts > 0,
-        "garbage was not counted as an error: {junky:?}"
+        junky.protocol_errors > 0 && junky.reconnects > 0,
+        "garbage was not reported as a protocol error: {junky:?}"
     );
+    println!("garbage link: {junky:?}");
     assert!(junky.last_error.is_some());
     // Its values are no longer presented as good; the unit on the other link is untouched.
     let snap = h.engine.snapshot(&uid("gen")).unwrap();
     assert_ne!(snap.points["battery_voltage"].quality, Quality::Good);
     let ac = h.engine.units().into_iter().find(|u| u.id.as_str() == "ac");
     assert_eq!(ac.unwrap().online, Some(true));
+    // The next unit on the same link, which answers sanely, keeps getting fresh values.
+    s.set_register(3, RegKind::Holding, 7, 42);
+    eventually(
+        15,
+        "a fresh value from the sane unit on the garbage link",
+        || {
+            let a = h.engine.snapshot(&uid("ac-same-link"))?;
+            (a.points["failure_code"].value == json!(42)
+                && a.points["failure_code"].quality == Quality::Good)
+                .then_some(())
+        },
+    )
+    .await;
     // A write through the garbage link fails cleanly rather than reporting success.
     let w = h
         .engine
