@@ -44,8 +44,9 @@ fn fx() -> &'static Fx {
             future_skew: Duration::from_secs(60),
             clock_rollback_alarm: Duration::from_secs(3600),
         };
-        let engine = GrantEngine::open(store, audit, clock, SiteId::new("s-1").expect("site"), &cfg)
-            .expect("engine");
+        let engine =
+            GrantEngine::open(store, audit, clock, SiteId::new("s-1").expect("site"), &cfg)
+                .expect("engine");
         Fx {
             key,
             public,
@@ -68,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let verified = VerifiedBundle::verify(&envelope, &keys);
     // The box and the fleet tool must agree on what is a valid payload.
-    assert_eq!(parsed.is_ok(), verified.is_ok(), "check and verify disagree");
+    assert_eq!(
+        parsed.is_ok(),
+        verified.is_ok(),
+        "check and verify disagree"
+    );
     if parsed.is_ok() {
         let _ = fx.engine.apply(Some(Kind::Bundle), &envelope, "fuzz");
     }

@@ -39,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
     let checked = check_token_payload(data);
     let env = fleet::sign(Kind::Token, "fleet-example", &k.a, data);
     let verified = VerifiedToken::verify(&env, &provider);
-    assert_eq!(checked.is_ok(), verified.is_ok(), "token check and verify disagree");
+    assert_eq!(
+        checked.is_ok(),
+        verified.is_ok(),
+        "token check and verify disagree"
+    );
     // Key set, signed by the current key and by the new one.
     let _ = check_keys_payload(data);
     let env = fleet::sign_keys(&[("fleet-example", &k.a), ("fleet-example-2", &k.b)], data);
