@@ -501,7 +501,8 @@ fn write_error(e: modbus::WriteError) -> WriteError {
     match e {
         W::Invalid { .. } => WriteError::Validation(e.to_string()),
         W::UnknownPoint(_) | W::UnknownCommand(_) | W::UnknownUnit(_) => WriteError::UnknownPoint,
-        W::Busy(_) | W::ShuttingDown => WriteError::Transport(e.to_string()),
+        W::Busy(_) => WriteError::Busy(e.to_string()),
+        W::ShuttingDown => WriteError::Transport(e.to_string()),
     }
 }
 

@@ -6,8 +6,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = sitegate::config::Config::parse(text, std::path::Path::new("/etc/sitegate"), &|p| {
-            p == "dse-gencomm" || p == "coolmaster-va"
-        });
+        let _ =
+            sitegate::config::Config::parse(text, std::path::Path::new("/etc/sitegate"), &|p| {
+                p == "dse-gencomm" || p == "coolmaster-va"
+            });
     }
 });

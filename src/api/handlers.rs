@@ -397,6 +397,12 @@ fn write_error(e: &WriteError) -> ApiError {
             format!("the unit did not keep the value: {}", safe(m)),
         ),
         WriteError::Exception(m) | WriteError::Transport(m) => device_error(m),
+        WriteError::Busy(m) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "link_busy",
+            format!("{}; nothing was sent to the unit", safe(m)),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)),
     }
 }
 

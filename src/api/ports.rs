@@ -321,6 +321,10 @@ pub enum WriteError {
     /// The link failed (connection refused, serial error, framing) → 502.
     #[error("link error: {0}")]
     Transport(String),
+    /// The link's request queue is full (many concurrent writers on one bus); nothing reached
+    /// the bus → 503 with `Retry-After`.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Register kinds for raw diagnostic reads.
