@@ -10,11 +10,13 @@
 )]
 
 mod e2e_support;
+#[path = "common/pin.rs"]
+mod pin;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e_support::*;
+use pin::pinned_client;
 use serde_json::{Value, json};
 
 fn members() -> Vec<Member> {
@@ -520,82 +522,4 @@ async fn polling_keeps_the_cached_values_fresh_without_any_write() {
     }
     assert!(s.sim.stats().writes.is_empty());
     s.stop().await;
-}
-
-// --- TLS pinning client (the same verifier as tests/api_tls.rs) ---
-
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-
-#[derive(Debug)]
-struct Pinned {
-    fp: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if sitegate::tls::fingerprint(end_entity.as_ref()) == self.fp {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("fingerprint mismatch".into()))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn pinned_client(fp: &str) -> reqwest::Client {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            fp: fp.to_string(),
-            provider,
-        }))
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
-        .build()
-        .unwrap()
 }

@@ -14,6 +14,7 @@ pub mod broker;
 pub mod daemon;
 pub mod modbus;
 pub mod mqtt;
+pub mod pin;
 pub mod pki;
 
 use std::collections::HashMap;
