@@ -98,10 +98,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench` passes `--bench`; under `cargo test` the bench only checks that it runs.
+    let bench_mode = std::env::args().any(|a| a == "--bench");
     let secs: u64 = std::env::var("SITEGATE_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(if bench_mode { 5 } else { 1 });
     rt.block_on(async move {
         common::install_crypto();
         let mut _harness = None;
