@@ -196,16 +196,11 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
     assert_eq!(writes[0].values, vec![35705, 29830]);
 
     s.sim.reset_stats();
-    // Every configure point of the built-in profiles is also read = "diagnose", so for a
-    // control-only caller it is hidden (docs/api.md, scope hiding): 404 point_not_found, never
-    // a write.
+    // The configure points of the built-in profiles are visible to `view` and writable only with
+    // `configure`: a homeowner sees the generator's cool-down time but can't change it.
     for (unit, point, v) in [("hvac-1", "lock_flags", 1), ("gen-1", "cooldown_time", 60)] {
         let r = put_point(&s, unit, point, &t, json!(v)).await;
-        assert!(r.status == 403 || r.status == 404, "{point}: {}", r.body);
-        assert_ne!(r.status, 200);
-        if r.status == 404 {
-            assert_eq!(r.body["error"], "point_not_found", "{}", r.body);
-        }
+        assert_eq!(r.status, 403, "{point}: {}", r.body);
     }
     // A configure point the caller can see (profile open-hvac): 403, nothing on the bus.
     let r = put_point(&s, "hvac-3", "lock_flags", &t, json!(1)).await;
