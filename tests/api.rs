@@ -551,19 +551,14 @@ async fn delegation_lists_creates_and_revokes_and_refuses_without_manage_users()
 async fn a_10_mb_body_is_413_json() {
     let h = Harness::start().await;
     let token = h.login("control@example.com").await;
-    let big = format!("{{\"value\":\"{}\"}}", "x".repeat(10 * 1024 * 1024));
-    let r = h
-        .http
-        .put(h.url("/units/hvac-1/points/setpoint"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"], "payload_too_large");
+    let text = common::client::put_declaring_10_mb(
+        h.serving.addr,
+        "/api/v1/units/hvac-1/points/setpoint",
+        &token,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"payload_too_large\""), "{text}");
     assert_eq!(h.units.bus_writes.load(Ordering::SeqCst), 0);
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use rustls::pki_types::CertificateDer;
 
-use common::pin::pinned_client;
+use common::client::pinned_client;
 use common::*;
 use sitegate::config::ApiMode;
 

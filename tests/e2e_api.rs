@@ -9,14 +9,14 @@
     reason = "test code: a failed step should fail the test loudly"
 )]
 
+#[path = "common/client.rs"]
+mod client;
 mod e2e_support;
-#[path = "common/pin.rs"]
-mod pin;
 
 use std::time::{Duration, Instant};
 
+use client::pinned_client;
 use e2e_support::*;
-use pin::pinned_client;
 use serde_json::{Value, json};
 
 fn members() -> Vec<Member> {
@@ -354,17 +354,16 @@ async fn a_setpoint_out_of_range_is_422_and_no_modbus_write_reaches_the_unit() {
 async fn a_10_mb_body_is_413_and_malformed_json_is_400() {
     let s = site().await;
     let t = s.login("tess").await;
-    let big = format!("{{\"value\": \"{}\"}}", "x".repeat(10 * 1024 * 1024));
-    let r = s
-        .http
-        .put(format!("{}/units/hvac-1/points/setpoint", s.base))
-        .bearer_auth(&t)
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
         .unwrap();
-    assert_eq!(r.status(), 413);
+    let text = client::put_declaring_10_mb(addr, "/api/v1/units/hvac-1/points/setpoint", &t).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 
     for body in ["{\"value\": ", "not json", "{\"value\": 21}}"] {
         let r = s

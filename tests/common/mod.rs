@@ -11,10 +11,10 @@
 )]
 
 pub mod broker;
+pub mod client;
 pub mod daemon;
 pub mod modbus;
 pub mod mqtt;
-pub mod pin;
 pub mod pki;
 
 use std::collections::HashMap;

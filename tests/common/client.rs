@@ -1,5 +1,6 @@
-//! A TLS client that pins the server certificate by its SHA-256 fingerprint, as an installer app
-//! does after provisioning printed it.
+//! HTTP clients for the API tests: a TLS client that pins the server certificate by its SHA-256
+//! fingerprint (as an installer app does after provisioning printed it), and raw requests that
+//! reqwest can't make deterministically.
 #![allow(clippy::unwrap_used, reason = "test helper")]
 
 use std::sync::Arc;
@@ -83,4 +84,26 @@ pub fn pinned_client(fp: &str) -> reqwest::Client {
         .use_preconfigured_tls(cfg)
         .build()
         .unwrap()
+}
+
+/// Sends a PUT whose head declares a 10 MB body and reads the answer without writing the body:
+/// the server must refuse on the declared length alone. (Writing the body while the server has
+/// already answered and closed races with a connection reset that can swallow the answer.)
+#[expect(clippy::unwrap_used, reason = "test helper")]
+pub async fn put_declaring_10_mb(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        10 * 1024 * 1024
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sock.read_to_end(&mut buf),
+    )
+    .await;
+    String::from_utf8_lossy(&buf).to_string()
 }
