@@ -353,7 +353,10 @@ impl DelegationPort for DelegationAdapter {
 
 /// [`crate::mqtt::GrantSink`] over the grants engine: applies what arrives on `…/grants` and
 /// `…/keys` and returns the state document for `…/grants/state`.
-pub struct GrantsSink(pub GrantEngine);
+pub struct GrantsSink {
+    pub grants: GrantEngine,
+    pub authz: Arc<Authz>,
+}
 
 impl crate::mqtt::GrantSink for GrantsSink {
     fn apply(&self, kind: crate::mqtt::InboundKind, bytes: Vec<u8>) -> serde_json::Value {
@@ -361,7 +364,9 @@ impl crate::mqtt::GrantSink for GrantsSink {
             crate::mqtt::InboundKind::Grants => Kind::Bundle,
             crate::mqtt::InboundKind::Keys => Kind::Keys,
         };
-        let outcome = match self.0.apply(Some(hint), &bytes, "mqtt") {
+        let applied =
+            crate::app::apply_and_sync(&self.grants, &self.authz, Some(hint), &bytes, "mqtt");
+        let outcome = match applied {
             Ok(o) => serde_json::json!({ "kind": kind.as_str(), "outcome": outcome_str(&o) }),
             Err(r) => serde_json::json!({
                 "kind": kind.as_str(),
@@ -370,7 +375,7 @@ impl crate::mqtt::GrantSink for GrantsSink {
                 "message": r.message,
             }),
         };
-        let mut state = self.0.state_json();
+        let mut state = self.grants.state_json();
         if let Some(o) = state.as_object_mut() {
             o.insert("last_message".into(), outcome);
         }

@@ -133,6 +133,34 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
 }
 
+impl Running {
+    /// Applies a signed envelope (blocking: call from `spawn_blocking`) and swaps the
+    /// authorization index before returning, so a login or command right after a successful
+    /// apply is judged by it. (The watch task that follows the grants engine swaps it too; a
+    /// second rebuild of the same state is harmless.)
+    pub fn apply_envelope(
+        &self,
+        kind: Option<crate::grants::Kind>,
+        bytes: &[u8],
+        source: &str,
+    ) -> Result<crate::grants::ApplyOutcome, crate::grants::Rejection> {
+        apply_and_sync(&self.grants, &self.authz, kind, bytes, source)
+    }
+}
+
+/// See [`Running::apply_envelope`].
+pub fn apply_and_sync(
+    grants: &GrantEngine,
+    authz: &Authz,
+    kind: Option<crate::grants::Kind>,
+    bytes: &[u8],
+    source: &str,
+) -> Result<crate::grants::ApplyOutcome, crate::grants::Rejection> {
+    let outcome = grants.apply(kind, bytes, source)?;
+    authz.set_state(grants.snapshot());
+    Ok(outcome)
+}
+
 /// Opens the store in `state_dir` on the blocking pool.
 async fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
     std::fs::create_dir_all(state_dir)
@@ -387,7 +415,10 @@ async fn start_engines(
             site,
             store.clone(),
             audit.clone(),
-            Arc::new(GrantsSink(grants.clone())),
+            Arc::new(GrantsSink {
+                grants: grants.clone(),
+                authz: authz.clone(),
+            }),
             shutdown.child_token(),
             tasks,
         )?),

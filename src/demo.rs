@@ -383,9 +383,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     // A fresh seq on every start, so a kept state dir takes the new passwords.
     let seq = u64::try_from(now.unix_timestamp()).unwrap_or(1).max(1);
     let envelope = bundle(&key, &users, seq, &rfc3339(now))?;
-    let grants = running.grants.clone();
+    let running2 = running.clone();
     let applied =
-        tokio::task::spawn_blocking(move || grants.apply(None, &envelope, "demo")).await?;
+        tokio::task::spawn_blocking(move || running2.apply_envelope(None, &envelope, "demo"))
+            .await?;
     if let Err(r) = applied {
         anyhow::bail!("the demo bundle was rejected ({}): {}", r.reason, r.message);
     }

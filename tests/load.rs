@@ -165,8 +165,8 @@ async fn run(secs: u64) {
     let site = daemon.site.clone().unwrap();
     let seq = Arc::new(AtomicU64::new(1));
     {
-        let g = site.grants.clone();
-        tokio::task::spawn_blocking(move || g.apply(None, &bundle(1), "test").unwrap())
+        let r = site.clone();
+        tokio::task::spawn_blocking(move || r.apply_envelope(None, &bundle(1), "test").unwrap())
             .await
             .unwrap();
     }

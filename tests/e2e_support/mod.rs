@@ -254,8 +254,8 @@ impl Site {
 
     /// Applies a signed bundle through the grants engine (on the blocking pool).
     pub async fn apply(&self, bytes: Vec<u8>) {
-        let g = self.daemon.site.as_ref().unwrap().grants.clone();
-        tokio::task::spawn_blocking(move || g.apply(Some(Kind::Bundle), &bytes, "test"))
+        let r = self.daemon.site.as_ref().unwrap().clone();
+        tokio::task::spawn_blocking(move || r.apply_envelope(Some(Kind::Bundle), &bytes, "test"))
             .await
             .unwrap()
             .unwrap();
