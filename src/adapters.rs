@@ -17,7 +17,7 @@ use crate::api::ports::{
 use crate::auth::{self, Auth, TokenVerifier};
 use crate::authz::{Authz, Decision, Target};
 use crate::clock::SharedClock;
-use crate::delegation::{self, DelegationRequest, Delegations};
+use crate::delegation::{self, Delegations};
 use crate::grants::{ApplyOutcome, GrantEngine, Kind};
 use crate::modbus::{self, ModbusEngine};
 use crate::model::{CapSet, Capability, GrantId, UnitId, UserId};
@@ -228,13 +228,15 @@ pub struct DelegationAdapter {
 fn delegation_error(e: delegation::DelegationError) -> ports::DelegationError {
     use delegation::DelegationError as D;
     match e {
+        // An unknown scope is refused as `Forbidden` by the engine: same answer as forbidden.
         D::Forbidden { .. }
         | D::AboveCeiling { .. }
         | D::AboveOwnRole { .. }
         | D::NotCloudGrant => ports::DelegationError::Forbidden(e.code()),
-        D::UnknownScope(_) | D::NotFound(_) => ports::DelegationError::NotFound,
+        D::NotFound(_) => ports::DelegationError::NotFound,
         D::TooManyRequests => ports::DelegationError::Conflict(e.to_string()),
         D::UnknownUser(_)
+        | D::NoneNotDelegable
         | D::CircularDelegation(_)
         | D::ExpiryRequired(_)
         | D::ExpiryTooLate(_)
@@ -283,27 +285,17 @@ impl DelegationPort for DelegationAdapter {
                         .into(),
                 ));
             }
-            let user = self
-                .authz
-                .index()
-                .user_by_email(&request.email)
-                .map(|u| u.id.clone())
-                .ok_or_else(|| {
-                    ports::DelegationError::Invalid(format!(
-                        "no user with email `{}` on this site",
-                        request.email
-                    ))
-                })?;
-            let req = DelegationRequest {
-                user,
-                role: request.role,
-                scope: request.scope,
-                not_before: None,
-                expires_at: request.expires_at,
-            };
+            // Authorization comes before the email lookup (inside `create_for_email`), so an
+            // unknown email never answers differently from a forbidden scope.
             match self
                 .delegations
-                .create(actor, req)
+                .create_for_email(
+                    actor,
+                    &request.email,
+                    request.role,
+                    request.scope,
+                    request.expires_at,
+                )
                 .await
                 .map_err(delegation_error)?
             {

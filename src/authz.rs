@@ -8,10 +8,13 @@
 //! (the caller passes `now`). It must never allow by default: every path that is not an explicit
 //! allow is a [`Decision::Deny`] with a reason. See `docs/authorization.md` for the model.
 //!
-//! Precedence: the role that applies is the role of the MOST SPECIFIC valid grant covering the
-//! target (unit beats group beats site); among equally specific valid grants, the highest role.
-//! `none` is a role like any other, so a more specific `none` takes a unit away. Effective
-//! capabilities = role ∩ package features. Time is judged at max(now, last_trusted_time).
+//! Precedence: a user's role on a target = max(signed role, local role). The signed role comes
+//! from cloud and token grants: the role of the MOST SPECIFIC valid grant covering the target
+//! (unit beats group beats site), among equally specific ones the highest; `none` is a role like
+//! any other there, so a more specific signed `none` takes a unit away. The local role is the
+//! highest of the user's valid local delegations covering the target, each capped at its
+//! delegator's role there at decision time: local delegations only ever add, never restrict.
+//! Effective capabilities = role ∩ package features. Time is judged at max(now, last_trusted_time).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -190,13 +193,53 @@ struct IGrant {
     delegator: Option<u32>,
 }
 
-#[derive(Debug, Clone)]
-struct UserRow {
-    user: User,
-    /// Grant indices by scope level, each list sorted by role, highest first.
+/// A user's grants of one origin class, by scope level; each list sorted by role, highest first.
+#[derive(Debug, Clone, Default)]
+struct Levels {
     unit: HashMap<u32, Vec<u32>>,
     group: HashMap<u32, Vec<u32>>,
     site: Vec<u32>,
+}
+
+impl Levels {
+    /// The lists that cover `key`, most specific first.
+    fn covering(&self, key: Key) -> [Option<&Vec<u32>>; 3] {
+        match key {
+            Key::Unit { unit, group } => [
+                self.unit.get(&unit),
+                group.and_then(|g| self.group.get(&g)),
+                Some(&self.site),
+            ],
+            Key::Group(g) => [None, self.group.get(&g), Some(&self.site)],
+            Key::Site => [None, None, Some(&self.site)],
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &u32> {
+        self.site
+            .iter()
+            .chain(self.group.values().flatten())
+            .chain(self.unit.values().flatten())
+    }
+
+    fn sort(&mut self, by_role: impl Fn(&u32, &u32) -> std::cmp::Ordering + Copy) {
+        self.site.sort_by(by_role);
+        for v in self.unit.values_mut() {
+            v.sort_by(by_role);
+        }
+        for v in self.group.values_mut() {
+            v.sort_by(by_role);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct UserRow {
+    user: User,
+    /// Cloud-signed grants (bundle and installer tokens): the most specific level decides.
+    signed: Levels,
+    /// Local delegations: each only ever adds (see [`Index::resolve`]).
+    local: Levels,
 }
 
 /// The resolved place a target sits in the inventory.
@@ -314,9 +357,8 @@ impl Index {
             ix.users.insert(user.id.clone(), idx);
             ix.rows.push(UserRow {
                 user: user.clone(),
-                unit: HashMap::new(),
-                group: HashMap::new(),
-                site: Vec::new(),
+                signed: Levels::default(),
+                local: Levels::default(),
             });
         }
         // Grants: cloud, then token, then local (a later duplicate id is dropped).
@@ -389,13 +431,8 @@ impl Index {
                 .cmp(&grants[*a as usize].grant.role)
         };
         for row in &mut ix.rows {
-            row.site.sort_by(by_role);
-            for v in row.unit.values_mut() {
-                v.sort_by(by_role);
-            }
-            for v in row.group.values_mut() {
-                v.sort_by(by_role);
-            }
+            row.signed.sort(by_role);
+            row.local.sort(by_role);
         }
         ix
     }
@@ -460,24 +497,36 @@ impl Index {
         let Some(&ui) = self.users.get(&g.user) else {
             return Err("unknown user");
         };
+        let is_local = matches!(g.origin, Origin::Local { .. });
+        if is_local && g.role == Role::None {
+            // Local grants only ever add; a stored `none` delegation (from before this rule)
+            // would add nothing.
+            return Err("a local `none` grant adds nothing");
+        }
+        let row = &mut self.rows[ui as usize];
+        let levels = if is_local {
+            &mut row.local
+        } else {
+            &mut row.signed
+        };
         match &g.scope {
             Scope::Site(s) => {
                 if self.site.as_ref().is_some_and(|mine| mine != s) {
                     return Err("grant for another site");
                 }
-                self.rows[ui as usize].site.push(gi);
+                levels.site.push(gi);
             }
             Scope::Group(grp) => {
                 let Some(&x) = self.groups.get(grp) else {
                     return Err("unknown group");
                 };
-                self.rows[ui as usize].group.entry(x).or_default().push(gi);
+                levels.group.entry(x).or_default().push(gi);
             }
             Scope::Unit(u) => {
                 let Some(&x) = self.units.get(u) else {
                     return Err("unknown unit");
                 };
-                self.rows[ui as usize].unit.entry(x).or_default().push(gi);
+                levels.unit.entry(x).or_default().push(gi);
             }
         }
         Ok(())
@@ -541,6 +590,13 @@ impl Index {
     }
 
     /// The applicable role of user row `ui` on `key`, and the grant that gives it.
+    ///
+    /// role = max(signed role, local role), where the signed role comes from cloud and token
+    /// grants by the most-specific rule (a signed `none` restricts), and the local role is the
+    /// highest of the user's valid local delegations covering the target, each worth at most its
+    /// delegator's own role there right now. So a local delegation only ever adds: it can never
+    /// lower what a user holds from the cloud, a token or another delegation. On a tie the signed
+    /// grant is the one reported.
     fn resolve(
         &self,
         ui: u32,
@@ -552,19 +608,54 @@ impl Index {
         if !row.user.active {
             return Err(DenyReason::UserInactive);
         }
-        let levels: [Option<&Vec<u32>>; 3] = match key {
-            Key::Unit { unit, group } => [
-                row.unit.get(&unit),
-                group.and_then(|g| row.group.get(&g)),
-                Some(&row.site),
-            ],
-            Key::Group(g) => [None, row.group.get(&g), Some(&row.site)],
-            Key::Site => [None, None, Some(&row.site)],
-        };
+        let signed = self.resolve_signed(row, key, now);
+        let local = self.resolve_local(ui, row, key, now, visited);
+        match (signed, local) {
+            (Ok(s), Ok(l)) => Ok(if l.0 > s.0 { l } else { s }),
+            (Ok(s), Err(_)) => Ok(s),
+            (Err(_), Ok(l)) => Ok(l),
+            // The signed side's reason, unless it simply had nothing to say.
+            (Err(DenyReason::NoGrant), Err(why)) | (Err(why), Err(_)) => Err(why),
+        }
+    }
+
+    /// The role from cloud and token grants: the most specific level with a valid grant decides,
+    /// and within it the highest role. Otherwise the reason of the most specific skipped grant.
+    fn resolve_signed(
+        &self,
+        row: &UserRow,
+        key: Key,
+        now: OffsetDateTime,
+    ) -> Result<(Role, u32), DenyReason> {
         let mut first_skip: Option<DenyReason> = None;
-        // Most specific level first; the first level with a valid grant decides.
-        for level in levels.into_iter().flatten() {
-            let mut best: Option<(Role, u32)> = None;
+        for level in row.signed.covering(key).into_iter().flatten() {
+            // Sorted by role, highest first: the first valid grant is this level's answer.
+            for &gi in level {
+                match self.check_valid(&self.grants[gi as usize], now, 0) {
+                    Ok(()) => return Ok((self.grants[gi as usize].grant.role, gi)),
+                    Err(why) => {
+                        first_skip.get_or_insert(why);
+                    }
+                }
+            }
+        }
+        Err(first_skip.unwrap_or(DenyReason::NoGrant))
+    }
+
+    /// The role from local delegations: the highest over every valid delegation covering the
+    /// target (any level), each capped at its delegator's role on the target at `now`. A
+    /// delegation capped to `none` does not apply.
+    fn resolve_local(
+        &self,
+        ui: u32,
+        row: &UserRow,
+        key: Key,
+        now: OffsetDateTime,
+        visited: &mut Visited,
+    ) -> Result<(Role, u32), DenyReason> {
+        let mut first_skip: Option<DenyReason> = None;
+        let mut best: Option<(Role, u32)> = None;
+        for level in row.local.covering(key).into_iter().flatten() {
             for &gi in level {
                 let g = &self.grants[gi as usize];
                 if best.is_some_and(|(r, _)| r >= g.grant.role) {
@@ -575,41 +666,36 @@ impl Index {
                     first_skip.get_or_insert(why);
                     continue;
                 }
-                let role = match g.delegator {
-                    // A cloud or token grant: its role stands.
-                    None => g.grant.role,
-                    // A delegation is worth at most what its delegator holds here right now.
-                    Some(d) => {
-                        if visited.contains(d) || visited.len >= MAX_CHAIN {
-                            first_skip.get_or_insert(DenyReason::DelegatorInvalid);
-                            continue;
-                        }
-                        visited.users[visited.len] = ui;
-                        visited.len += 1;
-                        let held = self.resolve(d, key, now, visited);
-                        visited.len -= 1;
-                        match held {
-                            Ok((dr, _)) if dr >= g.grant.role => g.grant.role,
-                            // Capped below its own role: the delegator lost part of it. A
-                            // delegated `none` stays a restriction; anything capped to `none`
-                            // simply stops working.
-                            Ok((dr, _)) if dr > Role::None => dr,
-                            Ok(_) | Err(_) => {
-                                first_skip.get_or_insert(DenyReason::DelegatorInvalid);
-                                continue;
-                            }
-                        }
-                    }
+                let Some(d) = g.delegator else {
+                    // Not reachable: only linked delegations are placed as local.
+                    first_skip.get_or_insert(DenyReason::DelegatorInvalid);
+                    continue;
                 };
+                if visited.contains(d) || d == ui || visited.len >= MAX_CHAIN {
+                    first_skip.get_or_insert(DenyReason::DelegatorInvalid);
+                    continue;
+                }
+                visited.users[visited.len] = ui;
+                visited.len += 1;
+                let held = self.resolve(d, key, now, visited);
+                visited.len -= 1;
+                let role = match held {
+                    Ok((dr, _)) => g.grant.role.min(dr),
+                    Err(_) => Role::None,
+                };
+                if role == Role::None {
+                    first_skip.get_or_insert(DenyReason::DelegatorInvalid);
+                    continue;
+                }
                 if best.is_none_or(|(r, _)| role > r) {
                     best = Some((role, gi));
                 }
             }
-            if let Some(b) = best {
-                return Ok(b);
-            }
         }
-        Err(first_skip.unwrap_or(DenyReason::NoGrant))
+        match best {
+            Some(b) => Ok(b),
+            None => Err(first_skip.unwrap_or(DenyReason::NoGrant)),
+        }
     }
 
     fn key_of(&self, target: &Target) -> Result<Key, DenyReason> {
@@ -790,12 +876,7 @@ impl Index {
     pub fn grants_of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = &'a Grant> + 'a {
         let row = self.users.get(user).map(|&i| &self.rows[i as usize]);
         row.into_iter()
-            .flat_map(|r| {
-                r.site
-                    .iter()
-                    .chain(r.group.values().flatten())
-                    .chain(r.unit.values().flatten())
-            })
+            .flat_map(|r| r.signed.all().chain(r.local.all()))
             .map(move |&gi| &self.grants[gi as usize].grant)
     }
 

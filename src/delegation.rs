@@ -41,15 +41,18 @@ pub const MAX_OPEN_REQUESTS_PER_USER: i64 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DelegationError {
-    #[error("not allowed to manage users on `{scope}` ({reason})")]
+    /// The actor may not manage users on the scope — or the scope is not part of this site:
+    /// both answer alike (the reason goes only to the audit trail), so nobody can probe for
+    /// units or groups.
+    #[error("not allowed to manage users on `{scope}`")]
     Forbidden { scope: String, reason: DenyReason },
+    #[error("`none` cannot be delegated: local grants only ever add access")]
+    NoneNotDelegable,
     #[error("role `{requested}` is above your delegation ceiling `{ceiling}`")]
     AboveCeiling { requested: Role, ceiling: Role },
     #[error("role `{requested}` is above your own role on unit `{unit}`")]
     AboveOwnRole { requested: Role, unit: UnitId },
-    #[error("scope `{0}` is not part of this site")]
-    UnknownScope(String),
-    #[error("user `{0}` is not known on this site")]
+    #[error("no user with this email on this site")]
     UnknownUser(String),
     #[error("you cannot delegate to `{0}` (yourself or someone you received this access from)")]
     CircularDelegation(String),
@@ -80,9 +83,9 @@ impl DelegationError {
     pub fn code(&self) -> &'static str {
         match self {
             DelegationError::Forbidden { .. } => "forbidden",
+            DelegationError::NoneNotDelegable => "none_not_delegable",
             DelegationError::AboveCeiling { .. } => "above_ceiling",
             DelegationError::AboveOwnRole { .. } => "above_own_role",
-            DelegationError::UnknownScope(_) => "unknown_scope",
             DelegationError::UnknownUser(_) => "unknown_user",
             DelegationError::CircularDelegation(_) => "circular_delegation",
             DelegationError::ExpiryRequired(_) => "expiry_required",
@@ -103,8 +106,9 @@ impl DelegationError {
             | DelegationError::AboveCeiling { .. }
             | DelegationError::AboveOwnRole { .. }
             | DelegationError::NotCloudGrant => 403,
-            DelegationError::UnknownScope(_) | DelegationError::NotFound(_) => 404,
-            DelegationError::UnknownUser(_)
+            DelegationError::NotFound(_) => 404,
+            DelegationError::NoneNotDelegable
+            | DelegationError::UnknownUser(_)
             | DelegationError::CircularDelegation(_)
             | DelegationError::ExpiryRequired(_)
             | DelegationError::ExpiryTooLate(_)
@@ -375,17 +379,74 @@ impl Delegations {
         })
     }
 
-    fn validate_scope(ix: &Index, scope: &Scope) -> Result<(), DelegationError> {
-        let ok = match scope {
+    /// Whether a scope names something of this site (a foreign site id names nothing here).
+    fn in_site(ix: &Index, scope: &Scope) -> bool {
+        match scope {
             Scope::Site(s) => ix.site().is_none_or(|mine| mine == s),
             Scope::Group(g) => ix.has_group(g),
             Scope::Unit(u) => ix.has_unit(u),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(DelegationError::UnknownScope(scope.to_string()))
         }
+    }
+
+    /// The checks that depend only on the delegator, the role and the scope, AUTHORIZATION
+    /// FIRST: `manage_users` on the whole scope, where an unknown unit or group (or another
+    /// site) is refused exactly like a scope the actor may not manage. Then: `none` is refused
+    /// (local grants only add), the role's ceiling, and the actor's own role on every unit.
+    /// Returns the delegator's applicable grant on the scope.
+    fn check_delegator(
+        ix: &Index,
+        actor: &UserId,
+        role: Role,
+        scope: &Scope,
+        now: OffsetDateTime,
+    ) -> Result<crate::authz::Applicable, DelegationError> {
+        let target = Target::of_scope(scope);
+        let forbidden = |reason| DelegationError::Forbidden {
+            scope: scope.to_string(),
+            reason,
+        };
+        // 1. manage_users on the whole scope (role ∩ package); unknown answers as forbidden.
+        if !Self::in_site(ix, scope) {
+            return Err(forbidden(DenyReason::UnknownGroup));
+        }
+        if let crate::authz::Decision::Deny(reason) =
+            ix.decide(actor, Capability::ManageUsers, &target, now)
+        {
+            return Err(forbidden(reason));
+        }
+        let app = ix.applicable(actor, &target, now).map_err(forbidden)?;
+        // 2. `none` is cloud-only: a local grant can never restrict anyone.
+        if role == Role::None {
+            return Err(DelegationError::NoneNotDelegable);
+        }
+        // 3. the ceiling of the role that applies on the scope.
+        let ceiling = app
+            .role
+            .delegation_ceiling()
+            .ok_or(forbidden(DenyReason::RoleLacks))?;
+        if role > ceiling {
+            return Err(DelegationError::AboveCeiling {
+                requested: role,
+                ceiling,
+            });
+        }
+        // 4. never above the delegator's own role on any unit of the scope (a more specific
+        //    signed grant, e.g. `none` on one unit, lowers what the delegator holds there).
+        for unit in ix.units_in(scope) {
+            let held = ix
+                .effective_caps(actor, &Target::Unit(unit.clone()), now)
+                .map(|(r, _)| r);
+            match held {
+                Ok(r) if r >= role => {}
+                Ok(_) | Err(_) => {
+                    return Err(DelegationError::AboveOwnRole {
+                        requested: role,
+                        unit,
+                    });
+                }
+            }
+        }
+        Ok(app)
     }
 
     /// Checks a delegation against every rule; on success returns the parent grant id.
@@ -397,54 +458,15 @@ impl Delegations {
         now: OffsetDateTime,
     ) -> Result<GrantId, DelegationError> {
         let eff = ix.effective_now(now);
-        Self::validate_scope(ix, &req.scope)?;
-        let target = Target::of_scope(&req.scope);
-        let forbidden = |reason| DelegationError::Forbidden {
-            scope: req.scope.to_string(),
-            reason,
-        };
-        // 1. manage_users on the whole scope (role ∩ package).
-        if let crate::authz::Decision::Deny(reason) =
-            ix.decide(actor, Capability::ManageUsers, &target, now)
-        {
-            return Err(forbidden(reason));
-        }
-        let app = ix.applicable(actor, &target, now).map_err(forbidden)?;
-        // 2. the ceiling of the role that applies on the scope.
-        let ceiling = app
-            .role
-            .delegation_ceiling()
-            .ok_or(forbidden(DenyReason::RoleLacks))?;
-        if req.role > ceiling {
-            return Err(DelegationError::AboveCeiling {
-                requested: req.role,
-                ceiling,
-            });
-        }
-        // 3. never above the delegator's own role on any unit of the scope (a more specific
-        //    grant, e.g. `none` on one unit, lowers what the delegator holds there).
-        for unit in ix.units_in(&req.scope) {
-            let held = ix
-                .effective_caps(actor, &Target::Unit(unit.clone()), now)
-                .map(|(r, _)| r);
-            match held {
-                Ok(r) if r >= req.role => {}
-                Ok(_) | Err(_) => {
-                    return Err(DelegationError::AboveOwnRole {
-                        requested: req.role,
-                        unit,
-                    });
-                }
-            }
-        }
-        // 4. the delegatee: known, not the delegator, not anyone the access came from.
+        let app = Self::check_delegator(ix, actor, req.role, &req.scope, now)?;
+        // 5. the delegatee: known, not the delegator, not anyone the access came from.
         if ix.user(&req.user).is_none() {
             return Err(DelegationError::UnknownUser(req.user.to_string()));
         }
         if req.user == *actor || app.chain_users.contains(&req.user) {
             return Err(DelegationError::CircularDelegation(req.user.to_string()));
         }
-        // 5. expiry within the delegator's own (the whole chain's).
+        // 6. expiry within the delegator's own (the whole chain's).
         if let Some(e) = req.expires_at {
             if e <= eff || req.not_before.is_some_and(|nb| nb >= e) {
                 return Err(DelegationError::ExpiryInvalid);
@@ -463,13 +485,52 @@ impl Delegations {
                 Some(_) => {}
             }
         }
-        // 6. pro sites: only cloud-issued access may delegate.
+        // 7. pro sites: only cloud-issued access may delegate.
         match ix.management() {
             Management::Pro if !matches!(app.grant.origin, Origin::Cloud | Origin::Token) => {
                 Err(DelegationError::NotCloudGrant)
             }
             Management::Pro | Management::Independent => Ok(app.grant.id),
         }
+    }
+
+    /// Creates a delegation to the user with `email` (case-insensitive). The delegator is
+    /// authorized before the email is looked up: someone who may not delegate this role on this
+    /// scope gets the same refusal whether or not the email belongs to a user. An unknown email
+    /// is audited without the email itself.
+    pub async fn create_for_email(
+        &self,
+        actor: &UserId,
+        email: &str,
+        role: Role,
+        scope: Scope,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<Created, DelegationError> {
+        let ix = self.inner.authz.index();
+        let user = ix.user_by_email(email).map(|u| u.id.clone());
+        let Some(user) = user else {
+            let now = self.inner.clock.now();
+            let e = match Self::check_delegator(&ix, actor, role, &scope, now) {
+                Err(e) => e,
+                Ok(_) => DelegationError::UnknownUser(String::new()),
+            };
+            let ev = Event::new("delegation", "denied")
+                .actor(actor.to_string())
+                .detail(json!({
+                    "role": role.as_str(), "scope": scope.to_string(),
+                    "reason": e.code(), "message": e.to_string(),
+                }));
+            let _ = self.inner.audit.record(ev).await;
+            return Err(e);
+        };
+        let req = DelegationRequest {
+            user,
+            role,
+            scope,
+            not_before: None,
+            expires_at,
+        };
+        self.create(actor, req).await
     }
 
     /// Creates a delegation: in force at once in an independent site, a pending request in a
@@ -593,7 +654,9 @@ impl Delegations {
         if ix.user(actor).is_none_or(|u| !u.active) {
             return Err(DelegationError::UnknownUser(actor.to_string()));
         }
-        Self::validate_scope(&ix, &scope)?;
+        // The scope is not checked against the inventory: an unknown unit or group is accepted
+        // exactly like one the actor cannot see (the cloud, which knows the inventory, resolves
+        // the request), so the answer never tells whether a unit or group exists.
         if note.chars().count() > MAX_NOTE_CHARS {
             return Err(DelegationError::NoteTooLong);
         }
