@@ -674,6 +674,71 @@ fn scenario_table_decides_as_written() {
 }
 
 #[test]
+fn a_local_grant_only_ever_adds_to_what_a_user_holds() {
+    // adm: admin on the site from the cloud. tech: technician on the site from the cloud.
+    // u: control-only on the site by delegation from adm.
+    let st = state(
+        &["adm", "tech", "u"],
+        vec![
+            grant("g-adm", "adm", Role::Admin, s_site()),
+            grant("g-tech", "tech", Role::Technician, s_site()),
+        ],
+    );
+    let local = vec![
+        // A `none` from an older store, a lower role on a unit, and a lower role by the admin
+        // for the technician: none of them take anything away.
+        local("l-none", "adm", Role::None, s_unit("a1"), "tech", "g-tech"),
+        local("l-co", "adm", Role::Viewer, s_unit("a1"), "tech", "g-tech"),
+        local("l-tv", "tech", Role::Viewer, s_group("g-a"), "adm", "g-adm"),
+        local("l-u", "u", Role::ControlOnly, s_site(), "adm", "g-adm"),
+        local("l-u2", "u", Role::Viewer, s_unit("a1"), "tech", "g-tech"),
+    ];
+    let ix = Index::build(&inputs(st, local));
+    let a1 = Target::Unit(unit("a1"));
+    for cap in Capability::ALL {
+        assert_eq!(ix.decide(&uid("adm"), cap, &a1, NOW), Allow, "adm {cap}");
+        assert_eq!(ix.decide(&uid("tech"), cap, &a1, NOW), Allow, "tech {cap}");
+    }
+    // The more specific, lower delegation does not lower the wider, higher one either.
+    assert_eq!(ix.decide(&uid("u"), Control, &a1, NOW), Allow);
+    assert_eq!(ix.decide(&uid("u"), Diagnose, &a1, NOW), Deny(R::RoleLacks));
+    // The admin's deciding grant is the cloud's, and the stored `none` was left out.
+    let app = ix.applicable(&uid("adm"), &a1, NOW).unwrap();
+    assert_eq!((app.role, app.grant.id.as_str()), (Role::Admin, "g-adm"));
+    assert!(ix.dropped().iter().any(|d| d.grant.as_str() == "l-none"));
+}
+
+#[test]
+fn a_delegation_adds_on_a_unit_the_cloud_took_away_but_only_up_to_the_delegator() {
+    // u: none on a1 from the cloud; boss (technician on the site) delegates control-only on
+    // g-a: the delegation adds a1 back, up to what boss holds; when boss is lowered to viewer,
+    // u is capped to viewer at once.
+    let mk = |boss_role| {
+        state(
+            &["u", "boss"],
+            vec![
+                grant("g1", "u", Role::None, s_unit("a1")),
+                grant("g2", "boss", boss_role, s_site()),
+            ],
+        )
+    };
+    let local = vec![local(
+        "l1",
+        "u",
+        Role::ControlOnly,
+        s_group("g-a"),
+        "boss",
+        "g2",
+    )];
+    let a1 = Target::Unit(unit("a1"));
+    let ix = Index::build(&inputs(mk(Role::Technician), local.clone()));
+    assert_eq!(ix.decide(&uid("u"), Control, &a1, NOW), Allow);
+    let ix = Index::build(&inputs(mk(Role::Viewer), local));
+    assert_eq!(ix.decide(&uid("u"), View, &a1, NOW), Allow);
+    assert_eq!(ix.decide(&uid("u"), Control, &a1, NOW), Deny(R::RoleLacks));
+}
+
+#[test]
 fn a_delegation_cycle_does_not_take_away_a_users_own_access() {
     // boss delegates to u on a1; u (admin on the site itself) delegates back to boss on the site.
     let st = state(

@@ -427,6 +427,101 @@ async fn in_a_pro_site_holders_of_local_grants_may_not_delegate() {
 }
 
 #[tokio::test]
+async fn a_technician_cannot_lower_the_admin_and_the_admin_can_delete_what_they_tried() {
+    // The attack from the field: on an independent site a technician "delegates" `none` and
+    // `control-only` on a unit to the site admin, hoping the more specific grant wins.
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), site_state(Management::Independent));
+    let all = |who: &str| {
+        Capability::ALL
+            .into_iter()
+            .filter(|c| allowed(&e.authz, who, *c, "a1"))
+            .count()
+    };
+    assert_eq!(all("adm"), 5);
+    let exp = Some(NOW + Duration::hours(1));
+    let none =
+        e.d.create_for_email(
+            &uid("tech"),
+            "adm@example.com",
+            Role::None,
+            s_unit("a1"),
+            exp,
+        )
+        .await;
+    assert_eq!(none.map_err(|e| e.code()), Err("none_not_delegable"));
+    assert_eq!(count(&e.store, "SELECT COUNT(*) FROM local_grants"), 0);
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM audit WHERE kind = 'delegation' AND outcome = 'denied' \
+             AND json_extract(detail, '$.reason') = 'none_not_delegable'"
+        ),
+        1
+    );
+    // A control-only delegation is within the technician's rights, so it is stored — and adds
+    // nothing to someone who already holds more.
+    let Created::Effective(g) =
+        e.d.create_for_email(
+            &uid("tech"),
+            "ADM@example.com",
+            Role::ControlOnly,
+            s_unit("a1"),
+            exp,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("expected effective")
+    };
+    assert_eq!(all("adm"), 5);
+    let ix = e.authz.index();
+    let app = ix
+        .applicable(&uid("adm"), &Target::Unit(unit("a1")), NOW)
+        .unwrap();
+    assert_eq!((app.role, app.grant.id.as_str()), (Role::Admin, "g-adm"));
+    // The admin sees the delegation in their scope and deletes it.
+    let l = e.d.list(&uid("adm")).await.unwrap();
+    assert_eq!(
+        l.grants.iter().map(|x| x.id.clone()).collect::<Vec<_>>(),
+        vec![g.id.clone()]
+    );
+    e.d.revoke(&uid("adm"), &g.id).await.unwrap();
+    assert!(e.authz.index().is_revoked(&g.id));
+    assert_eq!(all("adm"), 5);
+    // An unknown email answers exactly like a scope the technician may not manage… once the
+    // technician is authorized, and not before.
+    let unknown_forbidden =
+        e.d.create_for_email(
+            &uid("tech"),
+            "ghost@example.com",
+            Role::Viewer,
+            s_unit("b1"),
+            exp,
+        )
+        .await
+        .map_err(|e| (e.code(), e.to_string()));
+    let known_forbidden =
+        e.d.create_for_email(
+            &uid("tech"),
+            "ana@example.com",
+            Role::Viewer,
+            s_unit("b1"),
+            exp,
+        )
+        .await
+        .map_err(|e| (e.code(), e.to_string()));
+    assert_eq!(unknown_forbidden, known_forbidden);
+    assert_eq!(
+        unknown_forbidden.map(|_| ()),
+        Err((
+            "forbidden",
+            "not allowed to manage users on `unit:b1`".to_string()
+        ))
+    );
+}
+
+#[tokio::test]
 async fn any_user_may_ask_for_access_and_it_goes_to_the_cloud() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path(), site_state(Management::Pro));
@@ -565,6 +660,185 @@ mod props {
                                     !allow(ix, who, cap, u, at) || root_has,
                                     "{who} has {cap} on {u} at {at} but root does not"
                                 );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+mod additive {
+    //! Local operations (delegate, revoke — by anyone) never change what users hold from the
+    //! cloud, and nobody ever exceeds a delegator, judged at decision time.
+    use super::*;
+    use crate::model::GroupId;
+    use proptest::prelude::*;
+
+    const USERS: [&str; 6] = ["u0", "u1", "u2", "u3", "u4", "u5"];
+    const UNITS: [&str; 4] = ["a1", "a2", "b1", "c1"];
+
+    fn arb_scope() -> impl Strategy<Value = Scope> {
+        prop::sample::select(vec![
+            s_site(),
+            s_group("g-a"),
+            s_group("g-b"),
+            s_unit("a1"),
+            s_unit("a2"),
+            s_unit("b1"),
+            s_unit("c1"),
+        ])
+    }
+    fn arb_role() -> impl Strategy<Value = Role> {
+        prop::sample::select(Role::ALL.to_vec())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Delegate {
+            by: usize,
+            to: usize,
+            role: Role,
+            scope: Scope,
+            exp: Option<i64>,
+        },
+        Revoke(usize),
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0usize..6, 0usize..6, arb_role(), arb_scope(), prop::option::of(1i64..200))
+                .prop_map(|(by, to, role, scope, exp)| Op::Delegate { by, to, role, scope, exp }),
+            1 => (0usize..64).prop_map(Op::Revoke),
+        ]
+    }
+
+    /// What happens to the cloud grants after the delegations were made.
+    #[derive(Debug, Clone)]
+    enum Later {
+        Nothing,
+        Revoke(usize),
+        Lower(usize, Role),
+        /// Every cloud grant of the delegator of local grant k is lowered to at most the role.
+        LowerDelegator(usize, Role),
+    }
+
+    fn targets() -> Vec<(Target, Scope)> {
+        let mut t: Vec<(Target, Scope)> = UNITS
+            .iter()
+            .map(|u| (Target::Unit(unit(u)), s_unit(u)))
+            .collect();
+        for g in ["g-a", "g-b"] {
+            let id = GroupId::new(g).unwrap();
+            t.push((Target::Group(id), s_group(g)));
+        }
+        t.push((Target::Site, s_site()));
+        t
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(250))]
+
+        #[test]
+        fn local_operations_never_change_cloud_capabilities_and_never_exceed_the_delegator(
+            cloud in prop::collection::vec(
+                (0usize..6, arb_role(), arb_scope(), prop::option::of(1i64..200)), 3..14),
+            ops in prop::collection::vec(arb_op(), 0..24),
+            later in prop_oneof![
+                Just(Later::Nothing),
+                (0usize..14).prop_map(Later::Revoke),
+                ((0usize..14), arb_role()).prop_map(|(i, r)| Later::Lower(i, r)),
+                ((0usize..64), arb_role()).prop_map(|(k, r)| Later::LowerDelegator(k, r)),
+            ],
+        ) {
+            let grants: Vec<_> = cloud.iter().enumerate().map(|(i, (u, r, s, e))| {
+                let mut g = grant(&format!("c{i}"), USERS[*u], *r, s.clone());
+                g.expires_at = e.map(|h| NOW + Duration::hours(h));
+                g
+            }).collect();
+            let mut inp: Inputs = inputs(state(&USERS, grants), vec![]);
+            let mut made = 0usize;
+            for (n, op) in ops.iter().enumerate() {
+                match op {
+                    Op::Delegate { by, to, role, scope, exp } => {
+                        let ix = crate::authz::Index::build(&inp);
+                        let r = DelegationRequest {
+                            user: uid(USERS[*to]), role: *role, scope: scope.clone(),
+                            not_before: None, expires_at: exp.map(|h| NOW + Duration::hours(h)),
+                        };
+                        let checked = Delegations::check(&ix, &uid(USERS[*by]), &r, NOW);
+                        if *role == Role::None {
+                            prop_assert!(checked.is_err(), "a local `none` was accepted");
+                        }
+                        if let Ok(parent) = checked {
+                            let mut g = local(&format!("l{n}"), USERS[*to], *role, scope.clone(),
+                                USERS[*by], parent.as_str());
+                            g.expires_at = r.expires_at;
+                            inp.local.push(g);
+                            made += 1;
+                        }
+                    }
+                    // Revocation by anyone: a superset of what any user may revoke.
+                    Op::Revoke(k) if made > 0 => {
+                        let id = inp.local[k % made].id.clone();
+                        inp.local_revoked.insert(id);
+                    }
+                    Op::Revoke(_) => {}
+                }
+            }
+            // Then the cloud changes its mind about someone (possibly a delegator).
+            let mut st = (*inp.state).clone();
+            st.seq += 1;
+            match later {
+                Later::Nothing => {}
+                Later::Revoke(i) => {
+                    st.revoked.insert(GrantId::new(format!("c{}", i % cloud.len())).unwrap());
+                }
+                Later::Lower(i, r) => {
+                    let g = &mut st.grants[i % cloud.len()];
+                    g.role = g.role.min(r);
+                }
+                Later::LowerDelegator(_, _) if made == 0 => {}
+                Later::LowerDelegator(k, r) => {
+                    if let crate::access::Origin::Local { delegator, .. } = &inp.local[k % made].origin {
+                        for g in st.grants.iter_mut().filter(|g| g.user == *delegator) {
+                            g.role = g.role.min(r);
+                        }
+                    }
+                }
+            }
+            inp.state = Arc::new(st);
+            let with = crate::authz::Index::build(&inp);
+            let mut bare = inp.clone();
+            bare.local.clear();
+            bare.local_revoked.clear();
+            let without = crate::authz::Index::build(&bare);
+            for at in [NOW, NOW + Duration::hours(2), NOW + Duration::hours(100), NOW + Duration::days(30)] {
+                for (target, tscope) in targets() {
+                    for who in USERS {
+                        for cap in Capability::ALL {
+                            let has = with.decide(&uid(who), cap, &target, at).is_allow();
+                            let cloud_has = without.decide(&uid(who), cap, &target, at).is_allow();
+                            // 1. Nothing local takes a cloud-derived capability away.
+                            prop_assert!(has || !cloud_has,
+                                "{who} lost {cap} on {target:?} at {at} through local grants");
+                            // 2. Anything beyond the cloud's comes from a delegation in force
+                            //    whose delegator holds the capability there right now.
+                            if has && !cloud_has {
+                                let backed = inp.local.iter().any(|g| {
+                                    let crate::access::Origin::Local { delegator, .. } = &g.origin
+                                    else { return false };
+                                    g.user.as_str() == who
+                                        && !inp.local_revoked.contains(&g.id)
+                                        && g.expires_at.is_none_or(|e| at < e)
+                                        && g.role.capabilities().contains(cap)
+                                        && with.scope_within(&tscope, &g.scope)
+                                        && with.decide(delegator, cap, &target, at).is_allow()
+                                });
+                                prop_assert!(backed,
+                                    "{who} holds {cap} on {target:?} at {at} beyond the cloud \
+                                     with no delegator holding it");
                             }
                         }
                     }
