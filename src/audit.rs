@@ -24,6 +24,86 @@ use crate::store::{Store, StoreError};
 /// Hash that starts the chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Longest string stored in any audit field (actor, unit, and every string inside `detail`:
+/// values, messages, emails, ids), in bytes. A longer one keeps its first bytes (cut at a
+/// character boundary) followed by [`TRUNCATION_MARKER`] and the number of bytes left out, e.g.
+/// `abc…[+64744 bytes]`. Refused input often echoes the refused value in its error message; this
+/// keeps a flood of refusals from filling the log and the outbox.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// What follows a cut string: `…[+<bytes left out> bytes]`.
+pub const TRUNCATION_MARKER: &str = "…[+";
+/// Most entries kept per object or array inside `detail`; the rest are replaced by one marker
+/// entry (`"…": "+<n> entries"` in an object, `"…[+<n> items]"` in an array).
+pub const MAX_DETAIL_ENTRIES: usize = 32;
+/// Deepest nesting kept inside `detail`; anything deeper becomes the string `"…[nested]"`.
+pub const MAX_DETAIL_DEPTH: usize = 4;
+
+/// Cuts `s` to [`MAX_FIELD_BYTES`] with the truncation marker.
+pub fn cap_str(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_FIELD_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = MAX_FIELD_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}{TRUNCATION_MARKER}{} bytes]",
+        &s[..end],
+        s.len() - end
+    ))
+}
+
+/// `detail` with every string capped, and objects/arrays bounded in entries and depth.
+fn cap_value(v: &Value, depth: usize) -> Value {
+    match v {
+        Value::String(s) => Value::String(cap_str(s).into_owned()),
+        Value::Array(_) | Value::Object(_) if depth >= MAX_DETAIL_DEPTH => {
+            Value::String("…[nested]".into())
+        }
+        Value::Array(a) => {
+            let mut out: Vec<Value> = a
+                .iter()
+                .take(MAX_DETAIL_ENTRIES)
+                .map(|x| cap_value(x, depth + 1))
+                .collect();
+            if a.len() > MAX_DETAIL_ENTRIES {
+                out.push(Value::String(format!(
+                    "…[+{} items]",
+                    a.len() - MAX_DETAIL_ENTRIES
+                )));
+            }
+            Value::Array(out)
+        }
+        Value::Object(o) => {
+            let mut out = serde_json::Map::new();
+            for (k, x) in o.iter().take(MAX_DETAIL_ENTRIES) {
+                out.insert(cap_str(k).into_owned(), cap_value(x, depth + 1));
+            }
+            if o.len() > MAX_DETAIL_ENTRIES {
+                out.insert(
+                    "…".into(),
+                    Value::String(format!("+{} entries", o.len() - MAX_DETAIL_ENTRIES)),
+                );
+            }
+            Value::Object(out)
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => v.clone(),
+    }
+}
+
+/// The event as it is stored: every field bounded (see [`MAX_FIELD_BYTES`]). Applied to every
+/// record on its one way in ([`Audit::record_in`]), so no caller can store an unbounded field.
+pub fn bounded(event: &Event) -> Event {
+    Event {
+        kind: event.kind,
+        actor: event.actor.as_deref().map(|a| cap_str(a).into_owned()),
+        unit: event.unit.as_deref().map(|u| cap_str(u).into_owned()),
+        outcome: event.outcome,
+        detail: cap_value(&event.detail, 0),
+    }
+}
+
 /// What happened, before it is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -200,6 +280,7 @@ fn append(
         )
         .optional()?
         .unwrap_or_else(|| GENESIS.to_string());
+    let event = &bounded(event);
     let at_ms = unix_ms(at);
     let canonical = Canonical {
         id,
@@ -416,6 +497,55 @@ mod tests {
             .with_conn(|c| {
                 c.execute("UPDATE audit SET actor = 'u-2' WHERE seq = 2", [])?;
                 assert_eq!(verify_chain(c)?, Err(2));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn every_stored_field_is_capped_with_a_marker_and_the_chain_still_verifies() {
+        let (_d, a) = audit();
+        let big = "é".repeat(40_000); // 80,000 bytes, 2-byte characters
+        let many: Vec<Value> = (0..100).map(|i| json!(i)).collect();
+        let mut wide = serde_json::Map::new();
+        for i in 0..40 {
+            wide.insert(format!("k{i:02}"), json!(i));
+        }
+        let rec = a
+            .record_blocking(
+                &Event::new("command", "rejected")
+                    .actor(big.clone())
+                    .unit("u".repeat(300))
+                    .detail(json!({
+                        "error": big, "list": many, "wide": wide,
+                        "deep": {"a": {"b": {"c": {"d": 1}}}},
+                        "small": "kept as is",
+                    })),
+            )
+            .unwrap();
+        // 256 bytes is 128 two-byte characters; the rest is counted in the marker.
+        let cut = format!("{}…[+79744 bytes]", "é".repeat(128));
+        assert_eq!(rec.actor.as_deref(), Some(cut.as_str()));
+        assert_eq!(rec.unit, Some(format!("{}…[+44 bytes]", "u".repeat(256))));
+        assert_eq!(rec.detail["error"], json!(cut));
+        assert_eq!(rec.detail["small"], json!("kept as is"));
+        let list = rec.detail["list"].as_array().unwrap();
+        assert_eq!(list.len(), MAX_DETAIL_ENTRIES + 1);
+        assert_eq!(list[MAX_DETAIL_ENTRIES], json!("…[+68 items]"));
+        assert_eq!(rec.detail["wide"].as_object().unwrap().len(), 33);
+        assert_eq!(rec.detail["wide"]["…"], json!("+8 entries"));
+        assert_eq!(rec.detail["deep"]["a"]["b"]["c"], json!("…[nested]"));
+        a.store()
+            .with_conn(|c| {
+                let (actor, detail_len): (String, i64) = c.query_row(
+                    "SELECT actor, length(CAST(detail AS BLOB)) FROM audit",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                assert_eq!(actor, cut);
+                let stored = serde_json::to_string(&rec.detail).unwrap();
+                assert_eq!(detail_len, stored.len() as i64);
+                assert_eq!(verify_chain(c)?, Ok(1));
                 Ok(())
             })
             .unwrap();

@@ -517,3 +517,63 @@ async fn polling_keeps_the_cached_values_fresh_without_any_write() {
     assert!(s.sim.stats().writes.is_empty());
     s.stop().await;
 }
+
+/// Bytes the database holds right now (pages in use, including the WAL's newest frames).
+fn db_bytes(s: &Site) -> i64 {
+    s.daemon
+        .store
+        .with_conn(|c| {
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            Ok(pages * size)
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_refused_puts_of_a_65_kb_string_store_bounded_audit_fields() {
+    let s = site().await;
+    let t = s.login("tess").await;
+    let huge = "x".repeat(65_000);
+    let before = db_bytes(&s);
+    for _ in 0..40 {
+        let r = put_point(&s, "hvac-1", "setpoint", &t, json!(huge)).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.body["error"], "invalid_value");
+    }
+    let grown = db_bytes(&s) - before;
+    let rows: Vec<(String, String, i64)> = s
+        .daemon
+        .store
+        .with_conn(|c| {
+            let mut st = c.prepare(
+                "SELECT json_extract(detail, '$.error'), json_extract(detail, '$.value'), \
+                 length(CAST(detail AS BLOB)) FROM audit \
+                 WHERE kind = 'command' AND outcome = 'rejected' ORDER BY seq",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 40);
+    for (error, value, detail_len) in &rows {
+        // The refused value is recorded by size only; the error message that repeats it keeps
+        // its first 256 bytes and says how much was cut.
+        assert_eq!(value, r#"{"omitted_bytes":65002}"#);
+        let (head, tail) = error.split_once("…[+").unwrap();
+        assert_eq!(head.len(), sitegate::audit::MAX_FIELD_BYTES, "{error}");
+        assert!(head.starts_with("invalid value for `setpoint`"), "{head}");
+        let cut: usize = tail.strip_suffix(" bytes]").unwrap().parse().unwrap();
+        assert!(head.len() + cut > 65_000, "{cut}");
+        assert_eq!(
+            error.len(),
+            head.len() + "…[+".len() + cut.to_string().len() + " bytes]".len()
+        );
+        assert_eq!(*detail_len, rows[0].2);
+        assert!(*detail_len < 512, "{detail_len}");
+    }
+    // 40 refusals (audit row + its outbox copy each) fit in a bounded number of pages, where the
+    // uncapped message alone was 40 × 65 KB twice over.
+    assert!(grown <= 160 * 1024, "the database grew by {grown} bytes");
+    s.stop().await;
+}
