@@ -241,7 +241,10 @@ fn delegation_error(e: delegation::DelegationError) -> ports::DelegationError {
         | D::ExpiryRequired(_)
         | D::ExpiryTooLate(_)
         | D::ExpiryInvalid
-        | D::NoteTooLong => ports::DelegationError::Invalid(e.to_string()),
+        | D::NoteTooLong => ports::DelegationError::Invalid {
+            code: e.code(),
+            message: e.to_string(),
+        },
         D::Key(_) | D::Store(_) => ports::DelegationError::Unavailable,
     }
 }
@@ -280,10 +283,12 @@ impl DelegationPort for DelegationAdapter {
             // Delegation names an existing user of the site (from the cloud's bundle); accounts
             // are created by the cloud, so a password in the request is refused, not ignored.
             if request.password.is_some() {
-                return Err(ports::DelegationError::Invalid(
-                    "accounts are created by the cloud; delegate to an existing user by email"
-                        .into(),
-                ));
+                return Err(ports::DelegationError::Invalid {
+                    code: "invalid_request",
+                    message:
+                        "accounts are created by the cloud; delegate to an existing user by email"
+                            .into(),
+                });
             }
             // Authorization comes before the email lookup (inside `create_for_email`), so an
             // unknown email never answers differently from a forbidden scope.

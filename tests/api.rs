@@ -178,17 +178,32 @@ async fn a_unit_outside_scope_answers_exactly_like_a_missing_one() {
     assert_eq!(b_out, b_missing, "same body for out of scope and missing");
     assert_eq!(b_out, b_bad);
 
-    // Writes, commands and diagnostics on it are 404 as well, and nothing reaches the bus.
-    let (s, v) = h
-        .put(
-            "/units/hvac-2/points/setpoint",
-            &token,
-            json!({"value": 20}),
-        )
-        .await;
-    assert_error(s, &v, 404, "unit_not_found");
-    let (s, v) = h.get("/units/hvac-2/diagnostics", &token).await;
-    assert_error(s, &v, 404, "unit_not_found");
+    // Writes, commands and diagnostics are authorized before the unit is looked up: out of
+    // scope, missing, malformed and in scope (a viewer may not write) answer byte for byte
+    // alike, and nothing reaches the bus.
+    for (path, post) in [
+        ("/points/setpoint", false),
+        ("/commands/start", true),
+        ("/diagnostics", false),
+    ] {
+        let mut bodies = Vec::new();
+        for unit in ["hvac-2", "nope", ".bad", "hvac-1"] {
+            let url = h.url(&format!("/units/{unit}{path}"));
+            let req = match (path, post) {
+                ("/diagnostics", _) => h.http.get(url),
+                (_, true) => h.http.post(url).json(&json!({})),
+                (_, false) => h.http.put(url).json(&json!({"value": 20})),
+            };
+            let r = req.bearer_auth(&token).send().await.unwrap();
+            bodies.push((r.status().as_u16(), r.bytes().await.unwrap()));
+        }
+        assert_eq!(bodies[0].0, 403, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&bodies[0].1).unwrap();
+        assert_eq!(v["error"], "forbidden", "{path}");
+        for b in &bodies[1..] {
+            assert_eq!(b, &bodies[0], "{path}");
+        }
+    }
     assert_eq!(h.units.bus_writes.load(Ordering::SeqCst), 0);
 }
 
@@ -472,7 +487,7 @@ async fn a_revoked_grant_takes_effect_on_the_live_sessions_next_call() {
     let (s, v) = h
         .post("/units/gen-1/commands/start", &token, json!({}))
         .await;
-    assert_error(s, &v, 404, "unit_not_found");
+    assert_error(s, &v, 403, "forbidden");
     h.authz.revoke("g-control");
     let (s, v) = h
         .put(
@@ -481,7 +496,7 @@ async fn a_revoked_grant_takes_effect_on_the_live_sessions_next_call() {
             json!({"value": 20}),
         )
         .await;
-    assert_error(s, &v, 404, "unit_not_found");
+    assert_error(s, &v, 403, "forbidden");
     assert_eq!(h.units.bus_commands.load(Ordering::SeqCst), 0);
 }
 

@@ -259,13 +259,11 @@ async fn a_unit_outside_the_scope_is_404_with_the_body_of_a_unit_that_does_not_e
         missing.body.to_string().replace("hvac-9", "X")
     );
     let before = total_writes(&s);
+    // A write is authorized before the unit is looked up: 403, the same body for both.
     let hidden = put_point(&s, "hvac-2", "setpoint", &t, json!(20)).await;
     let missing = put_point(&s, "hvac-9", "setpoint", &t, json!(20)).await;
-    assert_eq!((hidden.status, missing.status), (404, 404));
-    assert_eq!(
-        hidden.body.to_string().replace("hvac-2", "X"),
-        missing.body.to_string().replace("hvac-9", "X")
-    );
+    assert_eq!((hidden.status, missing.status), (403, 403));
+    assert_eq!(hidden.body, missing.body);
     assert_eq!(total_writes(&s), before);
     s.stop().await;
 }
@@ -575,5 +573,310 @@ async fn forty_refused_puts_of_a_65_kb_string_store_bounded_audit_fields() {
     // 40 refusals (audit row + its outbox copy each) fit in a bounded number of pages, where the
     // uncapped message alone was 40 × 65 KB twice over.
     assert!(grown <= 160 * 1024, "the database grew by {grown} bytes");
+    s.stop().await;
+}
+
+async fn post(s: &Site, path: &str, token: &str, body: Value) -> Resp {
+    call(s, reqwest::Method::POST, path, token, Some(body)).await
+}
+
+async fn delete(s: &Site, path: &str, token: &str) -> Resp {
+    call(s, reqwest::Method::DELETE, path, token, None).await
+}
+
+fn in_a_day() -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// The standard members plus `tom` (technician on the `offices` group only) and `tina`
+/// (technician on the site, with a cloud `none` on `gen-1`).
+async fn wider_site() -> Site {
+    let s = site().await;
+    let mut m = members();
+    m.push(Member {
+        user: "tom",
+        role: "technician",
+        scope: json!({"group": "offices"}),
+        grant: "g-tom",
+    });
+    m.push(Member {
+        user: "tina",
+        role: "technician",
+        scope: json!({"site": SITE}),
+        grant: "g-tina",
+    });
+    m.push(Member {
+        user: "tina",
+        role: "none",
+        scope: json!({"unit": "gen-1"}),
+        grant: "g-tina-none",
+    });
+    s.apply(bundle(2, &m, &[])).await;
+    s
+}
+
+/// Status and error code (and the whole body) of two answers are the same.
+fn same(a: &Resp, b: &Resp, what: &str) {
+    assert_eq!((a.status, &a.body), (b.status, &b.body), "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_an_unknown_unit_group_or_email_exactly_like_a_forbidden_one() {
+    let s = wider_site().await;
+    let vera = s.login("vera").await; // viewer on the site
+    let carl = s.login("carl").await; // control-only on hvac-1, gen-1, hvac-3
+    let tom = s.login("tom").await; // technician on `offices` (hvac-1, hvac-3)
+    let ada = s.login("ada").await;
+    let before = total_writes(&s);
+
+    // Reads: out of scope and unknown are 404 alike.
+    let (a, b) = (
+        get(&s, "/units/hvac-2", &carl).await,
+        get(&s, "/units/hvac-9", &carl).await,
+    );
+    assert_eq!(a.status, 404);
+    assert_eq!(a.body["error"], b.body["error"]);
+    // Writes, commands, diagnostics: a unit the caller can see but not use, one outside the
+    // scope and one that does not exist all answer the same 403.
+    for (who, t, seen, hidden) in [
+        ("vera", &vera, "hvac-1", None),
+        ("carl", &carl, "hvac-1", Some("hvac-2")),
+    ] {
+        let ask = |u: &'static str| {
+            let (s, t) = (&s, t);
+            async move {
+                (
+                    put_point(s, u, "setpoint", t, json!(20)).await,
+                    command(s, u, "start", t).await,
+                )
+            }
+        };
+        let (w9, c9) = ask("hvac-9").await;
+        assert_eq!(
+            (w9.status, &w9.body["error"]),
+            (403, &json!("forbidden")),
+            "{who}"
+        );
+        same(&c9, &w9, who);
+        if who == "vera" {
+            let (w, c) = ask(seen).await;
+            same(&w, &w9, "viewer write on a visible unit");
+            same(&c, &w9, "viewer command on a visible unit");
+        }
+        if let Some(h) = hidden {
+            let (w, c) = ask(h).await;
+            same(&w, &w9, "write out of scope");
+            same(&c, &w9, "command out of scope");
+        }
+    }
+    let d1 = get(&s, "/units/hvac-1/diagnostics", &carl).await;
+    let d2 = get(&s, "/units/hvac-2/diagnostics", &carl).await;
+    let d9 = get(
+        &s,
+        "/units/hvac-9/diagnostics?kind=holding&address=1",
+        &carl,
+    )
+    .await;
+    assert_eq!((d1.status, &d1.body["error"]), (403, &json!("forbidden")));
+    same(&d2, &d1, "diagnostics out of scope");
+    same(&d9, &d1, "diagnostics of an unknown unit, with a raw read");
+    assert_eq!(total_writes(&s), before);
+
+    // Delegation: authorization comes before scope and email are looked at.
+    let grant = |email: &str, scope: Value| json!({"email": email, "role": "viewer", "scope": scope, "expires_at": in_a_day()});
+    let base = post(
+        &s,
+        "/grants",
+        &carl,
+        grant(&email("vera"), json!({"unit": "hvac-1"})),
+    )
+    .await;
+    assert_eq!(
+        (base.status, &base.body["error"]),
+        (403, &json!("forbidden"))
+    );
+    for (who, t, email_, scope) in [
+        ("carl", &carl, email("vera"), json!({"unit": "hvac-9"})),
+        ("carl", &carl, email("vera"), json!({"group": "nope"})),
+        (
+            "carl",
+            &carl,
+            "ghost@example.com".to_string(),
+            json!({"unit": "hvac-1"}),
+        ),
+        (
+            "carl",
+            &carl,
+            "ghost@example.com".to_string(),
+            json!({"site": "s-other"}),
+        ),
+        ("tom", &tom, email("vera"), json!({"unit": "hvac-2"})),
+        ("tom", &tom, email("vera"), json!({"group": "secret"})),
+        ("tom", &tom, email("vera"), json!({"unit": "hvac-9"})),
+        ("tom", &tom, email("vera"), json!({"group": "nope"})),
+        (
+            "tom",
+            &tom,
+            "ghost@example.com".to_string(),
+            json!({"unit": "hvac-2"}),
+        ),
+        (
+            "tom",
+            &tom,
+            "ghost@example.com".to_string(),
+            json!({"site": SITE}),
+        ),
+    ] {
+        let r = post(&s, "/grants", t, grant(&email_, scope.clone())).await;
+        same(&r, &base, &format!("{who} {email_} {scope}"));
+    }
+    // Once authorized, an unknown email is its own answer (a success would tell anyway).
+    let r = post(
+        &s,
+        "/grants",
+        &tom,
+        grant("ghost@example.com", json!({"unit": "hvac-1"})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.body["error"]),
+        (422, &json!("unknown_user")),
+        "{}",
+        r.body
+    );
+
+    // Revocation: someone else's delegation and a missing id are the same 404.
+    let made = post(
+        &s,
+        "/grants",
+        &ada,
+        grant(&email("rick"), json!({"unit": "hvac-2"})),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let id = made.body["grant"]["id"].as_str().unwrap().to_string();
+    let theirs = delete(&s, &format!("/grants/{id}"), &carl).await;
+    let missing = delete(&s, "/grants/l-00000000", &carl).await;
+    let malformed = delete(&s, "/grants/.x", &carl).await;
+    assert_eq!(
+        (theirs.status, &theirs.body["error"]),
+        (404, &json!("grant_not_found"))
+    );
+    same(&missing, &theirs, "missing grant");
+    same(&malformed, &theirs, "malformed grant id");
+
+    // Access requests: a unit that exists out of sight and one that does not are both pending.
+    let ask = |scope: Value| json!({"role": "viewer", "scope": scope});
+    let known = post(
+        &s,
+        "/access-requests",
+        &carl,
+        ask(json!({"unit": "hvac-2"})),
+    )
+    .await;
+    let unknown = post(
+        &s,
+        "/access-requests",
+        &carl,
+        ask(json!({"unit": "hvac-9"})),
+    )
+    .await;
+    let group = post(&s, "/access-requests", &carl, ask(json!({"group": "nope"}))).await;
+    for r in [&known, &unknown, &group] {
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(r.body["status"], "pending");
+        let keys: Vec<&String> = r.body.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["request_id", "status"]);
+    }
+
+    // Audit: filtering by a unit out of sight or by an unknown one gives the same empty page.
+    let a = get(&s, "/audit?unit=hvac-2", &tom).await;
+    let b = get(&s, "/audit?unit=hvac-9", &tom).await;
+    assert_eq!(a.status, 200);
+    same(&a, &b, "audit filter");
+    assert_eq!(a.body["records"], json!([]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_technician_with_none_on_a_unit_does_not_see_its_audit_history() {
+    let s = wider_site().await;
+    let carl = s.login("carl").await;
+    let ada = s.login("ada").await;
+    assert_eq!(command(&s, "gen-1", "start", &carl).await.status, 200);
+    assert_eq!(
+        put_point(&s, "hvac-1", "setpoint", &carl, json!(21))
+            .await
+            .status,
+        200
+    );
+    let tina = s.login("tina").await;
+    let all = |r: &Resp| r.body["records"].as_array().unwrap().clone();
+    let r = get(&s, "/audit?limit=200", &tina).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let units: std::collections::BTreeSet<Option<String>> = all(&r)
+        .iter()
+        .map(|x| x["unit"].as_str().map(str::to_string))
+        .collect();
+    // hvac-1's write is there; gen-1's start and every record about no unit (logins) are not.
+    assert!(units.contains(&Some("hvac-1".to_string())), "{units:?}");
+    assert!(!units.contains(&Some("gen-1".to_string())), "{units:?}");
+    assert!(!units.contains(&None), "{units:?}");
+    let r = get(&s, "/audit?unit=gen-1", &tina).await;
+    assert_eq!((r.status, r.body["records"].clone()), (200, json!([])));
+    // The admin sees the whole site: gen-1's start and the logins.
+    let r = get(&s, "/audit?limit=200", &ada).await;
+    let text = serde_json::to_string(&all(&r)).unwrap();
+    assert!(text.contains("\"unit\":\"gen-1\""), "{text}");
+    assert!(text.contains("\"kind\":\"login\""), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_technician_cannot_take_a_unit_away_from_the_admin_over_the_api() {
+    let s = site().await;
+    let tess = s.login("tess").await;
+    let ada = s.login("ada").await;
+    let body = |role: &str| {
+        json!({"email": email("ada"), "role": role, "scope": {"unit": "gen-1"},
+               "expires_at": in_a_day()})
+    };
+    let r = post(&s, "/grants", &tess, body("none")).await;
+    assert_eq!(
+        (r.status, &r.body["error"]),
+        (422, &json!("none_not_delegable")),
+        "{}",
+        r.body
+    );
+    let r = post(&s, "/grants", &tess, body("control-only")).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["grant"]["id"].as_str().unwrap().to_string();
+    // The admin keeps everything on gen-1 …
+    let me = get(&s, "/me", &ada).await;
+    let gen1 = me.body["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["unit"] == "gen-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        gen1["capabilities"],
+        json!(["view", "control", "diagnose", "configure", "manage_users"])
+    );
+    assert_eq!(get(&s, "/units/gen-1/diagnostics", &ada).await.status, 200);
+    // … sees the delegation and deletes it.
+    let listed = get(&s, "/grants", &ada).await;
+    assert!(
+        listed.body["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == id.as_str())
+    );
+    let r = delete(&s, &format!("/grants/{id}"), &ada).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     s.stop().await;
 }

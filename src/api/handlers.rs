@@ -204,6 +204,55 @@ fn visible_unit(state: &ApiState, user: &UserId, raw: &str) -> ApiResult<UnitId>
     }
 }
 
+/// For routes that change a unit or read its diagnostics: AUTHORIZATION FIRST. The caller must
+/// hold one of `caps` on the unit before anything about the unit, its points or its commands is
+/// looked up. A malformed id, an unknown unit, a unit outside the caller's scope and a unit the
+/// caller may see but not use this way all answer the same `403 forbidden` (the real reason goes
+/// to the audit record and the denial metric), so nobody can probe for units.
+fn usable_unit(
+    state: &ApiState,
+    user: &UserId,
+    raw: &str,
+    caps: &[Capability],
+) -> Result<UnitId, &'static str> {
+    let Ok(unit) = UnitId::new(raw) else {
+        return Err("unknown_unit");
+    };
+    let target = Target::Unit(unit.clone());
+    let mut first: Option<(Capability, &'static str)> = None;
+    for &cap in caps {
+        match state.0.ports.authz.decide(user, cap, &target) {
+            super::ports::Decision::Allow => {
+                // The units port and the index are built from the same config; a unit one of
+                // them lacks answers like any unknown unit.
+                return match state.0.ports.units.unit(&unit) {
+                    Some(_) => Ok(unit),
+                    None => Err("unknown_unit"),
+                };
+            }
+            super::ports::Decision::Deny(reason) => {
+                first.get_or_insert((cap, reason));
+            }
+        }
+    }
+    let (cap, reason) = first.unwrap_or((Capability::View, "role_lacks"));
+    state.0.metrics.observe_denial(cap.as_str(), reason);
+    Err(reason)
+}
+
+/// The one answer for a unit the caller may not change (see [`usable_unit`]).
+fn may_not_change_unit() -> ApiError {
+    ApiError::forbidden("your access does not allow this on that unit")
+}
+
+/// The one answer for a unit whose diagnostics the caller may not read (see [`usable_unit`]).
+fn may_not_diagnose_unit() -> ApiError {
+    ApiError::forbidden("reading diagnostics needs `diagnose` on that unit")
+}
+
+/// What a write or command needs at least one of before anything else is looked up.
+const WRITE_CAPS: [Capability; 2] = [Capability::Control, Capability::Configure];
+
 /// Asks the authorization port; counts a denial.
 fn decide(state: &ApiState, user: &UserId, cap: Capability, target: &Target) -> bool {
     deny_reason(state, user, cap, target).is_none()
@@ -360,16 +409,26 @@ async fn audit_command(
     outcome: &'static str,
     detail: Value,
 ) {
-    let _ = state
-        .0
-        .audit
-        .record(
-            Event::new("command", outcome)
-                .actor(user.as_str())
-                .unit(unit.as_str())
-                .detail(detail),
-        )
-        .await;
+    audit_unit_event(state, "command", user, Some(unit.as_str()), outcome, detail).await;
+}
+
+/// Records an event about a unit. `unit` is the id as the caller sent it when the request was
+/// refused before the unit was resolved (every field is bounded by the audit trail itself).
+async fn audit_unit_event(
+    state: &ApiState,
+    kind: &'static str,
+    user: &UserId,
+    unit: Option<&str>,
+    outcome: &'static str,
+    detail: Value,
+) {
+    let mut ev = Event::new(kind, outcome)
+        .actor(user.as_str())
+        .detail(detail);
+    if let Some(u) = unit {
+        ev = ev.unit(u);
+    }
+    let _ = state.0.audit.record(ev).await;
 }
 
 /// A client-supplied value as recorded in the audit trail: as is when small, otherwise only its
@@ -420,7 +479,14 @@ pub async fn write_point(
     ApiJson(body): ApiJson<WriteBody>,
 ) -> ApiResult<Json<Value>> {
     let user = &caller.session.user;
-    let unit = visible_unit(&state, user, &unit)?;
+    let unit = match usable_unit(&state, user, &unit, &WRITE_CAPS) {
+        Ok(u) => u,
+        Err(reason) => {
+            let detail = json!({ "action": "write", "point": point, "reason": reason });
+            audit_unit_event(&state, "command", user, Some(&unit), "denied", detail).await;
+            return Err(may_not_change_unit());
+        }
+    };
     let target = Target::Unit(unit.clone());
     let profile = state.0.ports.units.profile(&unit).unwrap_or_default();
     // A point the caller may not even read answers like a missing one.
@@ -502,7 +568,14 @@ pub async fn run_command(
     Path((unit, command)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let user = &caller.session.user;
-    let unit = visible_unit(&state, user, &unit)?;
+    let unit = match usable_unit(&state, user, &unit, &WRITE_CAPS) {
+        Ok(u) => u,
+        Err(reason) => {
+            let detail = json!({ "action": "command", "command": command, "reason": reason });
+            audit_unit_event(&state, "command", user, Some(&unit), "denied", detail).await;
+            return Err(may_not_change_unit());
+        }
+    };
     let target = Target::Unit(unit.clone());
     let profile = state.0.ports.units.profile(&unit).unwrap_or_default();
     let Some(c) = profile.commands.iter().find(|c| c.name == command) else {
@@ -574,17 +647,16 @@ pub async fn diagnostics(
     ApiQuery(q): ApiQuery<DiagQuery>,
 ) -> ApiResult<Json<Value>> {
     let user = &caller.session.user;
-    let unit = visible_unit(&state, user, &unit)?;
-    let target = Target::Unit(unit.clone());
-    if !decide(&state, user, Capability::Diagnose, &target) {
-        return Err(ApiError::forbidden(
-            "your access to this unit does not include `diagnose`",
-        ));
-    }
+    let unit = match usable_unit(&state, user, &unit, &[Capability::Diagnose]) {
+        Ok(u) => u,
+        Err(reason) => {
+            let detail = json!({ "reason": reason });
+            audit_unit_event(&state, "diagnostics", user, Some(&unit), "denied", detail).await;
+            return Err(may_not_diagnose_unit());
+        }
+    };
     let units = &state.0.ports.units;
-    let diag = units
-        .diagnostics(&unit)
-        .ok_or_else(ApiError::unit_not_found)?;
+    let diag = units.diagnostics(&unit).ok_or_else(may_not_diagnose_unit)?;
     let raw = match (q.kind, q.address, q.count) {
         (None, None, None) => None,
         (Some(kind), Some(address), count) => {
@@ -674,39 +746,38 @@ pub async fn audit_query(
             ));
         }
     }
-    // Site-wide diagnose sees every record (including those about no unit: logins, grants);
-    // otherwise only records of units the caller may diagnose.
-    let units: Option<Vec<String>> = if state
-        .0
-        .ports
-        .authz
+    // Per unit: only records of units the caller may diagnose. Records about no unit (logins,
+    // grants, delegations — they may name any unit or user) only for a caller who may diagnose
+    // the whole site with no unit withheld. A `?unit=` filter naming a unit the caller may not
+    // diagnose, or no unit at all, gives the same empty page.
+    let authz = &state.0.ports.authz;
+    let allowed: Vec<String> = authz
+        .visible_units(user)
+        .into_iter()
+        .filter(|(_, caps)| caps.contains(Capability::Diagnose))
+        .map(|(u, _)| u.to_string())
+        .collect();
+    let inventory = state.0.ports.units.units();
+    let whole_site = authz
         .decide(user, Capability::Diagnose, &Target::Site)
         .is_allow()
-    {
-        q.unit.clone().map(|u| vec![u])
-    } else {
-        let mut allowed: Vec<String> = state
+        && inventory
+            .iter()
+            .all(|u| allowed.iter().any(|a| a == u.id.as_str()));
+    if allowed.is_empty() && !whole_site {
+        state
             .0
-            .ports
-            .authz
-            .visible_units(user)
-            .into_iter()
-            .filter(|(_, caps)| caps.contains(Capability::Diagnose))
-            .map(|(u, _)| u.to_string())
-            .collect();
-        if allowed.is_empty() {
-            state
-                .0
-                .metrics
-                .observe_denial("diagnose", "no_diagnose_scope");
-            return Err(ApiError::forbidden(
-                "reading the audit log needs `diagnose` on at least one unit",
-            ));
-        }
-        if let Some(u) = &q.unit {
-            allowed.retain(|a| a == u);
-        }
-        Some(allowed)
+            .metrics
+            .observe_denial("diagnose", "no_diagnose_scope");
+        return Err(ApiError::forbidden(
+            "reading the audit log needs `diagnose` on at least one unit",
+        ));
+    }
+    let units: Option<Vec<String>> = match &q.unit {
+        Some(u) => Some(allowed.into_iter().filter(|a| a == u).collect()),
+        // Every unit and the records about none.
+        None if whole_site => None,
+        None => Some(allowed),
     };
     let query = audit::Query {
         units,
@@ -742,13 +813,21 @@ pub async fn audit_query(
 
 fn delegation_error(state: &ApiState, e: DelegationError) -> ApiError {
     match e {
-        DelegationError::Forbidden(reason) => {
-            state.0.metrics.observe_denial("manage_users", reason);
-            ApiError::forbidden(format!("not allowed: {reason}"))
+        DelegationError::Forbidden(code) => {
+            state.0.metrics.observe_denial("manage_users", code);
+            let message = match code {
+                "above_ceiling" => "the role is above what your role may delegate",
+                "above_own_role" => "the role is above your own on part of the scope",
+                "not_cloud_grant" => {
+                    "on a site managed by a service provider only cloud-issued access may delegate"
+                }
+                _ => "you may not manage access on this scope",
+            };
+            ApiError::new(StatusCode::FORBIDDEN, code, message)
         }
         DelegationError::NotFound => ApiError::not_found("grant_not_found", "no such grant"),
         DelegationError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", safe(&m)),
-        DelegationError::Invalid(m) => ApiError::unprocessable("invalid_request", safe(&m)),
+        DelegationError::Invalid { code, message } => ApiError::unprocessable(code, safe(&message)),
         DelegationError::Unavailable => ApiError::internal(),
     }
 }

@@ -474,8 +474,9 @@ pub enum DelegationOutcome {
 /// Why a delegation operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DelegationError {
-    /// The actor may not do this (no `manage_users`, above its ceiling, outside its scope,
-    /// beyond its own expiry, or a pro site without a cloud grant) → 403, with a reason code.
+    /// The actor may not do this → 403 with this error code: `forbidden` (no `manage_users` on
+    /// the scope — or a scope that is not part of this site, answered alike), `above_ceiling`,
+    /// `above_own_role`, `not_cloud_grant`.
     #[error("not allowed: {0}")]
     Forbidden(&'static str),
     /// No such grant (or not visible to the actor) → 404.
@@ -484,9 +485,10 @@ pub enum DelegationError {
     /// Conflicts with the current state (already revoked, duplicate) → 409.
     #[error("{0}")]
     Conflict(String),
-    /// The request is malformed in a way the engine detects (bad email, expiry in the past) → 422.
-    #[error("{0}")]
-    Invalid(String),
+    /// The request is refused for a reason the engine detects after authorizing it (unknown
+    /// email, expiry in the past, …) → 422 with this error code (one code per meaning).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
     /// The engine could not answer → 500.
     #[error("delegation unavailable")]
     Unavailable,

@@ -584,7 +584,7 @@ impl DelegationPort for MemDelegation {
                 .decide(actor, Capability::ManageUsers, &Target::Site)
                 .is_allow()
             {
-                return Err(DelegationError::Forbidden("no_manage_users"));
+                return Err(DelegationError::Forbidden("forbidden"));
             }
             Ok(self
                 .authz
@@ -618,7 +618,7 @@ impl DelegationPort for MemDelegation {
                 .decide(actor, Capability::ManageUsers, &Target::Site)
                 .is_allow()
             {
-                return Err(DelegationError::Forbidden("no_manage_users"));
+                return Err(DelegationError::Forbidden("forbidden"));
             }
             let n = self.next.fetch_add(1, Ordering::SeqCst);
             let g = TestGrant {
@@ -653,7 +653,7 @@ impl DelegationPort for MemDelegation {
                 .decide(actor, Capability::ManageUsers, &Target::Site)
                 .is_allow()
             {
-                return Err(DelegationError::Forbidden("no_manage_users"));
+                return Err(DelegationError::Forbidden("forbidden"));
             }
             let mut grants = self.authz.grants.write().unwrap();
             let before = grants.len();
