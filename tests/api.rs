@@ -278,11 +278,13 @@ async fn a_viewer_reads_but_every_write_is_403_and_audited() {
     assert_eq!(rec.outcome, "denied");
     assert_eq!(rec.actor.as_deref(), Some("u-viewer"));
     assert_eq!(rec.unit.as_deref(), Some("hvac-1"));
-    assert_eq!(rec.detail["reason"], "role_lacks_capability");
+    assert_eq!(rec.detail["reason"], "role_lacks");
     let metrics = h.metrics.render(0);
-    assert!(metrics.contains(
-        "sitegate_authz_denials_total{capability=\"control\",reason=\"role_lacks_capability\"} 1"
-    ));
+    assert!(
+        metrics.contains(
+            "sitegate_authz_denials_total{capability=\"control\",reason=\"role_lacks\"} 1"
+        )
+    );
 }
 
 #[tokio::test]
@@ -483,12 +485,12 @@ async fn a_revoked_grant_takes_effect_on_the_live_sessions_next_call() {
         .put("/units/gen-1/points/rpm", &token, json!({"value": 1}))
         .await;
     assert_eq!(s, 422, "read-only point, but the unit is visible");
-    h.authz.revoke("g-control-gen");
+    h.revoke("g-control-gen");
     let (s, v) = h
         .post("/units/gen-1/commands/start", &token, json!({}))
         .await;
     assert_error(s, &v, 403, "forbidden");
-    h.authz.revoke("g-control");
+    h.revoke("g-control");
     let (s, v) = h
         .put(
             "/units/hvac-1/points/setpoint",
@@ -508,12 +510,17 @@ async fn delegation_lists_creates_and_revokes_and_refuses_without_manage_users()
         .post(
             "/grants",
             &admin,
-            json!({"email": "guest@example.com", "role": "viewer", "scope": {"unit": "hvac-1"}}),
+            json!({"email": "Nobody@example.com", "role": "viewer", "scope": {"unit": "hvac-1"}}),
         )
         .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["status"], "active");
+    assert_eq!(v["grant"]["user"], "u-nobody");
+    assert_eq!(v["grant"]["origin"], "local");
     let id = v["grant"]["id"].as_str().unwrap().to_string();
+    // The delegatee can now see the unit.
+    let nobody = h.login("nobody@example.com").await;
+    assert_eq!(h.get("/units/hvac-1", &nobody).await.0, 200);
     let (s, v) = h.get("/grants", &admin).await;
     assert_eq!(s, 200);
     assert!(
@@ -523,6 +530,37 @@ async fn delegation_lists_creates_and_revokes_and_refuses_without_manage_users()
             .iter()
             .any(|g| g["id"] == id.as_str())
     );
+    // A viewer lists only the delegations they made or received: none.
+    let viewer = h.login("viewer@example.com").await;
+    let (s, v) = h.get("/grants", &viewer).await;
+    assert_eq!((s, v), (200, json!({"grants": []})));
+    // … and may neither delegate nor revoke; an unknown id answers the same 404.
+    let (s, v) = h
+        .post(
+            "/grants",
+            &viewer,
+            json!({"email": "nobody@example.com", "role": "viewer", "scope": {"unit": "hvac-1"}}),
+        )
+        .await;
+    assert_error(s, &v, 403, "forbidden");
+    for who in [&viewer, &admin] {
+        let r = h
+            .http
+            .delete(h.url("/grants/l-unknown"))
+            .bearer_auth(who)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let r = h
+        .http
+        .delete(h.url(&format!("/grants/{id}")))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     let r = h
         .http
         .delete(h.url(&format!("/grants/{id}")))
@@ -531,18 +569,7 @@ async fn delegation_lists_creates_and_revokes_and_refuses_without_manage_users()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = h
-        .http
-        .delete(h.url(&format!("/grants/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-
-    let viewer = h.login("viewer@example.com").await;
-    let (s, v) = h.get("/grants", &viewer).await;
-    assert_error(s, &v, 403, "forbidden");
+    assert_eq!(h.get("/units/hvac-1", &nobody).await.0, 404);
     let (s, v) = h
         .post(
             "/grants",
@@ -560,6 +587,70 @@ async fn delegation_lists_creates_and_revokes_and_refuses_without_manage_users()
         .await;
     assert_eq!(s, 202, "{v}");
     assert_eq!(v["status"], "pending");
+}
+
+#[tokio::test]
+async fn every_delegation_route_answers_unknown_scopes_and_emails_like_forbidden_ones() {
+    let h = Harness::start().await;
+    // u-tech: technician on hvac-1 and gen-1 only.
+    let tech = h.login("tech@example.com").await;
+    let viewer = h.login("viewer@example.com").await;
+    let body = |email: &str, scope: Value| {
+        json!({"email": email, "role": "viewer", "scope": scope,
+               "expires_at": "2099-01-01T00:00:00Z"})
+    };
+    let mut answers = Vec::new();
+    for (who, email, scope) in [
+        (&tech, "nobody@example.com", json!({"unit": "hvac-2"})),
+        (&tech, "nobody@example.com", json!({"unit": "hvac-9"})),
+        (&tech, "nobody@example.com", json!({"group": "floor2"})),
+        (&tech, "nobody@example.com", json!({"group": "floor9"})),
+        (&tech, "nobody@example.com", json!({"site": "s-9"})),
+        (&tech, "ghost@example.com", json!({"unit": "hvac-2"})),
+        (&viewer, "nobody@example.com", json!({"unit": "hvac-1"})),
+        (&viewer, "ghost@example.com", json!({"unit": "hvac-9"})),
+    ] {
+        let r = h
+            .http
+            .post(h.url("/grants"))
+            .bearer_auth(who)
+            .json(&body(email, scope))
+            .send()
+            .await
+            .unwrap();
+        answers.push((r.status().as_u16(), r.bytes().await.unwrap()));
+    }
+    let v: Value = serde_json::from_slice(&answers[0].1).unwrap();
+    assert_eq!((answers[0].0, &v["error"]), (403, &json!("forbidden")));
+    for a in &answers[1..] {
+        assert_eq!(a, &answers[0]);
+    }
+    // Within the technician's scope the email is looked at.
+    let (s, v) = h
+        .post(
+            "/grants",
+            &tech,
+            body("ghost@example.com", json!({"unit": "hvac-1"})),
+        )
+        .await;
+    assert_error(s, &v, 422, "unknown_user");
+    // Access requests: existing out of sight and unknown alike.
+    let mut statuses = Vec::new();
+    for scope in [
+        json!({"unit": "hvac-2"}),
+        json!({"unit": "hvac-9"}),
+        json!({"group": "x"}),
+    ] {
+        let (s, v) = h
+            .post(
+                "/access-requests",
+                &viewer,
+                json!({"role": "viewer", "scope": scope}),
+            )
+            .await;
+        statuses.push((s, v["status"].clone()));
+    }
+    assert_eq!(statuses, vec![(202, json!("pending")); 3]);
 }
 
 #[tokio::test]

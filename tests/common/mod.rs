@@ -1,6 +1,6 @@
-//! Shared helpers for API tests and the load bench: honest in-memory implementations of the API
-//! ports (sessions, a most-specific-grant authorizer, units with a bus-write counter, delegation)
-//! and a harness that serves the real router on 127.0.0.1:0.
+//! Shared helpers for API tests and the load bench: in-memory implementations of the session and
+//! unit ports (units with a bus-write counter), the REAL authorization engine and delegation
+//! service behind their real adapters, and a harness that serves the real router on 127.0.0.1:0.
 //!
 //! The lead replaces these with the real engines in the daemon-level integration tests.
 
@@ -20,7 +20,7 @@ pub mod pki;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -161,154 +161,92 @@ impl AuthPort for MemAuth {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Authz: most specific grant wins, then the highest role (the design's rule).
+// Authz: the real decision engine (`sitegate::authz::Authz`) behind the real adapter, fed a site
+// state equal to what a bundle would give: the API tests judge handlers by the same rules as the
+// daemon.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-pub struct TestGrant {
-    pub id: GrantId,
-    pub user: UserId,
-    pub role: Role,
-    pub scope: Scope,
-}
-
-pub struct MemAuthz {
-    pub grants: RwLock<Vec<TestGrant>>,
-    /// unit → group
-    groups: HashMap<UnitId, Option<GroupId>>,
-    site: SiteId,
-}
-
-impl MemAuthz {
-    pub fn new() -> Self {
-        let site = SiteId::new("s-1").unwrap();
-        let g = |id: &str, user: &str, role: Role, scope: Scope| TestGrant {
-            id: GrantId::new(id).unwrap(),
-            user: uid(user),
-            role,
-            scope,
-        };
-        let grants = vec![
-            g(
-                "g-viewer",
-                "u-viewer",
-                Role::Viewer,
-                Scope::Group(GroupId::new("floor1").unwrap()),
-            ),
-            g(
-                "g-control",
-                "u-control",
-                Role::ControlOnly,
-                Scope::Group(GroupId::new("floor1").unwrap()),
-            ),
-            g(
-                "g-control-gen",
-                "u-control",
-                Role::ControlOnly,
-                Scope::Unit(unit("gen-1")),
-            ),
-            g(
-                "g-tech",
-                "u-tech",
-                Role::Technician,
-                Scope::Unit(unit("hvac-1")),
-            ),
-            g(
-                "g-tech-gen",
-                "u-tech",
-                Role::Technician,
-                Scope::Unit(unit("gen-1")),
-            ),
-            g("g-admin", "u-admin", Role::Admin, Scope::Site(site.clone())),
-        ];
-        let mut groups = HashMap::new();
-        groups.insert(unit("hvac-1"), Some(GroupId::new("floor1").unwrap()));
-        groups.insert(unit("hvac-2"), Some(GroupId::new("floor2").unwrap()));
-        groups.insert(unit("gen-1"), None);
-        MemAuthz {
-            grants: RwLock::new(grants),
-            groups,
-            site,
-        }
-    }
-
-    pub fn revoke(&self, id: &str) {
-        self.grants.write().unwrap().retain(|g| g.id.as_str() != id);
-    }
-
-    fn role_on(&self, user: &UserId, target: &Target) -> Option<Role> {
-        let grants = self.grants.read().unwrap();
-        let covering =
-            grants
-                .iter()
-                .filter(|g| &g.user == user)
-                .filter(|g| match (&g.scope, target) {
-                    (Scope::Site(s), _) => *s == self.site,
-                    (Scope::Group(gr), Target::Unit(u)) => {
-                        self.groups.get(u).and_then(|x| x.as_ref()) == Some(gr)
-                    }
-                    (Scope::Unit(gu), Target::Unit(u)) => gu == u,
-                    _ => false,
-                });
-        let best = covering.max_by_key(|g| (g.scope.specificity(), g.role))?;
-        Some(best.role)
-    }
-
-    fn caps(&self, user: &UserId, target: &Target) -> CapSet {
-        self.role_on(user, target)
-            .map(|r| r.capabilities())
-            .unwrap_or(CapSet::EMPTY)
-    }
-}
-
-impl AuthzPort for MemAuthz {
-    fn decide(&self, user: &UserId, capability: Capability, target: &Target) -> Decision {
-        match self.role_on(user, target) {
-            None => Decision::Deny("no_grant"),
-            Some(r) if r.capabilities().contains(capability) => Decision::Allow,
-            Some(_) => Decision::Deny("role_lacks_capability"),
-        }
-    }
-
-    fn visible_units(&self, user: &UserId) -> Vec<(UnitId, CapSet)> {
-        let mut v: Vec<(UnitId, CapSet)> = self
-            .groups
-            .keys()
-            .map(|u| (u.clone(), self.caps(user, &Target::Unit(u.clone()))))
-            .filter(|(_, c)| c.contains(Capability::View))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    fn me(&self, user: &UserId) -> Option<Me> {
-        let grants: Vec<GrantInfo> = self
-            .grants
-            .read()
-            .unwrap()
-            .iter()
-            .filter(|g| &g.user == user)
-            .map(|g| GrantInfo {
-                id: g.id.clone(),
-                user: g.user.clone(),
-                email: None,
-                role: g.role,
-                scope: g.scope.clone(),
-                not_before: None,
-                expires_at: None,
-                origin: "cloud",
-                delegator: None,
-            })
-            .collect();
-        Some(Me {
-            user: user.clone(),
-            email: format!("{user}@example.com"),
-            name: user.to_string(),
-            site: self.caps(user, &Target::Site),
-            units: self.visible_units(user),
-            grants,
-            management: Some(Management::Independent),
+/// The users of [`MemAuth`] with their cloud grants, and the inventory:
+/// hvac-1 (group floor1), hvac-2 (group floor2), gen-1 (no group).
+pub fn site_inputs(now: OffsetDateTime) -> sitegate::authz::Inputs {
+    use sitegate::access::{AccessState, Grant, Origin, Policy, User};
+    let site = SiteId::new("s-1").unwrap();
+    let floor = |g: &str| GroupId::new(g).unwrap();
+    let g = |id: &str, user: &str, role: Role, scope: Scope| Grant {
+        id: GrantId::new(id).unwrap(),
+        user: uid(user),
+        role,
+        scope,
+        not_before: None,
+        expires_at: None,
+        origin: Origin::Cloud,
+    };
+    let grants = vec![
+        g(
+            "g-viewer",
+            "u-viewer",
+            Role::Viewer,
+            Scope::Group(floor("floor1")),
+        ),
+        g(
+            "g-control",
+            "u-control",
+            Role::ControlOnly,
+            Scope::Group(floor("floor1")),
+        ),
+        g(
+            "g-control-gen",
+            "u-control",
+            Role::ControlOnly,
+            Scope::Unit(unit("gen-1")),
+        ),
+        g(
+            "g-tech",
+            "u-tech",
+            Role::Technician,
+            Scope::Unit(unit("hvac-1")),
+        ),
+        g(
+            "g-tech-gen",
+            "u-tech",
+            Role::Technician,
+            Scope::Unit(unit("gen-1")),
+        ),
+        g("g-admin", "u-admin", Role::Admin, Scope::Site(site.clone())),
+    ];
+    let users = ["viewer", "control", "tech", "admin", "nobody"]
+        .into_iter()
+        .map(|n| User {
+            id: uid(&format!("u-{n}")),
+            email: format!("{n}@example.com"),
+            name: n.to_string(),
+            active: true,
+            password: None,
         })
+        .collect();
+    let state = AccessState {
+        site: Some(site.clone()),
+        seq: 1,
+        issued_at: Some(now - time::Duration::minutes(1)),
+        last_trusted_time: Some(now - time::Duration::minutes(1)),
+        policy: Policy {
+            management: Management::Independent,
+            features: CapSet::ALL,
+            max_offline: Default::default(),
+        },
+        users,
+        grants,
+        ..Default::default()
+    };
+    sitegate::authz::Inputs {
+        site: Some(site),
+        state: Arc::new(state),
+        inventory: vec![
+            (unit("hvac-1"), Some(floor("floor1"))),
+            (unit("hvac-2"), Some(floor("floor2"))),
+            (unit("gen-1"), None),
+        ],
+        ..Default::default()
     }
 }
 
@@ -565,119 +503,6 @@ impl UnitsPort for MemUnits {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Delegation: admins delegate at once, everyone else gets a pending request.
-// ---------------------------------------------------------------------------------------------
-
-pub struct MemDelegation {
-    authz: Arc<MemAuthz>,
-    next: AtomicU64,
-}
-
-impl DelegationPort for MemDelegation {
-    fn list<'a>(
-        &'a self,
-        actor: &'a UserId,
-    ) -> BoxFut<'a, Result<Vec<GrantInfo>, DelegationError>> {
-        Box::pin(async move {
-            if !self
-                .authz
-                .decide(actor, Capability::ManageUsers, &Target::Site)
-                .is_allow()
-            {
-                return Err(DelegationError::Forbidden("forbidden"));
-            }
-            Ok(self
-                .authz
-                .grants
-                .read()
-                .unwrap()
-                .iter()
-                .map(|g| GrantInfo {
-                    id: g.id.clone(),
-                    user: g.user.clone(),
-                    email: None,
-                    role: g.role,
-                    scope: g.scope.clone(),
-                    not_before: None,
-                    expires_at: None,
-                    origin: "cloud",
-                    delegator: None,
-                })
-                .collect())
-        })
-    }
-
-    fn create<'a>(
-        &'a self,
-        actor: &'a UserId,
-        req: DelegateRequest,
-    ) -> BoxFut<'a, Result<DelegationOutcome, DelegationError>> {
-        Box::pin(async move {
-            if !self
-                .authz
-                .decide(actor, Capability::ManageUsers, &Target::Site)
-                .is_allow()
-            {
-                return Err(DelegationError::Forbidden("forbidden"));
-            }
-            let n = self.next.fetch_add(1, Ordering::SeqCst);
-            let g = TestGrant {
-                id: GrantId::new(format!("l-{n}")).unwrap(),
-                user: uid(&req.email.replace('@', "-at-")),
-                role: req.role,
-                scope: req.scope,
-            };
-            self.authz.grants.write().unwrap().push(g.clone());
-            Ok(DelegationOutcome::Applied(Some(GrantInfo {
-                id: g.id,
-                user: g.user,
-                email: Some(req.email),
-                role: g.role,
-                scope: g.scope,
-                not_before: None,
-                expires_at: req.expires_at,
-                origin: "local",
-                delegator: Some(actor.clone()),
-            })))
-        })
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        actor: &'a UserId,
-        grant: &'a GrantId,
-    ) -> BoxFut<'a, Result<DelegationOutcome, DelegationError>> {
-        Box::pin(async move {
-            if !self
-                .authz
-                .decide(actor, Capability::ManageUsers, &Target::Site)
-                .is_allow()
-            {
-                return Err(DelegationError::Forbidden("forbidden"));
-            }
-            let mut grants = self.authz.grants.write().unwrap();
-            let before = grants.len();
-            grants.retain(|g| &g.id != grant);
-            if grants.len() == before {
-                return Err(DelegationError::NotFound);
-            }
-            Ok(DelegationOutcome::Applied(None))
-        })
-    }
-
-    fn request_access<'a>(
-        &'a self,
-        _actor: &'a UserId,
-        _req: AccessRequest,
-    ) -> BoxFut<'a, Result<String, DelegationError>> {
-        Box::pin(async move {
-            let n = self.next.fetch_add(1, Ordering::SeqCst);
-            Ok(format!("r-{n}"))
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
 
@@ -698,7 +523,7 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub clock: Arc<ManualClock>,
     pub auth: Arc<MemAuth>,
-    pub authz: Arc<MemAuthz>,
+    pub authz: Arc<sitegate::authz::Authz>,
     pub units: Arc<MemUnits>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -726,17 +551,29 @@ impl Harness {
         let store = Store::open_in(dir.path()).unwrap();
         let audit = Audit::new(store.clone(), shared.clone(), None);
         let auth = Arc::new(MemAuth::new(clock.clone()));
-        let authz = Arc::new(MemAuthz::new());
+        let authz = Arc::new(sitegate::authz::Authz::new(site_inputs(clock.now())));
         let units = Arc::new(MemUnits::new(clock.clone()));
-        let delegation = Arc::new(MemDelegation {
+        let delegations = sitegate::delegation::Delegations::new(
+            store.clone(),
+            audit.clone(),
+            authz.clone(),
+            shared.clone(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        let delegation = Arc::new(sitegate::adapters::DelegationAdapter {
+            delegations,
             authz: authz.clone(),
-            next: AtomicU64::new(1),
         });
         let metrics = Arc::new(Metrics::new());
         let state = ApiState::new(
             Ports {
                 auth: auth.clone(),
-                authz: authz.clone(),
+                authz: Arc::new(sitegate::adapters::AuthzAdapter {
+                    authz: authz.clone(),
+                    clock: shared.clone(),
+                }),
                 units: units.clone(),
                 delegation,
             },
@@ -769,6 +606,16 @@ impl Harness {
             base,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Revokes a cloud grant, as a newer bundle would.
+    pub fn revoke(&self, id: &str) {
+        self.authz.update(|i| {
+            let mut st = (*i.state).clone();
+            st.seq += 1;
+            st.revoked.insert(GrantId::new(id).unwrap());
+            i.state = Arc::new(st);
+        });
     }
 
     pub fn url(&self, path: &str) -> String {
