@@ -250,10 +250,17 @@ enum Key {
     Site,
 }
 
-/// Users visited while following delegators (stack-allocated, bounded by [`MAX_CHAIN`]).
+/// Most delegator lookups one decision makes. Delegations only add, so a delegation left
+/// uncounted past this budget can only lower the local role, never the signed one: the bound is
+/// deny-safe and keeps a decision's cost fixed even for a dense web of delegations.
+pub const MAX_DELEGATOR_LOOKUPS: u32 = 64;
+
+/// Users visited while following delegators (stack-allocated, bounded by [`MAX_CHAIN`]), and
+/// the lookups made so far (bounded by [`MAX_DELEGATOR_LOOKUPS`]).
 struct Visited {
     users: [u32; MAX_CHAIN + 1],
     len: usize,
+    lookups: u32,
 }
 
 impl Visited {
@@ -261,6 +268,7 @@ impl Visited {
         Visited {
             users: [0; MAX_CHAIN + 1],
             len: 0,
+            lookups: 0,
         }
     }
     fn contains(&self, u: u32) -> bool {
@@ -609,7 +617,8 @@ impl Index {
             return Err(DenyReason::UserInactive);
         }
         let signed = self.resolve_signed(row, key, now);
-        let local = self.resolve_local(ui, row, key, now, visited);
+        let floor = signed.as_ref().ok().map(|(r, _)| *r);
+        let local = self.resolve_local(ui, row, key, now, floor, visited);
         match (signed, local) {
             (Ok(s), Ok(l)) => Ok(if l.0 > s.0 { l } else { s }),
             (Ok(s), Err(_)) => Ok(s),
@@ -644,13 +653,15 @@ impl Index {
 
     /// The role from local delegations: the highest over every valid delegation covering the
     /// target (any level), each capped at its delegator's role on the target at `now`. A
-    /// delegation capped to `none` does not apply.
+    /// delegation capped to `none` does not apply. Delegations whose role is not above `floor`
+    /// (the signed role) cannot change the answer and are not looked at.
     fn resolve_local(
         &self,
         ui: u32,
         row: &UserRow,
         key: Key,
         now: OffsetDateTime,
+        floor: Option<Role>,
         visited: &mut Visited,
     ) -> Result<(Role, u32), DenyReason> {
         let mut first_skip: Option<DenyReason> = None;
@@ -658,14 +669,22 @@ impl Index {
         for level in row.local.covering(key).into_iter().flatten() {
             for &gi in level {
                 let g = &self.grants[gi as usize];
-                if best.is_some_and(|(r, _)| r >= g.grant.role) {
-                    // Sorted by role: nothing further in this level can beat `best`.
+                if best.is_some_and(|(r, _)| r >= g.grant.role)
+                    || floor.is_some_and(|f| f >= g.grant.role)
+                {
+                    // Sorted by role: nothing further in this level can beat `best` or the
+                    // signed role.
                     break;
                 }
                 if let Err(why) = self.check_valid(g, now, 0) {
                     first_skip.get_or_insert(why);
                     continue;
                 }
+                if visited.lookups >= MAX_DELEGATOR_LOOKUPS {
+                    first_skip.get_or_insert(DenyReason::DelegatorInvalid);
+                    break;
+                }
+                visited.lookups += 1;
                 let Some(d) = g.delegator else {
                     // Not reachable: only linked delegations are placed as local.
                     first_skip.get_or_insert(DenyReason::DelegatorInvalid);

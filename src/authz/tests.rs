@@ -739,6 +739,50 @@ fn a_delegation_adds_on_a_unit_the_cloud_took_away_but_only_up_to_the_delegator(
 }
 
 #[test]
+fn a_dense_web_of_delegations_is_decided_within_the_lookup_budget() {
+    // Ten technicians (cloud, site) later lowered to viewer on a1 by the cloud, each having
+    // delegated control-only on the site to every other one and to x: 110 delegations, 10^4
+    // delegator paths on a1. The decision stays bounded and right: nobody holds more than
+    // viewer on a1, everyone keeps control elsewhere.
+    let names: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.push("x");
+    let mut grants = Vec::new();
+    for n in &names {
+        grants.push(grant(&format!("g-{n}"), n, Role::Technician, s_site()));
+        grants.push(grant(&format!("g-{n}-a1"), n, Role::Viewer, s_unit("a1")));
+    }
+    let mut locals = Vec::new();
+    for by in &names {
+        for to in &all {
+            if by != to {
+                locals.push(local(
+                    &format!("l-{by}-{to}"),
+                    to,
+                    Role::ControlOnly,
+                    s_site(),
+                    by,
+                    &format!("g-{by}"),
+                ));
+            }
+        }
+    }
+    let ix = Index::build(&inputs(state(&all, grants), locals));
+    assert_eq!(ix.dropped(), &[]);
+    let a1 = Target::Unit(unit("a1"));
+    let b1 = Target::Unit(unit("b1"));
+    for who in &all {
+        assert_eq!(ix.decide(&uid(who), View, &a1, NOW), Allow, "{who}");
+        assert_eq!(
+            ix.decide(&uid(who), Control, &a1, NOW),
+            Deny(R::RoleLacks),
+            "{who}"
+        );
+        assert_eq!(ix.decide(&uid(who), Control, &b1, NOW), Allow, "{who}");
+    }
+}
+
+#[test]
 fn a_delegation_cycle_does_not_take_away_a_users_own_access() {
     // boss delegates to u on a1; u (admin on the site itself) delegates back to boss on the site.
     let st = state(
