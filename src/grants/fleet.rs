@@ -11,6 +11,7 @@ use std::path::Path;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::Serialize;
 
+use super::ed25519::PublicKey;
 use super::envelope::{Kind, signing_input};
 use super::{GrantError, MAX_ENVELOPE_BYTES, Rejection};
 
@@ -76,11 +77,10 @@ pub fn keypair_from_seed(seed: &[u8; 32]) -> Result<Ed25519KeyPair, GrantError> 
         .map_err(|e| GrantError::Invalid(format!("ed25519 seed rejected: {e}")))
 }
 
-/// The raw 32-byte public key.
-pub fn public_key(key: &Ed25519KeyPair) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(key.public_key().as_ref());
-    out
+/// The public key, checked like every key the box trusts (see `ed25519`).
+pub fn public_key(key: &Ed25519KeyPair) -> Result<PublicKey, GrantError> {
+    PublicKey::of_key_pair(key)
+        .map_err(|e| GrantError::Invalid(format!("{}: the public key {e}", e.reason())))
 }
 
 /// The public key in base64url (the form config and key sets carry).
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn a_signed_description_verifies_and_a_tampered_one_does_not() {
         let key = keypair_from_seed(&[7u8; 32]).unwrap();
-        let pk = public_key(&key);
+        let pk = public_key(&key).unwrap();
         let provider = move |kid: &str| {
             if kid == "k1" {
                 Ok(pk)

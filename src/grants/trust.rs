@@ -13,6 +13,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::bundle::parse_json;
+use super::ed25519::PublicKey;
 use super::envelope::{self, KeyError, KeyProvider, Kind, key_rejection};
 use super::{GrantError, MAX_KEYS, Reason, Rejection, reject, short};
 use crate::clock::{from_unix_ms, unix_ms};
@@ -25,7 +26,7 @@ pub const META_KEYS_SEQ: &str = "grants.keys_seq";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub public_key: PublicKey,
     /// The key is refused at and after this time (judged at the clock floor).
     pub not_after: Option<OffsetDateTime>,
     /// Set when a key rotation dropped the key; a retired key never comes back.
@@ -35,7 +36,7 @@ pub struct TrustedKey {
 }
 
 impl TrustedKey {
-    fn usable_at(&self, now: OffsetDateTime) -> Result<[u8; 32], KeyError> {
+    fn usable_at(&self, now: OffsetDateTime) -> Result<PublicKey, KeyError> {
         if self.retired_at.is_some() || self.not_after.is_some_and(|na| now >= na) {
             Err(KeyError::Retired)
         } else {
@@ -61,7 +62,7 @@ pub struct ActiveKeys<'a> {
 }
 
 impl KeyProvider for ActiveKeys<'_> {
-    fn choose(&self, kid: &str) -> Result<[u8; 32], KeyError> {
+    fn choose(&self, kid: &str) -> Result<PublicKey, KeyError> {
         match self.set.keys.get(kid) {
             Some(k) => k.usable_at(self.now),
             None => Err(KeyError::Unknown),
@@ -76,7 +77,7 @@ pub struct EverTrusted<'a> {
 }
 
 impl KeyProvider for EverTrusted<'_> {
-    fn choose(&self, kid: &str) -> Result<[u8; 32], KeyError> {
+    fn choose(&self, kid: &str) -> Result<PublicKey, KeyError> {
         self.set
             .keys
             .get(kid)
@@ -128,8 +129,15 @@ impl TrustSet {
         let mut keys = BTreeMap::new();
         for row in rows {
             let (kid, pk, not_after, retired, source) = row?;
-            let public_key = <[u8; 32]>::try_from(pk.as_slice())
-                .map_err(|_| StoreError::Corrupt(format!("trust key `{kid}` is not 32 bytes")))?;
+            // A key stored before weak keys were refused is never used again (and never
+            // re-added under the same kid: every way in refuses it too).
+            let public_key = match PublicKey::from_bytes(&pk) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(kid = %kid, "stored trust key {e}; it is not used");
+                    continue;
+                }
+            };
             keys.insert(
                 kid.clone(),
                 TrustedKey {
@@ -162,7 +170,7 @@ pub fn check_keys_payload(payload: &[u8]) -> Result<(), Rejection> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnchorKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub public_key: PublicKey,
     pub not_after: Option<OffsetDateTime>,
 }
 
@@ -177,7 +185,7 @@ fn insert_key(
          VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
         params![
             k.kid,
-            k.public_key.to_vec(),
+            k.public_key.as_bytes().to_vec(),
             k.not_after.map(unix_ms),
             source,
             unix_ms(now)
@@ -269,18 +277,16 @@ fn decode_keys(list: Vec<KeyWire>) -> Result<Vec<AnchorKey>, Rejection> {
                 format!("key `{}` appears twice", k.kid),
             );
         }
-        let pk = crate::util_b64::decode(&k.public_key)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .ok_or_else(|| {
-                Rejection::new(
-                    Reason::Malformed,
-                    format!(
-                        "key `{}`: public key must be 32 bytes in base64url without padding",
-                        k.kid
-                    ),
-                )
-            })?;
+        let pk = PublicKey::from_b64(&k.public_key).map_err(|e| {
+            Rejection::new(
+                e.reason(),
+                format!(
+                    "key `{}`: the public key {e} (it must be a 32-byte Ed25519 key of prime \
+                     order, canonically encoded, in base64url without padding)",
+                    k.kid
+                ),
+            )
+        })?;
         out.push(AnchorKey {
             kid: k.kid,
             public_key: pk,
@@ -339,7 +345,7 @@ pub fn import(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub public_key: PublicKey,
     pub not_after: Option<OffsetDateTime>,
 }
 
@@ -369,12 +375,7 @@ impl VerifiedKeys {
         for sig in &opened.sigs {
             match current.choose(&sig.kid) {
                 Ok(pk) => {
-                    if !opened.verify_with(sig, &pk) {
-                        return reject(
-                            Reason::BadSignature,
-                            format!("signature by key `{}` does not verify", sig.kid),
-                        );
-                    }
+                    opened.verify_with(sig, &pk, &format!("key `{}`", sig.kid))?;
                     trusted_ok.push(sig.kid.clone());
                 }
                 Err(KeyError::Retired) => return Err(key_rejection(&sig.kid, KeyError::Retired)),
@@ -429,12 +430,7 @@ impl VerifiedKeys {
                             format!("new key `{}` did not sign the key set", k.kid),
                         );
                     };
-                    if !opened.verify_with(sig, &k.public_key) {
-                        return reject(
-                            Reason::BadSignature,
-                            format!("signature by new key `{}` does not verify", k.kid),
-                        );
-                    }
+                    opened.verify_with(sig, &k.public_key, &format!("new key `{}`", k.kid))?;
                     signed_by.push(k.kid.clone());
                 }
             }
