@@ -520,3 +520,216 @@ fn a_signed_payload_repeating_a_key_in_any_object_is_malformed_and_changes_nothi
 fn fleet_sign(kind: Kind, payload: &[u8]) -> Vec<u8> {
     sitegate::grants::fleet::sign(kind, KID_A, &key(1), payload)
 }
+
+// ---------------------------------------------------------------------------------------------
+// The other ways a key enters: the binary's `provision --trust`, `provision --trust-file`,
+// `trust import`, config anchors (`check-config`), and the device key.
+// ---------------------------------------------------------------------------------------------
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn sitegate(args: &[&str]) -> Out {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sitegate"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn provision_refuses_every_weak_trust_key_with_exit_78_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sitegate.toml");
+    let state = dir.path().join("state");
+    let file = dir.path().join("trust.json");
+    for (label, weak, says) in weak_keys() {
+        let trust = format!("fleet-w={}", b64(&weak));
+        let base = [
+            "provision",
+            "--config",
+            path(&config),
+            "--site",
+            "s-1",
+            "--gateway",
+            "gw-1",
+            "--state-dir",
+            path(&state),
+            "--non-interactive",
+        ];
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--trust", &trust]);
+        let out = sitegate(&args);
+        assert_eq!(out.code, 78, "{label}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("grants.trust[0].public_key")
+                && out.stderr.contains("weak_key")
+                && out.stderr.contains(says),
+            "{label}: {}",
+            out.stderr
+        );
+        // The trust file form (that of `trust import`), next to a good key.
+        std::fs::write(
+            &file,
+            json!({"keys": [
+                {"kid": "fleet-a", "public_key": b64(&fleet_pk(1))},
+                {"kid": "fleet-w", "public_key": b64(&weak)},
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--trust-file", path(&file)]);
+        let out = sitegate(&args);
+        assert_eq!(out.code, 78, "{label}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("weak_key") && out.stderr.contains(says),
+            "{label}: {}",
+            out.stderr
+        );
+        assert!(!config.exists(), "{label}: config written");
+        assert!(!state.exists(), "{label}: state written");
+    }
+    // A real key is accepted by the same command.
+    let trust = format!("fleet-a={}", b64(&fleet_pk(1)));
+    let out = sitegate(&[
+        "provision",
+        "--config",
+        path(&config),
+        "--site",
+        "s-1",
+        "--gateway",
+        "gw-1",
+        "--state-dir",
+        path(&state),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--non-interactive",
+        "--trust",
+        &trust,
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}
+
+/// A provisioned-looking config trusting `fleet-a` (and `extra` as a second anchor).
+fn write_config(dir: &std::path::Path, extra: Option<&[u8; 32]>) -> std::path::PathBuf {
+    let cfg = dir.join("sitegate.toml");
+    let mut text = format!(
+        "[site]\nid = \"s-1\"\ngateway = \"gw-1\"\n[state]\ndir = \"state\"\n\
+         [[grants.trust]]\nkid = \"fleet-a\"\npublic_key = \"{}\"\n",
+        b64(&fleet_pk(1))
+    );
+    if let Some(k) = extra {
+        text.push_str(&format!(
+            "[[grants.trust]]\nkid = \"fleet-w\"\npublic_key = \"{}\"\n",
+            b64(k)
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+#[test]
+fn trust_import_refuses_every_weak_key_and_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), None);
+    let imp = dir.path().join("import.json");
+    let good_b = b64(&fleet_pk(2));
+    for (label, weak, says) in weak_keys() {
+        // One key alone, and a set where a good key comes first: nothing is added either way.
+        for body in [
+            json!({"kid": "fleet-w", "public_key": b64(&weak)}),
+            json!({"keys": [
+                {"kid": "fleet-b", "public_key": good_b},
+                {"kid": "fleet-w", "public_key": b64(&weak)},
+            ]}),
+        ] {
+            std::fs::write(&imp, body.to_string()).unwrap();
+            let out = sitegate(&["trust", "import", path(&imp), "-c", path(&cfg)]);
+            assert_eq!(out.code, 1, "{label}: {}{}", out.stdout, out.stderr);
+            assert!(
+                out.stderr.contains("weak_key") && out.stderr.contains(says),
+                "{label}: {}",
+                out.stderr
+            );
+        }
+    }
+    let list = sitegate(&["trust", "list", "-c", path(&cfg)]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(
+        !list.stdout.contains("fleet-w") && !list.stdout.contains("fleet-b"),
+        "{}",
+        list.stdout
+    );
+    // A repeated key in the import file is refused too.
+    std::fs::write(
+        &imp,
+        format!(r#"{{"kid":"fleet-b","public_key":"{good_b}","kid":"fleet-c"}}"#),
+    )
+    .unwrap();
+    let out = sitegate(&["trust", "import", path(&imp), "-c", path(&cfg)]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("duplicate key"), "{}", out.stderr);
+    // The good key alone is added.
+    std::fs::write(
+        &imp,
+        json!({"kid": "fleet-b", "public_key": good_b}).to_string(),
+    )
+    .unwrap();
+    let out = sitegate(&["trust", "import", path(&imp), "-c", path(&cfg)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("1 key(s) added"), "{}", out.stdout);
+}
+
+#[test]
+fn check_config_refuses_every_weak_trust_anchor_with_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, weak, says) in weak_keys() {
+        let cfg = write_config(dir.path(), Some(&weak));
+        let out = sitegate(&["check-config", "--config", path(&cfg)]);
+        assert_eq!(out.code, 78, "{label}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("grants.trust[1].public_key")
+                && out.stderr.contains("weak_key")
+                && out.stderr.contains(says),
+            "{label}: {}",
+            out.stderr
+        );
+    }
+    let cfg = write_config(dir.path(), Some(&fleet_pk(2)));
+    let out = sitegate(&["check-config", "--config", path(&cfg)]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn a_device_key_file_whose_public_key_is_weak_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A PKCS#8 v2 document ends with the 32-byte public key.
+    let mut doc = sitegate::grants::fleet::generate_pkcs8().unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&doc).unwrap();
+    assert_eq!(
+        &doc[doc.len() - 32..],
+        ring::signature::KeyPair::public_key(&pair).as_ref()
+    );
+    let good = sitegate::delegation::DeviceKey::load_or_create(dir.path());
+    assert!(good.is_ok(), "a generated device key loads");
+    for h in SMALL_ORDER.iter().chain(SMALL_ORDER_NON_CANONICAL.iter()) {
+        let at = doc.len() - 32;
+        doc[at..].copy_from_slice(&bytes32(h));
+        std::fs::write(dir.path().join("device.pk8"), &doc).unwrap();
+        let err = sitegate::delegation::DeviceKey::load_or_create(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("device.pk8"), "{h}: {err}");
+    }
+}
