@@ -733,3 +733,78 @@ fn a_device_key_file_whose_public_key_is_weak_is_refused() {
         assert!(err.to_string().contains("device.pk8"), "{h}: {err}");
     }
 }
+
+#[test]
+fn the_fleet_tool_refuses_weak_keys_to_verify_with_or_to_sign_into_a_key_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key_file = d.join("a.pk8");
+    let out = sitegate(&[
+        "fleet",
+        "keygen",
+        "--out",
+        path(&key_file),
+        "--kid",
+        "fleet-a",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let bundle_file = d.join("bundle.json");
+    std::fs::write(&bundle_file, serde_json::to_vec(&bundle(1)).unwrap()).unwrap();
+    let env_file = d.join("bundle.env");
+    let out = sitegate(&[
+        "fleet",
+        "sign-bundle",
+        "--key",
+        path(&key_file),
+        "--kid",
+        "fleet-a",
+        "--in",
+        path(&bundle_file),
+        "--out",
+        path(&env_file),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let desc = d.join("keys.json");
+    for (label, weak, says) in weak_keys() {
+        let out = sitegate(&[
+            "fleet",
+            "verify",
+            "--in",
+            path(&env_file),
+            "--kid",
+            "fleet-a",
+            "--public-key",
+            &b64(&weak),
+        ]);
+        assert_eq!(out.code, 1, "{label}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("weak_key") && out.stderr.contains(says),
+            "{label}: {}",
+            out.stderr
+        );
+        std::fs::write(
+            &desc,
+            json!({"seq": 1, "issued_at": ts(T0), "keys": [
+                {"kid": "fleet-w", "public_key": b64(&weak)}
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+        let out = sitegate(&[
+            "fleet",
+            "sign-keys",
+            "--key",
+            path(&key_file),
+            "--kid",
+            "fleet-a",
+            "--in",
+            path(&desc),
+        ]);
+        assert_eq!(out.code, 1, "{label}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("weak_key") && out.stderr.contains(says),
+            "{label}: {}",
+            out.stderr
+        );
+    }
+}

@@ -121,12 +121,14 @@ pub fn hash_password(password: &str, iterations: u32) -> Result<String, GrantErr
     super::password::hash_password(password.as_bytes(), iterations).map_err(GrantError::Invalid)
 }
 
-/// Parses a JSON description and re-serializes it compactly: the exact bytes that get signed.
+/// Parses a JSON description and re-serializes it compactly: the exact bytes that get signed. A
+/// key repeated in any object is refused (as the box would), not silently resolved.
 pub fn compact_json(input: &[u8]) -> Result<Vec<u8>, GrantError> {
     if input.len() > MAX_ENVELOPE_BYTES {
         return Err(GrantError::Invalid("description is too large".into()));
     }
-    let v: serde_json::Value = serde_json::from_slice(input)
+    let v: serde_json::Value = super::strict_json::check(input)
+        .and_then(|()| serde_json::from_slice(input))
         .map_err(|e| GrantError::Invalid(format!("description is not valid JSON: {e}")))?;
     serde_json::to_vec(&v).map_err(|e| GrantError::Invalid(format!("cannot serialize: {e}")))
 }
@@ -203,6 +205,11 @@ mod tests {
             Reason::UnknownKey
         );
         assert!(sign_bundle_description(&key, "k1", b"{\"site\":\"s-1\"}").is_err());
+        let twice = br#"{ "site": "s-1", "seq": 1, "issued_at": "2026-11-23T20:00:00Z",
+                          "policy": {"management": "pro", "features": ["view"],
+                                     "max_offline": {"admin": "1d", "admin": "3650d"}} }"#;
+        let e = sign_bundle_description(&key, "k1", twice).unwrap_err();
+        assert!(e.to_string().contains("duplicate key `admin`"), "{e}");
     }
 
     #[test]
