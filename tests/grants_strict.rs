@@ -268,11 +268,56 @@ fn the_identity_key_attack_is_refused_and_a_bundle_forged_under_its_kid_is_never
         })
         .unwrap();
     let restarted = fx.reopen();
-    assert!(!restarted.trust_set().keys.contains_key("k-evil"));
+    let trust = restarted.trust_set();
+    assert!(!trust.keys.contains_key("k-evil"));
+    assert!(trust.weak.contains("k-evil"));
     let err = restarted.apply(None, &forged, "attack").unwrap_err();
-    assert_eq!(err.reason, Reason::UnknownKey, "{}", err.message);
+    assert_eq!(err.reason, Reason::RetiredKey, "{}", err.message);
     assert!(!has_user(&restarted, "u-evil"));
     assert_eq!(restarted.snapshot().seq, 5);
+    // The kid counts as retired: a key set cannot give it a (real) key again, nor can an import.
+    let real = key(3);
+    let ks = keyset(1, &[(KID_A, &key(1)), ("k-evil", &real)]);
+    let env = sign_keyset(&ks, &[(KID_A, &key(1)), ("k-evil", &real)]);
+    let err = restarted
+        .apply(Some(Kind::Keys), &env, "attack")
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::RetiredKey, "{}", err.message);
+    let anchors = sitegate::grants::trust::parse_import_file(
+        json!({"kid": "k-evil", "public_key": sitegate::grants::fleet::public_key_b64(&real)})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let imported = fx
+        .store
+        .with_conn(|c| Ok(sitegate::grants::trust::import(c, &anchors, issued(6))))
+        .unwrap();
+    assert!(
+        imported.unwrap_err().to_string().contains("weak key"),
+        "import refused"
+    );
+    // A key rotation marks the stored weak key retired in the database too.
+    let b = key(2);
+    let ks = keyset(1, &[(KID_A, &key(1)), (KID_B, &b)]);
+    restarted
+        .apply(
+            Some(Kind::Keys),
+            &sign_keyset(&ks, &[(KID_A, &key(1)), (KID_B, &b)]),
+            "test",
+        )
+        .unwrap();
+    let retired: Option<i64> = fx
+        .store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT retired_ms FROM trust_keys WHERE kid = 'k-evil'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert!(retired.is_some());
 }
 
 /// L = 2^252 + 27742317777372353535851937790883648493, little-endian.

@@ -364,6 +364,9 @@ pub fn run_trust(cmd: TrustCommand) -> i32 {
                             .unwrap_or_default()
                     );
                 }
+                for kid in &set.weak {
+                    println!("{kid}  weak_key  retired (a weak key stored earlier is never used)");
+                }
                 Ok(())
             })())
         }

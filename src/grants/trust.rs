@@ -6,7 +6,7 @@
 //! adds (proof of possession). Keys absent from a new set become retired, permanently. This
 //! module never hands out a retired or expired key for verifying new envelopes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, params};
 use serde::Deserialize;
@@ -53,6 +53,9 @@ pub struct TrustSet {
     pub keys: BTreeMap<String, TrustedKey>,
     /// SHA-256 of the applied keys payload (for duplicate detection).
     pub payload_sha256: Option<String>,
+    /// Kids stored with a weak public key (accepted before weak keys were refused): never used,
+    /// and treated as retired, so the kid can never be trusted again.
+    pub weak: BTreeSet<String>,
 }
 
 /// The keys usable for new envelopes at one instant.
@@ -65,6 +68,7 @@ impl KeyProvider for ActiveKeys<'_> {
     fn choose(&self, kid: &str) -> Result<PublicKey, KeyError> {
         match self.set.keys.get(kid) {
             Some(k) => k.usable_at(self.now),
+            None if self.set.weak.contains(kid) => Err(KeyError::Retired),
             None => Err(KeyError::Unknown),
         }
     }
@@ -78,11 +82,11 @@ pub struct EverTrusted<'a> {
 
 impl KeyProvider for EverTrusted<'_> {
     fn choose(&self, kid: &str) -> Result<PublicKey, KeyError> {
-        self.set
-            .keys
-            .get(kid)
-            .map(|k| k.public_key)
-            .ok_or(KeyError::Unknown)
+        match self.set.keys.get(kid) {
+            Some(k) => Ok(k.public_key),
+            None if self.set.weak.contains(kid) => Err(KeyError::Retired),
+            None => Err(KeyError::Unknown),
+        }
     }
 }
 
@@ -127,14 +131,16 @@ impl TrustSet {
             ))
         })?;
         let mut keys = BTreeMap::new();
+        let mut weak = BTreeSet::new();
         for row in rows {
             let (kid, pk, not_after, retired, source) = row?;
-            // A key stored before weak keys were refused is never used again (and never
-            // re-added under the same kid: every way in refuses it too).
+            // A key stored before weak keys were refused is never used again, and its kid
+            // counts as retired (a key set or `trust import` cannot bring it back).
             let public_key = match PublicKey::from_bytes(&pk) {
                 Ok(k) => k,
                 Err(e) => {
-                    tracing::warn!(kid = %kid, "stored trust key {e}; it is not used");
+                    tracing::warn!(kid = %kid, "stored trust key {e}; it is treated as retired");
+                    weak.insert(kid);
                     continue;
                 }
             };
@@ -153,6 +159,7 @@ impl TrustSet {
             seq,
             keys,
             payload_sha256,
+            weak,
         })
     }
 }
@@ -214,6 +221,13 @@ pub fn seed_from_config(
         return Ok(warnings);
     }
     for k in keys {
+        if set.weak.contains(&k.kid) {
+            warnings.push(format!(
+                "config trust key `{}` is ignored: that kid is stored with a weak key and counts as retired",
+                k.kid
+            ));
+            continue;
+        }
         match set.keys.get(&k.kid) {
             Some(existing) if existing.public_key == k.public_key => {}
             Some(_) => warnings.push(format!(
@@ -317,6 +331,13 @@ pub fn import(
     let set = TrustSet::load(&tx)?;
     let mut added = 0;
     for k in keys {
+        if set.weak.contains(&k.kid) {
+            return Err(GrantError::Trust {
+                kid: k.kid.clone(),
+                message: "is stored with a weak key, counts as retired and cannot be trusted again"
+                    .into(),
+            });
+        }
         match set.keys.get(&k.kid) {
             Some(e) if e.retired_at.is_some() => {
                 return Err(GrantError::Trust {
@@ -478,6 +499,12 @@ pub(crate) fn store_keys(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     let set = TrustSet::load(tx)?;
+    for kid in &set.weak {
+        tx.execute(
+            "UPDATE trust_keys SET retired_ms = ?2 WHERE kid = ?1 AND retired_ms IS NULL",
+            params![kid, unix_ms(now)],
+        )?;
+    }
     for (kid, k) in &set.keys {
         if k.retired_at.is_none() && !vk.keys.iter().any(|n| &n.kid == kid) {
             tx.execute(
