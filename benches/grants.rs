@@ -67,7 +67,7 @@ fn engine(dir: &std::path::Path) -> GrantEngine {
     let cfg = sitegate::config::Grants {
         trust: vec![sitegate::config::TrustKey {
             kid: "fleet-a".into(),
-            public_key: fleet::public_key(&key()),
+            public_key: fleet::public_key(&key()).unwrap(),
         }],
         future_skew: Duration::from_secs(60),
         clock_rollback_alarm: Duration::from_secs(3600),
@@ -126,7 +126,7 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
     let env = envelope(1);
-    let pk = fleet::public_key(&key());
+    let pk = fleet::public_key(&key()).unwrap();
     let provider = move |kid: &str| {
         if kid == "fleet-a" {
             Ok(pk)

@@ -392,7 +392,8 @@ pub struct Auth {
 #[derive(Debug, Clone)]
 pub struct TrustKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    /// Checked: on the curve, canonical, of prime order.
+    pub public_key: crate::grants::PublicKey,
 }
 
 #[derive(Debug, Clone)]
@@ -735,18 +736,18 @@ impl RawConfig {
                     format!("duplicate key id `{}`", k.kid),
                 );
             }
-            match crate::util_b64::decode(&k.public_key) {
-                Ok(bytes) if bytes.len() == 32 => {
-                    let mut pk = [0u8; 32];
-                    pk.copy_from_slice(&bytes);
-                    trust.push(TrustKey {
-                        kid: k.kid.clone(),
-                        public_key: pk,
-                    });
-                }
-                _ => p.add(
+            match crate::grants::PublicKey::from_b64(&k.public_key) {
+                Ok(pk) => trust.push(TrustKey {
+                    kid: k.kid.clone(),
+                    public_key: pk,
+                }),
+                Err(e) => p.add(
                     format!("{path}.public_key"),
-                    "must be a 32-byte Ed25519 public key in base64url without padding",
+                    format!(
+                        "{}: the key {e}; it must be a 32-byte Ed25519 public key of prime order, \
+                         canonically encoded, in base64url without padding",
+                        e.reason()
+                    ),
                 ),
             }
         }

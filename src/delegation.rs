@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use ring::signature::{self, Ed25519KeyPair, KeyPair};
+use ring::signature::Ed25519KeyPair;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -129,6 +129,8 @@ impl From<StoreError> for DelegationError {
 /// The box's own Ed25519 signing key.
 pub struct DeviceKey {
     pair: Ed25519KeyPair,
+    /// The checked public key (see `grants::ed25519`).
+    public: crate::grants::PublicKey,
 }
 
 impl std::fmt::Debug for DeviceKey {
@@ -157,11 +159,13 @@ impl DeviceKey {
             Err(e) => return Err(err(&e)),
         };
         let pair = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| err(&e))?;
-        Ok(DeviceKey { pair })
+        let public = crate::grants::PublicKey::of_key_pair(&pair)
+            .map_err(|e| err(&format_args!("{}: the public key {e}", e.reason())))?;
+        Ok(DeviceKey { pair, public })
     }
 
     pub fn public_key(&self) -> &[u8] {
-        self.pair.public_key().as_ref()
+        self.public.as_bytes()
     }
 
     fn sign(&self, payload: &[u8]) -> Vec<u8> {
@@ -173,9 +177,7 @@ impl DeviceKey {
     fn verify(&self, payload: &[u8], sig: &[u8]) -> bool {
         let mut msg = SIG_DOMAIN.to_vec();
         msg.extend_from_slice(payload);
-        signature::UnparsedPublicKey::new(&signature::ED25519, self.public_key())
-            .verify(&msg, sig)
-            .is_ok()
+        self.public.verify(&msg, sig).is_ok()
     }
 }
 

@@ -482,7 +482,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.units.len(), 2);
         let env = bundle(&key, &users(), 7, "2026-11-26T00:00:00Z").unwrap();
-        let pk = fleet::public_key(&key);
+        let pk = fleet::public_key(&key).unwrap();
         let vb = crate::grants::VerifiedBundle::verify(&env, &move |k: &str| {
             if k == KID {
                 Ok(pk)

@@ -316,7 +316,7 @@ pub fn read_trust_file(
         .iter()
         .map(|a| RawTrustKey {
             kid: a.kid.clone(),
-            public_key: crate::util_b64::encode(a.public_key),
+            public_key: a.public_key.to_b64(),
         })
         .collect();
     Ok((raw, anchors))
@@ -601,7 +601,9 @@ mod tests {
             state_dir: Some(dir.join("state")),
             trust: vec![RawTrustKey {
                 kid: "fleet-a".into(),
-                public_key: crate::util_b64::encode([7u8; 32]),
+                public_key: crate::grants::fleet::public_key_b64(
+                    &crate::grants::fleet::keypair_from_seed(&[7u8; 32]).unwrap(),
+                ),
             }],
             api_listen: Some("127.0.0.1:0".into()),
             mqtt_url: None,

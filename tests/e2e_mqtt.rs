@@ -157,3 +157,129 @@ async fn a_bundle_over_mqtt_is_applied_a_forged_one_is_rejected_and_commands_bec
     );
     site.stop().await;
 }
+
+/// Waits for a `…/grants/state` message whose last message was rejected with `reason`.
+async fn wait_rejected(cloud: &Collector, reason: &str) -> serde_json::Value {
+    let m = cloud
+        .wait_message(
+            &format!("{ROOT}/grants/state"),
+            Duration::from_secs(15),
+            |m| m.json()["last_message"]["reason"] == reason,
+        )
+        .await;
+    assert_eq!(m.json()["last_message"]["outcome"], "rejected");
+    m.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt_a_key_set_adding_the_identity_key_is_refused_and_nothing_forged_under_it_applies()
+ {
+    use sitegate::grants::envelope::signing_input;
+    use sitegate::grants::{Kind, fleet};
+    let b64 = |b: &[u8]| sitegate::util_b64::encode(b);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let cloud = Collector::start(
+        broker.port,
+        "e2e-observer",
+        &format!("{ROOT}/#"),
+        false,
+        None,
+    );
+    cloud.wait_subscribed().await;
+    let site = Site::start(
+        "plain",
+        &format!(
+            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"sitegate-e2e\"\n",
+            broker.port
+        ),
+    )
+    .await;
+    let state_topic = format!("{ROOT}/grants/state");
+    publish_retained(
+        broker.port,
+        &format!("{ROOT}/grants"),
+        bundle(1, &members(), &[]),
+    )
+    .await;
+    cloud
+        .wait_message(&state_topic, Duration::from_secs(15), |m| {
+            m.json()["seq"] == 1 && m.json()["last_message"]["outcome"] == "applied"
+        })
+        .await;
+
+    // R = the identity point, S = 0: verifies under the identity key for any message in ring.
+    let mut forged_sig = [0u8; 64];
+    forged_sig[0] = 1;
+    let identity = {
+        let mut k = [0u8; 32];
+        k[0] = 1;
+        k
+    };
+    let issued =
+        sitegate::clock::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::minutes(5));
+    let payload = serde_json::to_vec(&json!({
+        "seq": 1, "issued_at": issued,
+        "keys": [{"kid": KID, "public_key": fleet::public_key_b64(&fleet_key())},
+                 {"kid": "k-evil", "public_key": b64(&identity)}]
+    }))
+    .unwrap();
+    let trusted_sig = fleet_key().sign(&signing_input(Kind::Keys, &payload));
+    let keys_env = serde_json::to_vec(&json!({
+        "v": 1, "kind": "keys", "payload": b64(&payload),
+        "sigs": [{"kid": KID, "sig": b64(trusted_sig.as_ref())},
+                 {"kid": "k-evil", "sig": b64(&forged_sig)}]
+    }))
+    .unwrap();
+    publish_retained(broker.port, &format!("{ROOT}/keys"), keys_env).await;
+    let st = wait_rejected(&cloud, "weak_key").await;
+    assert_eq!(st["keys_seq"], 0, "{st:?}");
+
+    // A bundle "signed" under that kid making a new user site admin.
+    let evil = serde_json::to_vec(&json!({
+        "site": SITE, "seq": 2, "issued_at": issued,
+        "policy": {"management": "independent", "features": ["view", "control", "configure", "manage_users"]},
+        "users": [{"id": "eve", "email": email("eve"), "name": "Eve", "active": true,
+                   "password": fleet::hash_password(PASSWORD, 1_000).unwrap()}],
+        "grants": [{"id": "g-eve", "user": "eve", "role": "admin", "scope": {"site": SITE}}]
+    }))
+    .unwrap();
+    let forged_bundle = serde_json::to_vec(&json!({
+        "v": 1, "kind": "bundle", "kid": "k-evil", "payload": b64(&evil), "sig": b64(&forged_sig)
+    }))
+    .unwrap();
+    publish_retained(broker.port, &format!("{ROOT}/grants"), forged_bundle).await;
+    let st = wait_rejected(&cloud, "unknown_key").await;
+    assert_eq!(st["seq"], 1, "{st:?}");
+
+    // A genuinely signed bundle whose max_offline repeats a role is malformed, not last-wins.
+    let dup = format!(
+        r#"{{"site":"{SITE}","seq":3,"issued_at":"{issued}","policy":{{"management":"independent","features":["view"],"max_offline":{{"admin":"1d","admin":"3650d"}}}}}}"#
+    );
+    publish_retained(
+        broker.port,
+        &format!("{ROOT}/grants"),
+        fleet::sign(Kind::Bundle, KID, &fleet_key(), dup.as_bytes()),
+    )
+    .await;
+    let st = wait_rejected(&cloud, "malformed").await;
+    assert!(
+        st["last_message"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key `admin`"),
+        "{st:?}"
+    );
+    assert_eq!(st["seq"], 1, "{st:?}");
+    assert_eq!(site.daemon.site.as_ref().unwrap().grants.snapshot().seq, 1);
+
+    let r = site
+        .http
+        .post(format!("{}/session", site.base))
+        .json(&json!({"email": email("eve"), "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    site.stop().await;
+}

@@ -42,14 +42,14 @@ fn seed(n: u8) -> [u8; 32] {
     std::array::from_fn(|i| n + i as u8)
 }
 
-fn example_keys(kid: &str) -> Result<[u8; 32], KeyError> {
+fn example_keys(kid: &str) -> Result<sitegate::grants::PublicKey, KeyError> {
     match kid {
-        "fleet-example" => Ok(fleet::public_key(
-            &fleet::keypair_from_seed(&seed(0)).unwrap(),
-        )),
-        "fleet-example-2" => Ok(fleet::public_key(
-            &fleet::keypair_from_seed(&seed(0x20)).unwrap(),
-        )),
+        "fleet-example" => {
+            Ok(fleet::public_key(&fleet::keypair_from_seed(&seed(0)).unwrap()).unwrap())
+        }
+        "fleet-example-2" => {
+            Ok(fleet::public_key(&fleet::keypair_from_seed(&seed(0x20)).unwrap()).unwrap())
+        }
         _ => Err(KeyError::Unknown),
     }
 }

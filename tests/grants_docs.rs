@@ -82,7 +82,7 @@ fn print_docs_example() {
 #[test]
 fn the_worked_bundle_example_in_the_docs_verifies_and_applies() {
     let key = fleet::keypair_from_seed(&seed("text example-seed")).unwrap();
-    let pk = fleet::public_key(&key);
+    let pk = fleet::public_key(&key).unwrap();
     assert_eq!(
         fleet::public_key_b64(&key),
         block("text example-public-key")
@@ -153,5 +153,5 @@ fn the_worked_bundle_example_in_the_docs_verifies_and_applies() {
         )
     );
     let vk = VerifiedKeys::verify(keys_env.as_bytes(), &provider).unwrap();
-    assert_eq!(vk.keys[0].public_key, fleet::public_key(&key2));
+    assert_eq!(vk.keys[0].public_key, fleet::public_key(&key2).unwrap());
 }

@@ -13,9 +13,9 @@ use grants_common::*;
 use proptest::prelude::*;
 use sitegate::grants::{ApplyOutcome, Kind, VerifiedBundle, VerifiedKeys, VerifiedToken};
 
-fn provider(kid: &str) -> Result<[u8; 32], sitegate::grants::KeyError> {
+fn provider(kid: &str) -> Result<sitegate::grants::PublicKey, sitegate::grants::KeyError> {
     match kid {
-        KID_A => Ok(sitegate::grants::fleet::public_key(&key(1))),
+        KID_A => Ok(sitegate::grants::fleet::public_key(&key(1)).unwrap()),
         _ => Err(sitegate::grants::KeyError::Unknown),
     }
 }

@@ -412,6 +412,26 @@ async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_wi
         !std::fs::read_to_string(&config).unwrap().contains("s-9"),
         "a wrong code changes nothing"
     );
+    // The right code with a weak trust key (the identity point) is refused and writes nothing.
+    let mut weak = body(&code);
+    weak["trust"][0]["public_key"] =
+        serde_json::json!("AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let r = http
+        .post(format!("{base}/setup"))
+        .json(&weak)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        e.to_string().contains("weak_key") && e.to_string().contains("small-order"),
+        "{e}"
+    );
+    assert!(
+        !std::fs::read_to_string(&config).unwrap().contains("s-9"),
+        "a weak key changes nothing"
+    );
     let r = http
         .post(format!("{base}/setup"))
         .json(&body(&code.to_lowercase()))
@@ -491,6 +511,15 @@ async fn the_setup_code_provisions_a_blank_box_and_an_installer_token_logs_in_wi
     let outcomes: Vec<&str> = recs.iter().map(|r| r.outcome.as_str()).collect();
     assert!(outcomes.contains(&"denied"), "{outcomes:?}");
     assert!(outcomes.contains(&"ok"), "{outcomes:?}");
+    let rejected = recs.iter().find(|r| r.outcome == "rejected").unwrap();
+    assert!(
+        rejected.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("weak_key"),
+        "{:?}",
+        rejected.detail
+    );
     let denied = recs.iter().find(|r| r.outcome == "denied").unwrap();
     assert!(
         !denied.detail.to_string().contains("WRNG"),

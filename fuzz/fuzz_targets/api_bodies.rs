@@ -17,7 +17,10 @@ use sitegate::modbus::profile::Profile;
 /// Same shape as `api::handlers::LoginBody` (private to the API module).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(dead_code, reason = "shape only: the fields are deserialized, never read")]
+#[expect(
+    dead_code,
+    reason = "shape only: the fields are deserialized, never read"
+)]
 struct LoginBody {
     email: Option<String>,
     password: Option<String>,

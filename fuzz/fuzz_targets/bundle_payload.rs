@@ -19,7 +19,7 @@ use sitegate::store::Store;
 
 struct Fx {
     key: Ed25519KeyPair,
-    public: [u8; 32],
+    public: sitegate::grants::PublicKey,
     engine: GrantEngine,
     _dir: tempfile::TempDir,
 }
@@ -29,7 +29,7 @@ fn fx() -> &'static Fx {
     FX.get_or_init(|| {
         let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
         let key = fleet::keypair_from_seed(&seed).expect("seed");
-        let public = fleet::public_key(&key);
+        let public = fleet::public_key(&key).expect("key");
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open_in(dir.path()).expect("store");
         let clock: SharedClock = Arc::new(ManualClock::new(

@@ -20,12 +20,14 @@ use libfuzzer_sys::fuzz_target;
 use sitegate::grants::bundle::{VerifiedBundle, VerifiedToken};
 use sitegate::grants::{KeyError, VerifiedKeys, fleet};
 
-fn example_key(kid: &str) -> Result<[u8; 32], KeyError> {
-    static KEYS: std::sync::OnceLock<[[u8; 32]; 2]> = std::sync::OnceLock::new();
+fn example_key(kid: &str) -> Result<sitegate::grants::PublicKey, KeyError> {
+    static KEYS: std::sync::OnceLock<[sitegate::grants::PublicKey; 2]> = std::sync::OnceLock::new();
     let keys = KEYS.get_or_init(|| {
         let a: [u8; 32] = std::array::from_fn(|i| i as u8);
         let b: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
-        let pk = |s: &[u8; 32]| fleet::public_key(&fleet::keypair_from_seed(s).expect("seed"));
+        let pk = |s: &[u8; 32]| {
+            fleet::public_key(&fleet::keypair_from_seed(s).expect("seed")).expect("key")
+        };
         [pk(&a), pk(&b)]
     });
     match kid {

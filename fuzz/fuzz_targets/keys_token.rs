@@ -9,13 +9,13 @@ use libfuzzer_sys::fuzz_target;
 use ring::signature::Ed25519KeyPair;
 use sitegate::grants::bundle::{VerifiedToken, check_token_payload};
 use sitegate::grants::trust::check_keys_payload;
-use sitegate::grants::{KeyError, Kind, VerifiedKeys, fleet};
+use sitegate::grants::{KeyError, Kind, PublicKey, VerifiedKeys, fleet};
 
 struct Keys {
     a: Ed25519KeyPair,
     b: Ed25519KeyPair,
-    pa: [u8; 32],
-    pb: [u8; 32],
+    pa: PublicKey,
+    pb: PublicKey,
 }
 
 fn keys() -> &'static Keys {
@@ -23,7 +23,10 @@ fn keys() -> &'static Keys {
     K.get_or_init(|| {
         let a = fleet::keypair_from_seed(&std::array::from_fn(|i| i as u8)).expect("seed");
         let b = fleet::keypair_from_seed(&std::array::from_fn(|i| 0x20 + i as u8)).expect("seed");
-        let (pa, pb) = (fleet::public_key(&a), fleet::public_key(&b));
+        let (pa, pb) = (
+            fleet::public_key(&a).expect("key"),
+            fleet::public_key(&b).expect("key"),
+        );
         Keys { a, b, pa, pb }
     })
 }

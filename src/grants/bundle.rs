@@ -257,11 +257,14 @@ impl VerifiedToken {
 }
 
 /// Parses verified payload bytes into `T`, mapping every serde error to `malformed`.
+/// The one place a payload is parsed: first the strict pass (no key repeated in any object, see
+/// `strict_json`), then the typed parse.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     payload: &[u8],
     what: &str,
 ) -> Result<T, Rejection> {
-    serde_json::from_slice(payload)
+    super::strict_json::check(payload)
+        .and_then(|()| serde_json::from_slice(payload))
         .map_err(|e| Rejection::new(Reason::Malformed, format!("{what} payload: {e}")))
 }
 

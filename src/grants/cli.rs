@@ -225,12 +225,13 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
             kid,
             public_key,
         } => {
-            let pk = crate::util_b64::decode(&public_key)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .ok_or_else(|| {
-                    GrantError::Invalid("--public-key must be 32 bytes in base64url".into())
-                })?;
+            let pk = super::PublicKey::from_b64(&public_key).map_err(|e| {
+                GrantError::Invalid(format!(
+                    "{}: --public-key {e}; it must be a 32-byte Ed25519 key of prime order, \
+                     canonically encoded, in base64url",
+                    e.reason()
+                ))
+            })?;
             let provider = move |k: &str| {
                 if k == kid {
                     Ok(pk)
@@ -355,13 +356,16 @@ pub fn run_trust(cmd: TrustCommand) -> i32 {
                     println!(
                         "{}  {}  {}  source={}{}",
                         k.kid,
-                        crate::util_b64::encode(k.public_key),
+                        k.public_key.to_b64(),
                         status,
                         k.source,
                         k.not_after
                             .map(|n| format!("  not_after={}", rfc3339(n)))
                             .unwrap_or_default()
                     );
+                }
+                for kid in &set.weak {
+                    println!("{kid}  weak_key  retired (a weak key stored earlier is never used)");
                 }
                 Ok(())
             })())

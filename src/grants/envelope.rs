@@ -5,9 +5,9 @@
 //! signatures over `"sitegate/v1/" + kind + "\n" + payload_bytes`. It never parses a payload:
 //! that is the job of the verifying constructors in `bundle` and `trust`, which call it first.
 
-use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::Deserialize;
 
+use super::ed25519::{PublicKey, SignatureProblem};
 use super::{MAX_ENVELOPE_BYTES, MAX_KEYS, Reason, Rejection, reject, short};
 
 /// What an envelope carries. Part of the signed bytes (domain separation).
@@ -67,14 +67,14 @@ pub enum KeyError {
 /// decide what "usable" means (active keys now, or keys that were trusted when a stored bundle
 /// was applied).
 pub trait KeyProvider {
-    fn choose(&self, kid: &str) -> Result<[u8; 32], KeyError>;
+    fn choose(&self, kid: &str) -> Result<PublicKey, KeyError>;
 }
 
 impl<F> KeyProvider for F
 where
-    F: Fn(&str) -> Result<[u8; 32], KeyError>,
+    F: Fn(&str) -> Result<PublicKey, KeyError>,
 {
-    fn choose(&self, kid: &str) -> Result<[u8; 32], KeyError> {
+    fn choose(&self, kid: &str) -> Result<PublicKey, KeyError> {
         self(kid)
     }
 }
@@ -137,17 +137,27 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
-    /// Verifies signature `sig` with `public_key`.
-    pub fn verify_with(&self, sig: &Signature, public_key: &[u8; 32]) -> bool {
-        verify_raw(self.kind, &self.payload, &sig.sig, public_key)
+    /// Verifies signature `sig` with `public_key`; `who` names the key in the rejection (e.g.
+    /// "key `k1`"). A non-canonical signature is `non_canonical_signature`, one that does not
+    /// verify is `bad_signature`.
+    pub fn verify_with(
+        &self,
+        sig: &Signature,
+        public_key: &PublicKey,
+        who: &str,
+    ) -> Result<(), Rejection> {
+        match public_key.verify(&signing_input(self.kind, &self.payload), &sig.sig) {
+            Ok(()) => Ok(()),
+            Err(SignatureProblem::NonCanonical) => reject(
+                Reason::NonCanonicalSignature,
+                format!("signature by {who} is not canonical (S >= L or a small-order R)"),
+            ),
+            Err(SignatureProblem::Invalid) => reject(
+                Reason::BadSignature,
+                format!("signature by {who} does not verify"),
+            ),
+        }
     }
-}
-
-/// Ed25519 verification of `sig` over the domain-separated payload.
-pub(crate) fn verify_raw(kind: Kind, payload: &[u8], sig: &[u8], public_key: &[u8; 32]) -> bool {
-    UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(&signing_input(kind, payload), sig)
-        .is_ok()
 }
 
 fn decode_sig(s: &str) -> Result<[u8; 64], Rejection> {
@@ -179,7 +189,8 @@ pub(crate) fn peek_kind(bytes: &[u8]) -> Result<Kind, Rejection> {
             ),
         );
     }
-    let k: KindOnly = serde_json::from_slice(bytes)
+    let k: KindOnly = super::strict_json::check(bytes)
+        .and_then(|()| serde_json::from_slice(bytes))
         .map_err(|e| Rejection::new(Reason::Malformed, format!("envelope is not valid: {e}")))?;
     Kind::parse(&k.kind).ok_or_else(|| {
         Rejection::new(
@@ -202,6 +213,8 @@ pub(crate) fn open(bytes: &[u8], expected: Kind) -> Result<Opened, Rejection> {
             ),
         );
     }
+    super::strict_json::check(bytes)
+        .map_err(|e| Rejection::new(Reason::Malformed, format!("envelope is not valid: {e}")))?;
     let version: VersionOnly = serde_json::from_slice(bytes)
         .map_err(|e| Rejection::new(Reason::Malformed, format!("envelope is not valid: {e}")))?;
     if version.v != serde_json::json!(1) {
@@ -310,12 +323,7 @@ pub(crate) fn open_and_verify_single(
     let public_key = keys
         .choose(&sig.kid)
         .map_err(|e| key_rejection(&sig.kid, e))?;
-    if !opened.verify_with(sig, &public_key) {
-        return reject(
-            Reason::BadSignature,
-            format!("signature by key `{}` does not verify", sig.kid),
-        );
-    }
+    opened.verify_with(sig, &public_key, &format!("key `{}`", sig.kid))?;
     let kid = sig.kid.clone();
     Ok((kid, opened.payload))
 }

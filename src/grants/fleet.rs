@@ -11,6 +11,7 @@ use std::path::Path;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::Serialize;
 
+use super::ed25519::PublicKey;
 use super::envelope::{Kind, signing_input};
 use super::{GrantError, MAX_ENVELOPE_BYTES, Rejection};
 
@@ -76,11 +77,10 @@ pub fn keypair_from_seed(seed: &[u8; 32]) -> Result<Ed25519KeyPair, GrantError> 
         .map_err(|e| GrantError::Invalid(format!("ed25519 seed rejected: {e}")))
 }
 
-/// The raw 32-byte public key.
-pub fn public_key(key: &Ed25519KeyPair) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(key.public_key().as_ref());
-    out
+/// The public key, checked like every key the box trusts (see `ed25519`).
+pub fn public_key(key: &Ed25519KeyPair) -> Result<PublicKey, GrantError> {
+    PublicKey::of_key_pair(key)
+        .map_err(|e| GrantError::Invalid(format!("{}: the public key {e}", e.reason())))
 }
 
 /// The public key in base64url (the form config and key sets carry).
@@ -121,12 +121,14 @@ pub fn hash_password(password: &str, iterations: u32) -> Result<String, GrantErr
     super::password::hash_password(password.as_bytes(), iterations).map_err(GrantError::Invalid)
 }
 
-/// Parses a JSON description and re-serializes it compactly: the exact bytes that get signed.
+/// Parses a JSON description and re-serializes it compactly: the exact bytes that get signed. A
+/// key repeated in any object is refused (as the box would), not silently resolved.
 pub fn compact_json(input: &[u8]) -> Result<Vec<u8>, GrantError> {
     if input.len() > MAX_ENVELOPE_BYTES {
         return Err(GrantError::Invalid("description is too large".into()));
     }
-    let v: serde_json::Value = serde_json::from_slice(input)
+    let v: serde_json::Value = super::strict_json::check(input)
+        .and_then(|()| serde_json::from_slice(input))
         .map_err(|e| GrantError::Invalid(format!("description is not valid JSON: {e}")))?;
     serde_json::to_vec(&v).map_err(|e| GrantError::Invalid(format!("cannot serialize: {e}")))
 }
@@ -182,7 +184,7 @@ mod tests {
     #[test]
     fn a_signed_description_verifies_and_a_tampered_one_does_not() {
         let key = keypair_from_seed(&[7u8; 32]).unwrap();
-        let pk = public_key(&key);
+        let pk = public_key(&key).unwrap();
         let provider = move |kid: &str| {
             if kid == "k1" {
                 Ok(pk)
@@ -203,6 +205,11 @@ mod tests {
             Reason::UnknownKey
         );
         assert!(sign_bundle_description(&key, "k1", b"{\"site\":\"s-1\"}").is_err());
+        let twice = br#"{ "site": "s-1", "seq": 1, "issued_at": "2026-11-23T20:00:00Z",
+                          "policy": {"management": "pro", "features": ["view"],
+                                     "max_offline": {"admin": "1d", "admin": "3650d"}} }"#;
+        let e = sign_bundle_description(&key, "k1", twice).unwrap_err();
+        assert!(e.to_string().contains("duplicate key `admin`"), "{e}");
     }
 
     #[test]

@@ -13,10 +13,12 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod ed25519;
 pub mod engine;
 pub mod envelope;
 pub mod fleet;
 pub mod password;
+pub mod strict_json;
 pub mod trust;
 
 use std::fmt;
@@ -27,6 +29,7 @@ use time::OffsetDateTime;
 use crate::store::StoreError;
 
 pub use bundle::{VerifiedBundle, VerifiedToken};
+pub use ed25519::{KeyProblem, PublicKey, SignatureProblem};
 pub use engine::{ApplyOutcome, GrantEngine};
 pub use envelope::{KeyError, KeyProvider, Kind};
 pub use trust::{TrustSet, TrustedKey, VerifiedKeys};
@@ -73,7 +76,7 @@ pub enum Reason {
     FutureDated,
     /// The envelope is larger than [`MAX_ENVELOPE_BYTES`], or a list exceeds its limit.
     TooLarge,
-    /// Not the expected JSON shape, bad base64, bad field value.
+    /// Not the expected JSON shape, bad base64, bad field value, a key repeated in a JSON object.
     Malformed,
     /// Two users, grants, e-mails or keys with the same id.
     DuplicateId,
@@ -91,6 +94,11 @@ pub enum Reason {
     Expired,
     /// The database failed while applying; nothing was changed.
     Storage,
+    /// A public key that is small-order, has a small-order component, is not canonically
+    /// encoded or is not on the curve (see `ed25519`).
+    WeakKey,
+    /// A signature with `S` >= L or an `R` that is not a canonical point of large order.
+    NonCanonicalSignature,
 }
 
 impl Reason {
@@ -114,6 +122,8 @@ impl Reason {
             Reason::Revoked => "revoked",
             Reason::Expired => "expired",
             Reason::Storage => "storage",
+            Reason::WeakKey => "weak_key",
+            Reason::NonCanonicalSignature => "non_canonical_signature",
         }
     }
 }
@@ -222,6 +232,8 @@ mod tests {
             Reason::BadSignature,
             Reason::UnsupportedVersion,
             Reason::MissingSignature,
+            Reason::WeakKey,
+            Reason::NonCanonicalSignature,
         ] {
             assert_eq!(
                 serde_json::to_value(r).unwrap(),

@@ -6,13 +6,14 @@
 //! adds (proof of possession). Keys absent from a new set become retired, permanently. This
 //! module never hands out a retired or expired key for verifying new envelopes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, params};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::bundle::parse_json;
+use super::ed25519::PublicKey;
 use super::envelope::{self, KeyError, KeyProvider, Kind, key_rejection};
 use super::{GrantError, MAX_KEYS, Reason, Rejection, reject, short};
 use crate::clock::{from_unix_ms, unix_ms};
@@ -25,7 +26,7 @@ pub const META_KEYS_SEQ: &str = "grants.keys_seq";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub public_key: PublicKey,
     /// The key is refused at and after this time (judged at the clock floor).
     pub not_after: Option<OffsetDateTime>,
     /// Set when a key rotation dropped the key; a retired key never comes back.
@@ -35,7 +36,7 @@ pub struct TrustedKey {
 }
 
 impl TrustedKey {
-    fn usable_at(&self, now: OffsetDateTime) -> Result<[u8; 32], KeyError> {
+    fn usable_at(&self, now: OffsetDateTime) -> Result<PublicKey, KeyError> {
         if self.retired_at.is_some() || self.not_after.is_some_and(|na| now >= na) {
             Err(KeyError::Retired)
         } else {
@@ -52,6 +53,9 @@ pub struct TrustSet {
     pub keys: BTreeMap<String, TrustedKey>,
     /// SHA-256 of the applied keys payload (for duplicate detection).
     pub payload_sha256: Option<String>,
+    /// Kids stored with a weak public key (accepted before weak keys were refused): never used,
+    /// and treated as retired, so the kid can never be trusted again.
+    pub weak: BTreeSet<String>,
 }
 
 /// The keys usable for new envelopes at one instant.
@@ -61,9 +65,10 @@ pub struct ActiveKeys<'a> {
 }
 
 impl KeyProvider for ActiveKeys<'_> {
-    fn choose(&self, kid: &str) -> Result<[u8; 32], KeyError> {
+    fn choose(&self, kid: &str) -> Result<PublicKey, KeyError> {
         match self.set.keys.get(kid) {
             Some(k) => k.usable_at(self.now),
+            None if self.set.weak.contains(kid) => Err(KeyError::Retired),
             None => Err(KeyError::Unknown),
         }
     }
@@ -76,12 +81,12 @@ pub struct EverTrusted<'a> {
 }
 
 impl KeyProvider for EverTrusted<'_> {
-    fn choose(&self, kid: &str) -> Result<[u8; 32], KeyError> {
-        self.set
-            .keys
-            .get(kid)
-            .map(|k| k.public_key)
-            .ok_or(KeyError::Unknown)
+    fn choose(&self, kid: &str) -> Result<PublicKey, KeyError> {
+        match self.set.keys.get(kid) {
+            Some(k) => Ok(k.public_key),
+            None if self.set.weak.contains(kid) => Err(KeyError::Retired),
+            None => Err(KeyError::Unknown),
+        }
     }
 }
 
@@ -126,10 +131,19 @@ impl TrustSet {
             ))
         })?;
         let mut keys = BTreeMap::new();
+        let mut weak = BTreeSet::new();
         for row in rows {
             let (kid, pk, not_after, retired, source) = row?;
-            let public_key = <[u8; 32]>::try_from(pk.as_slice())
-                .map_err(|_| StoreError::Corrupt(format!("trust key `{kid}` is not 32 bytes")))?;
+            // A key stored before weak keys were refused is never used again, and its kid
+            // counts as retired (a key set or `trust import` cannot bring it back).
+            let public_key = match PublicKey::from_bytes(&pk) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(kid = %kid, "stored trust key {e}; it is treated as retired");
+                    weak.insert(kid);
+                    continue;
+                }
+            };
             keys.insert(
                 kid.clone(),
                 TrustedKey {
@@ -145,6 +159,7 @@ impl TrustSet {
             seq,
             keys,
             payload_sha256,
+            weak,
         })
     }
 }
@@ -162,7 +177,7 @@ pub fn check_keys_payload(payload: &[u8]) -> Result<(), Rejection> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnchorKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub public_key: PublicKey,
     pub not_after: Option<OffsetDateTime>,
 }
 
@@ -177,7 +192,7 @@ fn insert_key(
          VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
         params![
             k.kid,
-            k.public_key.to_vec(),
+            k.public_key.as_bytes().to_vec(),
             k.not_after.map(unix_ms),
             source,
             unix_ms(now)
@@ -206,6 +221,13 @@ pub fn seed_from_config(
         return Ok(warnings);
     }
     for k in keys {
+        if set.weak.contains(&k.kid) {
+            warnings.push(format!(
+                "config trust key `{}` is ignored: that kid is stored with a weak key and counts as retired",
+                k.kid
+            ));
+            continue;
+        }
         match set.keys.get(&k.kid) {
             Some(existing) if existing.public_key == k.public_key => {}
             Some(_) => warnings.push(format!(
@@ -269,18 +291,16 @@ fn decode_keys(list: Vec<KeyWire>) -> Result<Vec<AnchorKey>, Rejection> {
                 format!("key `{}` appears twice", k.kid),
             );
         }
-        let pk = crate::util_b64::decode(&k.public_key)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .ok_or_else(|| {
-                Rejection::new(
-                    Reason::Malformed,
-                    format!(
-                        "key `{}`: public key must be 32 bytes in base64url without padding",
-                        k.kid
-                    ),
-                )
-            })?;
+        let pk = PublicKey::from_b64(&k.public_key).map_err(|e| {
+            Rejection::new(
+                e.reason(),
+                format!(
+                    "key `{}`: the public key {e} (it must be a 32-byte Ed25519 key of prime \
+                     order, canonically encoded, in base64url without padding)",
+                    k.kid
+                ),
+            )
+        })?;
         out.push(AnchorKey {
             kid: k.kid,
             public_key: pk,
@@ -311,6 +331,13 @@ pub fn import(
     let set = TrustSet::load(&tx)?;
     let mut added = 0;
     for k in keys {
+        if set.weak.contains(&k.kid) {
+            return Err(GrantError::Trust {
+                kid: k.kid.clone(),
+                message: "is stored with a weak key, counts as retired and cannot be trusted again"
+                    .into(),
+            });
+        }
         match set.keys.get(&k.kid) {
             Some(e) if e.retired_at.is_some() => {
                 return Err(GrantError::Trust {
@@ -339,7 +366,7 @@ pub fn import(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKey {
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub public_key: PublicKey,
     pub not_after: Option<OffsetDateTime>,
 }
 
@@ -369,12 +396,7 @@ impl VerifiedKeys {
         for sig in &opened.sigs {
             match current.choose(&sig.kid) {
                 Ok(pk) => {
-                    if !opened.verify_with(sig, &pk) {
-                        return reject(
-                            Reason::BadSignature,
-                            format!("signature by key `{}` does not verify", sig.kid),
-                        );
-                    }
+                    opened.verify_with(sig, &pk, &format!("key `{}`", sig.kid))?;
                     trusted_ok.push(sig.kid.clone());
                 }
                 Err(KeyError::Retired) => return Err(key_rejection(&sig.kid, KeyError::Retired)),
@@ -429,12 +451,7 @@ impl VerifiedKeys {
                             format!("new key `{}` did not sign the key set", k.kid),
                         );
                     };
-                    if !opened.verify_with(sig, &k.public_key) {
-                        return reject(
-                            Reason::BadSignature,
-                            format!("signature by new key `{}` does not verify", k.kid),
-                        );
-                    }
+                    opened.verify_with(sig, &k.public_key, &format!("new key `{}`", k.kid))?;
                     signed_by.push(k.kid.clone());
                 }
             }
@@ -482,6 +499,12 @@ pub(crate) fn store_keys(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     let set = TrustSet::load(tx)?;
+    for kid in &set.weak {
+        tx.execute(
+            "UPDATE trust_keys SET retired_ms = ?2 WHERE kid = ?1 AND retired_ms IS NULL",
+            params![kid, unix_ms(now)],
+        )?;
+    }
     for (kid, k) in &set.keys {
         if k.retired_at.is_none() && !vk.keys.iter().any(|n| &n.kid == kid) {
             tx.execute(

@@ -86,7 +86,7 @@ pub fn cfg() -> Grants {
     Grants {
         trust: vec![TrustKey {
             kid: KID_A.into(),
-            public_key: fleet::public_key(&key(1)),
+            public_key: fleet::public_key(&key(1)).unwrap(),
         }],
         future_skew: Duration::from_secs(60),
         clock_rollback_alarm: Duration::from_secs(3600),
