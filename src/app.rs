@@ -213,6 +213,8 @@ impl Daemon {
             Some(site) => {
                 let running =
                     start_engines(&cfg, site, &store, &audit, &clock, &shutdown, &tasks).await?;
+                // The API and authorization judge time on the grants engine's effective clock.
+                let clock = running.grants.clock();
                 let ports = Ports {
                     auth: Arc::new(AuthAdapter(running.auth.clone())),
                     authz: Arc::new(AuthzAdapter {
@@ -339,6 +341,8 @@ async fn start_engines(
                 site.id.clone(),
                 &cfg.grants,
             )?;
+            // From here on every component judges time on the engine's one effective clock.
+            let clock = grants.clock();
             let registry = Arc::new(
                 ProfileRegistry::load(cfg.profiles_dir.as_deref())
                     .map_err(|p| anyhow::anyhow!("device profiles: {}", p.join("; ")))?,

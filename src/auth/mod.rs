@@ -244,8 +244,15 @@ impl Auth {
         })
     }
 
+    /// The one time this service uses for everything: issuing and checking sessions, throttles,
+    /// lockouts and token expiry. It is the authorization index's effective time (never below
+    /// the clock floor; the daemon's clock also never goes below its high-water mark), so a
+    /// session issued on a clock that lags the floor is not born expired.
     fn now(&self) -> OffsetDateTime {
-        self.inner.clock.now()
+        self.inner
+            .authz
+            .index()
+            .effective_now(self.inner.clock.now())
     }
 
     fn claim(&self, keys: &[String]) -> Result<InFlight<'_>, AuthError> {
@@ -630,8 +637,8 @@ impl Auth {
 
     /// Deletes expired sessions and installer-token logins (call periodically).
     pub async fn prune(&self) -> Result<(), AuthError> {
-        let now_idx = self.inner.authz.index().effective_now(self.now());
-        let now = self.now();
+        let now_idx = self.now();
+        let now = now_idx;
         let tokens = self
             .inner
             .store

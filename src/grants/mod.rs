@@ -175,6 +175,11 @@ pub enum GrantError {
     },
 }
 
+/// How far the system clock may go back below the newest time it showed (the high-water mark)
+/// without raising `clock_rollback`: small NTP corrections. Expiry is never judged earlier than
+/// the mark minus this. The daemon persists the mark every minute.
+pub const CLOCK_TOLERANCE: time::Duration = time::Duration::seconds(60);
+
 /// The time at which expiry is judged: the later of the system clock and the clock floor (the
 /// newest signed `issued_at` accepted), so setting the clock back never revives a grant.
 pub fn effective_now(
