@@ -40,6 +40,7 @@ fn login_error(e: auth::AuthError) -> LoginError {
         | auth::AuthError::Unauthenticated
         | auth::AuthError::SessionExpired
         | auth::AuthError::UserInactive
+        | auth::AuthError::PasswordChanged
         | auth::AuthError::Forbidden
         | auth::AuthError::NoSuchLockout(_) => LoginError::Invalid,
     }

@@ -383,10 +383,12 @@ async fn start_engines(
     let metrics = Arc::new(Metrics::new());
     set_grant_gauges(&metrics, &grants.snapshot());
 
-    // Every applied bundle rebuilds and swaps the authorization index and updates the gauges.
+    // Every applied bundle rebuilds and swaps the authorization index, updates the gauges, and
+    // ends the sessions of users it deactivated or whose password it changed.
     {
         let mut rx = grants.subscribe();
         let authz = authz.clone();
+        let auth = auth.clone();
         let metrics = metrics.clone();
         let stop = shutdown.child_token();
         tasks.spawn(async move {
@@ -398,6 +400,9 @@ async fn start_engines(
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
                         authz.set_state(state);
+                        if let Err(e) = auth.end_changed_sessions().await {
+                            tracing::warn!(error = %e, "cannot end the sessions a bundle invalidated");
+                        }
                     }
                 }
             }

@@ -69,6 +69,8 @@ pub enum AuthError {
     SessionExpired,
     #[error("account is deactivated")]
     UserInactive,
+    #[error("the password changed since this session was opened; log in again")]
+    PasswordChanged,
     #[error("not allowed")]
     Forbidden,
     #[error("no lockout for `{0}`")]
@@ -89,6 +91,7 @@ impl AuthError {
             AuthError::Unauthenticated => "unauthenticated",
             AuthError::SessionExpired => "session_expired",
             AuthError::UserInactive => "user_inactive",
+            AuthError::PasswordChanged => "password_changed",
             AuthError::Forbidden => "forbidden",
             AuthError::NoSuchLockout(_) => "not_found",
             AuthError::Store(_) => "internal",
@@ -102,7 +105,8 @@ impl AuthError {
             | AuthError::TokenRejected(_)
             | AuthError::Unauthenticated
             | AuthError::SessionExpired
-            | AuthError::UserInactive => 401,
+            | AuthError::UserInactive
+            | AuthError::PasswordChanged => 401,
             AuthError::Throttled { .. } | AuthError::Locked { .. } => 429,
             AuthError::Forbidden => 403,
             AuthError::NoSuchLockout(_) => 404,
@@ -201,6 +205,19 @@ impl Drop for InFlight<'_> {
         for k in &self.keys {
             set.remove(k);
         }
+    }
+}
+
+/// The fingerprint of the credential a password session is opened with: a hash of the user's
+/// password verifier (which is itself a salted PBKDF2 hash; neither is ever shown). A bundle
+/// that changes the password changes it, and that ends the session. Token sessions have none.
+fn credential_of(user: &User, method: Method) -> String {
+    match (method, user.password.as_deref()) {
+        (Method::Password, Some(v)) => {
+            let h = crate::util::sha256_hex(format!("session-credential:{v}").as_bytes());
+            h[..32].to_string()
+        }
+        (Method::Password, None) | (Method::Token, _) => String::new(),
     }
 }
 
@@ -360,7 +377,13 @@ impl Auth {
             .call(move |c| store::clear_throttle(c, &acct2))
             .await?;
         let session = self
-            .open_session(user.id.clone(), Method::Password, client, None)
+            .open_session(
+                user.id.clone(),
+                Method::Password,
+                client,
+                None,
+                credential_of(&user, Method::Password),
+            )
             .await?;
         self.audit_login(
             user.id.as_str(),
@@ -442,7 +465,13 @@ impl Auth {
             .await?;
         self.inner.authz.add_token(user.clone(), grant.clone());
         let session = self
-            .open_session(user.id.clone(), Method::Token, client, grant.expires_at)
+            .open_session(
+                user.id.clone(),
+                Method::Token,
+                client,
+                grant.expires_at,
+                String::new(),
+            )
             .await?;
         let detail = json!({"method": "token", "client": client.to_string(), "grant": grant.id.as_str(), "session": session.info.id});
         let _ = self
@@ -463,6 +492,7 @@ impl Auth {
         method: Method,
         client: IpAddr,
         cap: Option<OffsetDateTime>,
+        credential: String,
     ) -> Result<NewSession, AuthError> {
         let now = self.now();
         let ttl = time::Duration::try_from(self.inner.cfg.session_ttl)
@@ -484,7 +514,7 @@ impl Auth {
         let i2 = info.clone();
         self.inner
             .store
-            .call(move |c| store::insert_session(c, &hash, &i2))
+            .call(move |c| store::insert_session(c, &hash, &i2, &credential))
             .await?;
         Ok(NewSession { token, info })
     }
@@ -505,9 +535,11 @@ impl Auth {
         let row = self
             .inner
             .store
-            .call(move |c| store::get_session(c, &h2))
+            .call(move |c| {
+                Ok(store::get_session(c, &h2)?.map(|r| (r, store::session_credential(c, &h2))))
+            })
             .await?;
-        let Some((stored_hash, info, last_seen)) = row else {
+        let Some(((stored_hash, info, last_seen), credential)) = row else {
             return Err(AuthError::Unauthenticated);
         };
         // The lookup was by hash; compare again in constant time so no branch depends on how
@@ -523,17 +555,27 @@ impl Auth {
                 .await?;
             return Err(AuthError::SessionExpired);
         }
-        match index.user(&info.user) {
-            Some(u) if u.active => {}
-            // Deactivated or removed: the session ends now.
-            _ => {
-                let h2 = hash.clone();
-                self.inner
-                    .store
-                    .call(move |c| store::delete_session(c, &h2))
-                    .await?;
-                return Err(AuthError::UserInactive);
+        let ended = match index.user(&info.user) {
+            // A bundle changed the password since the session was opened.
+            Some(u)
+                if u.active
+                    && info.method == Method::Password
+                    && !bool::from(
+                        credential_of(u, Method::Password)
+                            .as_bytes()
+                            .ct_eq(credential?.as_bytes()),
+                    ) =>
+            {
+                Some(AuthError::PasswordChanged)
             }
+            Some(u) if u.active => None,
+            // Deactivated or removed: the session ends now.
+            _ => Some(AuthError::UserInactive),
+        };
+        if let Some(why) = ended {
+            self.end_sessions(vec![(hash.clone(), info.clone())], why.code())
+                .await?;
+            return Err(why);
         }
         if now - last_seen > time::Duration::seconds(30) {
             self.inner
@@ -635,8 +677,78 @@ impl Auth {
         }
     }
 
+    /// Ends sessions (deletes them) with one `session_ended` audit record per session, carrying
+    /// `reason` (`user_inactive`, `password_changed`).
+    async fn end_sessions(
+        &self,
+        sessions: Vec<(String, SessionInfo)>,
+        reason: &'static str,
+    ) -> Result<(), AuthError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let audit = self.inner.audit.clone();
+        self.inner
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for (hash, info) in &sessions {
+                    store::delete_session(&tx, hash)?;
+                    let ev = Event::new("session_ended", "ok")
+                        .actor(info.user.to_string())
+                        .detail(json!({"session": info.id, "method": info.method.as_str(), "reason": reason}));
+                    audit.record_in(&tx, &ev)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every session whose user a bundle deactivated or removed, or whose password it
+    /// changed (each audited as `session_ended`). [`Auth::authenticate`] refuses such a session
+    /// on its next use anyway; this also removes the ones nobody uses. Called by
+    /// [`Auth::prune`] and after every new access state.
+    pub async fn end_changed_sessions(&self) -> Result<usize, AuthError> {
+        let all = self.inner.store.call(|c| store::all_sessions(c)).await?;
+        let index = self.inner.authz.index();
+        let mut inactive = Vec::new();
+        let mut changed = Vec::new();
+        for (hash, user, method, credential) in all {
+            let Ok(uid) = UserId::new(user) else { continue };
+            let info = SessionInfo {
+                user: uid.clone(),
+                id: hash.chars().take(16).collect(),
+                method,
+                created: OffsetDateTime::UNIX_EPOCH,
+                expires: OffsetDateTime::UNIX_EPOCH,
+                client: String::new(),
+            };
+            match index.user(&uid) {
+                Some(u) if u.active => {
+                    if method == Method::Password
+                        && !bool::from(
+                            credential_of(u, Method::Password)
+                                .as_bytes()
+                                .ct_eq(credential.as_bytes()),
+                        )
+                    {
+                        changed.push((hash, info));
+                    }
+                }
+                _ => inactive.push((hash, info)),
+            }
+        }
+        let n = inactive.len() + changed.len();
+        self.end_sessions(inactive, "user_inactive").await?;
+        self.end_sessions(changed, "password_changed").await?;
+        Ok(n)
+    }
+
     /// Deletes expired sessions and installer-token logins (call periodically).
     pub async fn prune(&self) -> Result<(), AuthError> {
+        self.end_changed_sessions().await?;
         let now_idx = self.now();
         let now = now_idx;
         let tokens = self
