@@ -11,6 +11,7 @@
 //! PBKDF2 work as a wrong password.
 
 use crate::grants::password;
+pub mod cli;
 mod store;
 
 use std::collections::HashSet;
@@ -165,6 +166,9 @@ pub struct SessionInfo {
 pub struct NewSession {
     pub token: String,
     pub info: SessionInfo,
+    /// A device cookie for password logins: presented at the next login of the same account, it
+    /// gives this client its own failure budget (see [`Auth::login_password_on_device`]).
+    pub device: Option<String>,
 }
 
 impl std::fmt::Debug for NewSession {
@@ -188,6 +192,8 @@ struct Inner {
     clock: SharedClock,
     cfg: crate::config::Auth,
     tokens: Option<Arc<dyn TokenVerifier>>,
+    /// The box's secret for device cookies (HMAC-SHA256), kept in `meta`.
+    device_key: ring::hmac::Key,
     /// Accounts and clients with a login in progress: a second concurrent attempt is throttled,
     /// so parallel guessing cannot outrun the delay.
     in_flight: Mutex<HashSet<String>>,
@@ -221,6 +227,11 @@ fn credential_of(user: &User, method: Method) -> String {
     }
 }
 
+/// `meta` key of the device-cookie secret.
+const DEVICE_KEY_META: &str = "auth.device_cookie_key";
+/// Longest device cookie accepted (a nonce, a dot and a MAC, base64url).
+const MAX_DEVICE_COOKIE: usize = 128;
+
 /// Length of a bearer token: base64url of 32 bytes.
 const TOKEN_CHARS: usize = 43;
 
@@ -248,6 +259,22 @@ impl Auth {
         let now = authz.index().effective_now(clock.now());
         let stored = store.with_conn(|c| store::load_tokens(c, now))?;
         authz.set_tokens(stored);
+        let secret = store.with_conn(|c| {
+            let tx = c.transaction()?;
+            let secret = match Store::meta_get(&tx, DEVICE_KEY_META)?
+                .and_then(|s| crate::util_b64::decode(&s).ok())
+                .filter(|k| k.len() == 32)
+            {
+                Some(k) => k,
+                None => {
+                    let k = crate::util::random_bytes::<32>().to_vec();
+                    Store::meta_set(&tx, DEVICE_KEY_META, &crate::util_b64::encode(&k))?;
+                    k
+                }
+            };
+            tx.commit()?;
+            Ok(secret)
+        })?;
         Ok(Auth {
             inner: Arc::new(Inner {
                 store,
@@ -256,6 +283,7 @@ impl Auth {
                 clock,
                 cfg,
                 tokens,
+                device_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
                 in_flight: Mutex::new(HashSet::new()),
             }),
         })
@@ -292,17 +320,72 @@ impl Auth {
         })
     }
 
-    /// Logs in with email (case-insensitive) and password from `client`.
+    /// Logs in with email (case-insensitive) and password from `client`, with no device cookie.
     pub async fn login_password(
         &self,
         email: &str,
         password: &str,
         client: IpAddr,
     ) -> Result<NewSession, AuthError> {
+        self.login_password_on_device(email, password, client, None)
+            .await
+    }
+
+    /// The device-cookie throttle key for `cookie`, if it is a cookie this box issued for the
+    /// account `acct` (HMAC-SHA256 over the account key and the cookie's nonce, checked in
+    /// constant time).
+    fn device_throttle_key(&self, acct: &str, cookie: &str) -> Option<String> {
+        if cookie.len() > MAX_DEVICE_COOKIE {
+            return None;
+        }
+        let (nonce, tag) = cookie.split_once('.')?;
+        let nonce = crate::util_b64::decode(nonce).ok()?;
+        let tag = crate::util_b64::decode(tag).ok()?;
+        if nonce.len() != 16 {
+            return None;
+        }
+        let mut msg = format!("sitegate-device|{acct}|").into_bytes();
+        msg.extend_from_slice(&nonce);
+        ring::hmac::verify(&self.inner.device_key, &msg, &tag).ok()?;
+        let h = crate::util::sha256_hex(cookie.as_bytes());
+        Some(format!("device:{}", &h[..16]))
+    }
+
+    /// A new device cookie for the account `acct`.
+    fn issue_device_cookie(&self, acct: &str) -> String {
+        let nonce = crate::util::random_bytes::<16>();
+        let mut msg = format!("sitegate-device|{acct}|").into_bytes();
+        msg.extend_from_slice(&nonce);
+        let tag = ring::hmac::sign(&self.inner.device_key, &msg);
+        format!(
+            "{}.{}",
+            crate::util_b64::encode(nonce),
+            crate::util_b64::encode(tag.as_ref())
+        )
+    }
+
+    /// Logs in with email (case-insensitive) and password from `client`, presenting the device
+    /// cookie of an earlier successful login of this account, if any (OWASP "device cookies").
+    ///
+    /// Without a valid cookie the attempt is an untrusted client's: it is throttled and can be
+    /// locked out per account (and per client address). With a valid cookie the account's
+    /// throttle and lockout do not apply: the device has its own failure budget (its own delay
+    /// and lockout, under its own key), so someone guessing from elsewhere on the LAN cannot
+    /// keep the account's owner out. A successful login returns a fresh cookie.
+    pub async fn login_password_on_device(
+        &self,
+        email: &str,
+        password: &str,
+        client: IpAddr,
+        device: Option<&str>,
+    ) -> Result<NewSession, AuthError> {
         let email = email.trim().to_lowercase();
         let acct = email_key(&email);
         let ip = ip_key(client);
-        let keys = vec![acct.clone(), ip.clone()];
+        let device_key = device.and_then(|d| self.device_throttle_key(&acct, d));
+        // The key whose failures are counted (and which may lock): the device's or the account's.
+        let budget = device_key.clone().unwrap_or_else(|| acct.clone());
+        let keys = vec![budget.clone(), ip.clone()];
         let _guard = match self.claim(&keys) {
             Ok(g) => g,
             Err(e) => {
@@ -344,10 +427,10 @@ impl Auth {
         let real = verifier.is_some();
         // Admins see a known account's email in the lockout list; an unknown attempted email
         // (which might be a mistyped password) is kept only as its hash.
-        let label = if user.is_some() {
-            email.clone()
-        } else {
-            acct.clone()
+        let label = match (&user, &device_key) {
+            (Some(_), Some(_)) => format!("{email} (trusted device)"),
+            (Some(_), None) => email.clone(),
+            (None, _) => acct.clone(),
         };
         let verifier = verifier.unwrap_or_else(|| Verifier::dummy(typical));
         let pw = password.as_bytes().to_vec();
@@ -364,19 +447,21 @@ impl Auth {
                     Some(u) if !matched => (u.id.to_string(), "wrong_password"),
                     Some(u) => (u.id.to_string(), "inactive"),
                 };
-                let locked = self.record_failure(Some((&acct, &label)), &ip).await?;
+                let locked = self.record_failure(Some((&budget, &label)), &ip).await?;
                 let outcome = if locked { "locked" } else { "failed" };
                 self.audit_login(&actor, Some(&acct), client, Method::Password, outcome, why)
                     .await;
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        let acct2 = acct.clone();
+        // A success clears the budget it was judged on; a trusted device's success leaves the
+        // account's lockout (from untrusted clients) in place.
+        let budget2 = budget.clone();
         self.inner
             .store
-            .call(move |c| store::clear_throttle(c, &acct2))
+            .call(move |c| store::clear_throttle(c, &budget2))
             .await?;
-        let session = self
+        let mut session = self
             .open_session(
                 user.id.clone(),
                 Method::Password,
@@ -385,13 +470,18 @@ impl Auth {
                 credential_of(&user, Method::Password),
             )
             .await?;
+        session.device = Some(self.issue_device_cookie(&acct));
         self.audit_login(
             user.id.as_str(),
             Some(&acct),
             client,
             Method::Password,
             "ok",
-            "",
+            if device_key.is_some() {
+                "trusted_device"
+            } else {
+                ""
+            },
         )
         .await;
         Ok(session)
@@ -516,7 +606,11 @@ impl Auth {
             .store
             .call(move |c| store::insert_session(c, &hash, &i2, &credential))
             .await?;
-        Ok(NewSession { token, info })
+        Ok(NewSession {
+            token,
+            info,
+            device: None,
+        })
     }
 
     /// Checks a bearer token. Called on every request; authorization is decided afterwards
