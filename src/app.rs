@@ -295,6 +295,11 @@ impl Daemon {
             self.notifier.stopping();
         }
         self.shutdown.cancel();
+        // Keep the clock's newest time for the next start.
+        if let Some(running) = &self.site {
+            let g = running.grants.clone();
+            let _ = tokio::task::spawn_blocking(move || g.check_clock()).await;
+        }
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
             .await

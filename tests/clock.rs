@@ -10,6 +10,7 @@
     reason = "test code: a failed step should fail the test loudly"
 )]
 
+mod e2e_support;
 mod grants_common;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -290,4 +291,26 @@ fn the_high_water_mark_keeps_time_while_the_clock_is_behind_and_survives_a_resta
         again.effective_now(),
         issued(1) + Duration::days(1) + Duration::hours(1) - CLOCK_TOLERANCE
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_keeps_the_newest_time_it_saw_when_it_stops() {
+    let s = e2e_support::Site::start("plain", "").await;
+    let members = [e2e_support::Member {
+        user: "ada",
+        role: "admin",
+        scope: json!({"site": e2e_support::SITE}),
+        grant: "g-admin",
+    }];
+    s.apply(e2e_support::bundle(1, &members, &[])).await;
+    // Time passes (less than the one-minute persistence period); a login reads the clock.
+    s.clock.advance(Duration::seconds(30));
+    let seen = s.clock.now();
+    s.login("ada").await;
+    let store = s.daemon.store.clone();
+    s.stop().await;
+    let stored = store
+        .with_conn(|c| Store::meta_get(c, "clock.high_water_ms"))
+        .unwrap();
+    assert_eq!(stored, Some(sitegate::clock::unix_ms(seen).to_string()));
 }
