@@ -40,8 +40,17 @@ fn login_error(e: auth::AuthError) -> LoginError {
         | auth::AuthError::Unauthenticated
         | auth::AuthError::SessionExpired
         | auth::AuthError::UserInactive
+        | auth::AuthError::PasswordChanged
         | auth::AuthError::Forbidden
         | auth::AuthError::NoSuchLockout(_) => LoginError::Invalid,
+    }
+}
+
+fn lockout_error(e: auth::AuthError) -> ports::LockoutError {
+    match e {
+        auth::AuthError::Forbidden => ports::LockoutError::Forbidden,
+        auth::AuthError::NoSuchLockout(_) => ports::LockoutError::NotFound,
+        _ => ports::LockoutError::Unavailable,
     }
 }
 
@@ -79,6 +88,26 @@ impl AuthPort for AuthAdapter {
         })
     }
 
+    fn login_password_on_device<'a>(
+        &'a self,
+        email: &'a str,
+        password: &'a str,
+        client_ip: IpAddr,
+        device: Option<&'a str>,
+    ) -> BoxFut<'a, Result<ports::DeviceLogin, LoginError>> {
+        Box::pin(async move {
+            self.0
+                .login_password_on_device(email, password, client_ip, device)
+                .await
+                .map(|new| {
+                    let device = new.device.clone();
+                    let (token, info) = session(new);
+                    (token, info, device)
+                })
+                .map_err(login_error)
+        })
+    }
+
     fn login_token<'a>(
         &'a self,
         envelope: &'a [u8],
@@ -111,6 +140,39 @@ impl AuthPort for AuthAdapter {
 
     fn logout<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<(), ports::AuthError>> {
         Box::pin(async move { self.0.logout(bearer).await.map_err(session_error) })
+    }
+
+    fn lockouts<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<ports::LockoutInfo>, ports::LockoutError>> {
+        Box::pin(async move {
+            let list = self.0.lockouts(actor).await.map_err(lockout_error)?;
+            Ok(list
+                .into_iter()
+                .map(|l| ports::LockoutInfo {
+                    key: l.key,
+                    label: l.label,
+                    failures: l.failures,
+                    last_failure: l.last_failure,
+                    locked_until: l.locked_until,
+                    next_allowed: l.next_allowed,
+                })
+                .collect())
+        })
+    }
+
+    fn clear_lockout<'a>(
+        &'a self,
+        actor: &'a UserId,
+        key: &'a str,
+    ) -> BoxFut<'a, Result<(), ports::LockoutError>> {
+        Box::pin(async move {
+            self.0
+                .clear_lockout(actor, key)
+                .await
+                .map_err(lockout_error)
+        })
     }
 }
 

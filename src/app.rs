@@ -213,6 +213,8 @@ impl Daemon {
             Some(site) => {
                 let running =
                     start_engines(&cfg, site, &store, &audit, &clock, &shutdown, &tasks).await?;
+                // The API and authorization judge time on the grants engine's effective clock.
+                let clock = running.grants.clock();
                 let ports = Ports {
                     auth: Arc::new(AuthAdapter(running.auth.clone())),
                     authz: Arc::new(AuthzAdapter {
@@ -293,6 +295,11 @@ impl Daemon {
             self.notifier.stopping();
         }
         self.shutdown.cancel();
+        // Keep the clock's newest time for the next start.
+        if let Some(running) = &self.site {
+            let g = running.grants.clone();
+            let _ = tokio::task::spawn_blocking(move || g.check_clock()).await;
+        }
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
             .await
@@ -339,6 +346,8 @@ async fn start_engines(
                 site.id.clone(),
                 &cfg.grants,
             )?;
+            // From here on every component judges time on the engine's one effective clock.
+            let clock = grants.clock();
             let registry = Arc::new(
                 ProfileRegistry::load(cfg.profiles_dir.as_deref())
                     .map_err(|p| anyhow::anyhow!("device profiles: {}", p.join("; ")))?,
@@ -379,10 +388,12 @@ async fn start_engines(
     let metrics = Arc::new(Metrics::new());
     set_grant_gauges(&metrics, &grants.snapshot());
 
-    // Every applied bundle rebuilds and swaps the authorization index and updates the gauges.
+    // Every applied bundle rebuilds and swaps the authorization index, updates the gauges, and
+    // ends the sessions of users it deactivated or whose password it changed.
     {
         let mut rx = grants.subscribe();
         let authz = authz.clone();
+        let auth = auth.clone();
         let metrics = metrics.clone();
         let stop = shutdown.child_token();
         tasks.spawn(async move {
@@ -394,6 +405,9 @@ async fn start_engines(
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
                         authz.set_state(state);
+                        if let Err(e) = auth.end_changed_sessions().await {
+                            tracing::warn!(error = %e, "cannot end the sessions a bundle invalidated");
+                        }
                     }
                 }
             }

@@ -429,6 +429,7 @@ impl Index {
                 ix.drop_grant(&id, why);
             }
         }
+        ix.policy.features = ix.ceiling(state);
         // INVARIANT: every per-level list is sorted by role, highest first, so the first valid
         // non-delegated grant of a level is that level's answer.
         let grants = &ix.grants;
@@ -443,6 +444,26 @@ impl Index {
             row.local.sort(by_role);
         }
         ix
+    }
+
+    /// The package ceiling. Once a bundle was applied it is the bundle's `policy.features`. On a
+    /// box that has never applied one (seq 0), the installer tokens' own grants are the whole
+    /// access state: the ceiling is the union of the capabilities of their roles, so each token
+    /// holder gets exactly their role's capabilities (role ∩ union = role) on their scope, and
+    /// nobody else gets anything (there are no cloud grants yet).
+    fn ceiling(&self, state: &AccessState) -> CapSet {
+        if state.seq != 0 || state.issued_at.is_some() {
+            return state.policy.features;
+        }
+        let mut caps = CapSet::EMPTY;
+        for g in &self.grants {
+            if g.grant.origin == Origin::Token && !g.revoked {
+                for c in g.grant.role.capabilities().iter() {
+                    caps.insert(c);
+                }
+            }
+        }
+        caps
     }
 
     fn group_index(&mut self, g: &GroupId) -> u32 {

@@ -74,6 +74,11 @@ pub enum Command {
     Provision(crate::provision::ProvisionArgs),
     /// Run a complete demo site on loopback: simulated units, four users, the LAN API.
     Demo(crate::demo::DemoArgs),
+    /// See and clear login throttles and lockouts on this box (audited).
+    Lockouts {
+        #[command(subcommand)]
+        cmd: crate::auth::cli::LockoutsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +129,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Fleet { cmd } => crate::grants::cli::run_fleet(cmd),
         Command::Trust { cmd } => crate::grants::cli::run_trust(cmd),
         Command::Grants { cmd } => crate::grants::cli::run_grants(cmd),
+        Command::Lockouts { cmd } => crate::auth::cli::run(cmd),
         Command::Units(UnitsCommand::Test(args)) => {
             logging::init(cli.log_format, "error", &env);
             crate::modbus::tools::units_test(args)

@@ -56,6 +56,8 @@ pub struct LoginBody {
     password: Option<String>,
     /// An installer token envelope, as a JSON string.
     token: Option<String>,
+    /// The device cookie of an earlier password login (password logins only).
+    device: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -64,6 +66,9 @@ pub struct SessionOut {
     token_type: &'static str,
     user: UserId,
     expires_at: String,
+    /// A device cookie to present at this client's next password login.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
 }
 
 fn session_out(token: String, s: SessionInfo) -> SessionOut {
@@ -72,6 +77,7 @@ fn session_out(token: String, s: SessionInfo) -> SessionOut {
         token_type: "Bearer",
         user: s.user,
         expires_at: rfc3339(s.expires_at),
+        device: None,
     }
 }
 
@@ -86,21 +92,26 @@ pub async fn login(
             email: Some(email),
             password: Some(password),
             token: None,
+            device,
         } => {
             if email.len() > MAX_EMAIL || password.len() > MAX_PASSWORD {
                 return Err(invalid_credentials());
             }
-            auth.login_password(email.trim(), &password, ip).await
+            auth.login_password_on_device(email.trim(), &password, ip, device.as_deref())
+                .await
         }
         LoginBody {
             email: None,
             password: None,
             token: Some(token),
+            device: None,
         } => {
             if token.len() > MAX_TOKEN {
                 return Err(invalid_credentials());
             }
-            auth.login_token(token.as_bytes(), ip).await
+            auth.login_token(token.as_bytes(), ip)
+                .await
+                .map(|(t, s)| (t, s, None))
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -110,7 +121,11 @@ pub async fn login(
         }
     };
     match res {
-        Ok((token, session)) => Ok((StatusCode::CREATED, Json(session_out(token, session)))),
+        Ok((token, session, device)) => {
+            let mut out = session_out(token, session);
+            out.device = device;
+            Ok((StatusCode::CREATED, Json(out)))
+        }
         Err(LoginError::Invalid) => Err(invalid_credentials()),
         // Throttling and lockout answer alike, so a lockout does not confirm that an account
         // exists.
@@ -913,6 +928,52 @@ pub async fn revoke_grant(
         )
             .into_response(),
     })
+}
+
+fn lockout_api_error(e: super::ports::LockoutError) -> ApiError {
+    match e {
+        super::ports::LockoutError::Forbidden => {
+            ApiError::forbidden("managing lockouts needs `manage_users` on the whole site")
+        }
+        super::ports::LockoutError::NotFound => {
+            ApiError::not_found("lockout_not_found", "no such lockout")
+        }
+        super::ports::LockoutError::Unavailable => ApiError::internal(),
+    }
+}
+
+/// `GET /lockouts`: current login throttles and lockouts (site admins).
+pub async fn list_lockouts(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let list = state
+        .0
+        .ports
+        .auth
+        .lockouts(&caller.session.user)
+        .await
+        .map_err(lockout_api_error)?;
+    Ok(Json(json!({ "lockouts": list })))
+}
+
+/// `DELETE /lockouts/{key}`: clears one lockout (site admins; audited as `lockout_cleared`).
+pub async fn clear_lockout(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
+    if key.len() > 128 {
+        return Err(lockout_api_error(super::ports::LockoutError::NotFound));
+    }
+    state
+        .0
+        .ports
+        .auth
+        .clear_lockout(&caller.session.user, &key)
+        .await
+        .map_err(lockout_api_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn access_request(

@@ -128,6 +128,16 @@ pub static ROUTES: &[RouteDef] = &[
     },
     RouteDef {
         method: Method::GET,
+        path: "/api/v1/lockouts",
+        handler: || get(handlers::list_lockouts),
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/lockouts/{key}",
+        handler: || delete(handlers::clear_lockout),
+    },
+    RouteDef {
+        method: Method::GET,
         path: "/api/v1/healthz",
         handler: || get(handlers::healthz),
     },

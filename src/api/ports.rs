@@ -34,6 +34,9 @@ pub struct SessionInfo {
     pub expires_at: OffsetDateTime,
 }
 
+/// A password login on a device: the bearer token, the session, and a new device cookie.
+pub type DeviceLogin = (String, SessionInfo, Option<String>);
+
 /// Why a login was refused. The API answers every variant without saying whether the account
 /// exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +69,37 @@ pub enum AuthError {
     Unavailable,
 }
 
+/// A throttled or locked login, as site admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockoutInfo {
+    /// `email:<hash>` (an account, from untrusted clients), `device:<hash>` (one device cookie)
+    /// or `ip:<address>` (a client address). Pass it to `DELETE /lockouts/{key}`.
+    pub key: String,
+    /// The account's email for known accounts (with ` (trusted device)` for a device), else the key.
+    pub label: String,
+    pub failures: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_failure: OffsetDateTime,
+    /// Until when every login for it is refused (`null`: only delayed).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub locked_until: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_allowed: OffsetDateTime,
+}
+
+/// Why the lockout list could not be read or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockoutError {
+    /// The caller lacks `manage_users` on the site.
+    #[error("forbidden")]
+    Forbidden,
+    /// No lockout with this key.
+    #[error("no such lockout")]
+    NotFound,
+    #[error("unavailable")]
+    Unavailable,
+}
+
 /// Sessions: login, bearer check, logout. Implemented by the `auth` engine.
 pub trait AuthPort: Send + Sync + 'static {
     /// Verifies an email and password (offline, against the bundle's verifier), applies the
@@ -77,6 +111,25 @@ pub trait AuthPort: Send + Sync + 'static {
         password: &'a str,
         client_ip: IpAddr,
     ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>>;
+
+    /// As [`AuthPort::login_password`], presenting the device cookie of an earlier successful
+    /// login (OWASP "device cookies": a client that logged in before keeps its own failure
+    /// budget). Also returns a new device cookie for the client to keep. The default ignores the
+    /// cookie and issues none.
+    fn login_password_on_device<'a>(
+        &'a self,
+        email: &'a str,
+        password: &'a str,
+        client_ip: IpAddr,
+        device: Option<&'a str>,
+    ) -> BoxFut<'a, Result<DeviceLogin, LoginError>> {
+        let _ = device;
+        Box::pin(async move {
+            self.login_password(email, password, client_ip)
+                .await
+                .map(|(token, session)| (token, session, None))
+        })
+    }
 
     /// Verifies a cloud-signed installer token envelope (the exact bytes received) and opens a
     /// session for the user it names.
@@ -91,6 +144,25 @@ pub trait AuthPort: Send + Sync + 'static {
 
     /// Ends the session of this bearer token (idempotent: an unknown token is `Invalid`).
     fn logout<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<(), AuthError>>;
+
+    /// Current login throttles and lockouts; only for holders of `manage_users` on the site.
+    fn lockouts<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<LockoutInfo>, LockoutError>> {
+        let _ = actor;
+        Box::pin(async { Err(LockoutError::Unavailable) })
+    }
+
+    /// Clears one lockout by its key (audited); only for holders of `manage_users` on the site.
+    fn clear_lockout<'a>(
+        &'a self,
+        actor: &'a UserId,
+        key: &'a str,
+    ) -> BoxFut<'a, Result<(), LockoutError>> {
+        let _ = (actor, key);
+        Box::pin(async { Err(LockoutError::Unavailable) })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

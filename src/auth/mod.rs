@@ -11,6 +11,7 @@
 //! PBKDF2 work as a wrong password.
 
 use crate::grants::password;
+pub mod cli;
 mod store;
 
 use std::collections::HashSet;
@@ -69,6 +70,8 @@ pub enum AuthError {
     SessionExpired,
     #[error("account is deactivated")]
     UserInactive,
+    #[error("the password changed since this session was opened; log in again")]
+    PasswordChanged,
     #[error("not allowed")]
     Forbidden,
     #[error("no lockout for `{0}`")]
@@ -89,6 +92,7 @@ impl AuthError {
             AuthError::Unauthenticated => "unauthenticated",
             AuthError::SessionExpired => "session_expired",
             AuthError::UserInactive => "user_inactive",
+            AuthError::PasswordChanged => "password_changed",
             AuthError::Forbidden => "forbidden",
             AuthError::NoSuchLockout(_) => "not_found",
             AuthError::Store(_) => "internal",
@@ -102,7 +106,8 @@ impl AuthError {
             | AuthError::TokenRejected(_)
             | AuthError::Unauthenticated
             | AuthError::SessionExpired
-            | AuthError::UserInactive => 401,
+            | AuthError::UserInactive
+            | AuthError::PasswordChanged => 401,
             AuthError::Throttled { .. } | AuthError::Locked { .. } => 429,
             AuthError::Forbidden => 403,
             AuthError::NoSuchLockout(_) => 404,
@@ -161,6 +166,9 @@ pub struct SessionInfo {
 pub struct NewSession {
     pub token: String,
     pub info: SessionInfo,
+    /// A device cookie for password logins: presented at the next login of the same account, it
+    /// gives this client its own failure budget (see [`Auth::login_password_on_device`]).
+    pub device: Option<String>,
 }
 
 impl std::fmt::Debug for NewSession {
@@ -184,6 +192,8 @@ struct Inner {
     clock: SharedClock,
     cfg: crate::config::Auth,
     tokens: Option<Arc<dyn TokenVerifier>>,
+    /// The box's secret for device cookies (HMAC-SHA256), kept in `meta`.
+    device_key: ring::hmac::Key,
     /// Accounts and clients with a login in progress: a second concurrent attempt is throttled,
     /// so parallel guessing cannot outrun the delay.
     in_flight: Mutex<HashSet<String>>,
@@ -203,6 +213,24 @@ impl Drop for InFlight<'_> {
         }
     }
 }
+
+/// The fingerprint of the credential a password session is opened with: a hash of the user's
+/// password verifier (which is itself a salted PBKDF2 hash; neither is ever shown). A bundle
+/// that changes the password changes it, and that ends the session. Token sessions have none.
+fn credential_of(user: &User, method: Method) -> String {
+    match (method, user.password.as_deref()) {
+        (Method::Password, Some(v)) => {
+            let h = crate::util::sha256_hex(format!("session-credential:{v}").as_bytes());
+            h[..32].to_string()
+        }
+        (Method::Password, None) | (Method::Token, _) => String::new(),
+    }
+}
+
+/// `meta` key of the device-cookie secret.
+const DEVICE_KEY_META: &str = "auth.device_cookie_key";
+/// Longest device cookie accepted (a nonce, a dot and a MAC, base64url).
+const MAX_DEVICE_COOKIE: usize = 128;
 
 /// Length of a bearer token: base64url of 32 bytes.
 const TOKEN_CHARS: usize = 43;
@@ -231,6 +259,22 @@ impl Auth {
         let now = authz.index().effective_now(clock.now());
         let stored = store.with_conn(|c| store::load_tokens(c, now))?;
         authz.set_tokens(stored);
+        let secret = store.with_conn(|c| {
+            let tx = c.transaction()?;
+            let secret = match Store::meta_get(&tx, DEVICE_KEY_META)?
+                .and_then(|s| crate::util_b64::decode(&s).ok())
+                .filter(|k| k.len() == 32)
+            {
+                Some(k) => k,
+                None => {
+                    let k = crate::util::random_bytes::<32>().to_vec();
+                    Store::meta_set(&tx, DEVICE_KEY_META, &crate::util_b64::encode(&k))?;
+                    k
+                }
+            };
+            tx.commit()?;
+            Ok(secret)
+        })?;
         Ok(Auth {
             inner: Arc::new(Inner {
                 store,
@@ -239,13 +283,21 @@ impl Auth {
                 clock,
                 cfg,
                 tokens,
+                device_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
                 in_flight: Mutex::new(HashSet::new()),
             }),
         })
     }
 
+    /// The one time this service uses for everything: issuing and checking sessions, throttles,
+    /// lockouts and token expiry. It is the authorization index's effective time (never below
+    /// the clock floor; the daemon's clock also never goes below its high-water mark), so a
+    /// session issued on a clock that lags the floor is not born expired.
     fn now(&self) -> OffsetDateTime {
-        self.inner.clock.now()
+        self.inner
+            .authz
+            .index()
+            .effective_now(self.inner.clock.now())
     }
 
     fn claim(&self, keys: &[String]) -> Result<InFlight<'_>, AuthError> {
@@ -268,17 +320,72 @@ impl Auth {
         })
     }
 
-    /// Logs in with email (case-insensitive) and password from `client`.
+    /// Logs in with email (case-insensitive) and password from `client`, with no device cookie.
     pub async fn login_password(
         &self,
         email: &str,
         password: &str,
         client: IpAddr,
     ) -> Result<NewSession, AuthError> {
+        self.login_password_on_device(email, password, client, None)
+            .await
+    }
+
+    /// The device-cookie throttle key for `cookie`, if it is a cookie this box issued for the
+    /// account `acct` (HMAC-SHA256 over the account key and the cookie's nonce, checked in
+    /// constant time).
+    fn device_throttle_key(&self, acct: &str, cookie: &str) -> Option<String> {
+        if cookie.len() > MAX_DEVICE_COOKIE {
+            return None;
+        }
+        let (nonce, tag) = cookie.split_once('.')?;
+        let nonce = crate::util_b64::decode(nonce).ok()?;
+        let tag = crate::util_b64::decode(tag).ok()?;
+        if nonce.len() != 16 {
+            return None;
+        }
+        let mut msg = format!("sitegate-device|{acct}|").into_bytes();
+        msg.extend_from_slice(&nonce);
+        ring::hmac::verify(&self.inner.device_key, &msg, &tag).ok()?;
+        let h = crate::util::sha256_hex(cookie.as_bytes());
+        Some(format!("device:{}", &h[..16]))
+    }
+
+    /// A new device cookie for the account `acct`.
+    fn issue_device_cookie(&self, acct: &str) -> String {
+        let nonce = crate::util::random_bytes::<16>();
+        let mut msg = format!("sitegate-device|{acct}|").into_bytes();
+        msg.extend_from_slice(&nonce);
+        let tag = ring::hmac::sign(&self.inner.device_key, &msg);
+        format!(
+            "{}.{}",
+            crate::util_b64::encode(nonce),
+            crate::util_b64::encode(tag.as_ref())
+        )
+    }
+
+    /// Logs in with email (case-insensitive) and password from `client`, presenting the device
+    /// cookie of an earlier successful login of this account, if any (OWASP "device cookies").
+    ///
+    /// Without a valid cookie the attempt is an untrusted client's: it is throttled and can be
+    /// locked out per account (and per client address). With a valid cookie the account's
+    /// throttle and lockout do not apply: the device has its own failure budget (its own delay
+    /// and lockout, under its own key), so someone guessing from elsewhere on the LAN cannot
+    /// keep the account's owner out. A successful login returns a fresh cookie.
+    pub async fn login_password_on_device(
+        &self,
+        email: &str,
+        password: &str,
+        client: IpAddr,
+        device: Option<&str>,
+    ) -> Result<NewSession, AuthError> {
         let email = email.trim().to_lowercase();
         let acct = email_key(&email);
         let ip = ip_key(client);
-        let keys = vec![acct.clone(), ip.clone()];
+        let device_key = device.and_then(|d| self.device_throttle_key(&acct, d));
+        // The key whose failures are counted (and which may lock): the device's or the account's.
+        let budget = device_key.clone().unwrap_or_else(|| acct.clone());
+        let keys = vec![budget.clone(), ip.clone()];
         let _guard = match self.claim(&keys) {
             Ok(g) => g,
             Err(e) => {
@@ -320,10 +427,10 @@ impl Auth {
         let real = verifier.is_some();
         // Admins see a known account's email in the lockout list; an unknown attempted email
         // (which might be a mistyped password) is kept only as its hash.
-        let label = if user.is_some() {
-            email.clone()
-        } else {
-            acct.clone()
+        let label = match (&user, &device_key) {
+            (Some(_), Some(_)) => format!("{email} (trusted device)"),
+            (Some(_), None) => email.clone(),
+            (None, _) => acct.clone(),
         };
         let verifier = verifier.unwrap_or_else(|| Verifier::dummy(typical));
         let pw = password.as_bytes().to_vec();
@@ -340,28 +447,41 @@ impl Auth {
                     Some(u) if !matched => (u.id.to_string(), "wrong_password"),
                     Some(u) => (u.id.to_string(), "inactive"),
                 };
-                let locked = self.record_failure(Some((&acct, &label)), &ip).await?;
+                let locked = self.record_failure(Some((&budget, &label)), &ip).await?;
                 let outcome = if locked { "locked" } else { "failed" };
                 self.audit_login(&actor, Some(&acct), client, Method::Password, outcome, why)
                     .await;
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        let acct2 = acct.clone();
+        // A success clears the budget it was judged on; a trusted device's success leaves the
+        // account's lockout (from untrusted clients) in place.
+        let budget2 = budget.clone();
         self.inner
             .store
-            .call(move |c| store::clear_throttle(c, &acct2))
+            .call(move |c| store::clear_throttle(c, &budget2))
             .await?;
-        let session = self
-            .open_session(user.id.clone(), Method::Password, client, None)
+        let mut session = self
+            .open_session(
+                user.id.clone(),
+                Method::Password,
+                client,
+                None,
+                credential_of(&user, Method::Password),
+            )
             .await?;
+        session.device = Some(self.issue_device_cookie(&acct));
         self.audit_login(
             user.id.as_str(),
             Some(&acct),
             client,
             Method::Password,
             "ok",
-            "",
+            if device_key.is_some() {
+                "trusted_device"
+            } else {
+                ""
+            },
         )
         .await;
         Ok(session)
@@ -435,7 +555,13 @@ impl Auth {
             .await?;
         self.inner.authz.add_token(user.clone(), grant.clone());
         let session = self
-            .open_session(user.id.clone(), Method::Token, client, grant.expires_at)
+            .open_session(
+                user.id.clone(),
+                Method::Token,
+                client,
+                grant.expires_at,
+                String::new(),
+            )
             .await?;
         let detail = json!({"method": "token", "client": client.to_string(), "grant": grant.id.as_str(), "session": session.info.id});
         let _ = self
@@ -456,6 +582,7 @@ impl Auth {
         method: Method,
         client: IpAddr,
         cap: Option<OffsetDateTime>,
+        credential: String,
     ) -> Result<NewSession, AuthError> {
         let now = self.now();
         let ttl = time::Duration::try_from(self.inner.cfg.session_ttl)
@@ -477,9 +604,13 @@ impl Auth {
         let i2 = info.clone();
         self.inner
             .store
-            .call(move |c| store::insert_session(c, &hash, &i2))
+            .call(move |c| store::insert_session(c, &hash, &i2, &credential))
             .await?;
-        Ok(NewSession { token, info })
+        Ok(NewSession {
+            token,
+            info,
+            device: None,
+        })
     }
 
     /// Checks a bearer token. Called on every request; authorization is decided afterwards
@@ -498,9 +629,11 @@ impl Auth {
         let row = self
             .inner
             .store
-            .call(move |c| store::get_session(c, &h2))
+            .call(move |c| {
+                Ok(store::get_session(c, &h2)?.map(|r| (r, store::session_credential(c, &h2))))
+            })
             .await?;
-        let Some((stored_hash, info, last_seen)) = row else {
+        let Some(((stored_hash, info, last_seen), credential)) = row else {
             return Err(AuthError::Unauthenticated);
         };
         // The lookup was by hash; compare again in constant time so no branch depends on how
@@ -516,17 +649,27 @@ impl Auth {
                 .await?;
             return Err(AuthError::SessionExpired);
         }
-        match index.user(&info.user) {
-            Some(u) if u.active => {}
-            // Deactivated or removed: the session ends now.
-            _ => {
-                let h2 = hash.clone();
-                self.inner
-                    .store
-                    .call(move |c| store::delete_session(c, &h2))
-                    .await?;
-                return Err(AuthError::UserInactive);
+        let ended = match index.user(&info.user) {
+            // A bundle changed the password since the session was opened.
+            Some(u)
+                if u.active
+                    && info.method == Method::Password
+                    && !bool::from(
+                        credential_of(u, Method::Password)
+                            .as_bytes()
+                            .ct_eq(credential?.as_bytes()),
+                    ) =>
+            {
+                Some(AuthError::PasswordChanged)
             }
+            Some(u) if u.active => None,
+            // Deactivated or removed: the session ends now.
+            _ => Some(AuthError::UserInactive),
+        };
+        if let Some(why) = ended {
+            self.end_sessions(vec![(hash.clone(), info.clone())], why.code())
+                .await?;
+            return Err(why);
         }
         if now - last_seen > time::Duration::seconds(30) {
             self.inner
@@ -628,10 +771,80 @@ impl Auth {
         }
     }
 
+    /// Ends sessions (deletes them) with one `session_ended` audit record per session, carrying
+    /// `reason` (`user_inactive`, `password_changed`).
+    async fn end_sessions(
+        &self,
+        sessions: Vec<(String, SessionInfo)>,
+        reason: &'static str,
+    ) -> Result<(), AuthError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let audit = self.inner.audit.clone();
+        self.inner
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                for (hash, info) in &sessions {
+                    store::delete_session(&tx, hash)?;
+                    let ev = Event::new("session_ended", "ok")
+                        .actor(info.user.to_string())
+                        .detail(json!({"session": info.id, "method": info.method.as_str(), "reason": reason}));
+                    audit.record_in(&tx, &ev)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every session whose user a bundle deactivated or removed, or whose password it
+    /// changed (each audited as `session_ended`). [`Auth::authenticate`] refuses such a session
+    /// on its next use anyway; this also removes the ones nobody uses. Called by
+    /// [`Auth::prune`] and after every new access state.
+    pub async fn end_changed_sessions(&self) -> Result<usize, AuthError> {
+        let all = self.inner.store.call(|c| store::all_sessions(c)).await?;
+        let index = self.inner.authz.index();
+        let mut inactive = Vec::new();
+        let mut changed = Vec::new();
+        for (hash, user, method, credential) in all {
+            let Ok(uid) = UserId::new(user) else { continue };
+            let info = SessionInfo {
+                user: uid.clone(),
+                id: hash.chars().take(16).collect(),
+                method,
+                created: OffsetDateTime::UNIX_EPOCH,
+                expires: OffsetDateTime::UNIX_EPOCH,
+                client: String::new(),
+            };
+            match index.user(&uid) {
+                Some(u) if u.active => {
+                    if method == Method::Password
+                        && !bool::from(
+                            credential_of(u, Method::Password)
+                                .as_bytes()
+                                .ct_eq(credential.as_bytes()),
+                        )
+                    {
+                        changed.push((hash, info));
+                    }
+                }
+                _ => inactive.push((hash, info)),
+            }
+        }
+        let n = inactive.len() + changed.len();
+        self.end_sessions(inactive, "user_inactive").await?;
+        self.end_sessions(changed, "password_changed").await?;
+        Ok(n)
+    }
+
     /// Deletes expired sessions and installer-token logins (call periodically).
     pub async fn prune(&self) -> Result<(), AuthError> {
-        let now_idx = self.inner.authz.index().effective_now(self.now());
-        let now = self.now();
+        self.end_changed_sessions().await?;
+        let now_idx = self.now();
+        let now = now_idx;
         let tokens = self
             .inner
             .store

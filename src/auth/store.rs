@@ -34,20 +34,49 @@ pub(super) fn insert_session(
     c: &Connection,
     hash: &str,
     info: &SessionInfo,
+    credential: &str,
 ) -> Result<(), StoreError> {
     c.execute(
-        "INSERT INTO sessions(token_hash, user, method, created_ms, expires_ms, last_seen_ms, client)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6)",
+        "INSERT INTO sessions(token_hash, user, method, created_ms, expires_ms, last_seen_ms, client, credential)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6, ?7)",
         params![
             hash,
             info.user.as_str(),
             info.method.as_str(),
             unix_ms(info.created),
             unix_ms(info.expires),
-            info.client
+            info.client,
+            credential
         ],
     )?;
     Ok(())
+}
+
+/// The credential fingerprint a session was opened with.
+pub(super) fn session_credential(c: &Connection, hash: &str) -> Result<String, StoreError> {
+    Ok(c.query_row(
+        "SELECT credential FROM sessions WHERE token_hash = ?1",
+        [hash],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()?
+    .unwrap_or_default())
+}
+
+/// Every session: token hash, user, method and credential fingerprint.
+pub(super) fn all_sessions(
+    c: &Connection,
+) -> Result<Vec<(String, String, Method, String)>, StoreError> {
+    let mut stmt = c.prepare("SELECT token_hash, user, method, credential FROM sessions")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            Method::parse(&r.get::<_, String>(2)?),
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 type SessionRow = (String, SessionInfo, OffsetDateTime);

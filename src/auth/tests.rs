@@ -38,7 +38,15 @@ fn access() -> AccessState {
     );
     for u in &mut st.users {
         u.email = format!("{}@Example.com", u.id);
-        u.password = Some(hash_password(&format!("pw-{}", u.id), 1000));
+        // A fixed salt: the same bundle carries the same verifier (a changed one ends sessions).
+        u.password = Some(
+            crate::grants::password::hash_password_with_salt(
+                format!("pw-{}", u.id).as_bytes(),
+                1000,
+                &[7; 16],
+            )
+            .unwrap(),
+        );
     }
     st
 }
@@ -527,4 +535,243 @@ async fn a_token_session_never_outlives_the_tokens_grant() {
         e.auth.authenticate(&s.token).await,
         Err(AuthError::SessionExpired)
     );
+}
+
+fn with_users(f: impl Fn(&mut crate::access::User)) -> Arc<AccessState> {
+    let mut st = access();
+    for u in &mut st.users {
+        f(u);
+    }
+    Arc::new(st)
+}
+
+#[tokio::test]
+async fn a_bundle_that_changes_a_password_ends_that_users_sessions_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let ana = e
+        .auth
+        .login_password("ana@example.com", "pw-ana", IP)
+        .await
+        .unwrap();
+    let bob = e
+        .auth
+        .login_password("bob@example.com", "pw-bob", IP2)
+        .await
+        .unwrap();
+    // A bundle that only renames people ends nothing.
+    e.authz
+        .set_state(with_users(|u| u.name = format!("{} (renamed)", u.id)));
+    assert_eq!(e.auth.end_changed_sessions().await.unwrap(), 0);
+    assert_eq!(
+        e.auth.authenticate(&ana.token).await.unwrap().user,
+        uid("ana")
+    );
+    // A bundle with a new password for ana.
+    e.authz.set_state(with_users(|u| {
+        if u.id == uid("ana") {
+            u.password = Some(hash_password("pw-ana-2", 1000));
+        }
+    }));
+    assert_eq!(
+        e.auth.authenticate(&ana.token).await,
+        Err(AuthError::PasswordChanged)
+    );
+    assert_eq!(
+        e.auth.authenticate(&ana.token).await,
+        Err(AuthError::Unauthenticated),
+        "the session is gone"
+    );
+    assert_eq!(
+        e.auth.authenticate(&bob.token).await.unwrap().user,
+        uid("bob")
+    );
+    let ended: Vec<_> = audit_rows(&e.store)
+        .into_iter()
+        .filter(|r| r.kind == "session_ended")
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].actor.as_deref(), Some("ana"));
+    assert_eq!(ended[0].detail["reason"], "password_changed");
+    assert_eq!(ended[0].detail["session"], ana.info.id.as_str());
+    // The old password no longer logs in; the new one does.
+    e.clock.advance(Duration::seconds(5));
+    assert_eq!(
+        e.auth
+            .login_password("ana@example.com", "pw-ana", IP)
+            .await
+            .unwrap_err(),
+        AuthError::InvalidCredentials
+    );
+    e.clock.advance(Duration::seconds(5));
+    let again = e
+        .auth
+        .login_password("ana@example.com", "pw-ana-2", IP)
+        .await
+        .unwrap();
+    assert_eq!(
+        e.auth.authenticate(&again.token).await.unwrap().user,
+        uid("ana")
+    );
+}
+
+#[tokio::test]
+async fn a_bundle_that_deactivates_a_user_ends_every_session_of_theirs_even_unused_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let mut tokens = Vec::new();
+    for ip in [IP, IP2] {
+        tokens.push(
+            e.auth
+                .login_password("bob@example.com", "pw-bob", ip)
+                .await
+                .unwrap()
+                .token,
+        );
+    }
+    let ana = e
+        .auth
+        .login_password("ana@example.com", "pw-ana", IP)
+        .await
+        .unwrap();
+    e.authz.set_state(with_users(|u| {
+        if u.id == uid("bob") {
+            u.active = false;
+        }
+    }));
+    assert_eq!(e.auth.end_changed_sessions().await.unwrap(), 2);
+    assert_eq!(e.auth.sessions_of(&uid("bob")).await.unwrap(), vec![]);
+    for t in &tokens {
+        assert_eq!(
+            e.auth.authenticate(t).await,
+            Err(AuthError::Unauthenticated)
+        );
+    }
+    assert_eq!(
+        e.auth.authenticate(&ana.token).await.unwrap().user,
+        uid("ana")
+    );
+    let reasons: Vec<String> = audit_rows(&e.store)
+        .into_iter()
+        .filter(|r| r.kind == "session_ended")
+        .map(|r| format!("{}:{}", r.actor.unwrap_or_default(), r.detail["reason"]))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["bob:\"user_inactive\"", "bob:\"user_inactive\""]
+    );
+}
+
+/// Five wrong passwords for `email`, each from its own address, 5 s apart: the account locks.
+async fn lock_from_elsewhere(e: &Env, email: &str, cookie: Option<&str>) {
+    for i in 0..5u8 {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 9, i + 1));
+        let _ = e
+            .auth
+            .login_password_on_device(email, "guess", ip, cookie)
+            .await;
+        e.clock.advance(Duration::seconds(5));
+    }
+}
+
+#[tokio::test]
+async fn an_attacker_locking_an_account_cannot_keep_its_owner_out_of_a_device_that_logged_in_before()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let first = e
+        .auth
+        .login_password("adm@example.com", "pw-adm", IP)
+        .await
+        .unwrap();
+    let cookie = first.device.clone().unwrap();
+    // Someone elsewhere on the LAN guesses until the account locks.
+    lock_from_elsewhere(&e, "adm@example.com", None).await;
+    assert!(matches!(
+        e.auth.login_password("adm@example.com", "pw-adm", IP).await,
+        Err(AuthError::Locked { .. })
+    ));
+    // The owner's device still gets in, and gets a fresh cookie.
+    let s = e
+        .auth
+        .login_password_on_device("adm@example.com", "pw-adm", IP, Some(&cookie))
+        .await
+        .unwrap();
+    assert_eq!(s.info.user, uid("adm"));
+    assert!(s.device.is_some() && s.device != Some(cookie.clone()));
+    // The untrusted lockout stays for everybody else.
+    assert!(matches!(
+        e.auth
+            .login_password("adm@example.com", "pw-adm", IP2)
+            .await,
+        Err(AuthError::Locked { .. })
+    ));
+    // A forged cookie, or bob's cookie for the admin's account, is no cookie at all.
+    let bob = e
+        .auth
+        .login_password("bob@example.com", "pw-bob", IP2)
+        .await
+        .unwrap()
+        .device
+        .unwrap();
+    let (nonce, _) = cookie.split_once('.').unwrap();
+    let forged = format!("{nonce}.{}", crate::util_b64::encode([0u8; 32]));
+    for bad in [bob.as_str(), forged.as_str(), "x", &"a".repeat(4000)] {
+        assert!(
+            matches!(
+                e.auth
+                    .login_password_on_device("adm@example.com", "pw-adm", IP, Some(bad))
+                    .await,
+                Err(AuthError::Locked { .. })
+            ),
+            "cookie `{}` was accepted",
+            &bad[..bad.len().min(20)]
+        );
+    }
+    // The cookie survives a restart (the secret is kept in the database).
+    let e2 = open(dir.path(), access(), None);
+    e2.auth
+        .login_password_on_device("adm@example.com", "pw-adm", IP, Some(&cookie))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_trusted_device_has_its_own_failure_budget_and_locks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), access(), None);
+    let cookie = e
+        .auth
+        .login_password("ana@example.com", "pw-ana", IP)
+        .await
+        .unwrap()
+        .device
+        .unwrap();
+    // Guesses with the cookie (a stolen one, or a forgetful owner) lock the cookie...
+    lock_from_elsewhere(&e, "ana@example.com", Some(&cookie)).await;
+    assert!(matches!(
+        e.auth
+            .login_password_on_device("ana@example.com", "pw-ana", IP, Some(&cookie))
+            .await,
+        Err(AuthError::Locked { .. })
+    ));
+    // ...and not the account: a client without it logs in.
+    e.auth
+        .login_password("ana@example.com", "pw-ana", IP2)
+        .await
+        .unwrap();
+    let e_rows = audit_rows(&e.store);
+    assert!(
+        e_rows
+            .iter()
+            .any(|r| r.kind == "login" && r.outcome == "locked")
+    );
+    // Admins see the device's lockout as such.
+    let list = e.auth.lockouts(&uid("adm")).await.unwrap();
+    let dev = list
+        .iter()
+        .find(|l| l.label == "ana@example.com (trusted device)")
+        .unwrap();
+    assert!(dev.key.starts_with("device:") && dev.locked_until.is_some());
+    assert!(!list.iter().any(|l| l.label == "ana@example.com"));
 }

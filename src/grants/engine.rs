@@ -20,16 +20,18 @@ use tokio::sync::watch;
 use super::bundle::{Bundle, VerifiedBundle, VerifiedToken, policy_to_json};
 use super::envelope::{Kind, payload_sha256, peek_kind};
 use super::trust::{self, TrustSet, VerifiedKeys};
-use super::{GrantError, Reason, Rejection, effective_now, reject};
+use super::{CLOCK_TOLERANCE, GrantError, Reason, Rejection, reject};
 use crate::access::{AccessState, Grant, Policy};
 use crate::audit::{Audit, Event};
-use crate::clock::{SharedClock, from_unix_ms, rfc3339, unix_ms};
+use crate::clock::{Clock, SharedClock, TrustedClock, from_unix_ms, rfc3339, unix_ms};
 use crate::model::{GrantId, SiteId};
 use crate::store::{Store, StoreError};
 
 const META_SEQ: &str = "grants.seq";
 const META_FLOOR: &str = "grants.last_trusted_ms";
 const META_POLICY: &str = "grants.policy";
+/// The newest system-clock time seen (the clock's high-water mark), ms since the epoch.
+const META_HIGH_WATER: &str = "clock.high_water_ms";
 /// A revocation is pruned only this long after its grant's own expiry passed.
 const REVOCATION_PRUNE_MARGIN_MS: i64 = 7 * 86_400 * 1000;
 
@@ -77,12 +79,16 @@ struct Book {
     /// True when a rejection came after the last successful apply.
     rejected_since_apply: bool,
     rollback_raised: bool,
+    /// The high-water mark last written to SQLite.
+    persisted_high_water: Option<OffsetDateTime>,
 }
 
 struct Inner {
     store: Store,
     audit: Audit,
-    clock: SharedClock,
+    /// The box's one effective clock (owned here: this engine moves its floor and persists its
+    /// high-water mark).
+    clock: Arc<TrustedClock>,
     site: SiteId,
     future_skew: time::Duration,
     rollback_alarm: time::Duration,
@@ -217,6 +223,7 @@ struct Loaded {
     trust: TrustSet,
     seq: u64,
     floor: Option<OffsetDateTime>,
+    high_water: Option<OffsetDateTime>,
     revoked: HashSet<GrantId>,
     bundle_row: Option<(u64, String, Vec<u8>)>,
     tokens: Vec<Vec<u8>>,
@@ -241,6 +248,7 @@ impl GrantEngine {
             let trust = TrustSet::load(conn)?;
             let seq = meta_u64(conn, META_SEQ)?.unwrap_or(0);
             let floor = meta_i64(conn, META_FLOOR)?.map(from_unix_ms);
+            let high_water = meta_i64(conn, META_HIGH_WATER)?.map(from_unix_ms);
             let revoked = load_revoked(conn)?;
             let bundle_row = conn
                 .query_row(
@@ -265,6 +273,7 @@ impl GrantEngine {
                 trust,
                 seq,
                 floor,
+                high_water,
                 revoked,
                 bundle_row,
                 tokens,
@@ -274,7 +283,16 @@ impl GrantEngine {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let mut book = Book::default();
+        let tclock = Arc::new(TrustedClock::new(
+            clock,
+            loaded.floor,
+            loaded.high_water,
+            CLOCK_TOLERANCE,
+        ));
+        let mut book = Book {
+            persisted_high_water: loaded.high_water,
+            ..Book::default()
+        };
         let mut problems = Vec::new();
         if let Some((row_seq, row_sha, envelope)) = &loaded.bundle_row {
             match VerifiedBundle::verify(envelope, &loaded.trust.ever_trusted()) {
@@ -292,7 +310,7 @@ impl GrantEngine {
                 Err(e) => problems.push(format!("stored bundle no longer verifies: {e}")),
             }
         }
-        let eff = effective_now(now, loaded.floor);
+        let eff = tclock.now();
         for env in &loaded.tokens {
             match VerifiedToken::verify(env, &loaded.trust.ever_trusted()) {
                 Ok(t) if t.site == site && t.grant.expires_at.is_some_and(|e| e > eff) => {
@@ -318,7 +336,7 @@ impl GrantEngine {
             inner: Arc::new(Inner {
                 store,
                 audit,
-                clock,
+                clock: tclock,
                 site,
                 future_skew: std_to_time(cfg.future_skew),
                 rollback_alarm: std_to_time(cfg.clock_rollback_alarm),
@@ -360,42 +378,88 @@ impl GrantEngine {
         &self.inner.site
     }
 
-    /// max(system clock, last_trusted_time): the time at which expiry is judged.
+    /// The box's effective time: max(system clock, clock floor, high-water mark − tolerance).
+    /// Every expiry is judged at it.
     pub fn effective_now(&self) -> OffsetDateTime {
-        effective_now(
-            self.inner.clock.now(),
-            self.inner.state.load().last_trusted_time,
-        )
+        self.inner.clock.now()
     }
 
-    /// Raises a `clock_rollback` audit event (once per episode) when the system clock is more
-    /// than `clock_rollback_alarm` below the clock floor. Returns whether the clock is rolled
-    /// back. The daemon may call it periodically; apply and open call it too.
+    /// The box's one effective clock, to hand to every component that judges or sets an expiry
+    /// (authorization, sessions, lockouts, delegations, the API).
+    pub fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    /// The same clock with its floor and high-water mark visible.
+    pub fn trusted_clock(&self) -> Arc<TrustedClock> {
+        self.inner.clock.clone()
+    }
+
+    /// Checks the system clock against the clock floor and the high-water mark, raises a
+    /// `clock_rollback` audit event (once per episode) when it went back, and persists the
+    /// high-water mark when it moved. The clock is rolled back when it is more than
+    /// `clock_rollback_alarm` below the floor, or more than [`CLOCK_TOLERANCE`] below the
+    /// high-water mark (also if it was so at any reading since the last check). Returns whether
+    /// the clock is rolled back now. The daemon calls it every minute; open and every apply call it.
     pub fn check_clock(&self) -> bool {
-        let now = self.inner.clock.now();
-        let Some(floor) = self.inner.state.load().last_trusted_time else {
-            return false;
-        };
-        let rolled_back = now < floor - self.inner.rollback_alarm;
+        let c = &self.inner.clock;
+        let effective = c.now();
+        let raw = c.raw_now();
+        let floor = c.floor();
+        let mark = c.high_water();
+        let seen = c.take_rollback();
+        let below_floor = floor.is_some_and(|f| raw < f - self.inner.rollback_alarm);
+        let below_mark = mark.is_some_and(|m| raw < m - c.tolerance());
+        let rolled_back = below_floor || below_mark;
         let newly = {
             let mut book = lock(&self.inner.book);
-            let newly = rolled_back && !book.rollback_raised;
+            // A rollback seen at any reading since the last check counts, even if the clock
+            // was put forward again before this check.
+            let newly = (rolled_back || seen.is_some()) && !book.rollback_raised;
             book.rollback_raised = rolled_back;
             newly
         };
         if newly {
-            tracing::warn!(clock = %rfc3339(now), floor = %rfc3339(floor), "system clock is far below the last trusted time");
+            let newest = match (floor, mark) {
+                (Some(f), Some(m)) => f.max(m),
+                (f, m) => f.or(m).unwrap_or(raw),
+            };
+            let behind = (newest - raw).max(seen.unwrap_or(time::Duration::ZERO));
+            tracing::warn!(clock = %rfc3339(raw), effective = %rfc3339(effective), "system clock went back; expiry stays judged at the effective time");
             let _ = self.inner.audit.record_blocking(
                 &Event::new("clock_rollback", "raised")
                     .actor("system")
                     .detail(json!({
-                        "clock": rfc3339(now),
-                        "last_trusted_time": rfc3339(floor),
-                        "behind_secs": (floor - now).whole_seconds(),
+                        "clock": rfc3339(raw),
+                        "last_trusted_time": floor.map(rfc3339),
+                        "high_water": mark.map(rfc3339),
+                        "effective": rfc3339(effective),
+                        "behind_secs": behind.whole_seconds(),
                     })),
             );
         }
+        self.persist_high_water();
         rolled_back
+    }
+
+    /// Writes the high-water mark to SQLite if it moved since the last write.
+    fn persist_high_water(&self) {
+        let mark = self.inner.clock.high_water();
+        {
+            let book = lock(&self.inner.book);
+            if mark.is_none() || book.persisted_high_water == mark {
+                return;
+            }
+        }
+        let Some(m) = mark else { return };
+        let written = self
+            .inner
+            .store
+            .with_conn(|conn| Store::meta_set(conn, META_HIGH_WATER, &unix_ms(m).to_string()));
+        match written {
+            Ok(()) => lock(&self.inner.book).persisted_high_water = Some(m),
+            Err(e) => tracing::warn!(error = %e, "cannot persist the clock's high-water mark"),
+        }
     }
 
     /// Applies one envelope. `kind_hint` is the kind the channel carries (the MQTT `…/grants`
@@ -470,10 +534,10 @@ impl GrantEngine {
     }
 
     fn apply_bundle(&self, bytes: &[u8], source: &str) -> Result<ApplyOutcome, Rejection> {
-        let now = self.inner.clock.now();
         self.check_clock();
+        let now = self.inner.clock.now();
         let cur = self.inner.state.load_full();
-        let eff = effective_now(now, cur.last_trusted_time);
+        let eff = now;
         // INVARIANT: a redelivery of the payload in force changes nothing, so it is answered
         // before verification (its key may have been retired since it was applied).
         {
@@ -486,7 +550,9 @@ impl GrantEngine {
             }
         }
         let trust = self.inner.trust.load_full();
-        let vb = VerifiedBundle::verify(bytes, &trust.active_at(eff))
+        // Keys are judged on signed time (not the high-water mark), so that a forward jump of
+        // the local clock cannot retire the key of the bundle that corrects it.
+        let vb = VerifiedBundle::verify(bytes, &trust.active_at(self.inner.clock.signed_now()))
             .map_err(|r| self.rejected(Kind::Bundle, source, r, None))?;
         let seq = vb.bundle().seq;
         self.check_bundle(&vb, &cur, eff)
@@ -602,6 +668,12 @@ impl GrantEngine {
             Some(f) if f > b.issued_at => f,
             _ => b.issued_at,
         });
+        let correction = self.forward_jump_correction(b.issued_at);
+        // After a correction, expiry in this apply is judged on the corrected time.
+        let eff = match (correction, floor) {
+            (Some(c), Some(f)) => c.max(f),
+            _ => eff,
+        };
         // What we know about each revoked grant's expiry (for later pruning).
         let mut expiry: HashMap<&GrantId, Option<OffsetDateTime>> = HashMap::new();
         for g in cur.grants.iter().chain(b.grants.iter()) {
@@ -678,6 +750,18 @@ impl GrantEngine {
                 if let Some(f) = floor {
                     Store::meta_set(&tx, META_FLOOR, &unix_ms(f).to_string())?;
                 }
+                if let Some(c) = correction {
+                    Store::meta_set(&tx, META_HIGH_WATER, &unix_ms(c).to_string())?;
+                    audit.record_in(
+                        &tx,
+                        &Event::new("clock_corrected", "ok").actor("system").detail(json!({
+                            "high_water": self.inner.clock.high_water().map(rfc3339),
+                            "corrected_to": rfc3339(c),
+                            "issued_at": rfc3339(b.issued_at),
+                            "seq": b.seq,
+                        })),
+                    )?;
+                }
                 tx.execute(
                     "INSERT OR REPLACE INTO grant_bundle(id, seq, payload_sha256, issued_at_ms, envelope, applied_ms)
                      VALUES (1, ?1, ?2, ?3, ?4, ?5)",
@@ -712,7 +796,15 @@ impl GrantEngine {
                 Ok(Ok(revoked))
             })
             .map_err(|e| Rejection::new(Reason::Storage, format!("database: {e}")))??;
-        // Committed: publish with one swap.
+        // Committed: move the clock, then publish with one swap.
+        if let Some(f) = floor {
+            self.inner.clock.raise_floor(f);
+        }
+        if let Some(c) = correction {
+            tracing::warn!(corrected_to = %rfc3339(c), "the clock's high-water mark was ahead of signed time; corrected by the bundle");
+            self.inner.clock.reset_high_water(c);
+            lock(&self.inner.book).persisted_high_water = Some(c);
+        }
         let bundle = Arc::new(b.clone());
         let state = {
             let mut book = lock(&self.inner.book);
@@ -745,16 +837,30 @@ impl GrantEngine {
         Ok(ApplyOutcome::Applied { seq: b.seq })
     }
 
+    /// The corrected high-water mark when a bundle signed at `issued_at` shows that the mark
+    /// ran ahead of real time (the system clock was set forward by mistake and then put right):
+    /// the mark is more than `future_skew` ahead of the signed time AND the system clock agrees
+    /// with the signed time within `future_skew`. The mark is then set to the later of the two;
+    /// never below the clock floor (the caller keeps the floor).
+    fn forward_jump_correction(&self, issued_at: OffsetDateTime) -> Option<OffsetDateTime> {
+        let skew = self.inner.future_skew;
+        let mark = self.inner.clock.high_water()?;
+        let raw = self.inner.clock.raw_now();
+        let ahead = mark > issued_at + skew;
+        let agrees = raw <= issued_at + skew && raw >= issued_at - skew;
+        (ahead && agrees).then(|| raw.max(issued_at))
+    }
+
     fn publish(&self, state: Arc<AccessState>) {
         self.inner.state.store(state.clone());
         self.inner.tx.send_replace(state);
     }
 
     fn apply_keys(&self, bytes: &[u8], source: &str) -> Result<ApplyOutcome, Rejection> {
-        let now = self.inner.clock.now();
         self.check_clock();
+        let now = self.inner.clock.now();
         let cur = self.inner.state.load_full();
-        let eff = effective_now(now, cur.last_trusted_time);
+        let eff = now;
         let trust = self.inner.trust.load_full();
         // INVARIANT: as for bundles, the key set in force received again changes nothing.
         if trust.seq > 0
@@ -763,7 +869,7 @@ impl GrantEngine {
         {
             return Ok(ApplyOutcome::KeysDuplicate { seq: trust.seq });
         }
-        let vk = VerifiedKeys::verify(bytes, &trust.active_at(eff))
+        let vk = VerifiedKeys::verify(bytes, &trust.active_at(self.inner.clock.signed_now()))
             .map_err(|r| self.rejected(Kind::Keys, source, r, None))?;
         let seq = vk.seq;
         let fail = |r: Rejection| self.rejected(Kind::Keys, source, r, Some(seq));
@@ -861,6 +967,7 @@ impl GrantEngine {
             .map_err(|e| fail(Rejection::new(Reason::Storage, format!("database: {e}"))))?
             .map_err(fail)?;
         self.inner.trust.store(Arc::new(new_trust));
+        self.inner.clock.raise_floor(floor);
         lock(&self.inner.book).rejected_since_apply = false;
         if cur.last_trusted_time != Some(floor) {
             let mut next = (*cur).clone();
@@ -881,9 +988,8 @@ impl GrantEngine {
     }
 
     fn verify_token_inner(&self, bytes: &[u8]) -> Result<VerifiedToken, Rejection> {
-        let now = self.inner.clock.now();
+        let eff = self.inner.clock.now();
         let cur = self.inner.state.load_full();
-        let eff = effective_now(now, cur.last_trusted_time);
         let trust = self.inner.trust.load_full();
         let t = VerifiedToken::verify(bytes, &trust.active_at(eff))?;
         if t.site != self.inner.site {
@@ -971,6 +1077,7 @@ impl GrantEngine {
                     None,
                 )
             })?;
+        self.inner.clock.raise_floor(floor);
         let grant = t.grant.id.clone();
         let state = {
             let mut book = lock(&self.inner.book);

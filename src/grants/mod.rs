@@ -185,8 +185,15 @@ pub enum GrantError {
     },
 }
 
-/// The time at which expiry is judged: the later of the system clock and the clock floor (the
-/// newest signed `issued_at` accepted), so setting the clock back never revives a grant.
+/// How far the system clock may go back below the newest time it showed (the high-water mark)
+/// without raising `clock_rollback`: small NTP corrections. Expiry is never judged earlier than
+/// the mark minus this. The daemon persists the mark every minute.
+pub const CLOCK_TOLERANCE: time::Duration = time::Duration::seconds(60);
+
+/// The signed-time part of the box's effective time: the later of `clock_now` and the clock
+/// floor (the newest signed `issued_at` accepted). The daemon judges expiry on the full effective
+/// time of [`crate::clock::TrustedClock`], which also never goes below the persisted high-water
+/// mark minus [`CLOCK_TOLERANCE`].
 pub fn effective_now(
     clock_now: OffsetDateTime,
     last_trusted_time: Option<OffsetDateTime>,

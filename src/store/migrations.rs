@@ -187,4 +187,13 @@ CREATE TABLE access_requests (
 );
 ",
     },
+    Migration {
+        version: 4,
+        name: "auth: the credential a session was opened with",
+        sql: "
+-- A fingerprint of the password verifier a password session was opened with ('' for token
+-- sessions): a bundle that changes the password ends the session.
+ALTER TABLE sessions ADD COLUMN credential TEXT NOT NULL DEFAULT '';
+",
+    },
 ];

@@ -59,8 +59,11 @@ pub fn bundle_signed_by(
     revoked: &[&str],
     key: &ring::signature::Ed25519KeyPair,
 ) -> Vec<u8> {
-    // Low iteration count: the tests measure authorization, not PBKDF2.
-    let verifier = fleet::hash_password(PASSWORD, 1_000).unwrap();
+    // Low iteration count: the tests measure authorization, not PBKDF2. A fixed salt, as the
+    // cloud sends the same verifier until the password changes (a new one ends sessions).
+    let verifier =
+        sitegate::grants::password::hash_password_with_salt(PASSWORD.as_bytes(), 1_000, &[5; 16])
+            .unwrap();
     let issued = time::OffsetDateTime::now_utc() - time::Duration::minutes(10)
         + time::Duration::seconds(seq as i64);
     let mut users = Vec::new();
