@@ -412,6 +412,9 @@ impl ModbusEngine {
         let u = self.unit(id)?;
         let st = lock(&u.state);
         let stale_after = (u.cfg.poll_interval * 3).max(Duration::from_secs(5));
+        let faulty = unit_faulty(&u.profile, |i| {
+            st.values.get(i).map(|c| (c.value.clone(), c.quality))
+        });
         let points = u
             .profile
             .points
@@ -420,7 +423,9 @@ impl ModbusEngine {
             .map(|(p, c)| {
                 let age = c.at.map(|(i, _)| i.elapsed());
                 let quality = if c.quality == Quality::Good
-                    && (st.online == Some(false) || age.is_some_and(|a| a > stale_after))
+                    && (st.online == Some(false)
+                        || age.is_some_and(|a| a > stale_after)
+                        || (faulty && !p.unit_fault))
                 {
                     Quality::Stale
                 } else {
@@ -1195,13 +1200,14 @@ impl LinkTask {
         let mut changed = BTreeMap::new();
         {
             let mut st = lock(&u.state);
+            let mut decoded = Vec::with_capacity(b.points.len());
             for &i in &b.points {
                 let Some(p) = u.profile.points.get(i) else {
                     continue;
                 };
                 let off = usize::from(p.address.saturating_sub(b.start));
                 let w = usize::from(p.width());
-                let (value, quality) = match reply {
+                let vq = match reply {
                     Reply::Words(words) => match words.get(off..off + w) {
                         Some(s) => codec::decode(p, &Raw::Words(s)),
                         None => (Value::Null, Quality::Error),
@@ -1211,6 +1217,26 @@ impl LinkTask {
                         None => (Value::Null, Quality::Error),
                     },
                     Reply::Written => continue,
+                };
+                decoded.push((i, vq));
+            }
+            // A gateway that reports its device as not answering keeps serving the last values:
+            // they are stale, not good.
+            let faulty = unit_faulty(&u.profile, |i| {
+                decoded
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map(|(_, vq)| vq.clone())
+                    .or_else(|| st.values.get(i).map(|c| (c.value.clone(), c.quality)))
+            });
+            for (i, (value, quality)) in decoded {
+                let Some(p) = u.profile.points.get(i) else {
+                    continue;
+                };
+                let quality = if faulty && !p.unit_fault && quality == Quality::Good {
+                    Quality::Stale
+                } else {
+                    quality
                 };
                 let Some(c) = st.values.get_mut(i) else {
                     continue;
@@ -1248,4 +1274,12 @@ impl LinkTask {
             });
         }
     }
+}
+
+/// Whether a `unit_fault` point of the profile currently reads true with good quality.
+fn unit_faulty(profile: &Profile, value_of: impl Fn(usize) -> Option<(Value, Quality)>) -> bool {
+    profile.points.iter().enumerate().any(|(i, p)| {
+        p.unit_fault
+            && value_of(i).is_some_and(|(v, q)| q == Quality::Good && v == Value::Bool(true))
+    })
 }
