@@ -60,6 +60,8 @@ fn bench(c: &mut Criterion) {
             group: None,
             // Background polling off: only the measured requests touch the bus.
             poll_interval: Duration::from_secs(3600),
+            va: None,
+            base_offset: 0,
         };
         let store = Store::open_in(dir.path()).unwrap();
         let audit = Audit::new(store, Arc::new(SystemClock), None);

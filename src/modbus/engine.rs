@@ -288,6 +288,18 @@ impl ModbusEngine {
                 problems.push(format!("unit `{}`: unknown profile `{}`", u.id, u.profile));
                 continue;
             };
+            // The unit's own copy of the profile, moved to its VA or base offset.
+            let profile = if u.va.is_some() || u.base_offset != 0 {
+                match u.placed(&profile) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        problems.push(format!("unit `{}`: {e}", u.id));
+                        continue;
+                    }
+                }
+            } else {
+                profile
+            };
             let values = vec![
                 Cached {
                     value: Value::Null,
@@ -347,6 +359,7 @@ impl ModbusEngine {
                 updates: updates.clone(),
                 audit_tx: audit_tx.clone(),
                 queue: VecDeque::new(),
+                no_merge: BTreeSet::new(),
             };
             tracker.spawn(task.run());
             handles.push(LinkHandle {
@@ -737,6 +750,8 @@ struct LinkTask {
     audit_tx: mpsc::UnboundedSender<Event>,
     /// Reads of the poll cycle in progress.
     queue: VecDeque<PollItem>,
+    /// Slave ids where a read merged across units failed: their units are read one by one.
+    no_merge: BTreeSet<u8>,
 }
 
 enum BlockResult {
@@ -1011,7 +1026,28 @@ impl LinkTask {
         s.plan.clone().unwrap_or_default()
     }
 
+    /// Starts the cycle of `unit` and of the units sharing its slave id that are due within half
+    /// their interval, so that their reads can be merged (indoor units behind one gateway).
     fn start_cycle(&mut self, unit: usize) {
+        self.start_unit_cycle(unit);
+        let slave = self.slave(unit);
+        let now = Instant::now();
+        for other in 0..self.units.len() {
+            let due = self.sched.get(other).is_some_and(|s| {
+                s.fails < OFFLINE_AFTER
+                    && s.next_poll <= now + self.units[other].cfg.poll_interval / 2
+            });
+            if other != unit
+                && due
+                && self.slave(other) == slave
+                && !self.queue.iter().any(|i| i.unit == other)
+            {
+                self.start_unit_cycle(other);
+            }
+        }
+    }
+
+    fn start_unit_cycle(&mut self, unit: usize) {
         let mut blocks = self.plan(unit);
         let s = &mut self.sched[unit];
         s.cycle_ok = false;
@@ -1028,7 +1064,124 @@ impl LinkTask {
             .extend(blocks.into_iter().map(|block| PollItem { unit, block }));
     }
 
+    /// Queued blocks of other units on the same slave id and table that one request can read
+    /// together with `item` (gaps up to `max_gap`, at most the protocol maximum); removed from
+    /// the queue.
+    fn take_companions(&mut self, item: &PollItem) -> Vec<PollItem> {
+        let slave = self.slave(item.unit);
+        if self.no_merge.contains(&slave) {
+            return Vec::new();
+        }
+        let kind = item.block.kind;
+        let gap = u32::from(self.link.max_gap);
+        let mut lo = u32::from(item.block.start);
+        let mut hi = lo + u32::from(item.block.count);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let fits = self.queue.get(i).and_then(|q| {
+                let (s, e) = (
+                    u32::from(q.block.start),
+                    u32::from(q.block.start) + u32::from(q.block.count),
+                );
+                let (nlo, nhi) = (lo.min(s), hi.max(e));
+                (q.unit != item.unit
+                    && self.slave(q.unit) == slave
+                    && q.block.kind == kind
+                    && s <= hi + gap
+                    && e + gap >= lo
+                    && nhi - nlo <= u32::from(kind.max_read()))
+                .then_some((nlo, nhi))
+            });
+            match fits {
+                Some((nlo, nhi)) => {
+                    (lo, hi) = (nlo, nhi);
+                    if let Some(q) = self.queue.remove(i) {
+                        out.push(q);
+                    }
+                    // The span grew: earlier items may fit now.
+                    i = 0;
+                }
+                None => i += 1,
+            }
+        }
+        out
+    }
+
+    /// One read for blocks of several units on one slave id; each unit stores its own slice.
+    /// Any failure puts the blocks back to be read one by one (and stops merging on that slave
+    /// id when the device refused the merged range).
+    async fn poll_merged(&mut self, item: PollItem, companions: Vec<PollItem>) {
+        let mut items = companions;
+        items.push(item);
+        let lo = items.iter().map(|i| i.block.start).min().unwrap_or(0);
+        let hi = items
+            .iter()
+            .map(|i| u32::from(i.block.start) + u32::from(i.block.count))
+            .max()
+            .unwrap_or(0);
+        let kind = items.first().map_or(RegKind::Holding, |i| i.block.kind);
+        let op = Op::Read {
+            kind,
+            addr: lo,
+            count: u16::try_from(hi - u32::from(lo)).unwrap_or(u16::MAX),
+        };
+        let first = items.first().map_or(0, |i| i.unit);
+        let retries = if self.sched[first].fails >= OFFLINE_AFTER {
+            0
+        } else {
+            self.link.retries
+        };
+        match self.exec(first, &op, retries, false).await {
+            Ok(reply) => {
+                for it in &items {
+                    let off = usize::from(it.block.start - lo);
+                    let n = usize::from(it.block.count);
+                    let part = match &reply {
+                        Reply::Words(w) => w.get(off..off + n).map(|s| Reply::Words(s.to_vec())),
+                        Reply::Bits(b) => b.get(off..off + n).map(|s| Reply::Bits(s.to_vec())),
+                        Reply::Written => None,
+                    };
+                    match part {
+                        Some(p) => self.store(it.unit, &it.block, &p),
+                        None => self.mark_error(it.unit, &it.block),
+                    }
+                    self.sched[it.unit].cycle_ok = true;
+                }
+                for it in &items {
+                    if !self.queue.iter().any(|i| i.unit == it.unit) {
+                        self.finish_cycle(it.unit);
+                    }
+                }
+            }
+            Err(ModbusError::Exception(2)) => {
+                let slave = self.slave(first);
+                tracing::info!(link = %self.link.name, slave,
+                    "exception 02 on a read merged across units; reading them one by one");
+                self.no_merge.insert(slave);
+                for it in items.into_iter().rev() {
+                    self.queue.push_front(it);
+                }
+            }
+            Err(_) => {
+                // Judge each unit on its own read (a dead indoor unit, a dead gateway).
+                for it in items.into_iter().rev() {
+                    self.poll_block_alone(it).await;
+                }
+            }
+        }
+    }
+
     async fn poll_block(&mut self, item: PollItem) {
+        let companions = self.take_companions(&item);
+        if companions.is_empty() {
+            self.poll_block_alone(item).await;
+        } else {
+            self.poll_merged(item, companions).await;
+        }
+    }
+
+    async fn poll_block_alone(&mut self, item: PollItem) {
         let unit = item.unit;
         match self.read_block(unit, &item.block).await {
             BlockResult::Ok | BlockResult::Exception => self.sched[unit].cycle_ok = true,
