@@ -185,6 +185,14 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
     assert_eq!(fresh.status, 200, "{}", fresh.body);
     assert!(fresh.body.to_string().contains("21.5"), "{}", fresh.body);
 
+    // In stop mode a start is refused before the bus with a clear code.
+    s.sim.reset_stats();
+    let r = command(&s, "gen-1", "start", &t).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"], "not_possible_in_mode", "{}", r.body);
+    assert!(s.sim.stats().writes.is_empty());
+    let r = command(&s, "gen-1", "manual", &t).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     s.sim.reset_stats();
     let r = command(&s, "gen-1", "start", &t).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -391,6 +399,7 @@ async fn the_admin_sees_command_records_with_their_actors_in_the_audit_trail() {
     let s = site().await;
     let carl = s.login("carl").await;
     let vera = s.login("vera").await;
+    assert_eq!(command(&s, "gen-1", "manual", &carl).await.status, 200);
     assert_eq!(command(&s, "gen-1", "start", &carl).await.status, 200);
     assert_eq!(
         put_point(&s, "hvac-1", "setpoint", &vera, json!(20))

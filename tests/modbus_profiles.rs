@@ -17,7 +17,7 @@ use common::modbus::*;
 use serde_json::{Value, json};
 use sitegate::config::Unit;
 use sitegate::modbus::profile::RegKind;
-use sitegate::modbus::{ProfileRegistry, Quality};
+use sitegate::modbus::{ProfileRegistry, Quality, WriteError, WriteStatus};
 use sitegate::sim::{SimHandle, SimServer, SimUnit};
 use tokio_util::sync::CancellationToken;
 
@@ -206,24 +206,61 @@ async fn alarm_nibbles_decode_in_the_documented_positions_and_reset_alarms_clear
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_in_stop_mode_does_nothing_and_in_manual_the_engine_goes_pre_start_warming_running()
-{
-    let (h, s, stop) = dse("dse-gencomm", SimUnit::generator(1)).await;
-    let gen_id = uid("gen");
-    all_points(&h, "gen").await;
-    // Stop mode: the controller takes the key and ignores it.
-    h.engine.run_command(&gen_id, "start").await.unwrap();
+async fn the_simulated_controller_ignores_a_start_key_in_stop_mode_and_refuses_unsupported_keys() {
+    use tokio_modbus::client::Writer;
+    let (s, stop) = sim(vec![SimUnit::generator(1)]).await;
+    let mut c = tokio_modbus::client::tcp::connect_slave(s.addr.unwrap(), tokio_modbus::Slave(1))
+        .await
+        .unwrap();
+    // Stop mode: the key is accepted and ignored, like the real controller.
+    c.write_multiple_registers(4104, &[35705, 29830])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.register(1, RegKind::Holding, 1408), Some(0));
-    assert_eq!(s.register(1, RegKind::Holding, 772), Some(0));
     assert_eq!(
         s.register(1, RegKind::Holding, 1809),
         Some(87),
         "no start counted"
     );
+    // Function 20 is not implemented, a wrong complement and FC06 are refused: exception 07.
+    for (addr, words) in [(4104u16, vec![35720u16, 29815]), (4104, vec![35705, 29831])] {
+        let e = c.write_multiple_registers(addr, &words).await.unwrap();
+        assert_eq!(e, Err(tokio_modbus::ExceptionCode::new(7)));
+    }
+    let e = c.write_single_register(4104, 35705).await.unwrap();
+    assert_eq!(e, Err(tokio_modbus::ExceptionCode::new(7)));
+    assert_eq!(s.register(1, RegKind::Holding, 772), Some(0));
+    stop.cancel();
+}
 
-    h.engine.run_command(&gen_id, "manual").await.unwrap();
-    assert_eq!(s.register(1, RegKind::Holding, 772), Some(2));
-    h.engine.run_command(&gen_id, "start").await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_in_stop_mode_is_refused_as_not_possible_and_in_manual_it_is_read_back_running() {
+    let (h, s, stop) = dse("dse-gencomm", SimUnit::generator(1)).await;
+    let gen_id = uid("gen");
+    all_points(&h, "gen").await;
+    let e = h.engine.run_command(&gen_id, "start").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "command `start` is not possible while `control_mode` is \"stop\" (possible in: manual, test_on_load, test_off_load)"
+    );
+    assert!(matches!(e, WriteError::NotPossible(_)));
+    assert!(
+        s.stats().writes.is_empty(),
+        "nothing reached the controller"
+    );
+
+    let out = h.engine.run_command(&gen_id, "manual").await.unwrap();
+    assert_eq!(
+        (out.status, out.read_back),
+        (WriteStatus::Ok, Some(json!("manual")))
+    );
+    // The command returns as soon as the engine state shows the start (pre-start lasts 300 ms).
+    let out = h.engine.run_command(&gen_id, "start").await.unwrap();
+    assert_eq!(
+        (out.status, out.read_back),
+        (WriteStatus::Ok, Some(json!("pre_start")))
+    );
     let mut seen = vec![s.register(1, RegKind::Holding, 1408).unwrap()];
     eventually(10, "running", || {
         let v = s.register(1, RegKind::Holding, 1408)?;
@@ -235,14 +272,82 @@ async fn a_start_in_stop_mode_does_nothing_and_in_manual_the_engine_goes_pre_sta
     .await;
     assert_eq!(seen, vec![1, 2, 3], "engine operating states in order");
     assert_eq!(s.register(1, RegKind::Holding, 1809), Some(88));
-    eventually(10, "profile shows running", || {
-        (h.engine.snapshot(&gen_id)?.points["engine_state"].value == json!("running")).then_some(())
-    })
-    .await;
     // The stop key selects stop mode and stops the engine at once.
     let out = h.engine.run_command(&gen_id, "stop").await.unwrap();
-    assert!(out.status.is_ok());
+    assert_eq!(
+        (out.status, out.read_back),
+        (WriteStatus::Ok, Some(json!("stop")))
+    );
     assert_eq!(s.register(1, RegKind::Holding, 1408), Some(0));
+    let writes: Vec<(u16, Vec<u16>)> = s
+        .stats()
+        .writes
+        .iter()
+        .map(|w| (w.address, w.values.clone()))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            (4104, vec![35702, 29833]),
+            (4104, vec![35705, 29830]),
+            (4104, vec![35700, 29835])
+        ]
+    );
+    h.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_controller_does_not_report_supported_is_not_offered_and_not_sent() {
+    let (h, s, stop) = dse("dse-gencomm", SimUnit::generator(1)).await;
+    let gen_id = uid("gen");
+    // Function 5 (start) withdrawn from the flags of register 4096.
+    s.set_register(1, RegKind::Holding, 4096, 0xFB00);
+    eventually(10, "flags polled", || {
+        (h.engine.command_offered(&gen_id, "start")? == false).then_some(())
+    })
+    .await;
+    assert_eq!(h.engine.command_offered(&gen_id, "manual"), Some(true));
+    h.engine.run_command(&gen_id, "manual").await.unwrap();
+    s.reset_stats();
+    let e = h.engine.run_command(&gen_id, "start").await.unwrap_err();
+    assert!(matches!(e, WriteError::NotSupported(_)), "{e}");
+    assert!(
+        e.to_string().contains("`supported_functions_0_15` = 64256"),
+        "{e}"
+    );
+    assert!(s.stats().writes.is_empty());
+    h.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_result_does_not_show_within_its_bound_is_reported_unverified() {
+    let (s, stop) = sim(vec![SimUnit::generator(1)]).await;
+    // The built-in profile with a short read-back bound for `start`.
+    let text = include_str!("../config/profiles/dse-gencomm.toml")
+        .replace("name = \"dse-gencomm\"", "name = \"dse-short\"")
+        .replace("within_ms = 10000", "within_ms = 300");
+    let reg =
+        ProfileRegistry::from_profiles([sitegate::modbus::profile::Profile::parse(&text).unwrap()]);
+    let h = Harness::start(
+        &[tcp_link("bus", s.addr.unwrap(), 500)],
+        &[unit("gen", "bus", 1, "dse-short", 100)],
+        reg,
+    );
+    let gen_id = uid("gen");
+    all_points(&h, "gen").await;
+    h.engine.run_command(&gen_id, "manual").await.unwrap();
+    // The engine state register is stuck at "stopped" (the controller never starts).
+    s.set_register(1, RegKind::Holding, 1408, 0);
+    let out = h.engine.run_command(&gen_id, "start").await.unwrap();
+    assert_eq!(
+        out.status,
+        WriteStatus::Unverified {
+            reason: "`engine_state` is \"stopped\" 300 ms after the command, expected one of: pre_start, warming_up, running".into()
+        }
+    );
+    assert_eq!(out.read_back, Some(json!("stopped")));
     h.shutdown().await;
     stop.cancel();
 }

@@ -159,15 +159,12 @@ async fn the_hvac_room_temperature_drifts_toward_the_setpoint_when_on() {
 async fn the_generator_starts_on_its_control_key_ramps_up_and_stops() {
     let (h, s, stop) = gen_and_hvac(200).await;
     let genset = uid("gen");
-    // In stop mode the controller ignores start, like a real one.
-    assert!(
-        h.engine
-            .run_command(&genset, "start")
-            .await
-            .unwrap()
-            .status
-            .is_ok()
-    );
+    // In stop mode the controller would ignore start: the engine refuses it before the bus.
+    assert!(matches!(
+        h.engine.run_command(&genset, "start").await,
+        Err(WriteError::NotPossible(_))
+    ));
+    assert!(s.stats().writes_to(1).is_empty());
     assert!(matches!(
         h.engine.run_command(&genset, "launch").await,
         Err(WriteError::UnknownCommand(_))

@@ -25,8 +25,11 @@ use crate::model::{GroupId, LinkId, UnitId};
 
 use super::codec::{self, Encoded, Raw, ValueError};
 use super::link::{self, LinkStats, ModbusError, Op, Reply};
-use super::profile::{Profile, ProfileRegistry, Quality, RegKind};
+use super::profile::{CommandCondition, Profile, ProfileRegistry, Quality, RegKind};
 use super::scheduler::{self, Block};
+
+/// Interval of the read-back of a command's result.
+const CONFIRM_POLL: Duration = Duration::from_millis(100);
 
 /// Consecutive failed poll cycles after which a unit is offline.
 const OFFLINE_AFTER: u32 = 2;
@@ -131,6 +134,13 @@ pub enum WriteError {
     Busy(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The controller does not report the command as supported; nothing was sent.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The command is not possible in the device's present state (e.g. a start in stop mode);
+    /// nothing was sent.
+    #[error("{0}")]
+    NotPossible(String),
 }
 
 /// How a write that reached the bus ended.
@@ -596,7 +606,49 @@ impl ModbusEngine {
         })
     }
 
-    /// Runs a profile command (its writes in order, each FC16/FC15, no read-back).
+    /// Reads one point now (an interactive read), decoded.
+    async fn read_point_now(
+        &self,
+        id: &UnitId,
+        profile: &Profile,
+        point: &str,
+    ) -> Result<(Value, Quality), ModbusError> {
+        let Some(p) = profile.point(point) else {
+            return Err(ModbusError::Protocol(format!("no point `{point}`")));
+        };
+        let raw = self
+            .raw_read(id, p.kind, p.address, p.width())
+            .await
+            .map_err(|e| match e {
+                EngineError::Modbus(m) => m,
+                other => ModbusError::Protocol(other.to_string()),
+            })?;
+        Ok(match raw {
+            RawValues::Words(w) => codec::decode(p, &Raw::Words(&w)),
+            RawValues::Bits(b) => codec::decode(p, &Raw::Bits(&b)),
+        })
+    }
+
+    /// Whether the controller reports a command as supported, from the cached value of its
+    /// flags point (`None`: not read yet). Commands without `supported_if` are always offered.
+    pub fn command_offered(&self, id: &UnitId, name: &str) -> Option<bool> {
+        let u = self.unit(id)?;
+        let cmd = u.profile.command(name)?;
+        let Some(sup) = &cmd.supported_if else {
+            return Some(true);
+        };
+        let i = u.profile.point_index(&sup.point)?;
+        let st = lock(&u.state);
+        let c = st.values.get(i)?;
+        (c.quality == Quality::Good)
+            .then(|| c.value.as_u64())
+            .flatten()
+            .map(|v| v & u64::from(sup.mask) != 0)
+    }
+
+    /// Runs a profile command: checks that the controller supports it and that it is possible
+    /// now (both read fresh), writes in order (FC16/FC15), then reads its result back within the
+    /// profile's bound.
     pub async fn run_command(&self, id: &UnitId, name: &str) -> Result<WriteOutcome, WriteError> {
         let u = self
             .unit(id)
@@ -605,6 +657,39 @@ impl ModbusEngine {
             .profile
             .command(name)
             .ok_or_else(|| WriteError::UnknownCommand(name.to_string()))?;
+        let started = Instant::now();
+        let not_sent = |e: ModbusError| WriteOutcome {
+            status: WriteStatus::from_error(&e),
+            written: Value::Null,
+            read_back: None,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        if let Some(sup) = &cmd.supported_if {
+            let (v, q) = match self.read_point_now(id, &u.profile, &sup.point).await {
+                Ok(vq) => vq,
+                Err(e) => return Ok(not_sent(e)),
+            };
+            let set = v.as_u64().is_some_and(|r| r & u64::from(sup.mask) != 0);
+            if q != Quality::Good || !set {
+                return Err(WriteError::NotSupported(format!(
+                    "the controller does not report command `{name}` as supported (`{}` = {v}, needs bits {:#06x})",
+                    sup.point, sup.mask
+                )));
+            }
+        }
+        if let Some(cond) = &cmd.allowed_when {
+            let (v, q) = match self.read_point_now(id, &u.profile, &cond.point).await {
+                Ok(vq) => vq,
+                Err(e) => return Ok(not_sent(e)),
+            };
+            if q != Quality::Good || !cond.matches(&v) {
+                return Err(WriteError::NotPossible(format!(
+                    "command `{name}` is not possible while `{}` is {v} (possible in: {})",
+                    cond.point,
+                    cond.values.join(", ")
+                )));
+            }
+        }
         let ops = cmd
             .writes
             .iter()
@@ -619,7 +704,6 @@ impl ModbusEngine {
                 },
             })
             .collect();
-        let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         self.submit(
             u,
@@ -632,13 +716,48 @@ impl ModbusEngine {
         )
         .map_err(write_err)?;
         let res = rx.await.map_err(|_| WriteError::ShuttingDown)?;
+        let mut status = match res {
+            Ok(_) => WriteStatus::Ok,
+            Err(e) => WriteStatus::from_error(&e),
+        };
+        let mut read_back = None;
+        if let (WriteStatus::Ok, Some(conf)) = (&status, &cmd.confirm) {
+            // The result, read back until it shows or the bound passes (never unbounded).
+            let deadline = Instant::now() + conf.within;
+            let cond = CommandCondition {
+                point: conf.point.clone(),
+                values: conf.values.clone(),
+            };
+            status = loop {
+                let last = self.read_point_now(id, &u.profile, &conf.point).await;
+                if let Ok((v, Quality::Good)) = &last {
+                    read_back = Some(v.clone());
+                    if cond.matches(v) {
+                        break WriteStatus::Ok;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break WriteStatus::Unverified {
+                        reason: format!(
+                            "`{}` is {} {} ms after the command, expected one of: {}",
+                            conf.point,
+                            match &last {
+                                Ok((v, q)) if *q == Quality::Good => v.to_string(),
+                                Ok((_, q)) => format!("of quality {}", q.as_str()),
+                                Err(e) => format!("unreadable ({e})"),
+                            },
+                            conf.within.as_millis(),
+                            conf.values.join(", ")
+                        ),
+                    };
+                }
+                sleep(CONFIRM_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            };
+        }
         Ok(WriteOutcome {
-            status: match res {
-                Ok(_) => WriteStatus::Ok,
-                Err(e) => WriteStatus::from_error(&e),
-            },
+            status,
             written: Value::String(name.to_string()),
-            read_back: None,
+            read_back,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }

@@ -255,6 +255,31 @@ struct RawCommand {
     description: String,
     capability: String,
     writes: Vec<RawWrite>,
+    supported_if: Option<RawSupport>,
+    allowed_when: Option<RawCondition>,
+    confirm: Option<RawConfirm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupport {
+    point: String,
+    mask: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    point: String,
+    values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfirm {
+    point: String,
+    values: Vec<String>,
+    within_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,6 +381,47 @@ pub struct Command {
     pub description: String,
     pub capability: Capability,
     pub writes: Vec<CommandWrite>,
+    /// Offered only when these bits of a point are set (DSE supported-function flags).
+    pub supported_if: Option<CommandSupport>,
+    /// Refused unless a point (read just before) shows one of these values (e.g. a start only in
+    /// manual mode).
+    pub allowed_when: Option<CommandCondition>,
+    /// After the writes, a point must show one of these values within a time (the result read
+    /// back: engine state, mode).
+    pub confirm: Option<CommandConfirm>,
+}
+
+/// Bits of a point that must be set for a command to be offered.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandSupport {
+    pub point: String,
+    pub mask: u16,
+}
+
+/// A point and the values (enum labels, `true`/`false`, numbers as text) it must show.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandCondition {
+    pub point: String,
+    pub values: Vec<String>,
+}
+
+/// The read-back of a command.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandConfirm {
+    pub point: String,
+    pub values: Vec<String>,
+    pub within: std::time::Duration,
+}
+
+impl CommandCondition {
+    /// Whether a decoded value is one of the values.
+    pub fn matches(&self, v: &serde_json::Value) -> bool {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        self.values.iter().any(|x| *x == text)
+    }
 }
 
 impl Profile {
@@ -859,12 +925,79 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
                 }
             }
         }
+        let point_check =
+            |field: &str, name: &str, values: &[String], problems: &mut Vec<String>| {
+                let Some(pt) = points.iter().find(|p| p.name == name) else {
+                    problems.push(format!("{path}.{field}.point: no point named `{name}`"));
+                    return;
+                };
+                if values.is_empty() {
+                    problems.push(format!("{path}.{field}.values: list at least one value"));
+                }
+                if pt.ty == ValueType::Enum {
+                    for v in values {
+                        if !pt.labels.values().any(|l| l == v) {
+                            problems.push(format!(
+                                "{path}.{field}.values: `{v}` is not a label of point `{name}`"
+                            ));
+                        }
+                    }
+                }
+            };
+        let supported_if = c.supported_if.as_ref().and_then(|sup| {
+            match points.iter().find(|p| p.name == sup.point) {
+                Some(pt) if pt.ty == ValueType::U16 && pt.mask.is_none() => {}
+                Some(_) => problems.push(format!(
+                    "{path}.supported_if.point: `{}` must be an unmasked u16 point",
+                    sup.point
+                )),
+                None => problems.push(format!(
+                    "{path}.supported_if.point: no point named `{}`",
+                    sup.point
+                )),
+            }
+            match u16::try_from(sup.mask) {
+                Ok(m) if m != 0 => Some(CommandSupport {
+                    point: sup.point.clone(),
+                    mask: m,
+                }),
+                _ => {
+                    problems.push(format!(
+                        "{path}.supported_if.mask: must be a non-zero 16-bit value"
+                    ));
+                    None
+                }
+            }
+        });
+        let allowed_when = c.allowed_when.as_ref().map(|a| {
+            point_check("allowed_when", &a.point, &a.values, &mut problems);
+            CommandCondition {
+                point: a.point.clone(),
+                values: a.values.clone(),
+            }
+        });
+        let confirm = c.confirm.as_ref().map(|a| {
+            point_check("confirm", &a.point, &a.values, &mut problems);
+            if !(1..=60_000).contains(&a.within_ms) {
+                problems.push(format!(
+                    "{path}.confirm.within_ms: must be 1..=60000 (a bounded read-back)"
+                ));
+            }
+            CommandConfirm {
+                point: a.point.clone(),
+                values: a.values.clone(),
+                within: std::time::Duration::from_millis(a.within_ms),
+            }
+        });
         if let Some(capability) = capability {
             commands.push(Command {
                 name: c.name.clone(),
                 description: c.description.clone(),
                 capability,
                 writes,
+                supported_if,
+                allowed_when,
+                confirm,
             });
         }
     }
