@@ -304,7 +304,7 @@ async fn a_command_the_controller_does_not_report_supported_is_not_offered_and_n
     // Function 5 (start) withdrawn from the flags of register 4096.
     s.set_register(1, RegKind::Holding, 4096, 0xFB00);
     eventually(10, "flags polled", || {
-        (h.engine.command_offered(&gen_id, "start")? == false).then_some(())
+        (!h.engine.command_offered(&gen_id, "start")?).then_some(())
     })
     .await;
     assert_eq!(h.engine.command_offered(&gen_id, "manual"), Some(true));

@@ -420,7 +420,7 @@ impl CommandCondition {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        self.values.iter().any(|x| *x == text)
+        self.values.contains(&text)
     }
 }
 

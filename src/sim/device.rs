@@ -589,27 +589,20 @@ impl DeviceState {
                 *engine = Engine::Stopped;
             }
             1..=4 => new_mode = Some(code),
-            5 => {
-                // "Start engine if in manual or test modes": accepted, and ignored, otherwise.
-                if matches!(mode, MODE_MANUAL | MODE_TEST_ON_LOAD | 6) && stopped {
-                    *engine = Engine::PreStart { since: now };
-                    *starts += 1;
-                }
+            // "Start engine if in manual or test modes"; in other modes the key is accepted and
+            // ignored. Telemetry start (32) is honoured in auto mode only.
+            5 if matches!(mode, MODE_MANUAL | MODE_TEST_ON_LOAD | 6) && stopped => {
+                *engine = Engine::PreStart { since: now };
+                *starts += 1;
             }
-            32 => {
-                // Telemetry start, honoured in auto mode only.
-                if mode == MODE_AUTO && stopped {
-                    *engine = Engine::PreStart { since: now };
-                    *starts += 1;
-                }
+            32 if mode == MODE_AUTO && stopped => {
+                *engine = Engine::PreStart { since: now };
+                *starts += 1;
             }
-            33 => {
-                if mode == MODE_AUTO && !stopped {
-                    *engine = Engine::CoolingDown { since: now };
-                }
-            }
+            33 if mode == MODE_AUTO && !stopped => *engine = Engine::CoolingDown { since: now },
             34 => reset_alarm_codes = true,
-            // 6 mute, 7 panel reset button (none fitted), 35 clear telemetry flag: no state here.
+            // 5/32/33 outside their modes, 6 mute, 7 panel reset button (none fitted), 35 clear
+            // telemetry flag: no state here.
             _ => {}
         }
         let starts = *starts;
