@@ -474,3 +474,41 @@ async fn a_dead_indoor_unit_behind_a_live_gateway_reads_stale_while_its_neighbou
     h.shutdown().await;
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_point_of_the_sdm630_profile_reads_the_float_the_manual_puts_at_its_start_address() {
+    let (s, stop) = sim(vec![SimUnit::sdm630(4)]).await;
+    let h = Harness::start(
+        &[tcp_link("bus", s.addr.unwrap(), 500)],
+        &[unit("meter", "bus", 4, "eastron-sdm630", 60_000)],
+        ProfileRegistry::builtin().unwrap(),
+    );
+    let got = all_points(&h, "meter").await;
+    let want: BTreeMap<String, (Value, Quality)> = [
+        ("l1_voltage", 230.5),
+        ("l2_voltage", 229.75),
+        ("l3_voltage", 231.0),
+        ("l1_current", 1.5),
+        ("l2_current", 2.25),
+        ("l3_current", 0.5),
+        ("l1_power", 345.0),
+        ("l2_power", 517.5),
+        ("l3_power", 115.5),
+        ("total_power", 978.0),
+        ("power_factor", 0.98),
+        ("frequency", 50.0),
+        ("import_energy", 1234.5),
+        ("export_energy", 12.25),
+        ("total_energy", 1246.75),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), good(json!(v))))
+    .collect();
+    assert_eq!(got, want);
+    // Input registers only (FC04), three coalesced reads: 0x00-0x11, 0x34-0x4B, 0x156-0x157,
+    // each below the meter's 80-register limit.
+    let st = s.stats();
+    assert_eq!((st.function(4), st.function(3)), (3, 0), "{st:?}");
+    h.shutdown().await;
+    stop.cancel();
+}

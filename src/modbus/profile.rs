@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Capability;
 
 /// The profiles compiled into the binary.
-pub const BUILTIN: [(&str, &str); 3] = [
+pub const BUILTIN: [(&str, &str); 4] = [
     (
         "coolmaster-va",
         include_str!("../../config/profiles/coolmaster-va.toml"),
@@ -27,6 +27,10 @@ pub const BUILTIN: [(&str, &str); 3] = [
     (
         "dse-gencomm-page154",
         include_str!("../../config/profiles/dse-gencomm-page154.toml"),
+    ),
+    (
+        "eastron-sdm630",
+        include_str!("../../config/profiles/eastron-sdm630.toml"),
     ),
 ];
 
@@ -1130,7 +1134,12 @@ mod tests {
         let reg = ProfileRegistry::builtin().unwrap();
         assert_eq!(
             reg.names(),
-            vec!["coolmaster-va", "dse-gencomm", "dse-gencomm-page154"]
+            vec![
+                "coolmaster-va",
+                "dse-gencomm",
+                "dse-gencomm-page154",
+                "eastron-sdm630"
+            ]
         );
         let dse = reg.get("dse-gencomm").unwrap();
         let start = dse.command("start").unwrap();

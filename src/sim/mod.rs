@@ -58,6 +58,13 @@ impl SimUnit {
             device: SimDevice::CoolMaster(vas.to_vec()),
         }
     }
+    /// An Eastron SDM630 energy meter.
+    pub fn sdm630(slave: u8) -> SimUnit {
+        SimUnit {
+            slave,
+            device: SimDevice::Sdm630,
+        }
+    }
     pub fn hvac(slave: u8) -> SimUnit {
         SimUnit {
             slave,
