@@ -512,3 +512,42 @@ async fn every_point_of_the_sdm630_profile_reads_the_float_the_manual_puts_at_it
     h.shutdown().await;
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_auto_mode_a_remote_start_runs_the_engine_and_a_remote_stop_cools_it_down() {
+    let (h, s, stop) = dse("dse-gencomm", SimUnit::generator(1)).await;
+    let gen_id = uid("gen");
+    all_points(&h, "gen").await;
+    // Telemetry start is for auto mode only: refused in stop mode, nothing sent.
+    assert!(matches!(
+        h.engine.run_command(&gen_id, "remote_start").await,
+        Err(WriteError::NotPossible(_))
+    ));
+    assert!(s.stats().writes.is_empty());
+    h.engine.run_command(&gen_id, "auto").await.unwrap();
+    let out = h.engine.run_command(&gen_id, "remote_start").await.unwrap();
+    assert_eq!(
+        (out.status, out.read_back),
+        (WriteStatus::Ok, Some(json!("pre_start")))
+    );
+    eventually(10, "running", || {
+        (s.register(1, RegKind::Holding, 1408)? == 3).then_some(())
+    })
+    .await;
+    let out = h.engine.run_command(&gen_id, "remote_stop").await.unwrap();
+    assert_eq!(
+        (out.status, out.read_back),
+        (WriteStatus::Ok, Some(json!("cooling_down")))
+    );
+    eventually(10, "stopped after cooling down", || {
+        (s.register(1, RegKind::Holding, 1408)? == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.register(1, RegKind::Holding, 772),
+        Some(1),
+        "still in auto"
+    );
+    h.shutdown().await;
+    stop.cancel();
+}
