@@ -210,6 +210,10 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
         let r = put_point(&s, unit, point, &t, json!(v)).await;
         assert_eq!(r.status, 403, "{point}: {}", r.body);
     }
+    // Resetting the generator's latched alarms needs `configure` (function 34 clears
+    // protective shutdowns): control-only gets 403 and nothing reaches the bus.
+    let r = command(&s, "gen-1", "reset_alarms", &t).await;
+    assert_eq!(r.status, 403, "{}", r.body);
     // A configure point the caller can see (profile open-hvac): 403, nothing on the bus.
     let r = put_point(&s, "hvac-3", "wall_controller_lock", &t, json!(1)).await;
     assert_eq!(r.status, 403, "{}", r.body);
@@ -239,6 +243,15 @@ async fn a_technician_writes_a_configure_point_and_reads_diagnostics_and_raw_reg
     assert_eq!(
         (writes[0].address, writes[0].values.clone()),
         (24, vec![0x81])
+    );
+    // A technician (configure) resets the generator's alarm codes: key 35734, function 34.
+    s.sim.reset_stats();
+    let r = command(&s, "gen-1", "reset_alarms", &t).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let writes = s.sim.stats().writes;
+    assert_eq!(
+        (writes.len(), writes[0].address, writes[0].values.clone()),
+        (1, 4104, vec![35734, 29801])
     );
 
     let r = get(&s, "/units/gen-1/diagnostics", &t).await;
