@@ -1193,6 +1193,14 @@ impl LinkTask {
         }
         let kind = item.block.kind;
         let gap = u32::from(self.link.max_gap);
+        // The smallest limit of the units involved (a device's own limit, else the protocol's).
+        let max = self
+            .units
+            .iter()
+            .filter(|u| u.cfg.slave == slave)
+            .map(|u| u.profile.max_read(kind))
+            .min()
+            .unwrap_or(kind.max_read());
         let mut lo = u32::from(item.block.start);
         let mut hi = lo + u32::from(item.block.count);
         let mut out = Vec::new();
@@ -1209,7 +1217,7 @@ impl LinkTask {
                     && q.block.kind == kind
                     && s <= hi + gap
                     && e + gap >= lo
-                    && nhi - nlo <= u32::from(kind.max_read()))
+                    && nhi - nlo <= u32::from(max))
                 .then_some((nlo, nhi))
             });
             match fits {

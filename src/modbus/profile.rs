@@ -194,6 +194,8 @@ struct RawProfile {
     va_first: Option<i64>,
     /// Registers (and bits) per virtual address (CoolMasterNet: 16).
     va_stride: Option<i64>,
+    /// The device's limit of registers per read request (SDM630: 80), below the protocol's.
+    max_read_registers: Option<i64>,
     #[serde(default)]
     points: Vec<RawPoint>,
     #[serde(default)]
@@ -309,6 +311,8 @@ pub struct Profile {
     pub commands: Vec<Command>,
     /// Virtual addressing of a multi-unit gateway: `(first VA, registers per VA)`.
     pub va: Option<(u16, u16)>,
+    /// The device's limit of registers per read request, when below the protocol's 125.
+    pub max_read_registers: Option<u16>,
     #[serde(skip)]
     by_name: HashMap<String, usize>,
 }
@@ -503,6 +507,14 @@ impl Profile {
         Ok(p)
     }
 
+    /// Largest read of `kind` this device accepts.
+    pub fn max_read(&self, kind: RegKind) -> u16 {
+        match (kind.is_bit(), self.max_read_registers) {
+            (false, Some(m)) => m.min(kind.max_read()),
+            _ => kind.max_read(),
+        }
+    }
+
     /// Every `(table, address)` the profile reads or writes (points and command writes).
     pub fn footprint(&self) -> Vec<(RegKind, u16, u16)> {
         let mut v: Vec<(RegKind, u16, u16)> = self
@@ -614,6 +626,14 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
             None
         }
     };
+
+    let max_read_registers = raw.max_read_registers.and_then(|m| match u16::try_from(m) {
+        Ok(m) if (1..=125).contains(&m) => Some(m),
+        _ => {
+            problems.push(format!("max_read_registers: {m} is not 1..=125"));
+            None
+        }
+    });
 
     let mut points = Vec::new();
     let mut by_name = HashMap::new();
@@ -1015,6 +1035,7 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
             points,
             commands,
             va,
+            max_read_registers,
             by_name,
         })
     } else {
