@@ -60,6 +60,8 @@ fn bench(c: &mut Criterion) {
             group: None,
             // Background polling off: only the measured requests touch the bus.
             poll_interval: Duration::from_secs(3600),
+            va: None,
+            base_offset: 0,
         };
         let store = Store::open_in(dir.path()).unwrap();
         let audit = Audit::new(store, Arc::new(SystemClock), None);
@@ -98,22 +100,29 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    g.bench_function("direct_hvac_read_16_registers", |b| {
+    // VA 1 of the gateway: holding 16-25 and discrete inputs 16-17, as the engine reads them.
+    g.bench_function("direct_hvac_same_blocks", |b| {
         b.iter(|| {
             rt.block_on(async {
                 direct.set_slave(tokio_modbus::Slave(2));
-                direct.read_holding_registers(0, 16).await.unwrap().unwrap()
+                direct
+                    .read_holding_registers(16, 10)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                direct.read_discrete_inputs(16, 2).await.unwrap().unwrap()
             })
         })
     });
+    // The engine's coalesced plan of the dse-gencomm profile (max_gap 8).
     let gen_plan: Vec<(u16, u16)> = vec![
-        (772, 2),
+        (769, 4),
         (1024, 10),
-        (1044, 2),
-        (1798, 2),
-        (1808, 2),
-        (2048, 3),
-        (6144, 2),
+        (1044, 10),
+        (1408, 1),
+        (1798, 12),
+        (2048, 8),
+        (4096, 3),
     ];
     g.bench_function("engine_generator_read_fresh", |b| {
         b.iter(|| {
@@ -148,8 +157,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 direct.set_slave(tokio_modbus::Slave(2));
-                direct.write_single_register(2, 215).await.unwrap().unwrap();
-                direct.read_holding_registers(2, 1).await.unwrap().unwrap()
+                direct
+                    .write_single_register(18, 215)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                direct.read_holding_registers(18, 1).await.unwrap().unwrap()
             })
         })
     });

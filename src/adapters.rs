@@ -567,6 +567,8 @@ fn write_error(e: modbus::WriteError) -> WriteError {
         W::UnknownPoint(_) | W::UnknownCommand(_) | W::UnknownUnit(_) => WriteError::UnknownPoint,
         W::Busy(_) => WriteError::Busy(e.to_string()),
         W::ShuttingDown => WriteError::Transport(e.to_string()),
+        W::NotSupported(m) => WriteError::NotSupported(m),
+        W::NotPossible(m) => WriteError::NotPossible(m),
     }
 }
 
@@ -670,9 +672,12 @@ impl UnitsPort for UnitsAdapter {
                         .collect(),
                 })
                 .collect(),
+            // A command is offered only when the controller reports it supported (profiles
+            // with `supported_if`; not yet read = not offered).
             commands: p
                 .commands
                 .iter()
+                .filter(|c| self.0.command_offered(unit, &c.name) == Some(true))
                 .map(|c| CommandInfo {
                     name: c.name.clone(),
                     label: if c.description.is_empty() {

@@ -97,18 +97,48 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
     let profiles = crate::app::profile_names(None);
     match Config::load(path, &|p| profiles.contains(p)) {
         Ok(c) => {
-            // A profiles dir named in the config may add profiles: re-check with it.
+            // A profiles dir named in the config may add profiles: every file must validate
+            // (a refused profile is a config error, listed like the others), then re-check.
             if c.profiles_dir.is_some() {
+                if let Err(problems) =
+                    crate::modbus::ProfileRegistry::load(c.profiles_dir.as_deref())
+                {
+                    for m in problems {
+                        eprintln!("{}: profiles: {m}", path.display());
+                    }
+                    return Err(EX_CONFIG);
+                }
                 let more = crate::app::profile_names(c.profiles_dir.as_deref());
-                return Config::load(path, &|p| more.contains(p)).map_err(|e| {
+                let c = Config::load(path, &|p| more.contains(p)).map_err(|e| {
                     eprint!("{e}");
                     EX_CONFIG
-                });
+                })?;
+                return check_unit_placement(path, c);
             }
-            Ok(c)
+            check_unit_placement(path, c)
         }
         Err(e) => {
             eprint!("{e}");
+            Err(EX_CONFIG)
+        }
+    }
+}
+
+/// Units against their profiles: VAs, base offsets, units sharing a slave id without overlap.
+fn check_unit_placement(path: &std::path::Path, c: Config) -> Result<Config, i32> {
+    let Ok(reg) = crate::modbus::ProfileRegistry::load(c.profiles_dir.as_deref()) else {
+        return Ok(c);
+    };
+    match c.check_profiles(&reg) {
+        Ok(()) => Ok(c),
+        Err(problems) => {
+            eprint!(
+                "{}",
+                crate::config::ConfigError {
+                    file: Some(path.to_path_buf()),
+                    problems,
+                }
+            );
             Err(EX_CONFIG)
         }
     }

@@ -5,7 +5,7 @@
 //! installer fixes a broken file in one pass. `sitegate check-config` and `sitegate run` print the
 //! same list and exit 78 (EX_CONFIG); the systemd unit does not restart on 78.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -316,6 +316,10 @@ pub struct RawUnit {
     pub group: Option<String>,
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
+    /// Virtual address of the unit behind a multi-unit gateway (profiles with `va_first`).
+    pub va: Option<i64>,
+    /// Registers added to every address of the profile (a device at a shifted base).
+    pub base_offset: Option<i64>,
 }
 fn default_poll_ms() -> u64 {
     2000
@@ -464,6 +468,89 @@ pub struct Unit {
     pub profile: String,
     pub group: Option<GroupId>,
     pub poll_interval: Duration,
+    /// Virtual address behind a gateway (shifts the profile by its VA stride).
+    pub va: Option<u16>,
+    /// Registers added to every address of the profile.
+    pub base_offset: u16,
+}
+
+impl Config {
+    /// Checks the units against their profiles: a VA only on a profile with virtual addresses,
+    /// addresses that stay below 65536, and units sharing a slave id on a link whose registers
+    /// (points and command writes, per table) do not overlap. Every problem has its key path.
+    pub fn check_profiles(
+        &self,
+        registry: &crate::modbus::ProfileRegistry,
+    ) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut placed = Vec::new();
+        for (i, u) in self.units.iter().enumerate() {
+            let Some(profile) = registry.get(&u.profile) else {
+                continue;
+            };
+            match u.placed(&profile) {
+                Ok(p) => placed.push((i, u, p.footprint())),
+                Err(e) => problems.push(Problem {
+                    path: format!(
+                        "units[{i}].{}",
+                        if u.va.is_some() { "va" } else { "base_offset" }
+                    ),
+                    message: e,
+                }),
+            }
+        }
+        for (n, (j, b, fb)) in placed.iter().enumerate() {
+            for (i, a, fa) in placed.iter().take(n) {
+                if a.link != b.link || a.slave != b.slave {
+                    continue;
+                }
+                let clash = fb.iter().find_map(|&(kb, sb, wb)| {
+                    fa.iter().find_map(|&(ka, sa, wa)| {
+                        let (lo, hi) = (
+                            u32::from(sa.max(sb)),
+                            (u32::from(sa) + u32::from(wa)).min(u32::from(sb) + u32::from(wb)),
+                        );
+                        (ka == kb && lo < hi).then_some((kb, lo))
+                    })
+                });
+                if let Some((kind, at)) = clash {
+                    problems.push(Problem {
+                        path: format!("units[{j}]"),
+                        message: format!(
+                            "unit `{}` overlaps unit `{}` (units[{i}]) on link `{}` slave {} at {} register {at}; give them different `va` or `base_offset`",
+                            b.id,
+                            a.id,
+                            b.link,
+                            b.slave,
+                            kind.as_str()
+                        ),
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+impl Unit {
+    /// The unit's profile moved to its VA or base offset.
+    pub fn placed(
+        &self,
+        profile: &crate::modbus::profile::Profile,
+    ) -> Result<crate::modbus::profile::Profile, String> {
+        let offset = match self.va {
+            Some(va) => profile.va_offset(va)?,
+            None => 0,
+        };
+        let offset = offset
+            .checked_add(self.base_offset)
+            .ok_or_else(|| "VA and base_offset together pass 65535".to_string())?;
+        profile.shifted(offset)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -982,7 +1069,8 @@ impl RawConfig {
         // units
         let mut units = Vec::new();
         let mut unit_ids = HashSet::new();
-        let mut slaves = HashSet::new();
+        // (link, slave) → whether every unit there so far declared its place (va/base_offset).
+        let mut slaves: HashMap<(String, u8), bool> = HashMap::new();
         for (i, u) in self.units.iter().enumerate() {
             let path = format!("units[{i}]");
             let id = UnitId::new(u.id.clone())
@@ -1015,12 +1103,36 @@ impl RawConfig {
                 );
                 None
             };
+            let va = u.va.and_then(|v| {
+                u16::try_from(v)
+                    .map_err(|_| {
+                        p.add(format!("{path}.va"), format!("{v} is not a VA (0..=65535)"))
+                    })
+                    .ok()
+            });
+            let base_offset = u.base_offset.map_or(Some(0), |v| {
+                u16::try_from(v)
+                    .map_err(|_| {
+                        p.add(
+                            format!("{path}.base_offset"),
+                            format!("{v} is not a register offset (0..=65535)"),
+                        )
+                    })
+                    .ok()
+            });
+            let placed = u.va.is_some() || u.base_offset.is_some();
             if let Some(s) = slave {
-                if !slaves.insert((u.link.clone(), s)) {
-                    p.add(
+                match slaves.get(&(u.link.clone(), s)) {
+                    Some(&others_placed) if !(others_placed && placed) => p.add(
                         format!("{path}.slave"),
-                        format!("slave id {s} is already used on link `{}`", u.link),
-                    );
+                        format!(
+                            "slave id {s} is already used on link `{}` (units sharing a slave id, like indoor units behind one gateway, must each set `va` or `base_offset`)",
+                            u.link
+                        ),
+                    ),
+                    _ => {
+                        slaves.insert((u.link.clone(), s), placed);
+                    }
                 }
             }
             if !profile_exists(&u.profile) {
@@ -1040,7 +1152,9 @@ impl RawConfig {
                     "must be between 100 and 86400000",
                 );
             }
-            if let (Some(id), Some(link), Some(slave)) = (id, link, slave) {
+            if let (Some(id), Some(link), Some(slave), Some(base_offset)) =
+                (id, link, slave, base_offset)
+            {
                 units.push(Unit {
                     name: u.name.clone().unwrap_or_else(|| id.to_string()),
                     id,
@@ -1049,6 +1163,8 @@ impl RawConfig {
                     profile: u.profile.clone(),
                     group,
                     poll_interval: Duration::from_millis(u.poll_interval_ms),
+                    va,
+                    base_offset,
                 });
             }
         }
@@ -1196,5 +1312,66 @@ profile = "missing"
         );
         let e = Config::parse(&text, Path::new("/"), &any_profile).unwrap_err();
         assert_eq!(e.problems[0].path, "units[1].slave");
+    }
+
+    fn hvac(id: &str, slave: u8, place: &str) -> String {
+        format!(
+            "\n[[units]]\nid = \"{id}\"\nlink = \"bus1\"\nslave = {slave}\nprofile = \"coolmaster-va\"\n{place}\n"
+        )
+    }
+
+    #[test]
+    fn indoor_units_share_a_gateway_slave_id_at_distinct_vas_and_overlaps_are_refused_with_key_paths()
+     {
+        let reg = crate::modbus::ProfileRegistry::builtin().unwrap();
+        let ok = format!(
+            "{GOOD}{}{}{}",
+            hvac("ac-1", 7, "va = 1"),
+            hvac("ac-2", 7, "va = 2"),
+            hvac("ac-3", 7, "va = 17")
+        );
+        let c = Config::parse(&ok, Path::new("/"), &any_profile).unwrap();
+        assert_eq!(c.check_profiles(&reg), Ok(()));
+        assert_eq!(c.units[2].va, Some(2));
+
+        // Two units at the same VA overlap; VA 0 does not exist; a VA on a profile without VAs.
+        let bad = format!(
+            "{GOOD}{}{}{}{}",
+            hvac("ac-1", 7, "va = 1"),
+            hvac("ac-2", 7, "va = 1"),
+            hvac("ac-3", 8, "va = 0"),
+            "\n[[units]]\nid = \"gen-2\"\nlink = \"bus1\"\nslave = 9\nprofile = \"dse-gencomm\"\nva = 2\n"
+        );
+        let c = Config::parse(&bad, Path::new("/"), &any_profile).unwrap();
+        let e = c.check_profiles(&reg).unwrap_err();
+        let shown: Vec<(String, String)> = e.into_iter().map(|p| (p.path, p.message)).collect();
+        assert_eq!(
+            shown,
+            vec![
+                (
+                    "units[3].va".to_string(),
+                    "VA 0 does not exist in profile `coolmaster-va` (VAs start at 1)".to_string()
+                ),
+                (
+                    "units[4].va".to_string(),
+                    "profile `dse-gencomm` has no virtual addresses (no `va_first`/`va_stride`)"
+                        .to_string()
+                ),
+                (
+                    "units[2]".to_string(),
+                    "unit `ac-2` overlaps unit `ac-1` (units[1]) on link `bus1` slave 7 at discrete register 16; give them different `va` or `base_offset`".to_string()
+                ),
+            ]
+        );
+
+        // Sharing a slave id needs every unit there to declare its place.
+        let unplaced = format!("{GOOD}{}{}", hvac("ac-1", 7, "va = 1"), hvac("ac-2", 7, ""));
+        let e = Config::parse(&unplaced, Path::new("/"), &any_profile).unwrap_err();
+        assert_eq!(e.problems[0].path, "units[2].slave");
+        assert!(
+            e.problems[0]
+                .message
+                .contains("must each set `va` or `base_offset`")
+        );
     }
 }

@@ -263,14 +263,18 @@ pub fn steps(cert: &Path, base: &str, users: &[DemoUser]) -> Vec<Step> {
         expect: 200,
         sets: None,
     });
-    out.push(Step {
-        command: format!(
-            "{curl} -X POST {base}/units/gen-1/commands/start {}",
-            bearer(control)
-        ),
-        expect: 200,
-        sets: None,
-    });
+    // The generator powers up in stop mode: a start there is refused (409
+    // not_possible_in_mode, nothing sent); select manual, then start, which is read back.
+    for (cmd, expect) in [("start", 409), ("manual", 200), ("start", 200)] {
+        out.push(Step {
+            command: format!(
+                "{curl} -X POST {base}/units/gen-1/commands/{cmd} {}",
+                bearer(control)
+            ),
+            expect,
+            sets: None,
+        });
+    }
     out.push(login(viewer));
     out.push(Step {
         command: format!("{curl} {base}/units/gen-1 {}", bearer(viewer)),

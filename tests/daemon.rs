@@ -86,6 +86,48 @@ fn check_config_lists_every_problem_and_exits_78() {
 }
 
 #[test]
+fn check_config_refuses_a_profile_whose_command_is_a_cheaper_path_to_a_configure_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("genset.toml"),
+        r#"name = "genset"
+[[points]]
+name = "shutdown_latch"
+kind = "holding"
+address = 100
+type = "u16"
+write = "configure"
+
+[[commands]]
+name = "reset_alarms"
+capability = "control"
+writes = [{ kind = "holding", address = 100, values = [0] }]
+"#,
+    )
+    .unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("\n[profiles]\ndir = \"{}\"\n", profiles.display()),
+    );
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "commands[0] (`reset_alarms`).capability: `control` is below `configure`, which point `shutdown_latch` needs to write the holding register(s) this command writes at 100"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("genset.toml"), "{err}");
+}
+
+#[test]
 fn run_refuses_an_invalid_config_with_the_same_messages_and_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

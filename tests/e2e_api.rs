@@ -174,17 +174,25 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
     let writes = s.sim.stats().writes;
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert_eq!(writes[0].slave, HVAC1_SLAVE);
-    assert_eq!(writes[0].address, 2);
+    assert_eq!(writes[0].address, 18);
     assert_eq!(writes[0].values, vec![215]);
     assert_eq!(
         s.sim
-            .register(HVAC1_SLAVE, sitegate::modbus::profile::RegKind::Holding, 2),
+            .register(HVAC1_SLAVE, sitegate::modbus::profile::RegKind::Holding, 18),
         Some(215)
     );
     let fresh = get(&s, "/units/hvac-1?fresh=true", &t).await;
     assert_eq!(fresh.status, 200, "{}", fresh.body);
     assert!(fresh.body.to_string().contains("21.5"), "{}", fresh.body);
 
+    // In stop mode a start is refused before the bus with a clear code.
+    s.sim.reset_stats();
+    let r = command(&s, "gen-1", "start", &t).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"], "not_possible_in_mode", "{}", r.body);
+    assert!(s.sim.stats().writes.is_empty());
+    let r = command(&s, "gen-1", "manual", &t).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     s.sim.reset_stats();
     let r = command(&s, "gen-1", "start", &t).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -196,14 +204,18 @@ async fn control_only_sets_the_hvac_setpoint_and_starts_the_generator_but_not_a_
     assert_eq!(writes[0].values, vec![35705, 29830]);
 
     s.sim.reset_stats();
-    // The configure points of the built-in profiles are visible to `view` and writable only with
-    // `configure`: a homeowner sees the generator's cool-down time but can't change it.
-    for (unit, point, v) in [("hvac-1", "lock_flags", 1), ("gen-1", "cooldown_time", 60)] {
+    // The configure point of the built-in HVAC profile is visible to `view` and writable only
+    // with `configure`: a homeowner sees the wall controller lock but can't change it.
+    for (unit, point, v) in [("hvac-1", "wall_controller_lock", 1)] {
         let r = put_point(&s, unit, point, &t, json!(v)).await;
         assert_eq!(r.status, 403, "{point}: {}", r.body);
     }
+    // Resetting the generator's latched alarms needs `configure` (function 34 clears
+    // protective shutdowns): control-only gets 403 and nothing reaches the bus.
+    let r = command(&s, "gen-1", "reset_alarms", &t).await;
+    assert_eq!(r.status, 403, "{}", r.body);
     // A configure point the caller can see (profile open-hvac): 403, nothing on the bus.
-    let r = put_point(&s, "hvac-3", "lock_flags", &t, json!(1)).await;
+    let r = put_point(&s, "hvac-3", "wall_controller_lock", &t, json!(1)).await;
     assert_eq!(r.status, 403, "{}", r.body);
     let r = get(&s, "/units/hvac-1/diagnostics", &t).await;
     assert_eq!(r.status, 403, "{}", r.body);
@@ -220,15 +232,27 @@ async fn a_technician_writes_a_configure_point_and_reads_diagnostics_and_raw_reg
     let s = site().await;
     let t = s.login("tess").await;
     s.sim.reset_stats();
-    let r = put_point(&s, "hvac-3", "lock_flags", &t, json!(3)).await;
+    let r = put_point(&s, "hvac-3", "wall_controller_lock", &t, json!(3)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(s.sim.stats().writes_to(HVAC3_SLAVE).len(), 1);
     s.sim.reset_stats();
-    let r = put_point(&s, "hvac-1", "lock_flags", &t, json!(5)).await;
+    let r = put_point(&s, "hvac-1", "wall_controller_lock", &t, json!(0x81)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let writes = s.sim.stats().writes;
     assert_eq!(writes.len(), 1, "{writes:?}");
-    assert_eq!((writes[0].address, writes[0].values.clone()), (9, vec![5]));
+    assert_eq!(
+        (writes[0].address, writes[0].values.clone()),
+        (24, vec![0x81])
+    );
+    // A technician (configure) resets the generator's alarm codes: key 35734, function 34.
+    s.sim.reset_stats();
+    let r = command(&s, "gen-1", "reset_alarms", &t).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let writes = s.sim.stats().writes;
+    assert_eq!(
+        (writes.len(), writes[0].address, writes[0].values.clone()),
+        (1, 4104, vec![35734, 29801])
+    );
 
     let r = get(&s, "/units/gen-1/diagnostics", &t).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -386,6 +410,7 @@ async fn the_admin_sees_command_records_with_their_actors_in_the_audit_trail() {
     let s = site().await;
     let carl = s.login("carl").await;
     let vera = s.login("vera").await;
+    assert_eq!(command(&s, "gen-1", "manual", &carl).await.status, 200);
     assert_eq!(command(&s, "gen-1", "start", &carl).await.status, 200);
     assert_eq!(
         put_point(&s, "hvac-1", "setpoint", &vera, json!(20))
@@ -467,7 +492,7 @@ async fn fresh_true_reads_the_unit_now_and_sees_a_change_made_behind_the_gateway
     assert!(s.sim.set_register(
         HVAC1_SLAVE,
         sitegate::modbus::profile::RegKind::Holding,
-        6,
+        22,
         234
     ));
     let r = get(&s, "/units/hvac-1?fresh=true", &t).await;
@@ -500,7 +525,7 @@ async fn polling_keeps_the_cached_values_fresh_without_any_write() {
     assert!(s.sim.set_register(
         HVAC1_SLAVE,
         sitegate::modbus::profile::RegKind::Holding,
-        6,
+        22,
         251
     ));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -127,7 +127,7 @@ async fn a_bundle_over_mqtt_is_applied_a_forged_one_is_rejected_and_commands_bec
     // The live session still works, and its command is published as an audit event.
     let r = site
         .http
-        .post(format!("{}/units/gen-1/commands/start", site.base))
+        .post(format!("{}/units/gen-1/commands/manual", site.base))
         .bearer_auth(&token)
         .json(&json!({}))
         .send()

@@ -178,7 +178,7 @@ async fn a_unit_answering_garbage_is_a_protocol_fault_and_the_link_recovers_when
     let ac = h.engine.units().into_iter().find(|u| u.id.as_str() == "ac");
     assert_eq!(ac.unwrap().online, Some(true));
     // The next unit on the same link, which answers sanely, keeps getting fresh values.
-    s.set_register(3, RegKind::Holding, 7, 42);
+    s.set_register(3, RegKind::Holding, 23, 42);
     eventually(
         15,
         "a fresh value from the sane unit on the garbage link",

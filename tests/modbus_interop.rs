@@ -87,7 +87,7 @@ fn mbpoll_reads_and_writes_the_simulator_over_tcp() {
         "2",
         "-0",
         "-r",
-        "2",
+        "18",
         "-c",
         "1",
         "-t",
@@ -97,7 +97,7 @@ fn mbpoll_reads_and_writes_the_simulator_over_tcp() {
         p,
         "127.0.0.1",
     ]);
-    assert!(ok && out.contains("[2]: \t240"), "{out}");
+    assert!(ok && out.contains("[18]: \t240"), "{out}");
     let (ok, out) = mbpoll(&[
         "-m",
         "tcp",
@@ -105,7 +105,7 @@ fn mbpoll_reads_and_writes_the_simulator_over_tcp() {
         "2",
         "-0",
         "-r",
-        "2",
+        "18",
         "-t",
         "4",
         "-1",
@@ -122,7 +122,7 @@ fn mbpoll_reads_and_writes_the_simulator_over_tcp() {
         "2",
         "-0",
         "-r",
-        "2",
+        "18",
         "-c",
         "1",
         "-t",
@@ -132,7 +132,7 @@ fn mbpoll_reads_and_writes_the_simulator_over_tcp() {
         p,
         "127.0.0.1",
     ]);
-    assert!(ok && out.contains("[2]: \t215"), "{out}");
+    assert!(ok && out.contains("[18]: \t215"), "{out}");
     // An out-of-range setpoint is refused by the unit with exception 03.
     let (ok, out) = mbpoll(&[
         "-m",
@@ -141,7 +141,7 @@ fn mbpoll_reads_and_writes_the_simulator_over_tcp() {
         "2",
         "-0",
         "-r",
-        "2",
+        "18",
         "-t",
         "4",
         "-1",
@@ -202,7 +202,7 @@ async fn mbpoll_reads_the_simulator_over_rtu_through_a_pty_pair() {
     let b = pty.b.display().to_string();
     let (ok, out) = tokio::task::spawn_blocking(move || {
         mbpoll(&[
-            "-m", "rtu", "-b", "9600", "-P", "none", "-a", "4", "-0", "-r", "0", "-c", "3", "-t",
+            "-m", "rtu", "-b", "9600", "-P", "none", "-a", "4", "-0", "-r", "16", "-c", "3", "-t",
             "4", "-1", &b,
         ])
     })
@@ -210,7 +210,7 @@ async fn mbpoll_reads_the_simulator_over_rtu_through_a_pty_pair() {
     .unwrap();
     assert!(ok, "{out}");
     assert!(
-        out.contains("[1]: \t3") && out.contains("[2]: \t240"),
+        out.contains("[17]: \t3") && out.contains("[18]: \t240"),
         "{out}"
     );
 }

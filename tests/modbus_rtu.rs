@@ -50,7 +50,7 @@ async fn the_engine_polls_writes_and_commands_units_on_an_rtu_bus() {
         .await
         .unwrap();
     assert_eq!(out.status, WriteStatus::Ok, "{out:?}");
-    assert_eq!(s.register(2, RegKind::Holding, 2), Some(195));
+    assert_eq!(s.register(2, RegKind::Holding, 18), Some(195));
     assert!(
         h.engine
             .run_command(&uid("gen"), "auto")
@@ -69,10 +69,10 @@ async fn the_engine_polls_writes_and_commands_units_on_an_rtu_bus() {
             ..Fault::default()
         },
     );
-    let e = h.engine.raw_read(&uid("ac"), RegKind::Holding, 2, 1).await;
+    let e = h.engine.raw_read(&uid("ac"), RegKind::Holding, 18, 1).await;
     assert!(e.is_err(), "{e:?}");
     s.clear_faults();
-    s.set_register(2, RegKind::Holding, 7, 42);
+    s.set_register(2, RegKind::Holding, 23, 42);
     eventually(15, "fresh, correct answers after the late one", || {
         let a = h.engine.snapshot(&uid("ac"))?;
         (a.points["failure_code"].value == json!(42)
@@ -86,7 +86,7 @@ async fn the_engine_polls_writes_and_commands_units_on_an_rtu_bus() {
         .raw_read(&uid("gen"), RegKind::Holding, 768, 2)
         .await
         .unwrap();
-    assert_eq!(raw, sitegate::modbus::RawValues::Words(vec![1, 7320]));
+    assert_eq!(raw, sitegate::modbus::RawValues::Words(vec![1, 4510]));
     h.shutdown().await;
     stop.cancel();
 }

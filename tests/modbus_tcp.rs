@@ -109,14 +109,15 @@ async fn a_write_is_validated_before_the_bus_then_written_and_read_back() {
         .unwrap();
     assert_eq!(out.status, WriteStatus::Ok, "{out:?}");
     assert_eq!(out.read_back, Some(json!(21.5)));
-    assert_eq!(s.register(2, RegKind::Holding, 2), Some(215));
+    // VA 1 of the gateway: holding registers 16 + offset on the wire.
+    assert_eq!(s.register(2, RegKind::Holding, 18), Some(215));
     let out = h
         .engine
         .write_point(&ac, "mode", json!("heat"))
         .await
         .unwrap();
     assert_eq!(out.status, WriteStatus::Ok);
-    assert_eq!(s.register(2, RegKind::Holding, 0), Some(1));
+    assert_eq!(s.register(2, RegKind::Holding, 16), Some(1));
     // The cache follows the read-back at once.
     assert_eq!(value(&h, "ac", "setpoint").unwrap().0, json!(21.5));
 
@@ -158,15 +159,12 @@ async fn the_hvac_room_temperature_drifts_toward_the_setpoint_when_on() {
 async fn the_generator_starts_on_its_control_key_ramps_up_and_stops() {
     let (h, s, stop) = gen_and_hvac(200).await;
     let genset = uid("gen");
-    // In stop mode the controller ignores start, like a real one.
-    assert!(
-        h.engine
-            .run_command(&genset, "start")
-            .await
-            .unwrap()
-            .status
-            .is_ok()
-    );
+    // In stop mode the controller would ignore start: the engine refuses it before the bus.
+    assert!(matches!(
+        h.engine.run_command(&genset, "start").await,
+        Err(WriteError::NotPossible(_))
+    ));
+    assert!(s.stats().writes_to(1).is_empty());
     assert!(matches!(
         h.engine.run_command(&genset, "launch").await,
         Err(WriteError::UnknownCommand(_))
@@ -505,10 +503,10 @@ async fn raw_reads_and_link_statistics_serve_technicians() {
         .raw_read(&genset, RegKind::Holding, 768, 2)
         .await
         .unwrap();
-    assert_eq!(raw, RawValues::Words(vec![1, 7320]));
+    assert_eq!(raw, RawValues::Words(vec![1, 4510]));
     let e = h
         .engine
-        .raw_read(&genset, RegKind::Holding, 1000, 4)
+        .raw_read(&genset, RegKind::Holding, 2304, 4)
         .await
         .unwrap_err();
     assert_eq!(
@@ -538,15 +536,30 @@ async fn raw_reads_and_link_statistics_serve_technicians() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sensor_open_circuit_is_reported_as_quality_and_recovers() {
     let (h, s, stop) = gen_and_hvac(100).await;
-    s.set_register(2, RegKind::Holding, 6, 0x7FFC);
+    // GenComm: 0xFFFC = transducer fault, 0xFFFE = over measurable range (not 6553.4 V).
+    s.set_register(1, RegKind::Holding, 1029, 0xFFFC);
     eventually(10, "open circuit", || {
-        (value(&h, "ac", "room_temperature")? == (serde_json::Value::Null, Quality::OpenCircuit))
+        (value(&h, "gen", "battery_voltage")? == (serde_json::Value::Null, Quality::OpenCircuit))
             .then_some(())
     })
     .await;
-    s.set_register(2, RegKind::Holding, 6, 215);
+    s.set_register(1, RegKind::Holding, 1029, 0xFFFE);
+    eventually(10, "over range", || {
+        (value(&h, "gen", "battery_voltage")? == (serde_json::Value::Null, Quality::OverRange))
+            .then_some(())
+    })
+    .await;
+    // A signed GenComm value: 0x7FFC is the coolant sender's transducer fault.
+    s.set_register(1, RegKind::Holding, 1025, 0x7FFC);
+    eventually(10, "coolant sender fault", || {
+        (value(&h, "gen", "coolant_temperature")?
+            == (serde_json::Value::Null, Quality::OpenCircuit))
+            .then_some(())
+    })
+    .await;
+    s.set_register(1, RegKind::Holding, 1029, 131);
     eventually(10, "good again", || {
-        (value(&h, "ac", "room_temperature")?.1 == Quality::Good).then_some(())
+        (value(&h, "gen", "battery_voltage")? == (json!(13.1), Quality::Good)).then_some(())
     })
     .await;
     h.shutdown().await;
@@ -582,7 +595,7 @@ async fn rtu_over_tcp_links_talk_rtu_frames_to_a_converter() {
         .await
         .unwrap();
     assert_eq!(out.status, WriteStatus::Ok);
-    assert_eq!(s.register(7, RegKind::Holding, 1), Some(2));
+    assert_eq!(s.register(7, RegKind::Holding, 17), Some(2));
     h.shutdown().await;
     stop.cancel();
 }
@@ -631,7 +644,7 @@ async fn subscribers_get_changes_beyond_the_deadband_and_slow_drift_adds_up() {
         (252, json!(25.2)),
         (253, json!(25.3)),
     ] {
-        s.set_register(2, RegKind::Holding, 6, raw);
+        s.set_register(2, RegKind::Holding, 22, raw);
         eventually(10, "polled", || {
             (value(&h, "ac", "room_temperature")?.0 == shown).then_some(())
         })
@@ -711,7 +724,7 @@ async fn a_write_in_flight_is_not_cut_off_by_shutdown() {
     h.stop.cancel();
     let out = write.await.unwrap().unwrap();
     assert_eq!(out.status, WriteStatus::Ok, "{out:?}");
-    assert_eq!(s.register(2, RegKind::Holding, 2), Some(180));
+    assert_eq!(s.register(2, RegKind::Holding, 18), Some(180));
     h.shutdown().await;
     stop.cancel();
 }
@@ -796,7 +809,12 @@ async fn a_gateway_reporting_its_target_unreachable_takes_the_unit_offline() {
         (h.engine.units()[1].online == Some(true)).then_some(())
     })
     .await;
-    assert_eq!(value(&h, "ac", "setpoint").unwrap().1, Quality::Error);
+    // Its points are polled again and carry the exception (the holding block may come one
+    // cycle after the block that brought the unit back).
+    eventually(10, "setpoint error", || {
+        (value(&h, "ac", "setpoint")?.1 == Quality::Error).then_some(())
+    })
+    .await;
     h.shutdown().await;
     stop.cancel();
 }

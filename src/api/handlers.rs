@@ -477,12 +477,21 @@ fn write_error(e: &WriteError) -> ApiError {
             format!("{}; nothing was sent to the unit", safe(m)),
         )
         .with_retry_after(std::time::Duration::from_secs(1)),
+        WriteError::NotSupported(m) => {
+            ApiError::new(StatusCode::CONFLICT, "command_not_supported", safe(m))
+        }
+        WriteError::NotPossible(m) => {
+            ApiError::new(StatusCode::CONFLICT, "not_possible_in_mode", safe(m))
+        }
     }
 }
 
 fn write_outcome_label(e: &WriteError) -> &'static str {
     match e {
-        WriteError::Validation(_) | WriteError::UnknownPoint => "rejected",
+        WriteError::Validation(_)
+        | WriteError::UnknownPoint
+        | WriteError::NotSupported(_)
+        | WriteError::NotPossible(_) => "rejected",
         _ => "failed",
     }
 }

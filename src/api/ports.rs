@@ -397,6 +397,12 @@ pub enum WriteError {
     /// the bus → 503 with `Retry-After`.
     #[error("{0}")]
     Busy(String),
+    /// The controller does not report the command as supported; nothing was sent → 409.
+    #[error("{0}")]
+    NotSupported(String),
+    /// Not possible in the device's present state (a start in stop mode); nothing sent → 409.
+    #[error("{0}")]
+    NotPossible(String),
 }
 
 /// Register kinds for raw diagnostic reads.

@@ -226,6 +226,14 @@ pub fn encode(p: &Point, v: &Value) -> Result<Encoded, ValueError> {
             }
         }
     };
+    if let (Some(bits), Some(w)) = (p.bits, words.first())
+        && w & !bits != 0
+    {
+        return Err(ValueError::Type {
+            expected: "a value that sets only the point's defined bits",
+            got: x.to_string(),
+        });
+    }
     // A value that would read back as a sentinel is refused too.
     let probe = Raw::Words(&words);
     if let Some(r) = raw_u32(p, &probe)

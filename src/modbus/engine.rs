@@ -25,8 +25,11 @@ use crate::model::{GroupId, LinkId, UnitId};
 
 use super::codec::{self, Encoded, Raw, ValueError};
 use super::link::{self, LinkStats, ModbusError, Op, Reply};
-use super::profile::{Profile, ProfileRegistry, Quality, RegKind};
+use super::profile::{CommandCondition, Profile, ProfileRegistry, Quality, RegKind};
 use super::scheduler::{self, Block};
+
+/// Interval of the read-back of a command's result.
+const CONFIRM_POLL: Duration = Duration::from_millis(100);
 
 /// Consecutive failed poll cycles after which a unit is offline.
 const OFFLINE_AFTER: u32 = 2;
@@ -131,6 +134,13 @@ pub enum WriteError {
     Busy(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The controller does not report the command as supported; nothing was sent.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The command is not possible in the device's present state (e.g. a start in stop mode);
+    /// nothing was sent.
+    #[error("{0}")]
+    NotPossible(String),
 }
 
 /// How a write that reached the bus ended.
@@ -288,6 +298,18 @@ impl ModbusEngine {
                 problems.push(format!("unit `{}`: unknown profile `{}`", u.id, u.profile));
                 continue;
             };
+            // The unit's own copy of the profile, moved to its VA or base offset.
+            let profile = if u.va.is_some() || u.base_offset != 0 {
+                match u.placed(&profile) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        problems.push(format!("unit `{}`: {e}", u.id));
+                        continue;
+                    }
+                }
+            } else {
+                profile
+            };
             let values = vec![
                 Cached {
                     value: Value::Null,
@@ -347,6 +369,7 @@ impl ModbusEngine {
                 updates: updates.clone(),
                 audit_tx: audit_tx.clone(),
                 queue: VecDeque::new(),
+                no_merge: BTreeSet::new(),
             };
             tracker.spawn(task.run());
             handles.push(LinkHandle {
@@ -412,6 +435,9 @@ impl ModbusEngine {
         let u = self.unit(id)?;
         let st = lock(&u.state);
         let stale_after = (u.cfg.poll_interval * 3).max(Duration::from_secs(5));
+        let faulty = unit_faulty(&u.profile, |i| {
+            st.values.get(i).map(|c| (c.value.clone(), c.quality))
+        });
         let points = u
             .profile
             .points
@@ -420,7 +446,9 @@ impl ModbusEngine {
             .map(|(p, c)| {
                 let age = c.at.map(|(i, _)| i.elapsed());
                 let quality = if c.quality == Quality::Good
-                    && (st.online == Some(false) || age.is_some_and(|a| a > stale_after))
+                    && (st.online == Some(false)
+                        || age.is_some_and(|a| a > stale_after)
+                        || (faulty && !p.unit_fault))
                 {
                     Quality::Stale
                 } else {
@@ -578,7 +606,49 @@ impl ModbusEngine {
         })
     }
 
-    /// Runs a profile command (its writes in order, each FC16/FC15, no read-back).
+    /// Reads one point now (an interactive read), decoded.
+    async fn read_point_now(
+        &self,
+        id: &UnitId,
+        profile: &Profile,
+        point: &str,
+    ) -> Result<(Value, Quality), ModbusError> {
+        let Some(p) = profile.point(point) else {
+            return Err(ModbusError::Protocol(format!("no point `{point}`")));
+        };
+        let raw = self
+            .raw_read(id, p.kind, p.address, p.width())
+            .await
+            .map_err(|e| match e {
+                EngineError::Modbus(m) => m,
+                other => ModbusError::Protocol(other.to_string()),
+            })?;
+        Ok(match raw {
+            RawValues::Words(w) => codec::decode(p, &Raw::Words(&w)),
+            RawValues::Bits(b) => codec::decode(p, &Raw::Bits(&b)),
+        })
+    }
+
+    /// Whether the controller reports a command as supported, from the cached value of its
+    /// flags point (`None`: not read yet). Commands without `supported_if` are always offered.
+    pub fn command_offered(&self, id: &UnitId, name: &str) -> Option<bool> {
+        let u = self.unit(id)?;
+        let cmd = u.profile.command(name)?;
+        let Some(sup) = &cmd.supported_if else {
+            return Some(true);
+        };
+        let i = u.profile.point_index(&sup.point)?;
+        let st = lock(&u.state);
+        let c = st.values.get(i)?;
+        (c.quality == Quality::Good)
+            .then(|| c.value.as_u64())
+            .flatten()
+            .map(|v| v & u64::from(sup.mask) != 0)
+    }
+
+    /// Runs a profile command: checks that the controller supports it and that it is possible
+    /// now (both read fresh), writes in order (FC16/FC15), then reads its result back within the
+    /// profile's bound.
     pub async fn run_command(&self, id: &UnitId, name: &str) -> Result<WriteOutcome, WriteError> {
         let u = self
             .unit(id)
@@ -587,6 +657,39 @@ impl ModbusEngine {
             .profile
             .command(name)
             .ok_or_else(|| WriteError::UnknownCommand(name.to_string()))?;
+        let started = Instant::now();
+        let not_sent = |e: ModbusError| WriteOutcome {
+            status: WriteStatus::from_error(&e),
+            written: Value::Null,
+            read_back: None,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        if let Some(sup) = &cmd.supported_if {
+            let (v, q) = match self.read_point_now(id, &u.profile, &sup.point).await {
+                Ok(vq) => vq,
+                Err(e) => return Ok(not_sent(e)),
+            };
+            let set = v.as_u64().is_some_and(|r| r & u64::from(sup.mask) != 0);
+            if q != Quality::Good || !set {
+                return Err(WriteError::NotSupported(format!(
+                    "the controller does not report command `{name}` as supported (`{}` = {v}, needs bits {:#06x})",
+                    sup.point, sup.mask
+                )));
+            }
+        }
+        if let Some(cond) = &cmd.allowed_when {
+            let (v, q) = match self.read_point_now(id, &u.profile, &cond.point).await {
+                Ok(vq) => vq,
+                Err(e) => return Ok(not_sent(e)),
+            };
+            if q != Quality::Good || !cond.matches(&v) {
+                return Err(WriteError::NotPossible(format!(
+                    "command `{name}` is not possible while `{}` is {v} (possible in: {})",
+                    cond.point,
+                    cond.values.join(", ")
+                )));
+            }
+        }
         let ops = cmd
             .writes
             .iter()
@@ -601,7 +704,6 @@ impl ModbusEngine {
                 },
             })
             .collect();
-        let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         self.submit(
             u,
@@ -614,13 +716,48 @@ impl ModbusEngine {
         )
         .map_err(write_err)?;
         let res = rx.await.map_err(|_| WriteError::ShuttingDown)?;
+        let mut status = match res {
+            Ok(_) => WriteStatus::Ok,
+            Err(e) => WriteStatus::from_error(&e),
+        };
+        let mut read_back = None;
+        if let (WriteStatus::Ok, Some(conf)) = (&status, &cmd.confirm) {
+            // The result, read back until it shows or the bound passes (never unbounded).
+            let deadline = Instant::now() + conf.within;
+            let cond = CommandCondition {
+                point: conf.point.clone(),
+                values: conf.values.clone(),
+            };
+            status = loop {
+                let last = self.read_point_now(id, &u.profile, &conf.point).await;
+                if let Ok((v, Quality::Good)) = &last {
+                    read_back = Some(v.clone());
+                    if cond.matches(v) {
+                        break WriteStatus::Ok;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break WriteStatus::Unverified {
+                        reason: format!(
+                            "`{}` is {} {} ms after the command, expected one of: {}",
+                            conf.point,
+                            match &last {
+                                Ok((v, q)) if *q == Quality::Good => v.to_string(),
+                                Ok((_, q)) => format!("of quality {}", q.as_str()),
+                                Err(e) => format!("unreadable ({e})"),
+                            },
+                            conf.within.as_millis(),
+                            conf.values.join(", ")
+                        ),
+                    };
+                }
+                sleep(CONFIRM_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            };
+        }
         Ok(WriteOutcome {
-            status: match res {
-                Ok(_) => WriteStatus::Ok,
-                Err(e) => WriteStatus::from_error(&e),
-            },
+            status,
             written: Value::String(name.to_string()),
-            read_back: None,
+            read_back,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
@@ -732,6 +869,8 @@ struct LinkTask {
     audit_tx: mpsc::UnboundedSender<Event>,
     /// Reads of the poll cycle in progress.
     queue: VecDeque<PollItem>,
+    /// Slave ids where a read merged across units failed: their units are read one by one.
+    no_merge: BTreeSet<u8>,
 }
 
 enum BlockResult {
@@ -1006,7 +1145,28 @@ impl LinkTask {
         s.plan.clone().unwrap_or_default()
     }
 
+    /// Starts the cycle of `unit` and of the units sharing its slave id that are due within half
+    /// their interval, so that their reads can be merged (indoor units behind one gateway).
     fn start_cycle(&mut self, unit: usize) {
+        self.start_unit_cycle(unit);
+        let slave = self.slave(unit);
+        let now = Instant::now();
+        for other in 0..self.units.len() {
+            let due = self.sched.get(other).is_some_and(|s| {
+                s.fails < OFFLINE_AFTER
+                    && s.next_poll <= now + self.units[other].cfg.poll_interval / 2
+            });
+            if other != unit
+                && due
+                && self.slave(other) == slave
+                && !self.queue.iter().any(|i| i.unit == other)
+            {
+                self.start_unit_cycle(other);
+            }
+        }
+    }
+
+    fn start_unit_cycle(&mut self, unit: usize) {
         let mut blocks = self.plan(unit);
         let s = &mut self.sched[unit];
         s.cycle_ok = false;
@@ -1023,7 +1183,132 @@ impl LinkTask {
             .extend(blocks.into_iter().map(|block| PollItem { unit, block }));
     }
 
+    /// Queued blocks of other units on the same slave id and table that one request can read
+    /// together with `item` (gaps up to `max_gap`, at most the protocol maximum); removed from
+    /// the queue.
+    fn take_companions(&mut self, item: &PollItem) -> Vec<PollItem> {
+        let slave = self.slave(item.unit);
+        if self.no_merge.contains(&slave) {
+            return Vec::new();
+        }
+        let kind = item.block.kind;
+        let gap = u32::from(self.link.max_gap);
+        // The smallest limit of the units involved (a device's own limit, else the protocol's).
+        let max = self
+            .units
+            .iter()
+            .filter(|u| u.cfg.slave == slave)
+            .map(|u| u.profile.max_read(kind))
+            .min()
+            .unwrap_or(kind.max_read());
+        let mut lo = u32::from(item.block.start);
+        let mut hi = lo + u32::from(item.block.count);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let fits = self.queue.get(i).and_then(|q| {
+                let (s, e) = (
+                    u32::from(q.block.start),
+                    u32::from(q.block.start) + u32::from(q.block.count),
+                );
+                let (nlo, nhi) = (lo.min(s), hi.max(e));
+                (q.unit != item.unit
+                    && self.slave(q.unit) == slave
+                    && q.block.kind == kind
+                    && s <= hi + gap
+                    && e + gap >= lo
+                    && nhi - nlo <= u32::from(max))
+                .then_some((nlo, nhi))
+            });
+            match fits {
+                Some((nlo, nhi)) => {
+                    (lo, hi) = (nlo, nhi);
+                    if let Some(q) = self.queue.remove(i) {
+                        out.push(q);
+                    }
+                    // The span grew: earlier items may fit now.
+                    i = 0;
+                }
+                None => i += 1,
+            }
+        }
+        out
+    }
+
+    /// One read for blocks of several units on one slave id; each unit stores its own slice.
+    /// Any failure puts the blocks back to be read one by one (and stops merging on that slave
+    /// id when the device refused the merged range).
+    async fn poll_merged(&mut self, item: PollItem, companions: Vec<PollItem>) {
+        let mut items = companions;
+        items.push(item);
+        let lo = items.iter().map(|i| i.block.start).min().unwrap_or(0);
+        let hi = items
+            .iter()
+            .map(|i| u32::from(i.block.start) + u32::from(i.block.count))
+            .max()
+            .unwrap_or(0);
+        let kind = items.first().map_or(RegKind::Holding, |i| i.block.kind);
+        let op = Op::Read {
+            kind,
+            addr: lo,
+            count: u16::try_from(hi - u32::from(lo)).unwrap_or(u16::MAX),
+        };
+        let first = items.first().map_or(0, |i| i.unit);
+        let retries = if self.sched[first].fails >= OFFLINE_AFTER {
+            0
+        } else {
+            self.link.retries
+        };
+        match self.exec(first, &op, retries, false).await {
+            Ok(reply) => {
+                for it in &items {
+                    let off = usize::from(it.block.start - lo);
+                    let n = usize::from(it.block.count);
+                    let part = match &reply {
+                        Reply::Words(w) => w.get(off..off + n).map(|s| Reply::Words(s.to_vec())),
+                        Reply::Bits(b) => b.get(off..off + n).map(|s| Reply::Bits(s.to_vec())),
+                        Reply::Written => None,
+                    };
+                    match part {
+                        Some(p) => self.store(it.unit, &it.block, &p),
+                        None => self.mark_error(it.unit, &it.block),
+                    }
+                    self.sched[it.unit].cycle_ok = true;
+                }
+                for it in &items {
+                    if !self.queue.iter().any(|i| i.unit == it.unit) {
+                        self.finish_cycle(it.unit);
+                    }
+                }
+            }
+            Err(ModbusError::Exception(2)) => {
+                let slave = self.slave(first);
+                tracing::info!(link = %self.link.name, slave,
+                    "exception 02 on a read merged across units; reading them one by one");
+                self.no_merge.insert(slave);
+                for it in items.into_iter().rev() {
+                    self.queue.push_front(it);
+                }
+            }
+            Err(_) => {
+                // Judge each unit on its own read (a dead indoor unit, a dead gateway).
+                for it in items.into_iter().rev() {
+                    self.poll_block_alone(it).await;
+                }
+            }
+        }
+    }
+
     async fn poll_block(&mut self, item: PollItem) {
+        let companions = self.take_companions(&item);
+        if companions.is_empty() {
+            self.poll_block_alone(item).await;
+        } else {
+            self.poll_merged(item, companions).await;
+        }
+    }
+
+    async fn poll_block_alone(&mut self, item: PollItem) {
         let unit = item.unit;
         match self.read_block(unit, &item.block).await {
             BlockResult::Ok | BlockResult::Exception => self.sched[unit].cycle_ok = true,
@@ -1195,13 +1480,14 @@ impl LinkTask {
         let mut changed = BTreeMap::new();
         {
             let mut st = lock(&u.state);
+            let mut decoded = Vec::with_capacity(b.points.len());
             for &i in &b.points {
                 let Some(p) = u.profile.points.get(i) else {
                     continue;
                 };
                 let off = usize::from(p.address.saturating_sub(b.start));
                 let w = usize::from(p.width());
-                let (value, quality) = match reply {
+                let vq = match reply {
                     Reply::Words(words) => match words.get(off..off + w) {
                         Some(s) => codec::decode(p, &Raw::Words(s)),
                         None => (Value::Null, Quality::Error),
@@ -1211,6 +1497,26 @@ impl LinkTask {
                         None => (Value::Null, Quality::Error),
                     },
                     Reply::Written => continue,
+                };
+                decoded.push((i, vq));
+            }
+            // A gateway that reports its device as not answering keeps serving the last values:
+            // they are stale, not good.
+            let faulty = unit_faulty(&u.profile, |i| {
+                decoded
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map(|(_, vq)| vq.clone())
+                    .or_else(|| st.values.get(i).map(|c| (c.value.clone(), c.quality)))
+            });
+            for (i, (value, quality)) in decoded {
+                let Some(p) = u.profile.points.get(i) else {
+                    continue;
+                };
+                let quality = if faulty && !p.unit_fault && quality == Quality::Good {
+                    Quality::Stale
+                } else {
+                    quality
                 };
                 let Some(c) = st.values.get_mut(i) else {
                     continue;
@@ -1248,4 +1554,12 @@ impl LinkTask {
             });
         }
     }
+}
+
+/// Whether a `unit_fault` point of the profile currently reads true with good quality.
+fn unit_faulty(profile: &Profile, value_of: impl Fn(usize) -> Option<(Value, Quality)>) -> bool {
+    profile.points.iter().enumerate().any(|(i, p)| {
+        p.unit_fault
+            && value_of(i).is_some_and(|(v, q)| q == Quality::Good && v == Value::Bool(true))
+    })
 }

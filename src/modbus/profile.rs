@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Capability;
 
 /// The profiles compiled into the binary.
-pub const BUILTIN: [(&str, &str); 2] = [
+pub const BUILTIN: [(&str, &str); 4] = [
     (
         "coolmaster-va",
         include_str!("../../config/profiles/coolmaster-va.toml"),
@@ -23,6 +23,14 @@ pub const BUILTIN: [(&str, &str); 2] = [
     (
         "dse-gencomm",
         include_str!("../../config/profiles/dse-gencomm.toml"),
+    ),
+    (
+        "dse-gencomm-page154",
+        include_str!("../../config/profiles/dse-gencomm-page154.toml"),
+    ),
+    (
+        "eastron-sdm630",
+        include_str!("../../config/profiles/eastron-sdm630.toml"),
     ),
 ];
 
@@ -177,6 +185,17 @@ struct RawProfile {
     manufacturer: Option<String>,
     #[serde(default)]
     signature: Vec<RawSignature>,
+    /// Sentinels applied to every numeric point of a type (`u16`, `i16`, `u32`, `i32`) that does
+    /// not list its own.
+    #[serde(default)]
+    default_sentinels: BTreeMap<String, Vec<RawSentinel>>,
+    /// First virtual address of a multi-unit gateway (CoolMasterNet: 1); the profile's addresses
+    /// are those of this VA.
+    va_first: Option<i64>,
+    /// Registers (and bits) per virtual address (CoolMasterNet: 16).
+    va_stride: Option<i64>,
+    /// The device's limit of registers per read request (SDM630: 80), below the protocol's.
+    max_read_registers: Option<i64>,
     #[serde(default)]
     points: Vec<RawPoint>,
     #[serde(default)]
@@ -222,10 +241,16 @@ struct RawPoint {
     /// Capability needed to write; absent = read-only.
     write: Option<String>,
     deadband: Option<f64>,
-    #[serde(default)]
-    sentinels: Vec<RawSentinel>,
+    /// Absent: the profile's `default_sentinels` of the point's type; `[]`: none.
+    sentinels: Option<Vec<RawSentinel>>,
     /// Bit mask inside a 16-bit register (for packed flags and nibbles); read-only.
     mask: Option<i64>,
+    /// For a writable u16 bit-field: the only bits a write may set.
+    bits: Option<i64>,
+    /// For a bool point: while it reads true the device behind a gateway is not answering, and
+    /// every other point of the unit is reported `stale`.
+    #[serde(default)]
+    unit_fault: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +261,31 @@ struct RawCommand {
     description: String,
     capability: String,
     writes: Vec<RawWrite>,
+    supported_if: Option<RawSupport>,
+    allowed_when: Option<RawCondition>,
+    confirm: Option<RawConfirm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupport {
+    point: String,
+    mask: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    point: String,
+    values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfirm {
+    point: String,
+    values: Vec<String>,
+    within_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +309,10 @@ pub struct Profile {
     pub signature: Vec<Signature>,
     pub points: Vec<Point>,
     pub commands: Vec<Command>,
+    /// Virtual addressing of a multi-unit gateway: `(first VA, registers per VA)`.
+    pub va: Option<(u16, u16)>,
+    /// The device's limit of registers per read request, when below the protocol's 125.
+    pub max_read_registers: Option<u16>,
     #[serde(skip)]
     by_name: HashMap<String, usize>,
 }
@@ -300,6 +354,10 @@ pub struct Point {
     pub deadband: Option<f64>,
     pub sentinels: Vec<Sentinel>,
     pub mask: Option<u16>,
+    /// Bits a write may set (writable bit-field registers).
+    pub bits: Option<u16>,
+    /// While this bool point reads true, the unit's other points are `stale`.
+    pub unit_fault: bool,
 }
 
 impl Point {
@@ -331,6 +389,47 @@ pub struct Command {
     pub description: String,
     pub capability: Capability,
     pub writes: Vec<CommandWrite>,
+    /// Offered only when these bits of a point are set (DSE supported-function flags).
+    pub supported_if: Option<CommandSupport>,
+    /// Refused unless a point (read just before) shows one of these values (e.g. a start only in
+    /// manual mode).
+    pub allowed_when: Option<CommandCondition>,
+    /// After the writes, a point must show one of these values within a time (the result read
+    /// back: engine state, mode).
+    pub confirm: Option<CommandConfirm>,
+}
+
+/// Bits of a point that must be set for a command to be offered.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandSupport {
+    pub point: String,
+    pub mask: u16,
+}
+
+/// A point and the values (enum labels, `true`/`false`, numbers as text) it must show.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandCondition {
+    pub point: String,
+    pub values: Vec<String>,
+}
+
+/// The read-back of a command.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandConfirm {
+    pub point: String,
+    pub values: Vec<String>,
+    pub within: std::time::Duration,
+}
+
+impl CommandCondition {
+    /// Whether a decoded value is one of the values.
+    pub fn matches(&self, v: &serde_json::Value) -> bool {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        self.values.contains(&text)
+    }
 }
 
 impl Profile {
@@ -357,6 +456,84 @@ impl Profile {
     }
     pub fn command(&self, name: &str) -> Option<&Command> {
         self.commands.iter().find(|c| c.name == name)
+    }
+
+    /// The address shift of virtual address `va` (profiles with `va_first`/`va_stride`).
+    pub fn va_offset(&self, va: u16) -> Result<u16, String> {
+        let Some((first, stride)) = self.va else {
+            return Err(format!(
+                "profile `{}` has no virtual addresses (no `va_first`/`va_stride`)",
+                self.name
+            ));
+        };
+        if va < first {
+            return Err(format!(
+                "VA {va} does not exist in profile `{}` (VAs start at {first})",
+                self.name
+            ));
+        }
+        u16::try_from(u32::from(va - first) * u32::from(stride))
+            .map_err(|_| format!("VA {va} is beyond the 16-bit address space"))
+    }
+
+    /// A copy with every point, command write and signature moved up by `offset` registers (a
+    /// unit's base offset or VA); fails when an address would pass 65535.
+    pub fn shifted(&self, offset: u16) -> Result<Profile, String> {
+        if offset == 0 {
+            return Ok(self.clone());
+        }
+        let mv = |a: u16, width: u16| -> Result<u16, String> {
+            let end = u32::from(a) + u32::from(offset) + u32::from(width);
+            if end > 65536 {
+                return Err(format!(
+                    "address {a} + offset {offset} is beyond 65535 in profile `{}`",
+                    self.name
+                ));
+            }
+            Ok(a + offset)
+        };
+        let mut p = self.clone();
+        for pt in &mut p.points {
+            pt.address = mv(pt.address, pt.width())?;
+        }
+        for c in &mut p.commands {
+            for w in &mut c.writes {
+                w.address = mv(w.address, u16::try_from(w.values.len()).unwrap_or(u16::MAX))?;
+            }
+        }
+        for sig in &mut p.signature {
+            sig.address = mv(sig.address, 1)?;
+        }
+        Ok(p)
+    }
+
+    /// Largest read of `kind` this device accepts.
+    pub fn max_read(&self, kind: RegKind) -> u16 {
+        match (kind.is_bit(), self.max_read_registers) {
+            (false, Some(m)) => m.min(kind.max_read()),
+            _ => kind.max_read(),
+        }
+    }
+
+    /// Every `(table, address)` the profile reads or writes (points and command writes).
+    pub fn footprint(&self) -> Vec<(RegKind, u16, u16)> {
+        let mut v: Vec<(RegKind, u16, u16)> = self
+            .points
+            .iter()
+            .map(|p| (p.kind, p.address, p.width()))
+            .collect();
+        for c in &self.commands {
+            for w in &c.writes {
+                v.push((
+                    w.kind,
+                    w.address,
+                    u16::try_from(w.values.len()).unwrap_or(u16::MAX),
+                ));
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
     }
 }
 
@@ -422,6 +599,41 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
             });
         }
     }
+
+    let mut defaults: BTreeMap<&str, &Vec<RawSentinel>> = BTreeMap::new();
+    for (ty, list) in &raw.default_sentinels {
+        if matches!(ty.as_str(), "u16" | "i16" | "u32" | "i32") {
+            defaults.insert(ty.as_str(), list);
+        } else {
+            problems.push(format!(
+                "default_sentinels.{ty}: not a numeric type (expected u16, i16, u32 or i32)"
+            ));
+        }
+    }
+    let va = match (raw.va_first, raw.va_stride) {
+        (None, None) => None,
+        (Some(f), Some(s)) => match (u16::try_from(f), u16::try_from(s)) {
+            (Ok(f), Ok(s)) if s > 0 => Some((f, s)),
+            _ => {
+                problems.push(format!(
+                    "va_first/va_stride: {f}/{s} must be 16-bit numbers, the stride non-zero"
+                ));
+                None
+            }
+        },
+        _ => {
+            problems.push("va_first/va_stride: give both or neither".to_string());
+            None
+        }
+    };
+
+    let max_read_registers = raw.max_read_registers.and_then(|m| match u16::try_from(m) {
+        Ok(m) if (1..=125).contains(&m) => Some(m),
+        _ => {
+            problems.push(format!("max_read_registers: {m} is not 1..=125"));
+            None
+        }
+    });
 
     let mut points = Vec::new();
     let mut by_name = HashMap::new();
@@ -541,8 +753,42 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
                 }
             },
         };
+        let bits = match p.bits {
+            None => None,
+            Some(b) => match u16::try_from(b) {
+                Ok(b)
+                    if b != 0
+                        && p.ty == ValueType::U16
+                        && p.write.is_some()
+                        && p.scale.is_none()
+                        && p.offset.is_none() =>
+                {
+                    Some(b)
+                }
+                _ => {
+                    problems.push(format!(
+                        "{path}.bits: only a writable, unscaled u16 point takes a non-zero 16-bit `bits`"
+                    ));
+                    None
+                }
+            },
+        };
+        if p.unit_fault && (p.ty != ValueType::Bool || p.write.is_some()) {
+            problems.push(format!(
+                "{path}.unit_fault: only a read-only bool point can mark the unit faulty"
+            ));
+        }
+        let numeric = matches!(
+            p.ty,
+            ValueType::U16 | ValueType::I16 | ValueType::U32 | ValueType::I32
+        ) && p.mask.is_none();
+        let listed: &[RawSentinel] = match &p.sentinels {
+            Some(v) => v,
+            None if numeric => defaults.get(p.ty.as_str()).map_or(&[], |v| v.as_slice()),
+            None => &[],
+        };
         let mut sentinels = Vec::new();
-        for s in &p.sentinels {
+        for s in listed {
             let max = if p.ty.width() == 2 {
                 u32::MAX as i64
             } else {
@@ -589,6 +835,8 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
             deadband: p.deadband,
             sentinels,
             mask,
+            bits,
+            unit_fault: p.unit_fault,
         });
     }
     // Re-index by position in `points` (skipped invalid points shift positions).
@@ -679,12 +927,101 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
                 values,
             });
         }
+        // A command must not be a cheaper path to registers a point guards with a higher write
+        // capability (e.g. a `control` command writing a `configure` register).
+        if let Some(c) = capability {
+            for w in &writes {
+                let end = u32::from(w.address) + u32::try_from(w.values.len()).unwrap_or(u32::MAX);
+                for p in points.iter().filter(|p| {
+                    p.kind == w.kind && u32::from(p.address) < end && p.end() > u32::from(w.address)
+                }) {
+                    let Some(need) = p.write else { continue };
+                    if c < need {
+                        problems.push(format!(
+                            "{path}.capability: `{}` is below `{}`, which point `{}` needs to write the {} register(s) this command writes at {}",
+                            c.as_str(),
+                            need.as_str(),
+                            p.name,
+                            w.kind.as_str(),
+                            p.address
+                        ));
+                    }
+                }
+            }
+        }
+        let point_check =
+            |field: &str, name: &str, values: &[String], problems: &mut Vec<String>| {
+                let Some(pt) = points.iter().find(|p| p.name == name) else {
+                    problems.push(format!("{path}.{field}.point: no point named `{name}`"));
+                    return;
+                };
+                if values.is_empty() {
+                    problems.push(format!("{path}.{field}.values: list at least one value"));
+                }
+                if pt.ty == ValueType::Enum {
+                    for v in values {
+                        if !pt.labels.values().any(|l| l == v) {
+                            problems.push(format!(
+                                "{path}.{field}.values: `{v}` is not a label of point `{name}`"
+                            ));
+                        }
+                    }
+                }
+            };
+        let supported_if = c.supported_if.as_ref().and_then(|sup| {
+            match points.iter().find(|p| p.name == sup.point) {
+                Some(pt) if pt.ty == ValueType::U16 && pt.mask.is_none() => {}
+                Some(_) => problems.push(format!(
+                    "{path}.supported_if.point: `{}` must be an unmasked u16 point",
+                    sup.point
+                )),
+                None => problems.push(format!(
+                    "{path}.supported_if.point: no point named `{}`",
+                    sup.point
+                )),
+            }
+            match u16::try_from(sup.mask) {
+                Ok(m) if m != 0 => Some(CommandSupport {
+                    point: sup.point.clone(),
+                    mask: m,
+                }),
+                _ => {
+                    problems.push(format!(
+                        "{path}.supported_if.mask: must be a non-zero 16-bit value"
+                    ));
+                    None
+                }
+            }
+        });
+        let allowed_when = c.allowed_when.as_ref().map(|a| {
+            point_check("allowed_when", &a.point, &a.values, &mut problems);
+            CommandCondition {
+                point: a.point.clone(),
+                values: a.values.clone(),
+            }
+        });
+        let confirm = c.confirm.as_ref().map(|a| {
+            point_check("confirm", &a.point, &a.values, &mut problems);
+            if !(1..=60_000).contains(&a.within_ms) {
+                problems.push(format!(
+                    "{path}.confirm.within_ms: must be 1..=60000 (a bounded read-back)"
+                ));
+            }
+            CommandConfirm {
+                point: a.point.clone(),
+                values: a.values.clone(),
+                within: std::time::Duration::from_millis(a.within_ms),
+            }
+        });
         if let Some(capability) = capability {
             commands.push(Command {
                 name: c.name.clone(),
                 description: c.description.clone(),
                 capability,
                 writes,
+                supported_if,
+                allowed_when,
+                confirm,
             });
         }
     }
@@ -697,6 +1034,8 @@ fn validate(raw: RawProfile) -> Result<Profile, Vec<String>> {
             signature,
             points,
             commands,
+            va,
+            max_read_registers,
             by_name,
         })
     } else {
@@ -814,17 +1153,102 @@ mod tests {
     #[test]
     fn builtin_profiles_parse_and_validate() {
         let reg = ProfileRegistry::builtin().unwrap();
-        assert_eq!(reg.names(), vec!["coolmaster-va", "dse-gencomm"]);
+        assert_eq!(
+            reg.names(),
+            vec![
+                "coolmaster-va",
+                "dse-gencomm",
+                "dse-gencomm-page154",
+                "eastron-sdm630"
+            ]
+        );
         let dse = reg.get("dse-gencomm").unwrap();
         let start = dse.command("start").unwrap();
         assert_eq!(start.writes[0].address, 4104);
         assert_eq!(start.writes[0].values, vec![35705, 29830]);
+        let reset = dse.command("reset_alarms").unwrap();
+        assert_eq!(reset.writes[0].values, vec![35734, 29801]);
+        assert_eq!(reset.capability, Capability::Configure);
         assert!(dse.point("engine_hours").unwrap().ty == ValueType::U32);
+        // Every numeric point carries the eight GenComm reserved values of its type.
+        let batt = dse.point("battery_voltage").unwrap();
+        let raws: Vec<u32> = batt.sentinels.iter().map(|s| s.raw).collect();
+        assert_eq!(raws, (0xFFF8..=0xFFFF).rev().collect::<Vec<u32>>());
+        assert_eq!(dse.point("engine_hours").unwrap().sentinels.len(), 8);
+        assert_eq!(dse.point("number_of_starts").unwrap().sentinels.len(), 8);
+        assert!(
+            dse.point("supported_functions_0_15")
+                .unwrap()
+                .sentinels
+                .is_empty()
+        );
+        assert!(dse.point("alarm_low_fuel").unwrap().sentinels.is_empty());
         let hvac = reg.get("coolmaster-va").unwrap();
         assert_eq!(
             hvac.point("setpoint").unwrap().write,
             Some(Capability::Control)
         );
+        assert_eq!(hvac.va, Some((1, 16)));
+        assert!(hvac.point("room_temperature").unwrap().sentinels.is_empty());
+        assert!(hvac.point("indoor_comm_failure").unwrap().unit_fault);
+    }
+
+    #[test]
+    fn a_command_below_the_write_capability_of_a_point_it_writes_is_refused() {
+        let e = errs(
+            "[[points]]\nname=\"limit\"\nkind=\"holding\"\naddress=10\ntype=\"u16\"\nwrite=\"configure\"\n\
+             [[commands]]\nname=\"reset_alarms\"\ncapability=\"control\"\n\
+             writes=[{ kind=\"holding\", address=9, values=[1, 0] }]\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "commands[0] (`reset_alarms`).capability: `control` is below `configure`, which point `limit` needs to write the holding register(s) this command writes at 10"
+                    .to_string()
+            ]
+        );
+        // The same command at `configure` (or writing beside the point) is fine.
+        assert!(Profile::parse(&format!(
+            "{BASE}[[points]]\nname=\"limit\"\nkind=\"holding\"\naddress=10\ntype=\"u16\"\nwrite=\"configure\"\n\
+             [[commands]]\nname=\"reset_alarms\"\ncapability=\"configure\"\n\
+             writes=[{{ kind=\"holding\", address=9, values=[1, 0] }}]\n\
+             [[commands]]\nname=\"beside\"\ncapability=\"control\"\n\
+             writes=[{{ kind=\"holding\", address=11, values=[1] }}]\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn a_point_without_sentinels_takes_the_defaults_of_its_type_and_an_empty_list_opts_out() {
+        let p = Profile::parse(&format!(
+            "{BASE}[default_sentinels]\nu16=[{{ raw=0xFFFF, quality=\"unimplemented\" }}]\n\
+             [[points]]\nname=\"a\"\nkind=\"holding\"\naddress=1\ntype=\"u16\"\n\
+             [[points]]\nname=\"b\"\nkind=\"holding\"\naddress=2\ntype=\"u16\"\nsentinels=[]\n\
+             [[points]]\nname=\"c\"\nkind=\"holding\"\naddress=3\ntype=\"i16\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.point("a").unwrap().sentinels.len(), 1);
+        assert!(p.point("b").unwrap().sentinels.is_empty());
+        assert!(p.point("c").unwrap().sentinels.is_empty());
+        let e = errs("[default_sentinels]\nf32=[{ raw=1, quality=\"bad_data\" }]\n");
+        assert!(e[0].contains("default_sentinels.f32"), "{e:?}");
+    }
+
+    #[test]
+    fn a_va_profile_shifts_by_its_stride_and_refuses_a_va_below_the_first() {
+        let reg = ProfileRegistry::builtin().unwrap();
+        let hvac = reg.get("coolmaster-va").unwrap();
+        assert_eq!(hvac.va_offset(1), Ok(0));
+        assert_eq!(hvac.va_offset(3), Ok(32));
+        assert_eq!(
+            hvac.va_offset(0).unwrap_err(),
+            "VA 0 does not exist in profile `coolmaster-va` (VAs start at 1)"
+        );
+        let va3 = hvac.shifted(32).unwrap();
+        assert_eq!(va3.point("mode").unwrap().address, 48);
+        assert_eq!(va3.point("indoor_comm_failure").unwrap().address, 49);
+        assert_eq!(va3.command("reset_filter").unwrap().writes[0].address, 52);
+        assert!(hvac.shifted(65530).is_err());
     }
 
     #[test]

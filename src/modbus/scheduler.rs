@@ -84,7 +84,7 @@ pub fn plan(
             && b.kind == kind
         {
             let start = u32::from(b.start);
-            let fits = end - start <= u32::from(kind.max_read());
+            let fits = end - start <= u32::from(profile.max_read(kind));
             let close = u32::from(addr) <= cur_end + u32::from(max_gap);
             let split_here = u32::from(addr) >= cur_end && boundaries.contains(&(kind, addr));
             if fits && close && !split_here {
@@ -108,6 +108,22 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_read_limit_below_the_protocols_splits_the_block() {
+        let mut t = String::from("name = \"t\"\nmax_read_registers = 4\n");
+        for i in 0..3 {
+            t.push_str(&format!(
+                "[[points]]\nname=\"p{i}\"\nkind=\"input\"\naddress={}\ntype=\"f32\"\n",
+                i * 2
+            ));
+        }
+        let p = Profile::parse(&t).unwrap();
+        let blocks = plan(&p, 0..3, 8, &BTreeSet::new());
+        let shape: Vec<(u16, u16)> = blocks.iter().map(|b| (b.start, b.count)).collect();
+        assert_eq!(shape, vec![(0, 4), (4, 2)]);
+        assert!(Profile::parse("name = \"t\"\nmax_read_registers = 126\n").is_err());
+    }
 
     fn profile(points: &[(&str, u16, &str)]) -> Profile {
         let mut t = String::from("name = \"t\"\n");

@@ -27,9 +27,18 @@ pub struct SimArgs {
     /// A generator controller (dse-gencomm) at this slave id; repeatable.
     #[arg(long = "generator", value_name = "SLAVE", value_parser = clap::value_parser!(u8).range(1..=247))]
     pub generators: Vec<u8>,
-    /// An HVAC indoor unit (coolmaster-va) at this slave id; repeatable.
+    /// A generator controller with page-154 alarms (dse-gencomm-page154); repeatable.
+    #[arg(long = "generator-page154", value_name = "SLAVE", value_parser = clap::value_parser!(u8).range(1..=247))]
+    pub generators_page154: Vec<u8>,
+    /// A CoolMasterNet gateway with one indoor unit at VA 1 (coolmaster-va); repeatable.
     #[arg(long = "hvac", value_name = "SLAVE", value_parser = clap::value_parser!(u8).range(1..=247))]
     pub hvacs: Vec<u8>,
+    /// A CoolMasterNet gateway with indoor units at these VAs: `SLAVE=VA,VA,…`; repeatable.
+    #[arg(long = "coolmaster", value_name = "SLAVE=VAS")]
+    pub coolmasters: Vec<String>,
+    /// An Eastron SDM630 energy meter (eastron-sdm630) at this slave id; repeatable.
+    #[arg(long = "sdm630", value_name = "SLAVE", value_parser = clap::value_parser!(u8).range(1..=247))]
+    pub meters: Vec<u8>,
     /// A plain register map of a profile: `SLAVE=PROFILE`; repeatable.
     #[arg(long = "profile", value_name = "SLAVE=PROFILE")]
     pub profiles: Vec<String>,
@@ -41,7 +50,34 @@ pub struct SimArgs {
 fn units(args: &SimArgs) -> Result<Vec<SimUnit>, String> {
     let mut units: Vec<SimUnit> = Vec::new();
     units.extend(args.generators.iter().map(|s| SimUnit::generator(*s)));
+    units.extend(
+        args.generators_page154
+            .iter()
+            .map(|s| SimUnit::generator_page154(*s)),
+    );
     units.extend(args.hvacs.iter().map(|s| SimUnit::hvac(*s)));
+    units.extend(args.meters.iter().map(|s| SimUnit::sdm630(*s)));
+    for spec in &args.coolmasters {
+        let (slave, vas) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("`{spec}`: expected SLAVE=VA,VA,…"))?;
+        let slave: u8 = slave
+            .parse()
+            .ok()
+            .filter(|s| (1..=247).contains(s))
+            .ok_or_else(|| format!("`{spec}`: slave id must be 1..=247"))?;
+        let vas = vas
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|v| (1..=4095).contains(v))
+            })
+            .collect::<Option<Vec<u16>>>()
+            .ok_or_else(|| format!("`{spec}`: VAs are numbers from 1 to 4095"))?;
+        units.push(SimUnit::coolmaster(slave, &vas));
+    }
     if !args.profiles.is_empty() {
         let reg = ProfileRegistry::load(args.profiles_dir.as_deref())
             .map_err(|e| format!("profiles: {}", e.join("; ")))?;

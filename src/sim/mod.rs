@@ -1,8 +1,8 @@
 //! Simulated field devices served over Modbus TCP, RTU (a serial device or PTY) and RTU over
-//! TCP: a DSE-GenComm-style generator controller and a CoolMasterNet-style HVAC indoor unit that
-//! behave like live equipment, or any profile as a plain register map. Tests inject faults
-//! (silence, delay, exception codes) at runtime and read request counters per function code and
-//! every write that arrived.
+//! TCP: a DSE GenComm generator controller and a CoolMasterNet gateway with its indoor units,
+//! built from the vendors' documents (not from the profiles) and behaving like live equipment,
+//! or any profile as a plain register map. Tests inject faults (silence, delay, exception codes)
+//! at runtime and read request counters per function code and every write that arrived.
 //!
 //! The simulator is a test and demo tool: it never talks to real equipment and never binds
 //! anything but the address it is given.
@@ -42,6 +42,27 @@ impl SimUnit {
         SimUnit {
             slave,
             device: SimDevice::Generator,
+        }
+    }
+    /// A generator controller reporting its alarms on GenComm page 154.
+    pub fn generator_page154(slave: u8) -> SimUnit {
+        SimUnit {
+            slave,
+            device: SimDevice::GeneratorPage154,
+        }
+    }
+    /// A CoolMasterNet gateway with indoor units at these VAs behind one slave id.
+    pub fn coolmaster(slave: u8, vas: &[u16]) -> SimUnit {
+        SimUnit {
+            slave,
+            device: SimDevice::CoolMaster(vas.to_vec()),
+        }
+    }
+    /// An Eastron SDM630 energy meter.
+    pub fn sdm630(slave: u8) -> SimUnit {
+        SimUnit {
+            slave,
+            device: SimDevice::Sdm630,
         }
     }
     pub fn hvac(slave: u8) -> SimUnit {
@@ -153,6 +174,15 @@ impl SimHandle {
                 lock(u).set(kind, addr, value);
                 true
             }
+            None => false,
+        }
+    }
+    /// Makes the indoor unit at `va` behind the CoolMasterNet gateway at `slave` stop (or resume)
+    /// answering: the gateway sets its "indoor communication failure" input and keeps serving the
+    /// last values. False when there is no such indoor unit.
+    pub fn set_indoor_failure(&self, slave: u8, va: u16, failed: bool) -> bool {
+        match self.shared.units.get(&slave) {
+            Some(u) => lock(u).set_indoor_failure(va, failed),
             None => false,
         }
     }

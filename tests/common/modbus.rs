@@ -58,6 +58,8 @@ pub fn unit(id: &str, link: &str, slave: u8, profile: &str, poll_ms: u64) -> Uni
         profile: profile.to_string(),
         group: None,
         poll_interval: Duration::from_millis(poll_ms),
+        va: None,
+        base_offset: 0,
     }
 }
 

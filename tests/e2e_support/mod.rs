@@ -211,7 +211,7 @@ impl Site {
                 "secret",
             ),
         ];
-        // `open-hvac`: coolmaster-va with its configure point (lock_flags) readable by anyone
+        // `open-hvac`: coolmaster-va with its configure point (wall_controller_lock) readable by anyone
         // who can view, so a write without `configure` meets 403 instead of scope hiding.
         let profiles = dir.path().join("profiles");
         std::fs::create_dir_all(&profiles).unwrap();

@@ -1,5 +1,6 @@
 """A third-party Modbus TCP device for interop tests: pymodbus 3.x serving a CoolMasterNet-style
-VA block (16 holding registers) at device id given on the command line.
+VA block (16 holding registers of VA 1, wire addresses 16-31) at the device id given on the
+command line.
 
 usage: pymodbus_server.py PORT DEVICE_ID
 """
@@ -17,7 +18,7 @@ async def main() -> None:
     va = [0, 3, 240, 0, 0, 5, 268, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     device = SimDevice(
         id=device_id,
-        simdata=[SimData(address=0, values=va, datatype=DataType.REGISTERS)],
+        simdata=[SimData(address=16, values=va, datatype=DataType.REGISTERS)],
     )
     print(f"pymodbus serving id {device_id} on 127.0.0.1:{port}", flush=True)
     await StartAsyncTcpServer(context=device, address=("127.0.0.1", port))
