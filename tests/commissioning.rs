@@ -314,7 +314,7 @@ poll_interval_ms = 500
     sim.reset_stats();
     let (st, body) = api
         .put(
-            "/units/hvac-1/points/lock_flags",
+            "/units/hvac-1/points/wall_controller_lock",
             &bearer,
             json!({"value": 5}),
         )
@@ -324,7 +324,7 @@ poll_interval_ms = 500
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert_eq!(
         (writes[0].slave, writes[0].address, writes[0].values.clone()),
-        (HVAC, 9, vec![5])
+        (HVAC, 24, vec![5])
     );
 
     // A second installer with control-only on one unit: no configure, the other unit hidden.
@@ -347,7 +347,7 @@ poll_interval_ms = 500
     sim.reset_stats();
     let (st, body) = api
         .put(
-            "/units/hvac-1/points/lock_flags",
+            "/units/hvac-1/points/wall_controller_lock",
             &carl,
             json!({"value": 1}),
         )
