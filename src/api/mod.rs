@@ -34,6 +34,7 @@ use crate::config::{self, ApiMode};
 use crate::metrics::Metrics;
 
 pub use error::ApiError;
+pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
 use ports::{AuthPort, AuthzPort, DelegationPort, UnitsPort};
 
 /// The OpenAPI document served at `/api/v1/openapi.json`.
@@ -225,7 +226,9 @@ pub fn router(state: ApiState) -> Router {
         // Several methods on one path merge into one method router.
         r = r.route(def.path, (def.handler)());
     }
-    let limit = state.0.limits.max_body_bytes;
+    // `layers::body_size` reads and bounds every body before a handler runs; the extractor
+    // limit only has to let through what it passed.
+    let limit = state.0.limits.max_body_bytes.max(layers::MAX_LOGIN_BODY);
     r.fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::wrong_method)
         .layer(DefaultBodyLimit::max(limit))
