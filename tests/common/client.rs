@@ -1,7 +1,12 @@
 //! HTTP clients for the API tests: a TLS client that pins the server certificate by its SHA-256
 //! fingerprint (as an installer app does after provisioning printed it), and raw requests that
 //! reqwest can't make deterministically.
-#![allow(clippy::unwrap_used, reason = "test helper")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    dead_code,
+    reason = "test helper; each test binary uses a different subset"
+)]
 
 use std::sync::Arc;
 
