@@ -259,3 +259,77 @@ async fn lan_login_failures_never_change_the_rejection_the_cloud_reads() {
     assert_eq!(state["seq"], 1, "{state}");
     site.stop().await;
 }
+
+/// One point, one quality name: the simulated generator has no oil temperature sender (GenComm's
+/// "unimplemented" sentinel), and the API and the MQTT telemetry both call it `unimplemented`,
+/// the name `sitegate units test` prints and the profile's sentinel declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_has_the_same_quality_name_in_the_api_and_on_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let cloud = Collector::start(
+        broker.port,
+        "e2e-observer",
+        &format!("{ROOT}/#"),
+        false,
+        None,
+    );
+    cloud.wait_subscribed().await;
+    let site = Site::start(
+        "plain",
+        &format!(
+            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"sitegate-e2e\"\n",
+            broker.port
+        ),
+    )
+    .await;
+    publish_retained(
+        broker.port,
+        &format!("{ROOT}/grants"),
+        bundle(1, &members(), &[]),
+    )
+    .await;
+    cloud
+        .wait_message(
+            &format!("{ROOT}/grants/state"),
+            Duration::from_secs(15),
+            |m| m.json()["last_message"]["outcome"] == "applied",
+        )
+        .await;
+    let telemetry = cloud
+        .wait_message(
+            &format!("{ROOT}/telemetry/gen-1"),
+            Duration::from_secs(15),
+            |m| m.json()["points"]["oil_temperature"].is_object(),
+        )
+        .await;
+    let token = site.login("carl").await;
+    let r = site
+        .http
+        .get(format!("{}/units/gen-1", site.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let unit: serde_json::Value = r.json().await.unwrap();
+    let api = unit["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "oil_temperature")
+        .unwrap()
+        .clone();
+    assert_eq!(api["quality"], "unimplemented", "{api}");
+    assert_eq!(
+        telemetry.json()["points"]["oil_temperature"]["quality"],
+        "unimplemented",
+        "{:?}",
+        telemetry.json()
+    );
+    assert_eq!(
+        sitegate::modbus::Quality::Unimplemented.as_str(),
+        "unimplemented"
+    );
+    site.stop().await;
+}
