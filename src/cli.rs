@@ -89,21 +89,40 @@ fn env(k: &str) -> Option<String> {
 
 /// Loads the config or prints its problems; `Err` carries the exit code.
 pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
-    let profiles = crate::app::profile_names(None);
-    match Config::load(path, &|p| profiles.contains(p)) {
-        Ok(c) => {
-            // A profiles dir named in the config may add profiles: re-check with it.
-            if c.profiles_dir.is_some() {
-                let more = crate::app::profile_names(c.profiles_dir.as_deref());
-                return Config::load(path, &|p| more.contains(p)).map_err(|e| {
-                    eprint!("{e}");
-                    EX_CONFIG
-                });
+    load_with_profiles(path).map(|(cfg, _)| cfg)
+}
+
+/// Loads the config and the device profiles it can use (built-ins plus `[profiles] dir`),
+/// validating both: units are checked against that registry, and every problem of a profile
+/// file is reported with the file and key, with the config's own problems (exit 78).
+pub fn load_with_profiles(
+    path: &std::path::Path,
+) -> Result<(Config, crate::modbus::ProfileRegistry), i32> {
+    let registry =
+        crate::modbus::ProfileRegistry::load(crate::app::profiles_dir_of(path).as_deref());
+    // With a broken profile file, units are not judged by name (its problems explain them).
+    let loaded = match &registry {
+        Ok(reg) => Config::load(path, &|p| reg.get(p).is_some()),
+        Err(_) => Config::load(path, &|_| true),
+    };
+    match (loaded, registry) {
+        (Ok(cfg), Ok(reg)) => Ok((cfg, reg)),
+        (loaded, registry) => {
+            let mut err = match loaded {
+                Err(e) => e,
+                Ok(_) => crate::config::ConfigError {
+                    file: Some(path.to_path_buf()),
+                    problems: Vec::new(),
+                },
+            };
+            if let Err(problems) = registry {
+                err.problems
+                    .extend(problems.into_iter().map(|message| crate::config::Problem {
+                        path: "profiles.dir".into(),
+                        message,
+                    }));
             }
-            Ok(c)
-        }
-        Err(e) => {
-            eprint!("{e}");
+            eprint!("{err}");
             Err(EX_CONFIG)
         }
     }

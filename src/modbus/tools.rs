@@ -56,14 +56,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn load(path: &Path) -> Result<(Config, ProfileRegistry), i32> {
-    let cfg = crate::cli::load_config(path)?;
-    let reg = ProfileRegistry::load(cfg.profiles_dir.as_deref()).map_err(|e| {
-        for p in e {
-            eprintln!("{p}");
-        }
-        EX_CONFIG
-    })?;
-    Ok((cfg, reg))
+    crate::cli::load_with_profiles(path)
 }
 
 /// `sitegate units test`: exit 0 when every point read with good quality, 1 otherwise.
