@@ -642,6 +642,30 @@ async fn the_longest_token_fits_the_login_body_even_with_every_character_escaped
 }
 
 #[tokio::test]
+async fn a_body_that_never_finishes_arriving_is_504_after_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = api_config(ApiMode::Plain);
+    cfg.request_timeout = Duration::from_millis(300);
+    let h = Harness::start_with(cfg).await;
+    let token = h.login("control@example.com").await;
+    let mut sock = tokio::net::TcpStream::connect(h.serving.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /api/v1/units/hvac-1/points/setpoint HTTP/1.1\r\nhost: x\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\nconnection: close\r\n\r\n{{\"value\":"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
+    assert_eq!(h.units.bus_writes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn a_chunked_body_over_the_limit_is_413_json() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start().await;
