@@ -21,7 +21,7 @@ use crate::delegation::{self, Delegations};
 use crate::grants::{ApplyOutcome, GrantEngine, Kind};
 use crate::modbus::{self, ModbusEngine};
 use crate::model::{CapSet, Capability, GrantId, UnitId, UserId};
-use crate::mqtt::{PointSample, Quality as TelemetryQuality};
+use crate::mqtt::PointSample;
 
 // ---------------------------------------------------------------------------------------------
 // Sessions
@@ -474,35 +474,12 @@ impl TokenVerifier for GrantsTokens {
 /// [`UnitsPort`] over the Modbus engine.
 pub struct UnitsAdapter(pub ModbusEngine);
 
-fn quality(q: modbus::Quality) -> ports::Quality {
-    match q {
-        modbus::Quality::Good => ports::Quality::Good,
-        modbus::Quality::Stale => ports::Quality::Stale,
-        modbus::Quality::OpenCircuit => ports::Quality::SensorOpen,
-        modbus::Quality::Unimplemented
-        | modbus::Quality::OverRange
-        | modbus::Quality::UnderRange
-        | modbus::Quality::BadData => ports::Quality::Unavailable,
-        modbus::Quality::Error => ports::Quality::CommError,
-        modbus::Quality::Unknown => ports::Quality::Unknown,
-    }
-}
-
 /// A cached point value as telemetry (the engine already applied the point's deadband).
 pub fn point_sample(name: &str, v: &modbus::PointValue) -> PointSample {
     PointSample {
         name: name.to_string(),
         value: v.value.clone(),
-        quality: match v.quality {
-            modbus::Quality::Good => TelemetryQuality::Good,
-            modbus::Quality::Stale | modbus::Quality::Unknown => TelemetryQuality::Stale,
-            modbus::Quality::OpenCircuit
-            | modbus::Quality::Unimplemented
-            | modbus::Quality::OverRange
-            | modbus::Quality::UnderRange
-            | modbus::Quality::BadData
-            | modbus::Quality::Error => TelemetryQuality::Bad,
-        },
+        quality: v.quality,
         deadband: None,
     }
 }
@@ -525,7 +502,7 @@ fn readings(s: &modbus::UnitSnapshot) -> Vec<Reading> {
         .map(|(name, v)| Reading {
             point: name.clone(),
             value: v.value.clone(),
-            quality: quality(v.quality),
+            quality: v.quality,
             read_at: v
                 .at_ms
                 .and_then(|ms| i64::try_from(ms).ok())

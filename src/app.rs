@@ -29,6 +29,21 @@ use crate::store::Store;
 /// How long tasks get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
+/// `[profiles] dir` of the config file at `path`, resolved against the file's directory as the
+/// config resolves it; read before the config is validated, so that its units may name a profile
+/// from that directory. `None` when unset, or when the file cannot be read or parsed (validating
+/// it then says why).
+pub fn profiles_dir_of(path: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let dir = Path::new(table.get("profiles")?.get("dir")?.as_str()?);
+    Some(if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).join(dir)
+    })
+}
+
 /// Names of the device profiles available (built-in plus those in `dir`).
 /// A broken profile directory yields only the built-ins here; `ProfileRegistry::load` reports
 /// its problems when the daemon starts.

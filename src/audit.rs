@@ -319,11 +319,63 @@ fn append(
         detail: event.detail.clone(),
         hash,
     };
-    if let Some(topic) = topic {
-        let payload = serde_json::to_vec(&record).unwrap_or_default();
-        outbox::enqueue(conn, Class::Event, &record.id, topic, &payload, true, false)?;
+    match topic {
+        Some(topic) => {
+            queue_backlog(conn, topic, record.seq)?;
+            let payload = serde_json::to_vec(&record).unwrap_or_default();
+            outbox::enqueue(conn, Class::Event, &record.id, topic, &payload, true, false)?;
+        }
+        None => {
+            if Store::meta_get(conn, META_UNQUEUED_FROM)?.is_none() {
+                Store::meta_set(conn, META_UNQUEUED_FROM, &record.seq.to_string())?;
+            }
+        }
     }
     Ok(record)
+}
+
+/// `meta` key: the first `seq` appended while there was no events topic (an unprovisioned box
+/// running its first-boot setup). Those records are queued, in order, before the next record
+/// that has a topic, so the cloud receives the chain from its start.
+pub const META_UNQUEUED_FROM: &str = "audit.unqueued_from";
+
+/// Queues the records appended without a topic (see [`META_UNQUEUED_FROM`]) on `topic`, up to
+/// (not including) `before`, the record being appended.
+fn queue_backlog(conn: &Connection, topic: &str, before: i64) -> Result<(), StoreError> {
+    let Some(from) = Store::meta_get(conn, META_UNQUEUED_FROM)? else {
+        return Ok(());
+    };
+    let from: i64 = from.parse().unwrap_or(1);
+    let records = {
+        let mut stmt = conn.prepare(
+            "SELECT seq, id, at_ms, kind, actor, unit, outcome, detail, hash
+             FROM audit WHERE seq >= ?1 AND seq < ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([from, before], row_record)?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    for record in &records {
+        let payload = serde_json::to_vec(record).unwrap_or_default();
+        outbox::enqueue(conn, Class::Event, &record.id, topic, &payload, true, false)?;
+    }
+    conn.execute("DELETE FROM meta WHERE key = ?1", [META_UNQUEUED_FROM])?;
+    Ok(())
+}
+
+/// A record from a `SELECT seq, id, at_ms, kind, actor, unit, outcome, detail, hash` row.
+fn row_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let detail: String = r.get(7)?;
+    Ok(Record {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        at: rfc3339(crate::clock::from_unix_ms(r.get(2)?)),
+        kind: r.get(3)?,
+        actor: r.get(4)?,
+        unit: r.get(5)?,
+        outcome: r.get(6)?,
+        detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+        hash: r.get(8)?,
+    })
 }
 
 /// A filter for [`query`].
@@ -378,20 +430,7 @@ pub fn query(conn: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
     sql.push_str(" ORDER BY seq DESC LIMIT ?");
     args.push(i64::from(q.limit.clamp(1, 1000)).into());
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-        let detail: String = r.get(7)?;
-        Ok(Record {
-            seq: r.get(0)?,
-            id: r.get(1)?,
-            at: rfc3339(crate::clock::from_unix_ms(r.get(2)?)),
-            kind: r.get(3)?,
-            actor: r.get(4)?,
-            unit: r.get(5)?,
-            outcome: r.get(6)?,
-            detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-            hash: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), row_record)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -448,6 +487,47 @@ mod tests {
         ));
         let a = Audit::new(store, clock, Some("sitegate/v1/s/g/events".into()));
         (dir, a)
+    }
+
+    #[test]
+    fn records_made_without_a_topic_are_queued_first_once_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).unwrap();
+        let clock: SharedClock = Arc::new(ManualClock::new(
+            time::macros::datetime!(2026-11-26 12:00 UTC),
+        ));
+        let setup = Audit::new(store.clone(), clock.clone(), None);
+        for _ in 0..2 {
+            setup
+                .record_blocking(&Event::new("setup", "denied"))
+                .unwrap();
+        }
+        let site = Audit::new(store.clone(), clock, Some("t/events".into()));
+        for _ in 0..2 {
+            site.record_blocking(&Event::new("daemon_started", "ok"))
+                .unwrap();
+        }
+        store
+            .with_conn(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT topic, payload FROM outbox WHERE class = 'event' ORDER BY rowid",
+                )?;
+                let queued: Vec<(String, i64)> = stmt
+                    .query_map([], |r| {
+                        let p: Vec<u8> = r.get(1)?;
+                        let v: Value = serde_json::from_slice(&p).unwrap();
+                        Ok((r.get(0)?, v["seq"].as_i64().unwrap()))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let t = "t/events".to_string();
+                assert_eq!(
+                    queued,
+                    vec![(t.clone(), 1), (t.clone(), 2), (t.clone(), 3), (t, 4)]
+                );
+                assert_eq!(Store::meta_get(c, META_UNQUEUED_FROM)?, None);
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

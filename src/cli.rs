@@ -94,51 +94,53 @@ fn env(k: &str) -> Option<String> {
 
 /// Loads the config or prints its problems; `Err` carries the exit code.
 pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
-    let profiles = crate::app::profile_names(None);
-    match Config::load(path, &|p| profiles.contains(p)) {
-        Ok(c) => {
-            // A profiles dir named in the config may add profiles: every file must validate
-            // (a refused profile is a config error, listed like the others), then re-check.
-            if c.profiles_dir.is_some() {
-                if let Err(problems) =
-                    crate::modbus::ProfileRegistry::load(c.profiles_dir.as_deref())
-                {
-                    for m in problems {
-                        eprintln!("{}: profiles: {m}", path.display());
-                    }
-                    return Err(EX_CONFIG);
-                }
-                let more = crate::app::profile_names(c.profiles_dir.as_deref());
-                let c = Config::load(path, &|p| more.contains(p)).map_err(|e| {
-                    eprint!("{e}");
-                    EX_CONFIG
-                })?;
-                return check_unit_placement(path, c);
-            }
-            check_unit_placement(path, c)
-        }
-        Err(e) => {
-            eprint!("{e}");
-            Err(EX_CONFIG)
-        }
-    }
+    load_with_profiles(path).map(|(cfg, _)| cfg)
 }
 
-/// Units against their profiles: VAs, base offsets, units sharing a slave id without overlap.
-fn check_unit_placement(path: &std::path::Path, c: Config) -> Result<Config, i32> {
-    let Ok(reg) = crate::modbus::ProfileRegistry::load(c.profiles_dir.as_deref()) else {
-        return Ok(c);
+/// Loads the config and the device profiles it can use (built-ins plus `[profiles] dir`),
+/// validating both: units are checked against that registry (names, VAs, base offsets, units
+/// sharing a slave id without overlap), and every problem of a profile file is reported with the
+/// file and key, with the config's own problems (exit 78).
+pub fn load_with_profiles(
+    path: &std::path::Path,
+) -> Result<(Config, crate::modbus::ProfileRegistry), i32> {
+    let registry =
+        crate::modbus::ProfileRegistry::load(crate::app::profiles_dir_of(path).as_deref());
+    // With a broken profile file, units are not judged by name (its problems explain them).
+    let loaded = match &registry {
+        Ok(reg) => Config::load(path, &|p| reg.get(p).is_some()),
+        Err(_) => Config::load(path, &|_| true),
     };
-    match c.check_profiles(&reg) {
-        Ok(()) => Ok(c),
-        Err(problems) => {
-            eprint!(
-                "{}",
-                crate::config::ConfigError {
+    match (loaded, registry) {
+        (Ok(cfg), Ok(reg)) => match cfg.check_profiles(&reg) {
+            Ok(()) => Ok((cfg, reg)),
+            Err(problems) => {
+                eprint!(
+                    "{}",
+                    crate::config::ConfigError {
+                        file: Some(path.to_path_buf()),
+                        problems,
+                    }
+                );
+                Err(EX_CONFIG)
+            }
+        },
+        (loaded, registry) => {
+            let mut err = match loaded {
+                Err(e) => e,
+                Ok(_) => crate::config::ConfigError {
                     file: Some(path.to_path_buf()),
-                    problems,
-                }
-            );
+                    problems: Vec::new(),
+                },
+            };
+            if let Err(problems) = registry {
+                err.problems
+                    .extend(problems.into_iter().map(|message| crate::config::Problem {
+                        path: "profiles.dir".into(),
+                        message,
+                    }));
+            }
+            eprint!("{err}");
             Err(EX_CONFIG)
         }
     }

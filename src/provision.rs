@@ -437,7 +437,8 @@ pub fn provision(
             });
         }
     }
-    let profiles = crate::app::profile_names(None);
+    // Units kept from an existing config may name profiles from its `[profiles] dir`.
+    let profiles = crate::app::profile_names(crate::app::profiles_dir_of(config_path).as_deref());
     let now = time::OffsetDateTime::now_utc();
     let written = write_config(config_path, req, &|p| profiles.contains(p), now)?;
     let state = written.config.state_dir.clone();

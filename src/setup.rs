@@ -244,11 +244,16 @@ pub async fn serve(
         let code = shared.code.lock().unwrap_or_else(|e| e.into_inner());
         shared.announce(&code.0);
     }
+    let read_time = cfg.api.request_timeout;
     let router = Router::new()
         .route("/api/v1/setup", post(setup))
         .route("/api/v1/healthz", get(health))
         .fallback(not_provisioned)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        // Bounds the body and answers an oversized one with a 413 the client can read.
+        .layer(axum::middleware::from_fn(move |req, next| {
+            api::limit_body(MAX_BODY, read_time, req, next)
+        }))
         .with_state(shared);
     api::serve_router(router, &cfg.api, &cfg.state_dir, done.child_token()).await
 }

@@ -669,6 +669,109 @@ async fn a_10_mb_body_is_413_json() {
 }
 
 #[tokio::test]
+async fn an_oversized_body_announced_with_expect_continue_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let token = h.login("control@example.com").await;
+    let mut sock = tokio::net::TcpStream::connect(h.serving.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /api/v1/units/hvac-1/points/setpoint HTTP/1.1\r\nhost: x\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: 10485760\r\nexpect: 100-continue\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    // No body is sent: the answer comes at once, and is the 413, not `100 Continue`.
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"error\":\"payload_too_large\""), "{text}");
+    assert_eq!(h.units.bus_writes.load(Ordering::SeqCst), 0);
+}
+
+/// Every character of `s` as a `\uXXXX` escape (6 bytes each), which JSON allows.
+fn escape_all(s: &str) -> String {
+    s.chars()
+        .map(|c| format!("\\u{:04x}", u32::from(c)))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_longest_token_fits_the_login_body_even_with_every_character_escaped() {
+    let h = Harness::start().await;
+    let send = |body: String| {
+        h.http
+            .post(h.url("/session"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let good = r#"{"v":1,"kind":"token","sig":"good"}"#;
+    let r = send(format!(r#"{{"token":"{}"}}"#, escape_all(good)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The longest token the login takes (16 KiB), every byte escaped: 96 KiB against a 64 KiB
+    // `max_body_bytes`, still judged by the login (401), not refused by size.
+    let longest = format!(r#"{{"token":"{}"}}"#, escape_all(&"A".repeat(16 * 1024)));
+    assert!(longest.len() > 64 * 1024);
+    let r = send(longest).await.unwrap();
+    let (s, v) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    assert_error(s, &v, 401, "invalid_credentials");
+
+    // The raised bound is the login's only, and has an end.
+    let over = format!(
+        r#"{{"token":"{}"}}"#,
+        "A".repeat(sitegate::api::MAX_LOGIN_BODY)
+    );
+    let r = send(over).await.unwrap();
+    let (s, v) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    assert_error(s, &v, 413, "payload_too_large");
+    let token = h.login("admin@example.com").await;
+    let r = h
+        .http
+        .post(h.url("/grants"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"user":"{}"}}"#,
+            escape_all(&"u".repeat(16 * 1024))
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = (r.status().as_u16(), r.json::<Value>().await.unwrap());
+    assert_error(s, &v, 413, "payload_too_large");
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_arriving_is_504_after_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = api_config(ApiMode::Plain);
+    cfg.request_timeout = Duration::from_millis(300);
+    let h = Harness::start_with(cfg).await;
+    let token = h.login("control@example.com").await;
+    let mut sock = tokio::net::TcpStream::connect(h.serving.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /api/v1/units/hvac-1/points/setpoint HTTP/1.1\r\nhost: x\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\nconnection: close\r\n\r\n{{\"value\":"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
+    assert_eq!(h.units.bus_writes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn a_chunked_body_over_the_limit_is_413_json() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start().await;
@@ -683,13 +786,12 @@ async fn a_chunked_body_over_the_limit_is_413_json() {
     );
     sock.write_all(head.as_bytes()).await.unwrap();
     // 20 chunks of 8 KiB (160 KiB) against a 64 KiB limit; the server may answer early.
+    // The server reads the whole body before answering, so no write is ever reset.
     let chunk = format!("2000\r\n{}\r\n", " ".repeat(0x2000));
     for _ in 0..20 {
-        if sock.write_all(chunk.as_bytes()).await.is_err() {
-            break;
-        }
+        sock.write_all(chunk.as_bytes()).await.unwrap();
     }
-    let _ = sock.write_all(b"0\r\n\r\n").await;
+    sock.write_all(b"0\r\n\r\n").await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf);

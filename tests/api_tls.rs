@@ -5,7 +5,7 @@ mod common;
 
 use rustls::pki_types::CertificateDer;
 
-use common::client::pinned_client;
+use common::client::{self, pinned_client};
 use common::*;
 use sitegate::config::ApiMode;
 
@@ -117,4 +117,86 @@ async fn a_configured_certificate_replaces_the_generated_one() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A 10 MB body against the 64 KiB limit, streamed by curl (with and without
+/// `Expect: 100-continue`), Python `requests`, Python `http.client` (chunked) and reqwest, each
+/// several times: every one of them reads `413 payload_too_large` and nothing reaches the bus.
+/// (Answering while the client was still sending used to reset about half of these.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_streaming_a_10_mb_body_over_tls_reads_the_413() {
+    let h = Harness::start_with(api_config(ApiMode::Tls {
+        cert: None,
+        key: None,
+    }))
+    .await;
+    let fp = h.serving.tls_fingerprint.clone().unwrap();
+    let cacert = h.dir.path().join("tls/cert.pem");
+    let http = pinned_client(&fp);
+    let r = http
+        .post(h.url("/session"))
+        .json(&serde_json::json!({"email": "control@example.com", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let file = h.dir.path().join("big.json");
+    std::fs::write(&file, &big).unwrap();
+    let url = h.url("/units/hvac-1/points/setpoint");
+
+    for round in 0..5 {
+        let runs = {
+            let (url, cacert, token, file) =
+                (url.clone(), cacert.clone(), token.clone(), file.clone());
+            tokio::task::spawn_blocking(move || {
+                vec![
+                    (
+                        "curl",
+                        client::curl_put_file(&url, &cacert, &token, &file, true),
+                    ),
+                    (
+                        "curl without Expect",
+                        client::curl_put_file(&url, &cacert, &token, &file, false),
+                    ),
+                    (
+                        "python requests",
+                        client::python_put_file(&url, &cacert, &token, &file, false),
+                    ),
+                    (
+                        "python http.client chunked",
+                        client::python_put_file(&url, &cacert, &token, &file, true),
+                    ),
+                ]
+            })
+            .await
+            .unwrap()
+        };
+        for (name, out) in runs {
+            assert!(out.exit_ok, "round {round}, {name}: {out:?}");
+            assert_eq!(out.status, 413, "round {round}, {name}: {out:?}");
+            let v: serde_json::Value = serde_json::from_str(&out.body)
+                .unwrap_or_else(|e| panic!("round {round}, {name}: {e}: {out:?}"));
+            assert_eq!(v["error"], "payload_too_large", "round {round}, {name}");
+        }
+        let r = http
+            .put(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}, reqwest: {e:?}"));
+        assert_eq!(r.status(), 413, "round {round}, reqwest");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "payload_too_large", "round {round}, reqwest");
+    }
+    assert_eq!(
+        h.units.bus_writes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }

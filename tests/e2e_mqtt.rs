@@ -283,3 +283,179 @@ async fn over_mqtt_a_key_set_adding_the_identity_key_is_refused_and_nothing_forg
     assert_eq!(r.status(), 401);
     site.stop().await;
 }
+
+/// `…/grants/state` reports what the cloud sent. A bundle rejection stays the reported one after
+/// LAN logins with a malformed token and with a token signed by an untrusted key (both 401 and
+/// audited), including when the next inbound message makes the box publish the state again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lan_login_failures_never_change_the_rejection_the_cloud_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let cloud = Collector::start(
+        broker.port,
+        "e2e-observer",
+        &format!("{ROOT}/#"),
+        false,
+        None,
+    );
+    cloud.wait_subscribed().await;
+    let site = Site::start(
+        "plain",
+        &format!(
+            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"sitegate-e2e\"\n",
+            broker.port
+        ),
+    )
+    .await;
+    let state_topic = format!("{ROOT}/grants/state");
+    let good = bundle(1, &members(), &[]);
+    publish_retained(broker.port, &format!("{ROOT}/grants"), good.clone()).await;
+    cloud
+        .wait_message(&state_topic, Duration::from_secs(15), |m| {
+            m.json()["last_message"]["outcome"] == "applied"
+        })
+        .await;
+    publish_retained(
+        broker.port,
+        &format!("{ROOT}/grants"),
+        bundle_signed_by(2, &[], &["g-carl"], &forged_key()),
+    )
+    .await;
+    cloud
+        .wait_message(&state_topic, Duration::from_secs(15), |m| {
+            m.json()["rejection"]["reason"] == "bad_signature"
+        })
+        .await;
+
+    // Two failed LAN logins with tokens: malformed, and well-formed but signed by a stranger.
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = &time::format_description::well_known::Rfc3339;
+    let desc = json!({
+        "site": SITE, "issued_at": (now - time::Duration::minutes(1)).format(fmt).unwrap(),
+        "user": {"id": "u-eve", "email": "eve@example.com", "name": "Eve", "active": true},
+        "grant": {"id": "g-eve", "user": "u-eve", "role": "admin", "scope": {"site": SITE},
+                  "expires_at": (now + time::Duration::hours(1)).format(fmt).unwrap()},
+    });
+    let stranger = sitegate::grants::fleet::sign_token_description(
+        &forged_key(),
+        KID,
+        &serde_json::to_vec(&desc).unwrap(),
+    )
+    .unwrap();
+    for token in [
+        "{not a token".to_string(),
+        String::from_utf8(stranger).unwrap(),
+    ] {
+        let r = site
+            .http
+            .post(format!("{}/session", site.base))
+            .json(&json!({ "token": token }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        site.clock.advance(time::Duration::seconds(5));
+    }
+    let audited = site
+        .daemon
+        .store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM audit WHERE kind = 'grant_rejected'
+                 AND json_extract(detail, '$.source') = 'token'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(audited, 2, "each refused token is audited");
+
+    // The cloud sends the good bundle again (a redelivery): the box publishes its state, and the
+    // rejection in it is still the cloud's forged bundle, not a LAN login.
+    publish_retained(broker.port, &format!("{ROOT}/grants"), good).await;
+    let m = cloud
+        .wait_message(&state_topic, Duration::from_secs(15), |m| {
+            m.json()["last_message"]["outcome"] == "duplicate"
+        })
+        .await;
+    let state = m.json();
+    assert_eq!(state["rejection"]["kind"], "bundle", "{state}");
+    assert_eq!(state["rejection"]["reason"], "bad_signature", "{state}");
+    assert_eq!(state["rejection"]["source"], "mqtt", "{state}");
+    assert_eq!(state["seq"], 1, "{state}");
+    site.stop().await;
+}
+
+/// One point, one quality name: the simulated generator has no oil temperature sender (GenComm's
+/// "unimplemented" sentinel), and the API and the MQTT telemetry both call it `unimplemented`,
+/// the name `sitegate units test` prints and the profile's sentinel declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_has_the_same_quality_name_in_the_api_and_on_mqtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let cloud = Collector::start(
+        broker.port,
+        "e2e-observer",
+        &format!("{ROOT}/#"),
+        false,
+        None,
+    );
+    cloud.wait_subscribed().await;
+    let site = Site::start(
+        "plain",
+        &format!(
+            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"sitegate-e2e\"\n",
+            broker.port
+        ),
+    )
+    .await;
+    publish_retained(
+        broker.port,
+        &format!("{ROOT}/grants"),
+        bundle(1, &members(), &[]),
+    )
+    .await;
+    cloud
+        .wait_message(
+            &format!("{ROOT}/grants/state"),
+            Duration::from_secs(15),
+            |m| m.json()["last_message"]["outcome"] == "applied",
+        )
+        .await;
+    let telemetry = cloud
+        .wait_message(
+            &format!("{ROOT}/telemetry/gen-1"),
+            Duration::from_secs(15),
+            |m| m.json()["points"]["oil_temperature"].is_object(),
+        )
+        .await;
+    let token = site.login("carl").await;
+    let r = site
+        .http
+        .get(format!("{}/units/gen-1", site.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let unit: serde_json::Value = r.json().await.unwrap();
+    let api = unit["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "oil_temperature")
+        .unwrap()
+        .clone();
+    assert_eq!(api["quality"], "unimplemented", "{api}");
+    assert_eq!(
+        telemetry.json()["points"]["oil_temperature"]["quality"],
+        "unimplemented",
+        "{:?}",
+        telemetry.json()
+    );
+    assert_eq!(
+        sitegate::modbus::Quality::Unimplemented.as_str(),
+        "unimplemented"
+    );
+    site.stop().await;
+}

@@ -29,6 +29,12 @@ fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
 }
 
 async fn run(args: Vec<String>) -> (i32, String) {
+    let (code, out, _) = run_full(args).await;
+    (code, out)
+}
+
+/// Exit code, stdout and stderr of the binary.
+async fn run_full(args: Vec<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sitegate"))
             .args(&args)
@@ -37,12 +43,246 @@ async fn run(args: Vec<String>) -> (i32, String) {
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     })
     .await
     .unwrap()
 }
 
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A config with one link given as TOML lines and one DSE unit at slave 1 on it.
+fn config_with_link(dir: &std::path::Path, link: &str) -> String {
+    let path = dir.join("site.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{}\"\nmode = \"plain\"\n\
+             [[links]]\nname = \"bus\"\n{link}\ntimeout_ms = 300\n\
+             [[units]]\nid = \"gen-1\"\nlink = \"bus\"\nslave = 1\nprofile = \"dse-gencomm\"\n",
+            dir.join("state").display(),
+            common::broker::free_port(),
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tcp_connection_is_named_with_a_hint_and_fails_scan_and_units_test() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port with nothing listening on it.
+    let port = common::broker::free_port();
+    let cfg = config_with_link(
+        dir.path(),
+        &format!("kind = \"tcp\"\naddress = \"127.0.0.1:{port}\""),
+    );
+    let (code, out, err) = run_full(args(&[
+        "scan", "--link", "bus", "--config", &cfg, "--range", "1-3",
+    ]))
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("unit(s) answered"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "link `bus`: `127.0.0.1:{port}`: connection refused (ECONNREFUSED)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("hint: nothing listens there"), "{err}");
+    let (code, out, err) = run_full(args(&["units", "test", "--config", &cfg])).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("connection refused (ECONNREFUSED)"), "{err}");
+    assert!(err.contains("hint: nothing listens there"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_serial_device_is_named_with_a_hint_and_fails_scan_and_units_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let tty = dir.path().join("ttyUSB-gone");
+    let cfg = config_with_link(
+        dir.path(),
+        &format!(
+            "kind = \"rtu\"\ndevice = \"{}\"\nbaud = 9600",
+            tty.display()
+        ),
+    );
+    let (code, out, err) = run_full(args(&[
+        "scan", "--link", "bus", "--config", &cfg, "--range", "1-3",
+    ]))
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("unit(s) answered"), "{out}");
+    assert!(
+        err.contains(&format!("`{}`: no such device (ENOENT)", tty.display())),
+        "{err}"
+    );
+    assert!(err.contains("hint: check `device` of the link"), "{err}");
+    let (code, out, err) = run_full(args(&["units", "test", "gen-1", "--config", &cfg])).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no such device (ENOENT)"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serial_port_held_by_the_running_daemon_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("ttyA"), dir.path().join("ttyB"));
+    let mut socat = std::process::Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()))
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(a.exists() && b.exists()) {
+        assert!(std::time::Instant::now() < deadline, "socat made no ptys");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let cfg = config_with_link(
+        dir.path(),
+        &format!("kind = \"rtu\"\ndevice = \"{}\"\nbaud = 9600", a.display()),
+    );
+    // A provisioned box, so the daemon runs its Modbus links.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[site]\nid = \"s-1\"\ngateway = \"gw-1\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (mut daemon, logs) = common::daemon::spawn_run(std::path::Path::new(&cfg), None, &[]);
+    // The daemon holds the port once its link task opened it (it logs its API address first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let err = loop {
+        let (code, out, err) = run_full(args(&[
+            "scan", "--link", "bus", "--config", &cfg, "--range", "1",
+        ]))
+        .await;
+        if err.contains("device busy (EBUSY)") {
+            assert_eq!(code, 1, "{out}{err}");
+            break err;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{out}{err}\n{}",
+            logs.all()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        err.contains("hint: the sitegate daemon is running"),
+        "{err}"
+    );
+    assert!(err.contains("systemctl stop sitegate"), "{err}");
+    common::daemon::signal(daemon.id(), "TERM");
+    let _ = tokio::task::spawn_blocking(move || {
+        common::daemon::wait_exit(&mut daemon, std::time::Duration::from_secs(15))
+    })
+    .await;
+    socat.kill().unwrap();
+    let _ = socat.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_scan_reports_progress_and_a_scan_where_nobody_answers_fails() {
+    let stop = CancellationToken::new();
+    let s = SimServer::start_tcp(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![SimUnit::generator(1), SimUnit::hvac(2)],
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), s.addr.unwrap().port())
+        .display()
+        .to_string();
+    let (code, out, err) = run_full(args(&[
+        "scan",
+        "--link",
+        "bus",
+        "--config",
+        &cfg,
+        "--range",
+        "1-12",
+        "--timeout-ms",
+        "50",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 unit(s) answered"), "{out}");
+    let progress: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("scan: probed"))
+        .collect();
+    assert_eq!(progress.len(), 2, "{err}");
+    assert!(
+        progress[0].starts_with("scan: probed 10/12 id(s), 2 answered"),
+        "{err}"
+    );
+    assert!(
+        progress[1].starts_with("scan: probed 12/12 id(s), 2 answered"),
+        "{err}"
+    );
+
+    let (code, out, err) = run_full(args(&[
+        "scan",
+        "--link",
+        "bus",
+        "--config",
+        &cfg,
+        "--range",
+        "5-6",
+        "--timeout-ms",
+        "50",
+    ]))
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("0 unit(s) answered"), "{out}");
+    assert!(
+        err.contains("error: no unit answered on link `bus` (slave ids 5..=6)"),
+        "{err}"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_test_fails_when_a_point_reads_a_sentinel_and_passes_once_it_reads_a_value() {
+    let stop = CancellationToken::new();
+    let s = SimServer::start_tcp(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![SimUnit::generator(1), SimUnit::hvac(2)],
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), s.addr.unwrap().port())
+        .display()
+        .to_string();
+    // The simulated generator has no oil temperature sender: GenComm's "unimplemented".
+    let (code, out) = run(args(&["units", "test", "gen-1", "--config", &cfg])).await;
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("oil_temperature "))
+        .unwrap();
+    assert!(line.contains("unimplemented"), "{out}");
+    assert!(out.contains("1 failure(s)"), "{out}");
+
+    // A sender is fitted: the point reads a value and the unit passes.
+    let reg = sitegate::modbus::ProfileRegistry::builtin().unwrap();
+    let point = reg
+        .get("dse-gencomm")
+        .unwrap()
+        .point("oil_temperature")
+        .unwrap()
+        .clone();
+    assert!(s.set_register(1, point.kind, point.address, 85));
+    let (code, out) = run(args(&["units", "test", "gen-1", "--config", &cfg])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("all points read with good quality"), "{out}");
+    assert!(s.stats().writes.is_empty(), "the tool never writes");
+    stop.cancel();
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn units_test_prints_every_point_and_fails_for_a_unit_that_does_not_answer() {
     let stop = CancellationToken::new();
@@ -69,7 +309,7 @@ async fn units_test_prints_every_point_and_fails_for_a_unit_that_does_not_answer
         out.contains("setpoint") && out.contains("24") && out.contains("°C"),
         "{out}"
     );
-    assert!(out.contains("all points read"), "{out}");
+    assert!(out.contains("all points read with good quality"), "{out}");
     let (code, out) = run(vec![
         "units".into(),
         "test".into(),

@@ -195,7 +195,21 @@ fn a_blank_box_is_provisioned_finds_a_generator_and_an_hvac_unit_and_tests_them(
     assert!(ok.stdout.contains("2 unit(s)"), "{}", ok.stdout);
 
     let t = sitegate(&["units", "test", "--config", config.to_str().unwrap()]);
-    assert_eq!(t.code, 0, "{}{}", t.stdout, t.stderr);
+    // The simulated generator has no oil temperature sender (it answers the GenComm
+    // "unimplemented" sentinel): the one point that is not good, and it fails the test.
+    assert_eq!(t.code, 1, "{}{}", t.stdout, t.stderr);
+    let not_good: Vec<&str> = t
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.contains(" good ") && !l.contains("quality"))
+        .collect();
+    assert_eq!(not_good.len(), 1, "{}", t.stdout);
+    assert!(
+        not_good[0].contains("oil_temperature") && not_good[0].contains("unimplemented"),
+        "{}",
+        t.stdout
+    );
+    assert!(t.stdout.contains("1 failure(s)"), "{}", t.stdout);
     assert!(
         t.stdout.contains("dse-gencomm, link `bus`, slave 3"),
         "{}",
@@ -215,7 +229,6 @@ fn a_blank_box_is_provisioned_finds_a_generator_and_an_hvac_unit_and_tests_them(
         assert!(t.stdout.contains(point), "no `{point}`: {}", t.stdout);
     }
     assert!(t.stdout.contains("°C"), "{}", t.stdout);
-    assert!(t.stdout.contains("all points read"), "{}", t.stdout);
     sim.kill().unwrap();
     let _ = sim.wait();
 }
@@ -568,4 +581,131 @@ fn on_a_terminal_provision_asks_for_what_is_missing_and_asks_again_after_a_bad_a
     assert!(out.contains("site:               s-5"), "{out}");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("\"s-5\"") && text.contains("\"gw-3\"") && text.contains("Plant room"));
+}
+
+/// The records the first-boot setup writes before the box has a site (a wrong code, the setup
+/// itself) are queued once it has one, so the cloud receives the audit chain from seq 1 with no
+/// gap, each record with the hash the box holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setup_flows_audit_records_reach_the_cloud_so_the_chain_starts_at_seq_1() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker::Broker::start(dir.path());
+    let events_topic = "sitegate/v1/s-9/gw-1/events";
+    let cloud = common::mqtt::Collector::start(broker.port, "cloud", events_topic, false, None);
+    cloud.wait_subscribed().await;
+    let state = dir.path().join("state");
+    let config = dir.path().join("sitegate.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\nmode = \"plain\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let (mut child, logs) = spawn_run(&config, None, &[]);
+    let code = {
+        let p = state.join("setup-code");
+        tokio::task::spawn_blocking(move || wait_file(&p, Duration::from_secs(30)))
+            .await
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let (_, pk) = trust_key();
+    let body = |code: &str| {
+        serde_json::json!({
+            "code": code, "site": "s-9", "gateway": "gw-1",
+            "trust": [{"kid": "fleet-a", "public_key": pk}],
+            "mqtt_url": format!("mqtt://127.0.0.1:{}", broker.port),
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(r) = http
+            .post(format!("{base}/setup"))
+            .json(&body("WRNG-CODE-XXXX"))
+            .send()
+            .await
+        {
+            break r.status().as_u16();
+        }
+        assert!(Instant::now() < deadline, "no setup server: {}", logs.all());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 403);
+    let r = http
+        .post(format!("{base}/setup"))
+        .json(&body(&code))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // Every record up to the setup's own reaches the broker: seq 1, 2, … with no gap.
+    let store = sitegate::store::Store::open_in(&state).unwrap();
+    let setup_seq = store
+        .with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT seq FROM audit WHERE kind = 'setup' AND outcome = 'ok'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .unwrap();
+    let received = |cloud: &common::mqtt::Collector| -> std::collections::BTreeMap<i64, String> {
+        cloud
+            .on(events_topic)
+            .iter()
+            .map(|m| {
+                let j = m.json();
+                (
+                    j["seq"].as_i64().unwrap(),
+                    j["hash"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(1..=setup_seq).all(|s| received(&cloud).contains_key(&s)) {
+        assert!(
+            Instant::now() < deadline,
+            "events received: {:?}\n{}",
+            received(&cloud).keys().collect::<Vec<_>>(),
+            logs.all()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(child.id(), "TERM");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+
+    let got = received(&cloud);
+    assert_eq!(got.keys().next(), Some(&1), "the chain starts at seq 1");
+    let held: std::collections::BTreeMap<i64, String> = store
+        .with_conn(|c| {
+            let mut stmt = c.prepare("SELECT seq, hash FROM audit ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap();
+    for (seq, hash) in &got {
+        assert_eq!(held.get(seq), Some(hash), "record {seq}");
+    }
+    let last = *got.keys().last().unwrap();
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "no gap"
+    );
+    assert!(
+        store
+            .with_conn(|c| sitegate::audit::verify_chain(c))
+            .unwrap()
+            .is_ok()
+    );
 }

@@ -24,7 +24,7 @@ use crate::model::{Capability, GrantId, UnitId, UserId};
 /// Longest email, password and token accepted at login.
 const MAX_EMAIL: usize = 254;
 const MAX_PASSWORD: usize = 1024;
-const MAX_TOKEN: usize = 16 * 1024;
+pub(super) const MAX_TOKEN: usize = 16 * 1024;
 /// Longest free-text message of an access request.
 const MAX_MESSAGE: usize = 500;
 /// Audit page size bounds.

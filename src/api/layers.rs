@@ -1,16 +1,19 @@
 //! Request hardening middleware: metrics and security headers, CORS (off unless origins are
-//! configured), the per-client token-bucket rate limit, the body size check and the request
-//! timeout. Each answers with the JSON error contract.
+//! configured), the per-client token-bucket rate limit, the body size check (which reads an
+//! oversized body to its end before answering 413, so every client sees the answer) and the
+//! request timeout. Each answers with the JSON error contract.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::ApiState;
@@ -176,14 +179,123 @@ pub async fn rate_limit(State(state): State<ApiState>, req: Request, next: Next)
     }
 }
 
-/// Refuses a declared body larger than the limit before reading it (chunked bodies are cut by
-/// `DefaultBodyLimit` in the JSON extractor).
+/// Most bytes of an oversized body read and discarded so that the client, still sending, gets
+/// the 413 instead of a connection reset. A body declared larger than this is answered at once
+/// and the connection closed.
+pub const MAX_DISCARD_BYTES: u64 = 32 * 1024 * 1024;
+/// Most time spent discarding an oversized body before answering anyway.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+/// Longest `POST /session` body accepted whatever `api.max_body_bytes` says: the longest token
+/// the handler accepts with every character escaped as `\uXXXX` (6 bytes each), plus room for
+/// the field name (itself possibly escaped) and whitespace.
+pub const MAX_LOGIN_BODY: usize = 6 * super::handlers::MAX_TOKEN + 1024;
+
+/// Body limit of the API: `api.max_body_bytes`, raised to [`MAX_LOGIN_BODY`] for the login.
 pub async fn body_size(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let limit = state.0.limits.max_body_bytes;
-    if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
-        return ApiError::payload_too_large(limit).into_response();
+    let mut limit = state.0.limits.max_body_bytes;
+    if req.method() == Method::POST && req.uri().path() == "/api/v1/session" {
+        limit = limit.max(MAX_LOGIN_BODY);
     }
-    next.run(req).await
+    limit_body(limit, state.0.limits.request_timeout, req, next).await
+}
+
+/// Reads the whole body (at most `limit` bytes, within `read_time`) before the handler runs.
+///
+/// An oversized body is answered `413 payload_too_large` only after the rest of it has been
+/// read and discarded (up to [`MAX_DISCARD_BYTES`] and [`DISCARD_TIME`]): a server that answers
+/// and closes while the client is still sending makes the client's kernel see a reset, and most
+/// clients then report a broken pipe instead of the status. A client that asked
+/// `Expect: 100-continue` is answered at once (it sends nothing until told to).
+pub async fn limit_body(limit: usize, read_time: Duration, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit64 = limit as u64;
+    if declared_length(&parts.headers).is_some_and(|n| n > limit64) {
+        let waits_for_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let drained = !waits_for_continue
+            && declared_length(&parts.headers).is_some_and(|n| n <= MAX_DISCARD_BYTES)
+            && discard(body, 0).await;
+        return too_large(limit, drained);
+    }
+    match tokio::time::timeout(read_time, read_bounded(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(BodyError::TooLarge { drained })) => too_large(limit, drained),
+        Ok(Err(BodyError::Unreadable)) => {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
+                .into_response()
+        }
+        Err(_) => ApiError::timeout(
+            "request_timeout",
+            "the request took too long and was abandoned",
+        )
+        .into_response(),
+    }
+}
+
+enum BodyError {
+    /// Longer than the limit; `drained` when the rest was read to its end.
+    TooLarge {
+        drained: bool,
+    },
+    Unreadable,
+}
+
+/// Collects at most `limit` bytes; past it, discards the rest.
+async fn read_bounded(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            let seen = (buf.len() + data.len()) as u64;
+            return Err(BodyError::TooLarge {
+                drained: discard(body, seen).await,
+            });
+        }
+        buf.extend_from_slice(data);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and drops the rest of `body` (`seen` bytes already read); true when it reached the end
+/// within [`MAX_DISCARD_BYTES`] and [`DISCARD_TIME`].
+async fn discard(mut body: Body, seen: u64) -> bool {
+    let run = async move {
+        let mut seen = seen;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(data) = frame.data_ref() {
+                seen += data.len() as u64;
+                if seen > MAX_DISCARD_BYTES {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DISCARD_TIME, run)
+        .await
+        .unwrap_or(false)
+}
+
+/// The 413; when the body was not read to its end the connection is closed after the answer
+/// (its unread rest cannot be told apart from a next request).
+fn too_large(limit: usize, drained: bool) -> Response {
+    let mut resp = ApiError::payload_too_large(limit).into_response();
+    if !drained {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn declared_length(h: &HeaderMap) -> Option<u64> {

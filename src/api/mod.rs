@@ -34,6 +34,7 @@ use crate::config::{self, ApiMode};
 use crate::metrics::Metrics;
 
 pub use error::ApiError;
+pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
 use ports::{AuthPort, AuthzPort, DelegationPort, UnitsPort};
 
 /// The OpenAPI document served at `/api/v1/openapi.json`.
@@ -235,7 +236,9 @@ pub fn router(state: ApiState) -> Router {
         // Several methods on one path merge into one method router.
         r = r.route(def.path, (def.handler)());
     }
-    let limit = state.0.limits.max_body_bytes;
+    // `layers::body_size` reads and bounds every body before a handler runs; the extractor
+    // limit only has to let through what it passed.
+    let limit = state.0.limits.max_body_bytes.max(layers::MAX_LOGIN_BODY);
     r.fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::wrong_method)
         .layer(DefaultBodyLimit::max(limit))
@@ -434,6 +437,69 @@ mod tests {
                         "{method} {path} lacks a 401 response"
                     );
                 }
+            }
+        }
+    }
+
+    /// Every quality, by its wire name. The match fails to compile when a quality is added, so
+    /// the documents below are checked for it too.
+    fn every_quality() -> Vec<&'static str> {
+        use crate::modbus::Quality as Q;
+        let all = [
+            Q::Good,
+            Q::Stale,
+            Q::OpenCircuit,
+            Q::Unimplemented,
+            Q::OverRange,
+            Q::UnderRange,
+            Q::BadData,
+            Q::Error,
+            Q::Unknown,
+        ];
+        for q in all {
+            match q {
+                Q::Good
+                | Q::Stale
+                | Q::OpenCircuit
+                | Q::Unimplemented
+                | Q::OverRange
+                | Q::UnderRange
+                | Q::BadData
+                | Q::Error
+                | Q::Unknown => {}
+            }
+            let wire = serde_json::to_value(q).unwrap();
+            assert_eq!(wire, q.as_str(), "serde and as_str agree");
+        }
+        all.iter().map(|q| q.as_str()).collect()
+    }
+
+    #[test]
+    fn the_quality_vocabulary_is_the_same_in_the_openapi_document_and_the_docs() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let documented: Vec<String> = doc["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|s| s["properties"]["quality"]["enum"].as_array())
+            .flatten()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            documented,
+            every_quality(),
+            "docs/openapi.json quality enum"
+        );
+        for (name, text) in [
+            ("docs/api.md", include_str!("../../docs/api.md")),
+            ("docs/mqtt.md", include_str!("../../docs/mqtt.md")),
+            ("docs/modbus.md", include_str!("../../docs/modbus.md")),
+        ] {
+            for q in every_quality() {
+                assert!(
+                    text.contains(&format!("`{q}`")),
+                    "{name} does not name `{q}`"
+                );
             }
         }
     }

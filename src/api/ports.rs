@@ -309,23 +309,9 @@ pub struct UnitProfile {
     pub commands: Vec<CommandInfo>,
 }
 
-/// Quality of a reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Quality {
-    /// A fresh value from the device.
-    Good,
-    /// The last good value, but polling has failed since.
-    Stale,
-    /// The device reports the sensor as open circuit (e.g. 0x7FFC).
-    SensorOpen,
-    /// The register holds a reserved/unavailable sentinel (e.g. 0xFFFF).
-    Unavailable,
-    /// Never read yet.
-    Unknown,
-    /// The last read of this point failed.
-    CommError,
-}
+/// Quality of a reading: the one vocabulary of the box (API, MQTT telemetry, `units test`, docs),
+/// defined with the profiles whose sentinels produce it.
+pub use crate::modbus::Quality;
 
 /// One point value from the cache (or a fresh read).
 #[derive(Debug, Clone, PartialEq, Serialize)]

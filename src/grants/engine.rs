@@ -490,12 +490,33 @@ impl GrantEngine {
 
     /// Records a rejection (audit + last rejection) and returns it.
     fn rejected(&self, kind: Kind, source: &str, r: Rejection, seq: Option<u64>) -> Rejection {
+        let r = self.audit_rejection(kind, source, r, seq);
+        let mut book = lock(&self.inner.book);
+        book.rejected_since_apply = true;
+        book.last_rejection = Some(RejectionRecord {
+            kind: kind.as_str(),
+            reason: r.reason,
+            message: r.message.clone(),
+            at: self.inner.clock.now(),
+            source: source.to_string(),
+            seq,
+        });
+        r
+    }
+
+    /// Audits a rejection without making it the last one (what `…/grants/state` reports).
+    fn audit_rejection(
+        &self,
+        kind: Kind,
+        source: &str,
+        r: Rejection,
+        seq: Option<u64>,
+    ) -> Rejection {
         let event_kind = match kind {
             Kind::Keys => "keys_rejected",
             Kind::Bundle | Kind::Token => "grant_rejected",
         };
         tracing::warn!(kind = %kind, reason = %r.reason, source, "{}", r.message);
-        let at = self.inner.clock.now();
         let mut detail = json!({
             "kind": kind.as_str(),
             "reason": r.reason.as_str(),
@@ -520,16 +541,6 @@ impl GrantEngine {
                 })),
             );
         }
-        let mut book = lock(&self.inner.book);
-        book.rejected_since_apply = true;
-        book.last_rejection = Some(RejectionRecord {
-            kind: kind.as_str(),
-            reason: r.reason,
-            message: r.message.clone(),
-            at,
-            source: source.to_string(),
-            seq,
-        });
         r
     }
 
@@ -980,11 +991,12 @@ impl GrantEngine {
 
     /// Verifies an installer token for this box: signature by a trusted key, this site, not
     /// future-dated, grant not revoked, not expired and already valid (judged at the clock floor).
-    /// Works with no bundle on the box. Rejections are audited. Does not change state: see
-    /// [`GrantEngine::admit_token`].
+    /// Works with no bundle on the box. Rejections are audited but are not the "last rejection"
+    /// of `…/grants/state`: that document reports what the cloud sent, and anyone on the LAN can
+    /// send a token to the login. Does not change state: see [`GrantEngine::admit_token`].
     pub fn verify_token(&self, bytes: &[u8]) -> Result<VerifiedToken, Rejection> {
         self.verify_token_inner(bytes)
-            .map_err(|r| self.rejected(Kind::Token, "token", r, None))
+            .map_err(|r| self.audit_rejection(Kind::Token, "token", r, None))
     }
 
     fn verify_token_inner(&self, bytes: &[u8]) -> Result<VerifiedToken, Rejection> {

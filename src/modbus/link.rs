@@ -108,13 +108,134 @@ pub enum Reply {
 
 /// Opens the link's transport, bounded by the link timeout.
 pub async fn connect(link: &Link) -> Result<Context, ModbusError> {
+    open(link)
+        .await
+        .map_err(|e| ModbusError::Transport(e.to_string()))
+}
+
+/// Why a transport could not be opened, in the installer's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// TCP: nothing listens at the address (ECONNREFUSED).
+    Refused,
+    /// TCP: no answer to the connect within the link timeout.
+    TimedOut,
+    /// TCP: no route to the host or network (EHOSTUNREACH, ENETUNREACH).
+    Unreachable,
+    /// Serial: the device node does not exist (ENOENT, ENODEV).
+    NoSuchDevice,
+    /// Serial: the process may not open the device (EACCES).
+    PermissionDenied,
+    /// Serial: another process holds the port (EBUSY, or its exclusive lock).
+    Busy,
+    Other,
+}
+
+/// A transport that did not open: what was opened, the named failure and the system's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{target}: {}: {detail}", .failure.name())]
+pub struct OpenError {
+    pub target: String,
+    pub failure: OpenFailure,
+    pub detail: String,
+}
+
+impl OpenFailure {
+    /// The failure named with its errno, as an installer would look it up.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpenFailure::Refused => "connection refused (ECONNREFUSED)",
+            OpenFailure::TimedOut => "connection timed out",
+            OpenFailure::Unreachable => "host unreachable (EHOSTUNREACH)",
+            OpenFailure::NoSuchDevice => "no such device (ENOENT)",
+            OpenFailure::PermissionDenied => "permission denied (EACCES)",
+            OpenFailure::Busy => "device busy (EBUSY)",
+            OpenFailure::Other => "cannot open",
+        }
+    }
+
+    /// What to check or do about it.
+    pub fn hint(self) -> &'static str {
+        match self {
+            OpenFailure::Refused => {
+                "nothing listens there: check the link's address and port, and that the \
+                 device's or gateway's Modbus TCP server is enabled"
+            }
+            OpenFailure::TimedOut | OpenFailure::Unreachable => {
+                "check the address, the cabling and the network (ping it), and any firewall \
+                 between the box and the device"
+            }
+            OpenFailure::NoSuchDevice => {
+                "check `device` of the link and that the adapter is plugged in: \
+                 `ls -l /dev/serial/by-id/` lists the adapters present"
+            }
+            OpenFailure::PermissionDenied => {
+                "the user must be in the group owning the device (`dialout` on Debian): \
+                 `sudo usermod -aG dialout $USER` and log in again, or run as `sitegate`"
+            }
+            OpenFailure::Busy => {
+                "another process has the port open; find it with `fuser -v <device>`"
+            }
+            OpenFailure::Other => "check the link's settings in the config",
+        }
+    }
+}
+
+impl OpenError {
+    fn from_io(target: String, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let failure = match e.kind() {
+            K::ConnectionRefused => OpenFailure::Refused,
+            K::TimedOut => OpenFailure::TimedOut,
+            K::HostUnreachable | K::NetworkUnreachable => OpenFailure::Unreachable,
+            K::NotFound => OpenFailure::NoSuchDevice,
+            K::PermissionDenied => OpenFailure::PermissionDenied,
+            K::ResourceBusy => OpenFailure::Busy,
+            _ => OpenFailure::Other,
+        };
+        OpenError {
+            target,
+            failure,
+            detail: e.to_string(),
+        }
+    }
+
+    fn from_serial(target: String, e: &tokio_serial::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let failure = match e.kind {
+            tokio_serial::ErrorKind::Io(K::NotFound) => OpenFailure::NoSuchDevice,
+            tokio_serial::ErrorKind::Io(K::PermissionDenied) => OpenFailure::PermissionDenied,
+            // serialport reports EBUSY (TIOCEXCL) and a held exclusive lock as `NoDevice`.
+            tokio_serial::ErrorKind::NoDevice
+                if e.description.contains("busy") || e.description.contains("lock") =>
+            {
+                OpenFailure::Busy
+            }
+            tokio_serial::ErrorKind::NoDevice => OpenFailure::NoSuchDevice,
+            _ => OpenFailure::Other,
+        };
+        OpenError {
+            target,
+            failure,
+            detail: e.description.clone(),
+        }
+    }
+}
+
+/// Opens the link's transport, bounded by the link timeout; a failure is named
+/// ([`OpenFailure`]).
+pub async fn open(link: &Link) -> Result<Context, OpenError> {
     let t = link.timeout.max(Duration::from_millis(200));
     match &link.kind {
         LinkKind::Tcp { address } | LinkKind::RtuOverTcp { address } => {
             let stream = tokio::time::timeout(t, tokio::net::TcpStream::connect(address.as_str()))
                 .await
-                .map_err(|_| ModbusError::Transport(format!("connect to `{address}` timed out")))?
-                .map_err(|e| ModbusError::Transport(format!("connect to `{address}`: {e}")))?;
+                .map_err(|_| OpenError {
+                    target: format!("`{address}`"),
+                    failure: OpenFailure::TimedOut,
+                    detail: format!("no connection within {} ms", t.as_millis()),
+                })?
+                .map_err(|e| OpenError::from_io(format!("`{address}`"), &e))?;
             let _ = stream.set_nodelay(true);
             Ok(if matches!(link.kind, LinkKind::Tcp { .. }) {
                 tokio_modbus::client::tcp::attach(stream)
@@ -148,7 +269,7 @@ pub async fn connect(link: &Link) -> Result<Context, ModbusError> {
                     tokio_serial::StopBits::One
                 });
             let port = tokio_serial::SerialStream::open(&builder)
-                .map_err(|e| ModbusError::Transport(format!("open `{}`: {e}", device.display())))?;
+                .map_err(|e| OpenError::from_serial(format!("`{}`", device.display()), &e))?;
             // Drop whatever a previous conversation left behind (a late answer would shift every
             // later response).
             let _ = port.clear(tokio_serial::ClearBuffer::All);

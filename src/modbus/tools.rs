@@ -3,7 +3,9 @@
 //! entries).
 //!
 //! They talk to the bus directly, outside the daemon: on a serial link stop the daemon first (two
-//! processes cannot share one RS-485 port). They never write to a device.
+//! processes cannot share one RS-485 port). They never write to a device. A transport that does
+//! not open is named with a hint (and with the daemon as the likely holder when its API answers),
+//! and is a failure: never "0 units answered" with exit 0.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -54,14 +56,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn load(path: &Path) -> Result<(Config, ProfileRegistry), i32> {
-    let cfg = crate::cli::load_config(path)?;
-    let reg = ProfileRegistry::load(cfg.profiles_dir.as_deref()).map_err(|e| {
-        for p in e {
-            eprintln!("{p}");
-        }
-        EX_CONFIG
-    })?;
-    Ok((cfg, reg))
+    crate::cli::load_with_profiles(path)
 }
 
 /// `sitegate units test`: exit 0 when every point read with good quality, 1 otherwise.
@@ -91,6 +86,18 @@ pub fn units_test(args: UnitsTestArgs) -> i32 {
     }
     let Some(rt) = runtime() else { return 1 };
     rt.block_on(async move {
+        // Open each link once first, so a transport that cannot open is named, with a hint,
+        // instead of every unit on it failing alike.
+        let links: BTreeSet<&str> = units.iter().map(|u| u.link.as_str()).collect();
+        for name in links {
+            let Some(l) = cfg.links.iter().find(|l| l.name.as_str() == name) else {
+                continue;
+            };
+            if let Err(e) = link::open(l).await {
+                report_open_error(name, &e, &cfg);
+                return 1;
+            }
+        }
         let store = match crate::store::Store::open(Path::new(":memory:")) {
             Ok(s) => s,
             Err(e) => {
@@ -141,12 +148,10 @@ pub fn units_test(args: UnitsTestArgs) -> i32 {
                             .and_then(|p| p.point(name))
                             .map(|p| p.read.as_str())
                             .unwrap_or("");
-                        // Sentinels (unimplemented, open circuit…) are the device's own answer,
-                        // not a failure of the read.
-                        if matches!(
-                            v.quality,
-                            Quality::Error | Quality::Unknown | Quality::Stale
-                        ) {
+                        // Anything but `good` fails the test, sentinels included: a point
+                        // that reads `unimplemented` or `open_circuit` is wiring or profile
+                        // work before the installer leaves.
+                        if v.quality != Quality::Good {
                             failures += 1;
                         }
                         println!(
@@ -165,10 +170,10 @@ pub fn units_test(args: UnitsTestArgs) -> i32 {
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
         if failures == 0 {
-            println!("all points read");
+            println!("all points read with good quality");
             0
         } else {
-            println!("{failures} failure(s)");
+            println!("{failures} failure(s): unit(s) not answering or point(s) not good");
             1
         }
     })
@@ -208,25 +213,25 @@ async fn read_ok(
     link::transact(ctx, slave, op, t).await
 }
 
-/// Probes one id; `None` when nothing answers.
+/// Probes one id; `Ok(None)` when nothing answers, `Err` when the transport cannot be (re)opened.
 async fn probe(
     ctx: &mut Option<tokio_modbus::client::Context>,
     link_cfg: &crate::config::Link,
     slave: u8,
     t: Duration,
     profiles: &[Arc<Profile>],
-) -> Option<Found> {
-    if ctx.is_none() {
-        *ctx = link::connect(link_cfg).await.ok();
-    }
-    let c = ctx.as_mut()?;
+) -> Result<Option<Found>, link::OpenError> {
+    let c = match ctx {
+        Some(c) => c,
+        None => ctx.insert(link::open(link_cfg).await?),
+    };
     let identity = match link::read_device_id(c, slave, t).await {
         Ok(id) => id,
         Err(ModbusError::Exception(_)) => Vec::new(),
         Err(_) => {
             // No answer (or garbage): re-open so a late answer cannot confuse the next id.
             *ctx = None;
-            return None;
+            return Ok(None);
         }
     };
     let vendor = identity
@@ -290,33 +295,82 @@ async fn probe(
             }
         }
     }
-    Some(Found {
+    Ok(Some(Found {
         slave,
         identity,
         profile,
-    })
+    }))
 }
 
-/// Probes `from..=to` on a link and returns what answered.
+/// Ids probed between two progress reports of a scan.
+pub const PROGRESS_EVERY: usize = 10;
+
+/// Probes `from..=to` on a link and returns what answered. The transport is opened first, and
+/// re-opened after an id that did not answer; if it cannot be, the scan stops with the reason
+/// (a scan of a link that cannot be opened has found nothing, not "no units").
+/// `progress(probed, total, found)` is called every [`PROGRESS_EVERY`] ids and after the last.
 pub async fn scan_link(
     link_cfg: &crate::config::Link,
     from: u8,
     to: u8,
     per_id: Duration,
     registry: &ProfileRegistry,
-) -> Vec<Found> {
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<Vec<Found>, link::OpenError> {
     let profiles: Vec<Arc<Profile>> = registry.iter().cloned().collect();
-    let mut ctx = None;
+    let mut ctx = Some(link::open(link_cfg).await?);
     let mut found = Vec::new();
-    for slave in from..=to {
-        if let Some(f) = probe(&mut ctx, link_cfg, slave, per_id, &profiles).await {
+    let total = usize::from(to - from) + 1;
+    for (i, slave) in (from..=to).enumerate() {
+        if let Some(f) = probe(&mut ctx, link_cfg, slave, per_id, &profiles).await? {
             found.push(f);
+        }
+        let probed = i + 1;
+        if probed % PROGRESS_EVERY == 0 || probed == total {
+            progress(probed, total, found.len());
         }
         if !link_cfg.inter_frame_delay.is_zero() {
             tokio::time::sleep(link_cfg.inter_frame_delay).await;
         }
     }
-    found
+    Ok(found)
+}
+
+/// Prints a transport failure with its hint, and says so when the daemon is running (it holds
+/// the serial port, or a gateway's only connection).
+fn report_open_error(link_name: &str, e: &link::OpenError, cfg: &Config) {
+    eprintln!("error: link `{link_name}`: {e}");
+    let daemon = daemon_answers(cfg);
+    match (e.failure, daemon) {
+        (link::OpenFailure::Busy, Some(addr)) => eprintln!(
+            "hint: the sitegate daemon is running (its API answers on {addr}) and holds this \
+             port; stop it first: `systemctl stop sitegate`"
+        ),
+        (link::OpenFailure::Refused | link::OpenFailure::TimedOut, Some(addr)) => {
+            eprintln!("hint: {}", e.failure.hint());
+            eprintln!(
+                "hint: the sitegate daemon is running (its API answers on {addr}); a gateway \
+                 that takes one connection at a time refuses a second: `systemctl stop sitegate`"
+            );
+        }
+        (failure, _) => eprintln!("hint: {}", failure.hint()),
+    }
+}
+
+/// The daemon's API address when something accepts connections there (the daemon of this
+/// config is most likely running).
+fn daemon_answers(cfg: &Config) -> Option<std::net::SocketAddr> {
+    let mut addr = cfg.api.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))
+        .ok()
+        .map(|_| addr)
 }
 
 /// `sitegate scan`: prints proposed `[[units]]` entries.
@@ -337,13 +391,27 @@ pub fn scan(args: ScanArgs) -> i32 {
         }
     };
     let Some(rt) = runtime() else { return 1 };
-    let found = rt.block_on(scan_link(
+    let started = std::time::Instant::now();
+    let mut progress = |probed: usize, total: usize, found: usize| {
+        eprintln!(
+            "scan: probed {probed}/{total} id(s), {found} answered, {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    let found = match rt.block_on(scan_link(
         link_cfg,
         from,
         to,
         Duration::from_millis(args.timeout_ms.max(10)),
         &reg,
-    ));
+        &mut progress,
+    )) {
+        Ok(found) => found,
+        Err(e) => {
+            report_open_error(&args.link, &e, &cfg);
+            return 1;
+        }
+    };
     println!(
         "# scan of link `{}`, slave ids {from}..={to}: {} unit(s) answered",
         args.link,
@@ -363,6 +431,17 @@ pub fn scan(args: ScanArgs) -> i32 {
             Some((p, how)) => println!("profile = \"{p}\"  # by {how}"),
             None => println!("# profile = \"?\"  # answers, but no profile matched"),
         }
+    }
+    if found.is_empty() {
+        eprintln!(
+            "error: no unit answered on link `{}` (slave ids {from}..={to})",
+            args.link
+        );
+        eprintln!(
+            "hint: check the slave ids, the serial settings (baud, parity, stop bits) against \
+             the devices, the A/B wiring and termination, and --timeout-ms for slow devices"
+        );
+        return 1;
     }
     0
 }

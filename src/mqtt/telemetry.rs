@@ -19,19 +19,9 @@ use super::{MqttError, Shared};
 use crate::model::UnitId;
 use crate::outbox;
 
-/// How much a value is to be trusted (the Modbus engine maps sentinels and failures here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Quality {
-    /// Read successfully and within range.
-    Good,
-    /// Read, but doubtful (out of the profile's range, a converter reports a warning).
-    Uncertain,
-    /// The device reports a fault value (sensor open circuit, reserved sentinel).
-    Bad,
-    /// Not read recently (the unit is offline or the bus failed): the last known value.
-    Stale,
-}
+/// How much a value is to be trusted: the box's one quality vocabulary (the same names in the
+/// API, `units test` and docs), defined with the profiles whose sentinels produce it.
+pub use crate::modbus::Quality;
 
 /// One point value offered to [`Telemetry::update`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,12 @@
 //! HTTP clients for the API tests: a TLS client that pins the server certificate by its SHA-256
 //! fingerprint (as an installer app does after provisioning printed it), and raw requests that
 //! reqwest can't make deterministically.
-#![allow(clippy::unwrap_used, reason = "test helper")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    dead_code,
+    reason = "test helper; each test binary uses a different subset"
+)]
 
 use std::sync::Arc;
 
@@ -86,19 +91,23 @@ pub fn pinned_client(fp: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// Sends a PUT whose head declares a 10 MB body and reads the answer without writing the body:
-/// the server must refuse on the declared length alone. (Writing the body while the server has
-/// already answered and closed races with a connection reset that can swallow the answer.)
+/// Sends a PUT of a 10 MB body on a raw socket (declared length, no `Expect`), writing all of it,
+/// then reads the answer: the server reads and discards the body and answers 413 after it.
 #[expect(clippy::unwrap_used, reason = "test helper")]
 pub async fn put_declaring_10_mb(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let len = 10 * 1024 * 1024;
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        10 * 1024 * 1024
+         content-type: application/json\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
     );
     sock.write_all(head.as_bytes()).await.unwrap();
+    let sent = sock.write_all(&vec![b' '; len]).await;
+    assert!(
+        sent.is_ok(),
+        "the server reset the connection mid-body: {sent:?}"
+    );
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -106,4 +115,98 @@ pub async fn put_declaring_10_mb(addr: std::net::SocketAddr, path: &str, token: 
     )
     .await;
     String::from_utf8_lossy(&buf).to_string()
+}
+
+/// What a third-party client reported for one request: its exit status, the HTTP status it saw
+/// (0 when it saw none) and the response body.
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit_ok: bool,
+    pub status: u16,
+    pub body: String,
+    pub stderr: String,
+}
+
+/// Runs a program and splits its stdout into the body and a last line holding the status code.
+fn run_client(cmd: &mut std::process::Command) -> Outcome {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stdout = stdout.trim_end();
+    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", stdout));
+    Outcome {
+        exit_ok: out.status.success(),
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+/// `curl --data-binary @file` PUT over TLS trusting `cacert`. With `expect_continue` false the
+/// `Expect` header is suppressed, so curl streams the whole body without waiting for the server.
+pub fn curl_put_file(
+    url: &str,
+    cacert: &std::path::Path,
+    token: &str,
+    file: &std::path::Path,
+    expect_continue: bool,
+) -> Outcome {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-X", "PUT", "--cacert"])
+        .arg(cacert)
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .args(["-H", "content-type: application/json"])
+        .args(["-w", "\n%{http_code}", "--data-binary"])
+        .arg(format!("@{}", file.display()));
+    if !expect_continue {
+        cmd.args(["-H", "Expect:"]);
+    }
+    run_client(cmd.arg(url))
+}
+
+/// Python's `requests` streaming a file (declared length) and `http.client` sending a generator
+/// with chunked transfer encoding, both over TLS trusting `cacert`.
+pub fn python_put_file(
+    url: &str,
+    cacert: &std::path::Path,
+    token: &str,
+    file: &std::path::Path,
+    chunked: bool,
+) -> Outcome {
+    const SCRIPT: &str = r#"
+import sys
+url, cacert, token, path, mode = sys.argv[1:6]
+headers = {"authorization": "Bearer " + token, "content-type": "application/json"}
+if mode == "requests":
+    import requests
+    with open(path, "rb") as f:
+        r = requests.put(url, data=f, headers=headers, verify=cacert, timeout=60)
+    print(r.text)
+    print(r.status_code)
+else:
+    import http.client, ssl, urllib.parse
+    u = urllib.parse.urlsplit(url)
+    ctx = ssl.create_default_context(cafile=cacert)
+    conn = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=60)
+    def chunks():
+        with open(path, "rb") as f:
+            while True:
+                b = f.read(65536)
+                if not b:
+                    return
+                yield b
+    conn.request("PUT", u.path, body=chunks(), headers=headers, encode_chunked=True)
+    r = conn.getresponse()
+    print(r.read().decode())
+    print(r.status)
+"#;
+    let mode = if chunked { "chunked" } else { "requests" };
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", SCRIPT, url])
+        .arg(cacert)
+        .arg(token)
+        .arg(file)
+        .arg(mode);
+    run_client(&mut cmd)
 }
