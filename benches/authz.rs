@@ -64,6 +64,8 @@ fn fixture() -> (Inputs, Vec<(UserId, UnitId)>) {
             name: format!("User {i}"),
             active: i % 97 != 0,
             password: None,
+            business: None,
+            owner: false,
         })
         .collect();
     let mut grants = Vec::with_capacity(GRANTS);
@@ -120,6 +122,7 @@ fn fixture() -> (Inputs, Vec<(UserId, UnitId)>) {
         local_revoked: HashSet::new(),
         tokens: Vec::new(),
         inventory,
+        suspended: Vec::new(),
     };
     let queries = (0..4096)
         .map(|_| {

@@ -40,6 +40,8 @@ pub(crate) fn user(id: &str) -> User {
         name: id.to_string(),
         active: true,
         password: None,
+        business: None,
+        owner: false,
     }
 }
 
@@ -107,6 +109,7 @@ pub(crate) fn inputs(state: AccessState, local: Vec<Grant>) -> Inputs {
         local_revoked: HashSet::new(),
         tokens: Vec::new(),
         inventory: inventory(),
+        suspended: Vec::new(),
     }
 }
 

@@ -187,4 +187,21 @@ CREATE TABLE access_requests (
 );
 ",
     },
+    Migration {
+        version: 4,
+        name: "business suspensions; the business of an installer-token user",
+        sql: "
+-- Service businesses the site owner suspended on this box. A row exists while the suspension
+-- holds; restoring deletes it (the audit trail keeps the history). `members` is the JSON list of
+-- user ids that belonged to the business when it was suspended.
+CREATE TABLE business_suspensions (
+    business TEXT PRIMARY KEY,
+    suspended_ms INTEGER NOT NULL,
+    suspended_by TEXT NOT NULL,
+    note TEXT NOT NULL,
+    members TEXT NOT NULL
+);
+ALTER TABLE token_grants ADD COLUMN business TEXT;
+",
+    },
 ];

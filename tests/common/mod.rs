@@ -222,6 +222,8 @@ pub fn site_inputs(now: OffsetDateTime) -> sitegate::authz::Inputs {
             name: n.to_string(),
             active: true,
             password: None,
+            business: None,
+            owner: false,
         })
         .collect();
     let state = AccessState {
