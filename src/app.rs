@@ -128,6 +128,7 @@ pub struct Running {
     pub authz: Arc<Authz>,
     pub auth: Auth,
     pub delegations: Delegations,
+    pub businesses: crate::business::Businesses,
     pub modbus: ModbusEngine,
     pub mqtt: Option<MqttHandle>,
     pub metrics: Arc<Metrics>,
@@ -224,6 +225,7 @@ impl Daemon {
                         delegations: running.delegations.clone(),
                         authz: running.authz.clone(),
                     }),
+                    businesses: Arc::new(running.businesses.clone()),
                 };
                 let state = ApiState::new(
                     ports,
@@ -323,7 +325,7 @@ async fn start_engines(
 ) -> anyhow::Result<Running> {
     // The engines open SQLite and key files synchronously: build them on the blocking pool so a
     // signal during start-up is still handled at once.
-    let (grants, registry, authz, auth, delegations) = {
+    let (grants, registry, authz, auth, delegations, businesses) = {
         let (store, audit, clock, site, cfg) = (
             store.clone(),
             audit.clone(),
@@ -364,14 +366,23 @@ async fn start_engines(
                 Some(verifier),
             )?;
             let delegations = Delegations::new(
+                store.clone(),
+                audit.clone(),
+                authz.clone(),
+                clock.clone(),
+                &cfg.state_dir,
+                Some(format!("{}/requests", site.topic_root())),
+            )?;
+            // Suspensions are loaded before the API serves: a suspended business never gets a
+            // window of access after a restart.
+            let businesses = crate::business::Businesses::new(
                 store,
                 audit,
                 authz.clone(),
                 clock,
-                &cfg.state_dir,
-                Some(format!("{}/requests", site.topic_root())),
+                Some(format!("{}/suspensions", site.topic_root())),
             )?;
-            Ok((grants, registry, authz, auth, delegations))
+            Ok((grants, registry, authz, auth, delegations, businesses))
         })
         .await??
     };
@@ -433,6 +444,7 @@ async fn start_engines(
         authz,
         auth,
         delegations,
+        businesses,
         modbus,
         mqtt,
         metrics,
@@ -521,6 +533,12 @@ fn spawn_housekeeping(
                     r.metrics
                         .set_outbox_depth(class, u64::try_from(d).unwrap_or(0));
                 }
+            }
+            // A suspension or restoration made with the CLI (another process) bites within
+            // one tick.
+            let b = r.businesses.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.refresh()).await {
+                tracing::warn!(error = %e, "cannot reload business suspensions");
             }
             for l in r.modbus.link_stats() {
                 r.metrics.set_link(&l);

@@ -352,20 +352,28 @@ impl Businesses {
 
     /// Suspends every grant held by `business`'s users on this box (owner only). Idempotent:
     /// suspending a suspended business returns the existing suspension.
+    ///
+    /// The business is named as text and checked only after the actor is known to be the owner,
+    /// so nobody else learns which names are valid or known.
     pub async fn suspend(
         &self,
         actor: &UserId,
-        business: &BusinessId,
+        business: &str,
         note: Option<String>,
     ) -> Result<Change, BusinessError> {
         let ix = self.inner.authz.index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
-                self.audit_refusal("business_suspended", actor, business.as_str(), reason)
+                let named = crate::audit::cap_str(business).into_owned();
+                self.audit_refusal("business_suspended", actor, &named, reason)
                     .await;
             }
             return Err(e);
         }
+        let Ok(business) = BusinessId::new(business) else {
+            return Err(BusinessError::UnknownBusiness);
+        };
+        let business = &business;
         let note = note.unwrap_or_default();
         if note.chars().count() > MAX_NOTE_CHARS {
             return Err(BusinessError::NoteTooLong);
@@ -404,16 +412,21 @@ impl Businesses {
     pub async fn restore(
         &self,
         actor: &UserId,
-        business: &BusinessId,
+        business: &str,
     ) -> Result<Suspension, BusinessError> {
         let ix = self.inner.authz.index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
-                self.audit_refusal("business_restored", actor, business.as_str(), reason)
+                let named = crate::audit::cap_str(business).into_owned();
+                self.audit_refusal("business_restored", actor, &named, reason)
                     .await;
             }
             return Err(e);
         }
+        let Ok(business) = BusinessId::new(business) else {
+            return Err(BusinessError::NotSuspended);
+        };
+        let business = &business;
         let (audit, topic) = (self.inner.audit.clone(), self.inner.state_topic.clone());
         let (b, who, now) = (business.clone(), actor.to_string(), self.inner.clock.now());
         let out = self
@@ -423,6 +436,32 @@ impl Businesses {
             .await?;
         self.refresh()?;
         out.ok_or(BusinessError::NotSuspended)
+    }
+}
+
+impl crate::api::ports::BusinessPort for Businesses {
+    fn list<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> crate::api::ports::BoxFut<'a, Result<Vec<BusinessInfo>, BusinessError>> {
+        Box::pin(Businesses::list(self, actor))
+    }
+
+    fn suspend<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+        note: Option<String>,
+    ) -> crate::api::ports::BoxFut<'a, Result<Change, BusinessError>> {
+        Box::pin(Businesses::suspend(self, actor, business, note))
+    }
+
+    fn restore<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+    ) -> crate::api::ports::BoxFut<'a, Result<Suspension, BusinessError>> {
+        Box::pin(Businesses::restore(self, actor, business))
     }
 }
 

@@ -10,6 +10,7 @@
 //! Every route is listed once in [`ROUTES`], which builds the router; `docs/openapi.json` must
 //! describe each of them (a test enforces it).
 
+mod businesses;
 pub mod error;
 mod extract;
 mod handlers;
@@ -34,7 +35,7 @@ use crate::config::{self, ApiMode};
 use crate::metrics::Metrics;
 
 pub use error::ApiError;
-use ports::{AuthPort, AuthzPort, DelegationPort, UnitsPort};
+use ports::{AuthPort, AuthzPort, BusinessPort, DelegationPort, UnitsPort};
 
 /// The OpenAPI document served at `/api/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
@@ -128,6 +129,21 @@ pub static ROUTES: &[RouteDef] = &[
     },
     RouteDef {
         method: Method::GET,
+        path: "/api/v1/businesses",
+        handler: || get(businesses::list),
+    },
+    RouteDef {
+        method: Method::PUT,
+        path: "/api/v1/businesses/{business}/suspension",
+        handler: || put(businesses::suspend),
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/businesses/{business}/suspension",
+        handler: || delete(businesses::restore),
+    },
+    RouteDef {
+        method: Method::GET,
         path: "/api/v1/healthz",
         handler: || get(handlers::healthz),
     },
@@ -150,6 +166,7 @@ pub struct Ports {
     pub authz: Arc<dyn AuthzPort>,
     pub units: Arc<dyn UnitsPort>,
     pub delegation: Arc<dyn DelegationPort>,
+    pub businesses: Arc<dyn BusinessPort>,
 }
 
 /// Limits taken from `[api]` in the config.

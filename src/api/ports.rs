@@ -522,3 +522,32 @@ pub trait DelegationPort: Send + Sync + 'static {
         request: AccessRequest,
     ) -> BoxFut<'a, Result<String, DelegationError>>;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Service businesses (the site owner's suspension)
+// ---------------------------------------------------------------------------------------------
+
+/// The site owner's control over service businesses. Implemented by
+/// [`crate::business::Businesses`]; every method checks that the actor is the site owner first.
+pub trait BusinessPort: Send + Sync + 'static {
+    /// Businesses known on this box, with their suspension.
+    fn list<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<crate::business::BusinessInfo>, crate::business::BusinessError>>;
+
+    /// Suspends every grant of the business's users.
+    fn suspend<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+        note: Option<String>,
+    ) -> BoxFut<'a, Result<crate::business::Change, crate::business::BusinessError>>;
+
+    /// Lifts a suspension.
+    fn restore<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+    ) -> BoxFut<'a, Result<crate::business::Suspension, crate::business::BusinessError>>;
+}

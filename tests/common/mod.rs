@@ -568,6 +568,16 @@ impl Harness {
             delegations,
             authz: authz.clone(),
         });
+        let businesses = Arc::new(
+            sitegate::business::Businesses::new(
+                store.clone(),
+                audit.clone(),
+                authz.clone(),
+                shared.clone(),
+                None,
+            )
+            .unwrap(),
+        );
         let metrics = Arc::new(Metrics::new());
         let state = ApiState::new(
             Ports {
@@ -578,6 +588,7 @@ impl Harness {
                 }),
                 units: units.clone(),
                 delegation,
+                businesses,
             },
             audit,
             metrics.clone(),

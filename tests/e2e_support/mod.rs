@@ -59,6 +59,18 @@ pub fn bundle_signed_by(
     revoked: &[&str],
     key: &ring::signature::Ed25519KeyPair,
 ) -> Vec<u8> {
+    bundle_with_user_fields(seq, members, revoked, key, &[])
+}
+
+/// Like [`bundle_signed_by`], with extra fields merged into named users (e.g. `business`,
+/// `owner`).
+pub fn bundle_with_user_fields(
+    seq: u64,
+    members: &[Member],
+    revoked: &[&str],
+    key: &ring::signature::Ed25519KeyPair,
+    user_fields: &[(&str, Value)],
+) -> Vec<u8> {
     // Low iteration count: the tests measure authorization, not PBKDF2.
     let verifier = fleet::hash_password(PASSWORD, 1_000).unwrap();
     let issued = time::OffsetDateTime::now_utc() - time::Duration::minutes(10)
@@ -67,8 +79,16 @@ pub fn bundle_signed_by(
     let mut grants = Vec::new();
     for m in members {
         if !users.iter().any(|u: &Value| u["id"] == m.user) {
-            users.push(json!({"id": m.user, "email": email(m.user), "name": m.user,
-                "active": true, "password": verifier}));
+            let mut u = json!({"id": m.user, "email": email(m.user), "name": m.user,
+                "active": true, "password": verifier});
+            for (who, fields) in user_fields {
+                if *who == m.user {
+                    for (k, v) in fields.as_object().unwrap() {
+                        u[k] = v.clone();
+                    }
+                }
+            }
+            users.push(u);
         }
         if !revoked.contains(&m.grant) {
             grants.push(
@@ -145,6 +165,7 @@ pub struct Site {
     pub base: String,
     pub http: reqwest::Client,
     pub sim_stop: CancellationToken,
+    pub cfg: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -236,7 +257,7 @@ impl Site {
         } else {
             Arc::new(SystemClock)
         };
-        let daemon = Daemon::start(cfg, shared, Notifier::from_env(&|_| None))
+        let daemon = Daemon::start(cfg.clone(), shared, Notifier::from_env(&|_| None))
             .await
             .unwrap();
         let scheme = if mode == "tls" { "https" } else { "http" };
@@ -248,7 +269,42 @@ impl Site {
             base,
             http: reqwest::Client::new(),
             sim_stop,
+            cfg,
             _dir: dir,
+        }
+    }
+
+    /// Stops the daemon and starts it again on the same state directory and simulator.
+    pub async fn restart(self) -> Site {
+        let Site {
+            daemon,
+            sim,
+            clock,
+            http,
+            sim_stop,
+            cfg,
+            _dir,
+            ..
+        } = self;
+        daemon.stop(false).await;
+        let daemon = Daemon::start(cfg.clone(), clock.clone(), Notifier::from_env(&|_| None))
+            .await
+            .unwrap();
+        let scheme = if matches!(cfg.api.mode, sitegate::config::ApiMode::Plain) {
+            "http"
+        } else {
+            "https"
+        };
+        let base = format!("{scheme}://{}/api/v1", daemon.api_addr);
+        Site {
+            daemon,
+            sim,
+            clock,
+            base,
+            http,
+            sim_stop,
+            cfg,
+            _dir,
         }
     }
 

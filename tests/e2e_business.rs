@@ -1,0 +1,331 @@
+//! End to end: the site owner suspends and restores a service business on the real daemon
+//! (`Daemon::start`, simulators on loopback, bundles signed like the fleet tool signs them),
+//! over real HTTP. The suspension bites at once, answers with the documented codes, cannot be
+//! lifted by any user of the business, survives a restart and a later bundle, and is audited.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step should fail the test loudly"
+)]
+
+mod e2e_support;
+
+use e2e_support::*;
+use serde_json::{Value, json};
+
+const ACME: &str = "acme-service";
+
+fn members() -> Vec<Member> {
+    vec![
+        Member {
+            user: "olga",
+            role: "admin",
+            scope: json!({"site": SITE}),
+            grant: "g-olga",
+        },
+        Member {
+            user: "pam",
+            role: "admin",
+            scope: json!({"site": SITE}),
+            grant: "g-pam",
+        },
+        Member {
+            user: "tom",
+            role: "technician",
+            scope: json!({"site": SITE}),
+            grant: "g-tom",
+        },
+        Member {
+            user: "vic",
+            role: "viewer",
+            scope: json!({"unit": "gen-1"}),
+            grant: "g-vic",
+        },
+        Member {
+            user: "nick",
+            role: "viewer",
+            scope: json!({"unit": "hvac-2"}),
+            grant: "g-nick",
+        },
+    ]
+}
+
+/// olga is the site owner; pam (Pro Admin) and tom (Pro Technician) work for acme-service.
+fn signed(seq: u64) -> Vec<u8> {
+    bundle_with_user_fields(
+        seq,
+        &members(),
+        &[],
+        &fleet_key(),
+        &[
+            ("olga", json!({"owner": true})),
+            ("pam", json!({"business": ACME})),
+            ("tom", json!({"business": ACME})),
+        ],
+    )
+}
+
+struct Resp {
+    status: u16,
+    body: Value,
+}
+
+async fn call(
+    s: &Site,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Resp {
+    let mut r = s
+        .http
+        .request(method, format!("{}{path}", s.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Resp { status, body }
+}
+
+async fn get(s: &Site, path: &str, token: &str) -> Resp {
+    call(s, reqwest::Method::GET, path, token, None).await
+}
+
+async fn suspend(s: &Site, business: &str, token: &str) -> Resp {
+    call(
+        s,
+        reqwest::Method::PUT,
+        &format!("/businesses/{business}/suspension"),
+        token,
+        Some(json!({"note": "contract ended"})),
+    )
+    .await
+}
+
+async fn restore(s: &Site, business: &str, token: &str) -> Resp {
+    call(
+        s,
+        reqwest::Method::DELETE,
+        &format!("/businesses/{business}/suspension"),
+        token,
+        None,
+    )
+    .await
+}
+
+/// The value of `sitegate_authz_denials_total{capability="view",reason="business_suspended"}`.
+async fn suspended_view_denials(s: &Site) -> u64 {
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| {
+            l.starts_with("sitegate_authz_denials_total{")
+                && l.contains("capability=\"view\"")
+                && l.contains("reason=\"business_suspended\"")
+        })
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_site_owner_suspends_and_restores_a_service_business_over_the_api() {
+    let s = Site::start("plain", "").await;
+    s.apply(signed(1)).await;
+    let (olga, pam, tom) = (
+        s.login("olga").await,
+        s.login("pam").await,
+        s.login("tom").await,
+    );
+    let vic = s.login("vic").await;
+
+    // tom delegates control-only on gen-1 to vic (independent site: effective at once).
+    let r = call(
+        &s,
+        reqwest::Method::POST,
+        "/grants",
+        &tom,
+        Some(json!({"email": email("vic"), "role": "control-only", "scope": {"unit": "gen-1"}, "expires_at": "2035-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let r = get(&s, "/businesses", &olga).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["businesses"],
+        json!([{"business": ACME, "members": ["pam", "tom"], "suspended": false}])
+    );
+    // Nobody but the owner: not the business's own site admin, not a viewer; unknown names
+    // answer alike.
+    for t in [&pam, &tom, &vic] {
+        for r in [
+            get(&s, "/businesses", t).await,
+            suspend(&s, ACME, t).await,
+            suspend(&s, "no-such-business", t).await,
+            restore(&s, ACME, t).await,
+        ] {
+            assert_eq!(r.status, 403, "{}", r.body);
+            assert_eq!(r.body["error"], "forbidden");
+        }
+    }
+    assert_eq!(get(&s, "/units/gen-1", &tom).await.status, 200);
+
+    let r = suspend(&s, ACME, &olga).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["suspension"]["business"], ACME);
+    assert_eq!(r.body["suspension"]["members"], json!(["pam", "tom"]));
+    assert_eq!(r.body["suspension"]["note"], "contract ended");
+    assert_eq!(suspend(&s, ACME, &olga).await.status, 200);
+    let r = suspend(&s, "no-such-business", &olga).await;
+    assert_eq!(
+        (r.status, r.body["error"].clone()),
+        (404, json!("business_not_found"))
+    );
+
+    // At once: every unit is gone for the business's users, and delegation by them is refused.
+    let before = suspended_view_denials(&s).await;
+    for t in [&pam, &tom] {
+        let r = get(&s, "/units/gen-1", t).await;
+        assert_eq!(
+            (r.status, r.body["error"].clone()),
+            (404, json!("unit_not_found"))
+        );
+        let r = get(&s, "/units", t).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["units"], json!([]));
+    }
+    assert_eq!(suspended_view_denials(&s).await, before + 2);
+    let r = call(
+        &s,
+        reqwest::Method::POST,
+        "/grants",
+        &pam,
+        Some(json!({"email": email("nick"), "role": "viewer", "scope": {"unit": "gen-1"}, "expires_at": "2035-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"].clone()),
+        (403, json!("forbidden"))
+    );
+    // vic keeps her own viewer grant on gen-1, but tom's delegation (control) no longer applies:
+    // the command never reaches the unit.
+    let writes = s.sim.stats().writes.len();
+    let r = call(
+        &s,
+        reqwest::Method::POST,
+        "/units/gen-1/commands/stop",
+        &vic,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"].clone()),
+        (403, json!("forbidden"))
+    );
+    assert_eq!(s.sim.stats().writes.len(), writes);
+    assert_eq!(get(&s, "/units/gen-1", &vic).await.status, 200);
+    // Neither business user can lift it.
+    for t in [&pam, &tom] {
+        assert_eq!(restore(&s, ACME, t).await.status, 403);
+    }
+
+    // Audited: the owner sees the suspension and the refused attempts.
+    let r = get(&s, "/audit?kind=business_suspended&limit=100", &olga).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let outcomes: Vec<(String, String)> = r.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["actor"].as_str().unwrap().to_string(),
+                x["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(a, o)| a == "olga" && o == "ok")
+            .count(),
+        1
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(a, o)| a != "olga" && o == "denied")
+            .count(),
+        6
+    );
+
+    // A restart keeps it; a later bundle does not lift it.
+    let s = s.restart().await;
+    let olga = s.login("olga").await;
+    let tom = s.login("tom").await;
+    assert_eq!(get(&s, "/units/gen-1", &tom).await.status, 404);
+    s.apply(signed(2)).await;
+    assert_eq!(get(&s, "/units/gen-1", &tom).await.status, 404);
+    let r = get(&s, "/businesses", &olga).await;
+    assert_eq!(r.body["businesses"][0]["suspended"], true);
+    assert_eq!(
+        r.body["businesses"][0]["suspension"]["suspended_by"],
+        "olga"
+    );
+
+    // The owner restores it: access is back at once.
+    let r = restore(&s, ACME, &olga).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "restored");
+    assert_eq!(get(&s, "/units/gen-1", &tom).await.status, 200);
+    let r = restore(&s, ACME, &olga).await;
+    assert_eq!(
+        (r.status, r.body["error"].clone()),
+        (404, json!("not_suspended"))
+    );
+    // One restoration by the owner; the five refused attempts by pam, tom and vic.
+    let r = get(&s, "/audit?kind=business_restored&limit=100", &olga).await;
+    let records = r.body["records"].as_array().unwrap();
+    let ok: Vec<&str> = records
+        .iter()
+        .filter(|x| x["outcome"] == "ok")
+        .map(|x| x["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(ok, vec!["olga"]);
+    assert_eq!(
+        records.iter().filter(|x| x["outcome"] == "denied").count(),
+        5
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_bundle_cannot_make_a_business_user_the_owner() {
+    let s = Site::start("plain", "").await;
+    let bad = bundle_with_user_fields(
+        1,
+        &members(),
+        &[],
+        &fleet_key(),
+        &[("pam", json!({"business": ACME, "owner": true}))],
+    );
+    let r = s.daemon.site.as_ref().unwrap().clone();
+    let out = tokio::task::spawn_blocking(move || {
+        r.apply_envelope(Some(sitegate::grants::Kind::Bundle), &bad, "test")
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.unwrap_err().reason, sitegate::grants::Reason::Malformed);
+    s.stop().await;
+}
