@@ -159,6 +159,10 @@ fn state_payload(list: &[Suspension], now: OffsetDateTime) -> Vec<u8> {
 
 /// Suspends `business` in one transaction: row, audit record, retained state message.
 /// `members` are the business's users in the current access state.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one transaction's inputs, shared by the daemon and the CLI"
+)]
 pub fn suspend_in(
     c: &mut Connection,
     audit: &Audit,
@@ -464,6 +468,8 @@ impl crate::api::ports::BusinessPort for Businesses {
         Box::pin(Businesses::restore(self, actor, business))
     }
 }
+
+pub mod cli;
 
 #[cfg(test)]
 mod tests;

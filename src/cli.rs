@@ -74,6 +74,11 @@ pub enum Command {
     Provision(crate::provision::ProvisionArgs),
     /// Run a complete demo site on loopback: simulated units, four users, the LAN API.
     Demo(crate::demo::DemoArgs),
+    /// The site owner's control over service businesses: list, suspend, restore.
+    Business {
+        #[command(subcommand)]
+        cmd: crate::business::cli::BusinessCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,24 +94,16 @@ fn env(k: &str) -> Option<String> {
 
 /// Loads the config or prints its problems; `Err` carries the exit code.
 pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
-    let profiles = crate::app::profile_names(None);
-    match Config::load(path, &|p| profiles.contains(p)) {
-        Ok(c) => {
-            // A profiles dir named in the config may add profiles: re-check with it.
-            if c.profiles_dir.is_some() {
-                let more = crate::app::profile_names(c.profiles_dir.as_deref());
-                return Config::load(path, &|p| more.contains(p)).map_err(|e| {
-                    eprint!("{e}");
-                    EX_CONFIG
-                });
-            }
-            Ok(c)
-        }
-        Err(e) => {
-            eprint!("{e}");
-            Err(EX_CONFIG)
-        }
-    }
+    // A profiles dir named in the config may add profiles: find it first (accepting any profile
+    // name), then check the config against the built-in profiles plus that dir's.
+    let dir = Config::load(path, &|_| true)
+        .ok()
+        .and_then(|c| c.profiles_dir);
+    let profiles = crate::app::profile_names(dir.as_deref());
+    Config::load(path, &|p| profiles.contains(p)).map_err(|e| {
+        eprint!("{e}");
+        EX_CONFIG
+    })
 }
 
 /// Runs one command; returns the process exit code.
@@ -124,6 +121,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Fleet { cmd } => crate::grants::cli::run_fleet(cmd),
         Command::Trust { cmd } => crate::grants::cli::run_trust(cmd),
         Command::Grants { cmd } => crate::grants::cli::run_grants(cmd),
+        Command::Business { cmd } => {
+            logging::init(cli.log_format, "warn", &env);
+            crate::business::cli::run(cmd)
+        }
         Command::Units(UnitsCommand::Test(args)) => {
             logging::init(cli.log_format, "error", &env);
             crate::modbus::tools::units_test(args)

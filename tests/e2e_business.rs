@@ -329,3 +329,78 @@ async fn a_bundle_cannot_make_a_business_user_the_owner() {
     assert_eq!(out.unwrap_err().reason, sitegate::grants::Reason::Malformed);
     s.stop().await;
 }
+
+fn cli(s: &Site, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sitegate"))
+        .arg("business")
+        .args(args)
+        .arg("--config")
+        .arg(&s.config_path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls (bounded: 100 × 100 ms) until `tom` gets `status` on gen-1.
+async fn wait_for_status(s: &Site, token: &str, status: u16) {
+    for _ in 0..100 {
+        if get(s, "/units/gen-1", token).await.status == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("gen-1 never answered {status}");
+}
+
+#[tokio::test]
+async fn the_cli_suspends_only_as_the_owner_and_the_running_daemon_applies_it() {
+    let s = Site::start("plain", "").await;
+    s.apply(signed(1)).await;
+    let tom = s.login("tom").await;
+    assert_eq!(get(&s, "/units/gen-1", &tom).await.status, 200);
+
+    // A business user (even its site admin) is refused and nothing changes.
+    let (code, _, err) = cli(&s, &["suspend", ACME, "--as", &email("pam")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not the site owner"), "{err}");
+    let (code, _, _) = cli(&s, &["suspend", ACME, "--as", &email("tom")]);
+    assert_eq!(code, 1);
+    let (code, out, _) = cli(&s, &["list"]);
+    assert_eq!(code, 0);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["suspended"], json!([]));
+    assert_eq!(
+        doc["businesses"],
+        json!([{"business": ACME, "members": ["pam", "tom"]}])
+    );
+
+    let (code, out, err) = cli(
+        &s,
+        &["suspend", ACME, "--as", &email("olga"), "--note", "overdue"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("suspended `acme-service` (2 user(s))"),
+        "{out}"
+    );
+    wait_for_status(&s, &tom, 404).await;
+    let (code, _, _) = cli(&s, &["restore", ACME, "--as", &email("tom")]);
+    assert_eq!(code, 1);
+    let (code, out, _) = cli(&s, &["list"]);
+    assert_eq!(code, 0);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["suspended"][0]["suspended_by"], "cli:olga");
+    assert_eq!(doc["suspended"][0]["note"], "overdue");
+
+    let (code, _, err) = cli(&s, &["restore", ACME, "--as", &email("olga")]);
+    assert_eq!(code, 0, "{err}");
+    wait_for_status(&s, &tom, 200).await;
+    let (code, _, err) = cli(&s, &["restore", ACME, "--as", &email("olga")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not suspended"), "{err}");
+    s.stop().await;
+}

@@ -166,6 +166,7 @@ pub struct Site {
     pub http: reqwest::Client,
     pub sim_stop: CancellationToken,
     pub cfg: Config,
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -251,6 +252,9 @@ impl Site {
         let extra = format!("\n[profiles]\ndir = \"{}\"\n{extra}", profiles.display());
         let text = config_text(&dir.path().join("state"), &links, &units, 500, mode, &extra);
         let cfg = parse_config(&text, dir.path());
+        // The same config as a file, for the CLI tools run against this site.
+        let config_path = dir.path().join("sitegate.toml");
+        std::fs::write(&config_path, &text).unwrap();
         let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
         let shared: SharedClock = if manual {
             clock.clone()
@@ -270,6 +274,7 @@ impl Site {
             http: reqwest::Client::new(),
             sim_stop,
             cfg,
+            config_path,
             _dir: dir,
         }
     }
@@ -283,6 +288,7 @@ impl Site {
             http,
             sim_stop,
             cfg,
+            config_path,
             _dir,
             ..
         } = self;
@@ -304,6 +310,7 @@ impl Site {
             http,
             sim_stop,
             cfg,
+            config_path,
             _dir,
         }
     }
