@@ -114,6 +114,7 @@ fn fixture() -> (Inputs, Vec<(UserId, UnitId)>) {
         users,
         grants,
         revoked,
+        requests_denied: HashSet::new(),
     };
     let inputs = Inputs {
         site: Some(site),

@@ -88,4 +88,6 @@ pub struct AccessState {
     pub grants: Vec<Grant>,
     /// Grant ids revoked, irreversibly.
     pub revoked: HashSet<GrantId>,
+    /// Pending request ids the applied bundle refuses (`requests_denied`).
+    pub requests_denied: HashSet<String>,
 }

@@ -328,6 +328,24 @@ impl DelegationPort for DelegationAdapter {
         })
     }
 
+    fn list_requests<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<serde_json::Value>, ports::DelegationError>> {
+        Box::pin(async move {
+            let listing = self
+                .delegations
+                .list(actor)
+                .await
+                .map_err(delegation_error)?;
+            Ok(listing
+                .requests
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect())
+        })
+    }
+
     fn request_access<'a>(
         &'a self,
         actor: &'a UserId,

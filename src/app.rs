@@ -394,6 +394,7 @@ async fn start_engines(
     {
         let mut rx = grants.subscribe();
         let authz = authz.clone();
+        let delegations = delegations.clone();
         let metrics = metrics.clone();
         let stop = shutdown.child_token();
         tasks.spawn(async move {
@@ -404,7 +405,14 @@ async fn start_engines(
                         if changed.is_err() { break }
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
-                        authz.set_state(state);
+                        authz.set_state(state.clone());
+                        // Pending requests the new bundle grants or denies are resolved.
+                        let d = delegations.clone();
+                        if let Ok(Err(e)) =
+                            tokio::task::spawn_blocking(move || d.resolve_requests(&state)).await
+                        {
+                            tracing::warn!(error = %e, "cannot resolve access requests");
+                        }
                     }
                 }
             }
@@ -548,6 +556,13 @@ fn spawn_housekeeping(
                 let _ = tokio::task::spawn_blocking(move || g.check_clock()).await;
             }
             if n % 60 == 0 {
+                // Requests pending longer than REQUEST_TTL expire.
+                let (d, g) = (r.delegations.clone(), r.grants.clone());
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || d.resolve_requests(&g.snapshot())).await
+                {
+                    tracing::warn!(error = %e, "cannot resolve access requests");
+                }
                 if let Err(e) = r.auth.prune().await {
                     tracing::warn!(error = %e, "cannot prune expired sessions");
                 }

@@ -915,6 +915,20 @@ pub async fn revoke_grant(
     })
 }
 
+pub async fn list_access_requests(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let requests = state
+        .0
+        .ports
+        .delegation
+        .list_requests(&caller.session.user)
+        .await
+        .map_err(|e| delegation_error(&state, e))?;
+    Ok(Json(json!({ "requests": requests })))
+}
+
 pub async fn access_request(
     State(state): State<ApiState>,
     caller: Caller,

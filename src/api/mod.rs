@@ -123,6 +123,11 @@ pub static ROUTES: &[RouteDef] = &[
         handler: || delete(handlers::revoke_grant),
     },
     RouteDef {
+        method: Method::GET,
+        path: "/api/v1/access-requests",
+        handler: || get(handlers::list_access_requests),
+    },
+    RouteDef {
         method: Method::POST,
         path: "/api/v1/access-requests",
         handler: || post(handlers::access_request),

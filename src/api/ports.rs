@@ -515,6 +515,13 @@ pub trait DelegationPort: Send + Sync + 'static {
         grant: &'a GrantId,
     ) -> BoxFut<'a, Result<DelegationOutcome, DelegationError>>;
 
+    /// The access requests (and pending pro-site delegations) the actor may see: their own, and
+    /// every one on a scope where they hold `manage_users`. Newest first, with their status.
+    fn list_requests<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<Value>, DelegationError>>;
+
     /// Records and sends upward a request for access; returns the request id.
     fn request_access<'a>(
         &'a self,

@@ -98,6 +98,7 @@ pub(crate) fn state(users: &[&str], grants: Vec<Grant>) -> AccessState {
         users: users.iter().map(|u| user(u)).collect(),
         grants,
         revoked: HashSet::new(),
+        requests_denied: HashSet::new(),
     }
 }
 

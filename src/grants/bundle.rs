@@ -149,6 +149,9 @@ pub struct BundleWire {
     pub grants: Vec<GrantWire>,
     #[serde(default)]
     pub revoked: Vec<GrantId>,
+    /// Ids of pending access requests (and pro-site delegations) the cloud refuses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests_denied: Vec<String>,
 }
 
 /// Installer token payload: one user and one grant.
@@ -172,6 +175,7 @@ pub struct Bundle {
     pub users: Vec<User>,
     pub grants: Vec<Grant>,
     pub revoked: Vec<GrantId>,
+    pub requests_denied: Vec<String>,
 }
 
 /// A bundle envelope whose signature verified and whose payload is valid. Only
@@ -443,6 +447,34 @@ fn validate_bundle(w: BundleWire) -> Result<Bundle, Rejection> {
         }
         grants.push(g);
     }
+    if w.requests_denied.len() > MAX_REVOKED {
+        return reject(
+            Reason::TooLarge,
+            format!(
+                "bundle denies {} requests (limit {MAX_REVOKED})",
+                w.requests_denied.len()
+            ),
+        );
+    }
+    let mut denied_set = HashSet::with_capacity(w.requests_denied.len());
+    for r in &w.requests_denied {
+        let ok = !r.is_empty()
+            && r.len() <= 64
+            && r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return reject(
+                Reason::Malformed,
+                format!("`requests_denied` entry `{}` is not a request id", short(r)),
+            );
+        }
+        if !denied_set.insert(r) {
+            return reject(
+                Reason::DuplicateId,
+                format!("denied request `{r}` appears twice"),
+            );
+        }
+    }
     let mut revoked_set = HashSet::with_capacity(w.revoked.len());
     for r in &w.revoked {
         if !revoked_set.insert(r) {
@@ -460,6 +492,7 @@ fn validate_bundle(w: BundleWire) -> Result<Bundle, Rejection> {
         users,
         grants,
         revoked: w.revoked,
+        requests_denied: w.requests_denied,
     })
 }
 

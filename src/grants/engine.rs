@@ -182,6 +182,9 @@ fn build_state(
         users,
         grants,
         revoked,
+        requests_denied: bundle
+            .map(|b| b.requests_denied.iter().cloned().collect())
+            .unwrap_or_default(),
     }
 }
 

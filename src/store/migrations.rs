@@ -189,7 +189,7 @@ CREATE TABLE access_requests (
     },
     Migration {
         version: 4,
-        name: "business suspensions; the business of an installer-token user",
+        name: "business suspensions; the business of an installer-token user; request resolution time",
         sql: "
 -- Service businesses the site owner suspended on this box. A row exists while the suspension
 -- holds; restoring deletes it (the audit trail keeps the history). `members` is the JSON list of
@@ -202,6 +202,8 @@ CREATE TABLE business_suspensions (
     members TEXT NOT NULL
 );
 ALTER TABLE token_grants ADD COLUMN business TEXT;
+-- When an access request stopped being pending (granted, denied or expired).
+ALTER TABLE access_requests ADD COLUMN resolved_ms INTEGER;
 ",
     },
 ];
