@@ -2,6 +2,7 @@
 //! (`Daemon::start`, simulators on loopback, bundles signed like the fleet tool signs them),
 //! over real HTTP. The suspension bites at once, answers with the documented codes, cannot be
 //! lifted by any user of the business, survives a restart and a later bundle, and is audited.
+//! Also the access-request lifecycle: listed over the API, resolved by the next bundle.
 
 #![allow(
     clippy::unwrap_used,
@@ -402,5 +403,94 @@ async fn the_cli_suspends_only_as_the_owner_and_the_running_daemon_applies_it() 
     let (code, _, err) = cli(&s, &["restore", ACME, "--as", &email("olga")]);
     assert_eq!(code, 1);
     assert!(err.contains("is not suspended"), "{err}");
+    s.stop().await;
+}
+
+async fn request_status(s: &Site, token: &str, id: &str) -> Option<String> {
+    let r = get(s, "/access-requests", token).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .map(|x| x["status"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn access_requests_are_listed_and_resolved_by_the_next_bundle() {
+    let s = Site::start("plain", "").await;
+    s.apply(signed(1)).await;
+    let (olga, nick, vic) = (
+        s.login("olga").await,
+        s.login("nick").await,
+        s.login("vic").await,
+    );
+    let ask = |role: &str, unit: &str| json!({"role": role, "scope": {"unit": unit}});
+    let r = call(
+        &s,
+        reqwest::Method::POST,
+        "/access-requests",
+        &nick,
+        Some(ask("viewer", "gen-1")),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let granted = r.body["request_id"].as_str().unwrap().to_string();
+    let r = call(
+        &s,
+        reqwest::Method::POST,
+        "/access-requests",
+        &nick,
+        Some(ask("control-only", "hvac-1")),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let denied = r.body["request_id"].as_str().unwrap().to_string();
+
+    assert_eq!(
+        request_status(&s, &nick, &granted).await.as_deref(),
+        Some("pending")
+    );
+    assert_eq!(
+        request_status(&s, &olga, &denied).await.as_deref(),
+        Some("pending")
+    );
+    assert_eq!(request_status(&s, &vic, &granted).await, None);
+
+    // The next bundle grants the first and denies the second.
+    let mut m = members();
+    m.push(Member {
+        user: "nick",
+        role: "viewer",
+        scope: json!({"unit": "gen-1"}),
+        grant: "g-nick-gen",
+    });
+    let b = bundle_with_fields(
+        2,
+        &m,
+        &[],
+        &fleet_key(),
+        &[("olga", json!({"owner": true}))],
+        &json!({"requests_denied": [denied]}),
+    );
+    s.apply(b).await;
+    // Resolution follows the applied state on the daemon's watch task (bounded wait).
+    for _ in 0..100 {
+        if request_status(&s, &nick, &denied).await.as_deref() == Some("denied") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        request_status(&s, &nick, &granted).await.as_deref(),
+        Some("granted")
+    );
+    assert_eq!(
+        request_status(&s, &nick, &denied).await.as_deref(),
+        Some("denied")
+    );
+    let r = get(&s, "/audit?kind=access_request_resolved&limit=10", &olga).await;
+    assert_eq!(r.body["records"].as_array().unwrap().len(), 2);
     s.stop().await;
 }

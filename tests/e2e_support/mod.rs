@@ -71,6 +71,19 @@ pub fn bundle_with_user_fields(
     key: &ring::signature::Ed25519KeyPair,
     user_fields: &[(&str, Value)],
 ) -> Vec<u8> {
+    bundle_with_fields(seq, members, revoked, key, user_fields, &json!({}))
+}
+
+/// Like [`bundle_with_user_fields`], with extra top-level payload fields (e.g.
+/// `requests_denied`).
+pub fn bundle_with_fields(
+    seq: u64,
+    members: &[Member],
+    revoked: &[&str],
+    key: &ring::signature::Ed25519KeyPair,
+    user_fields: &[(&str, Value)],
+    top: &Value,
+) -> Vec<u8> {
     // Low iteration count: the tests measure authorization, not PBKDF2.
     let verifier = fleet::hash_password(PASSWORD, 1_000).unwrap();
     let issued = time::OffsetDateTime::now_utc() - time::Duration::minutes(10)
@@ -101,6 +114,10 @@ pub fn bundle_with_user_fields(
         "policy": {"management": "independent",
                    "features": ["view", "control", "diagnose", "configure", "manage_users"]},
         "users": users, "grants": grants, "revoked": revoked});
+    let mut b = b;
+    for (k, v) in top.as_object().unwrap() {
+        b[k] = v.clone();
+    }
     fleet::sign(Kind::Bundle, KID, key, &serde_json::to_vec(&b).unwrap())
 }
 
