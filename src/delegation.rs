@@ -855,12 +855,12 @@ impl Delegations {
                     }));
                 audit.record_in(&tx, &ev)?;
                 if let Some(t) = &topic {
+                    let msg_id = format!("{}-{status}", r.id);
                     let upward = serde_json::to_vec(&json!({
-                        "kind": r.kind, "id": r.id, "status": status,
+                        "msg_id": msg_id, "kind": r.kind, "id": r.id, "status": status,
                         "resolved_at": crate::clock::rfc3339(now),
                     }))
                     .unwrap_or_default();
-                    let msg_id = format!("{}-{status}", r.id);
                     outbox::enqueue(&tx, Class::Request, &msg_id, t, &upward, true, false)?;
                 }
             }
