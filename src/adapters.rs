@@ -211,6 +211,9 @@ impl AuthzPort for AuthzAdapter {
             units,
             grants,
             management: (ix.seq() > 0).then(|| ix.management()),
+            business: u.business.clone(),
+            business_suspended: ix.is_suspended(user),
+            owner: ix.is_owner(user),
         })
     }
 }

@@ -195,6 +195,21 @@ async fn the_site_owner_suspends_and_restores_a_service_business_over_the_api() 
         (404, json!("business_not_found"))
     );
 
+    // /me tells the business's users why they see nothing.
+    let me = get(&s, "/me", &tom).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(
+        (
+            me.body["user"]["business"].clone(),
+            me.body["user"]["business_suspended"].clone(),
+            me.body["user"]["owner"].clone(),
+            me.body["units"].clone(),
+        ),
+        (json!(ACME), json!(true), json!(false), json!([]))
+    );
+    let me = get(&s, "/me", &olga).await;
+    assert_eq!(me.body["user"]["owner"], true);
+    assert_eq!(me.body["user"]["business"], Value::Null);
     // At once: every unit is gone for the business's users, and delegation by them is refused.
     let before = suspended_view_denials(&s).await;
     for t in [&pam, &tom] {

@@ -159,7 +159,10 @@ pub async fn me(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json
         .map(|(u, caps)| json!({ "unit": u, "capabilities": caps }))
         .collect();
     Ok(Json(json!({
-        "user": { "id": me.user, "email": me.email, "name": me.name },
+        "user": {
+            "id": me.user, "email": me.email, "name": me.name, "business": me.business,
+            "business_suspended": me.business_suspended, "owner": me.owner,
+        },
         "session": { "expires_at": rfc3339(caller.session.expires_at) },
         "management": me.management,
         "site": { "capabilities": me.site },

@@ -157,6 +157,12 @@ pub struct Me {
     pub grants: Vec<GrantInfo>,
     /// The site's management mode (`pro` or `independent`), if a bundle is applied.
     pub management: Option<crate::model::Management>,
+    /// The service business the user belongs to, and whether the site owner suspended it here
+    /// (a suspended user's capabilities are all empty).
+    pub business: Option<crate::model::BusinessId>,
+    pub business_suspended: bool,
+    /// The user is the site owner (may suspend and restore businesses).
+    pub owner: bool,
 }
 
 /// The decision engine. Implemented by `authz` over its immutable index: synchronous, no I/O.
