@@ -509,3 +509,74 @@ async fn access_requests_are_listed_and_resolved_by_the_next_bundle() {
     assert_eq!(r.body["records"].as_array().unwrap().len(), 2);
     s.stop().await;
 }
+
+/// An installer token for `inst`, a technician of acme-service not named in any bundle.
+fn installer_token() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let payload = json!({
+        "site": SITE,
+        "issued_at": sitegate::clock::rfc3339(now - time::Duration::minutes(5)),
+        "user": {"id": "inst", "email": "inst@acme.example", "name": "Ivo", "active": true,
+                 "business": ACME},
+        "grant": {"id": "t-inst", "user": "inst", "role": "technician", "scope": {"site": SITE},
+                  "expires_at": sitegate::clock::rfc3339(now + time::Duration::days(2))},
+    });
+    let env = sitegate::grants::fleet::sign(
+        sitegate::grants::Kind::Token,
+        KID,
+        &fleet_key(),
+        &serde_json::to_vec(&payload).unwrap(),
+    );
+    String::from_utf8(env).unwrap()
+}
+
+async fn token_login(s: &Site, token: &str) -> String {
+    let r = s
+        .http
+        .post(format!("{}/session", s.base))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_installer_token_of_a_suspended_business_stays_suspended_across_a_restart() {
+    let s = Site::start("plain", "").await;
+    s.apply(signed(1)).await;
+    let olga = s.login("olga").await;
+    let inst = token_login(&s, &installer_token()).await;
+    assert_eq!(get(&s, "/units/gen-1", &inst).await.status, 200);
+    // The owner sees the token user as a member of the business.
+    let r = get(&s, "/businesses", &olga).await;
+    assert_eq!(
+        r.body["businesses"][0]["members"],
+        json!(["inst", "pam", "tom"])
+    );
+    assert_eq!(suspend(&s, ACME, &olga).await.status, 201);
+    assert_eq!(get(&s, "/units/gen-1", &inst).await.status, 404);
+
+    // After a restart the token's grant is reloaded from the store with its business, and a
+    // fresh login with the same token does not get around the suspension either.
+    let s = s.restart().await;
+    // The session from before the restart: the grant comes from the store only.
+    let r = get(&s, "/units/gen-1", &inst).await;
+    assert_eq!(
+        (r.status, r.body["error"].clone()),
+        (404, json!("unit_not_found"))
+    );
+    let me = get(&s, "/me", &inst).await;
+    assert_eq!(me.body["user"]["business"], ACME);
+    let inst = token_login(&s, &installer_token()).await;
+    let r = get(&s, "/units/gen-1", &inst).await;
+    assert_eq!(
+        (r.status, r.body["error"].clone()),
+        (404, json!("unit_not_found"))
+    );
+    let me = get(&s, "/me", &inst).await;
+    assert_eq!(me.body["user"]["business_suspended"], true);
+    s.stop().await;
+}
