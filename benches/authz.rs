@@ -64,6 +64,8 @@ fn fixture() -> (Inputs, Vec<(UserId, UnitId)>) {
             name: format!("User {i}"),
             active: i % 97 != 0,
             password: None,
+            business: None,
+            owner: false,
         })
         .collect();
     let mut grants = Vec::with_capacity(GRANTS);
@@ -112,6 +114,7 @@ fn fixture() -> (Inputs, Vec<(UserId, UnitId)>) {
         users,
         grants,
         revoked,
+        requests_denied: HashSet::new(),
     };
     let inputs = Inputs {
         site: Some(site),
@@ -120,6 +123,7 @@ fn fixture() -> (Inputs, Vec<(UserId, UnitId)>) {
         local_revoked: HashSet::new(),
         tokens: Vec::new(),
         inventory,
+        suspended: Vec::new(),
     };
     let queries = (0..4096)
         .map(|_| {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use time::OffsetDateTime;
 
-use crate::model::{CapSet, GrantId, Management, Role, Scope, SiteId, UserId};
+use crate::model::{BusinessId, CapSet, GrantId, Management, Role, Scope, SiteId, UserId};
 
 /// A person who may log in locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,12 @@ pub struct User {
     pub active: bool,
     /// `pbkdf2-sha256$<iterations>$<salt>$<hash>`; `None` = no password login (token only).
     pub password: Option<String>,
+    /// The service business the user belongs to (a Pro user of a dealer), `None` for the site's
+    /// own people. The site owner can suspend a business's access on this box.
+    pub business: Option<BusinessId>,
+    /// The site owner: may suspend and restore service businesses on this box. Only a bundle
+    /// user without a business can be one (see `docs/grants.md`).
+    pub owner: bool,
 }
 
 /// Where a grant came from.
@@ -82,4 +88,6 @@ pub struct AccessState {
     pub grants: Vec<Grant>,
     /// Grant ids revoked, irreversibly.
     pub revoked: HashSet<GrantId>,
+    /// Pending request ids the applied bundle refuses (`requests_denied`).
+    pub requests_denied: HashSet<String>,
 }

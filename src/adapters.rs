@@ -273,6 +273,9 @@ impl AuthzPort for AuthzAdapter {
             units,
             grants,
             management: (ix.seq() > 0).then(|| ix.management()),
+            business: u.business.clone(),
+            business_suspended: ix.is_suspended(user),
+            owner: ix.is_owner(user),
         })
     }
 }
@@ -387,6 +390,24 @@ impl DelegationPort for DelegationAdapter {
                 .await
                 .map_err(delegation_error)?;
             Ok(DelegationOutcome::Applied(None))
+        })
+    }
+
+    fn list_requests<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<serde_json::Value>, ports::DelegationError>> {
+        Box::pin(async move {
+            let listing = self
+                .delegations
+                .list(actor)
+                .await
+                .map_err(delegation_error)?;
+            Ok(listing
+                .requests
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect())
         })
     }
 

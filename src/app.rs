@@ -143,6 +143,7 @@ pub struct Running {
     pub authz: Arc<Authz>,
     pub auth: Auth,
     pub delegations: Delegations,
+    pub businesses: crate::business::Businesses,
     pub modbus: ModbusEngine,
     pub mqtt: Option<MqttHandle>,
     pub metrics: Arc<Metrics>,
@@ -241,6 +242,7 @@ impl Daemon {
                         delegations: running.delegations.clone(),
                         authz: running.authz.clone(),
                     }),
+                    businesses: Arc::new(running.businesses.clone()),
                 };
                 let state = ApiState::new(
                     ports,
@@ -345,7 +347,7 @@ async fn start_engines(
 ) -> anyhow::Result<Running> {
     // The engines open SQLite and key files synchronously: build them on the blocking pool so a
     // signal during start-up is still handled at once.
-    let (grants, registry, authz, auth, delegations) = {
+    let (grants, registry, authz, auth, delegations, businesses) = {
         let (store, audit, clock, site, cfg) = (
             store.clone(),
             audit.clone(),
@@ -388,14 +390,23 @@ async fn start_engines(
                 Some(verifier),
             )?;
             let delegations = Delegations::new(
+                store.clone(),
+                audit.clone(),
+                authz.clone(),
+                clock.clone(),
+                &cfg.state_dir,
+                Some(format!("{}/requests", site.topic_root())),
+            )?;
+            // Suspensions are loaded before the API serves: a suspended business never gets a
+            // window of access after a restart.
+            let businesses = crate::business::Businesses::new(
                 store,
                 audit,
                 authz.clone(),
                 clock,
-                &cfg.state_dir,
-                Some(format!("{}/requests", site.topic_root())),
+                Some(format!("{}/suspensions", site.topic_root())),
             )?;
-            Ok((grants, registry, authz, auth, delegations))
+            Ok((grants, registry, authz, auth, delegations, businesses))
         })
         .await??
     };
@@ -409,6 +420,7 @@ async fn start_engines(
         let mut rx = grants.subscribe();
         let authz = authz.clone();
         let auth = auth.clone();
+        let delegations = delegations.clone();
         let metrics = metrics.clone();
         let stop = shutdown.child_token();
         tasks.spawn(async move {
@@ -419,9 +431,16 @@ async fn start_engines(
                         if changed.is_err() { break }
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
-                        authz.set_state(state);
+                        authz.set_state(state.clone());
                         if let Err(e) = auth.end_changed_sessions().await {
                             tracing::warn!(error = %e, "cannot end the sessions a bundle invalidated");
+                        }
+                        // Pending requests the new bundle grants or denies are resolved.
+                        let d = delegations.clone();
+                        if let Ok(Err(e)) =
+                            tokio::task::spawn_blocking(move || d.resolve_requests(&state)).await
+                        {
+                            tracing::warn!(error = %e, "cannot resolve access requests");
                         }
                     }
                 }
@@ -462,6 +481,7 @@ async fn start_engines(
         authz,
         auth,
         delegations,
+        businesses,
         modbus,
         mqtt,
         metrics,
@@ -551,6 +571,12 @@ fn spawn_housekeeping(
                         .set_outbox_depth(class, u64::try_from(d).unwrap_or(0));
                 }
             }
+            // A suspension or restoration made with the CLI (another process) bites within
+            // one tick.
+            let b = r.businesses.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.refresh()).await {
+                tracing::warn!(error = %e, "cannot reload business suspensions");
+            }
             for l in r.modbus.link_stats() {
                 r.metrics.set_link(&l);
             }
@@ -559,6 +585,13 @@ fn spawn_housekeeping(
                 let _ = tokio::task::spawn_blocking(move || g.check_clock()).await;
             }
             if n % 60 == 0 {
+                // Requests pending longer than REQUEST_TTL expire.
+                let (d, g) = (r.delegations.clone(), r.grants.clone());
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || d.resolve_requests(&g.snapshot())).await
+                {
+                    tracing::warn!(error = %e, "cannot resolve access requests");
+                }
                 if let Err(e) = r.auth.prune().await {
                     tracing::warn!(error = %e, "cannot prune expired sessions");
                 }

@@ -25,7 +25,8 @@ use time::OffsetDateTime;
 
 use crate::access::{AccessState, Grant, Origin, Policy, User};
 use crate::model::{
-    CapSet, Capability, GrantId, GroupId, Management, Role, Scope, SiteId, UnitId, UserId,
+    BusinessId, CapSet, Capability, GrantId, GroupId, Management, Role, Scope, SiteId, UnitId,
+    UserId,
 };
 
 /// Longest chain of delegations (cloud grant → local → local …) the index follows. Deeper chains
@@ -86,6 +87,9 @@ pub enum DenyReason {
     UnknownUnit,
     /// The group is not in this site's inventory.
     UnknownGroup,
+    /// The user belongs to a service business the site owner suspended on this box (or the
+    /// only covering grants are delegations from such a user).
+    BusinessSuspended,
 }
 
 impl DenyReason {
@@ -103,6 +107,7 @@ impl DenyReason {
             DenyReason::DelegatorInvalid => "delegator_invalid",
             DenyReason::UnknownUnit => "unknown_unit",
             DenyReason::UnknownGroup => "unknown_group",
+            DenyReason::BusinessSuspended => "business_suspended",
         }
     }
 }
@@ -180,6 +185,10 @@ pub struct Inputs {
     pub tokens: Vec<(User, Grant)>,
     /// The unit inventory from the config: unit and its group.
     pub inventory: Vec<(UnitId, Option<GroupId>)>,
+    /// Service businesses the site owner suspended on this box, each with the users that
+    /// belonged to it when it was suspended (so a later bundle that moves them elsewhere does
+    /// not silently lift it for them).
+    pub suspended: Vec<(BusinessId, Vec<UserId>)>,
 }
 
 /// A grant as the index holds it.
@@ -236,6 +245,9 @@ impl Levels {
 #[derive(Debug, Clone)]
 struct UserRow {
     user: User,
+    /// The user's business is suspended (or the user was in it when it was suspended): no grant
+    /// of theirs applies, nor any delegation from them.
+    suspended: bool,
     /// Cloud-signed grants (bundle and installer tokens): the most specific level decides.
     signed: Levels,
     /// Local delegations: each only ever adds (see [`Index::resolve`]).
@@ -303,6 +315,8 @@ pub struct Index {
     grant_ids: HashMap<GrantId, u32>,
     /// Every revoked id (cloud and local), also for grants not in the index.
     revoked: HashSet<GrantId>,
+    /// Suspended businesses (see [`Inputs::suspended`]).
+    suspended: HashSet<BusinessId>,
     dropped: Vec<Dropped>,
 }
 
@@ -340,8 +354,14 @@ impl Index {
                 .union(&inputs.local_revoked)
                 .cloned()
                 .collect(),
+            suspended: inputs.suspended.iter().map(|(b, _)| b.clone()).collect(),
             dropped: Vec::new(),
         };
+        let suspended_users: HashSet<&UserId> = inputs
+            .suspended
+            .iter()
+            .flat_map(|(_, members)| members.iter())
+            .collect();
         for (unit, group) in &inputs.inventory {
             if ix.units.contains_key(unit) {
                 continue;
@@ -363,8 +383,14 @@ impl Index {
                 ix.by_email.entry(email).or_insert(idx);
             }
             ix.users.insert(user.id.clone(), idx);
+            let suspended = suspended_users.contains(&user.id)
+                || user
+                    .business
+                    .as_ref()
+                    .is_some_and(|b| ix.suspended.contains(b));
             ix.rows.push(UserRow {
                 user: user.clone(),
+                suspended,
                 signed: Levels::default(),
                 local: Levels::default(),
             });
@@ -637,6 +663,11 @@ impl Index {
         if !row.user.active {
             return Err(DenyReason::UserInactive);
         }
+        if row.suspended {
+            // Every grant the user holds (cloud, token, local) is suspended with the business;
+            // delegations from them fail through the delegator lookup in `resolve_local`.
+            return Err(DenyReason::BusinessSuspended);
+        }
         let signed = self.resolve_signed(row, key, now);
         let floor = signed.as_ref().ok().map(|(r, _)| *r);
         let local = self.resolve_local(ui, row, key, now, floor, visited);
@@ -721,6 +752,10 @@ impl Index {
                 visited.len -= 1;
                 let role = match held {
                     Ok((dr, _)) => g.grant.role.min(dr),
+                    Err(DenyReason::BusinessSuspended) => {
+                        first_skip.get_or_insert(DenyReason::BusinessSuspended);
+                        continue;
+                    }
                     Err(_) => Role::None,
                 };
                 if role == Role::None {
@@ -964,6 +999,41 @@ impl Index {
     pub fn has_group(&self, g: &GroupId) -> bool {
         self.groups.contains_key(g)
     }
+    /// Whether `user` is the site owner right now: a bundle user flagged `owner`, active, in no
+    /// business, and not suspended. Only the owner may suspend or restore a business.
+    pub fn is_owner(&self, user: &UserId) -> bool {
+        self.users.get(user).is_some_and(|&i| {
+            let r = &self.rows[i as usize];
+            r.user.owner && r.user.active && r.user.business.is_none() && !r.suspended
+        })
+    }
+
+    /// Whether `user`'s grants are suspended with a service business.
+    pub fn is_suspended(&self, user: &UserId) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|&i| self.rows[i as usize].suspended)
+    }
+
+    /// The businesses users of this index belong to, each with its members (sorted).
+    pub fn businesses(&self) -> std::collections::BTreeMap<BusinessId, Vec<UserId>> {
+        let mut out: std::collections::BTreeMap<BusinessId, Vec<UserId>> = Default::default();
+        for r in &self.rows {
+            if let Some(b) = &r.user.business {
+                out.entry(b.clone()).or_default().push(r.user.id.clone());
+            }
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    }
+
+    /// Whether a business is suspended on this box.
+    pub fn business_suspended(&self, b: &BusinessId) -> bool {
+        self.suspended.contains(b)
+    }
+
     /// Grants left out at build, with why.
     pub fn dropped(&self) -> &[Dropped] {
         &self.dropped
@@ -1058,6 +1128,20 @@ impl Authz {
             i.tokens.retain(|(_, g)| g.id != grant.id);
             i.tokens.push((user, grant));
         })
+    }
+
+    /// The suspended businesses (from the store, after a suspension or restoration).
+    pub fn set_suspended(&self, suspended: Vec<(BusinessId, Vec<UserId>)>) -> Arc<Index> {
+        self.update(|i| i.suspended = suspended)
+    }
+
+    /// The current suspension inputs (to skip a rebuild when nothing changed).
+    pub fn suspended_inputs(&self) -> Vec<(BusinessId, Vec<UserId>)> {
+        self.inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .suspended
+            .clone()
     }
 
     /// A new unit inventory (config reload).

@@ -79,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::auth::cli::LockoutsCommand,
     },
+    /// The site owner's control over service businesses: list, suspend, restore.
+    Business {
+        #[command(subcommand)]
+        cmd: crate::business::cli::BusinessCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +167,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Trust { cmd } => crate::grants::cli::run_trust(cmd),
         Command::Grants { cmd } => crate::grants::cli::run_grants(cmd),
         Command::Lockouts { cmd } => crate::auth::cli::run(cmd),
+        Command::Business { cmd } => {
+            logging::init(cli.log_format, "warn", &env);
+            crate::business::cli::run(cmd)
+        }
         Command::Units(UnitsCommand::Test(args)) => {
             logging::init(cli.log_format, "error", &env);
             crate::modbus::tools::units_test(args)

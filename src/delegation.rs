@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::access::{Grant, Origin};
+use crate::access::{AccessState, Grant, Origin};
 use crate::audit::{Audit, Event};
 use crate::authz::{Authz, DenyReason, Index, Target};
 use crate::clock::{SharedClock, from_unix_ms, unix_ms};
@@ -38,6 +38,9 @@ const SIG_DOMAIN: &[u8] = b"sitegate/v1/local_grant\n";
 pub const MAX_NOTE_CHARS: usize = 500;
 /// Most pending access requests one user may have open (protects the store and the cloud).
 pub const MAX_OPEN_REQUESTS_PER_USER: i64 = 20;
+/// How long an access request (or a pro-site delegation) stays pending without an answer from
+/// the cloud; then it is `expired` (and no longer counts against the per-user cap).
+pub const REQUEST_TTL: time::Duration = time::Duration::days(30);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DelegationError {
@@ -264,7 +267,27 @@ pub struct PendingRequest {
     pub note: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// `pending`, `granted` (a bundle holds a matching grant), `denied` (the bundle's
+    /// `requests_denied` names it) or `expired` (pending for [`REQUEST_TTL`]).
     pub status: String,
+    /// When it stopped being pending.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub resolved_at: Option<OffsetDateTime>,
+}
+
+impl PendingRequest {
+    /// The status at `now`: a pending request older than [`REQUEST_TTL`] is `expired` even
+    /// before the next sweep stores it.
+    fn status_at(&self, now: OffsetDateTime) -> &str {
+        if self.status == "pending" && self.created_at + REQUEST_TTL <= now {
+            "expired"
+        } else {
+            &self.status
+        }
+    }
 }
 
 /// What [`Delegations::create`] did.
@@ -568,6 +591,7 @@ impl Delegations {
                     note: String::new(),
                     created_at: now,
                     status: "pending".into(),
+                    resolved_at: None,
                 };
                 self.insert_request(&pending).await?;
                 Ok(Created::Pending(pending))
@@ -663,13 +687,15 @@ impl Delegations {
             return Err(DelegationError::NoteTooLong);
         }
         let who = actor.to_string();
+        let lapse = unix_ms(self.inner.clock.now() - REQUEST_TTL);
         let open: i64 = self
             .inner
             .store
             .call(move |c| {
                 Ok(c.query_row(
-                    "SELECT COUNT(*) FROM access_requests WHERE requester = ?1 AND status = 'pending'",
-                    [who],
+                    "SELECT COUNT(*) FROM access_requests
+                     WHERE requester = ?1 AND status = 'pending' AND created_ms > ?2",
+                    params![who, lapse],
                     |r| r.get(0),
                 )?)
             })
@@ -688,6 +714,7 @@ impl Delegations {
             note: note.chars().filter(|c| !c.is_control()).collect(),
             created_at: self.inner.clock.now(),
             status: "pending".into(),
+            resolved_at: None,
         };
         self.insert_request(&pending).await?;
         Ok(pending)
@@ -759,12 +786,90 @@ impl Delegations {
                 }
             }
         }
-        for r in reqs {
+        for mut r in reqs {
             if r.requester == *actor || r.user == *actor || manages(&r.scope) {
+                r.status = r.status_at(now).to_string();
                 out.requests.push(r);
             }
         }
         Ok(out)
+    }
+
+    /// Resolves pending requests against an applied access state (blocking): `denied` when the
+    /// bundle's `requests_denied` names the request, `granted` when the bundle holds a valid
+    /// cloud grant for the request's user at least the requested role on a scope covering the
+    /// requested one, `expired` when pending for [`REQUEST_TTL`]. Each resolution is stored,
+    /// audited (`access_request_resolved`) and reported on `…/requests`. Returns the resolved
+    /// `(id, status)` pairs.
+    pub fn resolve_requests(
+        &self,
+        state: &AccessState,
+    ) -> Result<Vec<(String, &'static str)>, DelegationError> {
+        let ix = self.inner.authz.index();
+        let now = ix.effective_now(self.inner.clock.now());
+        let reqs = self.inner.store.with_conn(|c| load_pending(c))?;
+        let granted = |r: &PendingRequest| {
+            state.grants.iter().any(|g| {
+                g.user == r.user
+                    && g.role >= r.role
+                    && matches!(g.origin, Origin::Cloud)
+                    && !state.revoked.contains(&g.id)
+                    && g.not_before.is_none_or(|nb| nb <= now)
+                    && g.expires_at.is_none_or(|e| e > now)
+                    && ix.scope_within(&r.scope, &g.scope)
+            })
+        };
+        let mut changes: Vec<(PendingRequest, &'static str)> = Vec::new();
+        for r in reqs.into_iter().filter(|r| r.status == "pending") {
+            let status = if state.requests_denied.contains(&r.id) {
+                "denied"
+            } else if granted(&r) {
+                "granted"
+            } else if r.created_at + REQUEST_TTL <= now {
+                "expired"
+            } else {
+                continue;
+            };
+            changes.push((r, status));
+        }
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (audit, topic) = (self.inner.audit.clone(), self.inner.requests_topic.clone());
+        let done: Vec<(String, &'static str)> =
+            changes.iter().map(|(r, s)| (r.id.clone(), *s)).collect();
+        self.inner.store.with_conn(move |c| {
+            let tx = c.transaction()?;
+            for (r, status) in &changes {
+                let n = tx.execute(
+                    "UPDATE access_requests SET status = ?2, resolved_ms = ?3
+                     WHERE id = ?1 AND status = 'pending'",
+                    params![r.id, status, unix_ms(now)],
+                )?;
+                if n == 0 {
+                    continue;
+                }
+                let ev = Event::new("access_request_resolved", status)
+                    .actor("system")
+                    .detail(json!({
+                        "request": r.id, "kind": r.kind, "user": r.user.as_str(),
+                        "role": r.role.as_str(), "scope": r.scope.to_string(),
+                    }));
+                audit.record_in(&tx, &ev)?;
+                if let Some(t) = &topic {
+                    let msg_id = format!("{}-{status}", r.id);
+                    let upward = serde_json::to_vec(&json!({
+                        "msg_id": msg_id, "kind": r.kind, "id": r.id, "status": status,
+                        "resolved_at": crate::clock::rfc3339(now),
+                    }))
+                    .unwrap_or_default();
+                    outbox::enqueue(&tx, Class::Request, &msg_id, t, &upward, true, false)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(done)
     }
 
     /// Revokes a local grant: allowed to its delegator, and to holders of `manage_users` on its
@@ -860,10 +965,20 @@ fn load_rows(c: &Connection) -> Result<Vec<Row>, StoreError> {
 }
 
 fn load_requests(c: &Connection) -> Result<Vec<PendingRequest>, StoreError> {
-    let mut stmt = c.prepare(
-        "SELECT id, kind, requester, user, role, scope, expires_ms, note, created_ms, status
-         FROM access_requests ORDER BY created_ms DESC LIMIT 1000",
-    )?;
+    query_requests(c, "1 = 1 ORDER BY created_ms DESC LIMIT 1000")
+}
+
+/// Every pending request (each user has at most [`MAX_OPEN_REQUESTS_PER_USER`] open).
+fn load_pending(c: &Connection) -> Result<Vec<PendingRequest>, StoreError> {
+    query_requests(c, "status = 'pending' ORDER BY created_ms")
+}
+
+fn query_requests(c: &Connection, filter: &'static str) -> Result<Vec<PendingRequest>, StoreError> {
+    let mut stmt = c.prepare(&format!(
+        "SELECT id, kind, requester, user, role, scope, expires_ms, note, created_ms, status,
+                resolved_ms
+         FROM access_requests WHERE {filter}"
+    ))?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -876,11 +991,12 @@ fn load_requests(c: &Connection) -> Result<Vec<PendingRequest>, StoreError> {
             r.get::<_, String>(7)?,
             r.get::<_, i64>(8)?,
             r.get::<_, String>(9)?,
+            r.get::<_, Option<i64>>(10)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, kind, requester, user, role, scope, exp, note, created, status) = row?;
+        let (id, kind, requester, user, role, scope, exp, note, created, status, resolved) = row?;
         let parsed = (|| {
             Some(PendingRequest {
                 id,
@@ -893,6 +1009,7 @@ fn load_requests(c: &Connection) -> Result<Vec<PendingRequest>, StoreError> {
                 note,
                 created_at: from_unix_ms(created),
                 status,
+                resolved_at: resolved.map(from_unix_ms),
             })
         })();
         if let Some(p) = parsed {

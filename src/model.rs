@@ -113,6 +113,10 @@ id_type!(
     /// A Modbus link (bus) name from the config.
     LinkId
 );
+id_type!(
+    /// A service business (a dealer or installer company) users may belong to.
+    BusinessId
+);
 
 /// A verb the code checks. Roles are named sets of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -174,7 +174,10 @@ pub async fn me(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json
         .map(|(u, caps)| json!({ "unit": u, "capabilities": caps }))
         .collect();
     Ok(Json(json!({
-        "user": { "id": me.user, "email": me.email, "name": me.name },
+        "user": {
+            "id": me.user, "email": me.email, "name": me.name, "business": me.business,
+            "business_suspended": me.business_suspended, "owner": me.owner,
+        },
         "session": { "expires_at": rfc3339(caller.session.expires_at) },
         "management": me.management,
         "site": { "capabilities": me.site },
@@ -983,6 +986,21 @@ pub async fn clear_lockout(
         .await
         .map_err(lockout_api_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /access-requests`: the caller's own requests and those on scopes they manage.
+pub async fn list_access_requests(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    let requests = state
+        .0
+        .ports
+        .delegation
+        .list_requests(&caller.session.user)
+        .await
+        .map_err(|e| delegation_error(&state, e))?;
+    Ok(Json(json!({ "requests": requests })))
 }
 
 pub async fn access_request(

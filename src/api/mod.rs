@@ -10,6 +10,7 @@
 //! Every route is listed once in [`ROUTES`], which builds the router; `docs/openapi.json` must
 //! describe each of them (a test enforces it).
 
+mod businesses;
 pub mod error;
 mod extract;
 mod handlers;
@@ -36,6 +37,7 @@ use crate::metrics::Metrics;
 pub use error::ApiError;
 pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
 use ports::{AuthPort, AuthzPort, DelegationPort, UnitsPort};
+use ports::{AuthPort, AuthzPort, BusinessPort, DelegationPort, UnitsPort};
 
 /// The OpenAPI document served at `/api/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
@@ -123,6 +125,11 @@ pub static ROUTES: &[RouteDef] = &[
         handler: || delete(handlers::revoke_grant),
     },
     RouteDef {
+        method: Method::GET,
+        path: "/api/v1/access-requests",
+        handler: || get(handlers::list_access_requests),
+    },
+    RouteDef {
         method: Method::POST,
         path: "/api/v1/access-requests",
         handler: || post(handlers::access_request),
@@ -136,6 +143,21 @@ pub static ROUTES: &[RouteDef] = &[
         method: Method::DELETE,
         path: "/api/v1/lockouts/{key}",
         handler: || delete(handlers::clear_lockout),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/businesses",
+        handler: || get(businesses::list),
+    },
+    RouteDef {
+        method: Method::PUT,
+        path: "/api/v1/businesses/{business}/suspension",
+        handler: || put(businesses::suspend),
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/businesses/{business}/suspension",
+        handler: || delete(businesses::restore),
     },
     RouteDef {
         method: Method::GET,
@@ -161,6 +183,7 @@ pub struct Ports {
     pub authz: Arc<dyn AuthzPort>,
     pub units: Arc<dyn UnitsPort>,
     pub delegation: Arc<dyn DelegationPort>,
+    pub businesses: Arc<dyn BusinessPort>,
 }
 
 /// Limits taken from `[api]` in the config.

@@ -229,6 +229,12 @@ pub struct Me {
     pub grants: Vec<GrantInfo>,
     /// The site's management mode (`pro` or `independent`), if a bundle is applied.
     pub management: Option<crate::model::Management>,
+    /// The service business the user belongs to, and whether the site owner suspended it here
+    /// (a suspended user's capabilities are all empty).
+    pub business: Option<crate::model::BusinessId>,
+    pub business_suspended: bool,
+    /// The user is the site owner (may suspend and restore businesses).
+    pub owner: bool,
 }
 
 /// The decision engine. Implemented by `authz` over its immutable index: synchronous, no I/O.
@@ -579,10 +585,46 @@ pub trait DelegationPort: Send + Sync + 'static {
         grant: &'a GrantId,
     ) -> BoxFut<'a, Result<DelegationOutcome, DelegationError>>;
 
+    /// The access requests (and pending pro-site delegations) the actor may see: their own, and
+    /// every one on a scope where they hold `manage_users`. Newest first, with their status.
+    fn list_requests<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<Value>, DelegationError>>;
+
     /// Records and sends upward a request for access; returns the request id.
     fn request_access<'a>(
         &'a self,
         actor: &'a UserId,
         request: AccessRequest,
     ) -> BoxFut<'a, Result<String, DelegationError>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service businesses (the site owner's suspension)
+// ---------------------------------------------------------------------------------------------
+
+/// The site owner's control over service businesses. Implemented by
+/// [`crate::business::Businesses`]; every method checks that the actor is the site owner first.
+pub trait BusinessPort: Send + Sync + 'static {
+    /// Businesses known on this box, with their suspension.
+    fn list<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<crate::business::BusinessInfo>, crate::business::BusinessError>>;
+
+    /// Suspends every grant of the business's users.
+    fn suspend<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+        note: Option<String>,
+    ) -> BoxFut<'a, Result<crate::business::Change, crate::business::BusinessError>>;
+
+    /// Lifts a suspension.
+    fn restore<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+    ) -> BoxFut<'a, Result<crate::business::Suspension, crate::business::BusinessError>>;
 }

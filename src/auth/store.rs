@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::{AuthError, Method, SessionInfo};
 use crate::access::{Grant, Origin, User};
 use crate::clock::{from_unix_ms, unix_ms};
-use crate::model::{GrantId, Role, Scope, UserId};
+use crate::model::{BusinessId, GrantId, Role, Scope, UserId};
 use crate::store::StoreError;
 
 /// A throttled or locked account or client, as admins see it.
@@ -266,11 +266,12 @@ pub(super) fn save_token(
     let scope = serde_json::to_string(&grant.scope)
         .map_err(|e| StoreError::Corrupt(format!("token scope: {e}")))?;
     c.execute(
-        "INSERT INTO token_grants(grant_id, user_id, email, name, role, scope, not_before_ms, expires_ms, added_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO token_grants(grant_id, user_id, email, name, role, scope, not_before_ms, expires_ms, added_ms, business)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT(grant_id) DO UPDATE SET user_id = excluded.user_id, email = excluded.email,
              name = excluded.name, role = excluded.role, scope = excluded.scope,
-             not_before_ms = excluded.not_before_ms, expires_ms = excluded.expires_ms",
+             not_before_ms = excluded.not_before_ms, expires_ms = excluded.expires_ms,
+             business = excluded.business",
         params![
             grant.id.as_str(),
             user.id.as_str(),
@@ -280,7 +281,8 @@ pub(super) fn save_token(
             scope,
             grant.not_before.map(unix_ms),
             grant.expires_at.map(unix_ms),
-            unix_ms(now)
+            unix_ms(now),
+            user.business.as_ref().map(|b| b.as_str())
         ],
     )?;
     Ok(())
@@ -296,7 +298,7 @@ pub(super) fn load_tokens(
         [unix_ms(now)],
     )?;
     let mut stmt = c.prepare(
-        "SELECT grant_id, user_id, email, name, role, scope, not_before_ms, expires_ms
+        "SELECT grant_id, user_id, email, name, role, scope, not_before_ms, expires_ms, business
          FROM token_grants ORDER BY added_ms",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -309,11 +311,12 @@ pub(super) fn load_tokens(
             r.get::<_, String>(5)?,
             r.get::<_, Option<i64>>(6)?,
             r.get::<_, Option<i64>>(7)?,
+            r.get::<_, Option<String>>(8)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (gid, uid, email, name, role, scope, nb, exp) = row?;
+        let (gid, uid, email, name, role, scope, nb, exp, business) = row?;
         let parsed = (|| {
             let user = User {
                 id: UserId::new(uid).ok()?,
@@ -321,6 +324,13 @@ pub(super) fn load_tokens(
                 name,
                 active: true,
                 password: None,
+                // A token user's business survives the restart (an unreadable one would
+                // escape a suspension, so it makes the row unreadable).
+                business: match business {
+                    Some(b) => Some(BusinessId::new(b).ok()?),
+                    None => None,
+                },
+                owner: false,
             };
             let grant = Grant {
                 id: GrantId::new(gid).ok()?,

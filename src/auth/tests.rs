@@ -402,6 +402,8 @@ fn installer(exp: Duration) -> (User, Grant) {
         name: "Installer".into(),
         active: true,
         password: None,
+        business: None,
+        owner: false,
     };
     let mut g = grant("t-1", "inst", Role::Technician, s_site());
     g.origin = Origin::Cloud; // login_token forces Token

@@ -40,6 +40,8 @@ pub(crate) fn user(id: &str) -> User {
         name: id.to_string(),
         active: true,
         password: None,
+        business: None,
+        owner: false,
     }
 }
 
@@ -96,6 +98,7 @@ pub(crate) fn state(users: &[&str], grants: Vec<Grant>) -> AccessState {
         users: users.iter().map(|u| user(u)).collect(),
         grants,
         revoked: HashSet::new(),
+        requests_denied: HashSet::new(),
     }
 }
 
@@ -107,6 +110,7 @@ pub(crate) fn inputs(state: AccessState, local: Vec<Grant>) -> Inputs {
         local_revoked: HashSet::new(),
         tokens: Vec::new(),
         inventory: inventory(),
+        suspended: Vec::new(),
     }
 }
 

@@ -847,3 +847,165 @@ mod additive {
         }
     }
 }
+
+/// A pro site whose clock the test moves.
+fn open_with_clock(dir: &Path, st: AccessState) -> (Env, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(NOW));
+    let shared: SharedClock = clock.clone();
+    let store = Store::open_in(dir).unwrap();
+    let audit = Audit::new(store.clone(), shared.clone(), None);
+    let authz = Arc::new(Authz::new(inputs(st, vec![])));
+    let d = Delegations::new(
+        store.clone(),
+        audit,
+        authz.clone(),
+        shared,
+        dir,
+        Some(TOPIC.into()),
+    )
+    .unwrap();
+    (Env { authz, d, store }, clock)
+}
+
+fn statuses(listing: &Listing) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = listing
+        .requests
+        .iter()
+        .map(|r| (r.id.clone(), r.status.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn access_requests_are_granted_or_denied_by_a_later_bundle_and_expire_after_thirty_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site_state(Management::Pro);
+    let (e, clock) = open_with_clock(dir.path(), st.clone());
+    let ana = uid("ana");
+    let r1 =
+        e.d.access_request(&ana, s_unit("a1"), Role::Viewer, "")
+            .await
+            .unwrap()
+            .id;
+    let r2 =
+        e.d.access_request(&ana, s_group("g-a"), Role::ControlOnly, "")
+            .await
+            .unwrap()
+            .id;
+    let r3 =
+        e.d.access_request(&ana, s_unit("b1"), Role::ControlOnly, "")
+            .await
+            .unwrap()
+            .id;
+
+    // The next bundle gives ana viewer on the whole site (covers a1 as asked; not control-only on
+    // g-a or b1) and denies r2; r3 is not mentioned.
+    let mut next = st.clone();
+    next.seq += 1;
+    next.grants
+        .push(grant("g-ana", "ana", Role::Viewer, s_site()));
+    next.requests_denied.insert(r2.clone());
+    e.authz.set_state(Arc::new(next.clone()));
+    let mut done = e.d.resolve_requests(&next).unwrap();
+    done.sort();
+    let mut want = vec![(r1.clone(), "granted"), (r2.clone(), "denied")];
+    want.sort();
+    assert_eq!(done, want);
+    // Idempotent: nothing more to resolve.
+    assert_eq!(e.d.resolve_requests(&next).unwrap(), vec![]);
+    let mut want = vec![
+        (r1.clone(), "granted".to_string()),
+        (r2.clone(), "denied".to_string()),
+        (r3.clone(), "pending".to_string()),
+    ];
+    want.sort();
+    assert_eq!(statuses(&e.d.list(&ana).await.unwrap()), want);
+
+    // Thirty days later the unanswered request is listed as expired at once and stored as such
+    // by the next sweep.
+    clock.advance(REQUEST_TTL);
+    let listed = statuses(&e.d.list(&ana).await.unwrap());
+    assert!(listed.contains(&(r3.clone(), "expired".to_string())));
+    assert_eq!(
+        e.d.resolve_requests(&next).unwrap(),
+        vec![(r3.clone(), "expired")]
+    );
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM access_requests WHERE status = 'pending'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM audit WHERE kind = 'access_request_resolved'"
+        ),
+        3
+    );
+    // Each resolution is reported upward once.
+    assert_eq!(
+        count(
+            &e.store,
+            "SELECT COUNT(*) FROM outbox WHERE class = 'request' AND (msg_id LIKE '%-granted' OR msg_id LIKE '%-denied' OR msg_id LIKE '%-expired')"
+        ),
+        3
+    );
+    // After a restart the statuses and resolution times are the same.
+    let before = e.d.list(&ana).await.unwrap().requests;
+    drop(e);
+    let (e, _) = open_with_clock(dir.path(), st);
+    clock.advance(time::Duration::ZERO);
+    let after = e.d.list(&ana).await.unwrap().requests;
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            (&b.id, &b.resolved_at.is_some()),
+            (&a.id, &a.resolved_at.is_some())
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_requests_no_longer_count_against_the_open_request_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, clock) = open_with_clock(dir.path(), site_state(Management::Pro));
+    let bob = uid("bob");
+    for _ in 0..MAX_OPEN_REQUESTS_PER_USER {
+        e.d.access_request(&bob, s_site(), Role::Viewer, "")
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        e.d.access_request(&bob, s_site(), Role::Viewer, "")
+            .await
+            .unwrap_err(),
+        DelegationError::TooManyRequests
+    );
+    clock.advance(REQUEST_TTL);
+    assert!(
+        e.d.access_request(&bob, s_site(), Role::Viewer, "")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn requests_are_listed_to_their_requester_and_to_managers_of_their_scope_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = open_with_clock(dir.path(), site_state(Management::Pro));
+    let r =
+        e.d.access_request(&uid("ana"), s_unit("b1"), Role::Viewer, "")
+            .await
+            .unwrap()
+            .id;
+    let ids = |l: Listing| l.requests.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(e.d.list(&uid("ana")).await.unwrap()), vec![r.clone()]);
+    // adm manages the site; tech manages only g-a (b1 is in g-b); bob and the viewer manage nothing.
+    assert_eq!(ids(e.d.list(&uid("adm")).await.unwrap()), vec![r]);
+    for who in ["tech", "bob", "viewer"] {
+        assert!(ids(e.d.list(&uid(who)).await.unwrap()).is_empty(), "{who}");
+    }
+}

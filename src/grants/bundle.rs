@@ -17,7 +17,9 @@ use super::{
     MAX_VERIFIER_LEN, Reason, Rejection, reject, short,
 };
 use crate::access::{Grant, Origin, Policy, User};
-use crate::model::{CapSet, Capability, GrantId, Management, Role, Scope, SiteId, UserId};
+use crate::model::{
+    BusinessId, CapSet, Capability, GrantId, Management, Role, Scope, SiteId, UserId,
+};
 
 /// A user as the wire carries it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +32,12 @@ pub struct UserWire {
     pub active: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// The service business the user belongs to (absent: the site's own people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business: Option<BusinessId>,
+    /// The site owner (bundles only; never together with `business`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner: bool,
 }
 
 /// A grant as the wire carries it.
@@ -141,6 +149,9 @@ pub struct BundleWire {
     pub grants: Vec<GrantWire>,
     #[serde(default)]
     pub revoked: Vec<GrantId>,
+    /// Ids of pending access requests (and pro-site delegations) the cloud refuses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests_denied: Vec<String>,
 }
 
 /// Installer token payload: one user and one grant.
@@ -164,6 +175,7 @@ pub struct Bundle {
     pub users: Vec<User>,
     pub grants: Vec<Grant>,
     pub revoked: Vec<GrantId>,
+    pub requests_denied: Vec<String>,
 }
 
 /// A bundle envelope whose signature verified and whose payload is valid. Only
@@ -222,7 +234,7 @@ impl VerifiedToken {
     pub fn verify(bytes: &[u8], keys: &dyn KeyProvider) -> Result<VerifiedToken, Rejection> {
         let (kid, payload) = open_and_verify_single(bytes, Kind::Token, keys)?;
         let wire: TokenWire = parse_json(&payload, "token")?;
-        let user = validate_user(wire.user)?;
+        let user = validate_token_user(wire.user)?;
         let grant = validate_grant(wire.grant, &wire.site, Origin::Token)?;
         if grant.user != user.id {
             return reject(
@@ -301,13 +313,36 @@ fn validate_user(u: UserWire) -> Result<User, Rejection> {
         super::password::parse_verifier(p)
             .map_err(|e| Rejection::new(Reason::Malformed, format!("user `{}`: {e}", u.id)))?;
     }
+    if u.owner && u.business.is_some() {
+        return reject(
+            Reason::Malformed,
+            format!(
+                "user `{}` cannot be the site owner and belong to a service business",
+                u.id
+            ),
+        );
+    }
     Ok(User {
         id: u.id,
         email,
         name: u.name,
         active: u.active,
         password: u.password,
+        business: u.business,
+        owner: u.owner,
     })
+}
+
+/// A token's user: like a bundle user, but never the site owner (ownership comes only from the
+/// site's bundle, so a token handed to an installer cannot carry it).
+fn validate_token_user(u: UserWire) -> Result<User, Rejection> {
+    if u.owner {
+        return reject(
+            Reason::Malformed,
+            format!("token user `{}` cannot be the site owner", u.id),
+        );
+    }
+    validate_user(u)
 }
 
 fn validate_grant(g: GrantWire, site: &SiteId, origin: Origin) -> Result<Grant, Rejection> {
@@ -415,6 +450,34 @@ fn validate_bundle(w: BundleWire) -> Result<Bundle, Rejection> {
         }
         grants.push(g);
     }
+    if w.requests_denied.len() > MAX_REVOKED {
+        return reject(
+            Reason::TooLarge,
+            format!(
+                "bundle denies {} requests (limit {MAX_REVOKED})",
+                w.requests_denied.len()
+            ),
+        );
+    }
+    let mut denied_set = HashSet::with_capacity(w.requests_denied.len());
+    for r in &w.requests_denied {
+        let ok = !r.is_empty()
+            && r.len() <= 64
+            && r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return reject(
+                Reason::Malformed,
+                format!("`requests_denied` entry `{}` is not a request id", short(r)),
+            );
+        }
+        if !denied_set.insert(r) {
+            return reject(
+                Reason::DuplicateId,
+                format!("denied request `{r}` appears twice"),
+            );
+        }
+    }
     let mut revoked_set = HashSet::with_capacity(w.revoked.len());
     for r in &w.revoked {
         if !revoked_set.insert(r) {
@@ -432,6 +495,7 @@ fn validate_bundle(w: BundleWire) -> Result<Bundle, Rejection> {
         users,
         grants,
         revoked: w.revoked,
+        requests_denied: w.requests_denied,
     })
 }
 
@@ -445,7 +509,7 @@ pub fn check_bundle_payload(payload: &[u8]) -> Result<Bundle, Rejection> {
 /// Checks a token description before signing (the fleet tool).
 pub fn check_token_payload(payload: &[u8]) -> Result<(), Rejection> {
     let wire: TokenWire = parse_json(payload, "token")?;
-    let user = validate_user(wire.user)?;
+    let user = validate_token_user(wire.user)?;
     let grant = validate_grant(wire.grant, &wire.site, Origin::Token)?;
     if grant.user != user.id {
         return reject(Reason::UnknownUser, "token grant is for another user");
@@ -484,6 +548,51 @@ mod tests {
         assert!(parse_duration("3y").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
         assert!(DurationWire::Secs(MAX_OFFLINE_SECS + 1).seconds().is_err());
+    }
+
+    #[test]
+    fn business_and_owner_are_optional_user_fields_and_never_combined() {
+        let with = |user: &str| {
+            format!(
+                r#"{{"site":"s-1","seq":1,"issued_at":"2026-11-23T20:00:00Z",
+                "policy":{{"management":"pro","features":["view"]}},
+                "users":[{user}]}}"#
+            )
+        };
+        let old = with(r#"{"id":"u-1","email":"a@x","active":true}"#);
+        let b = check_bundle_payload(old.as_bytes()).unwrap();
+        assert_eq!(
+            (b.users[0].business.clone(), b.users[0].owner),
+            (None, false)
+        );
+        let pro = with(r#"{"id":"u-1","email":"a@x","active":true,"business":"acme-service"}"#);
+        let b = check_bundle_payload(pro.as_bytes()).unwrap();
+        assert_eq!(
+            b.users[0].business.as_ref().unwrap().as_str(),
+            "acme-service"
+        );
+        let own = with(r#"{"id":"u-1","email":"a@x","active":true,"owner":true}"#);
+        assert!(check_bundle_payload(own.as_bytes()).unwrap().users[0].owner);
+        let both = with(
+            r#"{"id":"u-1","email":"a@x","active":true,"owner":true,"business":"acme-service"}"#,
+        );
+        assert_eq!(
+            check_bundle_payload(both.as_bytes()).unwrap_err().reason,
+            Reason::Malformed
+        );
+        let bad_id = with(r#"{"id":"u-1","email":"a@x","active":true,"business":"a/b"}"#);
+        assert_eq!(
+            check_bundle_payload(bad_id.as_bytes()).unwrap_err().reason,
+            Reason::Malformed
+        );
+        let token_owner = br#"{"site":"s-1","issued_at":"2026-11-23T20:00:00Z",
+            "user":{"id":"u-1","email":"a@x","active":true,"owner":true},
+            "grant":{"id":"t-1","user":"u-1","role":"technician","scope":{"site":"s-1"},
+                     "expires_at":"2026-11-24T20:00:00Z"}}"#;
+        assert_eq!(
+            check_token_payload(token_owner).unwrap_err().reason,
+            Reason::Malformed
+        );
     }
 
     #[test]

@@ -188,6 +188,9 @@ fn build_state(
         users,
         grants,
         revoked,
+        requests_denied: bundle
+            .map(|b| b.requests_denied.iter().cloned().collect())
+            .unwrap_or_default(),
     }
 }
 

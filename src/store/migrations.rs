@@ -196,4 +196,23 @@ CREATE TABLE access_requests (
 ALTER TABLE sessions ADD COLUMN credential TEXT NOT NULL DEFAULT '';
 ",
     },
+    Migration {
+        version: 5,
+        name: "business suspensions; the business of an installer-token user; request resolution time",
+        sql: "
+-- Service businesses the site owner suspended on this box. A row exists while the suspension
+-- holds; restoring deletes it (the audit trail keeps the history). `members` is the JSON list of
+-- user ids that belonged to the business when it was suspended.
+CREATE TABLE business_suspensions (
+    business TEXT PRIMARY KEY,
+    suspended_ms INTEGER NOT NULL,
+    suspended_by TEXT NOT NULL,
+    note TEXT NOT NULL,
+    members TEXT NOT NULL
+);
+ALTER TABLE token_grants ADD COLUMN business TEXT;
+-- When an access request stopped being pending (granted, denied or expired).
+ALTER TABLE access_requests ADD COLUMN resolved_ms INTEGER;
+",
+    },
 ];

@@ -222,6 +222,8 @@ pub fn site_inputs(now: OffsetDateTime) -> sitegate::authz::Inputs {
             name: n.to_string(),
             active: true,
             password: None,
+            business: None,
+            owner: false,
         })
         .collect();
     let state = AccessState {
@@ -566,6 +568,16 @@ impl Harness {
             delegations,
             authz: authz.clone(),
         });
+        let businesses = Arc::new(
+            sitegate::business::Businesses::new(
+                store.clone(),
+                audit.clone(),
+                authz.clone(),
+                shared.clone(),
+                None,
+            )
+            .unwrap(),
+        );
         let metrics = Arc::new(Metrics::new());
         let state = ApiState::new(
             Ports {
@@ -576,6 +588,7 @@ impl Harness {
                 }),
                 units: units.clone(),
                 delegation,
+                businesses,
             },
             audit,
             metrics.clone(),

@@ -59,6 +59,31 @@ pub fn bundle_signed_by(
     revoked: &[&str],
     key: &ring::signature::Ed25519KeyPair,
 ) -> Vec<u8> {
+    bundle_with_user_fields(seq, members, revoked, key, &[])
+}
+
+/// Like [`bundle_signed_by`], with extra fields merged into named users (e.g. `business`,
+/// `owner`).
+pub fn bundle_with_user_fields(
+    seq: u64,
+    members: &[Member],
+    revoked: &[&str],
+    key: &ring::signature::Ed25519KeyPair,
+    user_fields: &[(&str, Value)],
+) -> Vec<u8> {
+    bundle_with_fields(seq, members, revoked, key, user_fields, &json!({}))
+}
+
+/// Like [`bundle_with_user_fields`], with extra top-level payload fields (e.g.
+/// `requests_denied`).
+pub fn bundle_with_fields(
+    seq: u64,
+    members: &[Member],
+    revoked: &[&str],
+    key: &ring::signature::Ed25519KeyPair,
+    user_fields: &[(&str, Value)],
+    top: &Value,
+) -> Vec<u8> {
     // Low iteration count: the tests measure authorization, not PBKDF2. A fixed salt, as the
     // cloud sends the same verifier until the password changes (a new one ends sessions).
     let verifier =
@@ -70,8 +95,16 @@ pub fn bundle_signed_by(
     let mut grants = Vec::new();
     for m in members {
         if !users.iter().any(|u: &Value| u["id"] == m.user) {
-            users.push(json!({"id": m.user, "email": email(m.user), "name": m.user,
-                "active": true, "password": verifier}));
+            let mut u = json!({"id": m.user, "email": email(m.user), "name": m.user,
+                "active": true, "password": verifier});
+            for (who, fields) in user_fields {
+                if *who == m.user {
+                    for (k, v) in fields.as_object().unwrap() {
+                        u[k] = v.clone();
+                    }
+                }
+            }
+            users.push(u);
         }
         if !revoked.contains(&m.grant) {
             grants.push(
@@ -84,6 +117,10 @@ pub fn bundle_signed_by(
         "policy": {"management": "independent",
                    "features": ["view", "control", "diagnose", "configure", "manage_users"]},
         "users": users, "grants": grants, "revoked": revoked});
+    let mut b = b;
+    for (k, v) in top.as_object().unwrap() {
+        b[k] = v.clone();
+    }
     fleet::sign(Kind::Bundle, KID, key, &serde_json::to_vec(&b).unwrap())
 }
 
@@ -148,6 +185,8 @@ pub struct Site {
     pub base: String,
     pub http: reqwest::Client,
     pub sim_stop: CancellationToken,
+    pub cfg: Config,
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -233,13 +272,16 @@ impl Site {
         let extra = format!("\n[profiles]\ndir = \"{}\"\n{extra}", profiles.display());
         let text = config_text(&dir.path().join("state"), &links, &units, 500, mode, &extra);
         let cfg = parse_config(&text, dir.path());
+        // The same config as a file, for the CLI tools run against this site.
+        let config_path = dir.path().join("sitegate.toml");
+        std::fs::write(&config_path, &text).unwrap();
         let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
         let shared: SharedClock = if manual {
             clock.clone()
         } else {
             Arc::new(SystemClock)
         };
-        let daemon = Daemon::start(cfg, shared, Notifier::from_env(&|_| None))
+        let daemon = Daemon::start(cfg.clone(), shared, Notifier::from_env(&|_| None))
             .await
             .unwrap();
         let scheme = if mode == "tls" { "https" } else { "http" };
@@ -251,7 +293,45 @@ impl Site {
             base,
             http: reqwest::Client::new(),
             sim_stop,
+            cfg,
+            config_path,
             _dir: dir,
+        }
+    }
+
+    /// Stops the daemon and starts it again on the same state directory and simulator.
+    pub async fn restart(self) -> Site {
+        let Site {
+            daemon,
+            sim,
+            clock,
+            http,
+            sim_stop,
+            cfg,
+            config_path,
+            _dir,
+            ..
+        } = self;
+        daemon.stop(false).await;
+        let daemon = Daemon::start(cfg.clone(), clock.clone(), Notifier::from_env(&|_| None))
+            .await
+            .unwrap();
+        let scheme = if matches!(cfg.api.mode, sitegate::config::ApiMode::Plain) {
+            "http"
+        } else {
+            "https"
+        };
+        let base = format!("{scheme}://{}/api/v1", daemon.api_addr);
+        Site {
+            daemon,
+            sim,
+            clock,
+            base,
+            http,
+            sim_stop,
+            cfg,
+            config_path,
+            _dir,
         }
     }
 
