@@ -448,6 +448,8 @@ fn before_the_first_bundle_each_token_holder_gets_exactly_their_role_and_after_i
                 name: u.to_string(),
                 active: true,
                 password: None,
+                business: None,
+                owner: false,
             },
             Grant {
                 id: GrantId::new(format!("g-{u}")).unwrap(),

@@ -36,7 +36,6 @@ use crate::metrics::Metrics;
 
 pub use error::ApiError;
 pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
-use ports::{AuthPort, AuthzPort, DelegationPort, UnitsPort};
 use ports::{AuthPort, AuthzPort, BusinessPort, DelegationPort, UnitsPort};
 
 /// The OpenAPI document served at `/api/v1/openapi.json`.
