@@ -229,8 +229,28 @@ poll_interval_ms = 500
         scan.stdout
     );
     let test = sitegate(&["units", "test", "--config", config.to_str().unwrap()]);
-    assert_eq!(test.code, 0, "{}{}", test.stdout, test.stderr);
-    assert!(test.stdout.contains("all points read"), "{}", test.stdout);
+    // The simulated generator has no oil temperature sender (GenComm's "unimplemented"
+    // sentinel), so the unit test names exactly that point and fails.
+    assert_eq!(test.code, 1, "{}{}", test.stdout, test.stderr);
+    let not_good: Vec<&str> = test
+        .stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("  ") && !l.contains(" good ") && !l.trim_start().starts_with("point ")
+        })
+        .collect();
+    assert_eq!(not_good.len(), 1, "{}", test.stdout);
+    assert!(
+        not_good[0].trim_start().starts_with("oil_temperature "),
+        "{}",
+        test.stdout
+    );
+    assert!(
+        test.stdout
+            .contains("1 failure(s): unit(s) not answering or point(s) not good"),
+        "{}",
+        test.stdout
+    );
     assert_eq!(sim.stats().writes.len(), 0, "scan and test only read");
 
     let (mut child, logs) = spawn_run(&config, None, &[]);

@@ -830,6 +830,7 @@ async fn a_site_technician_with_none_on_a_unit_does_not_see_its_audit_history() 
     let s = wider_site().await;
     let carl = s.login("carl").await;
     let ada = s.login("ada").await;
+    assert_eq!(command(&s, "gen-1", "manual", &carl).await.status, 200);
     assert_eq!(command(&s, "gen-1", "start", &carl).await.status, 200);
     assert_eq!(
         put_point(&s, "hvac-1", "setpoint", &carl, json!(21))
