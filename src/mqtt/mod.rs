@@ -47,6 +47,13 @@ const MAX_PACKET_BYTES: usize = 2 * MAX_INBOUND_BYTES;
 /// drop the connection on every try), so the drain removes it and audits `mqtt_message_unsendable`.
 pub const MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
 
+/// Default cap of the first reconnect delay (the delay is uniform in [cap/2, cap]; each failed
+/// attempt doubles the cap up to `reconnect_max`).
+pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
+
+/// Default time a connection must stay up after its CONNACK to reset the reconnect backoff.
+pub const RECONNECT_STABLE: Duration = Duration::from_secs(2);
+
 /// Publishes in flight (sent, PUBACK not yet seen) at most.
 pub const INFLIGHT_WINDOW: u16 = 128;
 
@@ -291,7 +298,11 @@ impl MqttClient {
             sink,
             shutdown: shutdown.clone(),
             tracker,
-            reconnect_max: cfg.reconnect_max,
+            reconnect: session::Schedule {
+                min: cfg.reconnect_min,
+                max: cfg.reconnect_max,
+                stable: cfg.reconnect_stable,
+            },
         });
         // Heartbeat: telemetry snapshots and a fresh status (uptime, drop count).
         {

@@ -40,10 +40,6 @@ use crate::outbox::{self, Row};
 const TICK: Duration = Duration::from_millis(100);
 /// Acknowledged rows are deleted in batches of this size (one transaction each) or on a tick.
 const ACK_BATCH: usize = 512;
-/// First reconnect delay; doubles up to `reconnect_max`.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// A connection that lasted this long resets the reconnect backoff.
-const STABLE: Duration = Duration::from_secs(30);
 /// How long a clean shutdown waits for the offline status and the DISCONNECT to go out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -54,7 +50,18 @@ pub(super) struct Parts<'a> {
     pub sink: Arc<dyn GrantSink>,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub tracker: &'a TaskTracker,
-    pub reconnect_max: Duration,
+    pub reconnect: Schedule,
+}
+
+/// The reconnect schedule (see [`Backoff`]); from `config::Mqtt`, shortened by tests.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Schedule {
+    /// Cap of the first delay after a drop; each failed attempt doubles the cap.
+    pub min: Duration,
+    /// Ceiling of the cap.
+    pub max: Duration,
+    /// A connection that lasted this long after its CONNACK resets the cap to `min`.
+    pub stable: Duration,
 }
 
 enum Msg {
@@ -71,12 +78,8 @@ pub(super) fn spawn(p: Parts<'_>) {
     let (in_tx, in_rx) = mpsc::channel(8);
     let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
     let poll_stop = CancellationToken::new();
-    p.tracker.spawn(poll_loop(
-        eventloop,
-        ev_tx,
-        poll_stop.clone(),
-        p.reconnect_max,
-    ));
+    p.tracker
+        .spawn(poll_loop(eventloop, ev_tx, poll_stop.clone(), p.reconnect));
     p.tracker.spawn(inbound_loop(
         in_rx,
         p.shared.clone(),
@@ -108,31 +111,37 @@ pub(super) fn spawn(p: Parts<'_>) {
         .spawn(drain.run(ev_rx, fetch_rx, p.shutdown, poll_stop));
 }
 
-/// Exponential backoff with jitter: the n-th delay is uniform in [d/2, d] with
-/// d = min(BACKOFF_MIN · 2ⁿ, max).
+/// Exponential backoff with jitter: the n-th delay after a drop (n = 0, 1, …) is uniform in
+/// [c/2, c] with the cap c = min(min · 2ⁿ, max). Only failed attempts grow it; a connection that
+/// stayed up `stable` after its CONNACK resets it, so every drop after a working period starts
+/// again at a sub-second delay however long an earlier outage was. The jitter spreads a fleet
+/// that lost the same broker over the whole interval instead of reconnecting in step.
 struct Backoff {
     next: Duration,
+    min: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        let max = max.max(BACKOFF_MIN);
+    fn new(s: Schedule) -> Backoff {
+        let min = s.min.max(Duration::from_millis(1));
+        let max = s.max.max(min);
         Backoff {
-            next: BACKOFF_MIN,
+            next: min,
+            min,
             max,
         }
     }
     fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+        self.next = self.min;
     }
     fn delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (d * 2).min(self.max);
         let r = u64::from_le_bytes(crate::util::random_bytes::<8>());
         let half = d / 2;
-        let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_millis(r % half_ms)
+        let half_us = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_micros(r % (half_us + 1))
     }
 }
 
@@ -140,9 +149,9 @@ async fn poll_loop(
     mut el: EventLoop,
     tx: mpsc::Sender<Msg>,
     stop: CancellationToken,
-    reconnect_max: Duration,
+    schedule: Schedule,
 ) {
-    let mut backoff = Backoff::new(reconnect_max);
+    let mut backoff = Backoff::new(schedule);
     let mut up_since: Option<tokio::time::Instant> = None;
     loop {
         let r = tokio::select! {
@@ -161,9 +170,13 @@ async fn poll_loop(
                 }
             }
             Err(error) => {
-                // Only a connection that stayed up resets the backoff: a broker that accepts and
-                // then drops at once (a duplicate client id kicking us out) must not make a loop.
-                if up_since.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                // A connection that stayed up `stable` resets the backoff; one that a broker
+                // accepts and drops at once (a duplicate client id kicking us out) counts as a
+                // failed attempt, so such a pair slows down instead of looping.
+                if up_since
+                    .take()
+                    .is_some_and(|t| t.elapsed() >= schedule.stable)
+                {
                     backoff.reset();
                 }
                 let (ack, acked) = oneshot::channel();
@@ -706,10 +719,15 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(4));
+        let min = Duration::from_millis(250);
+        let mut b = Backoff::new(Schedule {
+            min,
+            max: Duration::from_secs(4),
+            stable: Duration::from_secs(2),
+        });
         let mut last_cap = Duration::ZERO;
         for i in 0..10 {
-            let cap = (BACKOFF_MIN * 2u32.pow(i)).min(Duration::from_secs(4));
+            let cap = (min * 2u32.pow(i)).min(Duration::from_secs(4));
             let d = b.delay();
             assert!(
                 d >= cap / 2 && d <= cap,
@@ -720,7 +738,8 @@ mod tests {
             last_cap = cap;
         }
         b.reset();
-        assert!(b.delay() <= BACKOFF_MIN);
+        let first = b.delay();
+        assert!(first >= min / 2 && first <= min, "{first:?}");
     }
 
     #[test]
