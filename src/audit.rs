@@ -297,20 +297,34 @@ pub fn query(conn: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
     sql.push_str(" ORDER BY seq DESC LIMIT ?");
     args.push(i64::from(q.limit.clamp(1, 1000)).into());
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-        let detail: String = r.get(7)?;
-        Ok(Record {
-            seq: r.get(0)?,
-            id: r.get(1)?,
-            at: rfc3339(crate::clock::from_unix_ms(r.get(2)?)),
-            kind: r.get(3)?,
-            actor: r.get(4)?,
-            unit: r.get(5)?,
-            outcome: r.get(6)?,
-            detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-            hash: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), record_from_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Maps `seq, id, at_ms, kind, actor, unit, outcome, detail, hash` to a [`Record`] (the same
+/// document that was queued on MQTT when the record was appended).
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let detail: String = r.get(7)?;
+    Ok(Record {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        at: rfc3339(crate::clock::from_unix_ms(r.get(2)?)),
+        kind: r.get(3)?,
+        actor: r.get(4)?,
+        unit: r.get(5)?,
+        outcome: r.get(6)?,
+        detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+        hash: r.get(8)?,
+    })
+}
+
+/// The records with `from <= seq <= to`, oldest first (MQTT backfill).
+pub fn range(conn: &Connection, from: i64, to: i64) -> Result<Vec<Record>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, at_ms, kind, actor, unit, outcome, detail, hash FROM audit
+         WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![from, to], record_from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 

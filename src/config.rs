@@ -421,6 +421,8 @@ pub struct Mqtt {
     pub reconnect_min: Duration,
     /// Uptime after a CONNACK that resets the backoff (not in the file: `mqtt::RECONNECT_STABLE`).
     pub reconnect_stable: Duration,
+    /// Events per second a backfill queues at most (not in the file: `mqtt::BACKFILL_RATE`).
+    pub backfill_rate: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -837,6 +839,7 @@ impl RawConfig {
                 reconnect_max: Duration::from_secs(m.reconnect_max_secs),
                 reconnect_min: crate::mqtt::RECONNECT_MIN,
                 reconnect_stable: crate::mqtt::RECONNECT_STABLE,
+                backfill_rate: crate::mqtt::BACKFILL_RATE,
             })
         });
         if mqtt.is_some() && site.is_none() && self.site.is_none() {

@@ -77,6 +77,24 @@ pub fn enqueue(
     Ok(())
 }
 
+/// Queues an audit record again for MQTT backfill (an event, QoS 1, with its original id as
+/// `msg_id`) unless a row with that id is still queued (it is sent anyway). Returns whether it
+/// queued a row.
+pub fn enqueue_backfill(
+    conn: &Connection,
+    msg_id: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<bool, StoreError> {
+    let now = crate::clock::unix_ms(time::OffsetDateTime::now_utc());
+    let n = conn.execute(
+        "INSERT INTO outbox(msg_id, class, topic, payload, qos, retain, created_ms)
+         VALUES (?1, 'event', ?2, ?3, 1, 0, ?4) ON CONFLICT(msg_id) DO NOTHING",
+        params![msg_id, topic, payload, now],
+    )?;
+    Ok(n == 1)
+}
+
 /// Number of queued rows per class, for metrics and health.
 pub fn depth(store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
     store.with_conn(|c| {

@@ -9,6 +9,7 @@
 //! event loop on SQLite (that runs on the blocking pool), never drop an event or a request, and
 //! never log a password or key material. See `docs/mqtt.md` for the wire contract.
 
+pub mod backfill;
 mod session;
 mod telemetry;
 mod tls;
@@ -53,6 +54,9 @@ pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
 
 /// Default time a connection must stay up after its CONNACK to reset the reconnect backoff.
 pub const RECONNECT_STABLE: Duration = Duration::from_secs(2);
+
+/// Default rate of a backfill, in events per second.
+pub const BACKFILL_RATE: u32 = 500;
 
 /// Publishes in flight (sent, PUBACK not yet seen) at most.
 pub const INFLIGHT_WINDOW: u16 = 128;
@@ -117,6 +121,8 @@ pub struct Topics {
     pub keys: String,
     pub grants_state: String,
     pub events: String,
+    /// `…/events/backfill` (cloud → box): requests to send stored events again.
+    pub backfill: String,
     pub requests: String,
 }
 
@@ -129,6 +135,7 @@ impl Topics {
             keys: format!("{root}/keys"),
             grants_state: format!("{root}/grants/state"),
             events: format!("{root}/events"),
+            backfill: format!("{root}/events/backfill"),
             requests: format!("{root}/requests"),
             root,
         }
@@ -303,6 +310,7 @@ impl MqttClient {
                 max: cfg.reconnect_max,
                 stable: cfg.reconnect_stable,
             },
+            backfill_rate: cfg.backfill_rate,
         });
         // Heartbeat: telemetry snapshots and a fresh status (uptime, drop count).
         {

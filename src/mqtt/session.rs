@@ -51,6 +51,7 @@ pub(super) struct Parts<'a> {
     pub shutdown: tokio_util::sync::CancellationToken,
     pub tracker: &'a TaskTracker,
     pub reconnect: Schedule,
+    pub backfill_rate: u32,
 }
 
 /// The reconnect schedule (see [`Backoff`]); from `config::Mqtt`, shortened by tests.
@@ -77,6 +78,14 @@ pub(super) fn spawn(p: Parts<'_>) {
     let (ev_tx, ev_rx) = mpsc::channel(256);
     let (in_tx, in_rx) = mpsc::channel(8);
     let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+    let (bf_tx, bf_rx) = mpsc::channel(super::backfill::QUEUE);
+    p.tracker.spawn(super::backfill::run(
+        bf_rx,
+        p.shared.clone(),
+        p.audit.clone(),
+        p.backfill_rate,
+        p.shutdown.clone(),
+    ));
     let poll_stop = CancellationToken::new();
     p.tracker
         .spawn(poll_loop(eventloop, ev_tx, poll_stop.clone(), p.reconnect));
@@ -91,6 +100,7 @@ pub(super) fn spawn(p: Parts<'_>) {
         client,
         audit: p.audit,
         in_tx,
+        bf_tx,
         connected: false,
         ever_connected: false,
         down_streak: 0,
@@ -219,6 +229,8 @@ struct Drain {
     client: AsyncClient,
     audit: Audit,
     in_tx: mpsc::Sender<(InboundKind, Vec<u8>)>,
+    /// Backfill requests, to `backfill::run`.
+    bf_tx: mpsc::Sender<Vec<u8>>,
     connected: bool,
     ever_connected: bool,
     /// Connection errors since the last successful connect (for log and audit rate).
@@ -445,6 +457,17 @@ impl Drain {
                     self.shared.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Event::Incoming(Packet::Publish(p)) if p.topic == self.shared.topics.backfill => {
+                if p.payload.is_empty() {
+                    return;
+                }
+                self.shared.stats.inbound.fetch_add(1, Ordering::Relaxed);
+                let size = p.payload.len();
+                if self.bf_tx.try_send(p.payload.to_vec()).is_err() {
+                    super::backfill::refuse(&self.audit, super::backfill::Refusal::Busy, size)
+                        .await;
+                }
+            }
             Event::Incoming(Packet::Publish(p)) => {
                 let kind = if p.topic == self.shared.topics.grants {
                     InboundKind::Grants
@@ -468,17 +491,24 @@ impl Drain {
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
             {
+                // The return codes follow the order of the filters (see `on_connected`).
+                let refused: Vec<String> = self
+                    .subscriptions()
+                    .into_iter()
+                    .zip(s.return_codes.iter())
+                    .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+                    .map(|(t, _)| t)
+                    .collect();
                 tracing::error!(
-                    "the broker refused the subscription to grants/keys; check its ACL"
+                    topics = ?refused,
+                    "the broker refused a subscription; check its ACL"
                 );
                 let _ = self
                     .audit
                     .record(
                         AuditEvent::new("mqtt_subscribe_refused", "failed")
                             .actor("system")
-                            .detail(json!({
-                                "topics": [self.shared.topics.grants, self.shared.topics.keys]
-                            })),
+                            .detail(json!({ "topics": refused })),
                     )
                     .await;
             }
@@ -506,6 +536,12 @@ impl Drain {
         }
     }
 
+    /// The topics subscribed after every CONNACK, in this order.
+    fn subscriptions(&self) -> Vec<String> {
+        let t = &self.shared.topics;
+        vec![t.grants.clone(), t.keys.clone(), t.backfill.clone()]
+    }
+
     async fn on_connected(&mut self) {
         self.connected = true;
         self.shared.connected.store(true, Ordering::Relaxed);
@@ -515,13 +551,12 @@ impl Drain {
         self.ever_connected = true;
         self.down_streak = 0;
         tracing::info!("connected to the mqtt broker");
-        let topics = &self.shared.topics;
-        let filters = [
-            SubscribeFilter::new(topics.grants.clone(), QoS::AtLeastOnce),
-            SubscribeFilter::new(topics.keys.clone(), QoS::AtLeastOnce),
-        ];
+        let filters = self
+            .subscriptions()
+            .into_iter()
+            .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
         if let Err(e) = self.client.try_subscribe_many(filters) {
-            tracing::error!(error = %e, "cannot subscribe to grants/keys");
+            tracing::error!(error = %e, "cannot subscribe to grants/keys/backfill");
         }
         let status = self.shared.online_status().to_string().into_bytes();
         if let Err(e) = self

@@ -151,6 +151,7 @@ mod tests {
             reconnect_max: Duration::from_secs(60),
             reconnect_min: Duration::from_millis(100),
             reconnect_stable: Duration::from_secs(1),
+            backfill_rate: 500,
         }
     }
 

@@ -192,5 +192,6 @@ pub fn mqtt_config(port: u16, client_id: &str) -> sitegate::config::Mqtt {
         reconnect_max: Duration::from_secs(1),
         reconnect_min: Duration::from_millis(100),
         reconnect_stable: Duration::from_secs(1),
+        backfill_rate: 500,
     }
 }
