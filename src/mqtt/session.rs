@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
@@ -38,8 +38,10 @@ use crate::outbox::{self, Row};
 
 /// How often the drain looks for rows queued without a wake-up (audit records).
 const TICK: Duration = Duration::from_millis(100);
-/// Acknowledged rows are deleted in batches of this size (one transaction each) or on a tick.
-const ACK_BATCH: usize = 512;
+/// Acknowledged rows are deleted as soon as the previous delete committed, at most this many per
+/// transaction: the rows a `kill -9` leaves acknowledged but queued (sent again: duplicates) are
+/// those acknowledged during one commit.
+const ACK_BATCH: usize = 256;
 /// How long a clean shutdown waits for the offline status and the DISCONNECT to go out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -109,7 +111,6 @@ pub(super) fn spawn(p: Parts<'_>) {
         by_pkid: HashMap::new(),
         ready: VecDeque::new(),
         acked: Vec::new(),
-        last_flush: Instant::now(),
         deleting: None,
         cursors: [0; 4],
         maybe_more: true,
@@ -245,7 +246,6 @@ struct Drain {
     by_pkid: HashMap<u16, Sent>,
     /// Acknowledged, not yet deleted.
     acked: Vec<i64>,
-    last_flush: Instant,
     /// The delete of acknowledged rows running in the background, if any.
     deleting: Option<tokio::task::JoinHandle<()>>,
     /// Per class, the highest seq read into `ready` on this connection.
@@ -294,11 +294,11 @@ impl Drain {
         self.stop(rx, poll_stop).await;
     }
 
-    /// Never waits on SQLite: deletes acknowledged rows in the background (in batches, or when
-    /// the last delete is a tick old), tops up the in-flight window from the rows already read,
-    /// and starts the next read before those run out.
+    /// Never waits on SQLite: deletes acknowledged rows in the background (as soon as the
+    /// previous delete is done), tops up the in-flight window from the rows already read, and
+    /// starts the next read before those run out.
     fn pump(&mut self) {
-        if self.acked.len() >= ACK_BATCH || self.last_flush.elapsed() >= TICK {
+        if !self.acked.is_empty() {
             self.flush_acks_background();
         }
         self.submit_ready();
@@ -395,11 +395,11 @@ impl Drain {
         if self.deleting.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        self.last_flush = Instant::now();
         if self.acked.is_empty() {
             return;
         }
-        let seqs = std::mem::take(&mut self.acked);
+        let n = self.acked.len().min(ACK_BATCH);
+        let seqs: Vec<i64> = self.acked.drain(..n).collect();
         let store = self.shared.store.clone();
         self.deleting = Some(tokio::spawn(async move {
             let n = seqs.len();
@@ -414,12 +414,14 @@ impl Drain {
     /// Waits for a background delete, then deletes the rest: before the outbox is read from the
     /// start again (reconnect) and on stop.
     async fn flush_acks(&mut self) {
-        if let Some(h) = self.deleting.take() {
-            let _ = h.await;
-        }
-        self.flush_acks_background();
-        if let Some(h) = self.deleting.take() {
-            let _ = h.await;
+        loop {
+            if let Some(h) = self.deleting.take() {
+                let _ = h.await;
+            }
+            if self.acked.is_empty() {
+                break;
+            }
+            self.flush_acks_background();
         }
     }
 
