@@ -64,6 +64,9 @@ pub const INFLIGHT_WINDOW: u16 = 128;
 /// The last will (a clean shutdown publishes `{"online":false,"reason":"shutdown",…}` instead).
 pub const OFFLINE_STATUS: &[u8] = br#"{"online":false}"#;
 
+/// The retained `…/units/{unit}/availability` a clean stop leaves (the box no longer reads it).
+pub const AVAILABILITY_UNKNOWN: &[u8] = b"unknown";
+
 /// What arrived on a subscribed topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,6 +197,10 @@ pub(crate) struct Shared {
     since: String,
     next_id: AtomicU64,
     availability: Mutex<HashMap<String, bool>>,
+    /// The outcome of the newest grants/keys message (`last_message` of `…/grants/state`); held
+    /// while a state document is queued, so documents from the MQTT path and from other apply
+    /// paths queue in a consistent order.
+    grants_msg: tokio::sync::Mutex<Option<serde_json::Value>>,
 }
 
 impl Shared {
@@ -215,6 +222,7 @@ impl Shared {
             since: String::new(),
             next_id: AtomicU64::new(0),
             availability: Mutex::new(HashMap::new()),
+            grants_msg: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -232,6 +240,50 @@ impl Shared {
             "since": self.since,
             "telemetry_dropped": self.stats.dropped.load(Ordering::Relaxed),
         })
+    }
+
+    /// Queues `doc` on `…/grants/state`. A document with `last_message` (the MQTT path) records
+    /// it as the newest message outcome; one without (another apply path) gets that outcome added.
+    async fn enqueue_grants_state(self: &Arc<Self>, mut doc: serde_json::Value) {
+        let mut last = self.grants_msg.lock().await;
+        if let Some(o) = doc.as_object_mut() {
+            match o.get("last_message") {
+                Some(m) => *last = Some(m.clone()),
+                None => {
+                    if let Some(m) = last.as_ref() {
+                        o.insert("last_message".into(), m.clone());
+                    }
+                }
+            }
+        }
+        let payload = doc.to_string().into_bytes();
+        if let Err(e) = self
+            .enqueue_state(self.topics.grants_state.clone(), payload)
+            .await
+        {
+            tracing::error!(error = %e, "cannot queue the grants state");
+        }
+    }
+
+    /// Queues the retained availability of every unit set so far (after a reconnect: a broker
+    /// that crashed may have lost them).
+    async fn enqueue_all_availability(self: &Arc<Self>) {
+        let all: Vec<(String, bool)> = self
+            .availability
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(u, o)| (u.clone(), *o))
+            .collect();
+        for (unit, online) in all {
+            let payload: &[u8] = if online { b"online" } else { b"offline" };
+            if let Err(e) = self
+                .enqueue_state(self.topics.availability(&unit), payload.to_vec())
+                .await
+            {
+                tracing::error!(error = %e, "cannot queue a unit's availability");
+            }
+        }
     }
 
     /// Queues a retained state message (replacing any queued one for the same topic).
@@ -291,6 +343,7 @@ impl MqttClient {
             since: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
             next_id: AtomicU64::new(0),
             availability: Mutex::new(HashMap::new()),
+            grants_msg: tokio::sync::Mutex::new(None),
         });
         let telemetry = Telemetry::new(
             shared.clone(),
@@ -422,6 +475,32 @@ impl MqttHandle {
                 payload.to_vec(),
             )
             .await
+    }
+
+    /// Publishes `…/grants/state` now and after every change seen on `changes` (the grants
+    /// engine's watch channel fires on every successful apply, whatever its source: MQTT, the
+    /// LAN API, setup, the demo), with the document `state` returns. The first publish also
+    /// covers applies made while the daemon was stopped (`sitegate grants apply`). The
+    /// `last_message` of the newest MQTT grants/keys message is kept in every document.
+    pub fn follow_grants<T: Send + Sync + 'static>(
+        &self,
+        mut changes: tokio::sync::watch::Receiver<T>,
+        state: impl Fn() -> serde_json::Value + Send + 'static,
+        stop: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let shared = self.shared.clone();
+        changes.mark_unchanged();
+        tracker.spawn(async move {
+            loop {
+                shared.enqueue_grants_state(state()).await;
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+            }
+        });
     }
 
     /// Queues a pending access request or delegation on `…/requests` (see

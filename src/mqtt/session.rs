@@ -176,7 +176,17 @@ async fn poll_loop(
                     up_since = Some(tokio::time::Instant::now());
                 }
                 let disconnect = matches!(ev, Event::Outgoing(Outgoing::Disconnect));
-                if tx.send(Msg::Event(ev)).await.is_err() || disconnect {
+                if tx.send(Msg::Event(ev)).await.is_err() {
+                    break;
+                }
+                if disconnect {
+                    // Poll on until the broker closes the connection (it does on DISCONNECT), so
+                    // the DISCONNECT and the publishes before it (the shutdown status, unknown
+                    // availability) leave the socket before the event loop is dropped; bounded.
+                    let _ = tokio::time::timeout(STOP_GRACE, async {
+                        while el.poll().await.is_ok() {}
+                    })
+                    .await;
                     break;
                 }
             }
@@ -568,6 +578,7 @@ impl Drain {
         {
             tracing::error!(error = %e, "cannot queue the online status");
         }
+        self.shared.enqueue_all_availability().await;
         self.maybe_more = true;
     }
 
@@ -650,6 +661,23 @@ impl Drain {
                 "version": env!("CARGO_PKG_VERSION"),
                 "since": self.shared.since,
             });
+            // Nothing is known about the units once the box stops reading them.
+            let units: Vec<String> = self
+                .shared
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for unit in units {
+                let _ = self.client.try_publish(
+                    self.shared.topics.availability(&unit),
+                    QoS::AtLeastOnce,
+                    true,
+                    super::AVAILABILITY_UNKNOWN.to_vec(),
+                );
+            }
             let _ = self.client.try_publish(
                 self.shared.topics.status.clone(),
                 QoS::AtLeastOnce,
@@ -740,13 +768,7 @@ async fn inbound_loop(
                 }
             }
         };
-        let payload = doc.to_string().into_bytes();
-        if let Err(e) = shared
-            .enqueue_state(shared.topics.grants_state.clone(), payload)
-            .await
-        {
-            tracing::error!(error = %e, "cannot queue the grants state");
-        }
+        shared.enqueue_grants_state(doc).await;
     }
 }
 
