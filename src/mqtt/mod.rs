@@ -126,6 +126,8 @@ pub struct Topics {
     pub events: String,
     /// `…/events/backfill` (cloud → box): requests to send stored events again.
     pub backfill: String,
+    /// `…/snapshot` (cloud → box): asks for a full telemetry snapshot.
+    pub snapshot: String,
     pub requests: String,
 }
 
@@ -139,6 +141,7 @@ impl Topics {
             grants_state: format!("{root}/grants/state"),
             events: format!("{root}/events"),
             backfill: format!("{root}/events/backfill"),
+            snapshot: format!("{root}/snapshot"),
             requests: format!("{root}/requests"),
             root,
         }
@@ -197,6 +200,10 @@ pub(crate) struct Shared {
     since: String,
     next_id: AtomicU64,
     availability: Mutex<HashMap<String, bool>>,
+    /// Per unit, the seq of the newest telemetry message (in the status heartbeat).
+    telemetry_seq: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Asks the heartbeat task for a full telemetry snapshot (connect, `…/snapshot`).
+    snapshot: Notify,
     /// The outcome of the newest grants/keys message (`last_message` of `…/grants/state`); held
     /// while a state document is queued, so documents from the MQTT path and from other apply
     /// paths queue in a consistent order.
@@ -222,6 +229,8 @@ impl Shared {
             since: String::new(),
             next_id: AtomicU64::new(0),
             availability: Mutex::new(HashMap::new()),
+            telemetry_seq: Mutex::new(std::collections::BTreeMap::new()),
+            snapshot: Notify::new(),
             grants_msg: tokio::sync::Mutex::new(None),
         })
     }
@@ -239,6 +248,7 @@ impl Shared {
             "uptime_s": self.started.elapsed().as_secs(),
             "since": self.since,
             "telemetry_dropped": self.stats.dropped.load(Ordering::Relaxed),
+            "telemetry_seq": *self.telemetry_seq.lock().unwrap_or_else(|e| e.into_inner()),
         })
     }
 
@@ -343,6 +353,8 @@ impl MqttClient {
             since: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
             next_id: AtomicU64::new(0),
             availability: Mutex::new(HashMap::new()),
+            telemetry_seq: Mutex::new(std::collections::BTreeMap::new()),
+            snapshot: Notify::new(),
             grants_msg: tokio::sync::Mutex::new(None),
         });
         let telemetry = Telemetry::new(
@@ -378,6 +390,13 @@ impl MqttClient {
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => break,
+                        () = shared.snapshot.notified() => {
+                            let now = time::OffsetDateTime::now_utc();
+                            if let Err(e) = telemetry.snapshot(now).await {
+                                tracing::warn!(error = %e, "telemetry snapshot failed");
+                            }
+                            continue;
+                        }
                         _ = tick.tick() => {}
                     }
                     if let Err(e) = telemetry.heartbeat(time::OffsetDateTime::now_utc()).await {

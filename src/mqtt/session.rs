@@ -469,6 +469,10 @@ impl Drain {
                     self.shared.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Event::Incoming(Packet::Publish(p)) if p.topic == self.shared.topics.snapshot => {
+                self.shared.stats.inbound.fetch_add(1, Ordering::Relaxed);
+                self.shared.snapshot.notify_one();
+            }
             Event::Incoming(Packet::Publish(p)) if p.topic == self.shared.topics.backfill => {
                 if p.payload.is_empty() {
                     return;
@@ -551,7 +555,12 @@ impl Drain {
     /// The topics subscribed after every CONNACK, in this order.
     fn subscriptions(&self) -> Vec<String> {
         let t = &self.shared.topics;
-        vec![t.grants.clone(), t.keys.clone(), t.backfill.clone()]
+        vec![
+            t.grants.clone(),
+            t.keys.clone(),
+            t.backfill.clone(),
+            t.snapshot.clone(),
+        ]
     }
 
     async fn on_connected(&mut self) {
@@ -579,6 +588,7 @@ impl Drain {
             tracing::error!(error = %e, "cannot queue the online status");
         }
         self.shared.enqueue_all_availability().await;
+        self.shared.snapshot.notify_one();
         self.maybe_more = true;
     }
 
