@@ -55,6 +55,10 @@ pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
 /// Default time a connection must stay up after its CONNACK to reset the reconnect backoff.
 pub const RECONNECT_STABLE: Duration = Duration::from_secs(2);
 
+/// Telemetry snapshots (on connect, on request) come at most this often; requests in between are
+/// served by one snapshot at the end of the interval.
+pub const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Default rate of a backfill, in events per second.
 pub const BACKFILL_RATE: u32 = 500;
 
@@ -386,11 +390,26 @@ impl MqttClient {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
+                let mut last_snapshot: Option<Instant> = None;
                 loop {
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => break,
                         () = shared.snapshot.notified() => {
+                            // Requests closer together than SNAPSHOT_MIN_INTERVAL are served by
+                            // one snapshot at the end of the interval (a bound on the traffic
+                            // that requests can cause).
+                            if let Some(wait) = last_snapshot
+                                .map(|t: Instant| SNAPSHOT_MIN_INTERVAL.saturating_sub(t.elapsed()))
+                                .filter(|w| !w.is_zero())
+                            {
+                                tokio::select! {
+                                    biased;
+                                    () = shutdown.cancelled() => break,
+                                    () = tokio::time::sleep(wait) => {}
+                                }
+                            }
+                            last_snapshot = Some(Instant::now());
                             let now = time::OffsetDateTime::now_utc();
                             if let Err(e) = telemetry.snapshot(now).await {
                                 tracing::warn!(error = %e, "telemetry snapshot failed");

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use super::{MqttError, Shared};
 use crate::model::UnitId;
 use crate::outbox;
+use crate::store::StoreError;
 
 /// How much a value is to be trusted (the Modbus engine maps sentinels and failures here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -267,39 +268,49 @@ impl Telemetry {
     ) -> Result<(), MqttError> {
         let shared = &self.inner.shared;
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let seq = {
-            let mut units = self.lock();
-            let st = units.entry(unit.to_string()).or_default();
-            st.seq += 1;
-            st.seq
-        };
-        shared
-            .telemetry_seq
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(unit.to_string(), seq);
-        let msg = TelemetryMessage {
-            msg_id: format!("t-{}-{n}", shared.boot_id),
-            unit: unit.to_string(),
-            at: crate::clock::rfc3339(at),
-            reason,
-            seq,
-            points,
-        };
-        let payload = serde_json::to_vec(&msg).map_err(|e| MqttError::Encode(e.to_string()))?;
-        let topic = shared.topics.telemetry(unit);
+        let msg_id = format!("t-{}-{n}", shared.boot_id);
+        let unit = unit.to_string();
+        let at = crate::clock::rfc3339(at);
+        let topic = shared.topics.telemetry(&unit);
         let max = self.inner.backlog_max;
         let len = self.inner.approx_len.fetch_add(1, Ordering::Relaxed) + 1;
         let check = len >= max;
-        let dropped = shared
+        let inner = self.inner.clone();
+        // INVARIANT: the unit's seq is taken inside the store call (which runs one at a time), so
+        // a unit's seqs follow the order of its outbox rows, hence the order they are sent in.
+        let (dropped, unit, seq) = shared
             .store
             .call(move |c| {
+                let seq = {
+                    let mut units = inner.units.lock().unwrap_or_else(|e| e.into_inner());
+                    let st = units.entry(unit.clone()).or_default();
+                    st.seq += 1;
+                    st.seq
+                };
+                let msg = TelemetryMessage {
+                    msg_id,
+                    unit,
+                    at,
+                    reason,
+                    seq,
+                    points,
+                };
+                let payload =
+                    serde_json::to_vec(&msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let tx = c.transaction()?;
                 let d = outbox::enqueue_telemetry(&tx, &msg.msg_id, &topic, &payload, max, check)?;
                 tx.commit()?;
-                Ok(d)
+                Ok((d, msg.unit, seq))
             })
             .await?;
+        {
+            let mut seqs = shared
+                .telemetry_seq
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let e = seqs.entry(unit).or_default();
+            *e = (*e).max(seq);
+        }
         if check {
             self.inner.approx_len.store(max, Ordering::Relaxed);
         }
