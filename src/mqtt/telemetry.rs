@@ -1,7 +1,9 @@
 //! Telemetry decisions: which point values are worth a message. A point is sent when it is new,
 //! when its quality changed, or when its value moved beyond its deadband since the value last
-//! SENT (so a slow drift still gets reported once it adds up); and every unit gets a full
-//! snapshot on the heartbeat interval when nothing was sent for it during the interval.
+//! SENT (so a slow drift still gets reported once it adds up). The heartbeat sends, for a unit
+//! that sent nothing during the interval, only the points whose newest value was not sent yet
+//! (an idle unit sends nothing); a full snapshot goes out on connect and on request. Every
+//! message carries a per-unit `seq`, so the cloud can tell it missed one.
 //!
 //! This module never reads devices (the Modbus engine calls [`Telemetry::update`]) and never
 //! talks to the broker: it only queues messages on the outbox, whose telemetry backlog is bounded.
