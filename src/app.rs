@@ -474,6 +474,14 @@ async fn start_engines(
     };
     if let Some(mqtt) = &mqtt {
         spawn_unit_bridge(&modbus, mqtt.clone(), shutdown.child_token(), tasks);
+        // `…/grants/state` after every apply, whatever its source.
+        let g = grants.clone();
+        mqtt.follow_grants(
+            grants.subscribe(),
+            move || g.state_json(),
+            shutdown.child_token(),
+            tasks,
+        );
     }
 
     let running = Running {

@@ -434,6 +434,16 @@ pub fn query(conn: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The records with `from <= seq <= to`, oldest first (MQTT backfill).
+pub fn range(conn: &Connection, from: i64, to: i64) -> Result<Vec<Record>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, at_ms, kind, actor, unit, outcome, detail, hash FROM audit
+         WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![from, to], row_record)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Walks the whole chain; returns the number of records, or the `seq` of the first record whose
 /// hash does not match its content and predecessor.
 pub fn verify_chain(conn: &Connection) -> Result<Result<u64, i64>, StoreError> {

@@ -422,6 +422,12 @@ pub struct Mqtt {
     pub telemetry_interval: Duration,
     pub telemetry_backlog_max: u64,
     pub reconnect_max: Duration,
+    /// Cap of the first reconnect delay after a drop (not in the file: `mqtt::RECONNECT_MIN`).
+    pub reconnect_min: Duration,
+    /// Uptime after a CONNACK that resets the backoff (not in the file: `mqtt::RECONNECT_STABLE`).
+    pub reconnect_stable: Duration,
+    /// Events per second a backfill queues at most (not in the file: `mqtt::BACKFILL_RATE`).
+    pub backfill_rate: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -919,6 +925,9 @@ impl RawConfig {
                 telemetry_interval: Duration::from_secs(m.telemetry_interval_secs),
                 telemetry_backlog_max: m.telemetry_backlog_max,
                 reconnect_max: Duration::from_secs(m.reconnect_max_secs),
+                reconnect_min: crate::mqtt::RECONNECT_MIN,
+                reconnect_stable: crate::mqtt::RECONNECT_STABLE,
+                backfill_rate: crate::mqtt::BACKFILL_RATE,
             })
         });
         if mqtt.is_some() && site.is_none() && self.site.is_none() {

@@ -77,6 +77,24 @@ pub fn enqueue(
     Ok(())
 }
 
+/// Queues an audit record again for MQTT backfill (an event, QoS 1, with its original id as
+/// `msg_id`) unless a row with that id is still queued (it is sent anyway). Returns whether it
+/// queued a row.
+pub fn enqueue_backfill(
+    conn: &Connection,
+    msg_id: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<bool, StoreError> {
+    let now = crate::clock::unix_ms(time::OffsetDateTime::now_utc());
+    let n = conn.execute(
+        "INSERT INTO outbox(msg_id, class, topic, payload, qos, retain, created_ms)
+         VALUES (?1, 'event', ?2, ?3, 1, 0, ?4) ON CONFLICT(msg_id) DO NOTHING",
+        params![msg_id, topic, payload, now],
+    )?;
+    Ok(n == 1)
+}
+
 /// Number of queued rows per class, for metrics and health.
 pub fn depth(store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
     store.with_conn(|c| {
@@ -272,10 +290,25 @@ pub fn next_batch(
 }
 
 /// Deletes acknowledged rows (one transaction).
+///
+/// The commit runs with `synchronous=NORMAL` (the connection is back to `FULL` afterwards): in
+/// WAL mode that survives a process crash (`kill -9`) without waiting for an fsync, so acks are
+/// recorded within a fraction of a millisecond and a crash resends only the rows acknowledged in
+/// that moment. A power cut may undo the last such deletes: those rows are sent again (a
+/// duplicate, never a loss); the next `FULL` commit makes them durable too.
 pub fn delete_acked(conn: &mut Connection, seqs: &[i64]) -> Result<(), StoreError> {
     if seqs.is_empty() {
         return Ok(());
     }
+    conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+    let deleted = delete_in_tx(conn, seqs);
+    let restored = conn.execute_batch("PRAGMA synchronous=FULL");
+    deleted?;
+    restored?;
+    Ok(())
+}
+
+fn delete_in_tx(conn: &mut Connection, seqs: &[i64]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
@@ -388,6 +421,8 @@ mod tests {
             assert!(enqueue_request(c, "x", "r-1", &serde_json::json!(1)).is_err());
             delete_acked(c, &[b[0].seq])?;
             assert_eq!(max_seq(c)?, 0);
+            let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+            assert_eq!(sync, 2, "back to FULL for every other write");
             Ok(())
         })
         .unwrap();

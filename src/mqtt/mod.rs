@@ -9,6 +9,7 @@
 //! event loop on SQLite (that runs on the blocking pool), never drop an event or a request, and
 //! never log a password or key material. See `docs/mqtt.md` for the wire contract.
 
+pub mod backfill;
 mod session;
 mod telemetry;
 mod tls;
@@ -47,11 +48,28 @@ const MAX_PACKET_BYTES: usize = 2 * MAX_INBOUND_BYTES;
 /// drop the connection on every try), so the drain removes it and audits `mqtt_message_unsendable`.
 pub const MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
 
+/// Default cap of the first reconnect delay (the delay is uniform in [cap/2, cap]; each failed
+/// attempt doubles the cap up to `reconnect_max`).
+pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
+
+/// Default time a connection must stay up after its CONNACK to reset the reconnect backoff.
+pub const RECONNECT_STABLE: Duration = Duration::from_secs(2);
+
+/// Telemetry snapshots (on connect, on request) come at most this often; requests in between are
+/// served by one snapshot at the end of the interval.
+pub const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Default rate of a backfill, in events per second.
+pub const BACKFILL_RATE: u32 = 500;
+
 /// Publishes in flight (sent, PUBACK not yet seen) at most.
 pub const INFLIGHT_WINDOW: u16 = 128;
 
 /// The last will (a clean shutdown publishes `{"online":false,"reason":"shutdown",…}` instead).
 pub const OFFLINE_STATUS: &[u8] = br#"{"online":false}"#;
+
+/// The retained `…/units/{unit}/availability` a clean stop leaves (the box no longer reads it).
+pub const AVAILABILITY_UNKNOWN: &[u8] = b"unknown";
 
 /// What arrived on a subscribed topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -110,6 +128,10 @@ pub struct Topics {
     pub keys: String,
     pub grants_state: String,
     pub events: String,
+    /// `…/events/backfill` (cloud → box): requests to send stored events again.
+    pub backfill: String,
+    /// `…/snapshot` (cloud → box): asks for a full telemetry snapshot.
+    pub snapshot: String,
     pub requests: String,
 }
 
@@ -122,6 +144,8 @@ impl Topics {
             keys: format!("{root}/keys"),
             grants_state: format!("{root}/grants/state"),
             events: format!("{root}/events"),
+            backfill: format!("{root}/events/backfill"),
+            snapshot: format!("{root}/snapshot"),
             requests: format!("{root}/requests"),
             root,
         }
@@ -180,6 +204,14 @@ pub(crate) struct Shared {
     since: String,
     next_id: AtomicU64,
     availability: Mutex<HashMap<String, bool>>,
+    /// Per unit, the seq of the newest telemetry message (in the status heartbeat).
+    telemetry_seq: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Asks the heartbeat task for a full telemetry snapshot (connect, `…/snapshot`).
+    snapshot: Notify,
+    /// The outcome of the newest grants/keys message (`last_message` of `…/grants/state`); held
+    /// while a state document is queued, so documents from the MQTT path and from other apply
+    /// paths queue in a consistent order.
+    grants_msg: tokio::sync::Mutex<Option<serde_json::Value>>,
 }
 
 impl Shared {
@@ -201,6 +233,9 @@ impl Shared {
             since: String::new(),
             next_id: AtomicU64::new(0),
             availability: Mutex::new(HashMap::new()),
+            telemetry_seq: Mutex::new(std::collections::BTreeMap::new()),
+            snapshot: Notify::new(),
+            grants_msg: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -217,7 +252,52 @@ impl Shared {
             "uptime_s": self.started.elapsed().as_secs(),
             "since": self.since,
             "telemetry_dropped": self.stats.dropped.load(Ordering::Relaxed),
+            "telemetry_seq": *self.telemetry_seq.lock().unwrap_or_else(|e| e.into_inner()),
         })
+    }
+
+    /// Queues `doc` on `…/grants/state`. A document with `last_message` (the MQTT path) records
+    /// it as the newest message outcome; one without (another apply path) gets that outcome added.
+    async fn enqueue_grants_state(self: &Arc<Self>, mut doc: serde_json::Value) {
+        let mut last = self.grants_msg.lock().await;
+        if let Some(o) = doc.as_object_mut() {
+            match o.get("last_message") {
+                Some(m) => *last = Some(m.clone()),
+                None => {
+                    if let Some(m) = last.as_ref() {
+                        o.insert("last_message".into(), m.clone());
+                    }
+                }
+            }
+        }
+        let payload = doc.to_string().into_bytes();
+        if let Err(e) = self
+            .enqueue_state(self.topics.grants_state.clone(), payload)
+            .await
+        {
+            tracing::error!(error = %e, "cannot queue the grants state");
+        }
+    }
+
+    /// Queues the retained availability of every unit set so far (after a reconnect: a broker
+    /// that crashed may have lost them).
+    async fn enqueue_all_availability(self: &Arc<Self>) {
+        let all: Vec<(String, bool)> = self
+            .availability
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(u, o)| (u.clone(), *o))
+            .collect();
+        for (unit, online) in all {
+            let payload: &[u8] = if online { b"online" } else { b"offline" };
+            if let Err(e) = self
+                .enqueue_state(self.topics.availability(&unit), payload.to_vec())
+                .await
+            {
+                tracing::error!(error = %e, "cannot queue a unit's availability");
+            }
+        }
     }
 
     /// Queues a retained state message (replacing any queued one for the same topic).
@@ -277,6 +357,9 @@ impl MqttClient {
             since: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
             next_id: AtomicU64::new(0),
             availability: Mutex::new(HashMap::new()),
+            telemetry_seq: Mutex::new(std::collections::BTreeMap::new()),
+            snapshot: Notify::new(),
+            grants_msg: tokio::sync::Mutex::new(None),
         });
         let telemetry = Telemetry::new(
             shared.clone(),
@@ -291,7 +374,12 @@ impl MqttClient {
             sink,
             shutdown: shutdown.clone(),
             tracker,
-            reconnect_max: cfg.reconnect_max,
+            reconnect: session::Schedule {
+                min: cfg.reconnect_min,
+                max: cfg.reconnect_max,
+                stable: cfg.reconnect_stable,
+            },
+            backfill_rate: cfg.backfill_rate,
         });
         // Heartbeat: telemetry snapshots and a fresh status (uptime, drop count).
         {
@@ -302,10 +390,32 @@ impl MqttClient {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
+                let mut last_snapshot: Option<Instant> = None;
                 loop {
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => break,
+                        () = shared.snapshot.notified() => {
+                            // Requests closer together than SNAPSHOT_MIN_INTERVAL are served by
+                            // one snapshot at the end of the interval (a bound on the traffic
+                            // that requests can cause).
+                            if let Some(wait) = last_snapshot
+                                .map(|t: Instant| SNAPSHOT_MIN_INTERVAL.saturating_sub(t.elapsed()))
+                                .filter(|w| !w.is_zero())
+                            {
+                                tokio::select! {
+                                    biased;
+                                    () = shutdown.cancelled() => break,
+                                    () = tokio::time::sleep(wait) => {}
+                                }
+                            }
+                            last_snapshot = Some(Instant::now());
+                            let now = time::OffsetDateTime::now_utc();
+                            if let Err(e) = telemetry.snapshot(now).await {
+                                tracing::warn!(error = %e, "telemetry snapshot failed");
+                            }
+                            continue;
+                        }
                         _ = tick.tick() => {}
                     }
                     if let Err(e) = telemetry.heartbeat(time::OffsetDateTime::now_utc()).await {
@@ -403,6 +513,32 @@ impl MqttHandle {
                 payload.to_vec(),
             )
             .await
+    }
+
+    /// Publishes `…/grants/state` now and after every change seen on `changes` (the grants
+    /// engine's watch channel fires on every successful apply, whatever its source: MQTT, the
+    /// LAN API, setup, the demo), with the document `state` returns. The first publish also
+    /// covers applies made while the daemon was stopped (`sitegate grants apply`). The
+    /// `last_message` of the newest MQTT grants/keys message is kept in every document.
+    pub fn follow_grants<T: Send + Sync + 'static>(
+        &self,
+        mut changes: tokio::sync::watch::Receiver<T>,
+        state: impl Fn() -> serde_json::Value + Send + 'static,
+        stop: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let shared = self.shared.clone();
+        changes.mark_unchanged();
+        tracker.spawn(async move {
+            loop {
+                shared.enqueue_grants_state(state()).await;
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+            }
+        });
     }
 
     /// Queues a pending access request or delegation on `…/requests` (see

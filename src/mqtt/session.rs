@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
@@ -38,12 +38,10 @@ use crate::outbox::{self, Row};
 
 /// How often the drain looks for rows queued without a wake-up (audit records).
 const TICK: Duration = Duration::from_millis(100);
-/// Acknowledged rows are deleted in batches of this size (one transaction each) or on a tick.
-const ACK_BATCH: usize = 512;
-/// First reconnect delay; doubles up to `reconnect_max`.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// A connection that lasted this long resets the reconnect backoff.
-const STABLE: Duration = Duration::from_secs(30);
+/// Acknowledged rows are deleted as soon as the previous delete committed, at most this many per
+/// transaction: the rows a `kill -9` leaves acknowledged but queued (sent again: duplicates) are
+/// those acknowledged during one commit.
+const ACK_BATCH: usize = 256;
 /// How long a clean shutdown waits for the offline status and the DISCONNECT to go out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -54,7 +52,19 @@ pub(super) struct Parts<'a> {
     pub sink: Arc<dyn GrantSink>,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub tracker: &'a TaskTracker,
-    pub reconnect_max: Duration,
+    pub reconnect: Schedule,
+    pub backfill_rate: u32,
+}
+
+/// The reconnect schedule (see [`Backoff`]); from `config::Mqtt`, shortened by tests.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Schedule {
+    /// Cap of the first delay after a drop; each failed attempt doubles the cap.
+    pub min: Duration,
+    /// Ceiling of the cap.
+    pub max: Duration,
+    /// A connection that lasted this long after its CONNACK resets the cap to `min`.
+    pub stable: Duration,
 }
 
 enum Msg {
@@ -70,13 +80,17 @@ pub(super) fn spawn(p: Parts<'_>) {
     let (ev_tx, ev_rx) = mpsc::channel(256);
     let (in_tx, in_rx) = mpsc::channel(8);
     let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
-    let poll_stop = CancellationToken::new();
-    p.tracker.spawn(poll_loop(
-        eventloop,
-        ev_tx,
-        poll_stop.clone(),
-        p.reconnect_max,
+    let (bf_tx, bf_rx) = mpsc::channel(super::backfill::QUEUE);
+    p.tracker.spawn(super::backfill::run(
+        bf_rx,
+        p.shared.clone(),
+        p.audit.clone(),
+        p.backfill_rate,
+        p.shutdown.clone(),
     ));
+    let poll_stop = CancellationToken::new();
+    p.tracker
+        .spawn(poll_loop(eventloop, ev_tx, poll_stop.clone(), p.reconnect));
     p.tracker.spawn(inbound_loop(
         in_rx,
         p.shared.clone(),
@@ -88,6 +102,7 @@ pub(super) fn spawn(p: Parts<'_>) {
         client,
         audit: p.audit,
         in_tx,
+        bf_tx,
         connected: false,
         ever_connected: false,
         down_streak: 0,
@@ -96,7 +111,6 @@ pub(super) fn spawn(p: Parts<'_>) {
         by_pkid: HashMap::new(),
         ready: VecDeque::new(),
         acked: Vec::new(),
-        last_flush: Instant::now(),
         deleting: None,
         cursors: [0; 4],
         maybe_more: true,
@@ -108,31 +122,37 @@ pub(super) fn spawn(p: Parts<'_>) {
         .spawn(drain.run(ev_rx, fetch_rx, p.shutdown, poll_stop));
 }
 
-/// Exponential backoff with jitter: the n-th delay is uniform in [d/2, d] with
-/// d = min(BACKOFF_MIN · 2ⁿ, max).
+/// Exponential backoff with jitter: the n-th delay after a drop (n = 0, 1, …) is uniform in
+/// [c/2, c] with the cap c = min(min · 2ⁿ, max). Only failed attempts grow it; a connection that
+/// stayed up `stable` after its CONNACK resets it, so every drop after a working period starts
+/// again at a sub-second delay however long an earlier outage was. The jitter spreads a fleet
+/// that lost the same broker over the whole interval instead of reconnecting in step.
 struct Backoff {
     next: Duration,
+    min: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        let max = max.max(BACKOFF_MIN);
+    fn new(s: Schedule) -> Backoff {
+        let min = s.min.max(Duration::from_millis(1));
+        let max = s.max.max(min);
         Backoff {
-            next: BACKOFF_MIN,
+            next: min,
+            min,
             max,
         }
     }
     fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+        self.next = self.min;
     }
     fn delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (d * 2).min(self.max);
         let r = u64::from_le_bytes(crate::util::random_bytes::<8>());
         let half = d / 2;
-        let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_millis(r % half_ms)
+        let half_us = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_micros(r % (half_us + 1))
     }
 }
 
@@ -140,9 +160,9 @@ async fn poll_loop(
     mut el: EventLoop,
     tx: mpsc::Sender<Msg>,
     stop: CancellationToken,
-    reconnect_max: Duration,
+    schedule: Schedule,
 ) {
-    let mut backoff = Backoff::new(reconnect_max);
+    let mut backoff = Backoff::new(schedule);
     let mut up_since: Option<tokio::time::Instant> = None;
     loop {
         let r = tokio::select! {
@@ -156,14 +176,28 @@ async fn poll_loop(
                     up_since = Some(tokio::time::Instant::now());
                 }
                 let disconnect = matches!(ev, Event::Outgoing(Outgoing::Disconnect));
-                if tx.send(Msg::Event(ev)).await.is_err() || disconnect {
+                if tx.send(Msg::Event(ev)).await.is_err() {
+                    break;
+                }
+                if disconnect {
+                    // Poll on until the broker closes the connection (it does on DISCONNECT), so
+                    // the DISCONNECT and the publishes before it (the shutdown status, unknown
+                    // availability) leave the socket before the event loop is dropped; bounded.
+                    let _ = tokio::time::timeout(STOP_GRACE, async {
+                        while el.poll().await.is_ok() {}
+                    })
+                    .await;
                     break;
                 }
             }
             Err(error) => {
-                // Only a connection that stayed up resets the backoff: a broker that accepts and
-                // then drops at once (a duplicate client id kicking us out) must not make a loop.
-                if up_since.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                // A connection that stayed up `stable` resets the backoff; one that a broker
+                // accepts and drops at once (a duplicate client id kicking us out) counts as a
+                // failed attempt, so such a pair slows down instead of looping.
+                if up_since
+                    .take()
+                    .is_some_and(|t| t.elapsed() >= schedule.stable)
+                {
                     backoff.reset();
                 }
                 let (ack, acked) = oneshot::channel();
@@ -206,6 +240,8 @@ struct Drain {
     client: AsyncClient,
     audit: Audit,
     in_tx: mpsc::Sender<(InboundKind, Vec<u8>)>,
+    /// Backfill requests, to `backfill::run`.
+    bf_tx: mpsc::Sender<Vec<u8>>,
     connected: bool,
     ever_connected: bool,
     /// Connection errors since the last successful connect (for log and audit rate).
@@ -220,7 +256,6 @@ struct Drain {
     by_pkid: HashMap<u16, Sent>,
     /// Acknowledged, not yet deleted.
     acked: Vec<i64>,
-    last_flush: Instant,
     /// The delete of acknowledged rows running in the background, if any.
     deleting: Option<tokio::task::JoinHandle<()>>,
     /// Per class, the highest seq read into `ready` on this connection.
@@ -269,11 +304,11 @@ impl Drain {
         self.stop(rx, poll_stop).await;
     }
 
-    /// Never waits on SQLite: deletes acknowledged rows in the background (in batches, or when
-    /// the last delete is a tick old), tops up the in-flight window from the rows already read,
-    /// and starts the next read before those run out.
+    /// Never waits on SQLite: deletes acknowledged rows in the background (as soon as the
+    /// previous delete is done), tops up the in-flight window from the rows already read, and
+    /// starts the next read before those run out.
     fn pump(&mut self) {
-        if self.acked.len() >= ACK_BATCH || self.last_flush.elapsed() >= TICK {
+        if !self.acked.is_empty() {
             self.flush_acks_background();
         }
         self.submit_ready();
@@ -370,11 +405,11 @@ impl Drain {
         if self.deleting.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        self.last_flush = Instant::now();
         if self.acked.is_empty() {
             return;
         }
-        let seqs = std::mem::take(&mut self.acked);
+        let n = self.acked.len().min(ACK_BATCH);
+        let seqs: Vec<i64> = self.acked.drain(..n).collect();
         let store = self.shared.store.clone();
         self.deleting = Some(tokio::spawn(async move {
             let n = seqs.len();
@@ -389,12 +424,14 @@ impl Drain {
     /// Waits for a background delete, then deletes the rest: before the outbox is read from the
     /// start again (reconnect) and on stop.
     async fn flush_acks(&mut self) {
-        if let Some(h) = self.deleting.take() {
-            let _ = h.await;
-        }
-        self.flush_acks_background();
-        if let Some(h) = self.deleting.take() {
-            let _ = h.await;
+        loop {
+            if let Some(h) = self.deleting.take() {
+                let _ = h.await;
+            }
+            if self.acked.is_empty() {
+                break;
+            }
+            self.flush_acks_background();
         }
     }
 
@@ -432,6 +469,21 @@ impl Drain {
                     self.shared.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Event::Incoming(Packet::Publish(p)) if p.topic == self.shared.topics.snapshot => {
+                self.shared.stats.inbound.fetch_add(1, Ordering::Relaxed);
+                self.shared.snapshot.notify_one();
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == self.shared.topics.backfill => {
+                if p.payload.is_empty() {
+                    return;
+                }
+                self.shared.stats.inbound.fetch_add(1, Ordering::Relaxed);
+                let size = p.payload.len();
+                if self.bf_tx.try_send(p.payload.to_vec()).is_err() {
+                    super::backfill::refuse(&self.audit, super::backfill::Refusal::Busy, size)
+                        .await;
+                }
+            }
             Event::Incoming(Packet::Publish(p)) => {
                 let kind = if p.topic == self.shared.topics.grants {
                     InboundKind::Grants
@@ -455,17 +507,24 @@ impl Drain {
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
             {
+                // The return codes follow the order of the filters (see `on_connected`).
+                let refused: Vec<String> = self
+                    .subscriptions()
+                    .into_iter()
+                    .zip(s.return_codes.iter())
+                    .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+                    .map(|(t, _)| t)
+                    .collect();
                 tracing::error!(
-                    "the broker refused the subscription to grants/keys; check its ACL"
+                    topics = ?refused,
+                    "the broker refused a subscription; check its ACL"
                 );
                 let _ = self
                     .audit
                     .record(
                         AuditEvent::new("mqtt_subscribe_refused", "failed")
                             .actor("system")
-                            .detail(json!({
-                                "topics": [self.shared.topics.grants, self.shared.topics.keys]
-                            })),
+                            .detail(json!({ "topics": refused })),
                     )
                     .await;
             }
@@ -493,6 +552,17 @@ impl Drain {
         }
     }
 
+    /// The topics subscribed after every CONNACK, in this order.
+    fn subscriptions(&self) -> Vec<String> {
+        let t = &self.shared.topics;
+        vec![
+            t.grants.clone(),
+            t.keys.clone(),
+            t.backfill.clone(),
+            t.snapshot.clone(),
+        ]
+    }
+
     async fn on_connected(&mut self) {
         self.connected = true;
         self.shared.connected.store(true, Ordering::Relaxed);
@@ -502,13 +572,12 @@ impl Drain {
         self.ever_connected = true;
         self.down_streak = 0;
         tracing::info!("connected to the mqtt broker");
-        let topics = &self.shared.topics;
-        let filters = [
-            SubscribeFilter::new(topics.grants.clone(), QoS::AtLeastOnce),
-            SubscribeFilter::new(topics.keys.clone(), QoS::AtLeastOnce),
-        ];
+        let filters = self
+            .subscriptions()
+            .into_iter()
+            .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce));
         if let Err(e) = self.client.try_subscribe_many(filters) {
-            tracing::error!(error = %e, "cannot subscribe to grants/keys");
+            tracing::error!(error = %e, "cannot subscribe to grants/keys/backfill");
         }
         let status = self.shared.online_status().to_string().into_bytes();
         if let Err(e) = self
@@ -518,6 +587,8 @@ impl Drain {
         {
             tracing::error!(error = %e, "cannot queue the online status");
         }
+        self.shared.enqueue_all_availability().await;
+        self.shared.snapshot.notify_one();
         self.maybe_more = true;
     }
 
@@ -600,6 +671,23 @@ impl Drain {
                 "version": env!("CARGO_PKG_VERSION"),
                 "since": self.shared.since,
             });
+            // Nothing is known about the units once the box stops reading them.
+            let units: Vec<String> = self
+                .shared
+                .availability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for unit in units {
+                let _ = self.client.try_publish(
+                    self.shared.topics.availability(&unit),
+                    QoS::AtLeastOnce,
+                    true,
+                    super::AVAILABILITY_UNKNOWN.to_vec(),
+                );
+            }
             let _ = self.client.try_publish(
                 self.shared.topics.status.clone(),
                 QoS::AtLeastOnce,
@@ -690,13 +778,7 @@ async fn inbound_loop(
                 }
             }
         };
-        let payload = doc.to_string().into_bytes();
-        if let Err(e) = shared
-            .enqueue_state(shared.topics.grants_state.clone(), payload)
-            .await
-        {
-            tracing::error!(error = %e, "cannot queue the grants state");
-        }
+        shared.enqueue_grants_state(doc).await;
     }
 }
 
@@ -706,10 +788,15 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(4));
+        let min = Duration::from_millis(250);
+        let mut b = Backoff::new(Schedule {
+            min,
+            max: Duration::from_secs(4),
+            stable: Duration::from_secs(2),
+        });
         let mut last_cap = Duration::ZERO;
         for i in 0..10 {
-            let cap = (BACKOFF_MIN * 2u32.pow(i)).min(Duration::from_secs(4));
+            let cap = (min * 2u32.pow(i)).min(Duration::from_secs(4));
             let d = b.delay();
             assert!(
                 d >= cap / 2 && d <= cap,
@@ -720,7 +807,8 @@ mod tests {
             last_cap = cap;
         }
         b.reset();
-        assert!(b.delay() <= BACKOFF_MIN);
+        let first = b.delay();
+        assert!(first >= min / 2 && first <= min, "{first:?}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Telemetry decisions: which point values are worth a message. A point is sent when it is new,
 //! when its quality changed, or when its value moved beyond its deadband since the value last
-//! SENT (so a slow drift still gets reported once it adds up); and every unit gets a full
-//! snapshot on the heartbeat interval when nothing was sent for it during the interval.
+//! SENT (so a slow drift still gets reported once it adds up). The heartbeat sends, for a unit
+//! that sent nothing during the interval, only the points whose newest value was not sent yet
+//! (an idle unit sends nothing); a full snapshot goes out on connect and on request. Every
+//! message carries a per-unit `seq`, so the cloud can tell it missed one.
 //!
 //! This module never reads devices (the Modbus engine calls [`Telemetry::update`]) and never
 //! talks to the broker: it only queues messages on the outbox, whose telemetry backlog is bounded.
@@ -18,6 +20,7 @@ use time::OffsetDateTime;
 use super::{MqttError, Shared};
 use crate::model::UnitId;
 use crate::outbox;
+use crate::store::StoreError;
 
 /// How much a value is to be trusted: the box's one quality vocabulary (the same names in the
 /// API, `units test` and docs), defined with the profiles whose sentinels produce it.
@@ -46,8 +49,13 @@ pub struct PointValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
+    /// The points that moved beyond their deadband (or changed quality).
     Change,
+    /// The points whose newest value differs from the value last sent (changes inside the
+    /// deadband); only for a unit that sent nothing during the interval and has such points.
     Heartbeat,
+    /// Every known point: on each connect and when the cloud asks on `…/snapshot`.
+    Snapshot,
 }
 
 /// The payload on `…/telemetry/{unit}`.
@@ -57,6 +65,10 @@ pub struct TelemetryMessage {
     pub unit: String,
     pub at: String,
     pub reason: Reason,
+    /// Per unit, +1 for every message of this process (with `msg_id`'s boot prefix, a gap tells
+    /// the cloud it missed one; the status heartbeat carries the newest per unit).
+    #[serde(default)]
+    pub seq: u64,
     pub points: BTreeMap<String, PointValue>,
 }
 
@@ -85,6 +97,8 @@ struct UnitState {
     /// The newest value per point (what a heartbeat sends).
     latest: BTreeMap<String, PointValue>,
     last_send: Option<Instant>,
+    /// The seq of the newest message queued for the unit.
+    seq: u64,
 }
 
 /// Decides and queues telemetry. Cheap to clone.
@@ -164,8 +178,10 @@ impl Telemetry {
         Ok(n)
     }
 
-    /// Queues a full snapshot for every unit that sent nothing during the last interval. Called
-    /// by the client's heartbeat task; returns how many units it sent.
+    /// Queues, for every unit that sent nothing during the last interval, the points whose newest
+    /// value was not sent yet (changes inside the deadband); an idle unit sends nothing (the
+    /// status heartbeat carries its `seq`). Called by the client's heartbeat task; returns how
+    /// many units it sent.
     pub async fn heartbeat(&self, at: OffsetDateTime) -> Result<usize, MqttError> {
         let due: Vec<(String, BTreeMap<String, PointValue>)> = {
             let mut units = self.lock();
@@ -174,17 +190,24 @@ impl Telemetry {
             units
                 .iter_mut()
                 .filter(|(_, st)| {
-                    !st.latest.is_empty()
-                        && st
-                            .last_send
-                            .is_none_or(|t| now.duration_since(t) + slack >= self.inner.interval)
+                    st.last_send
+                        .is_none_or(|t| now.duration_since(t) + slack >= self.inner.interval)
                 })
-                .map(|(unit, st)| {
+                .filter_map(|(unit, st)| {
+                    let unsent: BTreeMap<String, PointValue> = st
+                        .latest
+                        .iter()
+                        .filter(|(k, v)| st.sent.get(*k) != Some(*v))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if unsent.is_empty() {
+                        return None;
+                    }
                     st.last_send = Some(now);
-                    for (k, v) in &st.latest {
+                    for (k, v) in &unsent {
                         st.sent.insert(k.clone(), v.clone());
                     }
-                    (unit.clone(), st.latest.clone())
+                    Some((unit.clone(), unsent))
                 })
                 .collect()
         };
@@ -203,6 +226,31 @@ impl Telemetry {
         Ok(n)
     }
 
+    /// Queues every known point of every unit (`reason: snapshot`): on connect and when the
+    /// cloud asks. Returns how many units it sent.
+    pub async fn snapshot(&self, at: OffsetDateTime) -> Result<usize, MqttError> {
+        let all: Vec<(String, BTreeMap<String, PointValue>)> = {
+            let mut units = self.lock();
+            let now = Instant::now();
+            units
+                .iter_mut()
+                .filter(|(_, st)| !st.latest.is_empty())
+                .map(|(unit, st)| {
+                    st.last_send = Some(now);
+                    for (k, v) in &st.latest {
+                        st.sent.insert(k.clone(), v.clone());
+                    }
+                    (unit.clone(), st.latest.clone())
+                })
+                .collect()
+        };
+        let n = all.len();
+        for (unit, points) in all {
+            self.queue(&unit, points, Reason::Snapshot, at).await?;
+        }
+        Ok(n)
+    }
+
     async fn queue(
         &self,
         unit: &str,
@@ -212,27 +260,49 @@ impl Telemetry {
     ) -> Result<(), MqttError> {
         let shared = &self.inner.shared;
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let msg = TelemetryMessage {
-            msg_id: format!("t-{}-{n}", shared.boot_id),
-            unit: unit.to_string(),
-            at: crate::clock::rfc3339(at),
-            reason,
-            points,
-        };
-        let payload = serde_json::to_vec(&msg).map_err(|e| MqttError::Encode(e.to_string()))?;
-        let topic = shared.topics.telemetry(unit);
+        let msg_id = format!("t-{}-{n}", shared.boot_id);
+        let unit = unit.to_string();
+        let at = crate::clock::rfc3339(at);
+        let topic = shared.topics.telemetry(&unit);
         let max = self.inner.backlog_max;
         let len = self.inner.approx_len.fetch_add(1, Ordering::Relaxed) + 1;
         let check = len >= max;
-        let dropped = shared
+        let inner = self.inner.clone();
+        // INVARIANT: the unit's seq is taken inside the store call (which runs one at a time), so
+        // a unit's seqs follow the order of its outbox rows, hence the order they are sent in.
+        let (dropped, unit, seq) = shared
             .store
             .call(move |c| {
+                let seq = {
+                    let mut units = inner.units.lock().unwrap_or_else(|e| e.into_inner());
+                    let st = units.entry(unit.clone()).or_default();
+                    st.seq += 1;
+                    st.seq
+                };
+                let msg = TelemetryMessage {
+                    msg_id,
+                    unit,
+                    at,
+                    reason,
+                    seq,
+                    points,
+                };
+                let payload =
+                    serde_json::to_vec(&msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let tx = c.transaction()?;
                 let d = outbox::enqueue_telemetry(&tx, &msg.msg_id, &topic, &payload, max, check)?;
                 tx.commit()?;
-                Ok(d)
+                Ok((d, msg.unit, seq))
             })
             .await?;
+        {
+            let mut seqs = shared
+                .telemetry_seq
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let e = seqs.entry(unit).or_default();
+            *e = (*e).max(seq);
+        }
         if check {
             self.inner.approx_len.store(max, Ordering::Relaxed);
         }
@@ -306,6 +376,31 @@ mod tests {
         // The heartbeat value is now the reference for the deadband.
         assert_eq!(t.update(&unit, &[temp(21.7)], now).await.unwrap(), 0);
         assert_eq!(t.update(&unit, &[temp(21.9)], now).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_unit_sends_no_heartbeat_and_a_snapshot_sends_every_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_in(dir.path()).unwrap();
+        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::ZERO, 1000, 0);
+        let unit = UnitId::new("gen-1").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let p = |n: &str, v: Value| PointSample {
+            name: n.into(),
+            value: v,
+            quality: Quality::Good,
+            deadband: None,
+        };
+        let pts = [p("rpm", json!(0)), p("running", json!(false))];
+        assert_eq!(t.update(&unit, &pts, now).await.unwrap(), 2);
+        assert_eq!(t.update(&unit, &pts, now).await.unwrap(), 0);
+        assert_eq!(t.heartbeat(now).await.unwrap(), 0, "nothing unsent");
+        assert_eq!(t.snapshot(now).await.unwrap(), 1);
+        let q = queued(&store);
+        assert_eq!(q.len(), 2);
+        assert_eq!((q[0].reason, q[0].seq), (Reason::Change, 1));
+        assert_eq!((q[1].reason, q[1].seq), (Reason::Snapshot, 2));
+        assert_eq!(q[1].points.len(), 2);
     }
 
     #[tokio::test]

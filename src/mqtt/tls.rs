@@ -149,6 +149,9 @@ mod tests {
             telemetry_interval: Duration::from_secs(60),
             telemetry_backlog_max: 100,
             reconnect_max: Duration::from_secs(60),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_stable: Duration::from_secs(1),
+            backfill_rate: 500,
         }
     }
 

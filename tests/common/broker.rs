@@ -116,6 +116,19 @@ impl Broker {
         }
     }
 
+    /// Kills the broker (SIGKILL: whatever it held in memory is lost) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped or killed broker again on the same port with the same config.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Starts the broker again on the same port with the same config.
     pub fn restart(&mut self) {
         self.stop();

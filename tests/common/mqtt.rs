@@ -190,5 +190,8 @@ pub fn mqtt_config(port: u16, client_id: &str) -> sitegate::config::Mqtt {
         telemetry_interval: Duration::from_secs(60),
         telemetry_backlog_max: 50_000,
         reconnect_max: Duration::from_secs(1),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_stable: Duration::from_secs(1),
+        backfill_rate: 500,
     }
 }
