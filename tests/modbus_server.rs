@@ -116,6 +116,46 @@ fn lib_cert(dir: &Path, name: &str, role: Option<&str>, expired: bool) -> (PathB
     (cert, key)
 }
 
+/// A CRL of the site CA revoking the given certificates (PEM).
+fn crl(dir: &Path, certs: &[PathBuf]) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca/ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(dir.join("ca/ca.pem")).unwrap(),
+        key,
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let revoked_certs = certs
+        .iter()
+        .map(|p| {
+            let der = CertificateDer::from_pem_file(p).unwrap();
+            let (_, c) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).unwrap();
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(c.raw_serial()),
+                revocation_time: now - time::Duration::minutes(5),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
 fn site() -> SiteId {
     SiteId::new("site-1").unwrap()
 }
@@ -171,6 +211,12 @@ struct Bed {
 
 impl Bed {
     async fn start(max_age_ms: u64) -> Bed {
+        Bed::start_with(max_age_ms, &[]).await
+    }
+
+    /// `revoked`: client certificates (role control-only) issued before start and listed in the
+    /// CA's CRL the listener is configured with.
+    async fn start_with(max_age_ms: u64, revoked: &[&str]) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let sim_stop = CancellationToken::new();
         let sim = SimServer::start_tcp(
@@ -192,6 +238,16 @@ impl Bed {
             ..Inputs::default()
         }));
         let (server_cert, server_key) = cert(dir.path(), "ca", "modbus-server", None, true);
+        let mut crls = Vec::new();
+        if !revoked.is_empty() {
+            let pems: Vec<PathBuf> = revoked
+                .iter()
+                .map(|n| cert(dir.path(), "ca", n, Some("control-only"), false).0)
+                .collect();
+            let path = dir.path().join("ca/ca.crl.pem");
+            std::fs::write(&path, crl(dir.path(), &pems)).unwrap();
+            crls.push(path);
+        }
         let cfg = BmsConfig {
             tls: Some(TlsListener {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -199,7 +255,7 @@ impl Bed {
                     cert: server_cert,
                     key: server_key,
                     ca: dir.path().join("ca/ca.pem"),
-                    crls: Vec::new(),
+                    crls,
                 },
             }),
             plain: Some(PlainListener {
@@ -488,6 +544,34 @@ async fn cached_reads_add_no_bus_traffic_within_max_age() {
     }
     assert_eq!(bed.reads(), after_first);
     drop(bms);
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_revoked_by_the_configured_crl_is_refused_at_the_handshake_and_others_still_work()
+ {
+    let bed = Bed::start_with(2000, &["lost-laptop"]).await;
+    let dir = bed.dir.path().to_path_buf();
+    let revoked = (
+        dir.join("issued/lost-laptop.pem"),
+        dir.join("issued/lost-laptop.key"),
+    );
+    let mut bms = start_bms(&bed, &revoked.0, &revoked.1).await;
+    let answer = if bms.connected == "connected" {
+        ask(&mut bms, "write 7 2 215").await
+    } else {
+        "not-connected".into()
+    };
+    assert!(
+        answer == "not-connected" || answer.starts_with("error "),
+        "{answer}"
+    );
+    assert_eq!(bed.writes(), 0);
+    let (c, k) = cert(&dir, "ca", "fresh", Some("control-only"), false);
+    let mut good = start_bms(&bed, &c, &k).await;
+    assert_eq!(ask(&mut good, "write 7 2 215").await, "ok");
+    assert_eq!(bed.writes(), 1);
+    drop((bms, good));
     bed.shutdown().await;
 }
 
