@@ -322,3 +322,78 @@ impl RawBms {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn check(text: &str) -> Result<BmsConfig, Vec<(String, String)>> {
+        let raw: RawBms = toml::from_str(text).unwrap();
+        raw.validate(
+            Path::new("/etc/sitegate"),
+            Path::new("/var/lib/sitegate/tls"),
+            &[UnitId::new("ac-1").unwrap()],
+        )
+    }
+
+    fn paths(r: Result<BmsConfig, Vec<(String, String)>>) -> Vec<String> {
+        r.err().unwrap().into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn a_tls_section_resolves_paths_and_defaults_to_the_api_certificate() {
+        let c = check(
+            "[tls]\nlisten = \"127.0.0.1:802\"\nca = \"bms-ca.pem\"\ncrl = [\"bms.crl\"]\n\
+             [[units]]\nunit = \"ac-1\"\nunit_id = 3\n",
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.files.ca, Path::new("/etc/sitegate/bms-ca.pem"));
+        assert_eq!(t.files.crls, vec![PathBuf::from("/etc/sitegate/bms.crl")]);
+        assert_eq!(t.files.cert, Path::new("/var/lib/sitegate/tls/cert.pem"));
+        assert!(c.plain.is_none());
+        assert_eq!(c.units, vec![(3, UnitId::new("ac-1").unwrap())]);
+        assert_eq!(c.roles.get("viewer"), Some(Role::Viewer));
+        assert_eq!(c.roles.get("admin"), None);
+        assert_eq!(c.max_age, Duration::from_millis(2000));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let p = paths(check(
+            "max_age_ms = 99999999\n[tls]\nlisten = \"nowhere\"\nca = \"a.pem\"\ncert = \"c.pem\"\n\
+             [plain]\nenabled = true\n\
+             [[plain.allow]]\nsource = \"0.0.0.0\"\nrole = \"viewer\"\n\
+             [[plain.allow]]\nsource = \"10.0.0.x\"\nrole = \"admin\"\n\
+             [roles]\nOperator = \"root\"\n\
+             [[units]]\nunit = \"ac-9\"\nunit_id = 0\n",
+        ));
+        for want in [
+            "modbus_server.max_age_ms",
+            "modbus_server.tls.listen",
+            "modbus_server.plain.allow[0].source",
+            "modbus_server.plain.allow[1].source",
+            "modbus_server.plain.allow[1].role",
+            "modbus_server.roles.Operator",
+            "modbus_server.units[0].unit",
+            "modbus_server.units[0].unit_id",
+        ] {
+            assert!(p.contains(&want.to_string()), "{want} missing in {p:?}");
+        }
+    }
+
+    #[test]
+    fn the_plain_listener_is_off_unless_enabled_and_needs_allowed_sources() {
+        let c = check(
+            "[plain]\nlisten = \"0.0.0.0:502\"\n[[plain.allow]]\nsource = \"10.0.0.5\"\nrole = \"viewer\"\n\
+             [[units]]\nunit = \"ac-1\"\nunit_id = 1\n",
+        );
+        // Not enabled, and no TLS either: nothing would listen.
+        assert_eq!(paths(c), vec!["modbus_server".to_string()]);
+        let p = paths(check(
+            "[plain]\nenabled = true\n[[units]]\nunit = \"ac-1\"\nunit_id = 1\n",
+        ));
+        assert_eq!(p, vec!["modbus_server.plain.allow".to_string()]);
+    }
+}
