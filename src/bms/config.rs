@@ -174,11 +174,11 @@ impl RawBms {
                     cert: t
                         .cert
                         .as_deref()
-                        .map_or_else(|| tls_dir.join(crate::tls::CERT_FILE), |c| resolve(c)),
+                        .map_or_else(|| tls_dir.join(crate::tls::CERT_FILE), &resolve),
                     key: t
                         .key
                         .as_deref()
-                        .map_or_else(|| tls_dir.join(crate::tls::KEY_FILE), |k| resolve(k)),
+                        .map_or_else(|| tls_dir.join(crate::tls::KEY_FILE), &resolve),
                     ca: resolve(&t.ca),
                     crls: t.crl.iter().map(|c| resolve(c)).collect(),
                 },

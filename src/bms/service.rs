@@ -34,6 +34,11 @@ use crate::model::{Capability, UnitId, UserId};
 
 use super::Identity;
 
+/// Raw registers served, by (unit, table, address): value and when it was read.
+type RegCache = HashMap<(UnitId, RegKind, u16), (u16, Instant)>;
+/// Read blocks refused (and audited) on one connection: (unit id, table, address, count).
+type RefusedReads = Arc<Mutex<HashSet<(u8, RegKind, u16, u16)>>>;
+
 /// What every connection shares: the engine, the decision engine, the audit trail, the exposed
 /// units and the raw register cache.
 pub struct Face {
@@ -44,7 +49,7 @@ pub struct Face {
     units: HashMap<u8, UnitId>,
     max_age: Duration,
     read_timeout: Duration,
-    cache: Mutex<HashMap<(UnitId, RegKind, u16), (u16, Instant)>>,
+    cache: Mutex<RegCache>,
 }
 
 impl Face {
@@ -69,7 +74,7 @@ impl Face {
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(UnitId, RegKind, u16), (u16, Instant)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, RegCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -82,7 +87,7 @@ pub struct Session {
     peer: SocketAddr,
     /// Refused reads already audited on this connection (a BMS polling a forbidden block every
     /// second is recorded once per connection, not once a second).
-    refused_reads: Arc<Mutex<HashSet<(u8, RegKind, u16, u16)>>>,
+    refused_reads: RefusedReads,
 }
 
 impl Session {
@@ -125,7 +130,7 @@ struct Ctx {
     id: Identity,
     peer: SocketAddr,
     slave: u8,
-    refused_reads: Arc<Mutex<HashSet<(u8, RegKind, u16, u16)>>>,
+    refused_reads: RefusedReads,
 }
 
 /// A write request normalized: the kind and the raw values from `addr` on.
