@@ -575,6 +575,24 @@ async fn a_certificate_revoked_by_the_configured_crl_is_refused_at_the_handshake
     bed.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_does_not_hold_up_other_clients() {
+    let bed = Bed::start(2000).await;
+    // Connects and sends nothing (and another one sends garbage instead of a ClientHello).
+    let port = bed.listening.tls.unwrap().port();
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    garbage
+        .write_all(&[0, 1, 0, 0, 0, 6, 7, 3, 0, 2, 0, 1])
+        .unwrap();
+    let (c, k) = cert(bed.dir.path(), "ca", "busy-bms", Some("viewer"), false);
+    let mut bms = start_bms(&bed, &c, &k).await;
+    assert_eq!(bms.connected, "connected");
+    assert_eq!(ask(&mut bms, "read 7 2 1").await, "ok 240");
+    drop(bms);
+    bed.shutdown().await;
+}
+
 fn mbpoll(args: &[&str]) -> (bool, String) {
     let out = Command::new("mbpoll").args(args).output().expect("mbpoll");
     let text = format!(
