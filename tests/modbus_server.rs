@@ -271,6 +271,7 @@ impl Bed {
             max_age: Duration::from_millis(max_age_ms),
             read_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(3),
+            max_connections: 4,
         };
         let face = Arc::new(Face::new(
             harness.engine.clone(),
@@ -590,6 +591,43 @@ async fn a_client_that_never_finishes_its_handshake_does_not_hold_up_other_clien
     assert_eq!(bms.connected, "connected");
     assert_eq!(ask(&mut bms, "read 7 2 1").await, "ok 240");
     drop(bms);
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_closed_and_a_freed_place_is_reused() {
+    let bed = Bed::start(2000).await;
+    let (c, k) = cert(bed.dir.path(), "ca", "many", Some("viewer"), false);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut b = start_bms(&bed, &c, &k).await;
+        assert_eq!(ask(&mut b, "read 7 2 1").await, "ok 240");
+        open.push(b);
+    }
+    let mut fifth = start_bms(&bed, &c, &k).await;
+    let answer = if fifth.connected == "connected" {
+        ask(&mut fifth, "read 7 2 1").await
+    } else {
+        "not-connected".into()
+    };
+    assert!(
+        answer == "not-connected" || answer.starts_with("error "),
+        "{answer}"
+    );
+    drop(fifth);
+    drop(open.pop());
+    // The server notices the closed connection when it next reads from it.
+    let mut again = None;
+    for _ in 0..50 {
+        let mut b = start_bms(&bed, &c, &k).await;
+        if b.connected == "connected" && ask(&mut b, "read 7 2 1").await == "ok 240" {
+            again = Some(b);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "a freed place is given to a new client");
+    drop(open);
     bed.shutdown().await;
 }
 

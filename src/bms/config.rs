@@ -29,6 +29,13 @@ pub struct RawBms {
     pub read_timeout_ms: u64,
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
+    /// Open connections at most (TLS and plain together); more are closed at connect.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+}
+
+fn default_max_connections() -> u64 {
+    32
 }
 
 fn default_max_age() -> u64 {
@@ -100,6 +107,7 @@ pub struct BmsConfig {
     pub max_age: Duration,
     pub read_timeout: Duration,
     pub handshake_timeout: Duration,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +327,7 @@ impl RawBms {
             max_age: Duration::from_millis(self.max_age_ms),
             read_timeout: Duration::from_millis(self.read_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(32),
         })
     }
 }

@@ -76,6 +76,7 @@ pub async fn serve(
     tasks: &TaskTracker,
 ) -> anyhow::Result<Listening> {
     let mut out = Listening::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     if let Some(t) = &cfg.tls {
         let roles = Arc::new(cfg.roles.clone());
         let sc = tls::server_config(&t.files, roles.clone())?;
@@ -88,20 +89,26 @@ pub async fn serve(
         let face = face.clone();
         let stop = shutdown.child_token();
         let timeout = cfg.handshake_timeout;
+        let slots = slots.clone();
         tasks.spawn(async move {
             let server = tokio_modbus::server::tcp::Server::new(listener);
             let on_connected = |stream: tokio::net::TcpStream, peer: SocketAddr| {
-                let identity = Arc::new(OnceLock::new());
-                let transport = tls::LazyTls::new(
-                    &acceptor,
-                    stream,
-                    peer,
-                    timeout,
-                    roles.clone(),
-                    identity.clone(),
-                );
-                let session = service::Session::new(face.clone(), identity, peer);
-                async move { Ok(Some((session, transport))) }
+                let accepted = slot(&slots, peer).map(|permit| {
+                    let identity = Arc::new(OnceLock::new());
+                    let transport = tls::LazyTls::new(
+                        &acceptor,
+                        stream,
+                        peer,
+                        timeout,
+                        roles.clone(),
+                        identity.clone(),
+                    );
+                    (
+                        service::Session::new(face.clone(), identity, peer, permit),
+                        transport,
+                    )
+                });
+                async move { Ok(accepted) }
             };
             let on_error = |e: std::io::Error| {
                 tracing::debug!(error = %e, "Modbus/TLS connection ended");
@@ -126,14 +133,19 @@ pub async fn serve(
         let allow: Arc<Vec<PlainAllow>> = Arc::new(p.allow.clone());
         let face = face.clone();
         let stop = shutdown.child_token();
+        let slots = slots.clone();
         tasks.spawn(async move {
             let server = tokio_modbus::server::tcp::Server::new(listener);
             let on_connected = |stream: tokio::net::TcpStream, peer: SocketAddr| {
                 let found = allowed(&allow, peer.ip());
                 let face = face.clone();
+                let permit = found.as_ref().and_then(|_| slot(&slots, peer));
                 async move {
                     let Some(a) = found else {
                         tracing::warn!(peer = %peer, "plain Modbus connection refused: source address not allowed");
+                        return Ok(None);
+                    };
+                    let Some(permit) = permit else {
                         return Ok(None);
                     };
                     let identity = Arc::new(OnceLock::new());
@@ -143,7 +155,10 @@ pub async fn serve(
                         client: a.client.clone(),
                         serial: String::new(),
                     });
-                    Ok(Some((service::Session::new(face, identity, peer), stream)))
+                    Ok(Some((
+                        service::Session::new(face, identity, peer, permit),
+                        stream,
+                    )))
                 }
             };
             let on_error = |e: std::io::Error| {
@@ -158,6 +173,20 @@ pub async fn serve(
         });
     }
     Ok(out)
+}
+
+/// A place under `max_connections`, or `None` (logged) when every place is taken.
+fn slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+    peer: SocketAddr,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            tracing::warn!(peer = %peer, "Modbus connection refused: too many open connections");
+            None
+        }
+    }
 }
 
 /// The entry allowing a source address (IPv4-mapped IPv6 compared as IPv4).

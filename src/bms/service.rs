@@ -88,15 +88,23 @@ pub struct Session {
     /// Refused reads already audited on this connection (a BMS polling a forbidden block every
     /// second is recorded once per connection, not once a second).
     refused_reads: RefusedReads,
+    /// This connection's place under `max_connections`, given back when the connection ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Session {
-    pub fn new(face: Arc<Face>, identity: Arc<OnceLock<Identity>>, peer: SocketAddr) -> Session {
+    pub fn new(
+        face: Arc<Face>,
+        identity: Arc<OnceLock<Identity>>,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Session {
         Session {
             face,
             identity,
             peer,
             refused_reads: Arc::new(Mutex::new(HashSet::new())),
+            _permit: permit,
         }
     }
 }
