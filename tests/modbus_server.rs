@@ -412,6 +412,8 @@ async fn a_viewer_certificate_reads_points_and_a_write_is_refused_with_exception
     // mode, fan, setpoint, on: the simulator's defaults (setpoint 24.0 °C = 240).
     assert_eq!(ask(&mut bms, "read 7 2 1").await, "ok 240");
     assert_eq!(ask(&mut bms, "write 7 2 215").await, "exception 1");
+    // Repeated, the same refusal is answered the same way but audited once per connection.
+    assert_eq!(ask(&mut bms, "write 7 2 216").await, "exception 1");
     assert_eq!(bed.writes(), 0);
     // The diagnostic lock register (needs `diagnose`) is refused, and a gap is 02.
     assert_eq!(ask(&mut bms, "read 7 8 1").await, "exception 1");
@@ -427,6 +429,11 @@ async fn a_viewer_certificate_reads_points_and_a_write_is_refused_with_exception
         )),
         "{audit:?}"
     );
+    let denied_writes = audit
+        .iter()
+        .filter(|(k, _, o)| k == "command" && o == "denied")
+        .count();
+    assert_eq!(denied_writes, 1, "{audit:?}");
     assert!(
         audit.contains(&(
             "modbus_read".into(),

@@ -36,8 +36,11 @@ use super::Identity;
 
 /// Raw registers served, by (unit, table, address): value and when it was read.
 type RegCache = HashMap<(UnitId, RegKind, u16), (u16, Instant)>;
-/// Read blocks refused (and audited) on one connection: (unit id, table, address, count).
-type RefusedReads = Arc<Mutex<HashSet<(u8, RegKind, u16, u16)>>>;
+/// Refusals already audited on one connection (what was refused and why).
+type RefusedReads = Arc<Mutex<HashSet<String>>>;
+/// Distinct refusals audited per connection at most; a client cycling through more is only
+/// logged (the audit trail and its MQTT copy must not be flooded by one client).
+const MAX_AUDITED_REFUSALS: usize = 256;
 
 /// What every connection shares: the engine, the decision engine, the audit trail, the exposed
 /// units and the raw register cache.
@@ -85,8 +88,9 @@ pub struct Session {
     face: Arc<Face>,
     identity: Arc<OnceLock<Identity>>,
     peer: SocketAddr,
-    /// Refused reads already audited on this connection (a BMS polling a forbidden block every
-    /// second is recorded once per connection, not once a second).
+    /// Refusals already audited on this connection (a BMS polling a forbidden block or
+    /// repeating a forbidden write every second is recorded once per connection, not once a
+    /// second).
     refused_reads: RefusedReads,
     /// This connection's place under `max_connections`, given back when the connection ends.
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -213,6 +217,19 @@ impl Ctx {
             .and_then(|c| UserId::new(c.to_string()).ok())
     }
 
+    /// Whether this refusal is the first of its kind on the connection (then it is audited).
+    fn first_refusal(&self, key: String) -> bool {
+        let mut seen = self.refused_reads.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&key) {
+            return false;
+        }
+        if seen.len() >= MAX_AUDITED_REFUSALS {
+            tracing::warn!(client = %self.actor(), "too many distinct refusals on one Modbus connection; further ones are logged only");
+            return false;
+        }
+        seen.insert(key)
+    }
+
     fn decide(&self, unit: &UnitId, cap: Capability, required: Capability) -> Decision {
         let ix = self.face.authz.index();
         let bound = self.bound();
@@ -283,13 +300,14 @@ impl Ctx {
         }
         for p in &touched {
             if let Decision::Deny(why) = self.decide(unit, Capability::View, p.read) {
-                let first = self
-                    .refused_reads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((self.slave, kind, addr, count));
-                if first {
-                    tracing::info!(client = %self.actor(), unit = %unit, point = %p.name, reason = why.code(), "Modbus read refused");
+                tracing::info!(client = %self.actor(), unit = %unit, point = %p.name, reason = why.code(), "Modbus read refused");
+                let key = format!(
+                    "r/{}/{}/{addr}/{count}/{}",
+                    self.slave,
+                    kind.as_str(),
+                    why.code()
+                );
+                if self.first_refusal(key) {
                     self.audit(
                         "modbus_read",
                         "denied",
@@ -375,13 +393,15 @@ impl Ctx {
             let offset = usize::try_from(pos - u32::from(addr)).unwrap_or(0);
             if let Some(reason) = refuse {
                 tracing::info!(client = %self.actor(), unit = %unit, point = %p.name, reason, "Modbus write refused");
-                self.audit(
-                    "command",
-                    "denied",
-                    unit,
-                    json!({ "action": "write", "point": p.name, "address": addr, "count": n, "reason": reason }),
-                )
-                .await;
+                if self.first_refusal(format!("w/{}/{}/{reason}", self.slave, p.name)) {
+                    self.audit(
+                        "command",
+                        "denied",
+                        unit,
+                        json!({ "action": "write", "point": p.name, "address": addr, "count": n, "reason": reason }),
+                    )
+                    .await;
+                }
                 return Err(ExceptionCode::IllegalFunction);
             }
             plan.push((p, offset));
@@ -392,13 +412,15 @@ impl Ctx {
             let cap = p.write.unwrap_or(Capability::Configure);
             if let Decision::Deny(why) = self.decide(unit, cap, p.read) {
                 tracing::info!(client = %self.actor(), unit = %unit, point = %p.name, reason = why.code(), "Modbus write refused");
-                self.audit(
-                    "command",
-                    "denied",
-                    unit,
-                    json!({ "action": "write", "point": p.name, "capability": cap, "reason": why.code() }),
-                )
-                .await;
+                if self.first_refusal(format!("w/{}/{}/{}", self.slave, p.name, why.code())) {
+                    self.audit(
+                        "command",
+                        "denied",
+                        unit,
+                        json!({ "action": "write", "point": p.name, "capability": cap, "reason": why.code() }),
+                    )
+                    .await;
+                }
                 return Err(ExceptionCode::IllegalFunction);
             }
         }
