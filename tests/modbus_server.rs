@@ -638,6 +638,31 @@ async fn connections_beyond_max_connections_are_closed_and_a_freed_place_is_reus
     bed.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_register_write_is_validated_whole_before_anything_is_sent() {
+    let bed = Bed::start(2000).await;
+    let (c, k) = cert(
+        bed.dir.path(),
+        "ca",
+        "ctl-multi",
+        Some("control-only"),
+        false,
+    );
+    let mut bms = start_bms(&bed, &c, &k).await;
+    // mode = heat, fan = high, setpoint 40.0 °C (above 32.0): refused whole, nothing written.
+    assert_eq!(ask(&mut bms, "writes 7 0 1,2,400").await, "exception 3");
+    assert_eq!(bed.writes(), 0);
+    // mode = heat, fan = high, setpoint 22.0 °C: three points, three validated writes.
+    assert_eq!(ask(&mut bms, "writes 7 0 1,2,220").await, "ok");
+    assert_eq!(bed.writes(), 3);
+    assert_eq!(ask(&mut bms, "read 7 0 3").await, "ok 1,2,220");
+    // Into the diagnostic lock register (masked, shared by several points): refused, 01.
+    assert_eq!(ask(&mut bms, "writes 7 8 1").await, "exception 1");
+    assert_eq!(bed.writes(), 3);
+    drop(bms);
+    bed.shutdown().await;
+}
+
 fn mbpoll(args: &[&str]) -> (bool, String) {
     let out = Command::new("mbpoll").args(args).output().expect("mbpoll");
     let text = format!(

@@ -424,22 +424,40 @@ impl Ctx {
                 return Err(ExceptionCode::IllegalFunction);
             }
         }
+        // Decode and validate every value before anything is sent: a request with one bad value
+        // writes nothing.
+        let mut values = Vec::with_capacity(plan.len());
         for (p, offset) in plan {
             let width = usize::from(p.width());
-            let value = match &words {
-                Words::Bits(b) => codec::decode(p, &Raw::Bits(&b[offset..offset + width])).0,
-                Words::Regs(w) => codec::decode(p, &Raw::Words(&w[offset..offset + width])).0,
+            let raw = match &words {
+                Words::Bits(b) => b.get(offset..offset + width).map(Raw::Bits),
+                Words::Regs(w) => w.get(offset..offset + width).map(Raw::Words),
             };
-            let value = if value.is_null() {
-                // A sentinel or an undecodable raw value: let the engine's validation refuse it
-                // with its own message.
-                match &words {
-                    Words::Bits(b) => json!(b[offset]),
-                    Words::Regs(w) => json!(w[offset]),
-                }
-            } else {
-                value
+            let Some(raw) = raw else {
+                return Err(ExceptionCode::IllegalDataValue);
             };
+            let value = match codec::decode(p, &raw) {
+                // A sentinel or an undecodable raw value: the raw number, for validation to
+                // refuse with its own message.
+                (Value::Null, _) => match &raw {
+                    Raw::Bits(b) => json!(b.first().copied().unwrap_or(false)),
+                    Raw::Words(w) => json!(w.first().copied().unwrap_or(0)),
+                },
+                (v, _) => v,
+            };
+            if let Err(e) = codec::encode(p, &value) {
+                self.audit(
+                    "command",
+                    "rejected",
+                    unit,
+                    json!({ "action": "write", "point": p.name, "value": value, "error": e.to_string() }),
+                )
+                .await;
+                return Err(ExceptionCode::IllegalDataValue);
+            }
+            values.push((p, value));
+        }
+        for (p, value) in values {
             // Whatever happens next, the cached registers of this point are no longer trusted.
             {
                 let mut cache = self.face.cache();

@@ -3,7 +3,8 @@
 Usage: bms_tls_client.py HOST PORT CA CERT KEY
 Reads commands from stdin, one per line, and answers each with one line:
   read UNIT ADDR COUNT   -> "ok V1,V2,..." | "exception N" | "error TEXT"
-  write UNIT ADDR VALUE  -> "ok" | "exception N" | "error TEXT"
+  write UNIT ADDR VALUE  -> "ok" | "exception N" | "error TEXT"   (FC06)
+  writes UNIT ADDR V1,V2 -> "ok" | "exception N" | "error TEXT"   (FC16)
 The first line printed is "connected" or "not-connected".
 """
 
@@ -43,6 +44,14 @@ for line in sys.stdin:
         elif parts[0] == "write":
             unit, addr, value = (int(x) for x in parts[1:4])
             rr = client.write_register(addr, value, device_id=unit)
+            if rr.isError():
+                print(f"exception {rr.exception_code}", flush=True)
+            else:
+                print("ok", flush=True)
+        elif parts[0] == "writes":
+            unit, addr = int(parts[1]), int(parts[2])
+            values = [int(x) for x in parts[3].split(",")]
+            rr = client.write_registers(addr, values, device_id=unit)
             if rr.isError():
                 print(f"exception {rr.exception_code}", flush=True)
             else:
