@@ -442,15 +442,18 @@ async fn start_engines(
                 // The listener uses the LAN API's certificate: make it if missing.
                 crate::tls::ensure_self_signed(&cfg.state_dir, &crate::tls::default_names())?;
             }
-            let face = Arc::new(crate::bms::Face::new(
-                modbus.clone(),
-                authz.clone(),
-                audit.clone(),
-                clock.clone(),
-                &b.units,
-                b.max_age,
-                b.read_timeout,
-            ));
+            let face = Arc::new(
+                crate::bms::Face::new(
+                    modbus.clone(),
+                    authz.clone(),
+                    audit.clone(),
+                    clock.clone(),
+                    &b.units,
+                    b.max_age,
+                    b.read_timeout,
+                )
+                .with_metrics(metrics.clone()),
+            );
             Some(crate::bms::serve(b, face, shutdown.child_token(), tasks).await?)
         }
         None => None,

@@ -165,5 +165,11 @@ unit_id = 1
     assert_eq!(bms.ask("write 1 2 220"), "exception 1");
     assert_eq!(bms.ask("read 1 2 1"), "exception 1");
     assert_eq!(writes(), 1);
+    // Counted with the LAN API's denials.
+    let text = s.daemon.site.as_ref().unwrap().metrics.render(0);
+    assert!(
+        text.contains(r#"sitegate_authz_denials_total{capability="control",reason="no_grant"} 1"#),
+        "{text}"
+    );
     drop(bms);
 }

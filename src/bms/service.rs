@@ -53,6 +53,7 @@ pub struct Face {
     max_age: Duration,
     read_timeout: Duration,
     cache: Mutex<RegCache>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Face {
@@ -74,7 +75,14 @@ impl Face {
             max_age,
             read_timeout,
             cache: Mutex::new(HashMap::new()),
+            metrics: None,
         }
+    }
+
+    /// Counts this face's denials in `sitegate_authz_denials_total`, like the LAN API's.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Face {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, RegCache> {
@@ -233,7 +241,7 @@ impl Ctx {
     fn decide(&self, unit: &UnitId, cap: Capability, required: Capability) -> Decision {
         let ix = self.face.authz.index();
         let bound = self.bound();
-        ix.decide_with_role(
+        let d = ix.decide_with_role(
             self.id.role,
             bound.as_ref(),
             cap,
@@ -242,7 +250,11 @@ impl Ctx {
                 required,
             },
             self.face.clock.now(),
-        )
+        );
+        if let (Decision::Deny(why), Some(m)) = (d, &self.face.metrics) {
+            m.observe_denial(cap.as_str(), why.code());
+        }
+        d
     }
 
     async fn audit(&self, kind: &'static str, outcome: &'static str, unit: &UnitId, detail: Value) {
