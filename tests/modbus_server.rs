@@ -663,6 +663,30 @@ async fn a_multi_register_write_is_validated_whole_before_anything_is_sent() {
     bed.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_listener_closes_connections_from_a_source_address_not_listed() {
+    use tokio_modbus::prelude::*;
+    let bed = Bed::start(2000).await;
+    let addr = bed.listening.plain.unwrap();
+    let read_from = |source: &'static str| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = sock.connect(addr).await.unwrap();
+        let mut ctx = tokio_modbus::client::tcp::attach_slave(stream, Slave(UNIT_ID));
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            ctx.read_holding_registers(SETPOINT, 1),
+        )
+        .await
+        .unwrap()
+    };
+    // 127.0.0.2 is not listed: the connection is closed without an answer.
+    assert!(read_from("127.0.0.2").await.is_err());
+    assert_eq!(read_from("127.0.0.1").await.unwrap().unwrap(), vec![240]);
+    assert_eq!(bed.writes(), 0);
+    bed.shutdown().await;
+}
+
 fn mbpoll(args: &[&str]) -> (bool, String) {
     let out = Command::new("mbpoll").args(args).output().expect("mbpoll");
     let text = format!(
