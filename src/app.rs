@@ -147,6 +147,8 @@ pub struct Running {
     pub modbus: ModbusEngine,
     pub mqtt: Option<MqttHandle>,
     pub metrics: Arc<Metrics>,
+    /// Where the Modbus server face listens, when configured.
+    pub modbus_server: Option<crate::bms::Listening>,
 }
 
 impl Running {
@@ -484,6 +486,35 @@ async fn start_engines(
         );
     }
 
+    let modbus_server = match &cfg.modbus_server {
+        Some(b) => {
+            if b.tls.as_ref().is_some_and(|t| {
+                t.files.cert
+                    == cfg
+                        .state_dir
+                        .join(crate::tls::TLS_DIR)
+                        .join(crate::tls::CERT_FILE)
+            }) {
+                // The listener uses the LAN API's certificate: make it if missing.
+                crate::tls::ensure_self_signed(&cfg.state_dir, &crate::tls::default_names())?;
+            }
+            let face = Arc::new(
+                crate::bms::Face::new(
+                    modbus.clone(),
+                    authz.clone(),
+                    audit.clone(),
+                    clock.clone(),
+                    &b.units,
+                    b.max_age,
+                    b.read_timeout,
+                )
+                .with_metrics(metrics.clone()),
+            );
+            Some(crate::bms::serve(b, face, shutdown.child_token(), tasks).await?)
+        }
+        None => None,
+    };
+
     let running = Running {
         grants,
         authz,
@@ -493,6 +524,7 @@ async fn start_engines(
         modbus,
         mqtt,
         metrics,
+        modbus_server,
     };
     spawn_housekeeping(&running, store.clone(), shutdown.child_token(), tasks);
     Ok(running)

@@ -803,6 +803,47 @@ impl Index {
             Ok((_, caps)) => caps,
             Err(why) => return Decision::Deny(why),
         };
+        self.judge(caps, cap, target)
+    }
+
+    /// May a non-user principal holding `role` by credential (a Modbus client certificate's role
+    /// extension, a configured source address) use `cap` on `target` at `now`? Default deny.
+    ///
+    /// The same rule as [`Index::decide`] with the role given instead of resolved from grants:
+    /// the target must be in the inventory, and the effective capabilities are the role's ∩ the
+    /// site package. When `bound` names a user the index knows (the cloud listed the client in
+    /// the bundle), that user's own decision also applies: the role is capped at the user's
+    /// applicable role, and a deactivated user, a revoked or expired grant or a cloud `none`
+    /// takes the access away at once.
+    pub fn decide_with_role(
+        &self,
+        role: Role,
+        bound: Option<&UserId>,
+        cap: Capability,
+        target: &Target,
+        now: OffsetDateTime,
+    ) -> Decision {
+        if let Err(why) = self.key_of(target) {
+            return Decision::Deny(why);
+        }
+        let role = match bound.filter(|u| self.users.contains_key(*u)) {
+            Some(user) => match self.effective_caps(user, target, now) {
+                Ok((held, _)) => role.min(held),
+                Err(why) => return Decision::Deny(why),
+            },
+            None => role,
+        };
+        let role_caps = role.capabilities();
+        let caps = EffCaps {
+            role: role_caps,
+            effective: role_caps.intersect(self.policy.features),
+        };
+        self.judge(caps, cap, target)
+    }
+
+    /// The capability check shared by every decision: the asked capability and, for a point,
+    /// the capability its profile requires, each held by the role AND allowed by the package.
+    fn judge(&self, caps: EffCaps, cap: Capability, target: &Target) -> Decision {
         let required = match target {
             Target::Point { required, .. } => Some(*required),
             Target::Unit(_) | Target::Group(_) | Target::Site => None,

@@ -72,6 +72,9 @@ pub enum Command {
     /// Provision this box: site and gateway ids, cloud trust keys, device key, TLS certificate,
     /// config (refuses to replace a provisioned box without --force).
     Provision(crate::provision::ProvisionArgs),
+    /// Issue a Modbus/TCP Security client certificate (role extension 1.3.6.1.4.1.50316.802.1)
+    /// from the site's Modbus client CA, for a building management system.
+    ModbusClientCert(crate::bms::cert::CertArgs),
     /// Run a complete demo site on loopback: simulated units, four users, the LAN API.
     Demo(crate::demo::DemoArgs),
     /// See and clear login throttles and lockouts on this box (audited).
@@ -183,6 +186,7 @@ pub fn run(cli: Cli) -> i32 {
             logging::init(cli.log_format, "warn", &env);
             crate::provision::run_cli(args)
         }
+        Command::ModbusClientCert(args) => crate::bms::cert::run_cli(args),
         Command::Demo(args) => {
             logging::init(cli.log_format, "warn", &env);
             crate::demo::run(args)

@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub links: Vec<RawLink>,
     #[serde(default)]
     pub units: Vec<RawUnit>,
+    /// The Modbus server face for building management systems (`docs/modbus.md`).
+    pub modbus_server: Option<crate::bms::config::RawBms>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -344,6 +346,8 @@ pub struct Config {
     pub profiles_dir: Option<PathBuf>,
     pub links: Vec<Link>,
     pub units: Vec<Unit>,
+    /// The Modbus server face for building management systems, if configured.
+    pub modbus_server: Option<crate::bms::BmsConfig>,
     /// Where the config was read from (provisioning rewrites it).
     pub source: Option<PathBuf>,
 }
@@ -1178,6 +1182,17 @@ impl RawConfig {
             }
         }
 
+        let modbus_server = self.modbus_server.and_then(|raw| {
+            let known: Vec<UnitId> = units.iter().map(|u| u.id.clone()).collect();
+            raw.validate(base, &state_dir.join(crate::tls::TLS_DIR), &known)
+                .map_err(|problems| {
+                    for (path, message) in problems {
+                        p.add(path, message);
+                    }
+                })
+                .ok()
+        });
+
         if !p.0.is_empty() {
             return Err(ConfigError {
                 file: None,
@@ -1214,6 +1229,7 @@ impl RawConfig {
             profiles_dir: self.profiles.dir.as_deref().map(|d| resolve(base, d)),
             links,
             units,
+            modbus_server,
             source: None,
         })
     }

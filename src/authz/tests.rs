@@ -1043,3 +1043,83 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_role_held_by_credential_is_judged_by_the_same_rule_with_the_package_and_inventory() {
+    let point = |u: &str, required| Target::Point {
+        unit: unit(u),
+        required,
+    };
+    let mut st = state(
+        &["bms-1"],
+        vec![grant("g1", "bms-1", Role::Viewer, s_unit("a1"))],
+    );
+    st.policy.features = CapSet::of(&[View, Control]);
+    let ix = build(st);
+    // An unbound principal: its role ∩ the package.
+    let d = |role, cap, target: &Target| ix.decide_with_role(role, None, cap, target, NOW);
+    assert_eq!(d(Role::ControlOnly, Control, &point("b1", View)), Allow);
+    assert_eq!(
+        d(Role::Viewer, Control, &point("b1", View)),
+        Deny(R::RoleLacks)
+    );
+    assert_eq!(
+        d(Role::Technician, View, &point("b1", Diagnose)),
+        Deny(R::PackageExcludes)
+    );
+    assert_eq!(
+        d(Role::Technician, View, &point("zz", View)),
+        Deny(R::UnknownUnit)
+    );
+    assert_eq!(d(Role::None, View, &point("a1", View)), Deny(R::RoleLacks));
+    // A principal bound to a bundle user: capped at that user's role, and nothing where the
+    // user holds nothing.
+    let b = |cap, target: &Target| {
+        ix.decide_with_role(Role::Technician, Some(&uid("bms-1")), cap, target, NOW)
+    };
+    assert_eq!(b(View, &point("a1", View)), Allow);
+    assert_eq!(b(Control, &point("a1", View)), Deny(R::RoleLacks));
+    assert_eq!(b(View, &point("a2", View)), Deny(R::NoGrant));
+    // A name the bundle does not know is not bound: the credential's role alone applies.
+    assert_eq!(
+        ix.decide_with_role(
+            Role::ControlOnly,
+            Some(&uid("someone-else")),
+            Control,
+            &point("a2", View),
+            NOW
+        ),
+        Allow
+    );
+}
+
+#[test]
+fn a_bound_principal_loses_access_at_once_when_its_grant_is_revoked_or_its_user_deactivated() {
+    let target = Target::Point {
+        unit: unit("a1"),
+        required: View,
+    };
+    let base = state(
+        &["bms-1"],
+        vec![grant("g1", "bms-1", Role::ControlOnly, s_site())],
+    );
+    let authz = Authz::new(inputs(base.clone(), Vec::new()));
+    let decide = |a: &Authz| {
+        a.index().decide_with_role(
+            Role::ControlOnly,
+            Some(&uid("bms-1")),
+            Control,
+            &target,
+            NOW,
+        )
+    };
+    assert_eq!(decide(&authz), Allow);
+    let mut revoked = base.clone();
+    revoked.revoked.insert(GrantId::new("g1").unwrap());
+    authz.set_state(Arc::new(revoked));
+    assert_eq!(decide(&authz), Deny(R::Revoked));
+    let mut inactive = base;
+    inactive.users[0].active = false;
+    authz.set_state(Arc::new(inactive));
+    assert_eq!(decide(&authz), Deny(R::UserInactive));
+}
