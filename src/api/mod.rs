@@ -15,6 +15,8 @@ mod extract;
 mod handlers;
 mod layers;
 pub mod ports;
+mod stream;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -80,6 +82,11 @@ pub static ROUTES: &[RouteDef] = &[
         method: Method::GET,
         path: "/api/v1/units",
         handler: || get(handlers::list_units),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/units/stream",
+        handler: || get(stream::units_stream),
     },
     RouteDef {
         method: Method::GET,
@@ -224,6 +231,10 @@ pub fn router(state: ApiState) -> Router {
     for def in ROUTES {
         // Several methods on one path merge into one method router.
         r = r.route(def.path, (def.handler)());
+    }
+    // The web page and its assets (not API routes: outside /api/v1 and the OpenAPI document).
+    for (path, handler) in web::routes() {
+        r = r.route(path, handler);
     }
     let limit = state.0.limits.max_body_bytes;
     r.fallback(handlers::no_route)
