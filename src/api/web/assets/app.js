@@ -567,7 +567,7 @@
     const range = (p.min !== undefined && p.max !== undefined)
       ? el('p', { class: 'why', id: `${id}-range`, text: `From ${p.min} to ${p.max}${p.unit ? ' ' + p.unit : ''}.` }) : null;
     if (range) input.setAttribute('aria-describedby', `${id}-range`);
-    const form = el('form', { class: 'control' },
+    const form = el('form', { class: 'control', novalidate: true },
       el('label', { for: id, text: p.label }),
       el('div', { class: 'row' }, el('span', { class: 'muted', text: 'Now: ' }), ...cur),
       el('div', { class: 'row' }, input, btn), range, out);
@@ -596,16 +596,18 @@
   }
 
   function commandControl(u, c) {
-    const label = c.label || words(c.name);
+    const name = words(c.name);
+    const label = name.charAt(0).toUpperCase() + name.slice(1);
+    const desc = c.label && c.label !== c.name ? c.label : '';
     if (!c.allowed) {
       const id = `why-${++ctrlSeq}`;
       return el('div', { class: 'control' },
-        el('span', { class: 'label', text: label }),
+        el('span', { class: 'label', text: desc || label }),
         el('button', { type: 'button', disabled: true, 'aria-describedby': id, text: label }),
         el('p', { class: 'why', id, text: needText(c.capability) }));
     }
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
-    const btn = el('button', { type: 'button', class: c.name === 'stop' ? 'danger' : '', text: label });
+    const btn = el('button', { type: 'button', class: c.name === 'stop' ? 'danger' : '', 'data-command': c.name, text: label });
     const run = async () => {
       btn.disabled = true;
       out.className = 'result';
@@ -628,10 +630,10 @@
       }
     };
     btn.addEventListener('click', () => {
-      if (GEN_COMMANDS_CONFIRM.has(c.name)) confirmThen(u, c, label, run);
+      if (GEN_COMMANDS_CONFIRM.has(c.name)) confirmThen(u, c, label, desc, run);
       else run();
     });
-    return el('div', { class: 'control' }, el('span', { class: 'label', text: label }), btn, out);
+    return el('div', { class: 'control' }, el('span', { class: 'label', text: desc || label }), btn, out);
   }
 
   // After a command, report the engine state as it changes (for up to a minute).
@@ -651,13 +653,13 @@
     }, 500);
   }
 
-  function confirmThen(u, c, label, run) {
+  function confirmThen(u, c, label, desc, run) {
     const mode = pointValue(u.id, 'control_mode');
     const warn = (c.name === 'start' && mode === 'stop')
       ? 'The generator is in Stop mode: a start will do nothing until it is in Manual (or Auto) mode.' : '';
     const dlg = el('dialog', { 'aria-labelledby': 'dlg-h', 'aria-describedby': 'dlg-p' },
       el('h2', { id: 'dlg-h', text: `${label}: ${u.name || u.id}?` }),
-      el('p', { id: 'dlg-p', text: `This sends “${label}” to ${u.name || u.id} now.` }),
+      el('p', { id: 'dlg-p', text: `This sends “${desc || label}” to ${u.name || u.id} now.` }),
       warn ? el('p', { class: 'banner', text: warn }) : null);
     const yes = el('button', { type: 'button', text: `Yes, ${label.toLowerCase()}` });
     const no = el('button', { type: 'button', class: 'secondary', text: 'Cancel' });

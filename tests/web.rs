@@ -1,0 +1,187 @@
+//! The local web app in a real browser: the real daemon over TLS with Modbus simulators and a
+//! signed bundle, driven by Debian's Chromium through `playwright-core` (tests/web/app.test.mjs).
+//!
+//! The Node script drives the page and asks this harness, over a line protocol on its
+//! stdin/stdout, for what only the site can do: count the Modbus writes the simulator received,
+//! change a register, apply a revoking bundle. Needs `chromium` and `npm ci` in tests/web
+//! (scripts/install-deps does both).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step should fail the test loudly"
+)]
+
+mod e2e_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use e2e_support::*;
+use serde_json::{Value, json};
+use sitegate::clock::rfc3339;
+use sitegate::grants::{Kind, fleet};
+use sitegate::modbus::profile::RegKind;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The whole browser run is bounded by this.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+fn members() -> Vec<Member> {
+    vec![
+        Member {
+            user: "vera",
+            role: "viewer",
+            scope: json!({"site": SITE}),
+            grant: "g-viewer",
+        },
+        Member {
+            user: "carl",
+            role: "control-only",
+            scope: json!({"unit": "hvac-1"}),
+            grant: "g-carl-hvac",
+        },
+        Member {
+            user: "carl",
+            role: "control-only",
+            scope: json!({"unit": "gen-1"}),
+            grant: "g-carl-gen",
+        },
+        Member {
+            user: "tess",
+            role: "technician",
+            scope: json!({"site": SITE}),
+            grant: "g-tech",
+        },
+        Member {
+            user: "ada",
+            role: "admin",
+            scope: json!({"site": SITE}),
+            grant: "g-admin",
+        },
+    ]
+}
+
+/// A fleet-signed installer token (technician on the whole site for a day).
+fn installer_token() -> Vec<u8> {
+    let now = time::OffsetDateTime::now_utc();
+    let t = json!({
+        "site": SITE,
+        "issued_at": rfc3339(now - time::Duration::minutes(1)),
+        "user": {"id": "ivo", "email": "ivo@example.com", "name": "Ivo Installer", "active": true},
+        "grant": {"id": "g-ivo", "user": "ivo", "role": "technician", "scope": {"site": SITE},
+                  "expires_at": rfc3339(now + time::Duration::days(1))}
+    });
+    fleet::sign(
+        Kind::Token,
+        KID,
+        &fleet_key(),
+        &serde_json::to_vec(&t).unwrap(),
+    )
+}
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
+}
+
+/// Answers one request of the Node script.
+async fn handle(s: &Site, req: &Value) -> Value {
+    match req["cmd"].as_str().unwrap_or_default() {
+        "reset_writes" => {
+            s.sim.reset_stats();
+            json!({"ok": true})
+        }
+        "writes" => {
+            let w: Vec<Value> = s
+                .sim
+                .stats()
+                .writes
+                .iter()
+                .map(|w| {
+                    json!({"slave": w.slave, "function": w.function, "address": w.address,
+                           "values": w.values})
+                })
+                .collect();
+            json!({ "writes": w })
+        }
+        "set_register" => {
+            let ok = s.sim.set_register(
+                u8::try_from(req["slave"].as_u64().unwrap()).unwrap(),
+                RegKind::Holding,
+                u16::try_from(req["address"].as_u64().unwrap()).unwrap(),
+                u16::try_from(req["value"].as_u64().unwrap()).unwrap(),
+            );
+            json!({ "ok": ok })
+        }
+        "revoke" => {
+            let revoked: Vec<String> = req["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().unwrap().to_string())
+                .collect();
+            let revoked: Vec<&str> = revoked.iter().map(String::as_str).collect();
+            s.apply(bundle(2, &members(), &revoked)).await;
+            json!({"ok": true})
+        }
+        other => panic!("unknown request from the browser test: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their_access() {
+    let dir = web_dir();
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run scripts/install-deps"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").exists()
+            && dir.join("node_modules/axe-core").exists(),
+        "tests/web/node_modules is missing: run scripts/install-deps (npm ci in tests/web)"
+    );
+    let s = Site::start_with_clock("tls", "", false).await;
+    s.apply(bundle(1, &members(), &[])).await;
+    let origin = format!("https://{}", s.daemon.api_addr);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web");
+    std::fs::create_dir_all(&out).unwrap();
+    let token_file = out.join("installer.token");
+    std::fs::write(&token_file, installer_token()).unwrap();
+
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join("app.test.mjs"))
+        .env("SITEGATE_ORIGIN", &origin)
+        .env("SITEGATE_PASSWORD", PASSWORD)
+        .env("SITEGATE_WEB_OUT", &out)
+        .env("SITEGATE_INSTALLER_TOKEN", &token_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let req: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("browser test sent `{line}`: {e}"));
+            let resp = handle(&s, &req).await;
+            stdin
+                .write_all(format!("{resp}\n").as_bytes())
+                .await
+                .unwrap();
+            stdin.flush().await.unwrap();
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("the browser test did not finish in time");
+    assert!(status.success(), "browser test failed: {status}");
+    let metrics = std::fs::read_to_string(out.join("metrics.json")).unwrap();
+    eprintln!("web metrics: {metrics}");
+    s.stop().await;
+}
