@@ -185,3 +185,136 @@ async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their
     eprintln!("web metrics: {metrics}");
     s.stop().await;
 }
+
+/// Reads server-sent events from `resp` until one named `want` arrives (bounded by a timeout);
+/// returns its data.
+async fn next_event(resp: &mut reqwest::Response, buf: &mut String, want: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut name = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = if n.trim() == want { want } else { "other" };
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            if name == want {
+                return data;
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no `{want}` event within 5 s"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("stream closed before a `{want}` event"));
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+fn unit_ids(data: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(data).unwrap();
+    v["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unit_stream_drops_a_revoked_unit_on_its_next_message_and_ends_at_logout() {
+    let s = Site::start_with_clock("plain", "", false).await;
+    s.apply(bundle(1, &members(), &[])).await;
+    let token = s.login("carl").await;
+    let mut resp = s
+        .http
+        .get(format!("{}/units/stream", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut buf = String::new();
+    let first = next_event(&mut resp, &mut buf, "units").await;
+    assert_eq!(unit_ids(&first), vec!["gen-1", "hvac-1"]);
+    let v: Value = serde_json::from_str(&first).unwrap();
+    let hvac = &v["units"][1];
+    assert_eq!(hvac["capabilities"], json!(["view", "control"]));
+    let setpoint = hvac["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "setpoint")
+        .unwrap();
+    assert_eq!(setpoint["writable"], json!(true));
+
+    s.apply(bundle(2, &members(), &["g-carl-hvac"])).await;
+    let next = next_event(&mut resp, &mut buf, "units").await;
+    assert_eq!(unit_ids(&next), vec!["gen-1"]);
+
+    let out = s
+        .http
+        .delete(format!("{}/session", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let end = next_event(&mut resp, &mut buf, "end").await;
+    assert_eq!(end, r#"{"error":"unauthenticated"}"#);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_its_assets_carry_the_page_policy_and_the_api_keeps_its_own() {
+    let s = Site::start("plain", "").await;
+    let root = s.base.trim_end_matches("/api/v1").to_string();
+    let page = s.http.get(format!("{root}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert_eq!(csp, sitegate::api::web::PAGE_CSP);
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let html = page.text().await.unwrap();
+    let js = html
+        .split('"')
+        .find(|p| p.starts_with("/assets/app.") && p.ends_with(".js"))
+        .unwrap()
+        .to_string();
+    let asset = s.http.get(format!("{root}{js}")).send().await.unwrap();
+    assert_eq!(asset.status(), 200);
+    assert_eq!(
+        asset.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(
+        asset.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let missing = s
+        .http
+        .get(format!("{root}/assets/app.000000000000.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let api = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api.headers()["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+    assert_eq!(api.headers()["cache-control"], "no-store");
+    s.stop().await;
+}

@@ -202,6 +202,8 @@ try {
     await page.locator('form:has(input[name="setpoint"]) button[type="submit"]').click();
     await page.locator('form:has(input[name="setpoint"]) .result.ok').getByText('reads back 21.5 °C').waitFor();
     assert.deepEqual(await writes(), [{ slave: 2, function: 6, address: 2, values: [215] }]);
+    // The live value follows (next poll, next stream message).
+    await page.locator('form:has(input[name="setpoint"]) .val').getByText('21.5 °C').waitFor({ timeout: 5000 });
     // Out of range: refused by the daemon before the bus, said in words.
     await ctl('reset_writes');
     await sp.fill('40');

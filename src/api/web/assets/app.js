@@ -111,6 +111,16 @@
     return String(s).replace(/_/g, ' ');
   }
 
+  // A point's title (its name in words) and, when the profile's label says more, that text.
+  function title(p) {
+    const w = words(p.name);
+    return w.charAt(0).toUpperCase() + w.slice(1);
+  }
+
+  function detail(p) {
+    return p.label && p.label !== p.name ? p.label : '';
+  }
+
   function fmtValue(p) {
     if (p.value === null || p.value === undefined) return '—';
     if (p.type === 'bool') return p.value ? 'on' : 'off';
@@ -142,10 +152,10 @@
     const out = [];
     for (const p of u.points) {
       if (p.name.startsWith('alarm_') && typeof p.value === 'string' && ALARM_ACTIVE.has(p.value)) {
-        out.push(`${p.label}: ${words(p.value)}`);
+        out.push(`${title(p)}: ${words(p.value)}`);
       }
       if (p.name === 'failure_code' && typeof p.value === 'number' && p.value !== 0) {
-        out.push(`${p.label}: ${p.value}`);
+        out.push(`${title(p)}: ${p.value}`);
       }
     }
     return out;
@@ -432,7 +442,7 @@
       for (const n of names) {
         const p = u.points.find((x) => x.name === n);
         if (!p) continue;
-        dl.append(el('dt', { text: p.label }), el('dd', {}, ...liveValue(u.id, n)));
+        dl.append(el('dt', { text: title(p) }), el('dd', {}, ...liveValue(u.id, n)));
       }
       return el('li', { class: 'card' },
         el('h2', {}, el('a', { href: `#/unit/${encodeURIComponent(u.id)}`, text: u.name || u.id })),
@@ -455,7 +465,7 @@
     document.title = `${u.name || u.id} · sitegate`;
     const ctrls = controls(u);
     const rows = u.points.map((p) => el('tr', {},
-      el('th', { scope: 'row', text: p.label }),
+      el('th', { scope: 'row' }, title(p), detail(p) ? el('span', { class: 'why block', text: detail(p) }) : null),
       el('td', {}, ...liveValue(u.id, p.name))));
     show(
       back,
@@ -480,7 +490,7 @@
     const items = [];
     for (const p of u.points) {
       if (!p.write) continue;
-      items.push(p.writable ? pointControl(u, p) : deniedControl(p.label, p.write, u.id, p.name));
+      items.push(p.writable ? pointControl(u, p) : deniedControl(p, u.id));
     }
     for (const c of u.commands) items.push(commandControl(u, c));
     if (items.length === 0) return el('p', { class: 'muted', text: 'This unit has nothing you can change.' });
@@ -491,13 +501,12 @@
 
   let ctrlSeq = 0;
 
-  function deniedControl(label, cap, unitId, pointName) {
-    const id = `why-${++ctrlSeq}`;
-    const valueParts = pointName ? liveValue(unitId, pointName) : [];
+  function deniedControl(p, unitId) {
     return el('div', { class: 'control' },
-      el('span', { class: 'label', text: label }),
-      el('div', { class: 'row' }, ...valueParts),
-      el('p', { class: 'why', id, text: needText(cap) }));
+      el('span', { class: 'label', text: title(p) }),
+      detail(p) ? el('p', { class: 'why', text: detail(p) }) : null,
+      el('div', { class: 'row' }, ...liveValue(unitId, p.name)),
+      el('p', { class: 'why', text: needText(p.write) }));
   }
 
   // The outcome of a write, in words: ok / mismatch / unverified / error.
@@ -542,14 +551,15 @@
         const pp = pu && pu.points.find((x) => x.name === p.name);
         const on = !!(pp && pp.value === true);
         btn.textContent = on ? 'Turn off' : 'Turn on';
-        btn.setAttribute('aria-label', `${p.label}: turn ${on ? 'off' : 'on'}`);
+        btn.setAttribute('aria-label', `${title(p)}: turn ${on ? 'off' : 'on'}`);
         btn.dataset.next = on ? 'false' : 'true';
       };
       bindings.push(upd);
       upd();
       btn.addEventListener('click', () => writePoint(u, p, btn.dataset.next === 'true', out, btn));
       return el('div', { class: 'control' },
-        el('span', { class: 'label', text: p.label }),
+        el('span', { class: 'label', text: title(p) }),
+        detail(p) ? el('p', { class: 'why', text: detail(p) }) : null,
         el('div', { class: 'row' }, ...cur),
         el('div', { class: 'row' }, btn), out);
     }
@@ -568,7 +578,8 @@
       ? el('p', { class: 'why', id: `${id}-range`, text: `From ${p.min} to ${p.max}${p.unit ? ' ' + p.unit : ''}.` }) : null;
     if (range) input.setAttribute('aria-describedby', `${id}-range`);
     const form = el('form', { class: 'control', novalidate: true },
-      el('label', { for: id, text: p.label }),
+      el('label', { for: id, text: title(p) }),
+      detail(p) ? el('p', { class: 'why', text: detail(p) }) : null,
       el('div', { class: 'row' }, el('span', { class: 'muted', text: 'Now: ' }), ...cur),
       el('div', { class: 'row' }, input, btn), range, out);
     form.addEventListener('submit', (ev) => {
