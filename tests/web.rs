@@ -145,7 +145,10 @@ async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their
     let s = Site::start_with_clock("tls", "", false).await;
     s.apply(bundle(1, &members(), &[])).await;
     let origin = format!("https://{}", s.daemon.api_addr);
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web");
+    // scripts/bench points this at its results directory; screenshots and metrics land there.
+    let out = std::env::var_os("SITEGATE_WEB_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("web"));
     std::fs::create_dir_all(&out).unwrap();
     let token_file = out.join("installer.token");
     std::fs::write(&token_file, installer_token()).unwrap();
@@ -156,6 +159,14 @@ async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their
         .env("SITEGATE_PASSWORD", PASSWORD)
         .env("SITEGATE_WEB_OUT", &out)
         .env("SITEGATE_INSTALLER_TOKEN", &token_file)
+        .env(
+            "SITEGATE_BUILD",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "optimized"
+            },
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

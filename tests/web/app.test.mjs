@@ -82,7 +82,7 @@ async function screen(page, name) {
 // ----------------------------------------------------------------------------------------------
 // The run
 // ----------------------------------------------------------------------------------------------
-const metrics = {};
+const metrics = { build: process.env.SITEGATE_BUILD || 'unknown' };
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update',

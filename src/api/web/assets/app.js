@@ -38,7 +38,7 @@
   }
 
   function show(...nodes) {
-    main.replaceChildren(...nodes);
+    main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
   }
 
   const ERRORS = {
@@ -464,6 +464,11 @@
     }
     document.title = `${u.name || u.id} · sitegate`;
     const ctrls = controls(u);
+    const state = el('dl', { class: 'vals', 'aria-label': 'State' });
+    for (const n of SUMMARY_POINTS[u.profile] || []) {
+      const p = u.points.find((x) => x.name === n);
+      if (p) state.append(el('dt', { text: title(p) }), el('dd', {}, ...liveValue(u.id, n)));
+    }
     const rows = u.points.map((p) => el('tr', {},
       el('th', { scope: 'row' }, title(p), detail(p) ? el('span', { class: 'why block', text: detail(p) }) : null),
       el('td', {}, ...liveValue(u.id, p.name))));
@@ -471,6 +476,7 @@
       back,
       el('h1', { text: u.name || u.id }),
       el('p', {}, ...statusBadge(u.id), el('span', { class: 'muted', text: ` · ${u.profile}` })),
+      state.childElementCount ? state : null,
       alarmList(u.id),
       el('h2', { text: 'Controls' }),
       ctrls,
