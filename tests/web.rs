@@ -115,6 +115,21 @@ async fn handle(s: &Site, req: &Value) -> Value {
             );
             json!({ "ok": ok })
         }
+        "silence" => {
+            let slave = u8::try_from(req["slave"].as_u64().unwrap()).unwrap();
+            s.sim.set_fault(
+                Some(slave),
+                sitegate::sim::Fault {
+                    drop: true,
+                    ..Default::default()
+                },
+            );
+            json!({"ok": true})
+        }
+        "heal" => {
+            s.sim.clear_faults();
+            json!({"ok": true})
+        }
         "revoke" => {
             let revoked: Vec<String> = req["grants"]
                 .as_array()

@@ -175,6 +175,17 @@ try {
     metrics.sim_to_screen_ms = samples;
     log('simulator → screen latency (ms):', samples);
 
+    // A unit that stops answering: offline with the reason, its values marked stale; back when
+    // it answers again.
+    const hvac2 = page.locator('li.card', { hasText: 'hvac-2' });
+    await ctl('silence', { slave: 3 });
+    await hvac2.locator('.badge.offline').waitFor({ timeout: 15000 });
+    await hvac2.getByText('no answer since').waitFor();
+    await hvac2.locator('.val.stale').first().waitFor({ timeout: 5000 });
+    await screen(page, 'site-unit-offline');
+    await ctl('heal');
+    await hvac2.locator('.badge.online').waitFor({ timeout: 15000 });
+
     // Logout ends the session server-side and clears the cookie.
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByText('You are signed out.').waitFor();
