@@ -157,6 +157,7 @@ try {
       await page.getByRole('heading', { level: 1, name: unit }).waitFor();
       await page.getByText('You can view this unit but not change it.').waitFor();
       assert.equal(await enabledControls(page), 0, `viewer has an enabled control on ${unit}`);
+      assert.equal(await page.getByRole('heading', { name: 'Diagnostics' }).count(), 0);
       if (unit === 'hvac-1') await screen(page, 'unit-hvac-viewer');
     }
     assert.deepEqual(await writes(), []);
@@ -295,14 +296,28 @@ try {
     await context.close();
   }
 
-  // --- Technician and admin: site and unit views with their controls.
+  // --- Technician and admin: site and unit views with their controls; the technician's
+  // diagnostics: link statistics and a raw register read (hvac-2's setpoint register, 240).
   for (const user of ['tess', 'ada']) {
     const { context, page } = await newPage(browser);
     await loginPassword(page, user);
     assert.equal(await page.locator('li.card').count(), 4);
     await screen(page, `site-${user}`);
-    await page.goto(`${ORIGIN}/#/unit/hvac-1`);
+    await page.goto(`${ORIGIN}/#/unit/hvac-2`);
     await page.locator('input[name="setpoint"]').waitFor();
+    if (user === 'tess') {
+      await ctl('reset_writes');
+      await page.getByRole('button', { name: 'Load link statistics' }).click();
+      await page.locator('dl[aria-label="Link statistics"]').getByText('Requests').waitFor();
+      await page.getByLabel('Register kind', { exact: true }).selectOption('holding');
+      await page.getByLabel('Address (0-based)', { exact: true }).fill('2');
+      await page.getByLabel('Count', { exact: true }).fill('1');
+      await page.getByRole('button', { name: 'Read', exact: true }).click();
+      await page.getByText('Read 1 holding value(s) from 2.').waitFor();
+      await page.getByRole('cell', { name: '0x00F0' }).waitFor();
+      assert.deepEqual(await writes(), []);
+      await screen(page, 'unit-hvac-technician');
+    }
     await context.close();
   }
 

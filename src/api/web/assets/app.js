@@ -386,7 +386,7 @@
       const stale = isStale(p);
       v.className = 'val' + (stale ? ' stale' : '');
       const a = pointAge(p);
-      age.textContent = (a === null ? 'not read yet' : fmtAge(a)) + (p.quality !== 'good' ? ` · ${words(p.quality)}` : '');
+      age.textContent = (a === null ? 'not read yet' : fmtAge(a)) + (p.quality !== 'good' && p.quality !== 'stale' ? ` · ${words(p.quality)}` : '');
     };
     bindings.push(upd);
     upd();
@@ -480,12 +480,94 @@
       alarmList(u.id),
       el('h2', { text: 'Controls' }),
       ctrls,
+      (u.capabilities || []).includes('diagnose') ? diagnostics(u) : null,
       el('h2', { text: 'Values' }),
       el('table', {},
         el('caption', { class: 'sr-only', text: `Values of ${u.name || u.id}` }),
         el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Value' }), el('th', { scope: 'col', text: 'Reading' }))),
         el('tbody', {}, ...rows)),
     );
+  }
+
+  // Technician: link statistics and a raw register read (GET /units/{unit}/diagnostics).
+  function diagnostics(u) {
+    const base = `/api/v1/units/${encodeURIComponent(u.id)}/diagnostics`;
+    const stats = el('dl', { class: 'vals', 'aria-label': 'Link statistics' });
+    const statsOut = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const refresh = el('button', { type: 'button', class: 'secondary', text: 'Load link statistics' });
+    const row = (k, v) => stats.append(el('dt', { text: k }), el('dd', { text: v === undefined || v === null ? '—' : String(v) }));
+    refresh.addEventListener('click', async () => {
+      refresh.disabled = true;
+      statsOut.className = 'result';
+      statsOut.textContent = 'Loading…';
+      const r = await api('GET', base);
+      refresh.disabled = false;
+      stats.replaceChildren();
+      if (r.status !== 200) {
+        statsOut.className = 'result bad';
+        statsOut.textContent = `Error: ${errorText(r.status, r.body)}`;
+        return;
+      }
+      const d = r.body;
+      const l = d.link || {};
+      statsOut.textContent = '';
+      row('Slave', d.slave);
+      row('Answering', d.online ? 'yes' : 'no');
+      row('Failures in a row', d.consecutive_failures);
+      row('Last success', d.last_success ? new Date(d.last_success).toLocaleString() : 'never');
+      row('Last error', d.last_error || 'none');
+      row('Link', `${l.link} (${l.kind}), ${l.connected ? 'connected' : 'not connected'}`);
+      row('Requests', l.requests);
+      row('Errors / timeouts / exceptions', `${l.errors} / ${l.timeouts} / ${l.exceptions}`);
+      row('Retries', l.retries);
+      row('Queue', l.queue_depth);
+      row('Latency p50 / p99', l.latency_p50_ms === undefined ? '—' : `${l.latency_p50_ms} / ${l.latency_p99_ms} ms`);
+    });
+
+    const kind = el('select', { id: 'raw-kind', name: 'kind' },
+      ...['holding', 'input', 'coil', 'discrete'].map((k) => el('option', { value: k, text: k })));
+    const address = el('input', { id: 'raw-address', name: 'address', type: 'number', min: '0', max: '65535', value: '0', inputmode: 'numeric' });
+    const count = el('input', { id: 'raw-count', name: 'count', type: 'number', min: '1', max: '125', value: '1', inputmode: 'numeric' });
+    const read = el('button', { type: 'submit', text: 'Read' });
+    const rawOut = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const rawTable = el('table', { hidden: true });
+    const form = el('form', { class: 'control', novalidate: true, 'aria-labelledby': 'raw-h' },
+      el('h3', { id: 'raw-h', text: 'Raw register read' }),
+      el('label', { for: 'raw-kind', text: 'Register kind' }), kind,
+      el('label', { for: 'raw-address', text: 'Address (0-based)' }), address,
+      el('label', { for: 'raw-count', text: 'Count' }), count,
+      el('div', { class: 'row' }, read), rawOut, rawTable);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      read.disabled = true;
+      rawOut.className = 'result';
+      rawOut.textContent = 'Reading…';
+      const q = new URLSearchParams({ kind: kind.value, address: address.value, count: count.value });
+      const r = await api('GET', `${base}?${q}`);
+      read.disabled = false;
+      if (r.status !== 200 || !r.body.raw) {
+        rawOut.className = 'result bad';
+        rawOut.textContent = `Error: ${errorText(r.status, r.body)}`;
+        rawTable.hidden = true;
+        return;
+      }
+      const raw = r.body.raw;
+      rawOut.className = 'result ok';
+      rawOut.textContent = `Read ${raw.values.length} ${raw.kind} value(s) from ${raw.address}.`;
+      rawTable.replaceChildren(
+        el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Address' }), el('th', { scope: 'col', text: 'Value' }), el('th', { scope: 'col', text: 'Hex' }))),
+        el('tbody', {}, ...raw.values.map((v, i) => {
+          const n = typeof v === 'boolean' ? (v ? 1 : 0) : Number(v);
+          return el('tr', {}, el('td', { text: String(raw.address + i) }), el('td', { text: String(v) }),
+            el('td', { text: `0x${n.toString(16).toUpperCase().padStart(4, '0')}` }));
+        })));
+      rawTable.hidden = false;
+    });
+    return el('section', { 'aria-labelledby': 'diag-h' },
+      el('h2', { id: 'diag-h', text: 'Diagnostics' }),
+      el('div', { class: 'controls' },
+        el('div', { class: 'control' }, refresh, statsOut, stats),
+        form));
   }
 
   function needText(cap) {
