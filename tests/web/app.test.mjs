@@ -305,6 +305,38 @@ try {
     await screen(page, `site-${user}`);
     await page.goto(`${ORIGIN}/#/unit/hvac-2`);
     await page.locator('input[name="setpoint"]').waitFor();
+    if (user === 'ada') {
+      // Who has access, delegate, revoke, audit trail with a filter.
+      await page.getByRole('link', { name: 'Access & audit' }).click();
+      const grants = page.getByRole('table', { name: 'Access given on this box' });
+      await grants.waitFor();
+      await page.getByLabel('Email', { exact: true }).fill('vera@example.com');
+      await page.getByLabel('Role', { exact: true }).selectOption('control-only');
+      await page.getByLabel('Where', { exact: true }).selectOption('unit:hvac-2');
+      // Without an end date the daemon refuses (ada's own access ends); its reason is shown.
+      await page.getByRole('button', { name: 'Give access' }).click();
+      await page.locator('section[aria-labelledby="g-h"] .result.bad').getByText('an expiry is required').waitFor();
+      const d = new Date(Date.now() + 7 * 86400000);
+      const pad = (n) => String(n).padStart(2, '0');
+      await page.getByLabel('Until (empty: no end)').fill(`${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T12:00`);
+      await page.getByRole('button', { name: 'Give access' }).click();
+      await page.locator('section[aria-labelledby="g-h"] .result.ok').waitFor();
+      const grantOut = page.locator('section[aria-labelledby="g-h"] .result');
+      await page.waitForFunction(() => document.querySelector('section[aria-labelledby="g-h"] .result').textContent.length > 0);
+      assert.equal(await grantOut.textContent(), 'vera@example.com now has control-only on unit hvac-2.');
+      const neo = grants.getByRole('row', { name: /vera@example\.com/ });
+      await neo.getByRole('cell', { name: 'local, by ada' }).waitFor();
+      await page.getByLabel('Kind', { exact: true }).fill('command');
+      await page.getByRole('button', { name: 'Filter' }).click();
+      await page.getByText(/\d+ entries shown\./).waitFor();
+      const kinds = await page.getByRole('table', { name: 'Audit entries, newest first' }).locator('tbody tr td:nth-child(3)').allTextContents();
+      assert.ok(kinds.length > 0);
+      assert.deepEqual([...new Set(kinds)], ['command']);
+      await screen(page, 'admin');
+      await neo.getByRole('button', { name: /^Revoke control-only of vera@example\.com/ }).click();
+      await page.getByText('Revoked control-only of vera@example.com.').waitFor();
+      assert.equal(await grants.getByRole('row', { name: /vera@example\.com/ }).count(), 0);
+    }
     if (user === 'tess') {
       await ctl('reset_writes');
       await page.getByRole('button', { name: 'Load link statistics' }).click();

@@ -217,6 +217,10 @@
     nav.replaceChildren();
     if (!csrf) return;
     const name = me && me.user ? me.user.name || me.user.email || me.user.id : '';
+    const site = (me && me.site && me.site.capabilities) || [];
+    if (site.includes('manage_users') || site.includes('diagnose')) {
+      nav.append(el('a', { href: '#/admin', text: 'Access & audit' }));
+    }
     nav.append(
       el('span', { text: name }),
       el('button', { class: 'secondary', type: 'button', onclick: logout, text: 'Sign out' }),
@@ -358,6 +362,7 @@
     signature = location.hash + '|' + viewSignature();
     const m = location.hash.match(/^#\/unit\/([^/]+)$/);
     if (m) renderUnit(decodeURIComponent(m[1]));
+    else if (location.hash === '#/admin') renderAdmin();
     else renderSite();
   }
 
@@ -568,6 +573,162 @@
       el('div', { class: 'controls' },
         el('div', { class: 'control' }, refresh, statsOut, stats),
         form));
+  }
+
+  // Admin: who has which role where (GET /grants), delegate (POST /grants), revoke
+  // (DELETE /grants/{id}); audit trail (GET /audit) with filters and paging. The daemon decides
+  // every ceiling; the page shows its answer.
+  function fmtScope(sc) {
+    if (!sc) return '—';
+    if (sc.site) return 'whole site';
+    if (sc.group) return `group ${sc.group}`;
+    if (sc.unit) return `unit ${sc.unit}`;
+    return JSON.stringify(sc);
+  }
+
+  function renderAdmin() {
+    document.title = 'Access & audit · sitegate';
+    const site = (me && me.site && me.site.capabilities) || [];
+    const parts = [el('p', {}, el('a', { href: '#/', text: '← All units' })), el('h1', { text: 'Access & audit' })];
+    if (site.includes('manage_users')) parts.push(grantsSection());
+    if (site.includes('diagnose')) parts.push(auditSection());
+    show(...parts);
+  }
+
+  function grantsSection() {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const body = el('tbody', {});
+    const table = el('table', {},
+      el('caption', { class: 'sr-only', text: 'Access given on this box' }),
+      el('thead', {}, el('tr', {}, ...['Person', 'Role', 'Where', 'Until', 'Source', ''].map((h, i) =>
+        el('th', { scope: 'col', text: h || undefined }, i === 5 ? el('span', { class: 'sr-only', text: 'Actions' }) : null)))),
+      body);
+    const load = async () => {
+      const r = await api('GET', '/api/v1/grants');
+      if (r.status !== 200) {
+        out.className = 'result bad';
+        out.textContent = `Error: ${errorText(r.status, r.body)}`;
+        return;
+      }
+      body.replaceChildren(...r.body.grants.map((g) => {
+        const revoke = el('button', { type: 'button', class: 'secondary', text: 'Revoke', 'aria-label': `Revoke ${g.role} of ${g.email || g.user} (${fmtScope(g.scope)})` });
+        revoke.addEventListener('click', async () => {
+          revoke.disabled = true;
+          const rr = await api('DELETE', `/api/v1/grants/${encodeURIComponent(g.id)}`);
+          if (rr.status === 200) {
+            out.className = 'result ok';
+            out.textContent = `Revoked ${g.role} of ${g.email || g.user}.`;
+          } else if (rr.status === 202) {
+            out.className = 'result warn';
+            out.textContent = 'Revocation sent for approval; it takes effect when the cloud confirms it.';
+          } else {
+            out.className = 'result bad';
+            out.textContent = `Error: ${errorText(rr.status, rr.body)}`;
+          }
+          await load();
+        });
+        const source = g.origin === 'local' && g.delegator ? `local, by ${g.delegator}` : g.origin;
+        return el('tr', {},
+          el('td', { text: g.email || g.user }), el('td', { text: g.role }), el('td', { text: fmtScope(g.scope) }),
+          el('td', { text: g.expires_at ? new Date(g.expires_at).toLocaleString() : 'no end' }),
+          el('td', { text: source }), el('td', {}, revoke));
+      }));
+    };
+    load();
+
+    const email = el('input', { id: 'd-email', type: 'email', autocomplete: 'off', required: true });
+    const role = el('select', { id: 'd-role' }, ...['viewer', 'control-only', 'technician', 'admin'].map((r) => el('option', { value: r, text: r })));
+    const where = el('select', { id: 'd-scope' }, el('option', { value: 'site', text: 'whole site' }),
+      ...units.map((u) => el('option', { value: `unit:${u.id}`, text: `unit ${u.name || u.id}` })));
+    const until = el('input', { id: 'd-until', type: 'datetime-local' });
+    const give = el('button', { type: 'submit', text: 'Give access' });
+    const form = el('form', { class: 'login', novalidate: true, 'aria-labelledby': 'd-h' },
+      el('h3', { id: 'd-h', text: 'Give access' }),
+      el('label', { for: 'd-email', text: 'Email' }), email,
+      el('p', { class: 'why', text: 'Accounts come from the cloud: give access to a person who already has an account on this site.' }),
+      el('label', { for: 'd-role', text: 'Role' }), role,
+      el('label', { for: 'd-scope', text: 'Where' }), where,
+      el('label', { for: 'd-until', text: 'Until (empty: no end)' }), until,
+      give);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const scope = where.value === 'site' ? { site: me.site.id || siteId() } : { unit: where.value.slice(5) };
+      const req = { email: email.value.trim(), role: role.value, scope };
+      if (until.value) req.expires_at = new Date(until.value).toISOString().replace(/\.\d{3}Z$/, 'Z');
+      give.disabled = true;
+      const r = await api('POST', '/api/v1/grants', req);
+      give.disabled = false;
+      if (r.status === 201) {
+        out.className = 'result ok';
+        out.textContent = `${req.email} now has ${req.role} on ${fmtScope(scope)}.`;
+      } else if (r.status === 202) {
+        out.className = 'result warn';
+        out.textContent = 'Sent for approval; it takes effect when the cloud confirms it.';
+      } else {
+        out.className = 'result bad';
+        out.textContent = `Error: ${errorText(r.status, r.body)}`;
+      }
+      await load();
+    });
+    return el('section', { 'aria-labelledby': 'g-h' }, el('h2', { id: 'g-h', text: 'Access given on this box' }),
+      el('p', { class: 'why', text: 'Delegations made here, in the scopes you manage. Roles from the cloud are managed in the cloud.' }),
+      out, table, form);
+  }
+
+  function siteId() {
+    const g = (me && me.grants || []).find((x) => x.scope && x.scope.site);
+    return g ? g.scope.site : '';
+  }
+
+  function auditSection() {
+    const kind = el('input', { id: 'a-kind', type: 'text' });
+    const actor = el('input', { id: 'a-actor', type: 'text' });
+    const unit = el('input', { id: 'a-unit', type: 'text' });
+    const apply = el('button', { type: 'submit', text: 'Filter' });
+    const body = el('tbody', {});
+    const more = el('button', { type: 'button', class: 'secondary', text: 'Older entries', hidden: true });
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    let before = null;
+    const load = async (append) => {
+      const q = new URLSearchParams({ limit: '20' });
+      if (kind.value.trim()) q.set('kind', kind.value.trim());
+      if (actor.value.trim()) q.set('actor', actor.value.trim());
+      if (unit.value.trim()) q.set('unit', unit.value.trim());
+      if (append && before !== null) q.set('before', String(before));
+      const r = await api('GET', `/api/v1/audit?${q}`);
+      if (r.status !== 200) {
+        out.className = 'result bad';
+        out.textContent = `Error: ${errorText(r.status, r.body)}`;
+        return;
+      }
+      out.className = 'result';
+      const rows = r.body.records.map((a) => el('tr', {},
+        el('td', { text: String(a.seq) }), el('td', { text: new Date(a.at).toLocaleString() }),
+        el('td', { text: a.kind }), el('td', { text: a.outcome }), el('td', { text: a.actor || '—' }),
+        el('td', { text: a.unit || '—' }), el('td', { class: 'detail', text: JSON.stringify(a.detail) })));
+      if (append) body.append(...rows);
+      else body.replaceChildren(...rows);
+      out.textContent = body.childElementCount === 0 ? 'No entries match.' : `${body.childElementCount} entries shown.`;
+      before = r.body.next_before;
+      more.hidden = before === null || before === undefined;
+    };
+    const form = el('form', { class: 'row', novalidate: true, 'aria-label': 'Audit filters' },
+      el('label', { for: 'a-kind', text: 'Kind' }), kind,
+      el('label', { for: 'a-actor', text: 'Actor' }), actor,
+      el('label', { for: 'a-unit', text: 'Unit' }), unit, apply);
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      load(false);
+    });
+    more.addEventListener('click', () => load(true));
+    load(false);
+    return el('section', { 'aria-labelledby': 'au-h' },
+      el('h2', { id: 'au-h', text: 'Audit trail' }), form, out,
+      el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': 'Audit entries (scrolls sideways)' }, el('table', {},
+        el('caption', { class: 'sr-only', text: 'Audit entries, newest first' }),
+        el('thead', {}, el('tr', {}, ...['#', 'When', 'Kind', 'Outcome', 'Actor', 'Unit', 'Detail'].map((h) => el('th', { scope: 'col', text: h })))),
+        body)),
+      more);
   }
 
   function needText(cap) {
