@@ -344,3 +344,114 @@ async fn the_page_and_its_assets_carry_the_page_policy_and_the_api_keeps_its_own
     assert_eq!(api.headers()["cache-control"], "no-store");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_changing_route_refuses_the_cookie_without_the_csrf_token() {
+    let s = Site::start("plain", "").await;
+    s.apply(bundle(1, &members(), &[])).await;
+    let root = s.base.trim_end_matches("/api/v1").to_string();
+    let login = s
+        .http
+        .post(format!("{root}/web/session"))
+        .json(&json!({"email": email("ada"), "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 201);
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(flag), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let body: Value = login.json().await.unwrap();
+    assert!(body.get("token").is_none(), "{body}");
+    let csrf = body["csrf_token"].as_str().unwrap().to_string();
+
+    s.sim.reset_stats();
+    let mut checked = 0;
+    for def in sitegate::api::ROUTES {
+        if def.method == reqwest::Method::GET
+            || def.path == "/api/v1/session" && def.method == reqwest::Method::POST
+        {
+            continue;
+        }
+        let path = def
+            .path
+            .replace("{unit}", "hvac-1")
+            .replace("{point}", "setpoint")
+            .replace("{command}", "reset_filter")
+            .replace("{id}", "g-viewer");
+        let url = format!("{root}{path}");
+        for (label, token) in [("no token", None), ("wrong token", Some("x".repeat(43)))] {
+            let mut req = s
+                .http
+                .request(def.method.clone(), &url)
+                .header("cookie", &cookie)
+                .json(&json!({"value": 21.5}));
+            if let Some(t) = &token {
+                req = req.header("x-csrf-token", t);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let b: Value = r.json().await.unwrap();
+            assert_eq!(
+                (status, b["error"].as_str()),
+                (403, Some("csrf_failed")),
+                "{} {path} with {label}: {b}",
+                def.method
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} state-changing routes");
+    assert!(s.sim.stats().writes.is_empty());
+
+    // With the token the same cookie works, and a bearer client needs none.
+    let r = s
+        .http
+        .put(format!("{root}/api/v1/units/hvac-1/points/setpoint"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"value": 21.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bearer = s.login("ada").await;
+    let r = s
+        .http
+        .put(format!("{root}/api/v1/units/hvac-1/points/setpoint"))
+        .bearer_auth(&bearer)
+        .json(&json!({"value": 22.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.sim.stats().writes.len(), 2);
+
+    // Logout through the page's route clears the cookie and ends the session.
+    let out = s
+        .http
+        .delete(format!("{root}/web/session"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = s
+        .http
+        .get(format!("{root}/api/v1/units"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+    s.stop().await;
+}
