@@ -113,6 +113,36 @@ def mib(b):
     return MISSING if b is None else f"{b / 1024 / 1024:.2f} MiB ({b} bytes)"
 
 
+def web_section(res):
+    """The web app's budgets, from the browser test's metrics (tests/web/app.test.mjs)."""
+    L = []
+    w = L.append
+    w("## Web app in Chromium (real daemon over TLS, loopback, tests/web.rs)")
+    w("")
+    try:
+        with open(os.path.join(res, "web", "metrics.json"), encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        m = {}
+    lat = sorted(m.get("sim_to_screen_ms") or [])
+    first = m.get("first_load_bytes")
+    w(f"Build: {m.get('build', MISSING)}. Stream interval 1 s, unit poll interval 500 ms.")
+    w("")
+    w("| figure | value | budget / reference |")
+    w("|---|---|---|")
+    kb = f"{first / 1024:.1f} KiB ({first} B)" if first is not None else MISSING
+    met = "" if first is None else (": **met**" if first <= 150 * 1024 else ": **missed**")
+    w(f"| first load of the site view, bytes transferred (cold cache, page + assets + API calls + stream data received until the first card shows) | {kb} | ≤ 150 KB (issue 13){met} |")
+    w(f"| time to first render of the site view (navigation start → first unit card) | {str(m['first_render_ms']) + ' ms' if 'first_render_ms' in m else MISSING} | loopback, TLS |")
+    if lat:
+        w(f"| value changed at the simulator → changed on screen (min / median / max of {len(lat)}) | {lat[0]} / {lat[len(lat) // 2]} / {lat[-1]} ms | poll 500 ms + stream 1 s: ≤ 1.5 s expected |")
+    else:
+        w(f"| value changed at the simulator → changed on screen | {MISSING} | |")
+    w(f"| revoking bundle applied → unit and its controls gone from the open page | {str(m['revoke_to_screen_ms']) + ' ms' if 'revoke_to_screen_ms' in m else MISSING} | one stream interval (1 s) |")
+    w("")
+    return L
+
+
 def main():
     res, out = sys.argv[1], sys.argv[2]
     failed = read(os.path.join(res, "failed.txt")).split()
@@ -302,6 +332,8 @@ def main():
     w(f"| outbox drain (SQLite outbox → QoS 1, acked rows deleted) | {d.group(3) + ' (' + d.group(1) + ' msgs)' if d else MISSING} | plain rumqttc QoS 1 publisher: {p.group(3) + ' msg/s' if p else MISSING} ({ratio(d and int(d.group(3)), p and int(p.group(3)))}) |")
     w("")
 
+    L.extend(web_section(res))
+
     w("## Binary sizes (stripped release, LTO, panic = abort)")
     w("")
     w("| target | size |")
@@ -315,7 +347,8 @@ def main():
     w("`scripts/bench` (add `--no-cross` to skip the ARM builds). Single benches:")
     w("`cargo bench --bench authz|grants|modbus -- --warm-up-time 1 --measurement-time 3`,")
     w("`cargo bench --bench api_load`, `cargo bench --bench e2e`,")
-    w("`cargo test --profile bench --test mqtt_bench -- --ignored --nocapture`.")
+    w("`cargo test --profile bench --test mqtt_bench -- --ignored --nocapture`,")
+    w("`cargo test --profile bench --test web each_role` (metrics in `target/tmp/web/metrics.json`).")
     w("")
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(L))

@@ -53,7 +53,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// An authenticated caller: the request carried a bearer token of a live session.
+/// An authenticated caller: the request carried a bearer token of a live session, or the web
+/// page's session cookie (see [`super::web`]).
 pub struct Caller {
     pub session: SessionInfo,
     pub token: String,
@@ -63,7 +64,13 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)?.ok_or_else(ApiError::unauthenticated)?;
+        // A bearer token wins; otherwise the web page's session cookie (CSRF-checked).
+        let token = match bearer(&parts.headers)? {
+            Some(t) => t,
+            None => {
+                super::web::cookie_caller_token(parts)?.ok_or_else(ApiError::unauthenticated)?
+            }
+        };
         match state.0.ports.auth.authenticate(&token).await {
             Ok(session) => Ok(Caller { session, token }),
             Err(AuthError::Invalid) => Err(ApiError::unauthenticated()),

@@ -358,7 +358,7 @@ pub async fn unit_detail(
 }
 
 /// The caller's effective capabilities on a target, one decision per capability.
-fn caps_on(state: &ApiState, user: &UserId, target: &Target) -> crate::model::CapSet {
+pub(super) fn caps_on(state: &ApiState, user: &UserId, target: &Target) -> crate::model::CapSet {
     let mut caps = crate::model::CapSet::EMPTY;
     for c in Capability::ALL {
         if state.0.ports.authz.decide(user, c, target).is_allow() {
@@ -368,7 +368,7 @@ fn caps_on(state: &ApiState, user: &UserId, target: &Target) -> crate::model::Ca
     caps
 }
 
-fn point_json(
+pub(super) fn point_json(
     p: &PointInfo,
     r: Option<&Reading>,
     now: time::OffsetDateTime,

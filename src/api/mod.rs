@@ -16,6 +16,8 @@ mod extract;
 mod handlers;
 mod layers;
 pub mod ports;
+mod stream;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -82,6 +84,11 @@ pub static ROUTES: &[RouteDef] = &[
         method: Method::GET,
         path: "/api/v1/units",
         handler: || get(handlers::list_units),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/units/stream",
+        handler: || get(stream::units_stream),
     },
     RouteDef {
         method: Method::GET,
@@ -257,6 +264,10 @@ pub fn router(state: ApiState) -> Router {
     for def in ROUTES {
         // Several methods on one path merge into one method router.
         r = r.route(def.path, (def.handler)());
+    }
+    // The web page and its assets (not API routes: outside /api/v1 and the OpenAPI document).
+    for (path, handler) in web::routes() {
+        r = r.route(path, handler);
     }
     // `layers::body_size` reads and bounds every body before a handler runs; the extractor
     // limit only has to let through what it passed.

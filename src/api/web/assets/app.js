@@ -1,0 +1,943 @@
+// sitegate local web app. One more client of the JSON API: every decision is the daemon's; this
+// page only shows what the API returns. No framework, no build step. All text goes through
+// textContent (never innerHTML), so names from bundles and profiles cannot inject markup.
+'use strict';
+(() => {
+  const main = document.getElementById('main');
+  const nav = document.getElementById('nav');
+  const conn = document.getElementById('conn');
+
+  let csrf = null; // CSRF token of the cookie session (held in memory only)
+  let me = null; // GET /api/v1/me
+  let units = []; // latest snapshot from the stream
+  let lastMsgAt = 0; // performance.now() of the last stream message
+  let intervalMs = 1000;
+  let es = null;
+  let signature = ''; // what the current view's structure was built from
+  let bindings = []; // functions refreshing live values in place
+
+  // ---------------------------------------------------------------------------------------------
+  // Small helpers
+  // ---------------------------------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'text') e.textContent = v;
+      else if (k === 'class') e.className = v;
+      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+      else if (k in e && typeof v !== 'string') e[k] = v;
+      else e.setAttribute(k, v === true ? '' : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(typeof c === 'string' ? document.createTextNode(c) : c);
+    }
+    return e;
+  }
+
+  function show(...nodes) {
+    main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
+  }
+
+  const ERRORS = {
+    invalid_credentials: 'Email, password or token not accepted.',
+    login_throttled: 'Too many failed attempts. Wait a moment and try again.',
+    unauthenticated: 'You are signed out. Sign in again.',
+    session_expired: 'Your session has expired. Sign in again.',
+    csrf_failed: 'The security check of this page failed. Reload the page and try again.',
+    forbidden: 'Your access does not allow this.',
+    unit_not_found: 'This unit does not exist or you have no access to it.',
+    point_not_found: 'This value does not exist or you have no access to it.',
+    command_not_found: 'This command does not exist for the unit.',
+    point_read_only: 'This value cannot be changed.',
+    invalid_value: 'The value is not accepted:',
+    device_timeout: 'The unit did not answer in time; the result is not confirmed.',
+    device_error: 'The unit reported an error:',
+    readback_mismatch: 'Mismatch: the unit did not keep the value.',
+    link_busy: 'The bus is busy; nothing was sent. Try again in a second.',
+    rate_limited: 'Too many requests. Wait a moment.',
+    request_timeout: 'The request took too long and was abandoned.',
+    internal: 'The box could not complete this. Try again; if it persists, ask your technician.',
+  };
+
+  function errorText(status, body) {
+    const code = body && body.error;
+    const words = ERRORS[code];
+    if (code === 'invalid_value' || code === 'device_error') return `${words} ${body.message}`;
+    if (code === 'forbidden') return `${words} (${body.message})`;
+    if (words) return words;
+    if (body && body.message) return body.message;
+    return `The request failed (HTTP ${status}).`;
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    if (csrf && method !== 'GET') headers['X-CSRF-Token'] = csrf;
+    let r;
+    try {
+      r = await fetch(path, {
+        method,
+        headers,
+        credentials: 'same-origin',
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (e) {
+      return { status: 0, body: { error: 'network', message: 'The box cannot be reached. Check the network.' } };
+    }
+    let data = null;
+    try {
+      data = r.status === 204 ? null : await r.json();
+    } catch (e) {
+      data = null;
+    }
+    if ((r.status === 401) && path !== '/web/session') {
+      signedOut(errorText(r.status, data));
+    }
+    return { status: r.status, body: data };
+  }
+
+  function fmtAge(ms) {
+    if (ms === null || ms === undefined) return '';
+    const s = Math.max(0, Math.round(ms / 1000));
+    if (s < 60) return `${s} s ago`;
+    if (s < 3600) return `${Math.round(s / 60)} min ago`;
+    return `${Math.round(s / 3600)} h ago`;
+  }
+
+  function words(s) {
+    return String(s).replace(/_/g, ' ');
+  }
+
+  // A point's title (its name in words) and, when the profile's label says more, that text.
+  function title(p) {
+    const w = words(p.name);
+    return w.charAt(0).toUpperCase() + w.slice(1);
+  }
+
+  function detail(p) {
+    return p.label && p.label !== p.name ? p.label : '';
+  }
+
+  function fmtValue(p) {
+    if (p.value === null || p.value === undefined) return '—';
+    if (p.type === 'bool') return p.value ? 'on' : 'off';
+    if (typeof p.value === 'string') return words(p.value);
+    if (typeof p.value === 'number') {
+      const v = Number.isInteger(p.value) ? String(p.value) : p.value.toFixed(1);
+      return p.unit ? `${v} ${p.unit}` : v;
+    }
+    return String(p.value);
+  }
+
+  // Time since the message that carried a point, plus its age then.
+  function pointAge(p) {
+    if (p.age_ms === null || p.age_ms === undefined) return null;
+    return p.age_ms + (performance.now() - lastMsgAt);
+  }
+
+  function streamStale() {
+    return !es || performance.now() - lastMsgAt > intervalMs + 1000;
+  }
+
+  function isStale(p) {
+    return p.quality !== 'good' || streamStale();
+  }
+
+  const ALARM_ACTIVE = new Set(['warning', 'shutdown', 'electrical_trip']);
+
+  function alarms(u) {
+    const out = [];
+    for (const p of u.points) {
+      if (p.name.startsWith('alarm_') && typeof p.value === 'string' && ALARM_ACTIVE.has(p.value)) {
+        out.push(`${title(p)}: ${words(p.value)}`);
+      }
+      if (p.name === 'failure_code' && typeof p.value === 'number' && p.value !== 0) {
+        out.push(`${title(p)}: ${p.value}`);
+      }
+    }
+    return out;
+  }
+
+  function offlineReason(u) {
+    if (u.online) return '';
+    if (!u.last_seen) return 'has not answered since the box started';
+    return `no answer since ${new Date(u.last_seen).toLocaleString()}`;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Session
+  // ---------------------------------------------------------------------------------------------
+
+  function signedOut(message) {
+    csrf = null;
+    me = null;
+    units = [];
+    if (es) {
+      es.close();
+      es = null;
+    }
+    renderNav();
+    renderLogin(message);
+  }
+
+  async function start() {
+    const r = await api('GET', '/web/session');
+    if (r.status === 200 && r.body) {
+      csrf = r.body.csrf_token;
+      await afterLogin();
+    } else {
+      renderLogin();
+    }
+  }
+
+  async function afterLogin() {
+    const r = await api('GET', '/api/v1/me');
+    if (r.status === 200) {
+      me = r.body;
+    } else if (r.status === 403) {
+      me = null;
+      renderNav();
+      show(
+        el('h1', { text: 'No access on this site' }),
+        el('p', { text: 'You are signed in, but your account has no role on this box. Ask the site admin for access.' }),
+      );
+      return;
+    } else {
+      return;
+    }
+    renderNav();
+    connect();
+    route();
+  }
+
+  function renderNav() {
+    nav.replaceChildren();
+    if (!csrf) return;
+    const name = me && me.user ? me.user.name || me.user.email || me.user.id : '';
+    const site = (me && me.site && me.site.capabilities) || [];
+    if (site.includes('manage_users') || site.includes('diagnose')) {
+      nav.append(el('a', { href: '#/admin', text: 'Access & audit' }));
+    }
+    nav.append(
+      el('span', { text: name }),
+      el('button', { class: 'secondary', type: 'button', onclick: logout, text: 'Sign out' }),
+    );
+  }
+
+  async function logout() {
+    await api('DELETE', '/web/session');
+    signedOut('You are signed out.');
+  }
+
+  function renderLogin(message) {
+    document.title = 'Sign in · sitegate';
+    const err = el('p', { class: 'error', role: 'alert', id: 'login-error' });
+    if (message) err.textContent = message;
+    const email = el('input', { id: 'email', name: 'email', type: 'email', autocomplete: 'username', required: true });
+    const password = el('input', { id: 'password', name: 'password', type: 'password', autocomplete: 'current-password', required: true });
+    const submit = el('button', { type: 'submit', text: 'Sign in' });
+    const form = el('form', { class: 'login', 'aria-labelledby': 'login-h' },
+      el('h2', { id: 'login-h', text: 'With email and password' }),
+      el('label', { for: 'email', text: 'Email' }), email,
+      el('label', { for: 'password', text: 'Password' }), password,
+      submit);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      submit.disabled = true;
+      err.textContent = '';
+      await login({ email: email.value, password: password.value }, err);
+      submit.disabled = false;
+    });
+
+    const tokenText = el('textarea', { id: 'token', name: 'token', spellcheck: 'false', autocomplete: 'off' });
+    const tokenFile = el('input', { id: 'token-file', type: 'file', accept: '.json,.token,.txt,application/json,text/plain' });
+    tokenFile.addEventListener('change', async () => {
+      const f = tokenFile.files && tokenFile.files[0];
+      if (f) tokenText.value = (await f.text()).trim();
+    });
+    const tokenSubmit = el('button', { type: 'submit', text: 'Sign in with token' });
+    const tform = el('form', { class: 'login', 'aria-labelledby': 'token-h' },
+      el('h2', { id: 'token-h', text: 'Installer token' }),
+      el('label', { for: 'token', text: 'Paste the token' }), tokenText,
+      el('label', { for: 'token-file', text: 'or choose the token file' }), tokenFile,
+      tokenSubmit);
+    tform.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const t = tokenText.value.trim();
+      err.textContent = '';
+      if (!t) {
+        err.textContent = 'Paste a token or choose its file first.';
+        return;
+      }
+      tokenSubmit.disabled = true;
+      await login({ token: t }, err);
+      tokenSubmit.disabled = false;
+    });
+    show(el('h1', { text: 'Sign in to this box' }), err, form, tform);
+  }
+
+  async function login(body, err) {
+    const r = await api('POST', '/web/session', body);
+    if (r.status === 201) {
+      csrf = r.body.csrf_token;
+      await afterLogin();
+      return;
+    }
+    err.textContent = errorText(r.status, r.body);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Live updates
+  // ---------------------------------------------------------------------------------------------
+
+  function connect() {
+    if (es) es.close();
+    conn.textContent = 'Connecting…';
+    es = new EventSource('/api/v1/units/stream');
+    es.addEventListener('units', (ev) => {
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch (e) {
+        return;
+      }
+      lastMsgAt = performance.now();
+      intervalMs = msg.interval_ms || 1000;
+      units = msg.units || [];
+      conn.textContent = 'Live';
+      refresh();
+    });
+    es.addEventListener('end', () => {
+      signedOut('Your session has ended. Sign in again.');
+    });
+    es.addEventListener('error', () => {
+      // EventSource reconnects by itself; say so, and let the stale marks show.
+      conn.textContent = 'Connection lost — reconnecting…';
+      refreshValues();
+    });
+  }
+
+  setInterval(() => {
+    if (!es) return;
+    if (streamStale()) conn.textContent = 'No update for a while — values may be stale';
+    refreshValues();
+  }, 1000);
+
+  function viewSignature() {
+    // The structure (which units, which controls) changes only with access or inventory.
+    return JSON.stringify(units.map((u) => [u.id, u.online, u.capabilities,
+      u.points.map((p) => [p.name, p.writable]), u.commands.map((c) => [c.name, c.allowed])]));
+  }
+
+  function refresh() {
+    const sig = location.hash + '|' + viewSignature();
+    if (sig !== signature) {
+      signature = sig;
+      route();
+    } else {
+      refreshValues();
+    }
+  }
+
+  function refreshValues() {
+    for (const b of bindings) b();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Views
+  // ---------------------------------------------------------------------------------------------
+
+  window.addEventListener('hashchange', () => {
+    signature = '';
+    route();
+    main.focus();
+  });
+
+  function route() {
+    if (!csrf) return;
+    bindings = [];
+    signature = location.hash + '|' + viewSignature();
+    const m = location.hash.match(/^#\/unit\/([^/]+)$/);
+    if (m) renderUnit(decodeURIComponent(m[1]));
+    else if (location.hash === '#/admin') renderAdmin();
+    else renderSite();
+  }
+
+  const SUMMARY_POINTS = {
+    'dse-gencomm': ['control_mode', 'engine_state', 'fuel_level', 'battery_voltage'],
+    'coolmaster-va': ['on', 'mode', 'setpoint', 'room_temperature'],
+  };
+
+  function unitById(id) {
+    return units.find((u) => u.id === id);
+  }
+
+  // A live value: text, age and quality refreshed in place every second.
+  function liveValue(unitId, pointName) {
+    const v = el('span', { class: 'val' });
+    const age = el('span', { class: 'age' });
+    const upd = () => {
+      const u = unitById(unitId);
+      const p = u && u.points.find((x) => x.name === pointName);
+      if (!p) {
+        v.textContent = '—';
+        age.textContent = '';
+        return;
+      }
+      v.textContent = fmtValue(p);
+      const stale = isStale(p);
+      v.className = 'val' + (stale ? ' stale' : '');
+      const a = pointAge(p);
+      age.textContent = (a === null ? 'not read yet' : fmtAge(a)) + (p.quality !== 'good' && p.quality !== 'stale' ? ` · ${words(p.quality)}` : '');
+    };
+    bindings.push(upd);
+    upd();
+    return [v, age];
+  }
+
+  function statusBadge(unitId) {
+    const b = el('span', { class: 'badge' });
+    const why = el('span', { class: 'muted' });
+    const upd = () => {
+      const u = unitById(unitId);
+      if (!u) return;
+      if (streamStale()) {
+        b.className = 'badge stale';
+        b.textContent = 'no live data';
+      } else {
+        b.className = 'badge ' + (u.online ? 'online' : 'offline');
+        b.textContent = u.online ? 'online' : 'offline';
+      }
+      why.textContent = u.online ? '' : ` ${offlineReason(u)}`;
+    };
+    bindings.push(upd);
+    upd();
+    return [b, why];
+  }
+
+  function alarmList(unitId) {
+    const list = el('ul', { class: 'alarms', 'aria-label': 'Active alarms' });
+    const upd = () => {
+      const u = unitById(unitId);
+      const a = u ? alarms(u) : [];
+      list.hidden = a.length === 0;
+      list.replaceChildren(...a.map((t) => el('li', { text: t })));
+    };
+    bindings.push(upd);
+    upd();
+    return list;
+  }
+
+  function renderSite() {
+    document.title = 'Site · sitegate';
+    if (!lastMsgAt) {
+      show(el('h1', { text: 'Site' }), el('p', { class: 'muted', text: 'Loading units…' }));
+      return;
+    }
+    if (units.length === 0) {
+      show(el('h1', { text: 'Site' }), el('p', { text: 'There are no units you can see on this box.' }));
+      return;
+    }
+    const cards = units.map((u) => {
+      const names = SUMMARY_POINTS[u.profile] || u.points.slice(0, 4).map((p) => p.name);
+      const dl = el('dl', { class: 'vals' });
+      for (const n of names) {
+        const p = u.points.find((x) => x.name === n);
+        if (!p) continue;
+        dl.append(el('dt', { text: title(p) }), el('dd', {}, ...liveValue(u.id, n)));
+      }
+      return el('li', { class: 'card' },
+        el('h2', {}, el('a', { href: `#/unit/${encodeURIComponent(u.id)}`, text: u.name || u.id })),
+        el('p', {}, ...statusBadge(u.id)),
+        dl,
+        alarmList(u.id));
+    });
+    show(el('h1', { text: 'Site' }), el('ul', { class: 'grid', 'aria-label': 'Units' }, ...cards));
+  }
+
+  function renderUnit(id) {
+    const u = unitById(id);
+    const back = el('p', {}, el('a', { href: '#/', text: '← All units' }));
+    if (!u) {
+      document.title = 'Unit · sitegate';
+      show(back, el('h1', { text: 'Unit not available' }),
+        el('p', { text: lastMsgAt ? 'This unit does not exist or you no longer have access to it.' : 'Loading…' }));
+      return;
+    }
+    document.title = `${u.name || u.id} · sitegate`;
+    const ctrls = controls(u);
+    const state = el('dl', { class: 'vals', 'aria-label': 'State' });
+    for (const n of SUMMARY_POINTS[u.profile] || []) {
+      const p = u.points.find((x) => x.name === n);
+      if (p) state.append(el('dt', { text: title(p) }), el('dd', {}, ...liveValue(u.id, n)));
+    }
+    const rows = u.points.map((p) => el('tr', {},
+      el('th', { scope: 'row' }, title(p), detail(p) ? el('span', { class: 'why block', text: detail(p) }) : null),
+      el('td', {}, ...liveValue(u.id, p.name))));
+    show(
+      back,
+      el('h1', { text: u.name || u.id }),
+      el('p', {}, ...statusBadge(u.id), el('span', { class: 'muted', text: ` · ${u.profile}` })),
+      state.childElementCount ? state : null,
+      alarmList(u.id),
+      el('h2', { text: 'Controls' }),
+      ctrls,
+      (u.capabilities || []).includes('diagnose') ? diagnostics(u) : null,
+      el('h2', { text: 'Values' }),
+      el('table', {},
+        el('caption', { class: 'sr-only', text: `Values of ${u.name || u.id}` }),
+        el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Value' }), el('th', { scope: 'col', text: 'Reading' }))),
+        el('tbody', {}, ...rows)),
+    );
+  }
+
+  // Technician: link statistics and a raw register read (GET /units/{unit}/diagnostics).
+  function diagnostics(u) {
+    const base = `/api/v1/units/${encodeURIComponent(u.id)}/diagnostics`;
+    const stats = el('dl', { class: 'vals', 'aria-label': 'Link statistics' });
+    const statsOut = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const refresh = el('button', { type: 'button', class: 'secondary', text: 'Load link statistics' });
+    const row = (k, v) => stats.append(el('dt', { text: k }), el('dd', { text: v === undefined || v === null ? '—' : String(v) }));
+    refresh.addEventListener('click', async () => {
+      refresh.disabled = true;
+      statsOut.className = 'result';
+      statsOut.textContent = 'Loading…';
+      const r = await api('GET', base);
+      refresh.disabled = false;
+      stats.replaceChildren();
+      if (r.status !== 200) {
+        statsOut.className = 'result bad';
+        statsOut.textContent = `Error: ${errorText(r.status, r.body)}`;
+        return;
+      }
+      const d = r.body;
+      const l = d.link || {};
+      statsOut.textContent = '';
+      row('Slave', d.slave);
+      row('Answering', d.online ? 'yes' : 'no');
+      row('Failures in a row', d.consecutive_failures);
+      row('Last success', d.last_success ? new Date(d.last_success).toLocaleString() : 'never');
+      row('Last error', d.last_error || 'none');
+      row('Link', `${l.link} (${l.kind}), ${l.connected ? 'connected' : 'not connected'}`);
+      row('Requests', l.requests);
+      row('Errors / timeouts / exceptions', `${l.errors} / ${l.timeouts} / ${l.exceptions}`);
+      row('Retries', l.retries);
+      row('Queue', l.queue_depth);
+      row('Latency p50 / p99', l.latency_p50_ms === undefined ? '—' : `${l.latency_p50_ms} / ${l.latency_p99_ms} ms`);
+    });
+
+    const kind = el('select', { id: 'raw-kind', name: 'kind' },
+      ...['holding', 'input', 'coil', 'discrete'].map((k) => el('option', { value: k, text: k })));
+    const address = el('input', { id: 'raw-address', name: 'address', type: 'number', min: '0', max: '65535', value: '0', inputmode: 'numeric' });
+    const count = el('input', { id: 'raw-count', name: 'count', type: 'number', min: '1', max: '125', value: '1', inputmode: 'numeric' });
+    const read = el('button', { type: 'submit', text: 'Read' });
+    const rawOut = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const rawTable = el('table', { hidden: true });
+    const form = el('form', { class: 'control', novalidate: true, 'aria-labelledby': 'raw-h' },
+      el('h3', { id: 'raw-h', text: 'Raw register read' }),
+      el('label', { for: 'raw-kind', text: 'Register kind' }), kind,
+      el('label', { for: 'raw-address', text: 'Address (0-based)' }), address,
+      el('label', { for: 'raw-count', text: 'Count' }), count,
+      el('div', { class: 'row' }, read), rawOut, rawTable);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      read.disabled = true;
+      rawOut.className = 'result';
+      rawOut.textContent = 'Reading…';
+      const q = new URLSearchParams({ kind: kind.value, address: address.value, count: count.value });
+      const r = await api('GET', `${base}?${q}`);
+      read.disabled = false;
+      if (r.status !== 200 || !r.body.raw) {
+        rawOut.className = 'result bad';
+        rawOut.textContent = `Error: ${errorText(r.status, r.body)}`;
+        rawTable.hidden = true;
+        return;
+      }
+      const raw = r.body.raw;
+      rawOut.className = 'result ok';
+      rawOut.textContent = `Read ${raw.values.length} ${raw.kind} value(s) from ${raw.address}.`;
+      rawTable.replaceChildren(
+        el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: 'Address' }), el('th', { scope: 'col', text: 'Value' }), el('th', { scope: 'col', text: 'Hex' }))),
+        el('tbody', {}, ...raw.values.map((v, i) => {
+          const n = typeof v === 'boolean' ? (v ? 1 : 0) : Number(v);
+          return el('tr', {}, el('td', { text: String(raw.address + i) }), el('td', { text: String(v) }),
+            el('td', { text: `0x${n.toString(16).toUpperCase().padStart(4, '0')}` }));
+        })));
+      rawTable.hidden = false;
+    });
+    return el('section', { 'aria-labelledby': 'diag-h' },
+      el('h2', { id: 'diag-h', text: 'Diagnostics' }),
+      el('div', { class: 'controls' },
+        el('div', { class: 'control' }, refresh, statsOut, stats),
+        form));
+  }
+
+  // Admin: who has which role where (GET /grants), delegate (POST /grants), revoke
+  // (DELETE /grants/{id}); audit trail (GET /audit) with filters and paging. The daemon decides
+  // every ceiling; the page shows its answer.
+  function fmtScope(sc) {
+    if (!sc) return '—';
+    if (sc.site) return 'whole site';
+    if (sc.group) return `group ${sc.group}`;
+    if (sc.unit) return `unit ${sc.unit}`;
+    return JSON.stringify(sc);
+  }
+
+  function renderAdmin() {
+    document.title = 'Access & audit · sitegate';
+    const site = (me && me.site && me.site.capabilities) || [];
+    const parts = [el('p', {}, el('a', { href: '#/', text: '← All units' })), el('h1', { text: 'Access & audit' })];
+    if (site.includes('manage_users')) parts.push(grantsSection());
+    if (site.includes('diagnose')) parts.push(auditSection());
+    show(...parts);
+  }
+
+  function grantsSection() {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const body = el('tbody', {});
+    const table = el('table', {},
+      el('caption', { class: 'sr-only', text: 'Access given on this box' }),
+      el('thead', {}, el('tr', {}, ...['Person', 'Role', 'Where', 'Until', 'Source', ''].map((h, i) =>
+        el('th', { scope: 'col', text: h || undefined }, i === 5 ? el('span', { class: 'sr-only', text: 'Actions' }) : null)))),
+      body);
+    const load = async () => {
+      const r = await api('GET', '/api/v1/grants');
+      if (r.status !== 200) {
+        out.className = 'result bad';
+        out.textContent = `Error: ${errorText(r.status, r.body)}`;
+        return;
+      }
+      body.replaceChildren(...r.body.grants.map((g) => {
+        const revoke = el('button', { type: 'button', class: 'secondary', text: 'Revoke', 'aria-label': `Revoke ${g.role} of ${g.email || g.user} (${fmtScope(g.scope)})` });
+        revoke.addEventListener('click', async () => {
+          revoke.disabled = true;
+          const rr = await api('DELETE', `/api/v1/grants/${encodeURIComponent(g.id)}`);
+          if (rr.status === 200) {
+            out.className = 'result ok';
+            out.textContent = `Revoked ${g.role} of ${g.email || g.user}.`;
+          } else if (rr.status === 202) {
+            out.className = 'result warn';
+            out.textContent = 'Revocation sent for approval; it takes effect when the cloud confirms it.';
+          } else {
+            out.className = 'result bad';
+            out.textContent = `Error: ${errorText(rr.status, rr.body)}`;
+          }
+          await load();
+        });
+        const source = g.origin === 'local' && g.delegator ? `local, by ${g.delegator}` : g.origin;
+        return el('tr', {},
+          el('td', { text: g.email || g.user }), el('td', { text: g.role }), el('td', { text: fmtScope(g.scope) }),
+          el('td', { text: g.expires_at ? new Date(g.expires_at).toLocaleString() : 'no end' }),
+          el('td', { text: source }), el('td', {}, revoke));
+      }));
+    };
+    load();
+
+    const email = el('input', { id: 'd-email', type: 'email', autocomplete: 'off', required: true });
+    const role = el('select', { id: 'd-role' }, ...['viewer', 'control-only', 'technician', 'admin'].map((r) => el('option', { value: r, text: r })));
+    const where = el('select', { id: 'd-scope' }, el('option', { value: 'site', text: 'whole site' }),
+      ...units.map((u) => el('option', { value: `unit:${u.id}`, text: `unit ${u.name || u.id}` })));
+    const until = el('input', { id: 'd-until', type: 'datetime-local' });
+    const give = el('button', { type: 'submit', text: 'Give access' });
+    const form = el('form', { class: 'login', novalidate: true, 'aria-labelledby': 'd-h' },
+      el('h3', { id: 'd-h', text: 'Give access' }),
+      el('label', { for: 'd-email', text: 'Email' }), email,
+      el('p', { class: 'why', text: 'Accounts come from the cloud: give access to a person who already has an account on this site.' }),
+      el('label', { for: 'd-role', text: 'Role' }), role,
+      el('label', { for: 'd-scope', text: 'Where' }), where,
+      el('label', { for: 'd-until', text: 'Until (empty: no end)' }), until,
+      give);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const scope = where.value === 'site' ? { site: me.site.id || siteId() } : { unit: where.value.slice(5) };
+      const req = { email: email.value.trim(), role: role.value, scope };
+      if (until.value) req.expires_at = new Date(until.value).toISOString().replace(/\.\d{3}Z$/, 'Z');
+      give.disabled = true;
+      const r = await api('POST', '/api/v1/grants', req);
+      give.disabled = false;
+      if (r.status === 201) {
+        out.className = 'result ok';
+        out.textContent = `${req.email} now has ${req.role} on ${fmtScope(scope)}.`;
+      } else if (r.status === 202) {
+        out.className = 'result warn';
+        out.textContent = 'Sent for approval; it takes effect when the cloud confirms it.';
+      } else {
+        out.className = 'result bad';
+        out.textContent = `Error: ${errorText(r.status, r.body)}`;
+      }
+      await load();
+    });
+    return el('section', { 'aria-labelledby': 'g-h' }, el('h2', { id: 'g-h', text: 'Access given on this box' }),
+      el('p', { class: 'why', text: 'Delegations made here, in the scopes you manage. Roles from the cloud are managed in the cloud.' }),
+      out, table, form);
+  }
+
+  function siteId() {
+    const g = (me && me.grants || []).find((x) => x.scope && x.scope.site);
+    return g ? g.scope.site : '';
+  }
+
+  function auditSection() {
+    const kind = el('input', { id: 'a-kind', type: 'text' });
+    const actor = el('input', { id: 'a-actor', type: 'text' });
+    const unit = el('input', { id: 'a-unit', type: 'text' });
+    const apply = el('button', { type: 'submit', text: 'Filter' });
+    const body = el('tbody', {});
+    const more = el('button', { type: 'button', class: 'secondary', text: 'Older entries', hidden: true });
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    let before = null;
+    const load = async (append) => {
+      const q = new URLSearchParams({ limit: '20' });
+      if (kind.value.trim()) q.set('kind', kind.value.trim());
+      if (actor.value.trim()) q.set('actor', actor.value.trim());
+      if (unit.value.trim()) q.set('unit', unit.value.trim());
+      if (append && before !== null) q.set('before', String(before));
+      const r = await api('GET', `/api/v1/audit?${q}`);
+      if (r.status !== 200) {
+        out.className = 'result bad';
+        out.textContent = `Error: ${errorText(r.status, r.body)}`;
+        return;
+      }
+      out.className = 'result';
+      const rows = r.body.records.map((a) => el('tr', {},
+        el('td', { text: String(a.seq) }), el('td', { text: new Date(a.at).toLocaleString() }),
+        el('td', { text: a.kind }), el('td', { text: a.outcome }), el('td', { text: a.actor || '—' }),
+        el('td', { text: a.unit || '—' }), el('td', { class: 'detail', text: JSON.stringify(a.detail) })));
+      if (append) body.append(...rows);
+      else body.replaceChildren(...rows);
+      out.textContent = body.childElementCount === 0 ? 'No entries match.' : `${body.childElementCount} entries shown.`;
+      before = r.body.next_before;
+      more.hidden = before === null || before === undefined;
+    };
+    const form = el('form', { class: 'row', novalidate: true, 'aria-label': 'Audit filters' },
+      el('label', { for: 'a-kind', text: 'Kind' }), kind,
+      el('label', { for: 'a-actor', text: 'Actor' }), actor,
+      el('label', { for: 'a-unit', text: 'Unit' }), unit, apply);
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      load(false);
+    });
+    more.addEventListener('click', () => load(true));
+    load(false);
+    return el('section', { 'aria-labelledby': 'au-h' },
+      el('h2', { id: 'au-h', text: 'Audit trail' }), form, out,
+      el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': 'Audit entries (scrolls sideways)' }, el('table', {},
+        el('caption', { class: 'sr-only', text: 'Audit entries, newest first' }),
+        el('thead', {}, el('tr', {}, ...['#', 'When', 'Kind', 'Outcome', 'Actor', 'Unit', 'Detail'].map((h) => el('th', { scope: 'col', text: h })))),
+        body)),
+      more);
+  }
+
+  function needText(cap) {
+    return `Changing this needs the ${cap} permission, which your role on this unit does not include.`;
+  }
+
+  function controls(u) {
+    const items = [];
+    for (const p of u.points) {
+      if (!p.write) continue;
+      items.push(p.writable ? pointControl(u, p) : deniedControl(p, u.id));
+    }
+    for (const c of u.commands) items.push(commandControl(u, c));
+    if (items.length === 0) return el('p', { class: 'muted', text: 'This unit has nothing you can change.' });
+    const canAny = u.points.some((p) => p.writable) || u.commands.some((c) => c.allowed);
+    const note = canAny ? null : el('p', { class: 'banner', text: 'You can view this unit but not change it. Ask the site admin if you need control.' });
+    return el('div', {}, note, el('div', { class: 'controls' }, ...items));
+  }
+
+  let ctrlSeq = 0;
+
+  function deniedControl(p, unitId) {
+    return el('div', { class: 'control' },
+      el('span', { class: 'label', text: title(p) }),
+      detail(p) ? el('p', { class: 'why', text: detail(p) }) : null,
+      el('div', { class: 'row' }, ...liveValue(unitId, p.name)),
+      el('p', { class: 'why', text: needText(p.write) }));
+  }
+
+  // The outcome of a write, in words: ok / mismatch / unverified / error.
+  function writeResult(out, r, p) {
+    if (r.status === 200) {
+      const rb = r.body.read_back;
+      if (rb === null || rb === undefined) {
+        out.className = 'result warn';
+        out.textContent = 'Sent, but unverified: the unit was not read back.';
+      } else if (JSON.stringify(rb) === JSON.stringify(r.body.written)) {
+        out.className = 'result ok';
+        out.textContent = `OK: the unit reads back ${fmtValue({ ...p, value: rb })}.`;
+      } else {
+        out.className = 'result bad';
+        out.textContent = `Mismatch: sent ${fmtValue({ ...p, value: r.body.written })}, the unit reads back ${fmtValue({ ...p, value: rb })}.`;
+      }
+      return;
+    }
+    out.className = 'result bad';
+    out.textContent = `Error: ${errorText(r.status, r.body)}`;
+  }
+
+  async function writePoint(u, p, value, out, btn) {
+    btn.disabled = true;
+    out.className = 'result';
+    out.textContent = 'Sending…';
+    const r = await api('PUT', `/api/v1/units/${encodeURIComponent(u.id)}/points/${encodeURIComponent(p.name)}`, { value });
+    writeResult(out, r, p);
+    btn.disabled = false;
+  }
+
+  function pointControl(u, p) {
+    const id = `c-${++ctrlSeq}`;
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const cur = liveValue(u.id, p.name);
+    let input;
+    let btn;
+    if (p.type === 'bool') {
+      btn = el('button', { type: 'button', id });
+      const upd = () => {
+        const pu = unitById(u.id);
+        const pp = pu && pu.points.find((x) => x.name === p.name);
+        const on = !!(pp && pp.value === true);
+        btn.textContent = on ? 'Turn off' : 'Turn on';
+        btn.setAttribute('aria-label', `${title(p)}: turn ${on ? 'off' : 'on'}`);
+        btn.dataset.next = on ? 'false' : 'true';
+      };
+      bindings.push(upd);
+      upd();
+      btn.addEventListener('click', () => writePoint(u, p, btn.dataset.next === 'true', out, btn));
+      return el('div', { class: 'control' },
+        el('span', { class: 'label', text: title(p) }),
+        detail(p) ? el('p', { class: 'why', text: detail(p) }) : null,
+        el('div', { class: 'row' }, ...cur),
+        el('div', { class: 'row' }, btn), out);
+    }
+    if (p.type === 'enum') {
+      input = el('select', { id, name: p.name },
+        ...(p.enum_labels || []).map((e) => el('option', { value: e.label, text: words(e.label) })));
+      if (typeof p.value === 'string') input.value = p.value;
+    } else {
+      input = el('input', { id, name: p.name, type: 'number', step: 'any', inputmode: 'decimal' });
+      if (p.min !== undefined) input.min = String(p.min);
+      if (p.max !== undefined) input.max = String(p.max);
+      if (typeof p.value === 'number') input.value = String(p.value);
+    }
+    btn = el('button', { type: 'submit', text: 'Set' });
+    const range = (p.min !== undefined && p.max !== undefined)
+      ? el('p', { class: 'why', id: `${id}-range`, text: `From ${p.min} to ${p.max}${p.unit ? ' ' + p.unit : ''}.` }) : null;
+    if (range) input.setAttribute('aria-describedby', `${id}-range`);
+    const form = el('form', { class: 'control', novalidate: true },
+      el('label', { for: id, text: title(p) }),
+      detail(p) ? el('p', { class: 'why', text: detail(p) }) : null,
+      el('div', { class: 'row' }, el('span', { class: 'muted', text: 'Now: ' }), ...cur),
+      el('div', { class: 'row' }, input, btn), range, out);
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      let value = input.value;
+      if (p.type !== 'enum') {
+        value = Number(input.value);
+        if (input.value.trim() === '' || !Number.isFinite(value)) {
+          out.className = 'result bad';
+          out.textContent = 'Enter a number.';
+          return;
+        }
+      }
+      writePoint(u, p, value, out, btn);
+    });
+    return form;
+  }
+
+  const GEN_COMMANDS_CONFIRM = new Set(['start', 'stop', 'manual', 'auto']);
+
+  function pointValue(unitId, name) {
+    const u = unitById(unitId);
+    const p = u && u.points.find((x) => x.name === name);
+    return p ? p.value : undefined;
+  }
+
+  function commandControl(u, c) {
+    const name = words(c.name);
+    const label = name.charAt(0).toUpperCase() + name.slice(1);
+    const desc = c.label && c.label !== c.name ? c.label : '';
+    if (!c.allowed) {
+      const id = `why-${++ctrlSeq}`;
+      return el('div', { class: 'control' },
+        el('span', { class: 'label', text: desc || label }),
+        el('button', { type: 'button', disabled: true, 'aria-describedby': id, text: label }),
+        el('p', { class: 'why', id, text: needText(c.capability) }));
+    }
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const btn = el('button', { type: 'button', class: c.name === 'stop' ? 'danger' : '', 'data-command': c.name, text: label });
+    const run = async () => {
+      btn.disabled = true;
+      out.className = 'result';
+      out.textContent = 'Sending…';
+      const before = pointValue(u.id, 'engine_state');
+      const r = await api('POST', `/api/v1/units/${encodeURIComponent(u.id)}/commands/${encodeURIComponent(c.name)}`, {});
+      btn.disabled = false;
+      if (r.status !== 200) {
+        out.className = 'result bad';
+        out.textContent = `Error: ${errorText(r.status, r.body)}`;
+        return;
+      }
+      out.className = 'result ok';
+      out.textContent = `Sent “${label}”; the unit acknowledged it.`;
+      if (c.name === 'start' && pointValue(u.id, 'control_mode') === 'stop') {
+        out.className = 'result warn';
+        out.textContent = 'Sent, but the generator is in Stop mode: a start does nothing until it is in Manual (or Auto) mode.';
+      } else if (before !== undefined) {
+        watchEngine(u.id, out, before);
+      }
+    };
+    btn.addEventListener('click', () => {
+      if (GEN_COMMANDS_CONFIRM.has(c.name)) confirmThen(u, c, label, desc, run);
+      else run();
+    });
+    return el('div', { class: 'control' }, el('span', { class: 'label', text: desc || label }), btn, out);
+  }
+
+  // After a command, report the engine state as it changes (for up to a minute).
+  function watchEngine(unitId, out, before) {
+    let last = before;
+    const started = performance.now();
+    const line = el('span', {});
+    out.append(' ', line);
+    line.textContent = `Engine: ${words(before)}.`;
+    const timer = setInterval(() => {
+      const now = pointValue(unitId, 'engine_state');
+      if (now !== undefined && now !== last) {
+        last = now;
+        line.textContent = `Engine: ${words(now)}.`;
+      }
+      if (performance.now() - started > 60000 || !line.isConnected) clearInterval(timer);
+    }, 500);
+  }
+
+  function confirmThen(u, c, label, desc, run) {
+    const mode = pointValue(u.id, 'control_mode');
+    const warn = (c.name === 'start' && mode === 'stop')
+      ? 'The generator is in Stop mode: a start will do nothing until it is in Manual (or Auto) mode.' : '';
+    const dlg = el('dialog', { 'aria-labelledby': 'dlg-h', 'aria-describedby': 'dlg-p' },
+      el('h2', { id: 'dlg-h', text: `${label}: ${u.name || u.id}?` }),
+      el('p', { id: 'dlg-p', text: `This sends “${desc || label}” to ${u.name || u.id} now.` }),
+      warn ? el('p', { class: 'banner', text: warn }) : null);
+    const yes = el('button', { type: 'button', text: `Yes, ${label.toLowerCase()}` });
+    const no = el('button', { type: 'button', class: 'secondary', text: 'Cancel' });
+    dlg.append(el('div', { class: 'row' }, yes, no));
+    const close = () => {
+      dlg.close();
+      dlg.remove();
+    };
+    yes.addEventListener('click', () => {
+      close();
+      run();
+    });
+    no.addEventListener('click', close);
+    dlg.addEventListener('cancel', () => dlg.remove());
+    document.body.append(dlg);
+    dlg.showModal();
+    no.focus();
+  }
+
+  start();
+})();

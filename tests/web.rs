@@ -1,0 +1,457 @@
+//! The local web app in a real browser: the real daemon over TLS with Modbus simulators and a
+//! signed bundle, driven by Debian's Chromium through `playwright-core` (tests/web/app.test.mjs).
+//!
+//! The Node script drives the page and asks this harness, over a line protocol on its
+//! stdin/stdout, for what only the site can do: count the Modbus writes the simulator received,
+//! change a register, apply a revoking bundle. Needs `chromium` and `npm ci` in tests/web
+//! (scripts/install-deps does both).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step should fail the test loudly"
+)]
+
+mod e2e_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use e2e_support::*;
+use serde_json::{Value, json};
+use sitegate::clock::rfc3339;
+use sitegate::grants::{Kind, fleet};
+use sitegate::modbus::profile::RegKind;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The whole browser run is bounded by this.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+fn members() -> Vec<Member> {
+    vec![
+        Member {
+            user: "vera",
+            role: "viewer",
+            scope: json!({"site": SITE}),
+            grant: "g-viewer",
+        },
+        Member {
+            user: "carl",
+            role: "control-only",
+            scope: json!({"unit": "hvac-1"}),
+            grant: "g-carl-hvac",
+        },
+        Member {
+            user: "carl",
+            role: "control-only",
+            scope: json!({"unit": "gen-1"}),
+            grant: "g-carl-gen",
+        },
+        Member {
+            user: "tess",
+            role: "technician",
+            scope: json!({"site": SITE}),
+            grant: "g-tech",
+        },
+        Member {
+            user: "ada",
+            role: "admin",
+            scope: json!({"site": SITE}),
+            grant: "g-admin",
+        },
+    ]
+}
+
+/// A fleet-signed installer token (technician on the whole site for a day).
+fn installer_token() -> Vec<u8> {
+    let now = time::OffsetDateTime::now_utc();
+    let t = json!({
+        "site": SITE,
+        "issued_at": rfc3339(now - time::Duration::minutes(1)),
+        "user": {"id": "ivo", "email": "ivo@example.com", "name": "Ivo Installer", "active": true},
+        "grant": {"id": "g-ivo", "user": "ivo", "role": "technician", "scope": {"site": SITE},
+                  "expires_at": rfc3339(now + time::Duration::days(1))}
+    });
+    fleet::sign(
+        Kind::Token,
+        KID,
+        &fleet_key(),
+        &serde_json::to_vec(&t).unwrap(),
+    )
+}
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
+}
+
+/// Answers one request of the Node script.
+async fn handle(s: &Site, req: &Value) -> Value {
+    match req["cmd"].as_str().unwrap_or_default() {
+        "reset_writes" => {
+            s.sim.reset_stats();
+            json!({"ok": true})
+        }
+        "writes" => {
+            let w: Vec<Value> = s
+                .sim
+                .stats()
+                .writes
+                .iter()
+                .map(|w| {
+                    json!({"slave": w.slave, "function": w.function, "address": w.address,
+                           "values": w.values})
+                })
+                .collect();
+            json!({ "writes": w })
+        }
+        "set_register" => {
+            let ok = s.sim.set_register(
+                u8::try_from(req["slave"].as_u64().unwrap()).unwrap(),
+                RegKind::Holding,
+                u16::try_from(req["address"].as_u64().unwrap()).unwrap(),
+                u16::try_from(req["value"].as_u64().unwrap()).unwrap(),
+            );
+            json!({ "ok": ok })
+        }
+        "silence" => {
+            let slave = u8::try_from(req["slave"].as_u64().unwrap()).unwrap();
+            s.sim.set_fault(
+                Some(slave),
+                sitegate::sim::Fault {
+                    drop: true,
+                    ..Default::default()
+                },
+            );
+            json!({"ok": true})
+        }
+        "heal" => {
+            s.sim.clear_faults();
+            json!({"ok": true})
+        }
+        "revoke" => {
+            let revoked: Vec<String> = req["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().unwrap().to_string())
+                .collect();
+            let revoked: Vec<&str> = revoked.iter().map(String::as_str).collect();
+            s.apply(bundle(2, &members(), &revoked)).await;
+            json!({"ok": true})
+        }
+        other => panic!("unknown request from the browser test: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their_access() {
+    let dir = web_dir();
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run scripts/install-deps"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").exists()
+            && dir.join("node_modules/axe-core").exists(),
+        "tests/web/node_modules is missing: run scripts/install-deps (npm ci in tests/web)"
+    );
+    let s = Site::start_with_clock("tls", "", false).await;
+    s.apply(bundle(1, &members(), &[])).await;
+    let origin = format!("https://{}", s.daemon.api_addr);
+    // scripts/bench points this at its results directory; screenshots and metrics land there.
+    let out = std::env::var_os("SITEGATE_WEB_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("web"));
+    std::fs::create_dir_all(&out).unwrap();
+    let token_file = out.join("installer.token");
+    std::fs::write(&token_file, installer_token()).unwrap();
+
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join("app.test.mjs"))
+        .env("SITEGATE_ORIGIN", &origin)
+        .env("SITEGATE_PASSWORD", PASSWORD)
+        .env("SITEGATE_WEB_OUT", &out)
+        .env("SITEGATE_INSTALLER_TOKEN", &token_file)
+        .env(
+            "SITEGATE_BUILD",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "optimized"
+            },
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let req: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("browser test sent `{line}`: {e}"));
+            let resp = handle(&s, &req).await;
+            stdin
+                .write_all(format!("{resp}\n").as_bytes())
+                .await
+                .unwrap();
+            stdin.flush().await.unwrap();
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("the browser test did not finish in time");
+    assert!(status.success(), "browser test failed: {status}");
+    let metrics = std::fs::read_to_string(out.join("metrics.json")).unwrap();
+    eprintln!("web metrics: {metrics}");
+    s.stop().await;
+}
+
+/// Reads server-sent events from `resp` until one named `want` arrives (bounded by a timeout);
+/// returns its data.
+async fn next_event(resp: &mut reqwest::Response, buf: &mut String, want: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut name = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = if n.trim() == want { want } else { "other" };
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            if name == want {
+                return data;
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no `{want}` event within 5 s"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("stream closed before a `{want}` event"));
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+fn unit_ids(data: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(data).unwrap();
+    v["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unit_stream_drops_a_revoked_unit_on_its_next_message_and_ends_at_logout() {
+    let s = Site::start_with_clock("plain", "", false).await;
+    s.apply(bundle(1, &members(), &[])).await;
+    let token = s.login("carl").await;
+    let mut resp = s
+        .http
+        .get(format!("{}/units/stream", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut buf = String::new();
+    let first = next_event(&mut resp, &mut buf, "units").await;
+    assert_eq!(unit_ids(&first), vec!["gen-1", "hvac-1"]);
+    let v: Value = serde_json::from_str(&first).unwrap();
+    let hvac = &v["units"][1];
+    assert_eq!(hvac["capabilities"], json!(["view", "control"]));
+    let setpoint = hvac["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "setpoint")
+        .unwrap();
+    assert_eq!(setpoint["writable"], json!(true));
+
+    s.apply(bundle(2, &members(), &["g-carl-hvac"])).await;
+    let next = next_event(&mut resp, &mut buf, "units").await;
+    assert_eq!(unit_ids(&next), vec!["gen-1"]);
+
+    let out = s
+        .http
+        .delete(format!("{}/session", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let end = next_event(&mut resp, &mut buf, "end").await;
+    assert_eq!(end, r#"{"error":"unauthenticated"}"#);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_its_assets_carry_the_page_policy_and_the_api_keeps_its_own() {
+    let s = Site::start("plain", "").await;
+    let root = s.base.trim_end_matches("/api/v1").to_string();
+    let page = s.http.get(format!("{root}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert_eq!(csp, sitegate::api::web::PAGE_CSP);
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let html = page.text().await.unwrap();
+    let js = html
+        .split('"')
+        .find(|p| p.starts_with("/assets/app.") && p.ends_with(".js"))
+        .unwrap()
+        .to_string();
+    let asset = s.http.get(format!("{root}{js}")).send().await.unwrap();
+    assert_eq!(asset.status(), 200);
+    assert_eq!(
+        asset.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(
+        asset.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let missing = s
+        .http
+        .get(format!("{root}/assets/app.000000000000.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let api = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api.headers()["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+    assert_eq!(api.headers()["cache-control"], "no-store");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_changing_route_refuses_the_cookie_without_the_csrf_token() {
+    let s = Site::start("plain", "").await;
+    s.apply(bundle(1, &members(), &[])).await;
+    let root = s.base.trim_end_matches("/api/v1").to_string();
+    let login = s
+        .http
+        .post(format!("{root}/web/session"))
+        .json(&json!({"email": email("ada"), "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 201);
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(flag), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let body: Value = login.json().await.unwrap();
+    assert!(body.get("token").is_none(), "{body}");
+    let csrf = body["csrf_token"].as_str().unwrap().to_string();
+
+    s.sim.reset_stats();
+    let mut checked = 0;
+    for def in sitegate::api::ROUTES {
+        if def.method == reqwest::Method::GET
+            || def.path == "/api/v1/session" && def.method == reqwest::Method::POST
+        {
+            continue;
+        }
+        let path = def
+            .path
+            .replace("{unit}", "hvac-1")
+            .replace("{point}", "setpoint")
+            .replace("{command}", "reset_filter")
+            .replace("{id}", "g-viewer");
+        let url = format!("{root}{path}");
+        for (label, token) in [("no token", None), ("wrong token", Some("x".repeat(43)))] {
+            let mut req = s
+                .http
+                .request(def.method.clone(), &url)
+                .header("cookie", &cookie)
+                .json(&json!({"value": 21.5}));
+            if let Some(t) = &token {
+                req = req.header("x-csrf-token", t);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let b: Value = r.json().await.unwrap();
+            assert_eq!(
+                (status, b["error"].as_str()),
+                (403, Some("csrf_failed")),
+                "{} {path} with {label}: {b}",
+                def.method
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} state-changing routes");
+    assert!(s.sim.stats().writes.is_empty());
+
+    // With the token the same cookie works, and a bearer client needs none.
+    let r = s
+        .http
+        .put(format!("{root}/api/v1/units/hvac-1/points/setpoint"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"value": 21.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bearer = s.login("ada").await;
+    let r = s
+        .http
+        .put(format!("{root}/api/v1/units/hvac-1/points/setpoint"))
+        .bearer_auth(&bearer)
+        .json(&json!({"value": 22.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.sim.stats().writes.len(), 2);
+
+    // Logout through the page's route clears the cookie and ends the session.
+    let out = s
+        .http
+        .delete(format!("{root}/web/session"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = s
+        .http
+        .get(format!("{root}/api/v1/units"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+    s.stop().await;
+}
