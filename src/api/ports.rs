@@ -346,7 +346,11 @@ pub enum ReadError {
     UnknownUnit,
     #[error("the unit did not answer in time")]
     Timeout,
-    /// Modbus exception (e.g. `illegal data address`).
+    /// Modbus exception 1–3 (`illegal function`, `illegal data address`, `illegal data value`):
+    /// the device refused the request itself, e.g. a raw read of an address it does not have.
+    #[error("the device refused the request: {0}")]
+    Refused(String),
+    /// Any other Modbus exception (e.g. `server device failure`).
     #[error("device exception: {0}")]
     Exception(String),
     #[error("link error: {0}")]
