@@ -156,8 +156,8 @@ def contract_document(doc, base, names):
 def main():
     if len(sys.argv) < 3:
         fail(__doc__)
-    binary, st = sys.argv[1], sys.argv[2]
-    out = pathlib.Path(sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="contract-"))
+    binary, st = (str(pathlib.Path(a).resolve()) for a in sys.argv[1:3])
+    out = pathlib.Path(sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="contract-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     examples = int(os.environ.get("SITEGATE_CONTRACT_EXAMPLES", "25"))
     secs = int(os.environ.get("SITEGATE_CONTRACT_SECS", "50"))

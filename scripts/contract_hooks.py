@@ -26,6 +26,8 @@ def _int(v, lo, hi):
 
 
 def breaks_a_cross_parameter_rule(query):
+    if any(not isinstance(v, (str, int)) for v in query.values()):
+        return False  # a repeated or structured parameter: a negative case, keep it
     kind, address, count = query.get("kind"), query.get("address"), query.get("count")
     valid_kind = kind is None or kind in KINDS
     a = None if address is None else _int(address, 0, 65535)
