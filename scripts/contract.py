@@ -110,12 +110,16 @@ class Api:
         """The daemon's own request counter, summed by status (excluding /metrics itself)."""
         _, raw = self.call("GET", "/metrics", token)
         out = {}
-        pat = re.compile(r'^sitegate_http_requests_total\{route="([^"]*)",method="[^"]*",status="(\d+)"\} (\d+)')
+        pat = re.compile(r'^sitegate_http_requests_total\{route="([^"]*)",method="([^"]*)",status="(\d+)"\} (\d+)')
         for line in raw.decode().splitlines():
             if m := pat.match(line):
-                if m.group(1).endswith("/metrics"):
+                route, method, status, n = m.groups()
+                if route.endswith("/metrics"):
                     continue
-                out[m.group(2)] = out.get(m.group(2), 0) + int(m.group(3))
+                out[status] = out.get(status, 0) + int(n)
+                if status.startswith("2"):
+                    key = f"{method} {route.removeprefix('/api/v1')} {status}"
+                    out[key] = out.get(key, 0) + int(n)
         return out
 
 
@@ -123,6 +127,18 @@ def enum_param(op, name, values):
     for p in op.get("parameters", []):
         if p.get("name") == name and p.get("in") == "path":
             p["schema"] = {"type": "string", "enum": sorted(set(values))}
+
+
+def value_schema(point):
+    """What a valid `value` of a writable point looks like (from its own description)."""
+    if point.get("type") == "bool":
+        return {"type": "boolean"}
+    labels = point.get("enum_labels") or []
+    if labels:
+        return {"enum": sorted({str(v["label"]) for v in labels}) + sorted({v["value"] for v in labels})}
+    if "min" in point and "max" in point:
+        return {"type": "integer", "minimum": point["min"], "maximum": point["max"]}
+    return {"type": "integer"}
 
 
 def contract_document(doc, base, names):
@@ -142,6 +158,10 @@ def contract_document(doc, base, names):
     # 422 `unknown_user`). Access requests keep the document's scope: any well-formed id is
     # accepted there by design (the cloud resolves it), so the real names are no stricter limit.
     schemas = d["components"]["schemas"]
+    # A write's `value` is any JSON in the document (its point decides): offer values valid for
+    # some writable point, so that writes with the right point succeed.
+    unique = {json.dumps(v, sort_keys=True): v for v in names["values"]}
+    schemas["WriteRequest"]["properties"]["value"] = {"anyOf": list(unique.values())}
     scope = copy.deepcopy(schemas["Scope"])
     for key, values in (("site", [names["site"]]), ("group", names["groups"]), ("unit", names["units"])):
         if values:
@@ -171,7 +191,7 @@ def main():
             tokens[role] = api.json("POST", "/session", body={"email": email, "password": password}, want=201)["token"]
         admin = tokens["admin"]
         units = api.json("GET", "/units", admin)["units"]
-        names = {"site": None, "units": [], "points": [], "commands": [], "groups": [], "lockouts": ["no-such-lockout"],
+        names = {"site": None, "units": [], "points": [], "commands": [], "groups": [], "lockouts": ["no-such-lockout"], "values": [],
                  "emails": [e for e, _ in info["users"].values()] + ["nobody@demo.local"]}
         me = api.json("GET", "/me", admin)
         for g in me.get("grants", []):
@@ -183,6 +203,7 @@ def main():
                 names["groups"].append(u["group"])
             detail = api.json("GET", f"/units/{u['id']}", admin)
             names["points"] += [p["name"] for p in detail.get("points", [])]
+            names["values"] += [value_schema(p) for p in detail.get("points", []) if p.get("write")]
             names["commands"] += [c["name"] if isinstance(c, dict) else c for c in detail.get("commands", [])]
         names["grants"] = [g["id"] for g in api.json("GET", "/grants", admin)["grants"]] + ["g-none"]
         for role in ROLES:
@@ -222,8 +243,11 @@ def main():
             rc = subprocess.call(cmd, env=env, cwd=out)
             took = time.monotonic() - started
             after = api.requests_by_status(admin)
-            delta = {s: after.get(s, 0) - before.get(s, 0) for s in sorted(after) if after.get(s, 0) != before.get(s, 0)}
+            changed = {s: after.get(s, 0) - before.get(s, 0) for s in sorted(after) if after.get(s, 0) != before.get(s, 0)}
+            delta = {s: n for s, n in changed.items() if " " not in s}
+            successes = {s: n for s, n in changed.items() if " " in s}
             total = sum(delta.values())
+            print(f"contract: {role}: successes by route: {successes}", flush=True)
             results.append((role, rc, total, delta, took))
             print(f"contract: {role}: exit {rc}, {total} requests in {took:.0f} s, by status {delta}", flush=True)
         print("contract summary:")

@@ -513,9 +513,9 @@ pub trait UnitsPort: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegateRequest {
-    /// The grantee's login email; a local user is created when unknown (independent sites).
+    /// The grantee's login email: an existing user of the site (accounts come from the cloud).
     pub email: String,
-    /// Display name for a new user.
+    /// Accepted and not used: the user's name comes from the cloud's bundle.
     #[serde(default)]
     pub name: Option<String>,
     /// Initial password for a new local user (hashed by the engine, never logged).
