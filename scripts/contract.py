@@ -162,6 +162,18 @@ def contract_document(doc, base, names):
     # some writable point, so that writes with the right point succeed.
     unique = {json.dumps(v, sort_keys=True): v for v in names["values"]}
     schemas["WriteRequest"]["properties"]["value"] = {"anyOf": list(unique.values())}
+    # And one concrete operation per writable point, its `value` as that point takes it, so that
+    # most schema-valid writes are ones the point accepts (and reach the simulator).
+    template = d["paths"]["/units/{unit}/points/{point}"]["put"]
+    for unit, point, value in names["writable"]:
+        op = copy.deepcopy(template)
+        op["operationId"] = f"writePoint-{unit}-{point}"
+        op["parameters"] = [p for p in op.get("parameters", []) if p.get("in") != "path"]
+        op["requestBody"]["content"]["application/json"]["schema"] = {
+            "type": "object", "required": ["value"], "additionalProperties": False,
+            "properties": {"value": value},
+        }
+        d["paths"][f"/units/{unit}/points/{point}"] = {"put": op}
     scope = copy.deepcopy(schemas["Scope"])
     for key, values in (("site", [names["site"]]), ("group", names["groups"]), ("unit", names["units"])):
         if values:
@@ -191,7 +203,7 @@ def main():
             tokens[role] = api.json("POST", "/session", body={"email": email, "password": password}, want=201)["token"]
         admin = tokens["admin"]
         units = api.json("GET", "/units", admin)["units"]
-        names = {"site": None, "units": [], "points": [], "commands": [], "groups": [], "lockouts": ["no-such-lockout"], "values": [],
+        names = {"site": None, "units": [], "points": [], "commands": [], "groups": [], "lockouts": ["no-such-lockout"], "values": [], "writable": [],
                  "emails": [e for e, _ in info["users"].values()] + ["nobody@demo.local"]}
         me = api.json("GET", "/me", admin)
         for g in me.get("grants", []):
@@ -204,6 +216,7 @@ def main():
             detail = api.json("GET", f"/units/{u['id']}", admin)
             names["points"] += [p["name"] for p in detail.get("points", [])]
             names["values"] += [value_schema(p) for p in detail.get("points", []) if p.get("write")]
+            names["writable"] += [(u["id"], p["name"], value_schema(p)) for p in detail.get("points", []) if p.get("write")]
             names["commands"] += [c["name"] if isinstance(c, dict) else c for c in detail.get("commands", [])]
         names["grants"] = [g["id"] for g in api.json("GET", "/grants", admin)["grants"]] + ["g-none"]
         for role in ROLES:
