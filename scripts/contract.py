@@ -132,13 +132,17 @@ def enum_param(op, name, values):
 def value_schema(point):
     """What a valid `value` of a writable point looks like (from its own description)."""
     if point.get("type") == "bool":
-        return {"type": "boolean"}
+        if point.get("max") is not None and point["max"] < 1:
+            return {"enum": [False, 0]}
+        if point.get("min") is not None and point["min"] > 0:
+            return {"enum": [True, 1]}
+        return {"anyOf": [{"type": "boolean"}, {"enum": [0, 1]}]}
     labels = point.get("enum_labels") or []
     if labels:
         return {"enum": sorted({str(v["label"]) for v in labels}) + sorted({v["value"] for v in labels})}
     if "min" in point and "max" in point:
-        return {"type": "integer", "minimum": point["min"], "maximum": point["max"]}
-    return {"type": "integer"}
+        return {"type": "number", "minimum": point["min"], "maximum": point["max"]}
+    return {"type": "number"}
 
 
 def contract_document(doc, base, names):
