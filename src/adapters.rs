@@ -551,6 +551,9 @@ fn read_error(e: modbus::EngineError) -> ReadError {
     match e {
         E::UnknownUnit(_) => ReadError::UnknownUnit,
         E::Modbus(M::Timeout) => ReadError::Timeout,
+        E::Modbus(M::Exception(c @ 1..=3)) => {
+            ReadError::Refused(modbus::link::exception_name(c).to_string())
+        }
         E::Modbus(M::Exception(c)) => {
             ReadError::Exception(modbus::link::exception_name(c).to_string())
         }

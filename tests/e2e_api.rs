@@ -906,3 +906,67 @@ async fn a_technician_cannot_take_a_unit_away_from_the_admin_over_the_api() {
     assert_eq!(r.status, 200, "{}", r.body);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_read_of_a_register_the_unit_does_not_have_is_422_device_refused_not_a_502() {
+    let s = site().await;
+    let t = s.login("tess").await;
+    let ok = get(
+        &s,
+        "/units/hvac-1/diagnostics?kind=holding&address=2&count=1",
+        &t,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.body["raw"]["count"], json!(1), "{}", ok.body);
+    let r = get(
+        &s,
+        "/units/hvac-1/diagnostics?kind=holding&address=60000&count=1",
+        &t,
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["error"], "device_refused", "{}", r.body);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_filter_is_limited_to_64_characters_not_64_bytes() {
+    let s = site().await;
+    let t = s.login("ada").await;
+    let at_limit = "%C3%A9".repeat(64);
+    let r = get(&s, &format!("/audit?actor={at_limit}"), &t).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["records"], json!([]), "{}", r.body);
+    let r = get(&s, &format!("/audit?actor={at_limit}%C3%A9"), &t).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"], "invalid_query", "{}", r.body);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_installer_token_fits_the_body_limit_even_fully_escaped() {
+    let s = site().await;
+    // 10,240 characters, each sent as a 6-byte `\u0041` escape: 61,452 bytes of body.
+    let body = format!("{{\"token\":\"{}\"}}", "\\u0041".repeat(10 * 1024));
+    assert!(body.len() < 64 * 1024);
+    let post = |body: String| {
+        s.http
+            .post(format!("{}/session", s.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = post(body).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_credentials", "{v}");
+    // One character more, or a character outside printable ASCII: the same 401.
+    for token in ["A".repeat(10 * 1024 + 1), "é".to_string()] {
+        let r = post(json!({ "token": token }).to_string()).await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_credentials", "{v}");
+    }
+    s.stop().await;
+}

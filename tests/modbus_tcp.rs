@@ -121,7 +121,32 @@ async fn a_write_is_validated_before_the_bus_then_written_and_read_back() {
     // The cache follows the read-back at once.
     assert_eq!(value(&h, "ac", "setpoint").unwrap().0, json!(21.5));
 
-    // The unit ignores an attempt to set the filter sign: read-back shows the mismatch.
+    // The profile bounds the filter sign to `false` (the unit only lets it be cleared): `true`
+    // is refused before the bus.
+    s.reset_stats();
+    let e = h
+        .engine
+        .write_point(&ac, "filter_sign", json!(true))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, WriteError::Invalid { .. }), "{e:?}");
+    assert!(
+        s.stats().writes_to(2).is_empty(),
+        "no write reached the unit"
+    );
+    h.shutdown().await;
+
+    // Without that bound, the unit ignores the attempt: read-back shows the mismatch.
+    let dir = tempfile::tempdir().unwrap();
+    let open = include_str!("../config/profiles/coolmaster-va.toml")
+        .replace("name = \"coolmaster-va\"", "name = \"open-filter\"")
+        .replace("max = 0.0\n", "");
+    std::fs::write(dir.path().join("open-filter.toml"), open).unwrap();
+    let h = Harness::start(
+        &[tcp_link("bus", s.addr.unwrap(), 500)],
+        &[unit("ac", "bus", 2, "open-filter", 200)],
+        ProfileRegistry::load(Some(dir.path())).unwrap(),
+    );
     let out = h
         .engine
         .write_point(&ac, "filter_sign", json!(true))

@@ -548,4 +548,102 @@ mod tests {
             );
         }
     }
+
+    /// Whether a JSON-schema `pattern` admits only ASCII: bracket expressions (not negated)
+    /// joined by anchors and quantifiers, nothing else.
+    fn ascii_only(pattern: &str) -> bool {
+        let mut in_class = false;
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            if in_class {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    ']' => in_class = false,
+                    _ if !c.is_ascii() => return false,
+                    _ => {}
+                }
+            } else {
+                match c {
+                    '[' if chars.peek() != Some(&'^') => in_class = true,
+                    '^' | '$' | '*' | '+' | '?' | '{' | '}' | ',' | '0'..='9' => {}
+                    _ => return false,
+                }
+            }
+        }
+        !in_class
+    }
+
+    /// The longest JSON text a schema admits with every string written as `\\uXXXX` escapes
+    /// (12 bytes a character unless the pattern keeps it ASCII, then 6), or `None` when unbounded.
+    fn worst_bytes(doc: &serde_json::Value, schema: &serde_json::Value) -> Option<usize> {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/");
+            return worst_bytes(doc, &doc["components"]["schemas"][name]);
+        }
+        if let Some(alts) = schema["oneOf"].as_array() {
+            return alts
+                .iter()
+                .map(|a| worst_bytes(doc, a))
+                .try_fold(0, |m, w| w.map(|w| m.max(w)));
+        }
+        if let Some(values) = schema["enum"].as_array() {
+            return Some(
+                values
+                    .iter()
+                    .map(|v| v.to_string().len() * 6)
+                    .max()
+                    .unwrap_or(0),
+            );
+        }
+        match schema["type"].as_str() {
+            Some("object") => {
+                let props = schema["properties"].as_object()?;
+                let mut n = 2;
+                for (k, v) in props {
+                    n += k.len() * 6 + 4 + worst_bytes(doc, v)?;
+                }
+                Some(n)
+            }
+            Some("string") if schema["format"] == "date-time" => Some(40 * 6),
+            Some("string") => {
+                let max = usize::try_from(schema["maxLength"].as_u64()?).ok()?;
+                let ascii = schema["pattern"].as_str().is_some_and(ascii_only);
+                Some(2 + max * if ascii { 6 } else { 12 })
+            }
+            Some("integer" | "number") => Some(32),
+            Some("boolean") => Some(5),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_bounded_request_body_the_document_allows_fits_the_default_body_limit_escaped() {
+        assert!(ascii_only("^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"));
+        assert!(!ascii_only("^[^x]*$"));
+        assert!(!ascii_only("^.*$"));
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let limit = usize::try_from(crate::config::RawApi::default().max_body_bytes).unwrap();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+                if schema.is_null() {
+                    continue;
+                }
+                // A body with an unbounded member (a point write's `value`) is bounded by the
+                // limit alone, and its operation documents the 413.
+                if let Some(worst) = worst_bytes(&doc, schema) {
+                    checked += 1;
+                    assert!(
+                        worst <= limit,
+                        "{method} {path}: a body the document allows can take {worst} bytes, \
+                         more than the {limit}-byte body limit"
+                    );
+                }
+            }
+        }
+        assert!(checked >= 3, "only {checked} bodies checked");
+    }
 }

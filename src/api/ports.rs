@@ -338,7 +338,11 @@ pub enum ReadError {
     UnknownUnit,
     #[error("the unit did not answer in time")]
     Timeout,
-    /// Modbus exception (e.g. `illegal data address`).
+    /// Modbus exception 1–3 (`illegal function`, `illegal data address`, `illegal data value`):
+    /// the device refused the request itself, e.g. a raw read of an address it does not have.
+    #[error("the device refused the request: {0}")]
+    Refused(String),
+    /// Any other Modbus exception (e.g. `server device failure`).
     #[error("device exception: {0}")]
     Exception(String),
     #[error("link error: {0}")]
@@ -507,9 +511,9 @@ pub trait UnitsPort: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegateRequest {
-    /// The grantee's login email; a local user is created when unknown (independent sites).
+    /// The grantee's login email: an existing user of the site (accounts come from the cloud).
     pub email: String,
-    /// Display name for a new user.
+    /// Accepted and not used: the user's name comes from the cloud's bundle.
     #[serde(default)]
     pub name: Option<String>,
     /// Initial password for a new local user (hashed by the engine, never logged).

@@ -153,6 +153,20 @@ pub fn encode(p: &Point, v: &Value) -> Result<Encoded, ValueError> {
                 });
             }
         };
+        // A profile may bound a bool point (e.g. `max = 0`: only `false` resets a sign): a value
+        // the device would not keep is refused here, not found out as a read-back mismatch.
+        let x = f64::from(u8::from(b));
+        if p.min.is_some_and(|lo| x < lo) || p.max.is_some_and(|hi| x > hi) {
+            let expected = if b {
+                "false, the only value this point takes"
+            } else {
+                "true, the only value this point takes"
+            };
+            return Err(ValueError::Type {
+                expected,
+                got: kind_name(v),
+            });
+        }
         return Ok(if p.kind.is_bit() {
             Encoded::Bit(b)
         } else {
@@ -321,6 +335,27 @@ labels = { 1 = "not_active", 2 = "warning" }
         let p = prof();
         let (v, q) = decode(p.point("t").unwrap(), &Raw::Words(&[0x7FFC]));
         assert_eq!((v, q), (Value::Null, Quality::OpenCircuit));
+    }
+
+    #[test]
+    fn a_bool_point_bounded_to_false_refuses_true_before_the_bus() {
+        let p = Profile::parse(
+            "name=\"t\"\n[[points]]\nname=\"sign\"\nkind=\"holding\"\naddress=4\ntype=\"bool\"\n\
+             write=\"control\"\nmax=0.0\n",
+        )
+        .unwrap();
+        let sign = p.point("sign").unwrap();
+        assert_eq!(
+            encode(sign, &json!(false)).unwrap(),
+            Encoded::Words(vec![0])
+        );
+        assert_eq!(encode(sign, &json!(0)).unwrap(), Encoded::Words(vec![0]));
+        for v in [json!(true), json!(1)] {
+            assert!(
+                matches!(encode(sign, &v), Err(ValueError::Type { expected, .. }) if expected.starts_with("false")),
+                "{v}"
+            );
+        }
     }
 
     #[test]
