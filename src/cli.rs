@@ -94,6 +94,15 @@ fn env(k: &str) -> Option<String> {
 
 /// Loads the config or prints its problems; `Err` carries the exit code.
 pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
+    read_config(path).map_err(|text| {
+        eprint!("{text}");
+        EX_CONFIG
+    })
+}
+
+/// Loads and validates the config; `Err` is the text listing every problem, one per line
+/// (what `check-config` prints; a configuration reload audits it).
+pub fn read_config(path: &std::path::Path) -> Result<Config, String> {
     let profiles = crate::app::profile_names(None);
     match Config::load(path, &|p| profiles.contains(p)) {
         Ok(c) => {
@@ -103,44 +112,33 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
                 if let Err(problems) =
                     crate::modbus::ProfileRegistry::load(c.profiles_dir.as_deref())
                 {
-                    for m in problems {
-                        eprintln!("{}: profiles: {m}", path.display());
-                    }
-                    return Err(EX_CONFIG);
+                    return Err(problems
+                        .iter()
+                        .map(|m| format!("{}: profiles: {m}\n", path.display()))
+                        .collect());
                 }
                 let more = crate::app::profile_names(c.profiles_dir.as_deref());
-                let c = Config::load(path, &|p| more.contains(p)).map_err(|e| {
-                    eprint!("{e}");
-                    EX_CONFIG
-                })?;
+                let c = Config::load(path, &|p| more.contains(p)).map_err(|e| e.to_string())?;
                 return check_unit_placement(path, c);
             }
             check_unit_placement(path, c)
         }
-        Err(e) => {
-            eprint!("{e}");
-            Err(EX_CONFIG)
-        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
 /// Units against their profiles: VAs, base offsets, units sharing a slave id without overlap.
-fn check_unit_placement(path: &std::path::Path, c: Config) -> Result<Config, i32> {
+fn check_unit_placement(path: &std::path::Path, c: Config) -> Result<Config, String> {
     let Ok(reg) = crate::modbus::ProfileRegistry::load(c.profiles_dir.as_deref()) else {
         return Ok(c);
     };
     match c.check_profiles(&reg) {
         Ok(()) => Ok(c),
-        Err(problems) => {
-            eprint!(
-                "{}",
-                crate::config::ConfigError {
-                    file: Some(path.to_path_buf()),
-                    problems,
-                }
-            );
-            Err(EX_CONFIG)
+        Err(problems) => Err(crate::config::ConfigError {
+            file: Some(path.to_path_buf()),
+            problems,
         }
+        .to_string()),
     }
 }
 
