@@ -40,10 +40,15 @@ pub enum Command {
     ApiCert {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Extra subject name (DNS name or IP address) for a new certificate, e.g. the box's LAN
-        /// address; repeatable. Ignored when the certificate already exists.
+        /// Extra subject name (DNS name or IP address) for the certificate, besides the host
+        /// name, `<host>.local` and the LAN addresses; repeatable. A self-made certificate
+        /// missing one of them is made again.
         #[arg(long = "name")]
         names: Vec<String>,
+        /// Make a new self-signed certificate even if one exists (a new fingerprint). Refused
+        /// for a certificate sitegate did not make.
+        #[arg(long)]
+        renew: bool,
     },
     /// Print the version and build details.
     Version,
@@ -195,12 +200,16 @@ pub fn run(cli: Cli) -> i32 {
             }
             Err(code) => code,
         },
-        Command::ApiCert { config, names } => {
+        Command::ApiCert {
+            config,
+            names,
+            renew,
+        } => {
             let cfg = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            api_cert(&cfg, &names)
+            api_cert(&cfg, &names, renew)
         }
         Command::Run { config } => {
             let cfg = match load_config(&config) {
@@ -214,7 +223,7 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 /// `sitegate api-cert`: ensure the API certificate and print its fingerprint.
-fn api_cert(cfg: &Config, names: &[String]) -> i32 {
+fn api_cert(cfg: &Config, names: &[String], renew: bool) -> i32 {
     use crate::config::ApiMode;
     let res = match &cfg.api.mode {
         ApiMode::Plain => {
@@ -226,11 +235,24 @@ fn api_cert(cfg: &Config, names: &[String]) -> i32 {
         ApiMode::Tls {
             cert: Some(c),
             key: Some(k),
-        } => crate::tls::load(c, k),
+        } => {
+            if renew || !names.is_empty() {
+                eprintln!(
+                    "error: the LAN API uses the configured certificate `{}`; sitegate never replaces it",
+                    c.display()
+                );
+                return 1;
+            }
+            crate::tls::load(c, k)
+        }
         ApiMode::Tls { .. } => {
             let mut all = crate::tls::default_names();
             all.extend(names.iter().cloned());
-            crate::tls::ensure_self_signed(&cfg.state_dir, &all)
+            if renew {
+                crate::tls::renew(&cfg.state_dir, &all)
+            } else {
+                crate::tls::ensure_self_signed(&cfg.state_dir, &all)
+            }
         }
     };
     match res {
