@@ -77,6 +77,11 @@ pub enum Command {
     /// Provision this box: site and gateway ids, cloud trust keys, device key, TLS certificate,
     /// config (refuses to replace a provisioned box without --force).
     Provision(crate::provision::ProvisionArgs),
+    /// Write the config, database (consistent online copy), device key and TLS pair to one
+    /// archive (mode 0600).
+    Backup(crate::backup::BackupArgs),
+    /// Restore a `sitegate backup` archive: config, state dir (0700), database and keys (0600).
+    Restore(crate::backup::RestoreArgs),
     /// Run a complete demo site on loopback: simulated units, four users, the LAN API.
     Demo(crate::demo::DemoArgs),
     /// See and clear login throttles and lockouts on this box (audited).
@@ -171,6 +176,8 @@ pub fn run(cli: Cli) -> i32 {
             logging::init(cli.log_format, "error", &env);
             crate::modbus::tools::scan(args)
         }
+        Command::Backup(args) => crate::backup::run_backup(&args),
+        Command::Restore(args) => crate::backup::run_restore(&args),
         Command::Provision(args) => {
             logging::init(cli.log_format, "warn", &env);
             crate::provision::run_cli(args)
