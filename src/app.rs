@@ -56,7 +56,8 @@ pub fn profile_names(dir: Option<&Path>) -> HashSet<String> {
     }
 }
 
-/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code. SIGHUP reloads the config
+/// (see [`reload`]).
 pub fn run_daemon(cfg: Config) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,10 +81,16 @@ pub fn run_daemon(cfg: Config) -> i32 {
             }
         };
         let mut cfg = cfg;
+        let mut listener = None;
         loop {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
-            let start = Daemon::start(cfg.clone(), Arc::new(SystemClock), notifier.clone());
-            let daemon = tokio::select! {
+            let start = Daemon::start_on(
+                cfg.clone(),
+                Arc::new(SystemClock),
+                notifier.clone(),
+                listener,
+            );
+            let mut daemon = tokio::select! {
                 res = start => match res {
                     Ok(d) => d,
                     Err(e) => {
@@ -97,16 +104,25 @@ pub fn run_daemon(cfg: Config) -> i32 {
                     return 0;
                 }
             };
-            // A box provisioned through the first-boot setup endpoint stops its setup server
-            // and starts again on the configuration that setup wrote.
-            let restart = tokio::select! {
-                _ = signals.wait() => false,
-                _ = daemon.stopped() => true,
-            };
-            let code = daemon.stop(!restart).await;
-            if !restart {
-                return code;
+            loop {
+                // A box provisioned through the first-boot setup endpoint stops its setup
+                // server and starts again on the configuration that setup wrote.
+                let sig = tokio::select! {
+                    s = signals.next() => Some(s),
+                    _ = daemon.stopped() => None,
+                };
+                match sig {
+                    Some(Sig::Stop) => return daemon.stop(true).await,
+                    Some(Sig::Reload) => match reload(daemon, cfg, &notifier).await {
+                        Ok((d, c)) => (daemon, cfg) = (d, c),
+                        Err(code) => return code,
+                    },
+                    None => break,
+                }
             }
+            let old_listen = cfg.api.listen;
+            let kept = daemon.listener.as_ref().and_then(|l| l.try_clone().ok());
+            daemon.stop(false).await;
             let Some(source) = cfg.source.clone() else {
                 return 1;
             };
@@ -114,11 +130,161 @@ pub fn run_daemon(cfg: Config) -> i32 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Keep the socket when setup left the listen address as it was.
+            listener = kept.filter(|_| cfg.api.listen == old_listen);
             tracing::info!("provisioned; starting with the new configuration");
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// `systemctl reload` (SIGHUP): re-reads the config file. A config that fails validation, or
+/// that changes what only a restart can change (site identity, state dir, listen address), is
+/// refused — logged and audited as `config_reload_refused` — and the running daemon is kept.
+/// Otherwise the engines (links, units, profiles, MQTT, API settings) are stopped and started
+/// again on the new config while the API's listening socket stays open; sessions, grants and
+/// the MQTT outbox live in the database and carry over. Audited as `config_reloaded`.
+/// `Err` is an exit code: the new config failed to start and the old one then failed too.
+async fn reload(daemon: Daemon, cfg: Config, notifier: &Notifier) -> Result<(Daemon, Config), i32> {
+    tracing::info!("received SIGHUP; reloading the configuration");
+    let Some(source) = cfg.source.clone() else {
+        tracing::warn!("the configuration was not read from a file; nothing to reload");
+        return Ok((daemon, cfg));
+    };
+    let path = source.clone();
+    let read = tokio::task::spawn_blocking(move || crate::cli::read_config(&path))
+        .await
+        .unwrap_or_else(|e| Err(format!("cannot read the config: {e}")));
+    let problems: Vec<String> = match &read {
+        Ok(new) => restart_only_changes(&cfg, new),
+        Err(text) => text.lines().map(str::to_string).collect(),
+    };
+    let new = match read {
+        Ok(new) if problems.is_empty() => new,
+        _ => {
+            refuse(&daemon.audit, &source, &problems).await;
+            return Ok((daemon, cfg));
+        }
+    };
+    let changed = changes(&cfg, &new);
+    notifier.notify("RELOADING=1");
+    let audit = daemon.audit.clone();
+    let listener = daemon.listener.as_ref().and_then(|l| l.try_clone().ok());
+    let spare = daemon.listener.as_ref().and_then(|l| l.try_clone().ok());
+    daemon.stop(false).await;
+    if crate::logging::set_level(&new.log_level) {
+        tracing::info!(level = %new.log_level, "log level applied");
+    }
+    match Daemon::start_on(
+        new.clone(),
+        Arc::new(SystemClock),
+        notifier.clone(),
+        listener,
+    )
+    .await
+    {
+        Ok(d) => {
+            tracing::info!(changed = ?changed, "configuration reloaded");
+            let _ = d
+                .audit
+                .record(Event::new("config_reloaded", "ok").actor("system").detail(
+                    serde_json::json!({
+                        "config": source.display().to_string(),
+                        "changed": changed,
+                    }),
+                ))
+                .await;
+            Ok((d, new))
+        }
+        Err(e) => {
+            let problem = format!("the new configuration failed to start: {e:#}");
+            tracing::error!(error = %problem, "reload refused; starting the previous configuration again");
+            crate::logging::set_level(&cfg.log_level);
+            refuse(&audit, &source, &[problem]).await;
+            match Daemon::start_on(cfg.clone(), Arc::new(SystemClock), notifier.clone(), spare)
+                .await
+            {
+                Ok(d) => Ok((d, cfg)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the previous configuration failed to start again");
+                    Err(1)
+                }
+            }
+        }
+    }
+}
+
+/// Logs and audits a refused reload.
+async fn refuse(audit: &Audit, source: &Path, problems: &[String]) {
+    tracing::error!(
+        config = %source.display(),
+        problems = %problems.join("; "),
+        "configuration reload refused; the running configuration stays"
+    );
+    let _ = audit
+        .record(
+            Event::new("config_reload_refused", "refused")
+                .actor("system")
+                .detail(serde_json::json!({
+                    "config": source.display().to_string(),
+                    "problems": problems,
+                })),
+        )
+        .await;
+}
+
+/// Changes a reload cannot apply: they need a restart (or re-provisioning).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.site != new.site {
+        out.push(
+            "[site] changed: the site identity changes only by provisioning and a restart".into(),
+        );
+    }
+    if old.state_dir != new.state_dir {
+        out.push("state.dir changed: restart the service to move the state directory".into());
+    }
+    if old.api.listen != new.api.listen {
+        out.push("api.listen changed: restart the service to move the LAN API".into());
+    }
+    out
+}
+
+/// The config sections a reload changes (compared by their validated values), and the units
+/// added and removed.
+fn changes(old: &Config, new: &Config) -> serde_json::Value {
+    fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let mut sections = Vec::new();
+    let pairs: [(&str, bool); 8] = [
+        ("log", old.log_level != new.log_level),
+        ("api", differ(&old.api, &new.api)),
+        ("auth", differ(&old.auth, &new.auth)),
+        ("grants", differ(&old.grants, &new.grants)),
+        ("mqtt", old.mqtt != new.mqtt),
+        ("profiles", old.profiles_dir != new.profiles_dir),
+        ("links", differ(&old.links, &new.links)),
+        ("units", differ(&old.units, &new.units)),
+    ];
+    for (name, changed) in pairs {
+        if changed {
+            sections.push(name);
+        }
+    }
+    let ids =
+        |c: &Config| -> HashSet<String> { c.units.iter().map(|u| u.id.to_string()).collect() };
+    let (before, after) = (ids(old), ids(new));
+    let mut added: Vec<&String> = after.difference(&before).collect();
+    let mut removed: Vec<&String> = before.difference(&after).collect();
+    added.sort();
+    removed.sort();
+    serde_json::json!({
+        "sections": sections,
+        "units_added": added,
+        "units_removed": removed,
+    })
 }
 
 /// A started daemon: its tasks are running.
@@ -132,6 +298,8 @@ pub struct Daemon {
     pub api_addr: std::net::SocketAddr,
     /// SHA-256 fingerprint of the API's TLS certificate (`None` for plain HTTP).
     pub tls_fingerprint: Option<String>,
+    /// The API's listening socket, kept across a configuration reload.
+    listener: Option<std::net::TcpListener>,
     tasks: TaskTracker,
     notifier: Notifier,
 }
@@ -204,6 +372,16 @@ impl Daemon {
         clock: SharedClock,
         notifier: Notifier,
     ) -> anyhow::Result<Daemon> {
+        Daemon::start_on(cfg, clock, notifier, None).await
+    }
+
+    /// [`Daemon::start`] serving the API on `listener` when given (a reload keeps the socket).
+    pub async fn start_on(
+        cfg: Config,
+        clock: SharedClock,
+        notifier: Notifier,
+        listener: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Daemon> {
         let store = open_store(&cfg.state_dir).await?;
         let events_topic = cfg
             .site
@@ -253,18 +431,26 @@ impl Daemon {
                     clock.clone(),
                     &cfg.api,
                 );
-                let serving =
-                    api::serve(state, &cfg.api, &cfg.state_dir, shutdown.child_token()).await?;
+                let serving = api::serve_on(
+                    state,
+                    &cfg.api,
+                    &cfg.state_dir,
+                    shutdown.child_token(),
+                    listener,
+                )
+                .await?;
                 (Some(running), serving)
             }
             None => {
                 let serving =
-                    crate::setup::serve(&cfg, audit.clone(), shutdown.clone(), &tasks).await?;
+                    crate::setup::serve(&cfg, audit.clone(), shutdown.clone(), &tasks, listener)
+                        .await?;
                 (None, serving)
             }
         };
         let api_addr = serving.addr;
         let tls_fingerprint = serving.tls_fingerprint.clone();
+        let listener = Some(serving.listener);
         tasks.spawn(async move {
             if let Ok(Err(e)) = serving.task.await {
                 tracing::error!(error = %e, "the LAN API server failed");
@@ -296,6 +482,7 @@ impl Daemon {
             site,
             api_addr,
             tls_fingerprint,
+            listener,
             tasks,
             notifier,
         })
@@ -640,12 +827,20 @@ fn spawn_housekeeping(
     });
 }
 
-/// The daemon's signal handlers: SIGTERM and SIGINT stop it; SIGHUP is logged (configuration
-/// changes take effect on restart; `systemctl reload` is accepted and says so).
+/// The daemon's signal handlers: SIGTERM and SIGINT stop it; SIGHUP reloads the config.
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP (`systemctl reload`).
+    Reload,
 }
 
 /// Resolves on the first SIGTERM or SIGINT (for tools such as `sitegate sim`).
@@ -669,16 +864,20 @@ impl Signals {
         })
     }
 
-    /// Resolves on the first SIGTERM or SIGINT.
+    /// Resolves on the first SIGTERM or SIGINT (a SIGHUP meanwhile is logged and ignored:
+    /// used where there is nothing to reload, such as during start-up).
     pub async fn wait(&mut self) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => { tracing::info!("received SIGTERM"); return }
-                _ = self.int.recv() => { tracing::info!("received SIGINT"); return }
-                _ = self.hup.recv() => {
-                    tracing::info!("received SIGHUP; configuration changes take effect on restart");
-                }
-            }
+        while self.next().await == Sig::Reload {
+            tracing::info!("received SIGHUP; nothing to reload here");
+        }
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Sig {
+        tokio::select! {
+            _ = self.term.recv() => { tracing::info!("received SIGTERM"); Sig::Stop }
+            _ = self.int.recv() => { tracing::info!("received SIGINT"); Sig::Stop }
+            _ = self.hup.recv() => Sig::Reload,
         }
     }
 }

@@ -40,10 +40,15 @@ pub enum Command {
     ApiCert {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Extra subject name (DNS name or IP address) for a new certificate, e.g. the box's LAN
-        /// address; repeatable. Ignored when the certificate already exists.
+        /// Extra subject name (DNS name or IP address) for the certificate, besides the host
+        /// name, `<host>.local` and the LAN addresses; repeatable. A self-made certificate
+        /// missing one of them is made again.
         #[arg(long = "name")]
         names: Vec<String>,
+        /// Make a new self-signed certificate even if one exists (a new fingerprint). Refused
+        /// for a certificate sitegate did not make.
+        #[arg(long)]
+        renew: bool,
     },
     /// Print the version and build details.
     Version,
@@ -75,6 +80,11 @@ pub enum Command {
     /// Issue a Modbus/TCP Security client certificate (role extension 1.3.6.1.4.1.50316.802.1)
     /// from the site's Modbus client CA, for a building management system.
     ModbusClientCert(crate::bms::cert::CertArgs),
+    /// Write the config, database (consistent online copy), device key and TLS pair to one
+    /// archive (mode 0600).
+    Backup(crate::backup::BackupArgs),
+    /// Restore a `sitegate backup` archive: config, state dir (0700), database and keys (0600).
+    Restore(crate::backup::RestoreArgs),
     /// Run a complete demo site on loopback: simulated units, four users, the LAN API.
     Demo(crate::demo::DemoArgs),
     /// See and clear login throttles and lockouts on this box (audited).
@@ -105,13 +115,29 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
     load_with_profiles(path).map(|(cfg, _)| cfg)
 }
 
-/// Loads the config and the device profiles it can use (built-ins plus `[profiles] dir`),
-/// validating both: units are checked against that registry (names, VAs, base offsets, units
-/// sharing a slave id without overlap), and every problem of a profile file is reported with the
-/// file and key, with the config's own problems (exit 78).
+/// Like [`load_config`], with the device profiles the config can use.
 pub fn load_with_profiles(
     path: &std::path::Path,
 ) -> Result<(Config, crate::modbus::ProfileRegistry), i32> {
+    read_with_profiles(path).map_err(|text| {
+        eprint!("{text}");
+        EX_CONFIG
+    })
+}
+
+/// Loads and validates the config; `Err` is the text listing every problem, one per line
+/// (what `check-config` prints; a configuration reload audits it).
+pub fn read_config(path: &std::path::Path) -> Result<Config, String> {
+    read_with_profiles(path).map(|(cfg, _)| cfg)
+}
+
+/// Loads the config and the device profiles it can use (built-ins plus `[profiles] dir`),
+/// validating both: units are checked against that registry (names, VAs, base offsets, units
+/// sharing a slave id without overlap), and every problem of a profile file is reported with the
+/// file and key, with the config's own problems.
+fn read_with_profiles(
+    path: &std::path::Path,
+) -> Result<(Config, crate::modbus::ProfileRegistry), String> {
     let registry =
         crate::modbus::ProfileRegistry::load(crate::app::profiles_dir_of(path).as_deref());
     // With a broken profile file, units are not judged by name (its problems explain them).
@@ -122,16 +148,11 @@ pub fn load_with_profiles(
     match (loaded, registry) {
         (Ok(cfg), Ok(reg)) => match cfg.check_profiles(&reg) {
             Ok(()) => Ok((cfg, reg)),
-            Err(problems) => {
-                eprint!(
-                    "{}",
-                    crate::config::ConfigError {
-                        file: Some(path.to_path_buf()),
-                        problems,
-                    }
-                );
-                Err(EX_CONFIG)
+            Err(problems) => Err(crate::config::ConfigError {
+                file: Some(path.to_path_buf()),
+                problems,
             }
+            .to_string()),
         },
         (loaded, registry) => {
             let mut err = match loaded {
@@ -148,8 +169,7 @@ pub fn load_with_profiles(
                         message,
                     }));
             }
-            eprint!("{err}");
-            Err(EX_CONFIG)
+            Err(err.to_string())
         }
     }
 }
@@ -182,6 +202,8 @@ pub fn run(cli: Cli) -> i32 {
             logging::init(cli.log_format, "error", &env);
             crate::modbus::tools::scan(args)
         }
+        Command::Backup(args) => crate::backup::run_backup(&args),
+        Command::Restore(args) => crate::backup::run_restore(&args),
         Command::Provision(args) => {
             logging::init(cli.log_format, "warn", &env);
             crate::provision::run_cli(args)
@@ -212,12 +234,16 @@ pub fn run(cli: Cli) -> i32 {
             }
             Err(code) => code,
         },
-        Command::ApiCert { config, names } => {
+        Command::ApiCert {
+            config,
+            names,
+            renew,
+        } => {
             let cfg = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            api_cert(&cfg, &names)
+            api_cert(&cfg, &names, renew)
         }
         Command::Run { config } => {
             let cfg = match load_config(&config) {
@@ -231,7 +257,7 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 /// `sitegate api-cert`: ensure the API certificate and print its fingerprint.
-fn api_cert(cfg: &Config, names: &[String]) -> i32 {
+fn api_cert(cfg: &Config, names: &[String], renew: bool) -> i32 {
     use crate::config::ApiMode;
     let res = match &cfg.api.mode {
         ApiMode::Plain => {
@@ -243,11 +269,24 @@ fn api_cert(cfg: &Config, names: &[String]) -> i32 {
         ApiMode::Tls {
             cert: Some(c),
             key: Some(k),
-        } => crate::tls::load(c, k),
+        } => {
+            if renew || !names.is_empty() {
+                eprintln!(
+                    "error: the LAN API uses the configured certificate `{}`; sitegate never replaces it",
+                    c.display()
+                );
+                return 1;
+            }
+            crate::tls::load(c, k)
+        }
         ApiMode::Tls { .. } => {
             let mut all = crate::tls::default_names();
             all.extend(names.iter().cloned());
-            crate::tls::ensure_self_signed(&cfg.state_dir, &all)
+            if renew {
+                crate::tls::renew(&cfg.state_dir, &all)
+            } else {
+                crate::tls::ensure_self_signed(&cfg.state_dir, &all)
+            }
         }
     };
     match res {

@@ -40,6 +40,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod backup;
 pub mod bms;
 pub mod business;
 pub mod cli;

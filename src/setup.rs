@@ -233,6 +233,7 @@ pub async fn serve(
     audit: Audit,
     done: CancellationToken,
     _tasks: &TaskTracker,
+    listener: Option<std::net::TcpListener>,
 ) -> Result<Serving, api::ServeError> {
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -255,7 +256,14 @@ pub async fn serve(
             api::limit_body(MAX_BODY, read_time, req, next)
         }))
         .with_state(shared);
-    api::serve_router(router, &cfg.api, &cfg.state_dir, done.child_token()).await
+    api::serve_router_on(
+        router,
+        &cfg.api,
+        &cfg.state_dir,
+        done.child_token(),
+        listener,
+    )
+    .await
 }
 
 #[cfg(test)]

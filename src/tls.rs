@@ -3,8 +3,10 @@
 //!
 //! Owns `<state_dir>/tls/{cert.pem,key.pem}`. The private key is written with mode 0600 and is
 //! never logged or returned to a caller; only the certificate's fingerprint leaves this module.
-//! It never overwrites an existing certificate or key (replacing one breaks every client that
-//! pinned it): it creates them only when both are missing.
+//! It creates them when both are missing, re-makes its own self-signed certificate when the box's
+//! names (host name, `<host>.local`, LAN addresses) are no longer all in it (the new fingerprint
+//! is logged; pinned clients must pin it again), and renews it on request (`api-cert --renew`).
+//! A certificate it did not make itself is never replaced.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,10 @@ pub enum TlsError {
         "only one of `{0}` and its key exists; restore the other or remove both to make a new pair"
     )]
     HalfPair(PathBuf),
+    #[error(
+        "`{0}` was not made by sitegate; it is never replaced (remove it, or configure it in [api])"
+    )]
+    NotOurs(PathBuf),
     #[error("cannot make a certificate: {0}")]
     Generate(String),
     #[error("the certificate and key are not usable together: {0}")]
@@ -87,8 +93,26 @@ pub fn hostname() -> Option<String> {
     ok.then(|| h.to_string())
 }
 
+/// The box's LAN addresses: every interface address except loopback and IPv6 link-local
+/// (which needs a zone and cannot name a server in a certificate), sorted.
+pub fn lan_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .filter(|ip| match ip {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => true,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Names for a new certificate: the host name (and `<host>.local` for mDNS), `localhost`,
-/// `127.0.0.1` and `::1`.
+/// `127.0.0.1`, `::1` and the box's LAN addresses.
 pub fn default_names() -> Vec<String> {
     let mut names = Vec::new();
     if let Some(h) = hostname() {
@@ -98,7 +122,99 @@ pub fn default_names() -> Vec<String> {
         names.push(h);
     }
     names.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+    names.extend(lan_addresses().iter().map(IpAddr::to_string));
     names
+}
+
+/// Subject alternative names of a DER certificate (DNS names and IP addresses as text), and
+/// whether this module made it (self-signed, organization `sitegate`). `None` if unparsable.
+pub fn cert_names(der: &[u8]) -> Option<(Vec<String>, bool)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let ours = cert.subject() == cert.issuer()
+        && cert
+            .subject()
+            .iter_organization()
+            .any(|o| o.as_str().ok() == Some("sitegate"));
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push((*d).to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => {
+                        let a: [u8; 4] = <[u8; 4]>::try_from(*b).ok()?;
+                        names.push(IpAddr::from(a).to_string());
+                    }
+                    16 => {
+                        let a: [u8; 16] = <[u8; 16]>::try_from(*b).ok()?;
+                        names.push(IpAddr::from(a).to_string());
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Some((names, ours))
+}
+
+/// The first certificate of a PEM file, as DER.
+fn first_cert_der(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .ok_or_else(|| TlsError::NoCertificate(path.to_path_buf()))
+}
+
+/// Replaces the self-signed pair in `<state_dir>/tls/` with a new one for `names` (made if
+/// missing). Refuses a pair this module did not make: a certificate put there by hand is never
+/// replaced.
+pub fn renew(state_dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsError> {
+    let dir = state_dir.join(TLS_DIR);
+    let cert_path = dir.join(CERT_FILE);
+    if cert_path.exists() {
+        let der = first_cert_der(&cert_path)?;
+        if !cert_names(&der).is_some_and(|(_, ours)| ours) {
+            return Err(TlsError::NotOurs(cert_path));
+        }
+    }
+    write_pair(&dir, names)?;
+    let mut m = load(&cert_path, &dir.join(KEY_FILE))?;
+    m.created = true;
+    Ok(m)
+}
+
+/// Makes a new pair in `dir` (mode 0700), key first.
+fn write_pair(dir: &Path, names: &[String]) -> Result<(), TlsError> {
+    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let (cert_pem, key_pem) = generate(names)?;
+    // Key first: a crash between the two leaves a pair that does not match, which `load`
+    // reports rather than serving.
+    crate::util::write_private(&key_path, key_pem.as_bytes()).map_err(|source| {
+        TlsError::Write {
+            path: key_path.clone(),
+            source,
+        }
+    })?;
+    crate::util::write_public(&cert_path, cert_pem.as_bytes()).map_err(|source| TlsError::Write {
+        path: cert_path.clone(),
+        source,
+    })
 }
 
 /// Makes a self-signed ECDSA P-256 certificate and key in `<state_dir>/tls/` if both are missing,
@@ -110,40 +226,40 @@ pub fn ensure_self_signed(state_dir: &Path, names: &[String]) -> Result<TlsMater
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
     let (has_cert, has_key) = (cert_path.exists(), key_path.exists());
-    let mut created = false;
-    match (has_cert, has_key) {
-        (true, true) => {}
+    let created = match (has_cert, has_key) {
+        (true, true) => {
+            // Our own certificate no longer naming the box (a new host name or LAN address) is
+            // re-made with the current names; any other certificate is left alone.
+            let der = first_cert_der(&cert_path)?;
+            match cert_names(&der) {
+                Some((have, true)) if names.iter().any(|n| !have.contains(n)) => {
+                    let missing: Vec<&String> =
+                        names.iter().filter(|n| !have.contains(n)).collect();
+                    let mut all = have.clone();
+                    all.extend(missing.iter().map(|n| (*n).clone()));
+                    // Keep names given earlier (`api-cert --name`) along with the new ones.
+                    write_pair(&dir, &all)?;
+                    tracing::warn!(
+                        old_sha256 = %fingerprint(&der),
+                        missing = ?missing,
+                        "the LAN API certificate did not name this box any more; made a new one (clients must pin its new fingerprint)"
+                    );
+                    true
+                }
+                _ => false,
+            }
+        }
         (false, false) => {
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                })
-                .map_err(|source| TlsError::Write {
-                    path: dir.clone(),
-                    source,
-                })?;
-            let (cert_pem, key_pem) = generate(names)?;
-            // Key first: a crash between the two leaves a half pair, which is reported rather
-            // than silently replaced.
-            crate::util::write_private(&key_path, key_pem.as_bytes()).map_err(|source| {
-                TlsError::Write {
-                    path: key_path.clone(),
-                    source,
-                }
-            })?;
-            crate::util::write_public(&cert_path, cert_pem.as_bytes()).map_err(|source| {
-                TlsError::Write {
-                    path: cert_path.clone(),
-                    source,
-                }
-            })?;
-            created = true;
+            write_pair(&dir, names)?;
+            true
         }
         _ => return Err(TlsError::HalfPair(cert_path)),
-    }
+    };
     let mut m = load(&cert_path, &key_path)?;
     m.created = created;
+    if created {
+        tracing::info!(sha256 = %m.fingerprint, cert = %cert_path.display(), "made the LAN API certificate");
+    }
     Ok(m)
 }
 
@@ -268,5 +384,91 @@ mod tests {
             load(&c, &k).unwrap_err(),
             TlsError::NoCertificate(_)
         ));
+    }
+
+    fn sans(m: &TlsMaterial) -> Vec<String> {
+        let der = first_cert_der(&m.cert_path).unwrap();
+        let (names, ours) = cert_names(&der).unwrap();
+        assert!(ours);
+        names
+    }
+
+    #[test]
+    fn the_default_certificate_names_the_host_its_mdns_name_and_its_lan_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = ensure_self_signed(dir.path(), &default_names()).unwrap();
+        let names = sans(&m);
+        let host = hostname().unwrap();
+        assert!(names.contains(&host), "{names:?}");
+        if !host.contains('.') {
+            assert!(names.contains(&format!("{host}.local")), "{names:?}");
+        }
+        for ip in lan_addresses() {
+            assert!(!ip.is_loopback());
+            assert!(names.contains(&ip.to_string()), "{ip} not in {names:?}");
+        }
+        // The test host has a non-loopback address when it has any interface besides lo.
+        let any_lan = if_addrs::get_if_addrs()
+            .unwrap()
+            .iter()
+            .any(|i| !i.ip().is_loopback() && i.ip().is_ipv4());
+        if any_lan {
+            assert!(
+                names
+                    .iter()
+                    .filter_map(|n| n.parse::<IpAddr>().ok())
+                    .any(|ip| !ip.is_loopback()),
+                "{names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_self_made_certificate_missing_a_name_is_made_again_keeping_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
+        let b = ensure_self_signed(dir.path(), &["localhost".into(), "192.0.2.7".into()]).unwrap();
+        assert!(b.created);
+        assert_ne!(a.fingerprint, b.fingerprint);
+        assert_eq!(sans(&b), ["localhost", "192.0.2.7"]);
+        // Asking for fewer names keeps it.
+        let c = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
+        assert!(!c.created);
+        assert_eq!(b.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn renew_makes_a_new_certificate_with_the_given_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ensure_self_signed(dir.path(), &["localhost".into()]).unwrap();
+        let b = renew(dir.path(), &["box.example".into(), "10.1.2.3".into()]).unwrap();
+        assert_ne!(a.fingerprint, b.fingerprint);
+        assert_eq!(sans(&b), ["box.example", "10.1.2.3"]);
+        let mode = std::fs::metadata(&b.key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_certificate_sitegate_did_not_make_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join(TLS_DIR);
+        std::fs::create_dir_all(&tls).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["installer.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(tls.join(CERT_FILE), cert.pem()).unwrap();
+        std::fs::write(tls.join(KEY_FILE), key.serialize_pem()).unwrap();
+        let before = fingerprint(cert.der());
+        let m = ensure_self_signed(dir.path(), &default_names()).unwrap();
+        assert!(!m.created);
+        assert_eq!(m.fingerprint, before);
+        let e = renew(dir.path(), &["x.example".into()]).unwrap_err();
+        assert!(matches!(e, TlsError::NotOurs(_)), "{e}");
+        assert_eq!(
+            fingerprint(&first_cert_der(&tls.join(CERT_FILE)).unwrap()),
+            before
+        );
     }
 }

@@ -319,6 +319,8 @@ pub struct Serving {
     /// Ends after `shutdown` is cancelled and in-flight requests drained (at most
     /// [`DRAIN_GRACE`]).
     pub task: JoinHandle<std::io::Result<()>>,
+    /// The listening socket (a duplicate handle): passing it to the next start keeps the port.
+    pub listener: std::net::TcpListener,
 }
 
 /// Binds `cfg.listen` (port 0 allowed), sets up TLS (self-signed certificate in
@@ -333,6 +335,18 @@ pub async fn serve(
     serve_router(router(state), cfg, state_dir, shutdown).await
 }
 
+/// [`serve`] on an already bound listener when one is given (a configuration reload keeps the
+/// socket open, so clients connecting meanwhile wait in its backlog instead of being refused).
+pub async fn serve_on(
+    state: ApiState,
+    cfg: &config::Api,
+    state_dir: &Path,
+    shutdown: CancellationToken,
+    listener: Option<std::net::TcpListener>,
+) -> Result<Serving, ServeError> {
+    serve_router_on(router(state), cfg, state_dir, shutdown, listener).await
+}
+
 /// Serves any router with the API's listener, TLS and connection limits (the first-boot setup
 /// endpoint uses it with its own router).
 pub async fn serve_router(
@@ -341,10 +355,24 @@ pub async fn serve_router(
     state_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<Serving, ServeError> {
-    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| ServeError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    serve_router_on(app, cfg, state_dir, shutdown, None).await
+}
+
+/// [`serve_router`] on `listener` if given, else on a new one bound to `cfg.listen`.
+pub async fn serve_router_on(
+    app: Router,
+    cfg: &config::Api,
+    state_dir: &Path,
+    shutdown: CancellationToken,
+    listener: Option<std::net::TcpListener>,
+) -> Result<Serving, ServeError> {
+    let listener = match listener {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(cfg.listen).map_err(|source| ServeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?,
+    };
     listener
         .set_nonblocking(true)
         .map_err(|source| ServeError::Bind {
@@ -352,6 +380,11 @@ pub async fn serve_router(
             source,
         })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    // A second handle on the socket, kept by the daemon for the next start after a reload.
+    let kept = listener.try_clone().map_err(|source| ServeError::Bind {
         addr: cfg.listen,
         source,
     })?;
@@ -400,6 +433,7 @@ pub async fn serve_router(
         addr,
         tls_fingerprint,
         task,
+        listener: kept,
     })
 }
 

@@ -1,0 +1,289 @@
+//! Live reload with the real binary: SIGHUP (`systemctl reload`) re-reads the config. A good
+//! config is applied while the API socket, the sessions and the queued outbox rows stay; a bad
+//! one is refused, audited, and the running config keeps serving.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failed step should fail the test loudly"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::{bin, free_port, signal, spawn_run, wait_exit};
+use serde_json::{Value, json};
+
+fn sitegate(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const UNIT_GEN: &str = r#"
+[[units]]
+id = "gen-1"
+link = "bus"
+slave = 3
+profile = "dse-gencomm"
+poll_interval_ms = 500
+"#;
+
+const UNIT_HVAC: &str = r#"
+[[units]]
+id = "hvac-1"
+link = "bus"
+slave = 7
+profile = "coolmaster-va"
+poll_interval_ms = 500
+"#;
+
+fn config_text(state: &Path, port: u16, bus_port: u16, pk: &str, units: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "s-1"
+gateway = "gw-1"
+
+[state]
+dir = "{state}"
+
+[api]
+listen = "127.0.0.1:{port}"
+mode = "plain"
+
+[[grants.trust]]
+kid = "fleet-a"
+public_key = "{pk}"
+
+[[links]]
+name = "bus"
+kind = "tcp"
+address = "127.0.0.1:{bus_port}"
+timeout_ms = 200
+{units}"#,
+        state = state.display()
+    )
+}
+
+async fn get(http: &reqwest::Client, url: &str, bearer: &str) -> (u16, Value) {
+    let r = http.get(url).bearer_auth(bearer).send().await.unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+fn unit_ids(body: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = body["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn outbox_ids(state: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(state.join("sitegate.db")).unwrap();
+    let mut st = c.prepare("SELECT msg_id FROM outbox ORDER BY seq").unwrap();
+    st.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn audit_of(state: &Path, kind: &str) -> Vec<sitegate::audit::Record> {
+    let store = sitegate::store::Store::open_in(state).unwrap();
+    store
+        .with_conn(|c| {
+            sitegate::audit::query(
+                c,
+                &sitegate::audit::Query {
+                    kind: Some(kind.into()),
+                    limit: 50,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_unit_keeps_the_session_and_outbox_and_refuses_a_broken_config() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("fleet-a.pk8");
+    let out = sitegate(&[
+        "fleet",
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--kid",
+        "fleet-a",
+    ]);
+    let pk = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key: "))
+        .unwrap()
+        .to_string();
+    let (port, bus_port) = (free_port(), free_port());
+    let state = d.join("state");
+    let config = d.join("sitegate.toml");
+    std::fs::write(&config, config_text(&state, port, bus_port, &pk, UNIT_GEN)).unwrap();
+
+    let (mut child, logs) = spawn_run(&config, None, &[]);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "no answer: {}", logs.all());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A technician logs in with an installer token.
+    let now = time::OffsetDateTime::now_utc();
+    let desc = json!({
+        "site": "s-1", "issued_at": sitegate::clock::rfc3339(now - time::Duration::minutes(1)),
+        "user": {"id": "ivo", "email": "ivo@installer.example", "name": "ivo", "active": true},
+        "grant": {"id": "g-ivo", "user": "ivo", "role": "technician", "scope": {"site": "s-1"},
+                  "expires_at": sitegate::clock::rfc3339(now + time::Duration::hours(4))},
+    });
+    let (input, tok) = (d.join("ivo.json"), d.join("ivo.token"));
+    std::fs::write(&input, serde_json::to_vec(&desc).unwrap()).unwrap();
+    sitegate(&[
+        "fleet",
+        "issue-token",
+        "--key",
+        key.to_str().unwrap(),
+        "--kid",
+        "fleet-a",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        tok.to_str().unwrap(),
+    ]);
+    let token = std::fs::read_to_string(&tok).unwrap().trim().to_string();
+    let r = http
+        .post(format!("{base}/session"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.unwrap();
+    let bearer = body["token"].as_str().unwrap().to_string();
+    let (st, units) = get(&http, &format!("{base}/units"), &bearer).await;
+    assert_eq!(st, 200, "{units}");
+    assert_eq!(unit_ids(&units), ["gen-1"]);
+
+    // Audit events queued for the cloud (no broker here, so they stay queued).
+    let queued = outbox_ids(&state);
+    assert!(!queued.is_empty());
+
+    // 1. A unit added to the config, then SIGHUP: it appears, the session still works.
+    std::fs::write(
+        &config,
+        config_text(
+            &state,
+            port,
+            bus_port,
+            &pk,
+            &format!("{UNIT_GEN}{UNIT_HVAC}"),
+        ),
+    )
+    .unwrap();
+    signal(child.id(), "HUP");
+    logs.wait_for("configuration reloaded", Duration::from_secs(20));
+    let (st, units) = get(&http, &format!("{base}/units"), &bearer).await;
+    assert_eq!(st, 200, "{units}\n{}", logs.all());
+    assert_eq!(unit_ids(&units), ["gen-1", "hvac-1"]);
+    let after = outbox_ids(&state);
+    for id in &queued {
+        assert!(after.contains(id), "queued message {id} lost by the reload");
+    }
+
+    // 2. A broken config (a unit on a link that does not exist), then SIGHUP: refused, the
+    // running config keeps serving.
+    std::fs::write(
+        &config,
+        config_text(
+            &state,
+            port,
+            bus_port,
+            &pk,
+            &format!("{UNIT_GEN}{UNIT_HVAC}\n[[units]]\nid = \"x-1\"\nlink = \"bus9\"\nslave = 9\nprofile = \"dse-gencomm\"\n"),
+        ),
+    )
+    .unwrap();
+    signal(child.id(), "HUP");
+    logs.wait_for("configuration reload refused", Duration::from_secs(20));
+    let (st, units) = get(&http, &format!("{base}/units"), &bearer).await;
+    assert_eq!(st, 200, "{units}");
+    assert_eq!(unit_ids(&units), ["gen-1", "hvac-1"]);
+
+    // 3. A change only a restart can make (the listen address) is refused the same way.
+    std::fs::write(
+        &config,
+        config_text(&state, free_port(), bus_port, &pk, UNIT_GEN),
+    )
+    .unwrap();
+    signal(child.id(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logs.all().matches("configuration reload refused").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", logs.all());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, units) = get(&http, &format!("{base}/units"), &bearer).await;
+    assert_eq!(st, 200, "{units}");
+    assert_eq!(unit_ids(&units), ["gen-1", "hvac-1"]);
+
+    signal(child.id(), "TERM");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "{}", logs.all());
+
+    let reloaded = audit_of(&state, "config_reloaded");
+    assert_eq!(reloaded.len(), 1);
+    assert_eq!(reloaded[0].detail["changed"]["sections"], json!(["units"]));
+    assert_eq!(
+        reloaded[0].detail["changed"]["units_added"],
+        json!(["hvac-1"])
+    );
+    let refused = audit_of(&state, "config_reload_refused");
+    assert_eq!(refused.len(), 2);
+    let problems: Vec<String> = refused
+        .iter()
+        .flat_map(|r| r.detail["problems"].as_array().unwrap().clone())
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("units[2].link: no link named `bus9`")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("api.listen changed")),
+        "{problems:?}"
+    );
+    let store = sitegate::store::Store::open_in(&state).unwrap();
+    let chain = store
+        .with_conn(|c| sitegate::audit::verify_chain(c))
+        .unwrap();
+    assert!(chain.is_ok(), "{chain:?}");
+}
