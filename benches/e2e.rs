@@ -90,9 +90,9 @@ async fn round_trip(site: &Site, token: &str) -> Value {
     for i in 0..ROUND_TRIPS + 50 {
         let v = 200 + (i % 5) as u16 * 10;
         let t = Instant::now();
-        ctx.write_single_register(2, v).await.unwrap().unwrap();
+        ctx.write_single_register(18, v).await.unwrap().unwrap();
         let w = t.elapsed();
-        let back = ctx.read_holding_registers(2, 1).await.unwrap().unwrap();
+        let back = ctx.read_holding_registers(18, 1).await.unwrap().unwrap();
         let wr = t.elapsed();
         assert_eq!(back, vec![v]);
         if i >= 50 {

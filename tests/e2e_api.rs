@@ -913,7 +913,7 @@ async fn a_raw_read_of_a_register_the_unit_does_not_have_is_422_device_refused_n
     let t = s.login("tess").await;
     let ok = get(
         &s,
-        "/units/hvac-1/diagnostics?kind=holding&address=2&count=1",
+        "/units/hvac-1/diagnostics?kind=holding&address=18&count=1",
         &t,
     )
     .await;

@@ -153,17 +153,17 @@ unit_id = 1
     let writes = || s.sim.stats().writes_to(HVAC1_SLAVE).len();
 
     let mut bms = Bms::start(port, dir, "bms-1");
-    assert_eq!(bms.ask("read 1 2 1"), "ok 240");
-    assert_eq!(bms.ask("write 1 2 215"), "ok");
+    assert_eq!(bms.ask("read 1 18 1"), "ok 240");
+    assert_eq!(bms.ask("write 1 18 215"), "ok");
     assert_eq!(writes(), 1);
     // The certificate says technician, but the bundle user `bms-1` holds control-only: the
     // diagnostic register stays closed.
-    assert_eq!(bms.ask("read 1 8 1"), "exception 1");
+    assert_eq!(bms.ask("read 1 25 1"), "exception 1");
 
     // The cloud revokes the grant: the next write on the same connection is refused.
     s.apply(bundle(2, &members(true), &["g-bms"])).await;
-    assert_eq!(bms.ask("write 1 2 220"), "exception 1");
-    assert_eq!(bms.ask("read 1 2 1"), "exception 1");
+    assert_eq!(bms.ask("write 1 18 220"), "exception 1");
+    assert_eq!(bms.ask("read 1 18 1"), "exception 1");
     assert_eq!(writes(), 1);
     // Counted with the LAN API's denials.
     let text = s.daemon.site.as_ref().unwrap().metrics.render(0);

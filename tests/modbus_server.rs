@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The HVAC's setpoint register (tenths of °C) in the coolmaster-va map.
-const SETPOINT: u16 = 2;
+const SETPOINT: u16 = 18;
 /// The Modbus unit id the face exposes the HVAC at (the simulator's own slave id is 2).
 const UNIT_ID: u8 = 7;
 
@@ -412,16 +412,16 @@ async fn a_viewer_certificate_reads_points_and_a_write_is_refused_with_exception
     let mut bms = start_bms(&bed, &c, &k).await;
     assert_eq!(bms.connected, "connected");
     // mode, fan, setpoint, on: the simulator's defaults (setpoint 24.0 °C = 240).
-    assert_eq!(ask(&mut bms, "read 7 2 1").await, "ok 240");
-    assert_eq!(ask(&mut bms, "write 7 2 215").await, "exception 1");
+    assert_eq!(ask(&mut bms, "read 7 18 1").await, "ok 240");
+    assert_eq!(ask(&mut bms, "write 7 18 215").await, "exception 1");
     // Repeated, the same refusal is answered the same way but audited once per connection.
-    assert_eq!(ask(&mut bms, "write 7 2 216").await, "exception 1");
+    assert_eq!(ask(&mut bms, "write 7 18 216").await, "exception 1");
     assert_eq!(bed.writes(), 0);
     // The diagnostic lock register (needs `diagnose`) is refused, and a gap is 02.
-    assert_eq!(ask(&mut bms, "read 7 8 1").await, "exception 1");
+    assert_eq!(ask(&mut bms, "read 7 25 1").await, "exception 1");
     assert_eq!(ask(&mut bms, "read 7 900 1").await, "exception 2");
     // Another unit id is not exposed.
-    assert_eq!(ask(&mut bms, "read 2 2 1").await, "exception 10");
+    assert_eq!(ask(&mut bms, "read 2 18 1").await, "exception 10");
     let audit = bed.audit().await;
     assert!(
         audit.contains(&(
@@ -455,14 +455,14 @@ async fn a_control_only_certificate_writes_the_setpoint_once_with_read_back_and_
     let (c, k) = cert(bed.dir.path(), "ca", "ctl-bms", Some("control-only"), false);
     let mut bms = start_bms(&bed, &c, &k).await;
     assert_eq!(bms.connected, "connected");
-    assert_eq!(ask(&mut bms, "write 7 2 215").await, "ok");
+    assert_eq!(ask(&mut bms, "write 7 18 215").await, "ok");
     assert_eq!(bed.writes(), 1);
     assert_eq!(bed.sim.register(2, RegKind::Holding, SETPOINT), Some(215));
-    assert_eq!(ask(&mut bms, "read 7 2 1").await, "ok 215");
+    assert_eq!(ask(&mut bms, "read 7 18 1").await, "ok 215");
     // 40.0 °C is above the profile's 32.0 maximum: refused before the bus (03).
-    assert_eq!(ask(&mut bms, "write 7 2 400").await, "exception 3");
+    assert_eq!(ask(&mut bms, "write 7 18 400").await, "exception 3");
     // A read-only point (room temperature) is refused (01).
-    assert_eq!(ask(&mut bms, "write 7 6 200").await, "exception 1");
+    assert_eq!(ask(&mut bms, "write 7 22 200").await, "exception 1");
     assert_eq!(bed.writes(), 1);
     let audit = bed.audit().await;
     let ok = audit
@@ -495,7 +495,7 @@ async fn certificates_without_a_role_from_another_ca_or_expired_are_refused_at_t
         // With TLS 1.3 the client learns of the refusal only when it next reads, so the
         // request it sends must get no answer at all.
         let answer = if bms.connected == "connected" {
-            ask(&mut bms, "read 7 2 1").await
+            ask(&mut bms, "read 7 18 1").await
         } else {
             "not-connected".into()
         };
@@ -515,28 +515,28 @@ async fn a_revoking_bundle_and_a_package_change_take_effect_on_an_open_connectio
     // `bms-bound` is a user of the bundle: its grant caps the certificate's role.
     let (c, k) = cert(bed.dir.path(), "ca", "bms-bound", Some("technician"), false);
     let mut bms = start_bms(&bed, &c, &k).await;
-    assert_eq!(ask(&mut bms, "write 7 2 220").await, "ok");
+    assert_eq!(ask(&mut bms, "write 7 18 220").await, "ok");
     assert_eq!(bed.writes(), 1);
     // The bundle user's grant is control-only: the technician certificate may not read the
     // diagnostic register.
-    assert_eq!(ask(&mut bms, "read 7 8 1").await, "exception 1");
+    assert_eq!(ask(&mut bms, "read 7 25 1").await, "exception 1");
     // The cloud revokes the grant: same connection, refused, nothing written.
     bed.authz.set_state(state(CapSet::ALL, true));
-    assert_eq!(ask(&mut bms, "write 7 2 225").await, "exception 1");
-    assert_eq!(ask(&mut bms, "read 7 2 1").await, "exception 1");
+    assert_eq!(ask(&mut bms, "write 7 18 225").await, "exception 1");
+    assert_eq!(ask(&mut bms, "read 7 18 1").await, "exception 1");
     assert_eq!(bed.writes(), 1);
 
     // An unbound control-only client loses `control` when the package drops it.
     let (c, k) = cert(bed.dir.path(), "ca", "ctl-2", Some("control-only"), false);
     let mut other = start_bms(&bed, &c, &k).await;
-    assert_eq!(ask(&mut other, "write 7 2 230").await, "ok");
+    assert_eq!(ask(&mut other, "write 7 18 230").await, "ok");
     assert_eq!(bed.writes(), 2);
     bed.authz.set_state(state(
         CapSet::of(&[Capability::View, Capability::Diagnose]),
         true,
     ));
-    assert_eq!(ask(&mut other, "write 7 2 231").await, "exception 1");
-    assert_eq!(ask(&mut other, "read 7 2 1").await, "ok 230");
+    assert_eq!(ask(&mut other, "write 7 18 231").await, "exception 1");
+    assert_eq!(ask(&mut other, "read 7 18 1").await, "ok 230");
     assert_eq!(bed.writes(), 2);
     drop((bms, other));
     bed.shutdown().await;
@@ -547,10 +547,10 @@ async fn cached_reads_add_no_bus_traffic_within_max_age() {
     let bed = Bed::start(60_000).await;
     let (c, k) = cert(bed.dir.path(), "ca", "poller", Some("viewer"), false);
     let mut bms = start_bms(&bed, &c, &k).await;
-    assert_eq!(ask(&mut bms, "read 7 0 4").await, "ok 0,3,240,0");
+    assert_eq!(ask(&mut bms, "read 7 16 4").await, "ok 0,3,240,0");
     let after_first = bed.reads();
     for _ in 0..20 {
-        assert_eq!(ask(&mut bms, "read 7 0 4").await, "ok 0,3,240,0");
+        assert_eq!(ask(&mut bms, "read 7 16 4").await, "ok 0,3,240,0");
     }
     assert_eq!(bed.reads(), after_first);
     drop(bms);
@@ -568,7 +568,7 @@ async fn a_certificate_revoked_by_the_configured_crl_is_refused_at_the_handshake
     );
     let mut bms = start_bms(&bed, &revoked.0, &revoked.1).await;
     let answer = if bms.connected == "connected" {
-        ask(&mut bms, "write 7 2 215").await
+        ask(&mut bms, "write 7 18 215").await
     } else {
         "not-connected".into()
     };
@@ -579,7 +579,7 @@ async fn a_certificate_revoked_by_the_configured_crl_is_refused_at_the_handshake
     assert_eq!(bed.writes(), 0);
     let (c, k) = cert(&dir, "ca", "fresh", Some("control-only"), false);
     let mut good = start_bms(&bed, &c, &k).await;
-    assert_eq!(ask(&mut good, "write 7 2 215").await, "ok");
+    assert_eq!(ask(&mut good, "write 7 18 215").await, "ok");
     assert_eq!(bed.writes(), 1);
     drop((bms, good));
     bed.shutdown().await;
@@ -593,12 +593,12 @@ async fn a_client_that_never_finishes_its_handshake_does_not_hold_up_other_clien
     let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     garbage
-        .write_all(&[0, 1, 0, 0, 0, 6, 7, 3, 0, 2, 0, 1])
+        .write_all(&[0, 1, 0, 0, 0, 6, 7, 3, 0, 18, 0, 1])
         .unwrap();
     let (c, k) = cert(bed.dir.path(), "ca", "busy-bms", Some("viewer"), false);
     let mut bms = start_bms(&bed, &c, &k).await;
     assert_eq!(bms.connected, "connected");
-    assert_eq!(ask(&mut bms, "read 7 2 1").await, "ok 240");
+    assert_eq!(ask(&mut bms, "read 7 18 1").await, "ok 240");
     drop(bms);
     bed.shutdown().await;
 }
@@ -610,12 +610,12 @@ async fn connections_beyond_max_connections_are_closed_and_a_freed_place_is_reus
     let mut open = Vec::new();
     for _ in 0..4 {
         let mut b = start_bms(&bed, &c, &k).await;
-        assert_eq!(ask(&mut b, "read 7 2 1").await, "ok 240");
+        assert_eq!(ask(&mut b, "read 7 18 1").await, "ok 240");
         open.push(b);
     }
     let mut fifth = start_bms(&bed, &c, &k).await;
     let answer = if fifth.connected == "connected" {
-        ask(&mut fifth, "read 7 2 1").await
+        ask(&mut fifth, "read 7 18 1").await
     } else {
         "not-connected".into()
     };
@@ -629,7 +629,7 @@ async fn connections_beyond_max_connections_are_closed_and_a_freed_place_is_reus
     let mut again = None;
     for _ in 0..50 {
         let mut b = start_bms(&bed, &c, &k).await;
-        if b.connected == "connected" && ask(&mut b, "read 7 2 1").await == "ok 240" {
+        if b.connected == "connected" && ask(&mut b, "read 7 18 1").await == "ok 240" {
             again = Some(b);
             break;
         }
@@ -652,14 +652,14 @@ async fn a_multi_register_write_is_validated_whole_before_anything_is_sent() {
     );
     let mut bms = start_bms(&bed, &c, &k).await;
     // mode = heat, fan = high, setpoint 40.0 °C (above 32.0): refused whole, nothing written.
-    assert_eq!(ask(&mut bms, "writes 7 0 1,2,400").await, "exception 3");
+    assert_eq!(ask(&mut bms, "writes 7 16 1,2,400").await, "exception 3");
     assert_eq!(bed.writes(), 0);
     // mode = heat, fan = high, setpoint 22.0 °C: three points, three validated writes.
-    assert_eq!(ask(&mut bms, "writes 7 0 1,2,220").await, "ok");
+    assert_eq!(ask(&mut bms, "writes 7 16 1,2,220").await, "ok");
     assert_eq!(bed.writes(), 3);
-    assert_eq!(ask(&mut bms, "read 7 0 3").await, "ok 1,2,220");
-    // Into the diagnostic lock register (masked, shared by several points): refused, 01.
-    assert_eq!(ask(&mut bms, "writes 7 8 1").await, "exception 1");
+    assert_eq!(ask(&mut bms, "read 7 16 3").await, "ok 1,2,220");
+    // Into the wall-controller lock register (a masked point written with `configure`): 01.
+    assert_eq!(ask(&mut bms, "writes 7 24 1").await, "exception 1");
     assert_eq!(bed.writes(), 3);
     drop(bms);
     bed.shutdown().await;
@@ -712,7 +712,7 @@ async fn mbpoll_reads_through_the_plain_listener_as_the_source_addresses_viewer_
             "7",
             "-0",
             "-r",
-            "2",
+            "18",
             "-c",
             "1",
             "-t",
@@ -723,7 +723,7 @@ async fn mbpoll_reads_through_the_plain_listener_as_the_source_addresses_viewer_
             "127.0.0.1",
         ])
     });
-    assert!(ok && out.contains("[2]: \t240"), "{out}");
+    assert!(ok && out.contains("[18]: \t240"), "{out}");
     let (_, out) = tokio::task::block_in_place(|| {
         mbpoll(&[
             "-m",
@@ -732,7 +732,7 @@ async fn mbpoll_reads_through_the_plain_listener_as_the_source_addresses_viewer_
             "7",
             "-0",
             "-r",
-            "2",
+            "18",
             "-t",
             "4",
             "-1",

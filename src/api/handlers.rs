@@ -335,6 +335,24 @@ pub async fn unit_detail(
     let target = Target::Unit(unit.clone());
     let caps = caps_on(&state, user, &target);
     let now = state.0.clock.now();
+    let mut out =
+        unit_json(&summary, &profile, &readings, caps, now).ok_or_else(ApiError::internal)?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("fresh".into(), json!(q.fresh));
+    }
+    Ok(Json(out))
+}
+
+/// One unit as `GET /units/{unit}` and each message of the live stream show it: its summary, the
+/// caller's capabilities on it, the points the caller may read (with their values) and the
+/// profile's commands with whether the caller may run them.
+pub(super) fn unit_json(
+    summary: &super::ports::UnitSummary,
+    profile: &super::ports::UnitProfile,
+    readings: &[Reading],
+    caps: crate::model::CapSet,
+    now: time::OffsetDateTime,
+) -> Option<Value> {
     let points: Vec<Value> = profile
         .points
         .iter()
@@ -353,14 +371,12 @@ pub async fn unit_detail(
             })
         })
         .collect();
-    let mut out = serde_json::to_value(&summary).map_err(|_| ApiError::internal())?;
-    if let Some(o) = out.as_object_mut() {
-        o.insert("capabilities".into(), json!(caps));
-        o.insert("fresh".into(), json!(q.fresh));
-        o.insert("points".into(), json!(points));
-        o.insert("commands".into(), json!(commands));
-    }
-    Ok(Json(out))
+    let mut out = serde_json::to_value(summary).ok()?;
+    let o = out.as_object_mut()?;
+    o.insert("capabilities".into(), json!(caps));
+    o.insert("points".into(), json!(points));
+    o.insert("commands".into(), json!(commands));
+    Some(out)
 }
 
 /// The caller's effective capabilities on a target, one decision per capability.

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::extract::Caller;
-use super::handlers::{caps_on, point_json};
+use super::handlers::{caps_on, unit_json};
 use super::ports::Target;
 use crate::clock::rfc3339;
 use crate::model::{Capability, UserId};
@@ -44,30 +44,7 @@ pub fn snapshot(state: &ApiState, user: &UserId) -> Vec<Value> {
             }
             let profile = ports.units.profile(&summary.id).unwrap_or_default();
             let readings = ports.units.snapshot(&summary.id).unwrap_or_default();
-            let points: Vec<Value> = profile
-                .points
-                .iter()
-                .filter(|p| caps.contains(p.read))
-                .map(|p| point_json(p, readings.iter().find(|r| r.point == p.name), now, caps))
-                .collect();
-            let commands: Vec<Value> = profile
-                .commands
-                .iter()
-                .map(|c| {
-                    json!({
-                        "name": c.name,
-                        "label": c.label,
-                        "capability": c.capability,
-                        "allowed": caps.contains(c.capability),
-                    })
-                })
-                .collect();
-            let mut out = serde_json::to_value(&summary).ok()?;
-            let o = out.as_object_mut()?;
-            o.insert("capabilities".into(), json!(caps));
-            o.insert("points".into(), json!(points));
-            o.insert("commands".into(), json!(commands));
-            Some(out)
+            unit_json(&summary, &profile, &readings, caps, now)
         })
         .collect()
 }

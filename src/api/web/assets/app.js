@@ -57,6 +57,9 @@
     device_error: 'The unit reported an error:',
     readback_mismatch: 'Mismatch: the unit did not keep the value.',
     link_busy: 'The bus is busy; nothing was sent. Try again in a second.',
+    not_possible_in_mode: 'Not sent: the unit cannot do this in its current mode.',
+    command_not_supported: 'Not sent: this controller does not support the command.',
+    device_refused: 'The unit refused the request:',
     rate_limited: 'Too many requests. Wait a moment.',
     request_timeout: 'The request took too long and was abandoned.',
     internal: 'The box could not complete this. Try again; if it persists, ask your technician.',
@@ -65,7 +68,7 @@
   function errorText(status, body) {
     const code = body && body.error;
     const words = ERRORS[code];
-    if (code === 'invalid_value' || code === 'device_error') return `${words} ${body.message}`;
+    if (code === 'invalid_value' || code === 'device_error' || code === 'device_refused') return `${words} ${body.message}`;
     if (code === 'forbidden') return `${words} (${body.message})`;
     if (words) return words;
     if (body && body.message) return body.message;
@@ -875,6 +878,14 @@
       const before = pointValue(u.id, 'engine_state');
       const r = await api('POST', `/api/v1/units/${encodeURIComponent(u.id)}/commands/${encodeURIComponent(c.name)}`, {});
       btn.disabled = false;
+      if (r.status === 409 && r.body && r.body.error === 'not_possible_in_mode') {
+        // The daemon read the mode and sent nothing: say why, in the unit's words.
+        out.className = 'result warn';
+        out.textContent = (c.name === 'start' && pointValue(u.id, 'control_mode') === 'stop')
+          ? 'Not sent: the generator is in Stop mode, where a start does nothing. Switch it to Manual (or Auto) first.'
+          : errorText(r.status, r.body);
+        return;
+      }
       if (r.status !== 200) {
         out.className = 'result bad';
         out.textContent = `Error: ${errorText(r.status, r.body)}`;
@@ -882,12 +893,7 @@
       }
       out.className = 'result ok';
       out.textContent = `Sent “${label}”; the unit acknowledged it.`;
-      if (c.name === 'start' && pointValue(u.id, 'control_mode') === 'stop') {
-        out.className = 'result warn';
-        out.textContent = 'Sent, but the generator is in Stop mode: a start does nothing until it is in Manual (or Auto) mode.';
-      } else if (before !== undefined) {
-        watchEngine(u.id, out, before);
-      }
+      if (before !== undefined) watchEngine(u.id, out, before);
     };
     btn.addEventListener('click', () => {
       if (GEN_COMMANDS_CONFIRM.has(c.name)) confirmThen(u, c, label, desc, run);
