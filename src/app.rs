@@ -734,7 +734,30 @@ fn spawn_unit_bridge(
 ) {
     // Availability starts as unknown; publish each unit's state once it is decided.
     let mut rx = modbus.subscribe();
+    // The engine polls from its start, and broadcasts a value only when it changes: values read
+    // before this subscription would never reach the telemetry of a steady unit. Seed it with
+    // what is cached now (taken after subscribing, so nothing falls between the two).
+    let seed: Vec<(crate::model::UnitId, Vec<PointSample>)> = modbus
+        .units()
+        .into_iter()
+        .filter_map(|u| {
+            let snap = modbus.snapshot(&u.id)?;
+            let samples: Vec<PointSample> = snap
+                .points
+                .iter()
+                .filter(|(_, v)| v.quality != crate::modbus::Quality::Unknown)
+                .map(|(name, v)| crate::adapters::point_sample(name, v))
+                .collect();
+            (!samples.is_empty()).then_some((u.id, samples))
+        })
+        .collect();
     tasks.spawn(async move {
+        for (unit, samples) in seed {
+            let at = time::OffsetDateTime::now_utc();
+            if let Err(e) = mqtt.telemetry().update(&unit, &samples, at).await {
+                tracing::warn!(unit = %unit, error = %e, "cannot queue telemetry");
+            }
+        }
         loop {
             let update = tokio::select! {
                 _ = stop.cancelled() => break,
