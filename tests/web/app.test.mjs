@@ -329,8 +329,15 @@ try {
       await neo.getByRole('cell', { name: 'local, by ada' }).waitFor();
       await page.getByLabel('Kind', { exact: true }).fill('command');
       await page.getByRole('button', { name: 'Filter' }).click();
-      await page.getByText(/\d+ entries shown\./).waitFor();
-      const kinds = await page.getByRole('table', { name: 'Audit entries, newest first' }).locator('tbody tr td:nth-child(3)').allTextContents();
+      // The unfiltered page already says "N entries shown.": wait for the filtered rows themselves.
+      const kindCells = page.getByRole('table', { name: 'Audit entries, newest first' }).locator('tbody tr td:nth-child(3)');
+      for (const until = Date.now() + 10000; ;) {
+        const k = await kindCells.allTextContents();
+        if (k.length > 0 && k.every((x) => x === 'command')) break;
+        if (Date.now() > until) break;
+        await page.waitForTimeout(100);
+      }
+      const kinds = await kindCells.allTextContents();
       assert.ok(kinds.length > 0);
       assert.deepEqual([...new Set(kinds)], ['command']);
       await screen(page, 'admin');
