@@ -13,32 +13,18 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{bin, free_port, signal, spawn_run, wait_exit};
+use common::daemon::{bin, free_port, signal, sitegate_ok, spawn_run, wait_exit};
 use serde_json::{Value, json};
-
-fn sitegate(args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
 fn fingerprint(config: &Path) -> String {
-    sitegate(&["api-cert", "--config", config.to_str().unwrap()])
+    sitegate_ok(&["api-cert", "--config", config.to_str().unwrap()])
         .lines()
         .find_map(|l| l.strip_prefix("sha256 fingerprint: "))
         .unwrap()
@@ -71,7 +57,7 @@ async fn a_backup_restored_on_a_fresh_state_dir_starts_the_same_box_with_its_ses
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key = d.join("fleet-a.pk8");
-    let pk = sitegate(&[
+    let pk = sitegate_ok(&[
         "fleet",
         "keygen",
         "--out",
@@ -113,7 +99,7 @@ async fn a_backup_restored_on_a_fresh_state_dir_starts_the_same_box_with_its_ses
     });
     let (input, tok) = (d.join("ivo.json"), d.join("ivo.token"));
     std::fs::write(&input, serde_json::to_vec(&desc).unwrap()).unwrap();
-    sitegate(&[
+    sitegate_ok(&[
         "fleet",
         "issue-token",
         "--key",
@@ -142,7 +128,7 @@ async fn a_backup_restored_on_a_fresh_state_dir_starts_the_same_box_with_its_ses
 
     // Backed up while the daemon runs (SQLite's online backup).
     let archive = d.join("box.tar");
-    sitegate(&[
+    sitegate_ok(&[
         "backup",
         "--config",
         config.to_str().unwrap(),
@@ -161,7 +147,7 @@ async fn a_backup_restored_on_a_fresh_state_dir_starts_the_same_box_with_its_ses
     // A fresh box: no state dir, no config.
     std::fs::remove_dir_all(&state).unwrap();
     std::fs::remove_dir_all(&etc).unwrap();
-    sitegate(&[
+    sitegate_ok(&[
         "restore",
         "--config",
         config.to_str().unwrap(),

@@ -14,35 +14,15 @@ mod common;
 mod e2e_support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{bin, free_port, signal, spawn_run, wait_exit};
+use common::daemon::{free_port, signal, sitegate, spawn_run, wait_exit};
 use e2e_support::{install_crypto, start_sim};
 use serde_json::{Value, json};
 use sitegate::sim::SimUnit;
 
 const GEN: u8 = 3;
 const HVAC: u8 = 7;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn sitegate(args: &[&str]) -> Out {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn ts(t: time::OffsetDateTime) -> String {
     sitegate::clock::rfc3339(t)

@@ -7,11 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon::{bin, free_port, signal, spawn_run, wait_exit};
+use common::daemon::{Out, free_port, signal, sitegate, spawn_run, wait_exit};
 use sitegate::modbus::{Profile, RegKind};
 use sitegate::sim::{SimServer, SimUnit};
 use tokio_util::sync::CancellationToken;
@@ -53,25 +52,6 @@ kind = "holding"
 address = 200
 value = 1010
 "#;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn sitegate(args: &[&str]) -> Out {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 async fn sitegate_async(args: Vec<String>) -> Out {
     tokio::task::spawn_blocking(move || {

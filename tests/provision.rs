@@ -15,27 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{bin, free_port, signal, spawn_run, wait_exit};
+use common::daemon::{Out, bin, free_port, signal, sitegate, spawn_run, wait_exit};
 use sitegate::grants::fleet;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn sitegate(args: &[&str]) -> Out {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn trust_key() -> (ring::signature::Ed25519KeyPair, String) {
     let k = fleet::keypair_from_seed(&[42u8; 32]).unwrap();

@@ -12,25 +12,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{bin, free_port, signal, spawn_run, wait_exit};
+use common::daemon::{free_port, signal, sitegate_ok, spawn_run, wait_exit};
 use serde_json::{Value, json};
-
-fn sitegate(args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 const UNIT_GEN: &str = r#"
 [[units]]
@@ -126,7 +111,7 @@ async fn sighup_applies_a_new_unit_keeps_the_session_and_outbox_and_refuses_a_br
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key = d.join("fleet-a.pk8");
-    let out = sitegate(&[
+    let out = sitegate_ok(&[
         "fleet",
         "keygen",
         "--out",
@@ -164,7 +149,7 @@ async fn sighup_applies_a_new_unit_keeps_the_session_and_outbox_and_refuses_a_br
     });
     let (input, tok) = (d.join("ivo.json"), d.join("ivo.token"));
     std::fs::write(&input, serde_json::to_vec(&desc).unwrap()).unwrap();
-    sitegate(&[
+    sitegate_ok(&[
         "fleet",
         "issue-token",
         "--key",

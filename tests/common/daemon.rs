@@ -143,3 +143,31 @@ pub fn spawn_run(config: &Path, notify: Option<&Path>, env: &[(&str, &str)]) -> 
     let lines = Lines::capture(child.stderr.take().unwrap());
     (child, lines)
 }
+
+/// What one run of the `sitegate` binary printed, and its exit code (-1 when killed by a signal).
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `sitegate` binary with `args` (no stdin) to completion.
+pub fn sitegate(args: &[&str]) -> Out {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the `sitegate` binary, requires exit 0 and returns its standard output.
+pub fn sitegate_ok(args: &[&str]) -> String {
+    let out = sitegate(args);
+    assert!(out.code == 0, "{args:?}: {}", out.stderr);
+    out.stdout
+}
