@@ -18,14 +18,16 @@ SITEGATE_GLIBC=2.28
 
 triple_of() {
   case "$1" in
+    x86_64|amd64) echo x86_64-unknown-linux-gnu ;;
     aarch64|arm64) echo aarch64-unknown-linux-gnu ;;
     armv7|armhf) echo armv7-unknown-linux-gnueabihf ;;
-    *) echo "unknown target '$1' (use aarch64 or armv7)" >&2; return 1 ;;
+    *) echo "unknown target '$1' (use amd64, aarch64 or armv7)" >&2; return 1 ;;
   esac
 }
 
 qemu_of() {
   case "$1" in
+    x86_64-unknown-linux-gnu) [ "$(uname -m)" = x86_64 ] || echo "qemu-x86_64 -L /usr/x86_64-linux-gnu" ;;
     aarch64-unknown-linux-gnu) echo "qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
     armv7-unknown-linux-gnueabihf) echo "qemu-arm -L /usr/arm-linux-gnueabihf" ;;
   esac

@@ -181,7 +181,7 @@ pub fn write_config(
     let mut backups = Vec::new();
     let stamp = stamp(now);
     if let Some(old) = &existing {
-        let bak = PathBuf::from(format!("{}.bak-{stamp}", config_path.display()));
+        let bak = unused_path(&format!("{}.bak-{stamp}", config_path.display()), "");
         crate::util::write_private(&bak, old.as_bytes()).map_err(io_err(&bak))?;
         backups.push(bak);
         let db = config.state_dir.join(crate::store::DB_FILE);
@@ -216,6 +216,20 @@ fn stamp(now: time::OffsetDateTime) -> String {
     now.format(&f).unwrap_or_else(|_| "backup".into())
 }
 
+/// `{base}{ext}`, or `{base}-2{ext}`, `{base}-3{ext}`, … when taken: two provisionings within
+/// the same second (a LAN setup followed at once by `provision --force`) keep both backups
+/// instead of failing (`VACUUM INTO` refuses an existing file) or overwriting one.
+fn unused_path(base: &str, ext: &str) -> PathBuf {
+    let first = PathBuf::from(format!("{base}{ext}"));
+    if !first.exists() {
+        return first;
+    }
+    (2u32..)
+        .map(|n| PathBuf::from(format!("{base}-{n}{ext}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
 /// Copies the live database consistently (SQLite `VACUUM INTO`) to `state/backups/`.
 pub fn backup_database(
     db: &Path,
@@ -224,7 +238,7 @@ pub fn backup_database(
 ) -> Result<PathBuf, ProvisionError> {
     let dir = state_dir.join("backups");
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let out = dir.join(format!("sitegate-{stamp}.db"));
+    let out = unused_path(&dir.join(format!("sitegate-{stamp}")).to_string_lossy(), ".db");
     let conn = rusqlite::Connection::open(db).map_err(|e| {
         ProvisionError::Other(format!("cannot open `{}` for backup: {e}", db.display()))
     })?;
@@ -666,6 +680,44 @@ mod tests {
         assert_eq!(w.config.site.unwrap().id.as_str(), "s-2");
         let bak = std::fs::read_to_string(&w.backups[0]).unwrap();
         assert_eq!(bak, before, "the replaced config is kept as a backup");
+    }
+
+    #[test]
+    fn two_forced_provisionings_in_the_same_second_keep_both_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sitegate.toml");
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        let first = write_config(&path, &req(dir.path()), &|_| true, now).unwrap();
+        let db = first.config.state_dir.join(crate::store::DB_FILE);
+        std::fs::create_dir_all(&first.config.state_dir).unwrap();
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut again = req(dir.path());
+        again.force = true;
+        let second = write_config(&path, &again, &|_| true, now).unwrap();
+        let third = write_config(&path, &again, &|_| true, now).unwrap();
+        let names = |w: &Written| -> Vec<String> {
+            w.backups
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(&second),
+            ["sitegate.toml.bak-19700101T000000Z", "sitegate-19700101T000000Z.db"]
+        );
+        assert_eq!(
+            names(&third),
+            [
+                "sitegate.toml.bak-19700101T000000Z-2",
+                "sitegate-19700101T000000Z-2.db"
+            ]
+        );
+        for w in [&second, &third] {
+            assert!(w.backups.iter().all(|p| p.exists()));
+        }
     }
 
     #[test]
