@@ -1187,11 +1187,6 @@ impl Authz {
             .suspended
             .clone()
     }
-
-    /// A new unit inventory (config reload).
-    pub fn set_inventory(&self, inventory: Vec<(UnitId, Option<GroupId>)>) -> Arc<Index> {
-        self.update(|i| i.inventory = inventory)
-    }
 }
 
 #[cfg(test)]

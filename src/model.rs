@@ -377,17 +377,6 @@ pub enum Scope {
     Unit(UnitId),
 }
 
-impl Scope {
-    /// Specificity for precedence: unit (2) beats group (1) beats site (0).
-    pub fn specificity(&self) -> u8 {
-        match self {
-            Scope::Site(_) => 0,
-            Scope::Group(_) => 1,
-            Scope::Unit(_) => 2,
-        }
-    }
-}
-
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
