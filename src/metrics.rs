@@ -395,6 +395,47 @@ mod tests {
         );
     }
 
+    /// Every sample follows the `# TYPE` line of its family (counters and histograms by their
+    /// suffixes), as the 0.0.4 text format requires, and no family is declared twice.
+    #[test]
+    fn every_sample_follows_the_type_line_of_its_family() {
+        let m = Metrics::new();
+        m.observe_http("/api/v1/units", "GET", 200, Duration::from_millis(3));
+        m.observe_denial("control", "no_grant");
+        m.set_link(LinkSample {
+            link: "bus1".into(),
+            latency: vec![(0.001, 1), (f64::INFINITY, 0)],
+            ..LinkSample::default()
+        });
+        m.set_outbox_depth("event", 1);
+        m.set_grant(1, 0);
+        let text = m.render(1_000);
+        let mut declared: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(!declared.iter().any(|(n, _)| n == name), "{name} twice");
+                declared.push((name.to_string(), kind.to_string()));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            let (family, kind) = declared.last().unwrap();
+            let ok = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(family.as_str())),
+                _ => name == family,
+            };
+            assert!(ok, "sample `{line}` outside its family `{family}`\n{text}");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert_eq!(declared.len(), 11, "{text}");
+    }
+
     #[test]
     fn grant_age_is_absent_before_any_bundle() {
         let m = Metrics::new();
