@@ -564,20 +564,8 @@ fn check_units(
             .map_err(|e| p.add(format!("{path}.slave"), e.to_string()))
             .ok();
         let (va, base_offset) = check_unit_place(u, &path, p);
-        let placed = u.va.is_some() || u.base_offset.is_some();
         if let Some(s) = slave {
-            match slaves.get(&(u.link.clone(), s)) {
-                Some(&others_placed) if !(others_placed && placed) => p.add(
-                    format!("{path}.slave"),
-                    format!(
-                        "slave id {s} is already used on link `{}` (units sharing a slave id, like indoor units behind one gateway, must each set `va` or `base_offset`)",
-                        u.link
-                    ),
-                ),
-                _ => {
-                    slaves.insert((u.link.clone(), s), placed);
-                }
-            }
+            check_shared_slave(u, s, &mut slaves, &path, p);
         }
         if !profile_exists(&u.profile) {
             p.add(
@@ -613,6 +601,31 @@ fn check_units(
         }
     }
     units
+}
+
+/// A slave id already used on the unit's link is allowed only when every unit there, this one
+/// included, declares its place (`va` or `base_offset`). `slaves` maps (link, slave id) to whether
+/// every unit seen there so far did.
+fn check_shared_slave(
+    u: &RawUnit,
+    slave: SlaveId,
+    slaves: &mut HashMap<(String, SlaveId), bool>,
+    path: &str,
+    p: &mut Problems,
+) {
+    let placed = u.va.is_some() || u.base_offset.is_some();
+    match slaves.get(&(u.link.clone(), slave)) {
+        Some(&others_placed) if !(others_placed && placed) => p.add(
+            format!("{path}.slave"),
+            format!(
+                "slave id {slave} is already used on link `{}` (units sharing a slave id, like indoor units behind one gateway, must each set `va` or `base_offset`)",
+                u.link
+            ),
+        ),
+        _ => {
+            slaves.insert((u.link.clone(), slave), placed);
+        }
+    }
 }
 
 /// A unit's `va` and `base_offset` as 16-bit numbers; `base_offset` defaults to 0. Whether they
