@@ -6,7 +6,7 @@
 //! same list and exit 78 (EX_CONFIG); the systemd unit does not restart on 78.
 //!
 //! - this file: the raw and valid forms of every section, loading, and [`Problem`]s.
-//! - [`checks`]: one named check per section (`check_api`, `check_links`, `check_units`, …).
+//! - `checks.rs`: one named check per section (`check_api`, `check_links`, `check_units`, …).
 //! - [`modbus_server`]: the `[modbus_server]` section (the server face in [`crate::bms`] is
 //!   built from it).
 //!

@@ -1,7 +1,7 @@
 //! The engine: the unit state shared with the link tasks, the cache of the latest value of every
 //! point, and the cloneable [`ModbusEngine`] handle the rest of the process uses. Each link is
-//! served by its own task ([`link_task`]), which owns the link's transport and serializes its
-//! bus; the handle talks to it over channels.
+//! served by its own task (`engine/link_task.rs`), which owns the link's transport and
+//! serializes its bus; the handle talks to it over channels.
 //!
 //! Priorities on a link: commands and writes, then interactive reads, then polling; a poll cycle
 //! runs one request at a time so a command waits at most one transaction. A write, once started,

@@ -4,7 +4,8 @@
 //!
 //! A [`Profile`] can only exist when it passed validation, so the engine never meets overlapping
 //! points, an address beyond 65535, a bad enum or a min above max. This module does no I/O on a
-//! bus and never touches the engine's state.
+//! bus and never touches the engine's state. The checks themselves, one per part of the file,
+//! are in `profile/checks.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
