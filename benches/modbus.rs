@@ -15,7 +15,7 @@ use sitegate::audit::Audit;
 use sitegate::clock::SystemClock;
 use sitegate::config::{Link, LinkKind, Unit};
 use sitegate::modbus::{ModbusEngine, ProfileRegistry};
-use sitegate::model::{LinkId, UnitId};
+use sitegate::model::{LinkId, SlaveId, UnitId};
 use sitegate::sim::{SimServer, SimUnit};
 use sitegate::store::Store;
 use tokio_modbus::client::{Reader, Writer};
@@ -51,11 +51,11 @@ fn bench(c: &mut Criterion) {
             max_gap: 8,
             inter_frame_delay: Duration::ZERO,
         };
-        let unit = |id: &str, slave, profile: &str| Unit {
+        let unit = |id: &str, slave: u8, profile: &str| Unit {
             id: UnitId::new(id).unwrap(),
             name: id.into(),
             link: link.name.clone(),
-            slave,
+            slave: SlaveId::new(slave).unwrap(),
             profile: profile.into(),
             group: None,
             // Background polling off: only the measured requests touch the bus.

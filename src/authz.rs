@@ -1120,7 +1120,10 @@ impl Authz {
         }
     }
 
-    /// The current index (cheap; hold it for one request so every check sees the same state).
+    /// The current index (one atomic load). Hold it across checks that must agree with each other
+    /// (the delegation module judges a delegation and its delegator's role on one index); each
+    /// [`Authz::decide`] call loads the index current at that moment, so two calls (two checks of
+    /// one API request) may see two states when a change lands between them.
     pub fn index(&self) -> Arc<Index> {
         self.current.load_full()
     }
@@ -1183,11 +1186,6 @@ impl Authz {
             .unwrap_or_else(|e| e.into_inner())
             .suspended
             .clone()
-    }
-
-    /// A new unit inventory (config reload).
-    pub fn set_inventory(&self, inventory: Vec<(UnitId, Option<GroupId>)>) -> Arc<Index> {
-        self.update(|i| i.inventory = inventory)
     }
 }
 

@@ -73,6 +73,8 @@ pub enum DelegationError {
     NotFound(String),
     #[error("note is longer than {MAX_NOTE_CHARS} characters")]
     NoteTooLong,
+    /// The requester already has the most open access requests allowed; the API answers 409
+    /// (a conflict with the requests already open), like the other state conflicts.
     #[error("too many open access requests")]
     TooManyRequests,
     #[error("device key: {0}")]
@@ -99,26 +101,6 @@ impl DelegationError {
             DelegationError::NoteTooLong => "note_too_long",
             DelegationError::TooManyRequests => "too_many_requests",
             DelegationError::Key(_) | DelegationError::Store(_) => "internal",
-        }
-    }
-
-    /// The HTTP status for this error.
-    pub fn status(&self) -> u16 {
-        match self {
-            DelegationError::Forbidden { .. }
-            | DelegationError::AboveCeiling { .. }
-            | DelegationError::AboveOwnRole { .. }
-            | DelegationError::NotCloudGrant => 403,
-            DelegationError::NotFound(_) => 404,
-            DelegationError::NoneNotDelegable
-            | DelegationError::UnknownUser(_)
-            | DelegationError::CircularDelegation(_)
-            | DelegationError::ExpiryRequired(_)
-            | DelegationError::ExpiryTooLate(_)
-            | DelegationError::ExpiryInvalid
-            | DelegationError::NoteTooLong => 422,
-            DelegationError::TooManyRequests => 429,
-            DelegationError::Key(_) | DelegationError::Store(_) => 500,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Prometheus metrics: a small registry of labelled counters, gauges and histograms, rendered in
-//! the text exposition format (version 0.0.4) for `GET /api/v1/metrics`.
+//! Prometheus metrics, kept and rendered by `prometheus-client` in the text exposition format
+//! (version 0.0.4) for `GET /api/v1/metrics`.
 //!
 //! Owns the metric families that the daemon reports (HTTP requests, authorization denials,
 //! Modbus latency and errors per link, outbox depth, grant sequence and age). Components feed it
@@ -7,245 +7,185 @@
 //! unbounded user input (raw paths, user ids): every label here comes from a bounded set (route
 //! templates, status codes, link names from the config, reason codes), so the series count stays
 //! bounded.
+//!
+//! This module imports no other module of the daemon: the Modbus engine hands it a
+//! [`LinkSample`] (converted from its own link statistics), so metrics sit below every component
+//! that reports into them.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the latency buckets, for HTTP and Modbus alike.
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of the HTTP latency buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Escapes a label value per the exposition format (`\`, `"` and newline).
-fn escape(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    method: String,
+    status: u16,
 }
 
-fn labels(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
-    let mut parts: Vec<String> = names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-        .collect();
-    if let Some((n, v)) = extra {
-        parts.push(format!("{n}=\"{}\"", escape(v)));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
 }
 
-fn fmt_f64(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else if v.is_nan() {
-        "NaN".into()
-    } else {
-        format!("{v}")
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DenialLabels {
+    capability: String,
+    reason: String,
 }
 
-/// A labelled counter or gauge family.
-pub struct Family {
-    name: &'static str,
-    help: &'static str,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkLabels {
+    link: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkErrorLabels {
+    link: String,
     kind: &'static str,
-    label_names: &'static [&'static str],
-    values: Mutex<BTreeMap<Vec<String>, f64>>,
 }
 
-impl Family {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        kind: &'static str,
-        label_names: &'static [&'static str],
-    ) -> Self {
-        Family {
-            name,
-            help,
-            kind,
-            label_names,
-            values: Mutex::new(BTreeMap::new()),
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The counters of one Modbus link at one moment, as `/metrics` shows them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkSample {
+    pub link: String,
+    pub connected: bool,
+    pub requests: u64,
+    pub timeouts: u64,
+    pub exceptions: u64,
+    pub transport_errors: u64,
+    pub protocol_errors: u64,
+    /// Answered requests per latency bucket: `(upper bound in seconds, count in this bucket
+    /// alone)`, ascending; the last bound is `f64::INFINITY`.
+    pub latency: Vec<(f64, u64)>,
+    /// Sum of the answered requests' latencies, in seconds.
+    pub latency_sum: f64,
+}
+
+/// The latest [`LinkSample`] of every link, rendered at scrape time as `sitegate_modbus_*{link}`.
+#[derive(Debug, Default)]
+struct LinkCollector(Mutex<BTreeMap<String, LinkSample>>);
+
+impl Collector for LinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let links = lock(&self.0);
+        if links.is_empty() {
+            return Ok(());
         }
-    }
-
-    fn key(&self, values: &[&str]) -> Vec<String> {
-        // INVARIANT: callers pass exactly one value per label name; extra values are dropped and
-        // missing ones become empty strings, so a mistake never panics.
-        (0..self.label_names.len())
-            .map(|i| values.get(i).map(|v| (*v).to_string()).unwrap_or_default())
-            .collect()
-    }
-
-    /// Adds `by` to the series with these label values.
-    pub fn add(&self, values: &[&str], by: f64) {
-        let key = self.key(values);
-        *lock(&self.values).entry(key).or_insert(0.0) += by;
-    }
-
-    /// Increments the series with these label values by one.
-    pub fn inc(&self, values: &[&str]) {
-        self.add(values, 1.0);
-    }
-
-    /// Sets the series with these label values (gauges).
-    pub fn set(&self, values: &[&str], v: f64) {
-        let key = self.key(values);
-        lock(&self.values).insert(key, v);
-    }
-
-    /// Current value of one series (0 when absent).
-    pub fn get(&self, values: &[&str]) -> f64 {
-        let key = self.key(values);
-        lock(&self.values).get(&key).copied().unwrap_or(0.0)
-    }
-
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-        for (k, v) in lock(&self.values).iter() {
-            let _ = writeln!(
-                out,
-                "{}{} {}",
-                self.name,
-                labels(self.label_names, k, None),
-                fmt_f64(*v)
-            );
+        let label = |name: &String| LinkLabels { link: name.clone() };
+        {
+            let mut family = encoder.encode_descriptor(
+                "sitegate_modbus_requests",
+                "Modbus transactions per link.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, l) in links.iter() {
+                ConstCounter::new(l.requests).encode(family.encode_family(&label(name))?)?;
+            }
         }
-    }
-}
-
-#[derive(Clone)]
-struct HistState {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-/// A labelled histogram family with fixed buckets.
-pub struct HistogramFamily {
-    name: &'static str,
-    help: &'static str,
-    label_names: &'static [&'static str],
-    buckets: &'static [f64],
-    values: Mutex<BTreeMap<Vec<String>, HistState>>,
-}
-
-impl HistogramFamily {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        label_names: &'static [&'static str],
-        buckets: &'static [f64],
-    ) -> Self {
-        HistogramFamily {
-            name,
-            help,
-            label_names,
-            buckets,
-            values: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Records one observation (seconds).
-    pub fn observe(&self, values: &[&str], seconds: f64) {
-        let key: Vec<String> = (0..self.label_names.len())
-            .map(|i| values.get(i).map(|v| (*v).to_string()).unwrap_or_default())
-            .collect();
-        let mut map = lock(&self.values);
-        let st = map.entry(key).or_insert_with(|| HistState {
-            counts: vec![0; self.buckets.len()],
-            sum: 0.0,
-            count: 0,
-        });
-        for (i, b) in self.buckets.iter().enumerate() {
-            if seconds <= *b {
-                if let Some(c) = st.counts.get_mut(i) {
-                    *c += 1;
+        {
+            let mut family = encoder.encode_descriptor(
+                "sitegate_modbus_errors",
+                "Modbus transaction failures per link and kind.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, l) in links.iter() {
+                for (kind, n) in [
+                    ("timeout", l.timeouts),
+                    ("exception", l.exceptions),
+                    ("transport", l.transport_errors),
+                    ("protocol", l.protocol_errors),
+                ] {
+                    let labels = LinkErrorLabels {
+                        link: name.clone(),
+                        kind,
+                    };
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
                 }
             }
         }
-        st.sum += seconds;
-        st.count += 1;
-    }
-
-    /// Number of observations of one series.
-    pub fn count(&self, values: &[&str]) -> u64 {
-        let key: Vec<String> = values.iter().map(|v| (*v).to_string()).collect();
-        lock(&self.values).get(&key).map(|s| s.count).unwrap_or(0)
-    }
-
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} histogram", self.name);
-        for (k, st) in lock(&self.values).iter() {
-            for (b, c) in self.buckets.iter().zip(&st.counts) {
-                let le = fmt_f64(*b);
-                let _ = writeln!(
-                    out,
-                    "{}_bucket{} {c}",
-                    self.name,
-                    labels(self.label_names, k, Some(("le", &le)))
-                );
+        {
+            let mut family = encoder.encode_descriptor(
+                "sitegate_modbus_link_connected",
+                "Whether the link's transport is connected.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, l) in links.iter() {
+                ConstGauge::new(i64::from(l.connected))
+                    .encode(family.encode_family(&label(name))?)?;
             }
-            let _ = writeln!(
-                out,
-                "{}_bucket{} {}",
-                self.name,
-                labels(self.label_names, k, Some(("le", "+Inf"))),
-                st.count
-            );
-            let l = labels(self.label_names, k, None);
-            let _ = writeln!(out, "{}_sum{l} {}", self.name, fmt_f64(st.sum));
-            let _ = writeln!(out, "{}_count{l} {}", self.name, st.count);
         }
+        let mut family = encoder.encode_descriptor(
+            "sitegate_modbus_request_duration_seconds",
+            "Modbus transaction latency per link (answered requests).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, l) in links.iter() {
+            let count = l.latency.iter().map(|(_, n)| n).sum();
+            family
+                .encode_family(&label(name))?
+                .encode_histogram::<NoLabelSet>(l.latency_sum, count, &l.latency, None)?;
+        }
+        Ok(())
     }
 }
 
 /// Every metric the daemon exports. Share it as `Arc<Metrics>`.
 pub struct Metrics {
+    registry: Registry,
     /// `sitegate_http_requests_total{route,method,status}`.
-    pub http_requests: Family,
+    http_requests: Family<HttpLabels, Counter>,
     /// `sitegate_http_request_duration_seconds{route}`.
-    pub http_duration: HistogramFamily,
+    http_duration: HistogramFamily<RouteLabels>,
     /// `sitegate_authz_denials_total{capability,reason}`.
-    pub authz_denials: Family,
-    /// Latest counters of every Modbus link, copied from the engine by the daemon's
-    /// housekeeping task (`sitegate_modbus_*{link}`).
-    links: Mutex<BTreeMap<String, crate::modbus::LinkStats>>,
+    authz_denials: Family<DenialLabels, Counter>,
+    /// Latest counters of every Modbus link, copied from the engine by the daemon's housekeeping
+    /// task (`sitegate_modbus_*{link}`).
+    links: Arc<LinkCollector>,
     /// `sitegate_outbox_depth{class}`.
-    pub outbox_depth: Family,
-    /// `sitegate_rate_limited_total`.
-    pub rate_limited: Family,
-    grant_seq: AtomicU64,
-    /// Unix ms of the applied bundle's `issued_at`; `i64::MIN` = none yet.
-    grant_issued_at_ms: AtomicI64,
+    outbox_depth: Family<ClassLabels, Gauge>,
+    /// `sitegate_http_rate_limited_total`.
+    rate_limited: Counter,
+    /// Sequence number and `issued_at` (Unix ms) of the applied bundle; `None` before any.
+    grant: Mutex<Option<(u64, i64)>>,
 }
 
 impl Default for Metrics {
@@ -256,179 +196,128 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        // The registry appends the final period to each help text.
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "sitegate_http_requests",
+            "LAN API requests by route template, method and status code",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "sitegate_http_request_duration_seconds",
+            "LAN API request latency by route template",
+            http_duration.clone(),
+        );
+        let authz_denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "sitegate_authz_denials",
+            "Authorization decisions that denied, by capability and reason",
+            authz_denials.clone(),
+        );
+        let links = Arc::new(LinkCollector::default());
+        registry.register_collector(Box::new(links.clone()));
+        let outbox_depth = Family::<ClassLabels, Gauge>::default();
+        registry.register(
+            "sitegate_outbox_depth",
+            "Messages waiting in the MQTT outbox, by class",
+            outbox_depth.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "sitegate_http_rate_limited",
+            "LAN API requests refused by the per-client rate limit",
+            rate_limited.clone(),
+        );
         Metrics {
-            http_requests: Family::new(
-                "sitegate_http_requests_total",
-                "LAN API requests by route template, method and status code.",
-                "counter",
-                &["route", "method", "status"],
-            ),
-            http_duration: HistogramFamily::new(
-                "sitegate_http_request_duration_seconds",
-                "LAN API request latency by route template.",
-                &["route"],
-                &LATENCY_BUCKETS,
-            ),
-            authz_denials: Family::new(
-                "sitegate_authz_denials_total",
-                "Authorization decisions that denied, by capability and reason.",
-                "counter",
-                &["capability", "reason"],
-            ),
-            links: Mutex::new(BTreeMap::new()),
-            outbox_depth: Family::new(
-                "sitegate_outbox_depth",
-                "Messages waiting in the MQTT outbox, by class.",
-                "gauge",
-                &["class"],
-            ),
-            rate_limited: Family::new(
-                "sitegate_http_rate_limited_total",
-                "LAN API requests refused by the per-client rate limit.",
-                "counter",
-                &[],
-            ),
-            grant_seq: AtomicU64::new(0),
-            grant_issued_at_ms: AtomicI64::new(i64::MIN),
+            registry,
+            http_requests,
+            http_duration,
+            authz_denials,
+            links,
+            outbox_depth,
+            rate_limited,
+            grant: Mutex::new(None),
         }
     }
 
     /// Counts one finished HTTP request.
     pub fn observe_http(&self, route: &str, method: &str, status: u16, took: Duration) {
-        let status = status.to_string();
-        self.http_requests.inc(&[route, method, &status]);
-        self.http_duration.observe(&[route], took.as_secs_f64());
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one authorization denial. `reason` must be a stable code from a bounded set.
     pub fn observe_denial(&self, capability: &str, reason: &str) {
-        self.authz_denials.inc(&[capability, reason]);
+        self.authz_denials
+            .get_or_create(&DenialLabels {
+                capability: capability.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one request refused by the per-client rate limit.
+    pub fn observe_rate_limited(&self) {
+        self.rate_limited.inc();
     }
 
     /// Stores the latest counters of one Modbus link (requests, errors by kind, latency
     /// histogram); rendered as `sitegate_modbus_*{link}`.
-    pub fn set_link(&self, stats: &crate::modbus::LinkStats) {
-        lock(&self.links).insert(stats.link.clone(), stats.clone());
-    }
-
-    fn render_links(&self, out: &mut String) {
-        let links = lock(&self.links);
-        if links.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sitegate_modbus_requests_total Modbus transactions per link.\n\
-             # TYPE sitegate_modbus_requests_total counter"
-        );
-        for (name, l) in links.iter() {
-            let _ = writeln!(
-                out,
-                "sitegate_modbus_requests_total{{link=\"{}\"}} {}",
-                escape(name),
-                l.requests
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sitegate_modbus_errors_total Modbus transaction failures per link and kind.\n\
-             # TYPE sitegate_modbus_errors_total counter"
-        );
-        for (name, l) in links.iter() {
-            for (kind, n) in [
-                ("timeout", l.timeouts),
-                ("exception", l.exceptions),
-                ("transport", l.transport_errors),
-                ("protocol", l.protocol_errors),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "sitegate_modbus_errors_total{{link=\"{}\",kind=\"{kind}\"}} {n}",
-                    escape(name)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sitegate_modbus_link_connected Whether the link's transport is connected.\n\
-             # TYPE sitegate_modbus_link_connected gauge"
-        );
-        for (name, l) in links.iter() {
-            let _ = writeln!(
-                out,
-                "sitegate_modbus_link_connected{{link=\"{}\"}} {}",
-                escape(name),
-                u8::from(l.connected)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sitegate_modbus_request_duration_seconds Modbus transaction latency per link (answered requests).\n\
-             # TYPE sitegate_modbus_request_duration_seconds histogram"
-        );
-        for (name, l) in links.iter() {
-            let name = escape(name);
-            let mut cumulative = 0u64;
-            for (i, (_, n)) in l.latency_buckets_ms.iter().enumerate() {
-                cumulative += n;
-                let le = crate::modbus::link::LATENCY_BUCKETS_MS
-                    .get(i)
-                    .map_or_else(|| "+Inf".to_string(), |ms| fmt_f64(*ms as f64 / 1000.0));
-                let _ = writeln!(
-                    out,
-                    "sitegate_modbus_request_duration_seconds_bucket{{link=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "sitegate_modbus_request_duration_seconds_sum{{link=\"{name}\"}} {}",
-                fmt_f64(l.latency_sum_ms / 1000.0)
-            );
-            let _ = writeln!(
-                out,
-                "sitegate_modbus_request_duration_seconds_count{{link=\"{name}\"}} {cumulative}"
-            );
-        }
+    pub fn set_link(&self, sample: impl Into<LinkSample>) {
+        let sample = sample.into();
+        lock(&self.links.0).insert(sample.link.clone(), sample);
     }
 
     /// Sets the outbox depth of one class (`event`, `telemetry`, `request`, …).
     pub fn set_outbox_depth(&self, class: &str, depth: u64) {
-        self.outbox_depth.set(&[class], depth as f64);
+        self.outbox_depth
+            .get_or_create(&ClassLabels {
+                class: class.to_string(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// Records the applied grant bundle: its `seq` and `issued_at` (Unix ms).
     pub fn set_grant(&self, seq: u64, issued_at_ms: i64) {
-        self.grant_seq.store(seq, Ordering::Relaxed);
-        self.grant_issued_at_ms
-            .store(issued_at_ms, Ordering::Relaxed);
+        *lock(&self.grant) = Some((seq, issued_at_ms));
     }
 
     /// Renders every family in the text exposition format; `now_ms` (Unix ms) dates the grant
     /// age gauge.
     pub fn render(&self, now_ms: i64) -> String {
         let mut out = String::with_capacity(4096);
-        self.http_requests.render(&mut out);
-        self.http_duration.render(&mut out);
-        self.authz_denials.render(&mut out);
-        self.render_links(&mut out);
-        self.outbox_depth.render(&mut out);
-        self.rate_limited.render(&mut out);
-        let _ = writeln!(
-            out,
-            "# HELP sitegate_grant_seq Sequence number of the applied grant bundle (0 = none).\n\
-             # TYPE sitegate_grant_seq gauge\nsitegate_grant_seq {}",
-            self.grant_seq.load(Ordering::Relaxed)
+        // Writing into a `String` cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        // The grant gauges depend on the time of the scrape: a registry of constants per render.
+        let grant = *lock(&self.grant);
+        let mut dated = Registry::default();
+        dated.register(
+            "sitegate_grant_seq",
+            "Sequence number of the applied grant bundle (0 = none)",
+            ConstGauge::new(i64::try_from(grant.map_or(0, |(seq, _)| seq)).unwrap_or(i64::MAX)),
         );
-        let issued = self.grant_issued_at_ms.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP sitegate_grant_age_seconds Age of the applied grant bundle (by its issued_at).\n\
-             # TYPE sitegate_grant_age_seconds gauge"
-        );
-        if issued != i64::MIN {
+        if let Some((_, issued)) = grant {
             let age = (now_ms.saturating_sub(issued)) as f64 / 1000.0;
-            let _ = writeln!(out, "sitegate_grant_age_seconds {}", fmt_f64(age));
+            dated.register(
+                "sitegate_grant_age_seconds",
+                "Age of the applied grant bundle (by its issued_at)",
+                ConstGauge::new(age),
+            );
         }
+        let _ = prometheus_text::encode(&mut out, &dated);
         out
     }
 }
@@ -443,46 +332,108 @@ mod tests {
         m.observe_http("/api/v1/units", "GET", 200, Duration::from_millis(3));
         m.observe_http("/api/v1/units", "GET", 200, Duration::from_millis(3));
         m.observe_denial("control", "role_lacks_capability");
-        let mut link = crate::modbus::LinkStats::new(&crate::config::Link {
-            name: crate::model::LinkId::new("bus1").unwrap(),
-            kind: crate::config::LinkKind::Tcp {
-                address: "127.0.0.1:502".into(),
-            },
-            timeout: Duration::from_secs(1),
-            retries: 0,
-            max_gap: 0,
-            inter_frame_delay: Duration::ZERO,
+        m.observe_denial("view", "a \"quoted\" \\ reason");
+        let mut latency: Vec<(f64, u64)> = [1u32, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+            .iter()
+            .map(|ms| (f64::from(*ms) / 1000.0, 0))
+            .collect();
+        latency.push((f64::INFINITY, 0));
+        latency[4].1 = 2;
+        m.set_link(LinkSample {
+            link: "bus1".into(),
+            requests: 3,
+            timeouts: 1,
+            latency,
+            latency_sum: 0.03,
+            ..LinkSample::default()
         });
-        link.requests = 3;
-        link.timeouts = 1;
-        link.latency_buckets_ms[4].1 = 2;
-        link.latency_sum_ms = 30.0;
-        m.set_link(&link);
         m.set_outbox_depth("event", 7);
+        m.observe_rate_limited();
         m.set_grant(42, 1_000);
         let text = m.render(61_000);
-        assert!(text.contains(
-            "sitegate_http_requests_total{route=\"/api/v1/units\",method=\"GET\",status=\"200\"} 2"
-        ));
-        assert!(text.contains("# TYPE sitegate_http_request_duration_seconds histogram"));
-        assert!(text.contains(
-            "sitegate_http_request_duration_seconds_bucket{route=\"/api/v1/units\",le=\"0.005\"} 2"
-        ));
-        assert!(text.contains(
-            "sitegate_http_request_duration_seconds_bucket{route=\"/api/v1/units\",le=\"0.0025\"} 0"
-        ));
-        assert!(text.contains("sitegate_modbus_request_duration_seconds_count{link=\"bus1\"} 2"));
-        assert!(text.contains(
-            "sitegate_modbus_request_duration_seconds_bucket{link=\"bus1\",le=\"0.02\"} 2"
-        ));
-        assert!(text.contains("sitegate_modbus_requests_total{link=\"bus1\"} 3"));
-        assert!(text.contains("sitegate_modbus_errors_total{link=\"bus1\",kind=\"timeout\"} 1"));
-        assert!(text.contains("sitegate_outbox_depth{class=\"event\"} 7"));
-        assert!(text.contains("sitegate_grant_seq 42"));
-        assert!(text.contains("sitegate_grant_age_seconds 60"));
-        assert!(text.contains(
-            "sitegate_authz_denials_total{capability=\"control\",reason=\"role_lacks_capability\"} 1"
-        ));
+        for line in [
+            "# HELP sitegate_http_requests_total LAN API requests by route template, method and status code.",
+            "# TYPE sitegate_http_requests_total counter",
+            "sitegate_http_requests_total{route=\"/api/v1/units\",method=\"GET\",status=\"200\"} 2",
+            "# TYPE sitegate_http_request_duration_seconds histogram",
+            "sitegate_http_request_duration_seconds_bucket{route=\"/api/v1/units\",le=\"0.005\"} 2",
+            "sitegate_http_request_duration_seconds_bucket{route=\"/api/v1/units\",le=\"0.0025\"} 0",
+            "sitegate_http_request_duration_seconds_bucket{route=\"/api/v1/units\",le=\"+Inf\"} 2",
+            "sitegate_http_request_duration_seconds_count{route=\"/api/v1/units\"} 2",
+            "# HELP sitegate_modbus_requests_total Modbus transactions per link.",
+            "# TYPE sitegate_modbus_requests_total counter",
+            "sitegate_modbus_requests_total{link=\"bus1\"} 3",
+            "sitegate_modbus_errors_total{link=\"bus1\",kind=\"timeout\"} 1",
+            "sitegate_modbus_errors_total{link=\"bus1\",kind=\"protocol\"} 0",
+            "sitegate_modbus_link_connected{link=\"bus1\"} 0",
+            "# TYPE sitegate_modbus_request_duration_seconds histogram",
+            "sitegate_modbus_request_duration_seconds_bucket{link=\"bus1\",le=\"0.01\"} 0",
+            "sitegate_modbus_request_duration_seconds_bucket{link=\"bus1\",le=\"0.02\"} 2",
+            "sitegate_modbus_request_duration_seconds_bucket{link=\"bus1\",le=\"1\"} 2",
+            "sitegate_modbus_request_duration_seconds_bucket{link=\"bus1\",le=\"+Inf\"} 2",
+            "sitegate_modbus_request_duration_seconds_count{link=\"bus1\"} 2",
+            "sitegate_outbox_depth{class=\"event\"} 7",
+            "# TYPE sitegate_http_rate_limited_total counter",
+            "sitegate_http_rate_limited_total 1",
+            "# TYPE sitegate_grant_seq gauge",
+            "sitegate_grant_seq 42",
+            "sitegate_authz_denials_total{capability=\"control\",reason=\"role_lacks_capability\"} 1",
+            "sitegate_authz_denials_total{capability=\"view\",reason=\"a \\\"quoted\\\" \\\\ reason\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("sitegate_grant_age_seconds 60")),
+            "{text}"
+        );
+        // The 0.0.4 text format: no OpenMetrics end marker, one TYPE per family.
+        assert!(!text.contains("# EOF"), "{text}");
+        assert_eq!(
+            text.matches("# TYPE sitegate_modbus_errors_total").count(),
+            1
+        );
+    }
+
+    /// Every sample follows the `# TYPE` line of its family (counters and histograms by their
+    /// suffixes), as the 0.0.4 text format requires, and no family is declared twice.
+    #[test]
+    fn every_sample_follows_the_type_line_of_its_family() {
+        let m = Metrics::new();
+        m.observe_http("/api/v1/units", "GET", 200, Duration::from_millis(3));
+        m.observe_denial("control", "no_grant");
+        m.set_link(LinkSample {
+            link: "bus1".into(),
+            latency: vec![(0.001, 1), (f64::INFINITY, 0)],
+            ..LinkSample::default()
+        });
+        m.set_outbox_depth("event", 1);
+        m.set_grant(1, 0);
+        let text = m.render(1_000);
+        let mut declared: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(!declared.iter().any(|(n, _)| n == name), "{name} twice");
+                declared.push((name.to_string(), kind.to_string()));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            let (family, kind) = declared.last().unwrap();
+            let ok = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(family.as_str())),
+                _ => name == family,
+            };
+            assert!(ok, "sample `{line}` outside its family `{family}`\n{text}");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert_eq!(declared.len(), 11, "{text}");
     }
 
     #[test]

@@ -118,6 +118,70 @@ id_type!(
     BusinessId
 );
 
+/// A unicast Modbus slave (unit) id, 1 to 247. Address 0 is the broadcast address (every device
+/// on the bus acts on a write and none answers) and 248 to 255 are reserved, so neither can be
+/// held here: a request built from a `SlaveId` always goes to exactly one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SlaveId(u8);
+
+/// Why a number is not a unicast Modbus slave id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not a unicast Modbus slave id (1 to 247; 0 is broadcast)")]
+pub struct SlaveIdError(pub i64);
+
+impl SlaveId {
+    /// Lowest unicast id.
+    pub const MIN: SlaveId = SlaveId(1);
+    /// Highest unicast id.
+    pub const MAX: SlaveId = SlaveId(247);
+
+    /// The id, if `id` is a unicast slave id (1 to 247).
+    pub fn new(id: u8) -> Result<SlaveId, SlaveIdError> {
+        if (Self::MIN.0..=Self::MAX.0).contains(&id) {
+            Ok(SlaveId(id))
+        } else {
+            Err(SlaveIdError(i64::from(id)))
+        }
+    }
+
+    /// The id as it goes on the wire.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Every unicast id from `from` to `to`, both included.
+    pub fn range(from: SlaveId, to: SlaveId) -> impl Iterator<Item = SlaveId> {
+        (from.0..=to.0).map(SlaveId)
+    }
+}
+
+impl TryFrom<i64> for SlaveId {
+    type Error = SlaveIdError;
+    fn try_from(v: i64) -> Result<SlaveId, SlaveIdError> {
+        u8::try_from(v)
+            .map_err(|_| SlaveIdError(v))
+            .and_then(SlaveId::new)
+    }
+}
+
+impl fmt::Display for SlaveId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for SlaveId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SlaveId, String> {
+        let n: i64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number"))?;
+        SlaveId::try_from(n).map_err(|e| e.to_string())
+    }
+}
+
 /// A verb the code checks. Roles are named sets of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -313,17 +377,6 @@ pub enum Scope {
     Unit(UnitId),
 }
 
-impl Scope {
-    /// Specificity for precedence: unit (2) beats group (1) beats site (0).
-    pub fn specificity(&self) -> u8 {
-        match self {
-            Scope::Site(_) => 0,
-            Scope::Group(_) => 1,
-            Scope::Unit(_) => 2,
-        }
-    }
-}
-
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -357,6 +410,20 @@ mod tests {
         assert!(UnitId::new("+").is_err());
         assert!(UnitId::new(".hidden").is_err());
         assert!(UnitId::new("x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn a_slave_id_is_never_the_broadcast_address_or_a_reserved_one() {
+        assert_eq!(SlaveId::try_from(1).map(SlaveId::get), Ok(1));
+        assert_eq!(SlaveId::try_from(247).map(SlaveId::get), Ok(247));
+        for bad in [0, 248, 255, 256, -1] {
+            assert_eq!(SlaveId::try_from(bad), Err(SlaveIdError(bad)));
+        }
+        assert_eq!(
+            SlaveIdError(0).to_string(),
+            "0 is not a unicast Modbus slave id (1 to 247; 0 is broadcast)"
+        );
+        assert_eq!(SlaveId::range(SlaveId::MIN, SlaveId::MAX).count(), 247);
     }
 
     #[test]

@@ -403,53 +403,6 @@ fn retained_envelopes_signed_by_a_since_retired_key_are_duplicates_not_attacks()
 }
 
 #[test]
-fn local_grants_are_merged_unless_revoked_or_for_unknown_users() {
-    use sitegate::access::Grant;
-    use sitegate::model::{Scope, UnitId, UserId};
-    let fx = Fx::new();
-    fx.apply_seq(1);
-    let mut rx = fx.engine.subscribe();
-    rx.borrow_and_update();
-    let local = |id: &str, user: &str| Grant {
-        id: gid(id),
-        user: UserId::new(user).unwrap(),
-        role: Role::Viewer,
-        scope: Scope::Unit(UnitId::new("hvac-2").unwrap()),
-        not_before: None,
-        expires_at: None,
-        origin: Origin::Local {
-            delegator: UserId::new("u-1").unwrap(),
-            parent: gid("g-1"),
-        },
-    };
-    fx.engine.replace_local_grants(vec![
-        local("l-1", "u-2"),
-        local("l-2", "u-404"),
-        local("g-0", "u-2"),
-        local("g-1", "u-2"),
-    ]);
-    assert!(rx.has_changed().unwrap());
-    let s = fx.engine.snapshot();
-    let local_ids: Vec<_> = s
-        .grants
-        .iter()
-        .filter(|g| matches!(g.origin, Origin::Local { .. }))
-        .map(|g| g.id.as_str().to_string())
-        .collect();
-    assert_eq!(local_ids, vec!["l-1".to_string()]);
-    // They survive the next bundle.
-    fx.clock.set(issued(2));
-    fx.apply(&sign_bundle(&bundle(2))).unwrap();
-    assert!(
-        fx.engine
-            .snapshot()
-            .grants
-            .iter()
-            .any(|g| g.id == gid("l-1"))
-    );
-}
-
-#[test]
 fn a_token_user_sharing_a_bundle_users_email_is_left_out() {
     let fx = Fx::new();
     fx.apply_seq(1);

@@ -175,7 +175,7 @@ pub async fn rate_limit(State(state): State<ApiState>, req: Request, next: Next)
     match state.0.rate.check(ip, Instant::now()) {
         Ok(()) => next.run(req).await,
         Err(wait) => {
-            state.0.metrics.rate_limited.inc(&[]);
+            state.0.metrics.observe_rate_limited();
             ApiError::rate_limited(wait).into_response()
         }
     }

@@ -8,11 +8,9 @@
 //! validated write path with read-back. See `docs/modbus.md`.
 
 pub mod cert;
-pub mod config;
 pub mod service;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
@@ -22,31 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::model::Role;
 
-pub use config::{BmsConfig, PlainAllow};
+/// The `[modbus_server]` section, owned by the config.
+pub use crate::config::modbus_server as config;
+pub use crate::config::modbus_server::{BmsConfig, PlainAllow, RoleMap};
 pub use service::Face;
-
-/// Certificate role string → sitegate role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleMap(HashMap<String, Role>);
-
-impl RoleMap {
-    /// The default map: the role names themselves (`viewer`, `control-only`, `technician`).
-    pub fn standard() -> RoleMap {
-        RoleMap(
-            [Role::Viewer, Role::ControlOnly, Role::Technician]
-                .into_iter()
-                .map(|r| (r.as_str().to_string(), r))
-                .collect(),
-        )
-    }
-    pub fn new(map: HashMap<String, Role>) -> RoleMap {
-        RoleMap(map)
-    }
-    /// The role a certificate's role string maps to (exact, case-sensitive match).
-    pub fn get(&self, name: &str) -> Option<Role> {
-        self.0.get(name).copied()
-    }
-}
 
 /// Who is on the other end of a Modbus connection, as authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,17 +61,7 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, TlsSetupError> {
     })
 }
 
-/// The files the Modbus/TLS listener is built from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The server's certificate chain and key (PEM).
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// The CA that issues BMS client certificates (PEM, one or more certificates).
-    pub ca: PathBuf,
-    /// Certificate revocation lists issued by that CA (PEM).
-    pub crls: Vec<PathBuf>,
-}
+pub use crate::config::modbus_server::TlsFiles;
 
 /// Builds the rustls server config: TLS 1.2 and 1.3, client certificate required, chained to the
 /// CA, checked against the CRLs, and carrying a role the map knows.

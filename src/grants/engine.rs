@@ -21,7 +21,7 @@ use super::bundle::{Bundle, VerifiedBundle, VerifiedToken, policy_to_json};
 use super::envelope::{Kind, payload_sha256, peek_kind};
 use super::trust::{self, TrustSet, VerifiedKeys};
 use super::{CLOCK_TOLERANCE, GrantError, Reason, Rejection, reject};
-use crate::access::{AccessState, Grant, Policy};
+use crate::access::{AccessState, Policy};
 use crate::audit::{Audit, Event};
 use crate::clock::{Clock, SharedClock, TrustedClock, from_unix_ms, rfc3339, unix_ms};
 use crate::model::{GrantId, SiteId};
@@ -71,9 +71,6 @@ struct Book {
     /// guards against rollback, but a redelivery of the same bytes re-applies it.
     stored_bundle_valid: bool,
     tokens: Vec<VerifiedToken>,
-    /// Grants delegated on this box (owned by the delegation module, see
-    /// [`GrantEngine::replace_local_grants`]).
-    local: Vec<Grant>,
     last_rejection: Option<RejectionRecord>,
     last_applied: Option<OffsetDateTime>,
     /// True when a rejection came after the last successful apply.
@@ -134,7 +131,6 @@ fn build_state(
     seq_floor: u64,
     revoked: HashSet<GrantId>,
     tokens: &[VerifiedToken],
-    local: &[Grant],
     floor: Option<OffsetDateTime>,
 ) -> AccessState {
     let mut users = Vec::new();
@@ -169,15 +165,6 @@ fn build_state(
             None => users.push(t.user.clone()),
         }
         grants.push(t.grant.clone());
-    }
-    for g in local {
-        if revoked.contains(&g.id)
-            || grants.iter().any(|x| x.id == g.id)
-            || !users.iter().any(|u| u.id == g.user)
-        {
-            continue;
-        }
-        grants.push(g.clone());
     }
     AccessState {
         site: Some(site.clone()),
@@ -330,7 +317,6 @@ impl GrantEngine {
             loaded.seq,
             loaded.revoked,
             &book.tokens,
-            &book.local,
             loaded.floor,
         );
         let state = Arc::new(state);
@@ -831,7 +817,6 @@ impl GrantEngine {
                 b.seq,
                 revoked,
                 &book.tokens,
-                &book.local,
                 floor,
             );
             book.bundle = Some(bundle);
@@ -1105,34 +1090,11 @@ impl GrantEngine {
                 cur.seq,
                 cur.revoked.clone(),
                 &book.tokens,
-                &book.local,
                 Some(floor),
             ))
         };
         self.publish(state);
         Ok(ApplyOutcome::TokenAdmitted { grant })
-    }
-
-    /// Replaces the grants delegated on this box (the delegation module persists and signs them;
-    /// the engine only merges them into the published state). A local grant whose id is revoked,
-    /// collides with a cloud grant, or names a user the state does not know is left out.
-    pub fn replace_local_grants(&self, grants: Vec<Grant>) {
-        let _guard = lock(&self.inner.apply_lock);
-        let cur = self.inner.state.load_full();
-        let state = {
-            let mut book = lock(&self.inner.book);
-            book.local = grants;
-            Arc::new(build_state(
-                &self.inner.site,
-                book.bundle.as_deref(),
-                cur.seq,
-                cur.revoked.clone(),
-                &book.tokens,
-                &book.local,
-                cur.last_trusted_time,
-            ))
-        };
-        self.publish(state);
     }
 
     /// The retained `…/grants/state` message: the applied bundle (seq, hash, issue time), the key

@@ -13,6 +13,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::config::{Link, LinkKind, Parity};
+use crate::model::SlaveId;
 
 use super::profile::RegKind;
 
@@ -281,11 +282,11 @@ pub async fn open(link: &Link) -> Result<Context, OpenError> {
 /// Runs one operation against `slave`, bounded by `timeout`.
 pub async fn transact(
     ctx: &mut Context,
-    slave: u8,
+    slave: SlaveId,
     op: &Op,
     timeout: Duration,
 ) -> Result<Reply, ModbusError> {
-    ctx.set_slave(Slave(slave));
+    ctx.set_slave(Slave(slave.get()));
     let fut = async {
         match op {
             Op::Read { kind, addr, count } => match kind {
@@ -345,11 +346,11 @@ pub async fn transact(
 /// Reads the basic device identification (FC43/14): `(object id, text)` pairs.
 pub async fn read_device_id(
     ctx: &mut Context,
-    slave: u8,
+    slave: SlaveId,
     timeout: Duration,
 ) -> Result<Vec<(u8, String)>, ModbusError> {
     use tokio_modbus::prelude::ReadCode;
-    ctx.set_slave(Slave(slave));
+    ctx.set_slave(Slave(slave.get()));
     let r = tokio::time::timeout(timeout, ctx.read_device_identification(ReadCode::Basic, 0))
         .await
         .map_err(|_| ModbusError::Timeout)?;
@@ -441,6 +442,34 @@ impl LinkStats {
     }
 }
 
+impl From<&LinkStats> for crate::metrics::LinkSample {
+    /// The counters `/metrics` shows; the latency buckets become seconds, the overflow bucket
+    /// `+Inf`.
+    fn from(s: &LinkStats) -> Self {
+        crate::metrics::LinkSample {
+            link: s.link.clone(),
+            connected: s.connected,
+            requests: s.requests,
+            timeouts: s.timeouts,
+            exceptions: s.exceptions,
+            transport_errors: s.transport_errors,
+            protocol_errors: s.protocol_errors,
+            latency: s
+                .latency_buckets_ms
+                .iter()
+                .enumerate()
+                .map(|(i, (_, n))| {
+                    let le = LATENCY_BUCKETS_MS
+                        .get(i)
+                        .map_or(f64::INFINITY, |ms| *ms as f64 / 1000.0);
+                    (le, *n)
+                })
+                .collect(),
+            latency_sum: s.latency_sum_ms / 1000.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +489,30 @@ mod tests {
             ModbusError::Exception(2).to_string(),
             "device answered with exception 0x02 (illegal data address)"
         );
+    }
+
+    #[test]
+    fn link_stats_become_a_metrics_sample_in_seconds_with_an_overflow_bucket() {
+        let mut stats = LinkStats::new(&Link {
+            name: crate::model::LinkId::new("bus1").unwrap(),
+            kind: LinkKind::Tcp {
+                address: "127.0.0.1:502".into(),
+            },
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            max_gap: 0,
+            inter_frame_delay: Duration::ZERO,
+        });
+        stats.requests = 3;
+        stats.timeouts = 1;
+        stats.latency_buckets_ms[4].1 = 2;
+        stats.latency_sum_ms = 30.0;
+        let sample = crate::metrics::LinkSample::from(&stats);
+        assert_eq!(sample.link, "bus1");
+        assert_eq!((sample.requests, sample.timeouts), (3, 1));
+        assert_eq!(sample.latency.len(), LATENCY_BUCKETS_MS.len() + 1);
+        assert_eq!(sample.latency[4], (0.02, 2));
+        assert_eq!(sample.latency.last(), Some(&(f64::INFINITY, 0)));
+        assert!((sample.latency_sum - 0.03).abs() < 1e-12);
     }
 }

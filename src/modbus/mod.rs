@@ -8,13 +8,15 @@
 //! - [`profile`]: profile TOML, validation, registry.
 //! - [`codec`]: raw registers ⇄ engineering values, write validation.
 //! - [`link`]: transports, one transaction with a timeout, error flattening, link statistics.
+//! - [`placement`]: units moved to their VA or base offset; overlap checks across units.
 //! - [`scheduler`]: the read plan (coalescing, gap splitting).
-//! - [`engine`]: link tasks, unit state, cache, the public handle.
+//! - [`engine`]: unit state, cache, the public handle; `engine::link_task`: one task per link.
 //! - [`tools`]: `sitegate units test` and `sitegate scan`.
 
 pub mod codec;
 pub mod engine;
 pub mod link;
+pub mod placement;
 pub mod profile;
 pub mod scheduler;
 pub mod tools;

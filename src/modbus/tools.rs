@@ -21,6 +21,7 @@ use super::scheduler;
 use super::{ModbusEngine, Quality};
 use crate::audit::Audit;
 use crate::config::{Config, EX_CONFIG};
+use crate::model::SlaveId;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UnitsTestArgs {
@@ -179,13 +180,13 @@ pub fn units_test(args: UnitsTestArgs) -> i32 {
     })
 }
 
-fn parse_range(s: &str) -> Result<(u8, u8), String> {
+fn parse_range(s: &str) -> Result<(SlaveId, SlaveId), String> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
     let p = |x: &str| {
         x.trim()
             .parse::<u8>()
             .ok()
-            .filter(|v| (1..=247).contains(v))
+            .and_then(|v| SlaveId::new(v).ok())
             .ok_or_else(|| format!("`{x}` is not a slave id (1..=247)"))
     };
     let (a, b) = (p(a)?, p(b)?);
@@ -198,7 +199,7 @@ fn parse_range(s: &str) -> Result<(u8, u8), String> {
 /// What a probe found at one slave id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    pub slave: u8,
+    pub slave: SlaveId,
     pub identity: Vec<(u8, String)>,
     /// Profile name and how it was identified.
     pub profile: Option<(String, &'static str)>,
@@ -206,7 +207,7 @@ pub struct Found {
 
 async fn read_ok(
     ctx: &mut tokio_modbus::client::Context,
-    slave: u8,
+    slave: SlaveId,
     op: &Op,
     t: Duration,
 ) -> Result<Reply, ModbusError> {
@@ -217,7 +218,7 @@ async fn read_ok(
 async fn probe(
     ctx: &mut Option<tokio_modbus::client::Context>,
     link_cfg: &crate::config::Link,
-    slave: u8,
+    slave: SlaveId,
     t: Duration,
     profiles: &[Arc<Profile>],
 ) -> Result<Option<Found>, link::OpenError> {
@@ -311,8 +312,8 @@ pub const PROGRESS_EVERY: usize = 10;
 /// `progress(probed, total, found)` is called every [`PROGRESS_EVERY`] ids and after the last.
 pub async fn scan_link(
     link_cfg: &crate::config::Link,
-    from: u8,
-    to: u8,
+    from: SlaveId,
+    to: SlaveId,
     per_id: Duration,
     registry: &ProfileRegistry,
     progress: &mut dyn FnMut(usize, usize, usize),
@@ -320,8 +321,8 @@ pub async fn scan_link(
     let profiles: Vec<Arc<Profile>> = registry.iter().cloned().collect();
     let mut ctx = Some(link::open(link_cfg).await?);
     let mut found = Vec::new();
-    let total = usize::from(to - from) + 1;
-    for (i, slave) in (from..=to).enumerate() {
+    let total = usize::from(to.get().saturating_sub(from.get())) + 1;
+    for (i, slave) in SlaveId::range(from, to).enumerate() {
         if let Some(f) = probe(&mut ctx, link_cfg, slave, per_id, &profiles).await? {
             found.push(f);
         }
@@ -452,8 +453,9 @@ mod tests {
 
     #[test]
     fn scan_ranges_parse_and_reject_bad_ids() {
-        assert_eq!(parse_range("1-247"), Ok((1, 247)));
-        assert_eq!(parse_range("5"), Ok((5, 5)));
+        let got = |s: &str| parse_range(s).map(|(a, b)| (a.get(), b.get()));
+        assert_eq!(got("1-247"), Ok((1, 247)));
+        assert_eq!(got("5"), Ok((5, 5)));
         assert!(parse_range("0-3").is_err());
         assert!(parse_range("9-3").is_err());
         assert!(parse_range("1-300").is_err());

@@ -31,6 +31,7 @@ pub use telemetry::{
 };
 
 use crate::audit::Audit;
+pub use crate::config::{BACKFILL_RATE, RECONNECT_MIN, RECONNECT_STABLE};
 use crate::config::{Mqtt, Site};
 use crate::model::UnitId;
 use crate::outbox::{self, Class};
@@ -48,19 +49,9 @@ const MAX_PACKET_BYTES: usize = 2 * MAX_INBOUND_BYTES;
 /// drop the connection on every try), so the drain removes it and audits `mqtt_message_unsendable`.
 pub const MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
 
-/// Default cap of the first reconnect delay (the delay is uniform in [cap/2, cap]; each failed
-/// attempt doubles the cap up to `reconnect_max`).
-pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
-
-/// Default time a connection must stay up after its CONNACK to reset the reconnect backoff.
-pub const RECONNECT_STABLE: Duration = Duration::from_secs(2);
-
 /// Telemetry snapshots (on connect, on request) come at most this often; requests in between are
 /// served by one snapshot at the end of the interval.
 pub const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Default rate of a backfill, in events per second.
-pub const BACKFILL_RATE: u32 = 500;
 
 /// Publishes in flight (sent, PUBACK not yet seen) at most.
 pub const INFLIGHT_WINDOW: u16 = 128;

@@ -14,7 +14,7 @@ use sitegate::audit::Audit;
 use sitegate::clock::SystemClock;
 use sitegate::config::{Link, LinkKind, Parity, Unit};
 use sitegate::modbus::{ModbusEngine, ProfileRegistry};
-use sitegate::model::{LinkId, UnitId};
+use sitegate::model::{LinkId, SlaveId, UnitId};
 use sitegate::store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,7 +54,7 @@ pub fn unit(id: &str, link: &str, slave: u8, profile: &str, poll_ms: u64) -> Uni
         id: UnitId::new(id).unwrap(),
         name: id.to_string(),
         link: LinkId::new(link).unwrap(),
-        slave,
+        slave: SlaveId::new(slave).unwrap(),
         profile: profile.to_string(),
         group: None,
         poll_interval: Duration::from_millis(poll_ms),

@@ -1,4 +1,8 @@
-//! The `[modbus_server]` config section: raw form and validation (with key paths).
+//! The `[modbus_server]` config section: raw form, validation (with key paths) and the validated
+//! settings the Modbus server face ([`crate::bms`]) is built from.
+//!
+//! It lives with the rest of the config so that the config never imports the server it configures:
+//! `bms` imports this module (and re-exports it as `bms::config`), never the reverse.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -9,8 +13,40 @@ use serde::Deserialize;
 
 use crate::model::{Role, UnitId};
 
-use super::RoleMap;
-use super::tls::TlsFiles;
+/// Certificate role string → sitegate role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleMap(HashMap<String, Role>);
+
+impl RoleMap {
+    /// The default map: the role names themselves (`viewer`, `control-only`, `technician`).
+    pub fn standard() -> RoleMap {
+        RoleMap(
+            [Role::Viewer, Role::ControlOnly, Role::Technician]
+                .into_iter()
+                .map(|r| (r.as_str().to_string(), r))
+                .collect(),
+        )
+    }
+    pub fn new(map: HashMap<String, Role>) -> RoleMap {
+        RoleMap(map)
+    }
+    /// The role a certificate's role string maps to (exact, case-sensitive match).
+    pub fn get(&self, name: &str) -> Option<Role> {
+        self.0.get(name).copied()
+    }
+}
+
+/// The files the Modbus/TLS listener is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that issues BMS client certificates (PEM, one or more certificates).
+    pub ca: PathBuf,
+    /// Certificate revocation lists issued by that CA (PEM).
+    pub crls: Vec<PathBuf>,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
