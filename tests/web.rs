@@ -21,8 +21,6 @@ use std::time::Duration;
 
 use e2e_support::*;
 use serde_json::{Value, json};
-use sitegate::clock::rfc3339;
-use sitegate::grants::{Kind, fleet};
 use sitegate::modbus::profile::RegKind;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

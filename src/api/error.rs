@@ -15,7 +15,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::extract::safe;
 use super::ports::{AuthError, DelegationError, ReadError, WriteFailure};
 use crate::business::{BusinessError, MAX_NOTE_CHARS};
 
@@ -303,6 +302,16 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// Bounds a message that may echo client input: one line, at most 200 characters.
+pub fn safe(s: &str) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    one_line
 }
 
 #[cfg(test)]

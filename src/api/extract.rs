@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, safe};
 use super::ports::SessionInfo;
 use super::session;
 use super::state::ApiState;
@@ -157,14 +157,4 @@ fn query_rejection(rej: &QueryRejection) -> ApiError {
         "invalid_query",
         format!("invalid query string: {}", safe(detail)),
     )
-}
-
-/// Bounds a message that may echo client input: one line, at most 200 characters.
-pub fn safe(s: &str) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect();
-    one_line
 }

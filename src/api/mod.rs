@@ -17,6 +17,7 @@ mod handlers;
 mod layers;
 pub mod openapi;
 pub mod ports;
+mod rate;
 mod session;
 mod state;
 mod stream;
@@ -496,6 +497,103 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The modules of `src/api` (as `api::…` paths) and the modules of `src/api` each one's
+    /// code (tests and comments aside) names through `super::` or `crate::api::`.
+    fn api_imports() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&root.join("api"), &mut files);
+        let name_of = |p: &Path| {
+            let rel = p.strip_prefix(&root).unwrap().with_extension("");
+            let rel = rel.to_string_lossy().replace('/', "::");
+            rel.strip_suffix("::mod").unwrap_or(&rel).to_string()
+        };
+        let names: BTreeSet<String> = files.iter().map(|p| name_of(p)).collect();
+        let mut graph = std::collections::BTreeMap::new();
+        for f in &files {
+            let name = name_of(f);
+            let text = std::fs::read_to_string(f).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let parent = name.rsplit_once("::").map_or("", |(p, _)| p).to_string();
+            let mut deps = BTreeSet::new();
+            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (prefix, base) in [("super::", parent.as_str()), ("crate::api::", "api")] {
+                    for (i, _) in line.match_indices(prefix) {
+                        let rest = &line[i + prefix.len()..];
+                        let mut target = base.to_string();
+                        // The longest module path the text names.
+                        for seg in rest.split("::") {
+                            let seg: String = seg
+                                .chars()
+                                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                                .collect();
+                            let next = format!("{target}::{seg}");
+                            if seg.is_empty() || !names.contains(&next) {
+                                break;
+                            }
+                            target = next;
+                        }
+                        // `api` itself (mod.rs) counts too: nothing below the router may import it.
+                        if target != name && names.contains(&target) {
+                            deps.insert(target);
+                        }
+                    }
+                }
+            }
+            graph.insert(name, deps);
+        }
+        graph
+    }
+
+    #[test]
+    fn imports_inside_the_api_run_one_way() {
+        let graph = api_imports();
+        assert!(graph.len() > 10, "{graph:?}");
+        // Depth-first search for a back edge.
+        fn visit(
+            g: &std::collections::BTreeMap<String, BTreeSet<String>>,
+            n: &str,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+            cycles: &mut Vec<String>,
+        ) {
+            if done.contains(n) {
+                return;
+            }
+            if let Some(i) = path.iter().position(|p| p == n) {
+                cycles.push(path[i..].join(" -> ") + " -> " + n);
+                return;
+            }
+            path.push(n.to_string());
+            for d in g.get(n).into_iter().flatten() {
+                visit(g, d, path, done, cycles);
+            }
+            path.pop();
+            done.insert(n.to_string());
+        }
+        let (mut done, mut cycles) = (BTreeSet::new(), Vec::new());
+        for n in graph.keys() {
+            visit(&graph, n, &mut Vec::new(), &mut done, &mut cycles);
+        }
+        assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
+        let up: Vec<_> = graph
+            .iter()
+            .filter(|(_, d)| d.contains("api"))
+            .map(|(n, _)| n)
+            .collect();
+        assert!(up.is_empty(), "{up:?} import the router module (`api`)");
     }
 
     #[test]

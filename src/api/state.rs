@@ -1,14 +1,14 @@
 //! The shared state of every request: the engine ports, the audit trail, metrics, the clock and
 //! the limits from `[api]`. Every module of the API reads it; it imports none of them but the
-//! rate limiter it holds.
+//! ports and the rate limiter it holds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
 
-use super::layers;
 use super::ports::{AuthPort, AuthzPort, BusinessPort, DelegationPort, UnitsPort};
+use super::rate::RateLimiter;
 use crate::audit::Audit;
 use crate::clock::SharedClock;
 use crate::config;
@@ -57,7 +57,7 @@ pub(super) struct Inner {
     pub(super) clock: SharedClock,
     pub(super) limits: Limits,
     pub(super) cors_origins: Vec<HeaderValue>,
-    pub(super) rate: layers::RateLimiter,
+    pub(super) rate: RateLimiter,
 }
 
 impl ApiState {
@@ -75,7 +75,7 @@ impl ApiState {
             .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
             .collect();
         ApiState(Arc::new(Inner {
-            rate: layers::RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
+            rate: RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
             ports,
             audit,
             metrics,
