@@ -149,24 +149,10 @@ pub fn grant_info(g: &crate::access::Grant, email: Option<String>) -> GrantInfo 
 }
 
 impl AuthzPort for AuthzAdapter {
-    fn decide(
-        &self,
-        user: &UserId,
-        capability: Capability,
-        target: &ports::Target,
-    ) -> ports::Decision {
-        let target = match target {
-            ports::Target::Site => Target::Site,
-            ports::Target::Unit(u) => Target::Unit(u.clone()),
-        };
-        match self
-            .authz
+    fn decide(&self, user: &UserId, capability: Capability, target: &Target) -> Decision {
+        self.authz
             .index()
-            .decide(user, capability, &target, self.clock.now())
-        {
-            Decision::Allow => ports::Decision::Allow,
-            Decision::Deny(why) => ports::Decision::Deny(why.code()),
-        }
+            .decide(user, capability, target, self.clock.now())
     }
 
     fn visible_units(&self, user: &UserId) -> Vec<(UnitId, CapSet)> {

@@ -24,8 +24,8 @@ pub fn deny_reason(
     match state.0.ports.authz.decide(user, cap, target) {
         Decision::Allow => None,
         Decision::Deny(reason) => {
-            state.0.metrics.observe_denial(cap.as_str(), reason);
-            Some(reason)
+            state.0.metrics.observe_denial(cap.as_str(), reason.code());
+            Some(reason.code())
         }
     }
 }
@@ -91,7 +91,7 @@ pub fn usable_unit(
                 };
             }
             Decision::Deny(reason) => {
-                first.get_or_insert((cap, reason));
+                first.get_or_insert((cap, reason.code()));
             }
         }
     }

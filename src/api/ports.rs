@@ -112,30 +112,11 @@ pub trait AuthPort: Send + Sync + 'static {
 // Authorization
 // ---------------------------------------------------------------------------------------------
 
-/// What a decision is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// The whole site (site-wide audit, metrics, delegation at site scope).
-    Site,
-    /// One unit (the engine resolves its group from the inventory).
-    Unit(UnitId),
-}
-
-/// The answer of the authorization engine. A denial is a value, not an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    /// Denied, with a stable reason code from a bounded set (e.g. `no_grant`, `expired`,
-    /// `revoked`, `role_lacks_capability`, `feature_disabled`, `inactive_user`, `offline_too_long`);
-    /// used as a metrics label and in audit records, never shown with more detail to the caller.
-    Deny(&'static str),
-}
-
-impl Decision {
-    pub fn is_allow(&self) -> bool {
-        matches!(self, Decision::Allow)
-    }
-}
+/// What a decision is about, and the decision: the authorization engine's own types, used as
+/// is. A denial is a value (`Decision::Deny`) whose reason has a stable code from a bounded set
+/// (`DenyReason::code`), used as a metrics label and in audit records, never shown with more
+/// detail to the caller.
+pub use crate::authz::{Decision, DenyReason, Target};
 
 /// One grant as shown to a user (in `/me` and in delegation listings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
