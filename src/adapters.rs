@@ -1,6 +1,8 @@
 //! The engines behind the LAN API's ports: each adapter implements one `api::ports` trait over
-//! the real engine (`auth`, `authz`, `delegation`, `modbus`, `grants`). Mapping only: no policy
-//! is decided here.
+//! the real engine (`auth`, `authz`, `delegation`, `modbus`, `grants`, `business`). Mapping only:
+//! no policy is decided here. The engines' errors pass through unchanged (the API maps each to its
+//! status once, in `api::error`), except the Modbus engine's, which meet the bus outcome here in
+//! the units port's `WriteFailure` and `ReadError`.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! A whole site in one process for end-to-end tests and benches: the real daemon
 //! (`sitegate::app::Daemon`), Modbus simulators on loopback, and signed grant bundles minted with a
-//! fixed-seed fleet key.
+//! fixed-seed fleet key; the standard members of the test site, installer tokens, and one HTTP
+//! helper (`call`, `get`, `post`, `delete` → [`Resp`]) for every end-to-end API test.
 
 #![allow(
     clippy::unwrap_used,
