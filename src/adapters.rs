@@ -1,6 +1,8 @@
 //! The engines behind the LAN API's ports: each adapter implements one `api::ports` trait over
-//! the real engine (`auth`, `authz`, `delegation`, `modbus`, `grants`). Mapping only: no policy
-//! is decided here.
+//! the real engine (`auth`, `authz`, `delegation`, `modbus`, `grants`, `business`). Mapping only:
+//! no policy is decided here. The engines' errors pass through unchanged (the API maps each to its
+//! status once, in `api::error`), except the Modbus engine's, which meet the bus outcome here in
+//! the units port's `WriteFailure` and `ReadError`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,13 +11,14 @@ use crate::access::Origin;
 use std::time::Duration;
 
 use crate::api::ports::{
-    self, AccessRequest, AuthPort, AuthzPort, BoxFut, CommandInfo, CommandOutcome, DelegateRequest,
-    DelegationOutcome, DelegationPort, Diagnostics, EnumLabel, GrantInfo, LinkStats, LoginError,
-    Me, PointInfo, ReadError, Reading, RegisterKind, SessionInfo, UnitProfile, UnitSummary,
-    UnitsPort, WriteError,
+    self, AccessRequest, AuthPort, AuthzPort, BoxFut, BusinessPort, CommandInfo, CommandOutcome,
+    DelegateRequest, DelegationOutcome, DelegationPort, Diagnostics, EnumLabel, GrantInfo,
+    LinkStats, Me, PendingRequest, PointInfo, ReadError, Reading, RegisterKind, SessionInfo,
+    UnitProfile, UnitSummary, UnitsPort, WriteFailure,
 };
-use crate::auth::{self, Auth, TokenVerifier};
+use crate::auth::{self, Auth, AuthError, TokenVerifier};
 use crate::authz::{Authz, Decision, Target};
+use crate::business::{BusinessError, BusinessInfo, Businesses, Change, Suspension};
 use crate::clock::SharedClock;
 use crate::delegation::{self, Delegations};
 use crate::grants::{ApplyOutcome, GrantEngine, Kind};
@@ -29,38 +32,6 @@ use crate::mqtt::PointSample;
 
 /// [`AuthPort`] over [`Auth`].
 pub struct AuthAdapter(pub Auth);
-
-fn login_error(e: auth::AuthError) -> LoginError {
-    match e {
-        auth::AuthError::Throttled { retry_after } => LoginError::Throttled { retry_after },
-        auth::AuthError::Locked { retry_after } => LoginError::Locked { retry_after },
-        auth::AuthError::Store(_) | auth::AuthError::TokenUnavailable => LoginError::Unavailable,
-        auth::AuthError::InvalidCredentials
-        | auth::AuthError::TokenRejected(_)
-        | auth::AuthError::Unauthenticated
-        | auth::AuthError::SessionExpired
-        | auth::AuthError::UserInactive
-        | auth::AuthError::PasswordChanged
-        | auth::AuthError::Forbidden
-        | auth::AuthError::NoSuchLockout(_) => LoginError::Invalid,
-    }
-}
-
-fn lockout_error(e: auth::AuthError) -> ports::LockoutError {
-    match e {
-        auth::AuthError::Forbidden => ports::LockoutError::Forbidden,
-        auth::AuthError::NoSuchLockout(_) => ports::LockoutError::NotFound,
-        _ => ports::LockoutError::Unavailable,
-    }
-}
-
-fn session_error(e: auth::AuthError) -> ports::AuthError {
-    match e {
-        auth::AuthError::SessionExpired => ports::AuthError::Expired,
-        auth::AuthError::Store(_) => ports::AuthError::Unavailable,
-        _ => ports::AuthError::Invalid,
-    }
-}
 
 fn session(new: auth::NewSession) -> (String, SessionInfo) {
     (
@@ -78,13 +49,12 @@ impl AuthPort for AuthAdapter {
         email: &'a str,
         password: &'a str,
         client_ip: IpAddr,
-    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>> {
+    ) -> BoxFut<'a, Result<(String, SessionInfo), AuthError>> {
         Box::pin(async move {
             self.0
                 .login_password(email, password, client_ip)
                 .await
                 .map(session)
-                .map_err(login_error)
         })
     }
 
@@ -94,7 +64,7 @@ impl AuthPort for AuthAdapter {
         password: &'a str,
         client_ip: IpAddr,
         device: Option<&'a str>,
-    ) -> BoxFut<'a, Result<ports::DeviceLogin, LoginError>> {
+    ) -> BoxFut<'a, Result<ports::DeviceLogin, AuthError>> {
         Box::pin(async move {
             self.0
                 .login_password_on_device(email, password, client_ip, device)
@@ -104,7 +74,6 @@ impl AuthPort for AuthAdapter {
                     let (token, info) = session(new);
                     (token, info, device)
                 })
-                .map_err(login_error)
         })
     }
 
@@ -112,67 +81,36 @@ impl AuthPort for AuthAdapter {
         &'a self,
         envelope: &'a [u8],
         client_ip: IpAddr,
-    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>> {
+    ) -> BoxFut<'a, Result<(String, SessionInfo), AuthError>> {
+        Box::pin(async move { self.0.login_token(envelope, client_ip).await.map(session) })
+    }
+
+    fn authenticate<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<SessionInfo, AuthError>> {
         Box::pin(async move {
-            self.0
-                .login_token(envelope, client_ip)
-                .await
-                .map(session)
-                .map_err(login_error)
+            self.0.authenticate(bearer).await.map(|s| SessionInfo {
+                user: s.user,
+                expires_at: s.expires,
+            })
         })
     }
 
-    fn authenticate<'a>(
-        &'a self,
-        bearer: &'a str,
-    ) -> BoxFut<'a, Result<SessionInfo, ports::AuthError>> {
-        Box::pin(async move {
-            self.0
-                .authenticate(bearer)
-                .await
-                .map(|s| SessionInfo {
-                    user: s.user,
-                    expires_at: s.expires,
-                })
-                .map_err(session_error)
-        })
-    }
-
-    fn logout<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<(), ports::AuthError>> {
-        Box::pin(async move { self.0.logout(bearer).await.map_err(session_error) })
+    fn logout<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<(), AuthError>> {
+        Box::pin(self.0.logout(bearer))
     }
 
     fn lockouts<'a>(
         &'a self,
         actor: &'a UserId,
-    ) -> BoxFut<'a, Result<Vec<ports::LockoutInfo>, ports::LockoutError>> {
-        Box::pin(async move {
-            let list = self.0.lockouts(actor).await.map_err(lockout_error)?;
-            Ok(list
-                .into_iter()
-                .map(|l| ports::LockoutInfo {
-                    key: l.key,
-                    label: l.label,
-                    failures: l.failures,
-                    last_failure: l.last_failure,
-                    locked_until: l.locked_until,
-                    next_allowed: l.next_allowed,
-                })
-                .collect())
-        })
+    ) -> BoxFut<'a, Result<Vec<ports::Lockout>, AuthError>> {
+        Box::pin(self.0.lockouts(actor))
     }
 
     fn clear_lockout<'a>(
         &'a self,
         actor: &'a UserId,
         key: &'a str,
-    ) -> BoxFut<'a, Result<(), ports::LockoutError>> {
-        Box::pin(async move {
-            self.0
-                .clear_lockout(actor, key)
-                .await
-                .map_err(lockout_error)
-        })
+    ) -> BoxFut<'a, Result<(), AuthError>> {
+        Box::pin(self.0.clear_lockout(actor, key))
     }
 }
 
@@ -213,24 +151,10 @@ pub fn grant_info(g: &crate::access::Grant, email: Option<String>) -> GrantInfo 
 }
 
 impl AuthzPort for AuthzAdapter {
-    fn decide(
-        &self,
-        user: &UserId,
-        capability: Capability,
-        target: &ports::Target,
-    ) -> ports::Decision {
-        let target = match target {
-            ports::Target::Site => Target::Site,
-            ports::Target::Unit(u) => Target::Unit(u.clone()),
-        };
-        match self
-            .authz
+    fn decide(&self, user: &UserId, capability: Capability, target: &Target) -> Decision {
+        self.authz
             .index()
-            .decide(user, capability, &target, self.clock.now())
-        {
-            Decision::Allow => ports::Decision::Allow,
-            Decision::Deny(why) => ports::Decision::Deny(why.code()),
-        }
+            .decide(user, capability, target, self.clock.now())
     }
 
     fn visible_units(&self, user: &UserId) -> Vec<(UnitId, CapSet)> {
@@ -290,30 +214,6 @@ pub struct DelegationAdapter {
     pub authz: Arc<Authz>,
 }
 
-fn delegation_error(e: delegation::DelegationError) -> ports::DelegationError {
-    use delegation::DelegationError as D;
-    match e {
-        // An unknown scope is refused as `Forbidden` by the engine: same answer as forbidden.
-        D::Forbidden { .. }
-        | D::AboveCeiling { .. }
-        | D::AboveOwnRole { .. }
-        | D::NotCloudGrant => ports::DelegationError::Forbidden(e.code()),
-        D::NotFound(_) => ports::DelegationError::NotFound,
-        D::TooManyRequests => ports::DelegationError::Conflict(e.to_string()),
-        D::UnknownUser(_)
-        | D::NoneNotDelegable
-        | D::CircularDelegation(_)
-        | D::ExpiryRequired(_)
-        | D::ExpiryTooLate(_)
-        | D::ExpiryInvalid
-        | D::NoteTooLong => ports::DelegationError::Invalid {
-            code: e.code(),
-            message: e.to_string(),
-        },
-        D::Key(_) | D::Store(_) => ports::DelegationError::Unavailable,
-    }
-}
-
 fn local_info(g: &delegation::LocalGrant, email: Option<String>) -> GrantInfo {
     grant_info(&g.to_grant(), email)
 }
@@ -322,13 +222,9 @@ impl DelegationPort for DelegationAdapter {
     fn list<'a>(
         &'a self,
         actor: &'a UserId,
-    ) -> BoxFut<'a, Result<Vec<GrantInfo>, ports::DelegationError>> {
+    ) -> BoxFut<'a, Result<Vec<GrantInfo>, delegation::DelegationError>> {
         Box::pin(async move {
-            let listing = self
-                .delegations
-                .list(actor)
-                .await
-                .map_err(delegation_error)?;
+            let listing = self.delegations.list(actor).await?;
             let ix = self.authz.index();
             Ok(listing
                 .grants
@@ -343,18 +239,9 @@ impl DelegationPort for DelegationAdapter {
         &'a self,
         actor: &'a UserId,
         request: DelegateRequest,
-    ) -> BoxFut<'a, Result<DelegationOutcome, ports::DelegationError>> {
+    ) -> BoxFut<'a, Result<DelegationOutcome, delegation::DelegationError>> {
         Box::pin(async move {
-            // Delegation names an existing user of the site (from the cloud's bundle); accounts
-            // are created by the cloud, so a password in the request is refused, not ignored.
-            if request.password.is_some() {
-                return Err(ports::DelegationError::Invalid {
-                    code: "invalid_request",
-                    message:
-                        "accounts are created by the cloud; delegate to an existing user by email"
-                            .into(),
-                });
-            }
+            // The API refuses a password before it gets here: accounts come from the cloud.
             // Authorization comes before the email lookup (inside `create_for_email`), so an
             // unknown email never answers differently from a forbidden scope.
             match self
@@ -366,8 +253,7 @@ impl DelegationPort for DelegationAdapter {
                     request.scope,
                     request.expires_at,
                 )
-                .await
-                .map_err(delegation_error)?
+                .await?
             {
                 delegation::Created::Effective(g) => Ok(DelegationOutcome::Applied(Some(
                     local_info(&g, Some(request.email.clone())),
@@ -383,12 +269,9 @@ impl DelegationPort for DelegationAdapter {
         &'a self,
         actor: &'a UserId,
         grant: &'a GrantId,
-    ) -> BoxFut<'a, Result<DelegationOutcome, ports::DelegationError>> {
+    ) -> BoxFut<'a, Result<DelegationOutcome, delegation::DelegationError>> {
         Box::pin(async move {
-            self.delegations
-                .revoke(actor, grant)
-                .await
-                .map_err(delegation_error)?;
+            self.delegations.revoke(actor, grant).await?;
             Ok(DelegationOutcome::Applied(None))
         })
     }
@@ -396,33 +279,21 @@ impl DelegationPort for DelegationAdapter {
     fn list_requests<'a>(
         &'a self,
         actor: &'a UserId,
-    ) -> BoxFut<'a, Result<Vec<serde_json::Value>, ports::DelegationError>> {
-        Box::pin(async move {
-            let listing = self
-                .delegations
-                .list(actor)
-                .await
-                .map_err(delegation_error)?;
-            Ok(listing
-                .requests
-                .iter()
-                .filter_map(|r| serde_json::to_value(r).ok())
-                .collect())
-        })
+    ) -> BoxFut<'a, Result<Vec<PendingRequest>, delegation::DelegationError>> {
+        Box::pin(async move { Ok(self.delegations.list(actor).await?.requests) })
     }
 
     fn request_access<'a>(
         &'a self,
         actor: &'a UserId,
         request: AccessRequest,
-    ) -> BoxFut<'a, Result<String, ports::DelegationError>> {
+    ) -> BoxFut<'a, Result<String, delegation::DelegationError>> {
         Box::pin(async move {
             let note = request.message.unwrap_or_default();
             self.delegations
                 .access_request(actor, request.scope, request.role, &note)
                 .await
                 .map(|p| p.id)
-                .map_err(delegation_error)
         })
     }
 }
@@ -546,12 +417,14 @@ impl UnitsAdapter {
     }
 }
 
-fn read_error(e: modbus::EngineError) -> ReadError {
+/// A failed read. Only a raw read chose its registers, so only there is a device's refusal
+/// (exceptions 1–3) an answer about the request (`raw`); elsewhere it is a device exception.
+fn read_error(e: modbus::EngineError, raw: bool) -> ReadError {
     use modbus::{EngineError as E, ModbusError as M};
     match e {
         E::UnknownUnit(_) => ReadError::UnknownUnit,
         E::Modbus(M::Timeout) => ReadError::Timeout,
-        E::Modbus(M::Exception(c @ 1..=3)) => {
+        E::Modbus(M::Exception(c @ 1..=3)) if raw => {
             ReadError::Refused(modbus::link::exception_name(c).to_string())
         }
         E::Modbus(M::Exception(c)) => {
@@ -561,33 +434,38 @@ fn read_error(e: modbus::EngineError) -> ReadError {
     }
 }
 
-fn write_error(e: modbus::WriteError) -> WriteError {
+/// A write or command the engine refused before the bus. `command`: an unknown unit is
+/// reported as the thing the caller named (a point or a command).
+fn write_error(e: modbus::WriteError, command: bool) -> WriteFailure {
     use modbus::WriteError as W;
     match e {
-        W::Invalid { .. } => WriteError::Validation(e.to_string()),
-        W::UnknownPoint(_) | W::UnknownCommand(_) | W::UnknownUnit(_) => WriteError::UnknownPoint,
-        W::Busy(_) => WriteError::Busy(e.to_string()),
-        W::ShuttingDown => WriteError::Transport(e.to_string()),
-        W::NotSupported(m) => WriteError::NotSupported(m),
-        W::NotPossible(m) => WriteError::NotPossible(m),
+        W::Invalid { .. } => WriteFailure::Validation(e.to_string()),
+        W::UnknownPoint(_) => WriteFailure::UnknownPoint,
+        W::UnknownCommand(_) => WriteFailure::UnknownCommand,
+        W::UnknownUnit(_) if command => WriteFailure::UnknownCommand,
+        W::UnknownUnit(_) => WriteFailure::UnknownPoint,
+        W::Busy(_) => WriteFailure::Busy(e.to_string()),
+        W::ShuttingDown => WriteFailure::Transport(e.to_string()),
+        W::NotSupported(m) => WriteFailure::NotSupported(m),
+        W::NotPossible(m) => WriteFailure::NotPossible(m),
     }
 }
 
 /// Maps a write that reached the bus; only a verified write is a success.
-fn write_status(o: &modbus::WriteOutcome) -> Result<(), WriteError> {
+fn write_status(o: &modbus::WriteOutcome) -> Result<(), WriteFailure> {
     match &o.status {
         modbus::WriteStatus::Ok => Ok(()),
-        modbus::WriteStatus::Mismatch => Err(WriteError::Mismatch(format!(
+        modbus::WriteStatus::Mismatch => Err(WriteFailure::Mismatch(format!(
             "wrote {}, read back {}",
             o.written,
             o.read_back.clone().unwrap_or(serde_json::Value::Null)
         ))),
-        modbus::WriteStatus::Unverified { reason } => Err(WriteError::Mismatch(format!(
+        modbus::WriteStatus::Unverified { reason } => Err(WriteFailure::Mismatch(format!(
             "written but not verified: {reason}"
         ))),
-        modbus::WriteStatus::Exception { name, .. } => Err(WriteError::Exception(name.clone())),
-        modbus::WriteStatus::Timeout => Err(WriteError::Timeout),
-        modbus::WriteStatus::Failed { reason } => Err(WriteError::Transport(reason.clone())),
+        modbus::WriteStatus::Exception { name, .. } => Err(WriteFailure::Exception(name.clone())),
+        modbus::WriteStatus::Timeout => Err(WriteFailure::Timeout),
+        modbus::WriteStatus::Failed { reason } => Err(WriteFailure::Transport(reason.clone())),
     }
 }
 
@@ -706,7 +584,7 @@ impl UnitsPort for UnitsAdapter {
                 .read_fresh(unit, timeout)
                 .await
                 .map(|s| readings(&s))
-                .map_err(read_error)
+                .map_err(|e| read_error(e, false))
         })
     }
 
@@ -715,13 +593,13 @@ impl UnitsPort for UnitsAdapter {
         unit: &'a UnitId,
         point: &'a str,
         value: serde_json::Value,
-    ) -> BoxFut<'a, Result<ports::WriteOutcome, WriteError>> {
+    ) -> BoxFut<'a, Result<ports::WriteOutcome, WriteFailure>> {
         Box::pin(async move {
             let o = self
                 .0
                 .write_point(unit, point, value)
                 .await
-                .map_err(write_error)?;
+                .map_err(|e| write_error(e, false))?;
             write_status(&o)?;
             Ok(ports::WriteOutcome {
                 written: o.written.clone(),
@@ -735,13 +613,13 @@ impl UnitsPort for UnitsAdapter {
         &'a self,
         unit: &'a UnitId,
         command: &'a str,
-    ) -> BoxFut<'a, Result<CommandOutcome, WriteError>> {
+    ) -> BoxFut<'a, Result<CommandOutcome, WriteFailure>> {
         Box::pin(async move {
             let o = self
                 .0
                 .run_command(unit, command)
                 .await
-                .map_err(write_error)?;
+                .map_err(|e| write_error(e, true))?;
             write_status(&o)?;
             Ok(CommandOutcome {
                 command: command.to_string(),
@@ -795,11 +673,42 @@ impl UnitsPort for UnitsAdapter {
             let values = tokio::time::timeout(timeout, self.0.raw_read(unit, kind, address, count))
                 .await
                 .map_err(|_| ReadError::Timeout)?
-                .map_err(read_error)?;
+                .map_err(|e| read_error(e, true))?;
             Ok(match values {
                 modbus::RawValues::Words(w) => w,
                 modbus::RawValues::Bits(b) => b.into_iter().map(u16::from).collect(),
             })
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service businesses
+// ---------------------------------------------------------------------------------------------
+
+/// [`BusinessPort`] over [`Businesses`] (which checks that the actor is the site owner).
+impl BusinessPort for Businesses {
+    fn list<'a>(
+        &'a self,
+        actor: &'a UserId,
+    ) -> BoxFut<'a, Result<Vec<BusinessInfo>, BusinessError>> {
+        Box::pin(Businesses::list(self, actor))
+    }
+
+    fn suspend<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+        note: Option<String>,
+    ) -> BoxFut<'a, Result<Change, BusinessError>> {
+        Box::pin(Businesses::suspend(self, actor, business, note))
+    }
+
+    fn restore<'a>(
+        &'a self,
+        actor: &'a UserId,
+        business: &'a str,
+    ) -> BoxFut<'a, Result<Suspension, BusinessError>> {
+        Box::pin(Businesses::restore(self, actor, business))
     }
 }

@@ -443,32 +443,6 @@ impl Businesses {
     }
 }
 
-impl crate::api::ports::BusinessPort for Businesses {
-    fn list<'a>(
-        &'a self,
-        actor: &'a UserId,
-    ) -> crate::api::ports::BoxFut<'a, Result<Vec<BusinessInfo>, BusinessError>> {
-        Box::pin(Businesses::list(self, actor))
-    }
-
-    fn suspend<'a>(
-        &'a self,
-        actor: &'a UserId,
-        business: &'a str,
-        note: Option<String>,
-    ) -> crate::api::ports::BoxFut<'a, Result<Change, BusinessError>> {
-        Box::pin(Businesses::suspend(self, actor, business, note))
-    }
-
-    fn restore<'a>(
-        &'a self,
-        actor: &'a UserId,
-        business: &'a str,
-    ) -> crate::api::ports::BoxFut<'a, Result<Suspension, BusinessError>> {
-        Box::pin(Businesses::restore(self, actor, business))
-    }
-}
-
 pub mod cli;
 
 #[cfg(test)]

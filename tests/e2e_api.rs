@@ -19,43 +19,16 @@ use client::pinned_client;
 use e2e_support::*;
 use serde_json::{Value, json};
 
+/// The standard roles, plus `carl` on `hvac-3` and `rick` (viewer on the `offices` group,
+/// control-only on `hvac-1`).
 fn members() -> Vec<Member> {
-    vec![
-        Member {
-            user: "vera",
-            role: "viewer",
-            scope: json!({"site": SITE}),
-            grant: "g-viewer",
-        },
-        Member {
-            user: "carl",
-            role: "control-only",
-            scope: json!({"unit": "hvac-1"}),
-            grant: "g-carl-hvac",
-        },
-        Member {
-            user: "carl",
-            role: "control-only",
-            scope: json!({"unit": "gen-1"}),
-            grant: "g-carl-gen",
-        },
+    let mut m = role_members();
+    m.extend([
         Member {
             user: "carl",
             role: "control-only",
             scope: json!({"unit": "hvac-3"}),
             grant: "g-carl-hvac3",
-        },
-        Member {
-            user: "tess",
-            role: "technician",
-            scope: json!({"site": SITE}),
-            grant: "g-tech",
-        },
-        Member {
-            user: "ada",
-            role: "admin",
-            scope: json!({"site": SITE}),
-            grant: "g-admin",
         },
         Member {
             user: "rick",
@@ -69,43 +42,14 @@ fn members() -> Vec<Member> {
             scope: json!({"unit": "hvac-1"}),
             grant: "g-rick-control",
         },
-    ]
+    ]);
+    m
 }
 
 async fn site() -> Site {
     let s = Site::start("plain", "").await;
     s.apply(bundle(1, &members(), &[])).await;
     s
-}
-
-struct Resp {
-    status: u16,
-    body: Value,
-}
-
-async fn call(
-    s: &Site,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Resp {
-    let mut r = s
-        .http
-        .request(method, format!("{}{path}", s.base))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Resp { status, body }
-}
-
-async fn get(s: &Site, path: &str, token: &str) -> Resp {
-    call(s, reqwest::Method::GET, path, token, None).await
 }
 
 async fn put_point(s: &Site, unit: &str, point: &str, token: &str, value: Value) -> Resp {
@@ -599,14 +543,6 @@ async fn forty_refused_puts_of_a_65_kb_string_store_bounded_audit_fields() {
     // uncapped message alone was 40 × 65 KB twice over.
     assert!(grown <= 160 * 1024, "the database grew by {grown} bytes");
     s.stop().await;
-}
-
-async fn post(s: &Site, path: &str, token: &str, body: Value) -> Resp {
-    call(s, reqwest::Method::POST, path, token, Some(body)).await
-}
-
-async fn delete(s: &Site, path: &str, token: &str) -> Resp {
-    call(s, reqwest::Method::DELETE, path, token, None).await
 }
 
 fn in_a_day() -> String {

@@ -68,36 +68,6 @@ fn signed(seq: u64) -> Vec<u8> {
     )
 }
 
-struct Resp {
-    status: u16,
-    body: Value,
-}
-
-async fn call(
-    s: &Site,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> Resp {
-    let mut r = s
-        .http
-        .request(method, format!("{}{path}", s.base))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Resp { status, body }
-}
-
-async fn get(s: &Site, path: &str, token: &str) -> Resp {
-    call(s, reqwest::Method::GET, path, token, None).await
-}
-
 async fn suspend(s: &Site, business: &str, token: &str) -> Resp {
     call(
         s,
@@ -511,36 +481,10 @@ async fn access_requests_are_listed_and_resolved_by_the_next_bundle() {
 }
 
 /// An installer token for `inst`, a technician of acme-service not named in any bundle.
-fn installer_token() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let payload = json!({
-        "site": SITE,
-        "issued_at": sitegate::clock::rfc3339(now - time::Duration::minutes(5)),
-        "user": {"id": "inst", "email": "inst@acme.example", "name": "Ivo", "active": true,
-                 "business": ACME},
-        "grant": {"id": "t-inst", "user": "inst", "role": "technician", "scope": {"site": SITE},
-                  "expires_at": sitegate::clock::rfc3339(now + time::Duration::days(2))},
-    });
-    let env = sitegate::grants::fleet::sign(
-        sitegate::grants::Kind::Token,
-        KID,
-        &fleet_key(),
-        &serde_json::to_vec(&payload).unwrap(),
-    );
-    String::from_utf8(env).unwrap()
-}
-
-async fn token_login(s: &Site, token: &str) -> String {
-    let r = s
-        .http
-        .post(format!("{}/session", s.base))
-        .json(&json!({"token": token}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let body: Value = r.json().await.unwrap();
-    body["token"].as_str().unwrap().to_string()
+fn installer_token() -> Vec<u8> {
+    let user = json!({"id": "inst", "email": "inst@acme.example", "name": "Ivo", "active": true,
+                      "business": ACME});
+    e2e_support::installer_token(user, "t-inst", time::Duration::days(2))
 }
 
 #[tokio::test]

@@ -21,65 +21,17 @@ use std::time::Duration;
 
 use e2e_support::*;
 use serde_json::{Value, json};
-use sitegate::clock::rfc3339;
-use sitegate::grants::{Kind, fleet};
 use sitegate::modbus::profile::RegKind;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The whole browser run is bounded by this.
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
-fn members() -> Vec<Member> {
-    vec![
-        Member {
-            user: "vera",
-            role: "viewer",
-            scope: json!({"site": SITE}),
-            grant: "g-viewer",
-        },
-        Member {
-            user: "carl",
-            role: "control-only",
-            scope: json!({"unit": "hvac-1"}),
-            grant: "g-carl-hvac",
-        },
-        Member {
-            user: "carl",
-            role: "control-only",
-            scope: json!({"unit": "gen-1"}),
-            grant: "g-carl-gen",
-        },
-        Member {
-            user: "tess",
-            role: "technician",
-            scope: json!({"site": SITE}),
-            grant: "g-tech",
-        },
-        Member {
-            user: "ada",
-            role: "admin",
-            scope: json!({"site": SITE}),
-            grant: "g-admin",
-        },
-    ]
-}
-
 /// A fleet-signed installer token (technician on the whole site for a day).
 fn installer_token() -> Vec<u8> {
-    let now = time::OffsetDateTime::now_utc();
-    let t = json!({
-        "site": SITE,
-        "issued_at": rfc3339(now - time::Duration::minutes(1)),
-        "user": {"id": "ivo", "email": "ivo@example.com", "name": "Ivo Installer", "active": true},
-        "grant": {"id": "g-ivo", "user": "ivo", "role": "technician", "scope": {"site": SITE},
-                  "expires_at": rfc3339(now + time::Duration::days(1))}
-    });
-    fleet::sign(
-        Kind::Token,
-        KID,
-        &fleet_key(),
-        &serde_json::to_vec(&t).unwrap(),
-    )
+    let user =
+        json!({"id": "ivo", "email": "ivo@example.com", "name": "Ivo Installer", "active": true});
+    e2e_support::installer_token(user, "g-ivo", time::Duration::days(1))
 }
 
 fn web_dir() -> PathBuf {
@@ -138,7 +90,7 @@ async fn handle(s: &Site, req: &Value) -> Value {
                 .map(|g| g.as_str().unwrap().to_string())
                 .collect();
             let revoked: Vec<&str> = revoked.iter().map(String::as_str).collect();
-            s.apply(bundle(2, &members(), &revoked)).await;
+            s.apply(bundle(2, &role_members(), &revoked)).await;
             json!({"ok": true})
         }
         other => panic!("unknown request from the browser test: {other}"),
@@ -158,7 +110,7 @@ async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their
         "tests/web/node_modules is missing: run scripts/install-deps (npm ci in tests/web)"
     );
     let s = Site::start_with_clock("tls", "", false).await;
-    s.apply(bundle(1, &members(), &[])).await;
+    s.apply(bundle(1, &role_members(), &[])).await;
     let origin = format!("https://{}", s.daemon.api_addr);
     // scripts/bench points this at its results directory; screenshots and metrics land there.
     let out = std::env::var_os("SITEGATE_WEB_OUT")
@@ -254,7 +206,7 @@ fn unit_ids(data: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unit_stream_drops_a_revoked_unit_on_its_next_message_and_ends_at_logout() {
     let s = Site::start_with_clock("plain", "", false).await;
-    s.apply(bundle(1, &members(), &[])).await;
+    s.apply(bundle(1, &role_members(), &[])).await;
     let token = s.login("carl").await;
     let mut resp = s
         .http
@@ -282,7 +234,7 @@ async fn the_unit_stream_drops_a_revoked_unit_on_its_next_message_and_ends_at_lo
         .unwrap();
     assert_eq!(setpoint["writable"], json!(true));
 
-    s.apply(bundle(2, &members(), &["g-carl-hvac"])).await;
+    s.apply(bundle(2, &role_members(), &["g-carl-hvac"])).await;
     let next = next_event(&mut resp, &mut buf, "units").await;
     assert_eq!(unit_ids(&next), vec!["gen-1"]);
 
@@ -348,7 +300,7 @@ async fn the_page_and_its_assets_carry_the_page_policy_and_the_api_keeps_its_own
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_state_changing_route_refuses_the_cookie_without_the_csrf_token() {
     let s = Site::start("plain", "").await;
-    s.apply(bundle(1, &members(), &[])).await;
+    s.apply(bundle(1, &role_members(), &[])).await;
     let root = s.base.trim_end_matches("/api/v1").to_string();
     let login = s
         .http

@@ -9,9 +9,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::ApiState;
-use super::error::ApiError;
-use super::ports::{AuthError, SessionInfo};
+use super::error::{ApiError, safe};
+use super::ports::SessionInfo;
+use super::session;
+use super::state::ApiState;
 
 /// Longest bearer token accepted before asking the engine (tokens are 43 base64url chars).
 const MAX_BEARER_LEN: usize = 256;
@@ -54,7 +55,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 /// An authenticated caller: the request carried a bearer token of a live session, or the web
-/// page's session cookie (see [`super::web`]).
+/// page's session cookie (see [`super::session`]).
 pub struct Caller {
     pub session: SessionInfo,
     pub token: String,
@@ -67,20 +68,10 @@ impl FromRequestParts<ApiState> for Caller {
         // A bearer token wins; otherwise the web page's session cookie (CSRF-checked).
         let token = match bearer(&parts.headers)? {
             Some(t) => t,
-            None => {
-                super::web::cookie_caller_token(parts)?.ok_or_else(ApiError::unauthenticated)?
-            }
+            None => session::cookie_caller_token(parts)?.ok_or_else(ApiError::unauthenticated)?,
         };
-        match state.0.ports.auth.authenticate(&token).await {
-            Ok(session) => Ok(Caller { session, token }),
-            Err(AuthError::Invalid) => Err(ApiError::unauthenticated()),
-            Err(AuthError::Expired) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "session_expired",
-                "the session has expired; log in again",
-            )),
-            Err(AuthError::Unavailable) => Err(ApiError::internal()),
-        }
+        let session = session::authenticate(state, &token).await?;
+        Ok(Caller { session, token })
     }
 }
 
@@ -166,14 +157,4 @@ fn query_rejection(rej: &QueryRejection) -> ApiError {
         "invalid_query",
         format!("invalid query string: {}", safe(detail)),
     )
-}
-
-/// Bounds a message that may echo client input: one line, at most 200 characters.
-pub fn safe(s: &str) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect();
-    one_line
 }

@@ -10,38 +10,41 @@
 //! Every route is listed once in [`ROUTES`], which builds the router; `docs/openapi.json` must
 //! describe each of them (a test enforces it).
 
-mod businesses;
 pub mod error;
 mod extract;
+mod guard;
 mod handlers;
 mod layers;
+pub mod openapi;
 pub mod ports;
+mod rate;
+mod session;
+mod state;
 mod stream;
+pub mod views;
 pub mod web;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method};
+use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::Audit;
-use crate::clock::SharedClock;
 use crate::config::{self, ApiMode};
-use crate::metrics::Metrics;
+use handlers::{
+    access_requests, audit, businesses, commands, diagnostics, grants, lockouts, sessions, system,
+    units,
+};
 
 pub use error::ApiError;
 pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
-use ports::{AuthPort, AuthzPort, BusinessPort, DelegationPort, UnitsPort};
-
-/// The OpenAPI document served at `/api/v1/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+pub use openapi::OPENAPI_JSON;
+pub use state::{ApiState, Limits, Ports};
 
 /// How long in-flight requests get to finish after shutdown is requested.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -68,22 +71,22 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::POST,
         path: "/api/v1/session",
-        handler: || post(handlers::login),
+        handler: || post(sessions::login),
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/session",
-        handler: || delete(handlers::logout),
+        handler: || delete(sessions::logout),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/me",
-        handler: || get(handlers::me),
+        handler: || get(sessions::me),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units",
-        handler: || get(handlers::list_units),
+        handler: || get(units::list),
     },
     RouteDef {
         method: Method::GET,
@@ -93,62 +96,62 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/{unit}",
-        handler: || get(handlers::unit_detail),
+        handler: || get(units::detail),
     },
     RouteDef {
         method: Method::PUT,
         path: "/api/v1/units/{unit}/points/{point}",
-        handler: || put(handlers::write_point),
+        handler: || put(commands::write_point),
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/units/{unit}/commands/{command}",
-        handler: || post(handlers::run_command),
+        handler: || post(commands::run_command),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/{unit}/diagnostics",
-        handler: || get(handlers::diagnostics),
+        handler: || get(diagnostics::read),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/audit",
-        handler: || get(handlers::audit_query),
+        handler: || get(audit::query),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/grants",
-        handler: || get(handlers::list_grants),
+        handler: || get(grants::list),
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/grants",
-        handler: || post(handlers::create_grant),
+        handler: || post(grants::create),
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/grants/{id}",
-        handler: || delete(handlers::revoke_grant),
+        handler: || delete(grants::revoke),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/access-requests",
-        handler: || get(handlers::list_access_requests),
+        handler: || get(access_requests::list),
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/access-requests",
-        handler: || post(handlers::access_request),
+        handler: || post(access_requests::create),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/lockouts",
-        handler: || get(handlers::list_lockouts),
+        handler: || get(lockouts::list),
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/lockouts/{key}",
-        handler: || delete(handlers::clear_lockout),
+        handler: || delete(lockouts::clear),
     },
     RouteDef {
         method: Method::GET,
@@ -168,95 +171,19 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::GET,
         path: "/api/v1/healthz",
-        handler: || get(handlers::healthz),
+        handler: || get(system::healthz),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/metrics",
-        handler: || get(handlers::metrics),
+        handler: || get(system::metrics),
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/openapi.json",
-        handler: || get(handlers::openapi),
+        handler: || get(system::openapi),
     },
 ];
-
-/// The engines the API talks to.
-#[derive(Clone)]
-pub struct Ports {
-    pub auth: Arc<dyn AuthPort>,
-    pub authz: Arc<dyn AuthzPort>,
-    pub units: Arc<dyn UnitsPort>,
-    pub delegation: Arc<dyn DelegationPort>,
-    pub businesses: Arc<dyn BusinessPort>,
-}
-
-/// Limits taken from `[api]` in the config.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub request_timeout: Duration,
-    pub fresh_read_timeout: Duration,
-    pub rate_per_sec: u32,
-    pub rate_burst: u32,
-}
-
-impl Limits {
-    pub fn from_config(cfg: &config::Api) -> Self {
-        Limits {
-            max_body_bytes: cfg.max_body_bytes,
-            request_timeout: cfg.request_timeout,
-            fresh_read_timeout: cfg.fresh_read_timeout,
-            rate_per_sec: cfg.rate_limit_per_sec,
-            rate_burst: cfg.rate_limit_burst,
-        }
-    }
-}
-
-/// Shared state of every request: the ports, the audit trail, metrics, the clock and limits.
-#[derive(Clone)]
-pub struct ApiState(Arc<Inner>);
-
-struct Inner {
-    ports: Ports,
-    audit: Audit,
-    metrics: Arc<Metrics>,
-    clock: SharedClock,
-    limits: Limits,
-    cors_origins: Vec<HeaderValue>,
-    rate: layers::RateLimiter,
-}
-
-impl ApiState {
-    pub fn new(
-        ports: Ports,
-        audit: Audit,
-        metrics: Arc<Metrics>,
-        clock: SharedClock,
-        cfg: &config::Api,
-    ) -> Self {
-        let limits = Limits::from_config(cfg);
-        let cors_origins = cfg
-            .cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
-            .collect();
-        ApiState(Arc::new(Inner {
-            rate: layers::RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
-            ports,
-            audit,
-            metrics,
-            clock,
-            limits,
-            cors_origins,
-        }))
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.0.metrics
-    }
-}
 
 /// Builds the router from [`ROUTES`] with every hardening layer.
 pub fn router(state: ApiState) -> Router {
@@ -272,8 +199,9 @@ pub fn router(state: ApiState) -> Router {
     // `layers::body_size` reads and bounds every body before a handler runs; the extractor
     // limit only has to let through what it passed.
     let limit = state.0.limits.max_body_bytes.max(layers::MAX_LOGIN_BODY);
-    r.fallback(handlers::no_route)
-        .method_not_allowed_fallback(handlers::wrong_method)
+    let r = r
+        .fallback(system::no_route)
+        .method_not_allowed_fallback(system::wrong_method)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -293,9 +221,9 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            layers::observe_and_secure,
-        ))
-        .with_state(state)
+            layers::observe,
+        ));
+    layers::secure(r).with_state(state)
 }
 
 /// Why the API could not start.
@@ -569,6 +497,103 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The modules of `src/api` (as `api::…` paths) and the modules of `src/api` each one's
+    /// code (tests and comments aside) names through `super::` or `crate::api::`.
+    fn api_imports() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&root.join("api"), &mut files);
+        let name_of = |p: &Path| {
+            let rel = p.strip_prefix(&root).unwrap().with_extension("");
+            let rel = rel.to_string_lossy().replace('/', "::");
+            rel.strip_suffix("::mod").unwrap_or(&rel).to_string()
+        };
+        let names: BTreeSet<String> = files.iter().map(|p| name_of(p)).collect();
+        let mut graph = std::collections::BTreeMap::new();
+        for f in &files {
+            let name = name_of(f);
+            let text = std::fs::read_to_string(f).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let parent = name.rsplit_once("::").map_or("", |(p, _)| p).to_string();
+            let mut deps = BTreeSet::new();
+            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (prefix, base) in [("super::", parent.as_str()), ("crate::api::", "api")] {
+                    for (i, _) in line.match_indices(prefix) {
+                        let rest = &line[i + prefix.len()..];
+                        let mut target = base.to_string();
+                        // The longest module path the text names.
+                        for seg in rest.split("::") {
+                            let seg: String = seg
+                                .chars()
+                                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                                .collect();
+                            let next = format!("{target}::{seg}");
+                            if seg.is_empty() || !names.contains(&next) {
+                                break;
+                            }
+                            target = next;
+                        }
+                        // `api` itself (mod.rs) counts too: nothing below the router may import it.
+                        if target != name && names.contains(&target) {
+                            deps.insert(target);
+                        }
+                    }
+                }
+            }
+            graph.insert(name, deps);
+        }
+        graph
+    }
+
+    #[test]
+    fn imports_inside_the_api_run_one_way() {
+        let graph = api_imports();
+        assert!(graph.len() > 10, "{graph:?}");
+        // Depth-first search for a back edge.
+        fn visit(
+            g: &std::collections::BTreeMap<String, BTreeSet<String>>,
+            n: &str,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+            cycles: &mut Vec<String>,
+        ) {
+            if done.contains(n) {
+                return;
+            }
+            if let Some(i) = path.iter().position(|p| p == n) {
+                cycles.push(path[i..].join(" -> ") + " -> " + n);
+                return;
+            }
+            path.push(n.to_string());
+            for d in g.get(n).into_iter().flatten() {
+                visit(g, d, path, done, cycles);
+            }
+            path.pop();
+            done.insert(n.to_string());
+        }
+        let (mut done, mut cycles) = (BTreeSet::new(), Vec::new());
+        for n in graph.keys() {
+            visit(&graph, n, &mut Vec::new(), &mut done, &mut cycles);
+        }
+        assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
+        let up: Vec<_> = graph
+            .iter()
+            .filter(|(_, d)| d.contains("api"))
+            .map(|(n, _)| n)
+            .collect();
+        assert!(up.is_empty(), "{up:?} import the router module (`api`)");
     }
 
     #[test]

@@ -37,68 +37,14 @@ pub struct SessionInfo {
 /// A password login on a device: the bearer token, the session, and a new device cookie.
 pub type DeviceLogin = (String, SessionInfo, Option<String>);
 
-/// Why a login was refused. The API answers every variant without saying whether the account
-/// exists.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LoginError {
-    /// Unknown account, wrong password, inactive user, or a bad/expired/foreign token.
-    #[error("invalid credentials")]
-    Invalid,
-    /// Too many recent failures for this account or client address: try again later.
-    #[error("too many failed logins; retry later")]
-    Throttled { retry_after: Duration },
-    /// The account is locked after repeated failures.
-    #[error("account locked")]
-    Locked { retry_after: Duration },
-    /// The engine could not answer (store failure); details are logged by the engine.
-    #[error("login unavailable")]
-    Unavailable,
-}
+/// Why authentication failed: the auth engine's own error, used as is. The API maps each variant
+/// to its status and code in one place ([`super::error`]); a login never says whether the
+/// account exists.
+pub use crate::auth::AuthError;
 
-/// Why a bearer token does not authenticate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// Unknown token (never issued, logged out, or malformed).
-    #[error("invalid session")]
-    Invalid,
-    /// The session existed but has expired.
-    #[error("session expired")]
-    Expired,
-    /// The engine could not answer.
-    #[error("authentication unavailable")]
-    Unavailable,
-}
-
-/// A throttled or locked login, as site admins see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LockoutInfo {
-    /// `email:<hash>` (an account, from untrusted clients), `device:<hash>` (one device cookie)
-    /// or `ip:<address>` (a client address). Pass it to `DELETE /lockouts/{key}`.
-    pub key: String,
-    /// The account's email for known accounts (with ` (trusted device)` for a device), else the key.
-    pub label: String,
-    pub failures: u32,
-    #[serde(with = "time::serde::rfc3339")]
-    pub last_failure: OffsetDateTime,
-    /// Until when every login for it is refused (`null`: only delayed).
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub locked_until: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub next_allowed: OffsetDateTime,
-}
-
-/// Why the lockout list could not be read or changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LockoutError {
-    /// The caller lacks `manage_users` on the site.
-    #[error("forbidden")]
-    Forbidden,
-    /// No lockout with this key.
-    #[error("no such lockout")]
-    NotFound,
-    #[error("unavailable")]
-    Unavailable,
-}
+/// A throttled or locked login, as site admins see it (`GET /lockouts`): the auth engine's own
+/// record, shown as is.
+pub use crate::auth::Lockout;
 
 /// Sessions: login, bearer check, logout. Implemented by the `auth` engine.
 pub trait AuthPort: Send + Sync + 'static {
@@ -110,7 +56,7 @@ pub trait AuthPort: Send + Sync + 'static {
         email: &'a str,
         password: &'a str,
         client_ip: IpAddr,
-    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>>;
+    ) -> BoxFut<'a, Result<(String, SessionInfo), AuthError>>;
 
     /// As [`AuthPort::login_password`], presenting the device cookie of an earlier successful
     /// login (OWASP "device cookies": a client that logged in before keeps its own failure
@@ -122,7 +68,7 @@ pub trait AuthPort: Send + Sync + 'static {
         password: &'a str,
         client_ip: IpAddr,
         device: Option<&'a str>,
-    ) -> BoxFut<'a, Result<DeviceLogin, LoginError>> {
+    ) -> BoxFut<'a, Result<DeviceLogin, AuthError>> {
         let _ = device;
         Box::pin(async move {
             self.login_password(email, password, client_ip)
@@ -137,7 +83,7 @@ pub trait AuthPort: Send + Sync + 'static {
         &'a self,
         envelope: &'a [u8],
         client_ip: IpAddr,
-    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>>;
+    ) -> BoxFut<'a, Result<(String, SessionInfo), AuthError>>;
 
     /// Resolves a bearer token to its session (expiry judged by the engine's clock).
     fn authenticate<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<SessionInfo, AuthError>>;
@@ -146,12 +92,9 @@ pub trait AuthPort: Send + Sync + 'static {
     fn logout<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<(), AuthError>>;
 
     /// Current login throttles and lockouts; only for holders of `manage_users` on the site.
-    fn lockouts<'a>(
-        &'a self,
-        actor: &'a UserId,
-    ) -> BoxFut<'a, Result<Vec<LockoutInfo>, LockoutError>> {
+    fn lockouts<'a>(&'a self, actor: &'a UserId) -> BoxFut<'a, Result<Vec<Lockout>, AuthError>> {
         let _ = actor;
-        Box::pin(async { Err(LockoutError::Unavailable) })
+        Box::pin(async { Err(AuthError::Store("lockouts are not kept here".into())) })
     }
 
     /// Clears one lockout by its key (audited); only for holders of `manage_users` on the site.
@@ -159,9 +102,9 @@ pub trait AuthPort: Send + Sync + 'static {
         &'a self,
         actor: &'a UserId,
         key: &'a str,
-    ) -> BoxFut<'a, Result<(), LockoutError>> {
+    ) -> BoxFut<'a, Result<(), AuthError>> {
         let _ = (actor, key);
-        Box::pin(async { Err(LockoutError::Unavailable) })
+        Box::pin(async { Err(AuthError::Store("lockouts are not kept here".into())) })
     }
 }
 
@@ -169,30 +112,11 @@ pub trait AuthPort: Send + Sync + 'static {
 // Authorization
 // ---------------------------------------------------------------------------------------------
 
-/// What a decision is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// The whole site (site-wide audit, metrics, delegation at site scope).
-    Site,
-    /// One unit (the engine resolves its group from the inventory).
-    Unit(UnitId),
-}
-
-/// The answer of the authorization engine. A denial is a value, not an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    /// Denied, with a stable reason code from a bounded set (e.g. `no_grant`, `expired`,
-    /// `revoked`, `role_lacks_capability`, `feature_disabled`, `inactive_user`, `offline_too_long`);
-    /// used as a metrics label and in audit records, never shown with more detail to the caller.
-    Deny(&'static str),
-}
-
-impl Decision {
-    pub fn is_allow(&self) -> bool {
-        matches!(self, Decision::Allow)
-    }
-}
+/// What a decision is about, and the decision: the authorization engine's own types, used as
+/// is. A denial is a value (`Decision::Deny`) whose reason has a stable code from a bounded set
+/// (`DenyReason::code`), used as a metrics label and in audit records, never shown with more
+/// detail to the caller.
+pub use crate::authz::{Decision, DenyReason, Target};
 
 /// One grant as shown to a user (in `/me` and in delegation listings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -368,15 +292,21 @@ pub struct CommandOutcome {
     pub at: OffsetDateTime,
 }
 
-/// Why a write or command failed. The API maps each to a status code.
+/// Why a write or command failed: the engine's refusal before the bus
+/// ([`crate::modbus::WriteError`]) and the bus outcome ([`crate::modbus::WriteStatus`]) in one
+/// vocabulary, so a caller handles one result. The API maps each variant to its status in one
+/// place ([`super::error`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
+pub enum WriteFailure {
     /// The value fails the point's type, range or enum (nothing reached the bus) → 422.
     #[error("{0}")]
     Validation(String),
-    /// No such point or command on the unit → 404.
+    /// No such point on the unit → 404 `point_not_found`.
     #[error("unknown point")]
     UnknownPoint,
+    /// No such command on the unit → 404 `command_not_found`.
+    #[error("unknown command")]
+    UnknownCommand,
     /// The unit did not answer in time → 504.
     #[error("the unit did not answer in time")]
     Timeout,
@@ -450,7 +380,7 @@ pub struct Diagnostics {
 /// The Modbus engine as the API uses it. Implemented by `modbus`.
 ///
 /// The engine owns validation: `write_point` must check type, range and enum and return
-/// `WriteError::Validation` before anything is queued for the bus. The API authorizes first
+/// `WriteFailure::Validation` before anything is queued for the bus. The API authorizes first
 /// (capability from [`PointInfo::write`]) and never calls `write_point` for a denied caller.
 pub trait UnitsPort: Send + Sync + 'static {
     /// Every unit of the inventory with its reachability (cached; no bus traffic).
@@ -479,14 +409,14 @@ pub trait UnitsPort: Send + Sync + 'static {
         unit: &'a UnitId,
         point: &'a str,
         value: Value,
-    ) -> BoxFut<'a, Result<WriteOutcome, WriteError>>;
+    ) -> BoxFut<'a, Result<WriteOutcome, WriteFailure>>;
 
     /// Runs a profile command (e.g. `start`, `stop`, `auto`, `reset_faults`).
     fn run_command<'a>(
         &'a self,
         unit: &'a UnitId,
         command: &'a str,
-    ) -> BoxFut<'a, Result<CommandOutcome, WriteError>>;
+    ) -> BoxFut<'a, Result<CommandOutcome, WriteFailure>>;
 
     /// Unit and link diagnostics (cached counters).
     fn diagnostics(&self, unit: &UnitId) -> Option<Diagnostics>;
@@ -545,28 +475,13 @@ pub enum DelegationOutcome {
     Pending { request_id: String },
 }
 
-/// Why a delegation operation was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DelegationError {
-    /// The actor may not do this → 403 with this error code: `forbidden` (no `manage_users` on
-    /// the scope — or a scope that is not part of this site, answered alike), `above_ceiling`,
-    /// `above_own_role`, `not_cloud_grant`.
-    #[error("not allowed: {0}")]
-    Forbidden(&'static str),
-    /// No such grant (or not visible to the actor) → 404.
-    #[error("no such grant")]
-    NotFound,
-    /// Conflicts with the current state (already revoked, duplicate) → 409.
-    #[error("{0}")]
-    Conflict(String),
-    /// The request is refused for a reason the engine detects after authorizing it (unknown
-    /// email, expiry in the past, …) → 422 with this error code (one code per meaning).
-    #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    /// The engine could not answer → 500.
-    #[error("delegation unavailable")]
-    Unavailable,
-}
+/// Why a delegation operation was refused: the delegation engine's own error, used as is (the
+/// API maps each variant to its status and code in [`super::error`]).
+pub use crate::delegation::DelegationError;
+
+/// An access request (or a pending pro-site delegation) with its status, as the delegation
+/// engine keeps it.
+pub use crate::delegation::PendingRequest;
 
 /// Local grants and access requests. Implemented by `grants` (signing, storing, reporting
 /// upward) together with `authz` (ceiling and scope checks).
@@ -594,7 +509,7 @@ pub trait DelegationPort: Send + Sync + 'static {
     fn list_requests<'a>(
         &'a self,
         actor: &'a UserId,
-    ) -> BoxFut<'a, Result<Vec<Value>, DelegationError>>;
+    ) -> BoxFut<'a, Result<Vec<PendingRequest>, DelegationError>>;
 
     /// Records and sends upward a request for access; returns the request id.
     fn request_access<'a>(
@@ -608,8 +523,9 @@ pub trait DelegationPort: Send + Sync + 'static {
 // Service businesses (the site owner's suspension)
 // ---------------------------------------------------------------------------------------------
 
-/// The site owner's control over service businesses. Implemented by
-/// [`crate::business::Businesses`]; every method checks that the actor is the site owner first.
+/// The site owner's control over service businesses. Implemented over
+/// [`crate::business::Businesses`] in `adapters` (the domain never imports the API); every
+/// method checks that the actor is the site owner first.
 pub trait BusinessPort: Send + Sync + 'static {
     /// Businesses known on this box, with their suspension.
     fn list<'a>(

@@ -14,12 +14,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use serde_json::{Value, json};
 
-use super::ApiState;
 use super::extract::Caller;
-use super::handlers::{caps_on, unit_json};
+use super::guard::caps_on;
 use super::ports::Target;
+use super::state::ApiState;
+use super::views::{StreamMessage, UnitView, sorted_text, unit_view};
 use crate::clock::rfc3339;
 use crate::model::{Capability, UserId};
 
@@ -29,7 +29,7 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(2);
 
 /// The snapshot of every unit `user` may view, decided now.
-pub fn snapshot(state: &ApiState, user: &UserId) -> Vec<Value> {
+pub fn snapshot(state: &ApiState, user: &UserId) -> Vec<UnitView> {
     let ports = &state.0.ports;
     let now = state.0.clock.now();
     ports
@@ -44,7 +44,7 @@ pub fn snapshot(state: &ApiState, user: &UserId) -> Vec<Value> {
             }
             let profile = ports.units.profile(&summary.id).unwrap_or_default();
             let readings = ports.units.snapshot(&summary.id).unwrap_or_default();
-            unit_json(&summary, &profile, &readings, caps, now)
+            Some(unit_view(summary, &profile, &readings, caps, now))
         })
         .collect()
 }
@@ -79,17 +79,17 @@ pub async fn units_stream(
                 }
             };
             let units = snapshot(&state, &user);
-            let body = json!({
-                "seq": seq,
-                "at": rfc3339(state.0.clock.now()),
-                "interval_ms": INTERVAL.as_millis() as u64,
-                "units": units,
-            });
+            let body = StreamMessage {
+                seq,
+                at: rfc3339(state.0.clock.now()),
+                interval_ms: u64::try_from(INTERVAL.as_millis()).unwrap_or(u64::MAX),
+                units,
+            };
             let ev = Event::default()
                 .event("units")
                 .id(seq.to_string())
                 .retry(RETRY)
-                .data(body.to_string());
+                .data(sorted_text(&body).unwrap_or_default());
             Some((Ok(ev), Step::Running(seq + 1)))
         }
     });

@@ -99,7 +99,7 @@ impl AuthPort for MemAuth {
         email: &'a str,
         password: &'a str,
         _ip: IpAddr,
-    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>> {
+    ) -> BoxFut<'a, Result<(String, SessionInfo), AuthError>> {
         Box::pin(async move {
             let key = email.to_lowercase();
             if self
@@ -111,7 +111,7 @@ impl AuthPort for MemAuth {
                 .unwrap_or(0)
                 >= 5
             {
-                return Err(LoginError::Throttled {
+                return Err(AuthError::Throttled {
                     retry_after: Duration::from_secs(30),
                 });
             }
@@ -119,7 +119,7 @@ impl AuthPort for MemAuth {
                 Some((user, pw)) if pw == password => Ok(self.open(user.clone())),
                 _ => {
                     *self.failures.lock().unwrap().entry(key).or_insert(0) += 1;
-                    Err(LoginError::Invalid)
+                    Err(AuthError::InvalidCredentials)
                 }
             }
         })
@@ -129,12 +129,12 @@ impl AuthPort for MemAuth {
         &'a self,
         envelope: &'a [u8],
         _ip: IpAddr,
-    ) -> BoxFut<'a, Result<(String, SessionInfo), LoginError>> {
+    ) -> BoxFut<'a, Result<(String, SessionInfo), AuthError>> {
         Box::pin(async move {
             if envelope == br#"{"v":1,"kind":"token","sig":"good"}"# {
                 Ok(self.open(uid("u-tech")))
             } else {
-                Err(LoginError::Invalid)
+                Err(AuthError::InvalidCredentials)
             }
         })
     }
@@ -143,8 +143,8 @@ impl AuthPort for MemAuth {
         Box::pin(async move {
             let sessions = self.sessions.lock().unwrap();
             match sessions.get(bearer) {
-                None => Err(AuthError::Invalid),
-                Some(s) if s.expires_at <= self.clock.now() => Err(AuthError::Expired),
+                None => Err(AuthError::Unauthenticated),
+                Some(s) if s.expires_at <= self.clock.now() => Err(AuthError::SessionExpired),
                 Some(s) => Ok(s.clone()),
             }
         })
@@ -154,7 +154,7 @@ impl AuthPort for MemAuth {
         Box::pin(async move {
             match self.sessions.lock().unwrap().remove(bearer) {
                 Some(_) => Ok(()),
-                None => Err(AuthError::Invalid),
+                None => Err(AuthError::Unauthenticated),
             }
         })
     }
@@ -419,28 +419,28 @@ impl UnitsPort for MemUnits {
         u: &'a UnitId,
         p: &'a str,
         value: Value,
-    ) -> BoxFut<'a, Result<WriteOutcome, WriteError>> {
+    ) -> BoxFut<'a, Result<WriteOutcome, WriteFailure>> {
         Box::pin(async move {
-            let profile = self.profile(u).ok_or(WriteError::UnknownPoint)?;
+            let profile = self.profile(u).ok_or(WriteFailure::UnknownPoint)?;
             let info = profile
                 .points
                 .iter()
                 .find(|x| x.name == p)
-                .ok_or(WriteError::UnknownPoint)?;
+                .ok_or(WriteFailure::UnknownPoint)?;
             // Validation before the bus.
             let Some(n) = value.as_f64() else {
-                return Err(WriteError::Validation(format!("`{p}` needs a number")));
+                return Err(WriteFailure::Validation(format!("`{p}` needs a number")));
             };
             if let (Some(min), Some(max)) = (info.min, info.max) {
                 if !(min..=max).contains(&n) {
-                    return Err(WriteError::Validation(format!(
+                    return Err(WriteFailure::Validation(format!(
                         "{n} is outside {min}..={max} for `{p}`"
                     )));
                 }
             }
             if self.failing_point.lock().unwrap().as_deref() == Some(p) {
                 self.bus_writes.fetch_add(1, Ordering::SeqCst);
-                return Err(WriteError::Exception("illegal data value".into()));
+                return Err(WriteFailure::Exception("illegal data value".into()));
             }
             self.bus_writes.fetch_add(1, Ordering::SeqCst);
             self.values
@@ -459,11 +459,11 @@ impl UnitsPort for MemUnits {
         &'a self,
         u: &'a UnitId,
         command: &'a str,
-    ) -> BoxFut<'a, Result<CommandOutcome, WriteError>> {
+    ) -> BoxFut<'a, Result<CommandOutcome, WriteFailure>> {
         Box::pin(async move {
-            let profile = self.profile(u).ok_or(WriteError::UnknownPoint)?;
+            let profile = self.profile(u).ok_or(WriteFailure::UnknownCommand)?;
             if !profile.commands.iter().any(|c| c.name == command) {
-                return Err(WriteError::UnknownPoint);
+                return Err(WriteFailure::UnknownCommand);
             }
             self.bus_commands.fetch_add(1, Ordering::SeqCst);
             Ok(CommandOutcome {

@@ -1,6 +1,7 @@
 //! A whole site in one process for end-to-end tests and benches: the real daemon
 //! (`sitegate::app::Daemon`), Modbus simulators on loopback, and signed grant bundles minted with a
-//! fixed-seed fleet key.
+//! fixed-seed fleet key; the standard members of the test site, installer tokens, and one HTTP
+//! helper (`call`, `get`, `post`, `delete` → [`Resp`]) for every end-to-end API test.
 
 #![allow(
     clippy::unwrap_used,
@@ -363,6 +364,118 @@ impl Site {
         self.daemon.stop(true).await;
         self.sim_stop.cancel();
     }
+}
+
+/// The members of the standard test site: `vera` (viewer on the site), `carl` (control-only on
+/// `hvac-1` and `gen-1`), `tess` (technician on the site) and `ada` (admin on the site).
+pub fn role_members() -> Vec<Member> {
+    vec![
+        Member {
+            user: "vera",
+            role: "viewer",
+            scope: json!({"site": SITE}),
+            grant: "g-viewer",
+        },
+        Member {
+            user: "carl",
+            role: "control-only",
+            scope: json!({"unit": "hvac-1"}),
+            grant: "g-carl-hvac",
+        },
+        Member {
+            user: "carl",
+            role: "control-only",
+            scope: json!({"unit": "gen-1"}),
+            grant: "g-carl-gen",
+        },
+        Member {
+            user: "tess",
+            role: "technician",
+            scope: json!({"site": SITE}),
+            grant: "g-tech",
+        },
+        Member {
+            user: "ada",
+            role: "admin",
+            scope: json!({"site": SITE}),
+            grant: "g-admin",
+        },
+    ]
+}
+
+/// A fleet-signed installer token (`kind:"token"` envelope) for `user`, technician on the whole
+/// site until `valid` from now, issued a minute ago.
+pub fn installer_token(user: Value, grant_id: &str, valid: time::Duration) -> Vec<u8> {
+    let now = time::OffsetDateTime::now_utc();
+    let id = user["id"].clone();
+    let payload = json!({
+        "site": SITE,
+        "issued_at": rfc3339(now - time::Duration::minutes(1)),
+        "user": user,
+        "grant": {"id": grant_id, "user": id, "role": "technician", "scope": {"site": SITE},
+                  "expires_at": rfc3339(now + valid)},
+    });
+    fleet::sign(
+        Kind::Token,
+        KID,
+        &fleet_key(),
+        &serde_json::to_vec(&payload).unwrap(),
+    )
+}
+
+/// An API answer: status and body (JSON, or the text as a JSON string when it is not JSON).
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Calls `path` (under `/api/v1`) with a bearer token and an optional JSON body.
+pub async fn call(
+    s: &Site,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Resp {
+    let mut r = s
+        .http
+        .request(method, format!("{}{path}", s.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Resp { status, body }
+}
+
+pub async fn get(s: &Site, path: &str, token: &str) -> Resp {
+    call(s, reqwest::Method::GET, path, token, None).await
+}
+
+pub async fn post(s: &Site, path: &str, token: &str, body: Value) -> Resp {
+    call(s, reqwest::Method::POST, path, token, Some(body)).await
+}
+
+pub async fn delete(s: &Site, path: &str, token: &str) -> Resp {
+    call(s, reqwest::Method::DELETE, path, token, None).await
+}
+
+/// Logs in with an installer token envelope; returns the bearer token.
+pub async fn token_login(s: &Site, envelope: &[u8]) -> String {
+    let token = std::str::from_utf8(envelope).unwrap();
+    let r = s
+        .http
+        .post(format!("{}/session", s.base))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
 }
 
 /// rustls needs a process-wide crypto provider before reqwest builds a client.

@@ -1,12 +1,12 @@
 //! The local web app: one page and its static assets, served on the API's listener, plus the
 //! cookie session the page uses.
 //!
-//! The page is one more client of the JSON API: it logs in through [`login`] (which wraps the
-//! API's own login and puts the session token into an `HttpOnly; Secure; SameSite=Strict` cookie
+//! The page is one more client of the JSON API: it logs in through [`login`] (which runs the
+//! API's own login, [`super::session::login`], and puts the session token into an `HttpOnly; Secure; SameSite=Strict` cookie
 //! instead of handing it to script), then calls the same `/api/v1` routes, authorized exactly as
 //! a bearer client is. A request that authenticates by cookie and changes state must carry the
-//! session's CSRF token in `X-CSRF-Token` (see [`cookie_caller_token`]); bearer clients are
-//! unchanged.
+//! session's CSRF token in `X-CSRF-Token` (see [`super::session::cookie_caller_token`]); bearer
+//! clients are unchanged.
 //!
 //! Assets are embedded in the binary and served under content-hashed names with a one-year
 //! `immutable` cache; the page itself is never cached. Every page response carries a strict
@@ -14,26 +14,18 @@
 
 use std::sync::LazyLock;
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use base64::Engine;
-use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
-use super::ApiState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, Caller, ClientIp};
-use super::handlers;
+use super::session::{self, LoginBody, csrf_token, set_cookie};
+use super::state::ApiState;
+use super::views::{Sorted, WebSession, WithStatus};
 
-/// The session cookie. The `__Host-` prefix makes the browser refuse it unless it is `Secure`,
-/// has `Path=/` and no `Domain`, so no sibling host can plant or shadow it.
-pub const SESSION_COOKIE: &str = "__Host-sitegate_session";
-/// The header that carries the CSRF token on state-changing cookie requests.
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub use super::session::{CSRF_HEADER, SESSION_COOKIE};
 
 /// The policy of the page and its assets.
 pub const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
@@ -118,137 +110,46 @@ async fn asset(ApiPath(name): ApiPath<String>) -> Response {
     resp
 }
 
-/// The CSRF token of a session: a hash of its secret token, so it needs no storage, dies with
-/// the session, and cannot be computed without the cookie (which script cannot read).
-pub fn csrf_token(session_token: &str) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"sitegate web csrf v1\0");
-    ctx.update(session_token.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ctx.finish().as_ref())
-}
-
-/// The session token from the cookie, if the request carries one.
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| b.is_ascii_graphic()))
-}
-
-/// Methods that change nothing and so need no CSRF token.
-fn is_safe(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
-}
-
-/// For a request without a bearer token: the session token of its cookie. A state-changing
-/// request must also come from this origin (when the browser says where it comes from) and carry
-/// the session's CSRF token; otherwise `403 csrf_failed`.
-pub fn cookie_caller_token(parts: &Parts) -> Result<Option<String>, ApiError> {
-    let Some(token) = session_cookie(&parts.headers) else {
-        return Ok(None);
-    };
-    if !is_safe(&parts.method) {
-        check_origin(&parts.headers)?;
-        let expected = csrf_token(&token);
-        let given = parts
-            .headers
-            .get(CSRF_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if !bool::from(given.ct_eq(expected.as_bytes())) {
-            return Err(csrf_failed());
-        }
-    }
-    Ok(Some(token))
-}
-
-fn csrf_failed() -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "csrf_failed",
-        "this request did not come from the box's own page; reload the page and try again",
-    )
-}
-
-/// An `Origin` header, when present, must name this host.
-fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let ok = origin.to_str().ok().is_some_and(|o| {
-        !host.is_empty()
-            && (o.strip_prefix("https://") == Some(host) || o.strip_prefix("http://") == Some(host))
-    });
-    if ok { Ok(()) } else { Err(csrf_failed()) }
-}
-
-fn set_cookie(token: &str, max_age_secs: i64) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite=Strict"
-    ))
-    .ok()
-}
-
 /// `POST /web/session`: the API's login (same body, same throttles, same errors); the token goes
 /// into the cookie and only the CSRF token and expiry are returned to script.
 async fn login(
-    state: State<ApiState>,
-    ip: ClientIp,
+    State(state): State<ApiState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    body: ApiJson<handlers::LoginBody>,
+    ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    check_origin(&headers)?;
-    let clock_now = state.0.0.clock.now();
-    let (status, Json(out)) = handlers::login(state, ip, body).await?;
-    let out = serde_json::to_value(&out).map_err(|_| ApiError::internal())?;
-    let token = out["token"].as_str().ok_or_else(ApiError::internal)?;
-    let expires = out["expires_at"].clone();
-    let max_age = out["expires_at"]
-        .as_str()
-        .and_then(|s| {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-        })
+    session::check_origin(&headers)?;
+    let clock_now = state.0.clock.now();
+    let out = session::login(&state, ip, body).await?;
+    let max_age = crate::clock::parse_rfc3339(&out.expires_at)
         .map(|e| (e - clock_now).whole_seconds().max(0))
         .unwrap_or(0);
-    let cookie = set_cookie(token, max_age).ok_or_else(ApiError::internal)?;
-    let mut resp = (
-        status,
-        Json(json!({
-            "user": out["user"],
-            "expires_at": expires,
-            "csrf_token": csrf_token(token),
-        })),
-    )
-        .into_response();
+    let cookie = set_cookie(&out.token, max_age).ok_or_else(ApiError::internal)?;
+    let body = WebSession {
+        user: out.user,
+        expires_at: out.expires_at,
+        csrf_token: csrf_token(&out.token),
+    };
+    let mut resp = WithStatus(StatusCode::CREATED, body).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(resp)
 }
 
 /// `GET /web/session`: whether the cookie names a live session, and its CSRF token (readable only
 /// by this origin: no CORS header is ever sent for it).
-async fn session_info(state: State<ApiState>, caller: Caller) -> Json<Value> {
-    let _ = state;
-    Json(json!({
-        "user": caller.session.user,
-        "expires_at": crate::clock::rfc3339(caller.session.expires_at),
-        "csrf_token": csrf_token(&caller.token),
-    }))
+async fn session_info(caller: Caller) -> Sorted<WebSession> {
+    Sorted(WebSession {
+        user: caller.session.user,
+        expires_at: crate::clock::rfc3339(caller.session.expires_at),
+        csrf_token: csrf_token(&caller.token),
+    })
 }
 
 /// `DELETE /web/session`: ends the session (CSRF-checked like every state change) and clears the
 /// cookie.
-async fn logout(state: State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
-    let status = handlers::logout(state, caller).await?;
-    let mut resp = status.into_response();
+async fn logout(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
+    session::logout(&state, &caller.token).await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
     if let Some(c) = set_cookie("", 0) {
         resp.headers_mut().insert(header::SET_COOKIE, c);
     }
@@ -258,63 +159,6 @@ async fn logout(state: State<ApiState>, caller: Caller) -> Result<Response, ApiE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
-        let mut b = axum::http::Request::builder()
-            .method(method)
-            .uri("/api/v1/units");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn a_cookie_get_needs_no_csrf_token_but_a_cookie_put_without_it_is_refused() {
-        let cookie = format!("a=b; {SESSION_COOKIE}=tok123");
-        let p = parts(Method::GET, &[("cookie", &cookie)]);
-        assert_eq!(cookie_caller_token(&p).unwrap().as_deref(), Some("tok123"));
-        let p = parts(Method::PUT, &[("cookie", &cookie)]);
-        let e = cookie_caller_token(&p).unwrap_err();
-        assert_eq!(e.code, "csrf_failed");
-        let p = parts(Method::PUT, &[("cookie", &cookie), (CSRF_HEADER, "wrong")]);
-        assert_eq!(cookie_caller_token(&p).unwrap_err().code, "csrf_failed");
-        let good = csrf_token("tok123");
-        let p = parts(Method::PUT, &[("cookie", &cookie), (CSRF_HEADER, &good)]);
-        assert_eq!(cookie_caller_token(&p).unwrap().as_deref(), Some("tok123"));
-    }
-
-    #[test]
-    fn a_cookie_post_from_another_origin_is_refused_even_with_the_token() {
-        let cookie = format!("{SESSION_COOKIE}=tok123");
-        let good = csrf_token("tok123");
-        let p = parts(
-            Method::POST,
-            &[
-                ("cookie", &cookie),
-                (CSRF_HEADER, &good),
-                ("host", "box:8443"),
-                ("origin", "https://evil.example"),
-            ],
-        );
-        assert_eq!(cookie_caller_token(&p).unwrap_err().code, "csrf_failed");
-        let p = parts(
-            Method::POST,
-            &[
-                ("cookie", &cookie),
-                (CSRF_HEADER, &good),
-                ("host", "box:8443"),
-                ("origin", "https://box:8443"),
-            ],
-        );
-        assert_eq!(cookie_caller_token(&p).unwrap().as_deref(), Some("tok123"));
-    }
-
-    #[test]
-    fn the_csrf_token_differs_per_session_and_never_equals_the_session_token() {
-        assert_ne!(csrf_token("a"), csrf_token("b"));
-        assert_ne!(csrf_token("a"), "a");
-    }
 
     #[test]
     fn the_page_names_every_asset_by_its_hash_and_has_no_inline_script() {

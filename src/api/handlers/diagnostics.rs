@@ -1,0 +1,91 @@
+//! `GET /units/{unit}/diagnostics`: unit and link counters, and raw register reads. Needs
+//! `diagnose` on the unit, asked before anything about the unit is looked up.
+
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiResult;
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiPath as Path, ApiQuery, Caller};
+use crate::api::guard::{audit_unit_event, interactive_read, usable_unit};
+use crate::api::ports::RegisterKind;
+use crate::api::state::ApiState;
+use crate::api::views::{DiagnosticsOut, RawRead, Sorted};
+use crate::model::Capability;
+
+/// Most coils or discrete inputs in one raw read (the Modbus limit).
+const MAX_RAW_BITS: u16 = 2000;
+/// Most registers in one raw read (the Modbus limit).
+const MAX_RAW_REGISTERS: u16 = 125;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagQuery {
+    kind: Option<RegisterKind>,
+    address: Option<u16>,
+    count: Option<u16>,
+}
+
+/// The one answer for a unit whose diagnostics the caller may not read (see [`usable_unit`]).
+fn may_not_diagnose_unit() -> ApiError {
+    ApiError::forbidden("reading diagnostics needs `diagnose` on that unit")
+}
+
+/// `GET /units/{unit}/diagnostics[?kind=…&address=…&count=…]`.
+pub async fn read(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(unit): Path<String>,
+    ApiQuery(q): ApiQuery<DiagQuery>,
+) -> ApiResult<Sorted<DiagnosticsOut>> {
+    let user = &caller.session.user;
+    let unit = match usable_unit(&state, user, &unit, &[Capability::Diagnose]) {
+        Ok(u) => u,
+        Err(reason) => {
+            let detail = json!({ "reason": reason });
+            audit_unit_event(&state, "diagnostics", user, Some(&unit), "denied", detail).await;
+            return Err(may_not_diagnose_unit());
+        }
+    };
+    let units = &state.0.ports.units;
+    let diagnostics = units.diagnostics(&unit).ok_or_else(may_not_diagnose_unit)?;
+    let raw = match (q.kind, q.address, q.count) {
+        (None, None, None) => None,
+        (Some(kind), Some(address), count) => {
+            let count = count.unwrap_or(1);
+            let max = match kind {
+                RegisterKind::Coil | RegisterKind::Discrete => MAX_RAW_BITS,
+                RegisterKind::Input | RegisterKind::Holding => MAX_RAW_REGISTERS,
+            };
+            if count == 0 || count > max {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("`count` must be between 1 and {max} for this register kind"),
+                ));
+            }
+            if u32::from(address) + u32::from(count) > 65_536 {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "`address` + `count` passes the end of the register space",
+                ));
+            }
+            let limit = state.0.limits.fresh_read_timeout;
+            let values =
+                interactive_read(limit, units.read_raw(&unit, kind, address, count, limit)).await?;
+            Some(RawRead {
+                kind,
+                address,
+                count,
+                values,
+            })
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "a raw read needs both `kind` and `address` (and optionally `count`)",
+            ));
+        }
+    };
+    Ok(Sorted(DiagnosticsOut { diagnostics, raw }))
+}

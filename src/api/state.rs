@@ -1,0 +1,91 @@
+//! The shared state of every request: the engine ports, the audit trail, metrics, the clock and
+//! the limits from `[api]`. Every module of the API reads it; it imports none of them but the
+//! ports and the rate limiter it holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+
+use super::ports::{AuthPort, AuthzPort, BusinessPort, DelegationPort, UnitsPort};
+use super::rate::RateLimiter;
+use crate::audit::Audit;
+use crate::clock::SharedClock;
+use crate::config;
+use crate::metrics::Metrics;
+
+/// The engines the API talks to.
+#[derive(Clone)]
+pub struct Ports {
+    pub auth: Arc<dyn AuthPort>,
+    pub authz: Arc<dyn AuthzPort>,
+    pub units: Arc<dyn UnitsPort>,
+    pub delegation: Arc<dyn DelegationPort>,
+    pub businesses: Arc<dyn BusinessPort>,
+}
+
+/// Limits taken from `[api]` in the config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub fresh_read_timeout: Duration,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &config::Api) -> Self {
+        Limits {
+            max_body_bytes: cfg.max_body_bytes,
+            request_timeout: cfg.request_timeout,
+            fresh_read_timeout: cfg.fresh_read_timeout,
+            rate_per_sec: cfg.rate_limit_per_sec,
+            rate_burst: cfg.rate_limit_burst,
+        }
+    }
+}
+
+/// Shared state of every request: the ports, the audit trail, metrics, the clock and limits.
+#[derive(Clone)]
+pub struct ApiState(pub(super) Arc<Inner>);
+
+pub(super) struct Inner {
+    pub(super) ports: Ports,
+    pub(super) audit: Audit,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) clock: SharedClock,
+    pub(super) limits: Limits,
+    pub(super) cors_origins: Vec<HeaderValue>,
+    pub(super) rate: RateLimiter,
+}
+
+impl ApiState {
+    pub fn new(
+        ports: Ports,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        cfg: &config::Api,
+    ) -> Self {
+        let limits = Limits::from_config(cfg);
+        let cors_origins = cfg
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+            .collect();
+        ApiState(Arc::new(Inner {
+            rate: RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
+            ports,
+            audit,
+            metrics,
+            clock,
+            limits,
+            cors_origins,
+        }))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+}
