@@ -28,11 +28,11 @@
     reason = "a bench tool fails loudly"
 )]
 
-#[path = "../tests/e2e_support/mod.rs"]
-mod e2e_support;
 #[allow(dead_code, reason = "the bench uses only part of the broker helper")]
 #[path = "../tests/common/broker.rs"]
 mod broker;
+#[path = "../tests/e2e_support/mod.rs"]
+mod e2e_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,7 +214,10 @@ async fn rss(units: usize, links: usize) -> Value {
         .collect();
     let exe = std::env::current_exe().unwrap();
     let out = tokio::process::Command::new(exe)
-        .env("SITEGATE_E2E_RSS_CHILD", format!("{units};{}", addrs.join(",")))
+        .env(
+            "SITEGATE_E2E_RSS_CHILD",
+            format!("{units};{}", addrs.join(",")),
+        )
         .stderr(std::process::Stdio::inherit())
         .output()
         .await
@@ -316,9 +319,7 @@ async fn flash(mode: &str) -> Value {
         }
     }
     let broker = (mode != "down").then(|| broker::Broker::start(dir.path()));
-    let port = broker
-        .as_ref()
-        .map_or_else(broker::free_port, |b| b.port);
+    let port = broker.as_ref().map_or_else(broker::free_port, |b| b.port);
     let addrs: Vec<String> = sims
         .iter()
         .map(|(s, _)| s.addr.unwrap().to_string())

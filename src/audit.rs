@@ -192,7 +192,10 @@ pub struct Audit {
 }
 
 /// A record waiting for its group commit, and who waits for the outcome.
-type Waiting = (Event, tokio::sync::oneshot::Sender<Result<Record, StoreError>>);
+type Waiting = (
+    Event,
+    tokio::sync::oneshot::Sender<Result<Record, StoreError>>,
+);
 
 /// Group commit: records handed to [`Audit::record`] while a commit is running wait here and go
 /// into the next transaction together. One writer at a time (`running`).
@@ -301,7 +304,8 @@ impl Audit {
                 g.queue.drain(..n).collect()
             };
             let together = self.store.with_conn(|conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let mut recs = Vec::with_capacity(batch.len());
                 for (event, _) in &batch {
                     recs.push(self.record_in(&tx, event)?);

@@ -125,7 +125,10 @@ impl LiveQueue {
 
     /// Queued messages of the class named `class` (for the depth figures).
     pub fn count(&self, class: &str) -> u64 {
-        self.rows.iter().filter(|r| r.class.as_str() == class).count() as u64
+        self.rows
+            .iter()
+            .filter(|r| r.class.as_str() == class)
+            .count() as u64
     }
 
     /// How long the oldest message has waited.
@@ -159,7 +162,9 @@ pub(crate) fn spill(
     let mut telemetry = false;
     for r in rows {
         telemetry |= r.class == Class::Telemetry;
-        outbox::enqueue(&tx, r.class, &r.msg_id, &r.topic, &r.payload, true, r.retain)?;
+        outbox::enqueue(
+            &tx, r.class, &r.msg_id, &r.topic, &r.payload, true, r.retain,
+        )?;
     }
     let trimmed = if telemetry {
         outbox::trim_telemetry(&tx, max)?
@@ -203,7 +208,13 @@ mod tests {
         let s = Store::open_in(dir.path()).unwrap();
         let mut q = LiveQueue::new(100);
         for i in 0..20 {
-            q.push(Class::Telemetry, format!("t{i}"), "t/x".into(), vec![], false);
+            q.push(
+                Class::Telemetry,
+                format!("t{i}"),
+                "t/x".into(),
+                vec![],
+                false,
+            );
         }
         q.dropped_unpersisted = 3;
         let (rows, dropped) = q.take_all();
@@ -212,7 +223,12 @@ mod tests {
         s.with_conn(|c| {
             let b = outbox::next_batch(c, &[0; 4], 100)?;
             let ids: Vec<_> = b.iter().map(|r| r.msg_id.as_str()).collect();
-            assert_eq!(ids, ["t10", "t11", "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19"]);
+            assert_eq!(
+                ids,
+                [
+                    "t10", "t11", "t12", "t13", "t14", "t15", "t16", "t17", "t18", "t19"
+                ]
+            );
             assert_eq!(outbox::telemetry_dropped(c)?, 13);
             Ok(())
         })

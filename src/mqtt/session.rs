@@ -30,11 +30,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::live::{self, LiveRow};
 use super::{
     GrantSink, INFLIGHT_WINDOW, InboundKind, MAX_INBOUND_BYTES, MAX_OUTBOUND_BYTES, Shared,
 };
 use crate::audit::{Audit, Event as AuditEvent};
-use super::live::{self, LiveRow};
 use crate::outbox::{self, Row};
 
 /// How often the drain looks at the outbox without being told (a safety net: every insert into
