@@ -9,6 +9,13 @@
 //!    every second) after 10 s, measured in a child process that holds only the daemon; the
 //!    same child's VmRSS before `Daemon::start` is the reference.
 //!
+//! 4. Flash writes, CPU and memory with MQTT (`flash`): the same 100 units with a broker
+//!    connected and with the broker unreachable, every unit's room temperature changing every
+//!    second (one telemetry message per unit per second, the worst case), measured in a child
+//!    process from `/proc/self/io` `write_bytes` (bytes sent to the block layer) and the CPU time
+//!    of all its threads (`/proc/self/task/*/schedstat`); and one 31-point generator
+//!    (dse-gencomm) polled every second, for the CPU per poll cycle.
+//!
 //! Results are printed and written as JSON to `$SITEGATE_BENCH_OUT` (default
 //! `target/bench-results/e2e.json`). `SITEGATE_BENCH_SECS` sets the load duration (default 5).
 //!
@@ -21,6 +28,9 @@
     reason = "a bench tool fails loudly"
 )]
 
+#[allow(dead_code, reason = "the bench uses only part of the broker helper")]
+#[path = "../tests/common/broker.rs"]
+mod broker;
 #[path = "../tests/e2e_support/mod.rs"]
 mod e2e_support;
 
@@ -190,13 +200,12 @@ async fn poll_cost(site: &Site) -> Value {
     ])
 }
 
-/// Parent side of the RSS figure: simulators here, the daemon in a child process.
-async fn rss() -> Value {
+/// Parent side of the RSS figure: simulators here, the daemon in a child process with `units`
+/// HVAC units spread over `links` links.
+async fn rss(units: usize, links: usize) -> Value {
     let mut sims = Vec::new();
-    for _ in 0..RSS_LINKS {
-        let units = (1..=(RSS_UNITS / RSS_LINKS) as u8)
-            .map(SimUnit::hvac)
-            .collect();
+    for _ in 0..links {
+        let units = (1..=(units / links) as u8).map(SimUnit::hvac).collect();
         sims.push(start_sim(units).await);
     }
     let addrs: Vec<String> = sims
@@ -205,7 +214,10 @@ async fn rss() -> Value {
         .collect();
     let exe = std::env::current_exe().unwrap();
     let out = tokio::process::Command::new(exe)
-        .env("SITEGATE_E2E_RSS_CHILD", addrs.join(","))
+        .env(
+            "SITEGATE_E2E_RSS_CHILD",
+            format!("{units};{}", addrs.join(",")),
+        )
         .stderr(std::process::Stdio::inherit())
         .output()
         .await
@@ -221,11 +233,10 @@ async fn rss() -> Value {
 }
 
 /// Child side: only the daemon (plus a tokio runtime) lives in this process.
-fn rss_child(addrs: &str) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+fn rss_child(spec: &str) {
+    let (total, addrs) = spec.split_once(';').unwrap();
+    let total: usize = total.parse().unwrap();
+    let rt = sitegate::app::runtime().unwrap();
     rt.block_on(async move {
         let before = vm_rss_kib().unwrap_or(0);
         let dir = tempfile::tempdir().unwrap();
@@ -234,7 +245,7 @@ fn rss_child(addrs: &str) {
             .enumerate()
             .map(|(i, a)| (format!("bus{i}"), a.parse().unwrap()))
             .collect();
-        let per = RSS_UNITS / links.len();
+        let per = total / links.len();
         let mut units = Vec::new();
         for (l, (name, _)) in links.iter().enumerate() {
             for s in 1..=per {
@@ -257,6 +268,7 @@ fn rss_child(addrs: &str) {
         tokio::time::sleep(RSS_SETTLE).await;
         let steady = vm_rss_kib().unwrap_or(0);
         let hwm = status_kib("VmHWM").unwrap_or(0);
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
         let online = daemon
             .site
             .as_ref()
@@ -271,10 +283,198 @@ fn rss_child(addrs: &str) {
         daemon.stop(true).await;
         println!(
             "{}",
-            json!({"units": RSS_UNITS, "links": links.len(), "poll_ms": 1000,
+            json!({"units": total, "links": links.len(), "poll_ms": 1000,
                    "settle_s": RSS_SETTLE.as_secs(), "rss_before_start_kib": before,
                    "rss_after_start_kib": started, "rss_steady_kib": steady,
-                   "vm_hwm_kib": hwm, "link_stats": online})
+                   "vm_hwm_kib": hwm, "threads": threads, "link_stats": online})
+        );
+    });
+}
+
+/// How long the flash children settle before measuring, and measure.
+const FLASH_SETTLE: Duration = Duration::from_secs(10);
+fn flash_window() -> Duration {
+    Duration::from_secs(
+        std::env::var("SITEGATE_FLASH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    )
+}
+
+/// Parent side of the flash figures: simulators (and their changing values) and the broker here,
+/// the daemon in a child. `mode`: `up` (broker connected), `down` (nothing listens on the port),
+/// `gen` (one generator, broker connected).
+async fn flash(mode: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sims = Vec::new();
+    if mode == "gen" {
+        sims.push(start_sim(vec![SimUnit::generator(1)]).await);
+    } else {
+        for _ in 0..RSS_LINKS {
+            let units = (1..=(RSS_UNITS / RSS_LINKS) as u8)
+                .map(SimUnit::hvac)
+                .collect();
+            sims.push(start_sim(units).await);
+        }
+    }
+    let broker = (mode != "down").then(|| broker::Broker::start(dir.path()));
+    let port = broker.as_ref().map_or_else(broker::free_port, |b| b.port);
+    let addrs: Vec<String> = sims
+        .iter()
+        .map(|(s, _)| s.addr.unwrap().to_string())
+        .collect();
+    // Every HVAC unit's room temperature (holding +6 of VA 1, x10, deadband 0.2 °C) alternates
+    // between 20.0 and 20.5 °C every second: one telemetry message per unit and poll.
+    let changer = {
+        let handles: Vec<_> = sims.iter().map(|(s, _)| s.clone()).collect();
+        let hvac = mode != "gen";
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for i in 0u64.. {
+                tick.tick().await;
+                if !hvac {
+                    continue;
+                }
+                for h in &handles {
+                    for slave in 1..=(RSS_UNITS / RSS_LINKS) as u8 {
+                        h.set_register(
+                            slave,
+                            sitegate::modbus::profile::RegKind::Holding,
+                            22,
+                            200 + (i % 2) as u16 * 5,
+                        );
+                    }
+                }
+            }
+        })
+    };
+    let exe = std::env::current_exe().unwrap();
+    let out = tokio::process::Command::new(exe)
+        .env(
+            "SITEGATE_E2E_FLASH_CHILD",
+            format!("{mode};{port};{}", addrs.join(",")),
+        )
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .unwrap();
+    changer.abort();
+    assert!(out.status.success(), "flash child failed");
+    let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["mode"] = json!(mode);
+    for (_, stop) in sims {
+        stop.cancel();
+    }
+    drop(broker);
+    v
+}
+
+/// Bytes this process caused to be sent to the block layer (`write_bytes` of /proc/self/io).
+fn write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time of every thread of this process, in ns (schedstat: time spent on the CPU).
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Child side of the flash figures: only the daemon lives in this process, on the daemon's own
+/// runtime (`app::runtime`).
+fn flash_child(spec: &str) {
+    let mut parts = spec.split(';');
+    let mode = parts.next().unwrap().to_string();
+    let port: u16 = parts.next().unwrap().parse().unwrap();
+    let addrs = parts.next().unwrap().to_string();
+    let rt = sitegate::app::runtime().unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let links: Vec<(String, std::net::SocketAddr)> = addrs
+            .split(',')
+            .enumerate()
+            .map(|(i, a)| (format!("bus{i}"), a.parse().unwrap()))
+            .collect();
+        let mut units = Vec::new();
+        if mode == "gen" {
+            units.push((
+                "gen-1".to_string(),
+                "bus0".to_string(),
+                1u8,
+                "dse-gencomm",
+                "plant",
+            ));
+        } else {
+            let per = RSS_UNITS / links.len();
+            for (l, (name, _)) in links.iter().enumerate() {
+                for s in 1..=per {
+                    units.push((
+                        format!("hvac-{}", l * per + s),
+                        name.clone(),
+                        s as u8,
+                        "coolmaster-va",
+                        "offices",
+                    ));
+                }
+            }
+        }
+        let mqtt = format!(
+            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"sitegate-flash-{mode}\"\n"
+        );
+        let state = dir.path().join("state");
+        let text = config_text(&state, &links, &units, 1000, "plain", &mqtt);
+        let cfg = parse_config(&text, dir.path());
+        let daemon =
+            sitegate::app::Daemon::start(cfg, Arc::new(SystemClock), Notifier::from_env(&|_| None))
+                .await
+                .unwrap();
+        tokio::time::sleep(FLASH_SETTLE).await;
+        let window = flash_window();
+        let (w0, c0) = (write_bytes(), cpu_ns());
+        tokio::time::sleep(window).await;
+        let (w1, c1) = (write_bytes(), cpu_ns());
+        let rss = vm_rss_kib().unwrap_or(0);
+        let hwm = status_kib("VmHWM").unwrap_or(0);
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        daemon.stop(true).await;
+        // After the stop: what the outbox holds (the broker-down case spilled telemetry there).
+        let store = sitegate::store::Store::open_in(&state).unwrap();
+        let depth = sitegate::outbox::depth(&store).unwrap_or_default();
+        let written: i64 = store
+            .with_conn(|c| {
+                Ok(c.query_row(
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap_or(0);
+        let secs = window.as_secs_f64();
+        let bytes = w1.saturating_sub(w0);
+        println!(
+            "{}",
+            json!({"units": units.len(), "poll_ms": 1000, "settle_s": FLASH_SETTLE.as_secs(),
+                   "window_s": secs, "write_bytes": bytes,
+                   "write_bytes_per_s": bytes as f64 / secs,
+                   "write_mb_per_day": bytes as f64 / secs * 86_400.0 / 1e6,
+                   "cpu_ms": (c1 - c0) as f64 / 1e6,
+                   "cpu_ms_per_poll_cycle": (c1 - c0) as f64 / 1e6 / secs,
+                   "rss_steady_kib": rss, "vm_hwm_kib": hwm, "threads": threads,
+                   "outbox_rows_inserted_total": written, "outbox_depth_after_stop": depth})
         );
     });
 }
@@ -292,6 +492,10 @@ fn status_kib(field: &str) -> Option<u64> {
 fn main() {
     if let Ok(addrs) = std::env::var("SITEGATE_E2E_RSS_CHILD") {
         rss_child(&addrs);
+        return;
+    }
+    if let Ok(spec) = std::env::var("SITEGATE_E2E_FLASH_CHILD") {
+        flash_child(&spec);
         return;
     }
     // `cargo bench` passes `--bench`; under `cargo test` the bench only checks that it runs.
@@ -318,10 +522,36 @@ fn main() {
         let poll = poll_cost(&site).await;
         println!("poll cost: {poll}");
         site.stop().await;
-        let rss = rss().await;
-        println!("rss: {rss}");
+        if std::env::var("SITEGATE_E2E_COMMANDS_ONLY").is_ok() {
+            // For profiling the command path alone (`perf record`, see docs/PERFORMANCE.md).
+            return json!({"round_trip": rt, "load_get_units": get, "load_put_point": put});
+        }
+        let rss_main = rss(RSS_UNITS, RSS_LINKS).await;
+        println!("rss: {rss_main}");
+        // Two more shapes for the memory budget: per unit (20 vs 100 units on 4 links) and per
+        // link (100 units on 1 vs 4 links).
+        let rss_20 = rss(20, RSS_LINKS).await;
+        println!("rss 20 units: {rss_20}");
+        let rss_1link = rss(RSS_UNITS, 1).await;
+        println!("rss 1 link: {rss_1link}");
+        let rss = json!({"units": rss_main["units"], "links": rss_main["links"],
+            "poll_ms": rss_main["poll_ms"], "settle_s": rss_main["settle_s"],
+            "rss_before_start_kib": rss_main["rss_before_start_kib"],
+            "rss_after_start_kib": rss_main["rss_after_start_kib"],
+            "rss_steady_kib": rss_main["rss_steady_kib"], "vm_hwm_kib": rss_main["vm_hwm_kib"],
+            "link_stats": rss_main["link_stats"], "sim_requests_total": rss_main["sim_requests_total"],
+            "budget_20_units": rss_20, "budget_one_link": rss_1link});
+        let mut flash_figures = Vec::new();
+        if bench_mode || std::env::var("SITEGATE_FLASH_SECS").is_ok() {
+            for mode in ["up", "down", "gen"] {
+                let f = flash(mode).await;
+                println!("flash {mode}: {f}");
+                flash_figures.push(f);
+            }
+        }
         json!({"round_trip": rt, "load_get_units": get, "load_put_point": put,
-               "sim_writes_seen": writes, "poll_cost": poll, "rss": rss})
+               "sim_writes_seen": writes, "poll_cost": poll, "rss": rss,
+               "flash": flash_figures})
     });
     if !bench_mode {
         return;

@@ -56,14 +56,24 @@ pub fn profile_names(dir: Option<&Path>) -> HashSet<String> {
     }
 }
 
-/// Runs the daemon until SIGTERM/SIGINT; returns the exit code. SIGHUP reloads the config
-/// (see [`reload`]).
-pub fn run_daemon(cfg: Config) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+/// The daemon's async runtime: two worker threads (the daemon is I/O bound: a few hundred Modbus
+/// polls and API requests per second leave one core mostly idle) and a small blocking pool
+/// (SQLite calls are serialized on one connection anyway). Every thread costs stack and, with
+/// glibc, its own malloc arena, so this is the main lever on resident memory (see
+/// docs/PERFORMANCE.md, memory budget). Benches build the same runtime.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .thread_name("sitegate")
         .build()
-    {
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code. SIGHUP reloads the config
+/// (see [`reload`]).
+pub fn run_daemon(cfg: Config) -> i32 {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -10,6 +10,7 @@
 //! never log a password or key material. See `docs/mqtt.md` for the wire contract.
 
 pub mod backfill;
+mod live;
 mod session;
 mod telemetry;
 mod tls;
@@ -203,11 +204,22 @@ pub(crate) struct Shared {
     /// while a state document is queued, so documents from the MQTT path and from other apply
     /// paths queue in a consistent order.
     grants_msg: tokio::sync::Mutex<Option<serde_json::Value>>,
+    /// Telemetry and status heartbeats waiting in memory (see [`live`]).
+    live: Mutex<live::LiveQueue>,
+    /// Wakes the drain when a live message was queued (no outbox read needed).
+    live_wake: Notify,
+    /// The telemetry backlog bound (`mqtt.telemetry_backlog_max`).
+    backlog_max: u64,
 }
 
 impl Shared {
     #[cfg(test)]
     fn for_test(store: Store) -> Arc<Shared> {
+        Shared::for_test_with_backlog(store, 1000)
+    }
+
+    #[cfg(test)]
+    fn for_test_with_backlog(store: Store, backlog_max: u64) -> Arc<Shared> {
         let site = Site {
             id: crate::model::SiteId::new("s-1").unwrap(),
             gateway: crate::model::GatewayId::new("gw-1").unwrap(),
@@ -227,7 +239,33 @@ impl Shared {
             telemetry_seq: Mutex::new(std::collections::BTreeMap::new()),
             snapshot: Notify::new(),
             grants_msg: tokio::sync::Mutex::new(None),
+            live: Mutex::new(live::LiveQueue::new(backlog_max)),
+            live_wake: Notify::new(),
+            backlog_max,
         })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, live::LiveQueue> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a live message (kept in memory, see [`live`]) and wakes the drain.
+    fn push_live(&self, class: Class, topic: String, payload: Vec<u8>, retain: bool) {
+        let id = self.msg_id(if class == Class::State { "s" } else { "t" });
+        let dropped = self.live().push(class, id, topic, payload, retain);
+        self.note_live_dropped(dropped);
+        self.live_wake.notify_one();
+    }
+
+    fn note_live_dropped(&self, dropped: u64) {
+        if dropped > 0 {
+            self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                max = self.backlog_max,
+                "telemetry backlog full; dropped the oldest messages"
+            );
+        }
     }
 
     fn msg_id(&self, prefix: &str) -> String {
@@ -328,12 +366,7 @@ impl MqttClient {
     ) -> Result<MqttHandle, MqttError> {
         let topics = Topics::new(site);
         let options = options(cfg, &topics)?;
-        let (dropped, queued_telemetry) = store.with_conn(|c| {
-            Ok((
-                outbox::telemetry_dropped(c)?,
-                outbox::class_depth(c, Class::Telemetry)?,
-            ))
-        })?;
+        let dropped = store.with_conn(|c| outbox::telemetry_dropped(c))?;
         let shared = Arc::new(Shared {
             topics,
             store,
@@ -351,13 +384,11 @@ impl MqttClient {
             telemetry_seq: Mutex::new(std::collections::BTreeMap::new()),
             snapshot: Notify::new(),
             grants_msg: tokio::sync::Mutex::new(None),
+            live: Mutex::new(live::LiveQueue::new(cfg.telemetry_backlog_max)),
+            live_wake: Notify::new(),
+            backlog_max: cfg.telemetry_backlog_max,
         });
-        let telemetry = Telemetry::new(
-            shared.clone(),
-            cfg.telemetry_interval,
-            cfg.telemetry_backlog_max,
-            queued_telemetry,
-        );
+        let telemetry = Telemetry::new(shared.clone(), cfg.telemetry_interval);
         session::spawn(session::Parts {
             shared: shared.clone(),
             options,
@@ -413,13 +444,9 @@ impl MqttClient {
                         tracing::warn!(error = %e, "telemetry heartbeat failed");
                     }
                     if shared.connected.load(Ordering::Relaxed) {
+                        // A live message: the next heartbeat replaces it anyway.
                         let doc = shared.online_status().to_string().into_bytes();
-                        if let Err(e) = shared
-                            .enqueue_state(shared.topics.status.clone(), doc)
-                            .await
-                        {
-                            tracing::warn!(error = %e, "cannot queue the status");
-                        }
+                        shared.push_live(Class::State, shared.topics.status.clone(), doc, true);
                     }
                 }
             });
@@ -563,6 +590,7 @@ impl MqttHandle {
                     .collect::<Result<Vec<_>, StoreError>>()
             })
             .await?;
+        let depth = live_depth(depth, &self.shared.live());
         let s = &self.shared.stats;
         Ok(MqttStats {
             connected: self.connected(),
@@ -575,4 +603,12 @@ impl MqttHandle {
             depth,
         })
     }
+}
+
+/// Adds the live messages waiting in memory to the outbox depth per class.
+fn live_depth(mut depth: Vec<(String, u64)>, q: &live::LiveQueue) -> Vec<(String, u64)> {
+    for (class, n) in depth.iter_mut() {
+        *n += q.count(class);
+    }
+    depth
 }

@@ -30,14 +30,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::live::{self, LiveRow};
 use super::{
     GrantSink, INFLIGHT_WINDOW, InboundKind, MAX_INBOUND_BYTES, MAX_OUTBOUND_BYTES, Shared,
 };
 use crate::audit::{Audit, Event as AuditEvent};
 use crate::outbox::{self, Row};
 
-/// How often the drain looks for rows queued without a wake-up (audit records).
-const TICK: Duration = Duration::from_millis(100);
+/// How often the drain looks at the outbox without being told (a safety net: every insert into
+/// the outbox wakes it through `Store::outbox_inserted`, so this only bounds a missed wake-up).
+/// Also how often the live queue's spill is considered while nothing else happens.
+const TICK: Duration = Duration::from_millis(1000);
 /// Acknowledged rows are deleted as soon as the previous delete committed, at most this many per
 /// transaction: the rows a `kill -9` leaves acknowledged but queued (sent again: duplicates) are
 /// those acknowledged during one commit.
@@ -113,6 +116,11 @@ pub(super) fn spawn(p: Parts<'_>) {
         acked: Vec::new(),
         deleting: None,
         cursors: [0; 4],
+        clear: [false; 4],
+        ready_n: [0; 4],
+        spilling: None,
+        spill_epoch: 0,
+        prefer_live: true,
         maybe_more: true,
         generation: 0,
         fetching: false,
@@ -225,15 +233,18 @@ async fn poll_loop(
     }
 }
 
-/// A row handed to rumqttc.
-#[derive(Debug, Clone, Copy)]
+/// A row handed to rumqttc: an outbox row (deleted on its PUBACK) or a live message (kept here
+/// until its PUBACK, so that a dropped connection can put it back in the live queue).
+#[derive(Debug)]
 struct Sent {
     seq: i64,
     qos1: bool,
+    live: Option<LiveRow>,
 }
 
-/// The result of a background outbox read, tagged with the connection generation it was made for.
-type Fetched = (u64, Result<Vec<Row>, crate::store::StoreError>);
+/// The result of a background outbox read, tagged with the connection generation and the spill
+/// epoch it was made in.
+type Fetched = (u64, u64, Result<Vec<Row>, crate::store::StoreError>);
 
 struct Drain {
     shared: Arc<Shared>,
@@ -260,6 +271,18 @@ struct Drain {
     deleting: Option<tokio::task::JoinHandle<()>>,
     /// Per class, the highest seq read into `ready` on this connection.
     cursors: [i64; 4],
+    /// Per class, whether the newest read found no outbox row past the cursor: live messages of
+    /// the class may go out (with none of the class left in `ready`) without overtaking older
+    /// outbox rows.
+    clear: [bool; 4],
+    /// Rows per class in `ready`.
+    ready_n: [usize; 4],
+    /// The spill of live messages to the outbox running in the background, if any.
+    spilling: Option<tokio::task::JoinHandle<()>>,
+    /// Bumped on every spill: a read started before it may have missed the spilled rows.
+    spill_epoch: u64,
+    /// Alternates live messages and outbox rows when both wait.
+    prefer_live: bool,
     /// Whether the outbox may hold rows past the cursors.
     maybe_more: bool,
     /// Bumped on every disconnect: a read started for an older connection is discarded.
@@ -297,6 +320,8 @@ impl Drain {
                 },
                 Some(f) = fetch_rx.recv() => self.on_fetched(f).await,
                 () = self.shared.wake.notified() => self.maybe_more = true,
+                () = self.shared.store.outbox_inserted().notified() => self.maybe_more = true,
+                () = self.shared.live_wake.notified() => {}
                 _ = tick.tick() => self.maybe_more = true,
             }
             self.pump();
@@ -311,10 +336,12 @@ impl Drain {
         if !self.acked.is_empty() {
             self.flush_acks_background();
         }
+        self.maybe_spill();
         self.submit_ready();
         if self.connected
             && self.maybe_more
             && !self.fetching
+            && self.spilling.is_none()
             && self.ready.len() < usize::from(INFLIGHT_WINDOW) / 2
         {
             self.start_fetch();
@@ -328,6 +355,7 @@ impl Drain {
         self.fetching = true;
         let after = self.cursors;
         let generation = self.generation;
+        let epoch = self.spill_epoch;
         let room = usize::from(INFLIGHT_WINDOW);
         let store = self.shared.store.clone();
         let tx = self.fetch_tx.clone();
@@ -335,11 +363,11 @@ impl Drain {
             let r = store
                 .call(move |c| outbox::next_batch(c, &after, room))
                 .await;
-            let _ = tx.send((generation, r));
+            let _ = tx.send((generation, epoch, r));
         });
     }
 
-    async fn on_fetched(&mut self, (generation, result): Fetched) {
+    async fn on_fetched(&mut self, (generation, epoch, result): Fetched) {
         if generation != self.generation {
             return; // read for a connection that is gone; the cursors were reset
         }
@@ -352,6 +380,17 @@ impl Drain {
             }
         };
         self.maybe_more = rows.len() >= usize::from(INFLIGHT_WINDOW);
+        if epoch == self.spill_epoch {
+            // A class with no row in a fair read has none past the cursor (every class with rows
+            // gets at least one place in the batch).
+            let mut seen = [false; 4];
+            for row in &rows {
+                seen[row.class.index()] = true;
+            }
+            for (c, s) in self.clear.iter_mut().zip(seen) {
+                *c = !s;
+            }
+        }
         for row in rows {
             let c = &mut self.cursors[row.class.index()];
             *c = (*c).max(row.seq);
@@ -359,35 +398,65 @@ impl Drain {
                 self.drop_unsendable(&row, reason).await;
                 continue;
             }
+            self.ready_n[row.class.index()] += 1;
             self.ready.push_back(row);
         }
     }
 
-    /// Hands ready rows to rumqttc while the window has room.
+    /// Hands ready outbox rows and live messages to rumqttc while the window has room,
+    /// alternating between them when both wait.
     fn submit_ready(&mut self) {
         if !self.connected {
             return;
         }
         while self.inflight() < usize::from(INFLIGHT_WINDOW) {
-            let Some(row) = self.ready.pop_front() else {
-                break;
+            let live = if self.prefer_live || self.ready.is_empty() {
+                self.take_live()
+            } else {
+                None
             };
-            let qos = if row.qos1 {
+            self.prefer_live = !self.prefer_live;
+            let (topic, payload, qos1, retain, sent) = match live {
+                Some(row) => (
+                    row.topic.clone(),
+                    row.payload.clone(),
+                    true,
+                    row.retain,
+                    Sent {
+                        seq: 0,
+                        qos1: true,
+                        live: Some(row),
+                    },
+                ),
+                None => {
+                    let Some(row) = self.ready.pop_front() else {
+                        if self.live_waiting() {
+                            continue;
+                        }
+                        break;
+                    };
+                    self.ready_n[row.class.index()] -= 1;
+                    let sent = Sent {
+                        seq: row.seq,
+                        qos1: row.qos1,
+                        live: None,
+                    };
+                    (row.topic, row.payload, row.qos1, row.retain, sent)
+                }
+            };
+            let qos = if qos1 {
                 QoS::AtLeastOnce
             } else {
                 QoS::AtMostOnce
             };
-            let sent = Sent {
-                seq: row.seq,
-                qos1: row.qos1,
-            };
             // The channel holds the whole window, so this only fails if the event loop is gone.
-            if let Err(e) = self
-                .client
-                .try_publish(row.topic, qos, row.retain, row.payload)
-            {
+            if let Err(e) = self.client.try_publish(topic, qos, retain, payload) {
                 tracing::warn!(error = %e, "cannot hand a message to the mqtt client");
-                // Read again after the reconnect that follows.
+                // Outbox rows are read again after the reconnect that follows; a live message
+                // goes back to its queue.
+                if let Some(row) = sent.live {
+                    self.shared.live().restore(vec![row]);
+                }
                 break;
             }
             self.fifo.push_back(sent);
@@ -396,6 +465,70 @@ impl Drain {
             .stats
             .inflight
             .store(self.inflight() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the next live message may go out now: no outbox row of its class waits before it
+    /// (read or unread) and no spill is writing to the outbox.
+    fn live_open(&self, class: outbox::Class) -> bool {
+        let c = class.index();
+        self.spilling.is_none() && self.clear[c] && self.ready_n[c] == 0
+    }
+
+    /// Whether a live message could be taken now (the window loop continues for it).
+    fn live_waiting(&self) -> bool {
+        let front = self.shared.live().front().map(|r| r.class);
+        front.is_some_and(|c| self.live_open(c))
+    }
+
+    /// The next live message, if it may go out now (FIFO: a blocked one holds back the rest).
+    fn take_live(&mut self) -> Option<LiveRow> {
+        let mut q = self.shared.live();
+        loop {
+            let class = q.front()?.class;
+            if !self.live_open(class) {
+                return None;
+            }
+            let row = q.pop()?;
+            if let Some(reason) = live_unsendable(&row) {
+                tracing::error!(
+                    msg_id = %row.msg_id,
+                    bytes = row.payload.len(),
+                    reason,
+                    "live message cannot be sent; dropped"
+                );
+                continue;
+            }
+            return Some(row);
+        }
+    }
+
+    /// Writes the live queue to the outbox in the background when it is due: while disconnected
+    /// once the oldest message is [`live::SPILL_AGE`] old, and always at [`live::SPILL_ROWS`].
+    /// Outbox reads wait for the spill to commit, and no live message leaves meanwhile, so the
+    /// spilled rows keep their place in line.
+    fn maybe_spill(&mut self) {
+        if let Some(h) = &self.spilling {
+            if !h.is_finished() {
+                return;
+            }
+            self.spilling = None;
+            self.maybe_more = true;
+        }
+        let due = {
+            let q = self.shared.live();
+            q.queued() >= live::SPILL_ROWS
+                || (!self.connected && q.oldest_age().is_some_and(|a| a >= live::SPILL_AGE))
+        };
+        if !due {
+            return;
+        }
+        let (rows, dropped) = self.shared.live().take_all();
+        self.spill_epoch += 1;
+        self.clear = [false; 4];
+        let shared = self.shared.clone();
+        self.spilling = Some(tokio::spawn(async move {
+            spill_rows(&shared, rows, dropped).await;
+        }));
     }
 
     /// Starts deleting the acknowledged rows on the blocking pool without waiting, so PUBACKs
@@ -465,7 +598,9 @@ impl Drain {
             Event::Incoming(Packet::ConnAck(_)) => self.on_connected().await,
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some(s) = self.by_pkid.remove(&ack.pkid) {
-                    self.acked.push(s.seq);
+                    if s.live.is_none() {
+                        self.acked.push(s.seq);
+                    }
                     self.shared.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -540,7 +675,7 @@ impl Drain {
                 self.shared.stats.sent.fetch_add(1, Ordering::Relaxed);
                 if sent.qos1 {
                     self.by_pkid.insert(pkid, sent);
-                } else {
+                } else if sent.live.is_none() {
                     self.acked.push(sent.seq);
                 }
             }
@@ -598,14 +733,15 @@ impl Drain {
         self.shared.connected.store(false, Ordering::Relaxed);
         self.flush_acks().await;
         // INVARIANT: after this nothing of the old connection is tracked; every unacknowledged
-        // row is read again from SQLite on the next connection.
+        // outbox row is read again from SQLite on the next connection, every unacknowledged live
+        // message is back at the front of the live queue.
         self.generation += 1;
         self.fetching = false;
         self.ready.clear();
-        self.fifo.clear();
-        self.collided = None;
-        self.by_pkid.clear();
+        self.restore_live_inflight();
         self.cursors = [0; 4];
+        self.clear = [false; 4];
+        self.ready_n = [0; 4];
         self.shared.stats.inflight.store(0, Ordering::Relaxed);
         self.down_streak += 1;
         let first = self.down_streak == 1;
@@ -660,6 +796,20 @@ impl Drain {
         }
     }
 
+    /// Forgets every submitted row, putting unacknowledged live messages back in the live queue.
+    fn restore_live_inflight(&mut self) {
+        let back: Vec<LiveRow> = self
+            .fifo
+            .drain(..)
+            .chain(self.collided.take())
+            .chain(self.by_pkid.drain().map(|(_, s)| s))
+            .filter_map(|s| s.live)
+            .collect();
+        if !back.is_empty() {
+            self.shared.live().restore(back);
+        }
+    }
+
     /// On shutdown: publish the offline status and DISCONNECT (so the broker does not send the
     /// will), wait briefly for PUBACKs, then stop the poll task.
     async fn stop(mut self, mut rx: mpsc::Receiver<Msg>, poll_stop: CancellationToken) {
@@ -709,6 +859,17 @@ impl Drain {
             }
         }
         self.flush_acks().await;
+        // What was not delivered survives the restart: the live queue goes to the outbox.
+        if let Some(h) = self.spilling.take() {
+            let _ = h.await;
+        }
+        self.restore_live_inflight();
+        let (mut rows, dropped) = self.shared.live().take_all();
+        // A status heartbeat is made afresh after the restart; only telemetry is kept.
+        rows.retain(|r| r.class == outbox::Class::Telemetry);
+        if !rows.is_empty() || dropped > 0 {
+            spill_rows(&self.shared, rows, dropped).await;
+        }
         self.shared.connected.store(false, Ordering::Relaxed);
         poll_stop.cancel();
     }
@@ -723,6 +884,38 @@ fn unsendable(row: &Row) -> Option<&'static str> {
         Some("invalid_topic")
     } else {
         None
+    }
+}
+
+/// [`unsendable`] for a live message.
+fn live_unsendable(row: &LiveRow) -> Option<&'static str> {
+    if row.payload.len() > MAX_OUTBOUND_BYTES {
+        Some("too_large")
+    } else if row.topic.is_empty() || row.topic.contains(['+', '#', '\0']) {
+        Some("invalid_topic")
+    } else {
+        None
+    }
+}
+
+/// Writes live messages to the outbox in one transaction (see [`live::spill`]).
+async fn spill_rows(shared: &Arc<Shared>, rows: Vec<LiveRow>, dropped: u64) {
+    let n = rows.len();
+    let max = shared.backlog_max;
+    match shared
+        .store
+        .call(move |c| live::spill(c, &rows, dropped, max))
+        .await
+    {
+        Ok(trimmed) => {
+            shared.note_live_dropped(trimmed);
+            tracing::debug!(rows = n, "live messages written to the outbox");
+        }
+        Err(e) => {
+            // Lost: counted as dropped telemetry (events never pass through here).
+            shared.note_live_dropped(n as u64);
+            tracing::error!(error = %e, rows = n, "cannot write live messages to the outbox");
+        }
     }
 }
 

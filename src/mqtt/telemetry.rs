@@ -6,7 +6,9 @@
 //! message carries a per-unit `seq`, so the cloud can tell it missed one.
 //!
 //! This module never reads devices (the Modbus engine calls [`Telemetry::update`]) and never
-//! talks to the broker: it only queues messages on the outbox, whose telemetry backlog is bounded.
+//! talks to the broker: it only queues messages on the live queue (memory while the broker is
+//! connected, spilled to the outbox in batches while it is not; see `mqtt::live`), whose
+//! telemetry backlog is bounded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,6 @@ use time::OffsetDateTime;
 use super::{MqttError, Shared};
 use crate::model::UnitId;
 use crate::outbox;
-use crate::store::StoreError;
 
 /// How much a value is to be trusted: the box's one quality vocabulary (the same names in the
 /// API, `units test` and docs), defined with the profiles whose sentinels produce it.
@@ -111,27 +112,16 @@ struct Inner {
     shared: Arc<Shared>,
     units: Mutex<HashMap<String, UnitState>>,
     interval: Duration,
-    backlog_max: u64,
-    /// An upper bound on the telemetry rows queued: the exact (costlier) trim runs only when this
-    /// reaches the bound. Reset to the true count on each heartbeat.
-    approx_len: AtomicU64,
     next_id: AtomicU64,
 }
 
 impl Telemetry {
-    pub(super) fn new(
-        shared: Arc<Shared>,
-        interval: Duration,
-        backlog_max: u64,
-        queued: u64,
-    ) -> Telemetry {
+    pub(super) fn new(shared: Arc<Shared>, interval: Duration) -> Telemetry {
         Telemetry {
             inner: Arc::new(Inner {
                 shared,
                 units: Mutex::new(HashMap::new()),
                 interval,
-                backlog_max,
-                approx_len: AtomicU64::new(queued),
                 next_id: AtomicU64::new(0),
             }),
         }
@@ -211,14 +201,6 @@ impl Telemetry {
                 })
                 .collect()
         };
-        // Re-learn the true backlog size so the trim check stays cheap while the drain keeps up.
-        let queued = self
-            .inner
-            .shared
-            .store
-            .call(|c| outbox::class_depth(c, outbox::Class::Telemetry))
-            .await?;
-        self.inner.approx_len.store(queued, Ordering::Relaxed);
         let n = due.len();
         for (unit, points) in due {
             self.queue(&unit, points, Reason::Heartbeat, at).await?;
@@ -261,60 +243,43 @@ impl Telemetry {
         let shared = &self.inner.shared;
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let msg_id = format!("t-{}-{n}", shared.boot_id);
-        let unit = unit.to_string();
-        let at = crate::clock::rfc3339(at);
-        let topic = shared.topics.telemetry(&unit);
-        let max = self.inner.backlog_max;
-        let len = self.inner.approx_len.fetch_add(1, Ordering::Relaxed) + 1;
-        let check = len >= max;
-        let inner = self.inner.clone();
-        // INVARIANT: the unit's seq is taken inside the store call (which runs one at a time), so
-        // a unit's seqs follow the order of its outbox rows, hence the order they are sent in.
-        let (dropped, unit, seq) = shared
-            .store
-            .call(move |c| {
-                let seq = {
-                    let mut units = inner.units.lock().unwrap_or_else(|e| e.into_inner());
-                    let st = units.entry(unit.clone()).or_default();
-                    st.seq += 1;
-                    st.seq
-                };
-                let msg = TelemetryMessage {
-                    msg_id,
-                    unit,
-                    at,
-                    reason,
-                    seq,
-                    points,
-                };
-                let payload =
-                    serde_json::to_vec(&msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let tx = c.transaction()?;
-                let d = outbox::enqueue_telemetry(&tx, &msg.msg_id, &topic, &payload, max, check)?;
-                tx.commit()?;
-                Ok((d, msg.unit, seq))
-            })
-            .await?;
+        let topic = shared.topics.telemetry(unit);
+        // INVARIANT: the unit's seq is taken while the live queue is locked, so a unit's seqs
+        // follow the order of the queue, hence the order they are sent (or spilled) in.
+        let (dropped, seq) = {
+            let mut live = shared.live();
+            let seq = {
+                let mut units = self.lock();
+                let st = units.entry(unit.to_string()).or_default();
+                st.seq += 1;
+                st.seq
+            };
+            let msg = TelemetryMessage {
+                msg_id,
+                unit: unit.to_string(),
+                at: crate::clock::rfc3339(at),
+                reason,
+                seq,
+                points,
+            };
+            let payload = serde_json::to_vec(&msg).map_err(|e| MqttError::Encode(e.to_string()))?;
+            let dropped = live.push(outbox::Class::Telemetry, msg.msg_id, topic, payload, false);
+            (dropped, seq)
+        };
         {
             let mut seqs = shared
                 .telemetry_seq
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let e = seqs.entry(unit).or_default();
-            *e = (*e).max(seq);
+            match seqs.get_mut(unit) {
+                Some(e) => *e = (*e).max(seq),
+                None => {
+                    seqs.insert(unit.to_string(), seq);
+                }
+            }
         }
-        if check {
-            self.inner.approx_len.store(max, Ordering::Relaxed);
-        }
-        if dropped > 0 {
-            shared.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
-            tracing::warn!(
-                dropped,
-                max,
-                "telemetry backlog full; dropped the oldest messages"
-            );
-        }
-        shared.wake.notify_one();
+        shared.note_live_dropped(dropped);
+        shared.live_wake.notify_one();
         Ok(())
     }
 }
@@ -339,24 +304,22 @@ mod tests {
         }
     }
 
-    fn queued(store: &crate::store::Store) -> Vec<TelemetryMessage> {
-        store
-            .with_conn(|c| {
-                let mut st =
-                    c.prepare("SELECT payload FROM outbox WHERE class = 'telemetry' ORDER BY seq")?;
-                let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-                Ok(rows
-                    .map(|p| serde_json::from_slice(&p.unwrap()).unwrap())
-                    .collect())
-            })
-            .unwrap()
+    /// The telemetry messages waiting in the live queue, oldest first.
+    fn queued(t: &Telemetry) -> Vec<TelemetryMessage> {
+        t.inner
+            .shared
+            .live()
+            .rows()
+            .filter(|r| r.class == outbox::Class::Telemetry)
+            .map(|r| serde_json::from_slice(&r.payload).unwrap())
+            .collect()
     }
 
     #[tokio::test]
     async fn the_heartbeat_sends_the_latest_values_including_those_inside_the_deadband() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open_in(dir.path()).unwrap();
-        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::ZERO, 1000, 0);
+        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::ZERO);
         let unit = UnitId::new("hvac-1").unwrap();
         let now = OffsetDateTime::now_utc();
         let temp = |v: f64| PointSample {
@@ -368,7 +331,7 @@ mod tests {
         assert_eq!(t.update(&unit, &[temp(21.0)], now).await.unwrap(), 1);
         assert_eq!(t.update(&unit, &[temp(21.3)], now).await.unwrap(), 0);
         assert_eq!(t.heartbeat(now).await.unwrap(), 1);
-        let q = queued(&store);
+        let q = queued(&t);
         assert_eq!(q.len(), 2);
         assert_eq!(q[0].reason, Reason::Change);
         assert_eq!(q[1].reason, Reason::Heartbeat);
@@ -382,7 +345,7 @@ mod tests {
     async fn an_idle_unit_sends_no_heartbeat_and_a_snapshot_sends_every_point() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open_in(dir.path()).unwrap();
-        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::ZERO, 1000, 0);
+        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::ZERO);
         let unit = UnitId::new("gen-1").unwrap();
         let now = OffsetDateTime::now_utc();
         let p = |n: &str, v: Value| PointSample {
@@ -396,7 +359,7 @@ mod tests {
         assert_eq!(t.update(&unit, &pts, now).await.unwrap(), 0);
         assert_eq!(t.heartbeat(now).await.unwrap(), 0, "nothing unsent");
         assert_eq!(t.snapshot(now).await.unwrap(), 1);
-        let q = queued(&store);
+        let q = queued(&t);
         assert_eq!(q.len(), 2);
         assert_eq!((q[0].reason, q[0].seq), (Reason::Change, 1));
         assert_eq!((q[1].reason, q[1].seq), (Reason::Snapshot, 2));
@@ -407,12 +370,7 @@ mod tests {
     async fn a_unit_that_sent_within_the_interval_gets_no_heartbeat() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open_in(dir.path()).unwrap();
-        let t = Telemetry::new(
-            Shared::for_test(store.clone()),
-            Duration::from_secs(3600),
-            1000,
-            0,
-        );
+        let t = Telemetry::new(Shared::for_test(store.clone()), Duration::from_secs(3600));
         let unit = UnitId::new("gen-1").unwrap();
         let now = OffsetDateTime::now_utc();
         let p = PointSample {
@@ -423,15 +381,15 @@ mod tests {
         };
         t.update(&unit, &[p], now).await.unwrap();
         assert_eq!(t.heartbeat(now).await.unwrap(), 0);
-        assert_eq!(queued(&store).len(), 1);
+        assert_eq!(queued(&t).len(), 1);
     }
 
     #[tokio::test]
     async fn a_full_backlog_drops_the_oldest_telemetry_and_counts_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open_in(dir.path()).unwrap();
-        let shared = Shared::for_test(store.clone());
-        let t = Telemetry::new(shared.clone(), Duration::from_secs(3600), 10, 0);
+        let shared = Shared::for_test_with_backlog(store.clone(), 10);
+        let t = Telemetry::new(shared.clone(), Duration::from_secs(3600));
         let unit = UnitId::new("gen-1").unwrap();
         let now = OffsetDateTime::now_utc();
         for i in 0..25 {
@@ -443,10 +401,15 @@ mod tests {
             };
             assert_eq!(t.update(&unit, &[p], now).await.unwrap(), 1);
         }
-        let q = queued(&store);
+        let q = queued(&t);
         assert_eq!(q.len(), 10);
         assert_eq!(q[0].points["rpm"].value, json!(15), "oldest dropped first");
         assert_eq!(shared.stats.dropped.load(Ordering::Relaxed), 15);
+        // The drop count becomes persistent with the next spill to the outbox.
+        let (rows, dropped) = shared.live().take_all();
+        store
+            .with_conn(|c| super::super::live::spill(c, &rows, dropped, 10))
+            .unwrap();
         let persisted = store.with_conn(|c| outbox::telemetry_dropped(c)).unwrap();
         assert_eq!(persisted, 15);
     }

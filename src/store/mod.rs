@@ -6,6 +6,11 @@
 //!
 //! Durability: `synchronous=FULL` in WAL mode, so a transaction that returned from `COMMIT` has
 //! reached the disk and survives a kill -9 or a power cut (tested in `tests/store.rs`).
+//!
+//! Memory: the page cache is capped at 1 MiB (`cache_size=-1024`, SQLite's default is 2 MB);
+//! the daemon's working set (sessions, grants index pages, the outbox head) fits easily, and
+//! the cap is part of the memory budget in docs/PERFORMANCE.md. No mmap (`mmap_size=0`, the
+//! default), so the file's pages are not counted in the resident set.
 
 mod migrations;
 
@@ -69,6 +74,8 @@ impl StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    /// Fired (from SQLite's update hook) on every row inserted into the outbox.
+    outbox_inserted: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -100,18 +107,39 @@ impl Store {
             tracing::warn!(mode = %mode, "database is not in WAL mode");
         }
         conn.execute_batch(
-            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA trusted_schema=OFF;",
+            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA trusted_schema=OFF;
+             PRAGMA cache_size=-1024;",
         )
         .map_err(open_err)?;
         migrate(&mut conn)?;
+        let outbox_inserted = Arc::new(tokio::sync::Notify::new());
+        {
+            let n = outbox_inserted.clone();
+            conn.update_hook(Some(
+                move |action: rusqlite::hooks::Action, _db: &str, table: &str, _row: i64| {
+                    if action == rusqlite::hooks::Action::SQLITE_INSERT && table == "outbox" {
+                        n.notify_one();
+                    }
+                },
+            ));
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_path_buf()),
+            outbox_inserted,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Notified when a row was inserted into the outbox through this handle's connection (in
+    /// any transaction, by any module), so the MQTT drain reads it without polling. The insert
+    /// runs while the connection is locked, so a read started after the notification sees the
+    /// row once its transaction committed (or not at all if it rolled back).
+    pub fn outbox_inserted(&self) -> &tokio::sync::Notify {
+        &self.outbox_inserted
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
