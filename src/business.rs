@@ -469,7 +469,6 @@ impl crate::api::ports::BusinessPort for Businesses {
     }
 }
 
-pub mod cli;
 
 #[cfg(test)]
 mod tests;

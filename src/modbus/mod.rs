@@ -17,7 +17,6 @@ pub mod engine;
 pub mod link;
 pub mod profile;
 pub mod scheduler;
-pub mod tools;
 
 pub use engine::{
     EngineError, ModbusEngine, PointValue, RawValues, UnitInfo, UnitSnapshot, UnitUpdate,
