@@ -469,6 +469,5 @@ impl crate::api::ports::BusinessPort for Businesses {
     }
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -67,7 +67,7 @@ const KNOWN_CYCLES: &[&[&str]] = &[
 #[test]
 fn module_imports_have_no_cycles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let graph = build_graph(&root);
+    let graph = build_graph(&root).unwrap();
     assert!(
         graph.len() > 20,
         "the module graph of src/ has only {} files; the reader is broken",
@@ -99,7 +99,7 @@ fn module_imports_have_no_cycles() {
 #[test]
 fn known_cycles_name_existing_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let graph = build_graph(&root);
+    let graph = build_graph(&root).unwrap();
     for group in KNOWN_CYCLES {
         for f in *group {
             assert!(
@@ -138,7 +138,10 @@ fn cycle_finder_reports_a_three_file_circle_and_nothing_else() {
 #[test]
 fn cycle_finder_accepts_a_layered_graph_and_reports_a_two_file_circle() {
     let mut g: Graph = BTreeMap::new();
-    for (a, b) in [("cli/mod.rs", "app/mod.rs"), ("app/mod.rs", "grants/mod.rs")] {
+    for (a, b) in [
+        ("cli/mod.rs", "app/mod.rs"),
+        ("app/mod.rs", "grants/mod.rs"),
+    ] {
         g.entry(a.into()).or_default().insert(b.into());
         g.entry(b.into()).or_default();
     }
@@ -194,21 +197,21 @@ fn reader_resolves_crate_super_self_and_child_paths_and_skips_test_code() {
 /// File (relative to `src/`, `/`-separated) → the files it imports.
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
-fn build_graph(root: &Path) -> Graph {
+fn build_graph(root: &Path) -> std::io::Result<Graph> {
     let mut paths = Vec::new();
-    collect_rs(root, &mut paths);
+    collect_rs(root, &mut paths)?;
     let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut sources: BTreeMap<String, String> = BTreeMap::new();
     for p in paths {
         let rel = p
             .strip_prefix(root)
-            .unwrap()
+            .map_err(std::io::Error::other)?
             .to_string_lossy()
             .replace('\\', "/");
         if rel == "main.rs" || rel.starts_with("bin/") {
             continue;
         }
-        let text = std::fs::read_to_string(&p).unwrap();
+        let text = std::fs::read_to_string(&p)?;
         files.insert(rel.clone(), module_path_of(&rel));
         sources.insert(rel, text);
     }
@@ -236,22 +239,23 @@ fn build_graph(root: &Path) -> Graph {
             .collect();
         graph.insert(rel.clone(), deps);
     }
-    graph
+    Ok(graph)
 }
 
-fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        entries.push(e?.path());
+    }
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            collect_rs(&p, out);
+            collect_rs(&p, out)?;
         } else if p.extension().is_some_and(|e| e == "rs") {
             out.push(p);
         }
     }
+    Ok(())
 }
 
 /// `a/b.rs` → `[a, b]`; `a/mod.rs` → `[a]`; `lib.rs` → `[]`.
@@ -345,7 +349,12 @@ fn imports_of(
 
 /// Reads a path or use tree starting at `toks[i]` (just after `prefix::`); pushes every full
 /// path it names to `out`; returns the index after it.
-fn use_tree(toks: &[String], mut i: usize, prefix: Vec<String>, out: &mut Vec<Vec<String>>) -> usize {
+fn use_tree(
+    toks: &[String],
+    mut i: usize,
+    prefix: Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) -> usize {
     let mut path = prefix;
     loop {
         match toks.get(i).map(String::as_str) {
@@ -517,7 +526,10 @@ fn cfg_test_mod_decls(clean: &str) -> Vec<String> {
     let mut out = Vec::new();
     for start in cfg_test_attrs(&toks) {
         let mut j = start;
-        while toks.get(j).is_some_and(|t| t == "pub" || t == "(" || t == "crate" || t == ")") {
+        while toks
+            .get(j)
+            .is_some_and(|t| t == "pub" || t == "(" || t == "crate" || t == ")")
+        {
             j += 1;
         }
         if toks.get(j).is_some_and(|t| t == "mod") && toks.get(j + 2).is_some_and(|t| t == ";") {

@@ -15,9 +15,6 @@ use tokio_util::task::TaskTracker;
 
 pub mod adapters;
 
-use adapters::{
-    AuthAdapter, AuthzAdapter, DelegationAdapter, GrantApplier, GrantsTokens, UnitsAdapter,
-};
 use crate::api::{self, ApiState, Ports};
 use crate::audit::{Audit, Event};
 use crate::auth::{Auth, TokenVerifier};
@@ -32,6 +29,9 @@ use crate::mqtt::{MqttClient, MqttHandle, PointSample};
 use crate::notify::Notifier;
 use crate::signal::{Sig, Signals};
 use crate::store::Store;
+use adapters::{
+    AuthAdapter, AuthzAdapter, DelegationAdapter, GrantApplier, GrantsTokens, UnitsAdapter,
+};
 
 /// How long tasks get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
@@ -622,7 +622,15 @@ async fn start_engines(
                 clock,
                 Some(format!("{}/suspensions", site.topic_root())),
             )?;
-            Ok((applier, grants, registry, authz, auth, delegations, businesses))
+            Ok((
+                applier,
+                grants,
+                registry,
+                authz,
+                auth,
+                delegations,
+                businesses,
+            ))
         })
         .await??
     };

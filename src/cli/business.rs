@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use crate::business::{Change, load, restore_in, suspend_in};
 use crate::audit::{Audit, Event};
 use crate::authz::{Index, Inputs};
+use crate::business::{Change, load, restore_in, suspend_in};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::grants::GrantEngine;
 use crate::model::BusinessId;
@@ -106,7 +106,9 @@ fn open(config: &Path) -> Result<Opened, i32> {
 fn owner_actor(o: &Opened, email: &str, business: &str, kind: &'static str) -> Result<String, i32> {
     let user = o.index.user_by_email(email).map(|u| u.id.clone());
     match user {
-        Some(id) if crate::business::owner_refusal(&o.index, &id).is_none() => Ok(format!("cli:{id}")),
+        Some(id) if crate::business::owner_refusal(&o.index, &id).is_none() => {
+            Ok(format!("cli:{id}"))
+        }
         other => {
             let reason = other
                 .as_ref()

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Daemon;
-use crate::signal::Signals;
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::grants::fleet;
 use crate::notify::Notifier;
+use crate::signal::Signals;
 use crate::sim::{SimServer, SimUnit};
 
 /// Site and gateway ids of the demo.

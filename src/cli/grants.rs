@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use crate::grants::{GrantEngine, GrantError, fleet, trust};
 use crate::audit::Audit;
 use crate::clock::{Clock, SystemClock, rfc3339};
+use crate::grants::{GrantEngine, GrantError, fleet, trust};
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::auth::store;
 use crate::audit::{Audit, Event};
+use crate::auth::store;
 use crate::clock::{SystemClock, rfc3339};
 use crate::store::Store;
 

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::grants::trust::AnchorKey;
+use crate::model::{GatewayId, SiteId};
 use crate::provision::{
     ProvisionError, Provisioned, Request, parse_trust_arg, provision, read_trust_file,
 };
@@ -226,4 +227,3 @@ fn print_summary(p: &Provisioned, req: &Request) {
     }
     println!("  pin the TLS fingerprint above in the installer app");
 }
-

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::{SimServer, SimUnit};
 use crate::modbus::ProfileRegistry;
+use crate::sim::{SimServer, SimUnit};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {

@@ -15,12 +15,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Audit;
+use crate::config::{Config, EX_CONFIG};
 use crate::modbus::link::{self, ModbusError, Op, Reply};
 use crate::modbus::profile::{Profile, ProfileRegistry};
 use crate::modbus::scheduler;
 use crate::modbus::{ModbusEngine, Quality};
-use crate::audit::Audit;
-use crate::config::{Config, EX_CONFIG};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UnitsTestArgs {
