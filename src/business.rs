@@ -443,7 +443,6 @@ impl Businesses {
     }
 }
 
-pub mod cli;
 
 #[cfg(test)]
 mod tests;

@@ -20,34 +20,40 @@
 //! - [`mqtt`]: the northbound MQTT link (TLS, reconnect, grants in, status/telemetry/events out, outbox drain).
 //! - [`notify`]: systemd's sd_notify protocol (ready, watchdog, stopping).
 //! - [`logging`]: tracing set-up (human, JSON, journald).
-//! - [`provision`]: from a blank box to a configured one (CLI and first-boot setup).
+//! - [`provision`]: from a blank box to a configured one (the work behind `sitegate provision`
+//!   and the first-boot setup endpoint).
 //! - [`api`]: the LAN API (HTTP/JSON under `/api/v1`): routes, error contract, hardening, serving.
 //! - [`tls`]: the API's certificate (self-signed at provisioning, or configured) and its fingerprint.
 //! - [`metrics`]: the Prometheus registry behind `GET /api/v1/metrics`.
-//! - [`adapters`]: the engines behind the API's port traits.
 //! - [`setup`]: the first-boot setup endpoint of an unprovisioned box.
-//! - [`demo`]: `sitegate demo`, a complete site on loopback (simulators, four users, the API).
 //! - [`modbus`]: Modbus links, device profiles, the polling scheduler, validated writes, diagnostics.
-//! - [`sim`]: simulated generator and HVAC units (Modbus TCP/RTU servers) for tests and demos.
-//! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown.
-//! - [`cli`]: the command-line interface that `main.rs` dispatches.
+//! - `sim` (cargo feature `sim`, on by default): simulated generator and HVAC units (Modbus
+//!   TCP/RTU servers) for tests and the demo; a box build leaves it out.
+//! - [`config_load`]: reads the config file with the device profiles it may use (typed errors).
+//! - [`signal`]: SIGTERM/SIGINT (stop) and SIGHUP (reload).
+//! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown and reload;
+//!   [`app::adapters`] puts the engines behind the API's port traits and applies grants.
+//! - [`cli`]: the command line that `main.rs` dispatches: clap types and each command's code
+//!   (including `sitegate demo` with the `sim` feature).
+//!
+//! Imports run one way, down this stack: `cli` → `app` → the domain modules → `model`,
+//! `clock`, `util`. A domain module never imports `app` or `cli`; `tests/module_graph.rs`
+//! fails on any import cycle between files.
 //! - [`util`], [`util_b64`]: randomness, hashing, private files, base64url.
 
 pub mod access;
-pub mod adapters;
 pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authz;
-pub mod backup;
 pub mod bms;
 pub mod business;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod config_load;
 pub mod delegation;
-pub mod demo;
 pub mod grants;
 pub mod logging;
 pub mod metrics;
@@ -58,6 +64,8 @@ pub mod notify;
 pub mod outbox;
 pub mod provision;
 pub mod setup;
+pub mod signal;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
 pub mod tls;

@@ -152,7 +152,7 @@ async fn setup(
         mqtt_url: body.mqtt_url,
         force: false,
     };
-    let profiles = crate::app::profile_names(s.cfg.profiles_dir.as_deref());
+    let profiles = crate::config_load::profile_names(s.cfg.profiles_dir.as_deref());
     let written = tokio::task::spawn_blocking(move || {
         provision::write_config(
             &config_path,

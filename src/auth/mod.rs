@@ -11,8 +11,7 @@
 //! PBKDF2 work as a wrong password.
 
 use crate::grants::password;
-pub mod cli;
-mod store;
+pub(crate) mod store;
 
 use std::collections::HashSet;
 use std::net::IpAddr;

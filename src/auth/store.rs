@@ -232,11 +232,11 @@ pub(super) fn fail(
     Ok(locked)
 }
 
-pub(super) fn clear_throttle(c: &Connection, key: &str) -> Result<usize, StoreError> {
+pub(crate) fn clear_throttle(c: &Connection, key: &str) -> Result<usize, StoreError> {
     Ok(c.execute("DELETE FROM login_throttle WHERE key = ?1", [key])?)
 }
 
-pub(super) fn lockouts(c: &Connection, now: OffsetDateTime) -> Result<Vec<Lockout>, StoreError> {
+pub(crate) fn lockouts(c: &Connection, now: OffsetDateTime) -> Result<Vec<Lockout>, StoreError> {
     let now_ms = unix_ms(now);
     let mut stmt = c.prepare(
         "SELECT key, label, failures, last_failure_ms, next_allowed_ms, locked_until_ms

@@ -12,7 +12,6 @@
 //! leaves the previous state untouched and is audited with a machine-readable reason.
 
 pub mod bundle;
-pub mod cli;
 pub mod ed25519;
 pub mod engine;
 pub mod envelope;

@@ -19,7 +19,6 @@ pub mod link;
 pub mod placement;
 pub mod profile;
 pub mod scheduler;
-pub mod tools;
 
 pub use engine::{
     EngineError, ModbusEngine, PointValue, RawValues, UnitInfo, UnitSnapshot, UnitUpdate,

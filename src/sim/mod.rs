@@ -7,7 +7,6 @@
 //! The simulator is a test and demo tool: it never talks to real equipment and never binds
 //! anything but the address it is given.
 
-pub mod cli;
 mod device;
 
 use std::collections::{BTreeMap, HashMap};

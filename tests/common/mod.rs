@@ -564,7 +564,7 @@ impl Harness {
             None,
         )
         .unwrap();
-        let delegation = Arc::new(sitegate::adapters::DelegationAdapter {
+        let delegation = Arc::new(sitegate::app::adapters::DelegationAdapter {
             delegations,
             authz: authz.clone(),
         });
@@ -582,7 +582,7 @@ impl Harness {
         let state = ApiState::new(
             Ports {
                 auth: auth.clone(),
-                authz: Arc::new(sitegate::adapters::AuthzAdapter {
+                authz: Arc::new(sitegate::app::adapters::AuthzAdapter {
                     authz: authz.clone(),
                     clock: shared.clone(),
                 }),

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::cli::DEFAULT_CONFIG;
+use super::shared::DEFAULT_CONFIG;
 
 const A_CONFIG: &str = "sitegate.toml";
 const A_DB: &str = "state/sitegate.db";
@@ -73,7 +73,7 @@ pub fn run_restore(args: &RestoreArgs) -> i32 {
 
 fn backup(config: &Path, to: &Path) -> anyhow::Result<usize> {
     use anyhow::Context;
-    let cfg = crate::cli::read_config(config)
+    let cfg = crate::config_load::load(config)
         .map_err(|t| anyhow::anyhow!("the config is not valid:\n{t}"))?;
     let state = &cfg.state_dir;
     let db = state.join(crate::store::DB_FILE);
@@ -165,7 +165,7 @@ fn restore(from: &Path, config: &Path, force: bool) -> anyhow::Result<PathBuf> {
     let probe = config.with_extension("restore-check");
     let _guard = Remove(probe.clone());
     write_mode(&probe, cfg_text, 0o600)?;
-    let cfg = crate::cli::read_config(&probe)
+    let cfg = crate::config_load::load(&probe)
         .map_err(|t| anyhow::anyhow!("the archived config is not valid:\n{t}"))?;
     let state = cfg.state_dir.clone();
     let db_path = state.join(crate::store::DB_FILE);

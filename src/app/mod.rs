@@ -1,5 +1,9 @@
 //! Wiring: builds every component from the config, spawns the tasks, and owns the shutdown
-//! sequence (signal → cancel every task → wait, bounded → STOPPING=1 → exit).
+//! sequence (signal → cancel every task → wait, bounded → STOPPING=1 → exit) and reloads.
+//!
+//! It sits above every domain module and below `cli` only: nothing but the CLI (and tests)
+//! imports it. It never decides policy; errors come back typed ([`RunError`]) and the CLI turns
+//! them into exit codes.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,50 +13,71 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::adapters::{
-    AuthAdapter, AuthzAdapter, DelegationAdapter, GrantsSink, GrantsTokens, UnitsAdapter,
-};
+pub mod adapters;
+
 use crate::api::{self, ApiState, Ports};
 use crate::audit::{Audit, Event};
 use crate::auth::{Auth, TokenVerifier};
 use crate::authz::{Authz, Inputs};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, Site};
+use crate::config::{Config, ConfigError, Site};
 use crate::delegation::Delegations;
 use crate::grants::GrantEngine;
 use crate::metrics::Metrics;
 use crate::modbus::{ModbusEngine, ProfileRegistry, UnitUpdate};
 use crate::mqtt::{MqttClient, MqttHandle, PointSample};
 use crate::notify::Notifier;
+use crate::signal::{Sig, Signals};
 use crate::store::Store;
+use adapters::{
+    AuthAdapter, AuthzAdapter, DelegationAdapter, GrantApplier, GrantsTokens, UnitsAdapter,
+};
 
 /// How long tasks get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
-/// `[profiles] dir` of the config file at `path`, resolved against the file's directory as the
-/// config resolves it; read before the config is validated, so that its units may name a profile
-/// from that directory. `None` when unset, or when the file cannot be read or parsed (validating
-/// it then says why).
-pub fn profiles_dir_of(path: &Path) -> Option<std::path::PathBuf> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
-    let dir = Path::new(table.get("profiles")?.get("dir")?.as_str()?);
-    Some(if dir.is_absolute() {
-        dir.to_path_buf()
-    } else {
-        path.parent().unwrap_or(Path::new(".")).join(dir)
-    })
+/// How long the async runtime waits for blocking work (SQLite, key files) when the daemon exits,
+/// after the tasks themselves have stopped within [`SHUTDOWN_GRACE`].
+pub const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How often the housekeeping task runs: outbox depth and Modbus link gauges, and business
+/// suspensions made by the CLI (another process), which therefore bite within one tick.
+pub const HOUSEKEEPING_TICK: Duration = Duration::from_secs(5);
+
+/// How often housekeeping checks the clock against the persisted high-water mark (rollback).
+pub const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// How often housekeeping expires stale access requests and prunes expired sessions.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(300);
+
+/// Why the daemon could not run or stopped abnormally. The CLI maps it to an exit code
+/// ([`RunError::exit_code`]); a clean stop is `Ok(())`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("start-up failed: {0:#}")]
+    StartUp(anyhow::Error),
+    /// After first-boot setup, the configuration it wrote is not valid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The daemon was provisioned without reading its config from a file.
+    #[error("the configuration was not read from a file; cannot restart on the provisioned one")]
+    NoConfigFile,
+    /// A reloaded configuration failed to start and the previous one failed to start again.
+    #[error("the previous configuration failed to start again: {0:#}")]
+    Restart(anyhow::Error),
 }
 
-/// Names of the device profiles available (built-in plus those in `dir`).
-/// A broken profile directory yields only the built-ins here; `ProfileRegistry::load` reports
-/// its problems when the daemon starts.
-pub fn profile_names(dir: Option<&Path>) -> HashSet<String> {
-    match crate::modbus::ProfileRegistry::load(dir) {
-        Ok(r) => r.names().into_iter().collect(),
-        Err(_) => crate::modbus::ProfileRegistry::builtin()
-            .map(|r| r.names().into_iter().collect())
-            .unwrap_or_default(),
+impl RunError {
+    /// Process exit code: 78 (EX_CONFIG) for an invalid configuration, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Config(_) => crate::config::EX_CONFIG,
+            _ => 1,
+        }
     }
 }
 
@@ -70,24 +95,24 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Runs the daemon until SIGTERM/SIGINT; returns the exit code. SIGHUP reloads the config
-/// (see [`reload`]).
-pub fn run_daemon(cfg: Config) -> i32 {
+/// Runs the daemon until SIGTERM/SIGINT. SIGHUP reloads the config (see [`reload`]). Each
+/// error is logged here as it happens; the caller only maps it to an exit code.
+pub fn run_daemon(cfg: Config) -> Result<(), RunError> {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
-            return 1;
+            return Err(RunError::Runtime(e));
         }
     };
     let notifier = Notifier::from_process_env();
-    let code = rt.block_on(async {
+    let outcome = rt.block_on(async {
         // Signal handlers first, so that a SIGTERM during start-up is a clean exit too.
         let mut signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot install signal handlers");
-                return 1;
+                return Err(RunError::Signals(e));
             }
         };
         let mut cfg = cfg;
@@ -105,13 +130,13 @@ pub fn run_daemon(cfg: Config) -> i32 {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::error!(error = %format!("{e:#}"), "start-up failed");
-                        return 1;
+                        return Err(RunError::StartUp(e));
                     }
                 },
                 _ = signals.wait() => {
                     notifier.stopping();
                     tracing::info!("stopped during start-up");
-                    return 0;
+                    return Ok(());
                 }
             };
             loop {
@@ -122,11 +147,13 @@ pub fn run_daemon(cfg: Config) -> i32 {
                     _ = daemon.stopped() => None,
                 };
                 match sig {
-                    Some(Sig::Stop) => return daemon.stop(true).await,
-                    Some(Sig::Reload) => match reload(daemon, cfg, &notifier).await {
-                        Ok((d, c)) => (daemon, cfg) = (d, c),
-                        Err(code) => return code,
-                    },
+                    Some(Sig::Stop) => {
+                        daemon.stop(true).await;
+                        return Ok(());
+                    }
+                    Some(Sig::Reload) => {
+                        (daemon, cfg) = reload(daemon, cfg, &notifier).await?;
+                    }
                     None => break,
                 }
             }
@@ -134,19 +161,23 @@ pub fn run_daemon(cfg: Config) -> i32 {
             let kept = daemon.listener.as_ref().and_then(|l| l.try_clone().ok());
             daemon.stop(false).await;
             let Some(source) = cfg.source.clone() else {
-                return 1;
+                return Err(RunError::NoConfigFile);
             };
-            cfg = match crate::cli::load_config(&source) {
+            cfg = match crate::config_load::load(&source) {
                 Ok(c) => c,
-                Err(code) => return code,
+                Err(e) => {
+                    // The operator's report, as `check-config` prints it.
+                    eprint!("{e}");
+                    return Err(RunError::Config(e));
+                }
             };
             // Keep the socket when setup left the listen address as it was.
             listener = kept.filter(|_| cfg.api.listen == old_listen);
             tracing::info!("provisioned; starting with the new configuration");
         }
     });
-    rt.shutdown_timeout(Duration::from_secs(1));
-    code
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    outcome
 }
 
 /// `systemctl reload` (SIGHUP): re-reads the config file. A config that fails validation, or
@@ -155,17 +186,23 @@ pub fn run_daemon(cfg: Config) -> i32 {
 /// Otherwise the engines (links, units, profiles, MQTT, API settings) are stopped and started
 /// again on the new config while the API's listening socket stays open; sessions, grants and
 /// the MQTT outbox live in the database and carry over. Audited as `config_reloaded`.
-/// `Err` is an exit code: the new config failed to start and the old one then failed too.
-async fn reload(daemon: Daemon, cfg: Config, notifier: &Notifier) -> Result<(Daemon, Config), i32> {
+/// `Err`: the new config failed to start and the old one then failed too.
+async fn reload(
+    daemon: Daemon,
+    cfg: Config,
+    notifier: &Notifier,
+) -> Result<(Daemon, Config), RunError> {
     tracing::info!("received SIGHUP; reloading the configuration");
     let Some(source) = cfg.source.clone() else {
         tracing::warn!("the configuration was not read from a file; nothing to reload");
         return Ok((daemon, cfg));
     };
     let path = source.clone();
-    let read = tokio::task::spawn_blocking(move || crate::cli::read_config(&path))
-        .await
-        .unwrap_or_else(|e| Err(format!("cannot read the config: {e}")));
+    let read = tokio::task::spawn_blocking(move || {
+        crate::config_load::load(&path).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("cannot read the config: {e}")));
     let problems: Vec<String> = match &read {
         Ok(new) => restart_only_changes(&cfg, new),
         Err(text) => text.lines().map(str::to_string).collect(),
@@ -218,7 +255,7 @@ async fn reload(daemon: Daemon, cfg: Config, notifier: &Notifier) -> Result<(Dae
                 Ok(d) => Ok((d, cfg)),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "the previous configuration failed to start again");
-                    Err(1)
+                    Err(RunError::Restart(e))
                 }
             }
         }
@@ -327,34 +364,22 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// Where the Modbus server face listens, when configured.
     pub modbus_server: Option<crate::bms::Listening>,
+    /// Every envelope the daemon applies (MQTT, demo, tests) goes through it.
+    pub applier: GrantApplier,
 }
 
 impl Running {
     /// Applies a signed envelope (blocking: call from `spawn_blocking`) and swaps the
     /// authorization index before returning, so a login or command right after a successful
-    /// apply is judged by it. (The watch task that follows the grants engine swaps it too; a
-    /// second rebuild of the same state is harmless.)
+    /// apply is judged by it. See [`GrantApplier`].
     pub fn apply_envelope(
         &self,
         kind: Option<crate::grants::Kind>,
         bytes: &[u8],
         source: &str,
     ) -> Result<crate::grants::ApplyOutcome, crate::grants::Rejection> {
-        apply_and_sync(&self.grants, &self.authz, kind, bytes, source)
+        self.applier.apply(kind, bytes, source)
     }
-}
-
-/// See [`Running::apply_envelope`].
-pub fn apply_and_sync(
-    grants: &GrantEngine,
-    authz: &Authz,
-    kind: Option<crate::grants::Kind>,
-    bytes: &[u8],
-    source: &str,
-) -> Result<crate::grants::ApplyOutcome, crate::grants::Rejection> {
-    let outcome = grants.apply(kind, bytes, source)?;
-    authz.set_state(grants.snapshot());
-    Ok(outcome)
 }
 
 /// Opens the store in `state_dir` on the blocking pool.
@@ -546,7 +571,7 @@ async fn start_engines(
 ) -> anyhow::Result<Running> {
     // The engines open SQLite and key files synchronously: build them on the blocking pool so a
     // signal during start-up is still handled at once.
-    let (grants, registry, authz, auth, delegations, businesses) = {
+    let (applier, grants, registry, authz, auth, delegations, businesses) = {
         let (store, audit, clock, site, cfg) = (
             store.clone(),
             audit.clone(),
@@ -573,12 +598,14 @@ async fn start_engines(
                 .iter()
                 .map(|u| (u.id.clone(), u.group.clone()))
                 .collect();
+            let state = grants.snapshot();
             let authz = Arc::new(Authz::new(Inputs {
                 site: Some(site.id.clone()),
-                state: grants.snapshot(),
+                state: state.clone(),
                 inventory,
                 ..Inputs::default()
             }));
+            let applier = GrantApplier::new(grants.clone(), authz.clone(), state);
             let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(grants.clone()));
             let auth = Auth::new(
                 store.clone(),
@@ -605,7 +632,15 @@ async fn start_engines(
                 clock,
                 Some(format!("{}/suspensions", site.topic_root())),
             )?;
-            Ok((grants, registry, authz, auth, delegations, businesses))
+            Ok((
+                applier,
+                grants,
+                registry,
+                authz,
+                auth,
+                delegations,
+                businesses,
+            ))
         })
         .await??
     };
@@ -613,11 +648,14 @@ async fn start_engines(
     let metrics = Arc::new(Metrics::new());
     set_grant_gauges(&metrics, &grants.snapshot());
 
-    // Every applied bundle rebuilds and swaps the authorization index, updates the gauges, and
-    // ends the sessions of users it deactivated or whose password it changed.
+    // Every change of the access state (an applied bundle, token or key set, whatever its
+    // source) reaches the authorization index through the applier — swapped once: an apply
+    // swaps it before returning and this task then finds it in force — and updates the gauges,
+    // ends the sessions of users it deactivated or whose password it changed, and resolves
+    // access requests.
     {
         let mut rx = grants.subscribe();
-        let authz = authz.clone();
+        let applier = applier.clone();
         let auth = auth.clone();
         let delegations = delegations.clone();
         let metrics = metrics.clone();
@@ -630,7 +668,7 @@ async fn start_engines(
                         if changed.is_err() { break }
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
-                        authz.set_state(state.clone());
+                        applier.sync();
                         if let Err(e) = auth.end_changed_sessions().await {
                             tracing::warn!(error = %e, "cannot end the sessions a bundle invalidated");
                         }
@@ -662,10 +700,7 @@ async fn start_engines(
             site,
             store.clone(),
             audit.clone(),
-            Arc::new(GrantsSink {
-                grants: grants.clone(),
-                authz: authz.clone(),
-            }),
+            Arc::new(applier.clone()),
             shutdown.child_token(),
             tasks,
         )?),
@@ -722,6 +757,7 @@ async fn start_engines(
         mqtt,
         metrics,
         modbus_server,
+        applier,
     };
     spawn_housekeeping(&running, store.clone(), shutdown.child_token(), tasks);
     Ok(running)
@@ -756,7 +792,7 @@ fn spawn_unit_bridge(
                 .points
                 .iter()
                 .filter(|(_, v)| v.quality != crate::modbus::Quality::Unknown)
-                .map(|(name, v)| crate::adapters::point_sample(name, v))
+                .map(|(name, v)| adapters::point_sample(name, v))
                 .collect();
             (!samples.is_empty()).then_some((u.id, samples))
         })
@@ -782,7 +818,7 @@ fn spawn_unit_bridge(
                 Ok(UnitUpdate::Values { unit, points }) => {
                     let samples: Vec<PointSample> = points
                         .iter()
-                        .map(|(name, v)| crate::adapters::point_sample(name, v))
+                        .map(|(name, v)| adapters::point_sample(name, v))
                         .collect();
                     let at = time::OffsetDateTime::now_utc();
                     if let Err(e) = mqtt.telemetry().update(&unit, &samples, at).await {
@@ -801,6 +837,10 @@ fn spawn_unit_bridge(
     });
 }
 
+/// [`CLOCK_CHECK_EVERY`] and [`PRUNE_EVERY`] in housekeeping ticks.
+const CLOCK_CHECK_TICKS: u64 = CLOCK_CHECK_EVERY.as_secs() / HOUSEKEEPING_TICK.as_secs();
+const PRUNE_TICKS: u64 = PRUNE_EVERY.as_secs() / HOUSEKEEPING_TICK.as_secs();
+
 /// Periodic upkeep: clock-rollback check, session pruning, metrics gauges.
 fn spawn_housekeeping(
     running: &Running,
@@ -810,7 +850,7 @@ fn spawn_housekeeping(
 ) {
     let r = running.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(HOUSEKEEPING_TICK);
         let mut n: u64 = 0;
         loop {
             tokio::select! {
@@ -840,11 +880,11 @@ fn spawn_housekeeping(
             for l in r.modbus.link_stats() {
                 r.metrics.set_link(&l);
             }
-            if n % 12 == 0 {
+            if n % CLOCK_CHECK_TICKS == 0 {
                 let g = r.grants.clone();
                 let _ = tokio::task::spawn_blocking(move || g.check_clock()).await;
             }
-            if n % 60 == 0 {
+            if n % PRUNE_TICKS == 0 {
                 // Requests pending longer than REQUEST_TTL expire.
                 let (d, g) = (r.delegations.clone(), r.grants.clone());
                 if let Ok(Err(e)) =
@@ -858,59 +898,4 @@ fn spawn_housekeeping(
             }
         }
     });
-}
-
-/// The daemon's signal handlers: SIGTERM and SIGINT stop it; SIGHUP reloads the config.
-pub struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-/// What a signal asks of the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sig {
-    /// SIGTERM or SIGINT.
-    Stop,
-    /// SIGHUP (`systemctl reload`).
-    Reload,
-}
-
-/// Resolves on the first SIGTERM or SIGINT (for tools such as `sitegate sim`).
-pub async fn wait_for_signal() {
-    match Signals::install() {
-        Ok(mut s) => s.wait().await,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install signal handlers; waiting for ctrl-c");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-impl Signals {
-    pub fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// Resolves on the first SIGTERM or SIGINT (a SIGHUP meanwhile is logged and ignored:
-    /// used where there is nothing to reload, such as during start-up).
-    pub async fn wait(&mut self) {
-        while self.next().await == Sig::Reload {
-            tracing::info!("received SIGHUP; nothing to reload here");
-        }
-    }
-
-    /// The next signal.
-    pub async fn next(&mut self) -> Sig {
-        tokio::select! {
-            _ = self.term.recv() => { tracing::info!("received SIGTERM"); Sig::Stop }
-            _ = self.int.recv() => { tracing::info!("received SIGINT"); Sig::Stop }
-            _ = self.hup.recv() => Sig::Reload,
-        }
-    }
 }

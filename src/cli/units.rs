@@ -15,19 +15,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::link::{self, ModbusError, Op, Reply};
-use super::profile::{Profile, ProfileRegistry};
-use super::scheduler;
-use super::{ModbusEngine, Quality};
 use crate::audit::Audit;
 use crate::config::{Config, EX_CONFIG};
 use crate::model::SlaveId;
+use crate::modbus::link::{self, ModbusError, Op, Reply};
+use crate::modbus::profile::{Profile, ProfileRegistry};
+use crate::modbus::scheduler;
+use crate::modbus::{ModbusEngine, Quality};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UnitsTestArgs {
     /// The unit to test (default: every unit of the config).
     pub unit: Option<String>,
-    #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+    #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Time allowed per unit.
     #[arg(long, default_value_t = 10_000)]
@@ -39,7 +39,7 @@ pub struct ScanArgs {
     /// The link (bus) to scan, by name from the config.
     #[arg(long)]
     pub link: String,
-    #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+    #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Slave ids to probe: `N` or `FROM-TO` (default 1-247).
     #[arg(long, default_value = "1-247")]
@@ -57,7 +57,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 fn load(path: &Path) -> Result<(Config, ProfileRegistry), i32> {
-    crate::cli::load_with_profiles(path)
+    super::shared::load_with_profiles(path)
 }
 
 /// `sitegate units test`: exit 0 when every point read with good quality, 1 otherwise.

@@ -2,12 +2,14 @@
 //! the real engine (`auth`, `authz`, `delegation`, `modbus`, `grants`, `business`). Mapping only:
 //! no policy is decided here. The engines' errors pass through unchanged (the API maps each to its
 //! status once, in `api::error`), except the Modbus engine's, which meet the bus outcome here in
-//! the units port's `WriteFailure` and `ReadError`.
+//! the units port's `WriteFailure` and `ReadError`. [`GrantApplier`] is the one path by which the
+//! daemon applies a signed envelope and swaps the authorization index (it is also the MQTT
+//! [`crate::mqtt::GrantSink`]).
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::access::Origin;
+use crate::access::{AccessState, Origin};
 use std::time::Duration;
 
 use crate::api::ports::{
@@ -21,7 +23,7 @@ use crate::authz::{Authz, Decision, Target};
 use crate::business::{BusinessError, BusinessInfo, Businesses, Change, Suspension};
 use crate::clock::SharedClock;
 use crate::delegation::{self, Delegations};
-use crate::grants::{ApplyOutcome, GrantEngine, Kind};
+use crate::grants::{ApplyOutcome, GrantEngine, Kind, Rejection};
 use crate::modbus::{self, ModbusEngine};
 use crate::model::{CapSet, Capability, GrantId, UnitId, UserId};
 use crate::mqtt::PointSample;
@@ -302,22 +304,72 @@ impl DelegationPort for DelegationAdapter {
 // Grants: MQTT inbound and installer tokens
 // ---------------------------------------------------------------------------------------------
 
-/// [`crate::mqtt::GrantSink`] over the grants engine: applies what arrives on `…/grants` and
-/// `…/keys` and returns the state document for `…/grants/state`.
-pub struct GrantsSink {
-    pub grants: GrantEngine,
-    pub authz: Arc<Authz>,
+/// Applies signed envelopes and keeps the authorization index in step with the grants engine.
+///
+/// The one place the daemon moves the engine's access state into the [`Authz`] index. An apply
+/// swaps the index before it returns (a login or command right after a successful apply is
+/// judged by it); the task following the engine's state then finds that state in force and
+/// leaves it, so each change rebuilds the index once. Changes the engine makes by itself (for
+/// instance an admitted installer token) reach the index through that task.
+///
+/// It is also the [`crate::mqtt::GrantSink`]: what arrives on `…/grants` and `…/keys` is applied
+/// here and answered with the state document for `…/grants/state`.
+#[derive(Clone)]
+pub struct GrantApplier {
+    grants: GrantEngine,
+    authz: Arc<Authz>,
+    /// The access state last swapped into `authz` (pointer identity: the engine publishes a new
+    /// `Arc` for every change).
+    in_force: Arc<Mutex<Arc<AccessState>>>,
 }
 
-impl crate::mqtt::GrantSink for GrantsSink {
+impl GrantApplier {
+    /// Over `authz`, which was built on the engine's access state `in_force`.
+    pub fn new(grants: GrantEngine, authz: Arc<Authz>, in_force: Arc<AccessState>) -> Self {
+        GrantApplier {
+            grants,
+            authz,
+            in_force: Arc::new(Mutex::new(in_force)),
+        }
+    }
+
+    /// Applies a signed envelope (blocking: call from `spawn_blocking`) and swaps the
+    /// authorization index before returning.
+    pub fn apply(
+        &self,
+        kind: Option<Kind>,
+        bytes: &[u8],
+        source: &str,
+    ) -> Result<ApplyOutcome, Rejection> {
+        let outcome = self.grants.apply(kind, bytes, source)?;
+        self.sync();
+        Ok(outcome)
+    }
+
+    /// Swaps the engine's current access state into the index unless it is in force already;
+    /// returns whether it swapped. Serialized, so an older state never replaces a newer one.
+    pub fn sync(&self) -> bool {
+        let mut in_force = self
+            .in_force
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.grants.snapshot();
+        if Arc::ptr_eq(&in_force, &current) {
+            return false;
+        }
+        self.authz.set_state(current.clone());
+        *in_force = current;
+        true
+    }
+}
+
+impl crate::mqtt::GrantSink for GrantApplier {
     fn apply(&self, kind: crate::mqtt::InboundKind, bytes: Vec<u8>) -> serde_json::Value {
         let hint = match kind {
             crate::mqtt::InboundKind::Grants => Kind::Bundle,
             crate::mqtt::InboundKind::Keys => Kind::Keys,
         };
-        let applied =
-            crate::app::apply_and_sync(&self.grants, &self.authz, Some(hint), &bytes, "mqtt");
-        let outcome = match applied {
+        let outcome = match GrantApplier::apply(self, Some(hint), &bytes, "mqtt") {
             Ok(o) => serde_json::json!({ "kind": kind.as_str(), "outcome": outcome_str(&o) }),
             Err(r) => serde_json::json!({
                 "kind": kind.as_str(),

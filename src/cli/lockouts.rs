@@ -10,8 +10,8 @@ use std::sync::Arc;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::store;
 use crate::audit::{Audit, Event};
+use crate::auth::store;
 use crate::clock::{SystemClock, rfc3339};
 use crate::store::Store;
 
@@ -19,14 +19,14 @@ use crate::store::Store;
 pub enum LockoutsCommand {
     /// List login throttles and lockouts (accounts, device cookies, client addresses).
     List {
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Clear one lockout by the key `list` shows (audited as `lockout_cleared`).
     Clear {
         /// The key, e.g. `email:3f2a…`, `device:9c1e…` or `ip:192.168.1.20`.
         key: String,
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -36,7 +36,7 @@ pub fn run(cmd: LockoutsCommand) -> i32 {
     let config = match &cmd {
         LockoutsCommand::List { config } | LockoutsCommand::Clear { config, .. } => config,
     };
-    let cfg = match crate::cli::load_config(config) {
+    let cfg = match super::shared::load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -14,10 +14,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Daemon, Signals};
+use crate::app::Daemon;
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::grants::fleet;
 use crate::notify::Notifier;
+use crate::signal::Signals;
 use crate::sim::{SimServer, SimUnit};
 
 /// Site and gateway ids of the demo.
@@ -366,7 +367,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<i32> {
     );
     crate::util::write_public(&config_path, text.as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", config_path.display()))?;
-    let cfg = match crate::cli::load_config(&config_path) {
+    let cfg = match super::shared::load_config(&config_path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{SimServer, SimUnit};
 use crate::modbus::ProfileRegistry;
+use crate::sim::{SimServer, SimUnit};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
@@ -189,7 +189,7 @@ pub fn run(args: SimArgs) -> i32 {
             }
         }
         let _ = out.flush();
-        crate::app::wait_for_signal().await;
+        crate::signal::wait_for_signal().await;
         stop.cancel();
         0
     })

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use super::{GrantEngine, GrantError, fleet, trust};
 use crate::audit::Audit;
 use crate::clock::{Clock, SystemClock, rfc3339};
+use crate::grants::{GrantEngine, GrantError, fleet, trust};
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
@@ -76,7 +76,7 @@ pub enum FleetCommand {
     },
     /// Hash a password read from stdin (first line) into the PBKDF2 verifier format.
     HashPassword {
-        #[arg(long, default_value_t = super::password::DEFAULT_ITERATIONS)]
+        #[arg(long, default_value_t = crate::grants::password::DEFAULT_ITERATIONS)]
         iterations: u32,
     },
 }
@@ -86,12 +86,12 @@ pub enum TrustCommand {
     /// Add trust anchors from a JSON file: `{"keys":[{"kid","public_key","not_after"?}]}`.
     Import {
         file: PathBuf,
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// List the trusted keys (active, expired, retired).
     List {
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -101,12 +101,12 @@ pub enum GrantsCommand {
     /// Apply a signed envelope (bundle, keys or token) from a file, e.g. before the box is online.
     Apply {
         file: PathBuf,
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Print the grants state (what the box publishes on `…/grants/state`).
     Status {
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -225,7 +225,7 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
             kid,
             public_key,
         } => {
-            let pk = super::PublicKey::from_b64(&public_key).map_err(|e| {
+            let pk = crate::grants::PublicKey::from_b64(&public_key).map_err(|e| {
                 GrantError::Invalid(format!(
                     "{}: --public-key {e}; it must be a 32-byte Ed25519 key of prime order, \
                      canonically encoded, in base64url",
@@ -236,14 +236,14 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
                 if k == kid {
                     Ok(pk)
                 } else {
-                    Err(super::KeyError::Unknown)
+                    Err(crate::grants::KeyError::Unknown)
                 }
             };
             let bytes = read(&input)?;
-            let kind = super::envelope::peek_kind(&bytes)?;
+            let kind = crate::grants::envelope::peek_kind(&bytes)?;
             let summary = match kind {
-                super::Kind::Bundle => {
-                    let b = super::VerifiedBundle::verify(&bytes, &provider)?;
+                crate::grants::Kind::Bundle => {
+                    let b = crate::grants::VerifiedBundle::verify(&bytes, &provider)?;
                     format!(
                         "bundle for site `{}`, seq {}, {} users, {} grants, {} revoked",
                         b.bundle().site,
@@ -253,15 +253,15 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
                         b.bundle().revoked.len()
                     )
                 }
-                super::Kind::Token => {
-                    let t = super::VerifiedToken::verify(&bytes, &provider)?;
+                crate::grants::Kind::Token => {
+                    let t = crate::grants::VerifiedToken::verify(&bytes, &provider)?;
                     format!(
                         "token for site `{}`, user `{}`, grant `{}`",
                         t.site, t.user.id, t.grant.id
                     )
                 }
-                super::Kind::Keys => {
-                    let k = super::VerifiedKeys::verify(&bytes, &provider)?;
+                crate::grants::Kind::Keys => {
+                    let k = crate::grants::VerifiedKeys::verify(&bytes, &provider)?;
                     format!(
                         "key set seq {}, keys {:?}, signed by {:?}",
                         k.seq,
@@ -295,7 +295,7 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
 }
 
 fn open_store(config: &Path) -> Result<(crate::config::Config, Store), i32> {
-    let cfg = crate::cli::load_config(config)?;
+    let cfg = super::shared::load_config(config)?;
     if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
         eprintln!("error: cannot create `{}`: {e}", cfg.state_dir.display());
         return Err(1);

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use super::{Change, load, restore_in, suspend_in};
 use crate::audit::{Audit, Event};
 use crate::authz::{Index, Inputs};
+use crate::business::{Change, load, restore_in, suspend_in};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::grants::GrantEngine;
 use crate::model::BusinessId;
@@ -21,7 +21,7 @@ use crate::store::Store;
 pub enum BusinessCommand {
     /// List the service businesses of the applied bundle and the suspensions in force.
     List {
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Suspend every grant held by a business's users on this box.
@@ -33,7 +33,7 @@ pub enum BusinessCommand {
         /// Why (audit trail and cloud), at most 500 characters.
         #[arg(long, default_value = "")]
         note: String,
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Lift a suspension.
@@ -42,7 +42,7 @@ pub enum BusinessCommand {
         /// The site owner's email (must be the owner in the applied bundle).
         #[arg(long = "as")]
         owner: String,
-        #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG)]
+        #[arg(long, short, default_value = super::shared::DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -55,7 +55,7 @@ struct Opened {
 }
 
 fn open(config: &Path) -> Result<Opened, i32> {
-    let cfg = crate::cli::load_config(config)?;
+    let cfg = super::shared::load_config(config)?;
     let Some(site) = cfg.site.clone() else {
         eprintln!("error: the box is not provisioned (no `[site]` in the config)");
         return Err(1);
@@ -83,7 +83,7 @@ fn open(config: &Path) -> Result<Opened, i32> {
     })?;
     let suspended = store
         .with_conn(|c| load(c))
-        .map(|l| super::authz_input(&l))
+        .map(|l| crate::business::authz_input(&l))
         .map_err(|e| {
             eprintln!("error: {e}");
             1
@@ -106,11 +106,13 @@ fn open(config: &Path) -> Result<Opened, i32> {
 fn owner_actor(o: &Opened, email: &str, business: &str, kind: &'static str) -> Result<String, i32> {
     let user = o.index.user_by_email(email).map(|u| u.id.clone());
     match user {
-        Some(id) if super::owner_refusal(&o.index, &id).is_none() => Ok(format!("cli:{id}")),
+        Some(id) if crate::business::owner_refusal(&o.index, &id).is_none() => {
+            Ok(format!("cli:{id}"))
+        }
         other => {
             let reason = other
                 .as_ref()
-                .and_then(|id| super::owner_refusal(&o.index, id))
+                .and_then(|id| crate::business::owner_refusal(&o.index, id))
                 .unwrap_or("not_site_owner");
             let ev = Event::new(kind, "denied")
                 .actor(other.map_or_else(|| "cli".to_string(), |id| format!("cli:{id}")))
@@ -161,10 +163,10 @@ fn run_inner(cmd: BusinessCommand) -> Result<(), i32> {
         } => {
             let o = open(&config)?;
             let actor = owner_actor(&o, &owner, &business, "business_suspended")?;
-            if note.chars().count() > super::MAX_NOTE_CHARS {
+            if note.chars().count() > crate::business::MAX_NOTE_CHARS {
                 eprintln!(
                     "error: the note is longer than {} characters",
-                    super::MAX_NOTE_CHARS
+                    crate::business::MAX_NOTE_CHARS
                 );
                 return Err(1);
             }
@@ -175,7 +177,7 @@ fn run_inner(cmd: BusinessCommand) -> Result<(), i32> {
             let members = o.index.businesses().remove(&id);
             let already = o
                 .store
-                .with_conn(|c| super::is_suspended_in(c, &id))
+                .with_conn(|c| crate::business::is_suspended_in(c, &id))
                 .map_err(fail)?;
             if members.is_none() && !already {
                 eprintln!("error: no user of the applied bundle belongs to `{id}`");

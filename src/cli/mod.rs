@@ -7,11 +7,22 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, EX_CONFIG};
+pub mod backup;
+pub mod business;
+#[cfg(feature = "sim")]
+pub mod demo;
+pub mod grants;
+pub mod lockouts;
+pub mod provision;
+mod shared;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod units;
+
+use crate::config::Config;
 use crate::logging::{self, LogFormat};
 
-/// Default config location on an installed box.
-pub const DEFAULT_CONFIG: &str = "/etc/sitegate/sitegate.toml";
+pub use shared::{DEFAULT_CONFIG, load_config, load_with_profiles};
 
 #[derive(Debug, Parser)]
 #[command(name = "sitegate", version, about = "Site controller gateway daemon")]
@@ -55,123 +66,61 @@ pub enum Command {
     /// Make signing keys and sign grant bundles, key sets and installer tokens.
     Fleet {
         #[command(subcommand)]
-        cmd: crate::grants::cli::FleetCommand,
+        cmd: grants::FleetCommand,
     },
     /// Manage the keys this box trusts for signed grants.
     Trust {
         #[command(subcommand)]
-        cmd: crate::grants::cli::TrustCommand,
+        cmd: grants::TrustCommand,
     },
     /// Apply a signed envelope from a file, or show the grants state.
     Grants {
         #[command(subcommand)]
-        cmd: crate::grants::cli::GrantsCommand,
+        cmd: grants::GrantsCommand,
     },
     /// Serve simulated Modbus units (generator, HVAC) over TCP, RTU or RTU over TCP.
-    Sim(crate::sim::cli::SimArgs),
+    #[cfg(feature = "sim")]
+    Sim(sim::SimArgs),
     /// Unit tools for installers (`units test [UNIT]`: read every point and print a table).
     #[command(subcommand)]
     Units(UnitsCommand),
     /// Probe slave ids on a link and print proposed `[[units]]` entries.
-    Scan(crate::modbus::tools::ScanArgs),
+    Scan(units::ScanArgs),
     /// Provision this box: site and gateway ids, cloud trust keys, device key, TLS certificate,
     /// config (refuses to replace a provisioned box without --force).
-    Provision(crate::provision::ProvisionArgs),
+    Provision(provision::ProvisionArgs),
     /// Issue a Modbus/TCP Security client certificate (role extension 1.3.6.1.4.1.50316.802.1)
     /// from the site's Modbus client CA, for a building management system.
     ModbusClientCert(crate::bms::cert::CertArgs),
     /// Write the config, database (consistent online copy), device key and TLS pair to one
     /// archive (mode 0600).
-    Backup(crate::backup::BackupArgs),
+    Backup(backup::BackupArgs),
     /// Restore a `sitegate backup` archive: config, state dir (0700), database and keys (0600).
-    Restore(crate::backup::RestoreArgs),
+    Restore(backup::RestoreArgs),
     /// Run a complete demo site on loopback: simulated units, four users, the LAN API.
-    Demo(crate::demo::DemoArgs),
+    #[cfg(feature = "sim")]
+    Demo(demo::DemoArgs),
     /// See and clear login throttles and lockouts on this box (audited).
     Lockouts {
         #[command(subcommand)]
-        cmd: crate::auth::cli::LockoutsCommand,
+        cmd: lockouts::LockoutsCommand,
     },
     /// The site owner's control over service businesses: list, suspend, restore.
     Business {
         #[command(subcommand)]
-        cmd: crate::business::cli::BusinessCommand,
+        cmd: business::BusinessCommand,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UnitsCommand {
     /// Read every readable point of a unit (or all units) and print values, units and failures.
-    Test(crate::modbus::tools::UnitsTestArgs),
+    Test(units::UnitsTestArgs),
 }
 
 /// Process environment lookup (tests pass their own).
 fn env(k: &str) -> Option<String> {
     std::env::var(k).ok()
-}
-
-/// Loads the config or prints its problems; `Err` carries the exit code.
-pub fn load_config(path: &std::path::Path) -> Result<Config, i32> {
-    load_with_profiles(path).map(|(cfg, _)| cfg)
-}
-
-/// Like [`load_config`], with the device profiles the config can use.
-pub fn load_with_profiles(
-    path: &std::path::Path,
-) -> Result<(Config, crate::modbus::ProfileRegistry), i32> {
-    read_with_profiles(path).map_err(|text| {
-        eprint!("{text}");
-        EX_CONFIG
-    })
-}
-
-/// Loads and validates the config; `Err` is the text listing every problem, one per line
-/// (what `check-config` prints; a configuration reload audits it).
-pub fn read_config(path: &std::path::Path) -> Result<Config, String> {
-    read_with_profiles(path).map(|(cfg, _)| cfg)
-}
-
-/// Loads the config and the device profiles it can use (built-ins plus `[profiles] dir`),
-/// validating both: units are checked against that registry (names, VAs, base offsets, units
-/// sharing a slave id without overlap), and every problem of a profile file is reported with the
-/// file and key, with the config's own problems.
-fn read_with_profiles(
-    path: &std::path::Path,
-) -> Result<(Config, crate::modbus::ProfileRegistry), String> {
-    let registry =
-        crate::modbus::ProfileRegistry::load(crate::app::profiles_dir_of(path).as_deref());
-    // With a broken profile file, units are not judged by name (its problems explain them).
-    let loaded = match &registry {
-        Ok(reg) => Config::load(path, &|p| reg.get(p).is_some()),
-        Err(_) => Config::load(path, &|_| true),
-    };
-    match (loaded, registry) {
-        (Ok(cfg), Ok(reg)) => match cfg.check_profiles(&reg) {
-            Ok(()) => Ok((cfg, reg)),
-            Err(problems) => Err(crate::config::ConfigError {
-                file: Some(path.to_path_buf()),
-                problems,
-            }
-            .to_string()),
-        },
-        (loaded, registry) => {
-            let mut err = match loaded {
-                Err(e) => e,
-                Ok(_) => crate::config::ConfigError {
-                    file: Some(path.to_path_buf()),
-                    problems: Vec::new(),
-                },
-            };
-            if let Err(problems) = registry {
-                err.problems
-                    .extend(problems.into_iter().map(|message| crate::config::Problem {
-                        path: "profiles.dir".into(),
-                        message,
-                    }));
-            }
-            Err(err.to_string())
-        }
-    }
 }
 
 /// Runs one command; returns the process exit code.
@@ -186,36 +135,38 @@ pub fn run(cli: Cli) -> i32 {
             );
             0
         }
-        Command::Fleet { cmd } => crate::grants::cli::run_fleet(cmd),
-        Command::Trust { cmd } => crate::grants::cli::run_trust(cmd),
-        Command::Grants { cmd } => crate::grants::cli::run_grants(cmd),
-        Command::Lockouts { cmd } => crate::auth::cli::run(cmd),
+        Command::Fleet { cmd } => grants::run_fleet(cmd),
+        Command::Trust { cmd } => grants::run_trust(cmd),
+        Command::Grants { cmd } => grants::run_grants(cmd),
+        Command::Lockouts { cmd } => lockouts::run(cmd),
         Command::Business { cmd } => {
             logging::init(cli.log_format, "warn", &env);
-            crate::business::cli::run(cmd)
+            business::run(cmd)
         }
         Command::Units(UnitsCommand::Test(args)) => {
             logging::init(cli.log_format, "error", &env);
-            crate::modbus::tools::units_test(args)
+            units::units_test(args)
         }
         Command::Scan(args) => {
             logging::init(cli.log_format, "error", &env);
-            crate::modbus::tools::scan(args)
+            units::scan(args)
         }
-        Command::Backup(args) => crate::backup::run_backup(&args),
-        Command::Restore(args) => crate::backup::run_restore(&args),
+        Command::Backup(args) => backup::run_backup(&args),
+        Command::Restore(args) => backup::run_restore(&args),
         Command::Provision(args) => {
             logging::init(cli.log_format, "warn", &env);
-            crate::provision::run_cli(args)
+            provision::run_cli(args)
         }
         Command::ModbusClientCert(args) => crate::bms::cert::run_cli(args),
+        #[cfg(feature = "sim")]
         Command::Demo(args) => {
             logging::init(cli.log_format, "warn", &env);
-            crate::demo::run(args)
+            demo::run(args)
         }
+        #[cfg(feature = "sim")]
         Command::Sim(args) => {
             logging::init(cli.log_format, "info", &env);
-            crate::sim::cli::run(args)
+            sim::run(args)
         }
         Command::CheckConfig { config } => match load_config(&config) {
             Ok(c) => {
@@ -251,7 +202,10 @@ pub fn run(cli: Cli) -> i32 {
                 Err(code) => return code,
             };
             logging::init(cli.log_format, &cfg.log_level, &env);
-            crate::app::run_daemon(cfg)
+            match crate::app::run_daemon(cfg) {
+                Ok(()) => 0,
+                Err(e) => e.exit_code(),
+            }
         }
     }
 }
