@@ -242,7 +242,7 @@ fn check_trust(grants: &RawGrants, p: &mut Problems) -> Vec<TrustKey> {
                 format!("duplicate key id `{}`", k.kid),
             );
         }
-        match crate::grants::PublicKey::from_b64(&k.public_key) {
+        match crate::grants::ed25519::PublicKey::from_b64(&k.public_key) {
             Ok(pk) => trust.push(TrustKey {
                 kid: k.kid.clone(),
                 public_key: pk,

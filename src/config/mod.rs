@@ -411,7 +411,7 @@ pub struct Auth {
 pub struct TrustKey {
     pub kid: String,
     /// Checked: on the curve, canonical, of prime order.
-    pub public_key: crate::grants::PublicKey,
+    pub public_key: crate::grants::ed25519::PublicKey,
 }
 
 #[derive(Debug, Clone)]

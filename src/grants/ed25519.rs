@@ -37,16 +37,6 @@ pub enum KeyProblem {
     MixedOrder,
 }
 
-impl KeyProblem {
-    /// The rejection reason: a malformed encoding or a weak key.
-    pub fn reason(self) -> super::Reason {
-        match self {
-            KeyProblem::Encoding | KeyProblem::Length => super::Reason::Malformed,
-            _ => super::Reason::WeakKey,
-        }
-    }
-}
-
 /// Why a signature was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureProblem {

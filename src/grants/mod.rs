@@ -215,6 +215,18 @@ pub(crate) fn short(s: &str) -> String {
     }
 }
 
+// Here rather than in `ed25519.rs`, so that the key checks stay a leaf module that the config
+// layer can use without importing the grants engine.
+impl KeyProblem {
+    /// The rejection reason: a malformed encoding or a weak key.
+    pub fn reason(self) -> Reason {
+        match self {
+            KeyProblem::Encoding | KeyProblem::Length => Reason::Malformed,
+            _ => Reason::WeakKey,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
