@@ -443,6 +443,5 @@ impl Businesses {
     }
 }
 
-
 #[cfg(test)]
 mod tests;

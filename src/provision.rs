@@ -238,7 +238,10 @@ pub fn backup_database(
 ) -> Result<PathBuf, ProvisionError> {
     let dir = state_dir.join("backups");
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let out = unused_path(&dir.join(format!("sitegate-{stamp}")).to_string_lossy(), ".db");
+    let out = unused_path(
+        &dir.join(format!("sitegate-{stamp}")).to_string_lossy(),
+        ".db",
+    );
     let conn = rusqlite::Connection::open(db).map_err(|e| {
         ProvisionError::Other(format!("cannot open `{}` for backup: {e}", db.display()))
     })?;
@@ -490,7 +493,10 @@ mod tests {
         };
         assert_eq!(
             names(&second),
-            ["sitegate.toml.bak-19700101T000000Z", "sitegate-19700101T000000Z.db"]
+            [
+                "sitegate.toml.bak-19700101T000000Z",
+                "sitegate-19700101T000000Z.db"
+            ]
         );
         assert_eq!(
             names(&third),

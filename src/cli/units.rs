@@ -17,11 +17,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::Audit;
 use crate::config::{Config, EX_CONFIG};
-use crate::model::SlaveId;
 use crate::modbus::link::{self, ModbusError, Op, Reply};
 use crate::modbus::profile::{Profile, ProfileRegistry};
 use crate::modbus::scheduler;
 use crate::modbus::{ModbusEngine, Quality};
+use crate::model::SlaveId;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UnitsTestArgs {
