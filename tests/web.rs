@@ -34,6 +34,21 @@ fn installer_token() -> Vec<u8> {
     e2e_support::installer_token(user, "g-ivo", time::Duration::days(1))
 }
 
+/// The site of the browser test: the role members, with ada the site owner and tess in the
+/// service company `acme` (the owner's switch for it is on the admin page).
+fn web_bundle(seq: u64, revoked: &[&str]) -> Vec<u8> {
+    bundle_with_user_fields(
+        seq,
+        &role_members(),
+        revoked,
+        &fleet_key(),
+        &[
+            ("ada", json!({"owner": true})),
+            ("tess", json!({"business": "acme"})),
+        ],
+    )
+}
+
 fn web_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
 }
@@ -90,7 +105,7 @@ async fn handle(s: &Site, req: &Value) -> Value {
                 .map(|g| g.as_str().unwrap().to_string())
                 .collect();
             let revoked: Vec<&str> = revoked.iter().map(String::as_str).collect();
-            s.apply(bundle(2, &role_members(), &revoked)).await;
+            s.apply(web_bundle(2, &revoked)).await;
             json!({"ok": true})
         }
         other => panic!("unknown request from the browser test: {other}"),
@@ -110,7 +125,7 @@ async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their
         "tests/web/node_modules is missing: run scripts/install-deps (npm ci in tests/web)"
     );
     let s = Site::start_with_clock("tls", "", false).await;
-    s.apply(bundle(1, &role_members(), &[])).await;
+    s.apply(web_bundle(1, &[])).await;
     let origin = format!("https://{}", s.daemon.api_addr);
     // scripts/bench points this at its results directory; screenshots and metrics land there.
     let out = std::env::var_os("SITEGATE_WEB_OUT")

@@ -69,6 +69,22 @@ async function loginPassword(page, user) {
   await page.locator('li.card').first().waitFor();
 }
 
+// Polls `read` until its value deep-equals `want` (the admin page re-renders its sections when the
+// first stream message after a load arrives, so a table can be rebuilt under a first read).
+async function eventually(read, want, what) {
+  let last;
+  for (const until = Date.now() + 10000; Date.now() < until;) {
+    last = await read();
+    try {
+      assert.deepEqual(last, want);
+      return;
+    } catch (e) {
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+  assert.deepEqual(last, want, what);
+}
+
 async function enabledControls(page) {
   return page.locator('main').locator('button:not([disabled]), input:not([disabled]), select:not([disabled]), textarea:not([disabled])').count();
 }
@@ -344,6 +360,76 @@ try {
       await neo.getByRole('button', { name: /^Revoke control-only of vera@example\.com/ }).click();
       await page.getByText('Revoked control-only of vera@example.com.').waitFor();
       assert.equal(await grants.getByRole('row', { name: /vera@example\.com/ }).count(), 0);
+
+      // Lockouts: ten wrong passwords lock carl's account (the address is only delayed, 2 ms in
+      // the test config); even the right password is then refused. The admin sees the lock and
+      // clears it; afterwards carl signs in.
+      const { context: other } = await newPage(browser);
+      for (let i = 0; i < 10; i++) {
+        const r = await other.request.post(`${ORIGIN}/web/session`, { data: { email: 'carl@example.com', password: 'wrong password' } });
+        assert.equal(r.status(), 401, `wrong password ${i + 1}`);
+        await new Promise((res) => setTimeout(res, 10)); // past the test config's 2 ms delay
+      }
+      const locked = await other.request.post(`${ORIGIN}/web/session`, { data: { email: 'carl@example.com', password: PASSWORD } });
+      assert.equal(locked.status(), 429);
+      assert.equal((await locked.json()).error, 'login_throttled');
+      await page.reload();
+      const locks = page.getByRole('table', { name: 'Sign-in lockouts' });
+      await locks.getByRole('row', { name: /carl@example\.com/ }).waitFor();
+      await eventually(async () => {
+        const t = await locks.locator('tbody tr td').allTextContents();
+        return [t.length, t[0], t[1], t[5]];
+      }, [6, 'carl@example.com', '10', 'Clear'], 'the lockouts table');
+      await screen(page, 'admin-lockouts');
+      await page.getByRole('button', { name: 'Clear the lockout of carl@example.com' }).click();
+      await page.getByText('Nobody is locked out or delayed.').waitFor();
+      assert.equal(await locks.locator('tbody tr').count(), 0);
+      const unlocked = await other.request.post(`${ORIGIN}/web/session`, { data: { email: 'carl@example.com', password: PASSWORD } });
+      assert.equal(unlocked.status(), 201);
+      await other.close();
+
+      // The owner's switch for the service company: tess (technician, of acme) loses the site at
+      // once and gets it back on restore.
+      const firms = page.getByRole('table', { name: 'Service companies' });
+      const acme = firms.getByRole('row', { name: /acme/ });
+      await acme.getByRole('cell', { name: 'active' }).waitFor();
+      await eventually(() => acme.locator('td').allTextContents(), ['acme', 'tess', 'active', 'Suspend access'], 'the row of acme');
+      const { context: tessCtx } = await newPage(browser);
+      const tessLogin = await tessCtx.request.post(`${ORIGIN}/web/session`, { data: { email: 'tess@example.com', password: PASSWORD } });
+      assert.equal(tessLogin.status(), 201);
+      assert.equal((await tessCtx.request.get(`${ORIGIN}/api/v1/units/gen-1`)).status(), 200);
+      page.once('dialog', (d) => d.accept());
+      await page.getByRole('button', { name: 'Suspend access of acme' }).click();
+      await page.getByText("acme's access is suspended.").waitFor();
+      await acme.getByRole('button', { name: 'Restore access of acme' }).waitFor();
+      assert.match(await acme.locator('td').nth(2).textContent(), /^suspended since /);
+      assert.equal((await tessCtx.request.get(`${ORIGIN}/api/v1/units/gen-1`)).status(), 404);
+      await screen(page, 'admin-owner');
+      await page.getByRole('button', { name: 'Restore access of acme' }).click();
+      await page.getByText('acme has its access back.').waitFor();
+      await acme.getByRole('cell', { name: 'active' }).waitFor();
+      assert.equal((await tessCtx.request.get(`${ORIGIN}/api/v1/units/gen-1`)).status(), 200);
+      await tessCtx.close();
+
+      // Access requests: a request tess sends shows up, pending, on the admin page.
+      const { context: reqCtx } = await newPage(browser);
+      assert.equal((await reqCtx.request.post(`${ORIGIN}/web/session`, { data: { email: 'carl@example.com', password: PASSWORD } })).status(), 201);
+      const { csrf_token: reqCsrf } = await (await reqCtx.request.get(`${ORIGIN}/web/session`)).json();
+      const asked = await reqCtx.request.post(`${ORIGIN}/api/v1/access-requests`, {
+        headers: { 'X-CSRF-Token': reqCsrf },
+        data: { role: 'technician', scope: { unit: 'hvac-1' }, message: 'filter alarm, need diagnostics' },
+      });
+      assert.equal(asked.status(), 202);
+      await reqCtx.close();
+      await page.reload();
+      const requests = page.getByRole('table', { name: 'Access requests' });
+      const carlReq = requests.getByRole('row', { name: /carl@example\.com|carl/ });
+      await carlReq.waitFor();
+      await eventually(async () => {
+        const c = await carlReq.locator('td').allTextContents();
+        return [c[0], c[1], c[2], c[3], c[5]];
+      }, ['carl', 'technician', 'unit hvac-1', 'filter alarm, need diagnostics', 'pending (waiting for the cloud)'], 'the request of carl');
+      await page.getByText('1 pending, 1 in all.').waitFor();
     }
     if (user === 'tess') {
       await ctl('reset_writes');

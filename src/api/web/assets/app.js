@@ -593,9 +593,131 @@
     document.title = 'Access & audit · sitegate';
     const site = (me && me.site && me.site.capabilities) || [];
     const parts = [el('p', {}, el('a', { href: '#/', text: '← All units' })), el('h1', { text: 'Access & audit' })];
-    if (site.includes('manage_users')) parts.push(grantsSection());
+    if (site.includes('manage_users')) parts.push(grantsSection(), requestsSection(), lockoutsSection());
+    if (me && me.user && me.user.owner) parts.push(businessesSection());
     if (site.includes('diagnose')) parts.push(auditSection());
     show(...parts);
+  }
+
+  // A table whose rows come from one GET, with a status line for errors and actions.
+  function listTable(caption, headers) {
+    const body = el('tbody', {});
+    const table = el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': `${caption} (scrolls sideways)` },
+      el('table', {},
+        el('caption', { class: 'sr-only', text: caption }),
+        el('thead', {}, el('tr', {}, ...headers.map((h) => h
+          ? el('th', { scope: 'col', text: h })
+          : el('th', { scope: 'col' }, el('span', { class: 'sr-only', text: 'Actions' }))))),
+        body));
+    return { body, table };
+  }
+
+  function setResult(out, cls, text) {
+    out.className = cls ? `result ${cls}` : 'result';
+    out.textContent = text;
+  }
+
+  function fmtTime(t) {
+    return t ? new Date(t).toLocaleString() : '—';
+  }
+
+  const REQUEST_STATUS = {
+    pending: 'pending (waiting for the cloud)',
+    granted: 'granted',
+    denied: 'denied',
+    expired: 'expired (30 days without an answer)',
+  };
+
+  function requestsSection() {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const { body, table } = listTable('Access requests', ['Person', 'Asks for', 'Where', 'Note', 'Sent', 'Status']);
+    (async () => {
+      const r = await api('GET', '/api/v1/access-requests');
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      body.replaceChildren(...r.body.requests.map((q) => el('tr', { 'data-request': q.id },
+        el('td', { text: q.user || q.requester }), el('td', { text: q.role }), el('td', { text: fmtScope(q.scope) }),
+        el('td', { text: q.note || '—' }), el('td', { text: fmtTime(q.created_at) }),
+        el('td', { text: (REQUEST_STATUS[q.status] || q.status) + (q.resolved_at ? `, ${fmtTime(q.resolved_at)}` : '') }))));
+      const open = r.body.requests.filter((q) => q.status === 'pending').length;
+      setResult(out, '', r.body.requests.length === 0 ? 'No access requests.' : `${open} pending, ${r.body.requests.length} in all.`);
+    })();
+    return el('section', { 'aria-labelledby': 'r-h' }, el('h2', { id: 'r-h', text: 'Access requests' }),
+      el('p', { class: 'why', text: 'Requests for access and delegations waiting for the cloud. The cloud grants or denies them; a request without an answer expires after 30 days.' }),
+      out, table);
+  }
+
+  function lockoutsSection() {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const { body, table } = listTable('Sign-in lockouts', ['Who', 'Failed attempts', 'Last failure', 'Locked until', 'Next attempt', '']);
+    const load = async () => {
+      const r = await api('GET', '/api/v1/lockouts');
+      if (r.status === 403) {
+        section.hidden = true; // lockouts are for holders of manage_users on the whole site
+        return;
+      }
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      body.replaceChildren(...r.body.lockouts.map((l) => {
+        const clear = el('button', { type: 'button', class: 'secondary', text: 'Clear', 'aria-label': `Clear the lockout of ${l.label || l.key}` });
+        clear.addEventListener('click', async () => {
+          clear.disabled = true;
+          const rr = await api('DELETE', `/api/v1/lockouts/${encodeURIComponent(l.key)}`);
+          if (rr.status === 204) setResult(out, 'ok', `Cleared: ${l.label || l.key} may sign in again.`);
+          else setResult(out, 'bad', `Error: ${errorText(rr.status, rr.body)}`);
+          await load();
+        });
+        return el('tr', { 'data-lockout': l.key },
+          el('td', { text: l.label || l.key }), el('td', { text: String(l.failures) }), el('td', { text: fmtTime(l.last_failure) }),
+          el('td', { text: l.locked_until ? fmtTime(l.locked_until) : 'not locked (delayed only)' }),
+          el('td', { text: fmtTime(l.next_allowed) }), el('td', {}, clear));
+      }));
+      if (out.className === 'result' || r.body.lockouts.length === 0) {
+        setResult(out, '', r.body.lockouts.length === 0 ? 'Nobody is locked out or delayed.' : `${r.body.lockouts.length} delayed or locked out.`);
+      }
+    };
+    const section = el('section', { 'aria-labelledby': 'l-h' }, el('h2', { id: 'l-h', text: 'Sign-in lockouts' }),
+      el('p', { class: 'why', text: 'After repeated failed sign-ins the box delays, then locks out, an account, a device or an address. Clear one when you know who it is.' }),
+      out, table);
+    load();
+    return section;
+  }
+
+  function businessesSection() {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const { body, table } = listTable('Service companies', ['Company', 'People', 'Access', '']);
+    const load = async () => {
+      const r = await api('GET', '/api/v1/businesses');
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      body.replaceChildren(...r.body.businesses.map((b) => {
+        const btn = el('button', {
+          type: 'button',
+          class: b.suspended ? '' : 'secondary',
+          text: b.suspended ? 'Restore access' : 'Suspend access',
+          'aria-label': `${b.suspended ? 'Restore access' : 'Suspend access'} of ${b.business}`,
+        });
+        btn.addEventListener('click', async () => {
+          const n = b.members.length;
+          if (!b.suspended && !window.confirm(`Suspend every role of ${b.business}'s ${n} ${n === 1 ? 'person' : 'people'} on this site (${b.members.join(', ')}), and every access they gave? You can restore it later.`)) return;
+          btn.disabled = true;
+          const path = `/api/v1/businesses/${encodeURIComponent(b.business)}/suspension`;
+          const rr = b.suspended ? await api('DELETE', path) : await api('PUT', path, {});
+          if (rr.status === 201 || rr.status === 200) {
+            setResult(out, 'ok', b.suspended ? `${b.business} has its access back.` : `${b.business}'s access is suspended.`);
+          } else {
+            setResult(out, 'bad', `Error: ${errorText(rr.status, rr.body)}`);
+          }
+          await load();
+        });
+        const since = b.suspension && b.suspension.suspended_at ? ` since ${fmtTime(b.suspension.suspended_at)}` : '';
+        return el('tr', { 'data-business': b.business },
+          el('td', { text: b.business }), el('td', { text: b.members.join(', ') }),
+          el('td', { text: b.suspended ? `suspended${since}` : 'active' }), el('td', {}, btn));
+      }));
+      if (r.body.businesses.length === 0) setResult(out, '', 'No service company has access to this site.');
+    };
+    load();
+    return el('section', { 'aria-labelledby': 'b-h' }, el('h2', { id: 'b-h', text: 'Service companies' }),
+      el('p', { class: 'why', text: 'As the site owner you can suspend a service company\'s access to this box at once, and restore it.' }),
+      out, table);
   }
 
   function grantsSection() {
