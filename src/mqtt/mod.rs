@@ -48,8 +48,8 @@ const MAX_PACKET_BYTES: usize = 2 * MAX_INBOUND_BYTES;
 /// drop the connection on every try), so the drain removes it and audits `mqtt_message_unsendable`.
 pub const MAX_OUTBOUND_BYTES: usize = 1024 * 1024;
 
-/// Default cap of the first reconnect delay (the delay is uniform in [cap/2, cap]; each failed
-/// attempt doubles the cap up to `reconnect_max`).
+/// Default cap of the first reconnect delay (the delay is uniform in [0, cap], "full jitter"; each
+/// failed attempt doubles the cap up to `reconnect_max`).
 pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
 
 /// Default time a connection must stay up after its CONNACK to reset the reconnect backoff.
@@ -125,6 +125,9 @@ pub struct Topics {
     pub root: String,
     pub status: String,
     pub grants: String,
+    /// `…/grants/parts/+` (cloud → box, retained): the parts of a bundle sent in parts, whose
+    /// signed manifest comes on `…/grants` (docs/grants.md, "Bundles in parts").
+    pub grants_parts: String,
     pub keys: String,
     pub grants_state: String,
     pub events: String,
@@ -141,6 +144,7 @@ impl Topics {
         Topics {
             status: format!("{root}/status"),
             grants: format!("{root}/grants"),
+            grants_parts: format!("{root}/grants/parts/+"),
             keys: format!("{root}/keys"),
             grants_state: format!("{root}/grants/state"),
             events: format!("{root}/events"),
@@ -153,6 +157,13 @@ impl Topics {
     /// `…/telemetry/{unit}`.
     pub fn telemetry(&self, unit: &str) -> String {
         format!("{}/telemetry/{unit}", self.root)
+    }
+    /// Is `topic` one of `…/grants/parts/{i}`?
+    pub fn is_grants_part(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(self.grants.as_str())
+            .and_then(|t| t.strip_prefix("/parts/"))
+            .is_some_and(|i| !i.is_empty() && !i.contains('/'))
     }
     /// `…/units/{unit}/availability`.
     pub fn availability(&self, unit: &str) -> String {

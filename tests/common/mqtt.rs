@@ -195,3 +195,55 @@ pub fn mqtt_config(port: u16, client_id: &str) -> sitegate::config::Mqtt {
         backfill_rate: 500,
     }
 }
+
+/// Publishes every `(topic, payload)` in order with QoS 1 (retained when `retain`) as a
+/// third-party client, and waits for all their PUBACKs: what a cloud does.
+pub async fn publish_all(port: u16, msgs: Vec<(String, Vec<u8>)>, retain: bool) {
+    let mut o = MqttOptions::new(
+        format!("test-cloud-{}", rand_suffix()),
+        "127.0.0.1",
+        port,
+    );
+    o.set_max_packet_size(8 << 20, 8 << 20);
+    let (client, mut el) = AsyncClient::new(o, 64);
+    let total = msgs.len();
+    let publisher = {
+        let client = client.clone();
+        async move {
+            for (topic, payload) in msgs {
+                client
+                    .publish(topic, QoS::AtLeastOnce, retain, payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let acks = async {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(20), el.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publishing: {e}"),
+                Err(_) => panic!("no PUBACK within 20 s ({acked} of {total})"),
+            }
+        }
+    };
+    tokio::join!(publisher, acks);
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while el.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// Publishes one retained message with QoS 1 and waits for its PUBACK.
+pub async fn publish_retained(port: u16, topic: &str, payload: Vec<u8>) {
+    publish_all(port, vec![(topic.to_string(), payload)], true).await;
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
