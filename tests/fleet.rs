@@ -172,7 +172,10 @@ async fn fleet_bench() {
         let mut arrivals: Vec<f64> = Vec::new();
         let mut seen = before;
         while seen < before + n {
-            assert!(up.elapsed() < Duration::from_secs(300), "the fleet did not reconnect");
+            assert!(
+                up.elapsed() < Duration::from_secs(300),
+                "the fleet did not reconnect"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
             let c = connects(&broker);
             for _ in seen..c {
@@ -183,7 +186,12 @@ async fn fleet_bench() {
         reconnect_all.push(arrivals.last().copied().unwrap_or(0.0));
         // Peak CONNECTs in any one-second window.
         let peak = (0..arrivals.len())
-            .map(|i| arrivals[i..].iter().take_while(|t| **t < arrivals[i] + 1.0).count())
+            .map(|i| {
+                arrivals[i..]
+                    .iter()
+                    .take_while(|t| **t < arrivals[i] + 1.0)
+                    .count()
+            })
             .max()
             .unwrap_or(0);
         peak_connects.push(peak);
@@ -195,7 +203,10 @@ async fn fleet_bench() {
         publish_all(broker.port, msgs, true).await;
         let mut applied_at: HashMap<String, f64> = HashMap::new();
         while applied_at.len() < n {
-            assert!(t0.elapsed() < Duration::from_secs(300), "not every box applied seq {seq}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "not every box applied seq {seq}"
+            );
             for s in applied_seq(&cloud.all(), seq) {
                 applied_at
                     .entry(s)
@@ -214,6 +225,7 @@ async fn fleet_bench() {
     };
     let result = serde_json::json!({
         "boxes": n,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "rounds": rounds,
         "cold_start_all_applied_s": cold_start,
         "reconnect_all_s": reconnect_all,

@@ -55,8 +55,10 @@ fn big_bundle(seq: u64, revoked: &[&str]) -> Vec<u8> {
     let mut grants = Vec::with_capacity(USERS * GRANTS_PER_USER);
     for u in 0..USERS {
         let id = format!("user-{u:04}");
-        users.push(json!({"id": id, "email": email(&id), "name": format!("User {u}"),
-            "active": true, "password": verifier}));
+        users.push(
+            json!({"id": id, "email": email(&id), "name": format!("User {u}"),
+            "active": true, "password": verifier}),
+        );
         for g in 0..GRANTS_PER_USER {
             let gid = format!("g-{u:04}-{g}");
             if revoked.contains(&gid.as_str()) {
@@ -72,8 +74,7 @@ fn big_bundle(seq: u64, revoked: &[&str]) -> Vec<u8> {
         "policy": {"management": "independent",
                    "features": ["view", "control", "diagnose", "configure", "manage_users"]},
         "users": users, "grants": grants, "revoked": revoked});
-    fleet::sign_bundle_description(&fleet_key(), KID, &serde_json::to_vec(&desc).unwrap())
-        .unwrap()
+    fleet::sign_bundle_description(&fleet_key(), KID, &serde_json::to_vec(&desc).unwrap()).unwrap()
 }
 
 fn split(envelope: &[u8]) -> SplitBundle {
@@ -116,7 +117,12 @@ async fn state_after(
     let topic = format!("{ROOT}/grants/state");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let docs: Vec<Value> = cloud.on(&topic).iter().skip(from).map(|m| m.json()).collect();
+        let docs: Vec<Value> = cloud
+            .on(&topic)
+            .iter()
+            .skip(from)
+            .map(|m| m.json())
+            .collect();
         if let Some(j) = docs.iter().find(|j| pred(j)) {
             return j.clone();
         }
@@ -157,7 +163,13 @@ fn part_rejections(site: &Site) -> Vec<(String, String, i64)> {
 async fn a_ten_thousand_grant_bundle_arrives_in_parts_under_128_kib_and_attacks_on_parts_fail() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    let cloud = Collector::start(broker.port, "parts-observer", &format!("{ROOT}/#"), false, None);
+    let cloud = Collector::start(
+        broker.port,
+        "parts-observer",
+        &format!("{ROOT}/#"),
+        false,
+        None,
+    );
     cloud.wait_subscribed().await;
     let site = Site::start(
         "plain",
@@ -317,11 +329,26 @@ async fn a_ten_thousand_grant_bundle_arrives_in_parts_under_128_kib_and_attacks_
     // Every refusal is in the audit trail, in order.
     let audited = part_rejections(&site);
     let want = |kind: &str, reason: &str, seq: i64| (kind.to_string(), reason.to_string(), seq);
-    assert!(audited.contains(&want("part", "part_mismatch", 2)), "{audited:?}");
-    assert!(audited.contains(&want("part", "part_mismatch", 3)), "{audited:?}");
-    assert!(audited.contains(&want("manifest", "incomplete", 3)), "{audited:?}");
-    assert!(audited.contains(&want("manifest", "replay", 2)), "{audited:?}");
-    assert!(audited.contains(&want("part", "wrong_site", 9)), "{audited:?}");
+    assert!(
+        audited.contains(&want("part", "part_mismatch", 2)),
+        "{audited:?}"
+    );
+    assert!(
+        audited.contains(&want("part", "part_mismatch", 3)),
+        "{audited:?}"
+    );
+    assert!(
+        audited.contains(&want("manifest", "incomplete", 3)),
+        "{audited:?}"
+    );
+    assert!(
+        audited.contains(&want("manifest", "replay", 2)),
+        "{audited:?}"
+    );
+    assert!(
+        audited.contains(&want("part", "wrong_site", 9)),
+        "{audited:?}"
+    );
     // The replayed set's parts are refused too (seq 2 is older than the applied seq 4).
     let replayed_parts = audited
         .iter()
@@ -340,9 +367,12 @@ async fn a_ten_thousand_grant_bundle_arrives_in_parts_under_128_kib_and_attacks_
     let before = part_rejections(&site).len();
     let seen = cloud.on(&format!("{ROOT}/grants/state")).len();
     let site = site.restart().await;
-    state_after(&cloud, seen, "the retained set is a duplicate after the restart", |j| {
-        j["seq"] == 4 && j["last_message"]["outcome"] == "duplicate"
-    })
+    state_after(
+        &cloud,
+        seen,
+        "the retained set is a duplicate after the restart",
+        |j| j["seq"] == 4 && j["last_message"]["outcome"] == "duplicate",
+    )
     .await;
     assert_eq!(part_rejections(&site).len(), before);
     site.stop().await;

@@ -164,12 +164,20 @@ const PARTS_EXAMPLE_LIMIT: usize = 1024;
 fn print_docs_parts_example() {
     let key = fleet::keypair_from_seed(&seed("text example-seed")).unwrap();
     let envelope = block("json example-envelope");
-    let s = fleet::split_bundle(&key, "fleet-example", envelope.as_bytes(), PARTS_EXAMPLE_LIMIT)
-        .unwrap();
+    let s = fleet::split_bundle(
+        &key,
+        "fleet-example",
+        envelope.as_bytes(),
+        PARTS_EXAMPLE_LIMIT,
+    )
+    .unwrap();
     let opened: serde_json::Value = serde_json::from_slice(&s.manifest).unwrap();
     let payload = sitegate::util_b64::decode(opened["payload"].as_str().unwrap()).unwrap();
     println!("manifest-payload {}", String::from_utf8(payload).unwrap());
-    println!("manifest {}", String::from_utf8(s.manifest.clone()).unwrap());
+    println!(
+        "manifest {}",
+        String::from_utf8(s.manifest.clone()).unwrap()
+    );
     for (i, p) in s.parts.iter().enumerate() {
         println!("part-{i} {}", String::from_utf8(p.clone()).unwrap());
     }
@@ -180,8 +188,13 @@ fn the_worked_parts_example_in_the_docs_is_what_the_fleet_tool_makes_and_applies
     let key = fleet::keypair_from_seed(&seed("text example-seed")).unwrap();
     let pk = fleet::public_key(&key).unwrap();
     let envelope = block("json example-envelope");
-    let s = fleet::split_bundle(&key, "fleet-example", envelope.as_bytes(), PARTS_EXAMPLE_LIMIT)
-        .unwrap();
+    let s = fleet::split_bundle(
+        &key,
+        "fleet-example",
+        envelope.as_bytes(),
+        PARTS_EXAMPLE_LIMIT,
+    )
+    .unwrap();
     // Exactly the documented messages, each within the limit.
     assert_eq!(s.manifest, block("json example-manifest").as_bytes());
     let opened: serde_json::Value = serde_json::from_slice(&s.manifest).unwrap();
@@ -191,7 +204,11 @@ fn the_worked_parts_example_in_the_docs_is_what_the_fleet_tool_makes_and_applies
     );
     assert_eq!(s.parts.len(), 2);
     for (i, p) in s.parts.iter().enumerate() {
-        assert_eq!(*p, block(&format!("json example-part-{i}")).as_bytes(), "part {i}");
+        assert_eq!(
+            *p,
+            block(&format!("json example-part-{i}")).as_bytes(),
+            "part {i}"
+        );
         assert!(p.len() <= PARTS_EXAMPLE_LIMIT);
     }
     assert!(s.manifest.len() <= PARTS_EXAMPLE_LIMIT);

@@ -82,7 +82,9 @@ pub struct Part {
 }
 
 fn is_sha_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A manifest whose signature verified and whose payload is valid; with the SHA-256 of its
@@ -788,7 +790,9 @@ mod tests {
         let mut a = Assembler::default();
         let now = Instant::now();
         a.on_manifest(&vm(&one), now).unwrap();
-        let e = a.on_part(parse_part(&two.parts[0]).unwrap(), now).unwrap_err();
+        let e = a
+            .on_part(parse_part(&two.parts[0]).unwrap(), now)
+            .unwrap_err();
         assert_eq!(e.reason, Reason::PartMismatch);
         let older = split(&envelope(20_000), "s-1", 4, &"0".repeat(64), 8 * 1024).unwrap();
         let e = a
@@ -806,10 +810,22 @@ mod tests {
     fn unverified_parts_are_bounded() {
         let mut a = Assembler::default();
         let now = Instant::now();
-        let big = split(&envelope(MAX_ENVELOPE_BYTES), "s-1", 9, &"0".repeat(64), 512 * 1024)
-            .unwrap();
-        let other = split(&envelope(MAX_ENVELOPE_BYTES - 1), "s-1", 10, &"0".repeat(64), 512 * 1024)
-            .unwrap();
+        let big = split(
+            &envelope(MAX_ENVELOPE_BYTES),
+            "s-1",
+            9,
+            &"0".repeat(64),
+            512 * 1024,
+        )
+        .unwrap();
+        let other = split(
+            &envelope(MAX_ENVELOPE_BYTES - 1),
+            "s-1",
+            10,
+            &"0".repeat(64),
+            512 * 1024,
+        )
+        .unwrap();
         for p in &big.parts {
             a.on_part(parse_part(p).unwrap(), now).unwrap();
         }

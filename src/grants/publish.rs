@@ -34,9 +34,11 @@ fn invalid(e: impl std::fmt::Display) -> GrantError {
 
 /// Parses `mqtt://host:port` (port 1883 when absent).
 fn parse_broker(url: &str) -> Result<(String, u16), GrantError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| invalid(format!("--broker `{url}`: only `mqtt://host:port` is supported")))?;
+    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+        invalid(format!(
+            "--broker `{url}`: only `mqtt://host:port` is supported"
+        ))
+    })?;
     let rest = rest.trim_end_matches('/');
     match rest.rsplit_once(':') {
         Some((h, p)) => Ok((

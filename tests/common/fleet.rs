@@ -57,8 +57,7 @@ pub fn bundle(site: &str, seq: u64, revoke: bool) -> Vec<u8> {
                    "password": verifier}],
         "grants": grants,
         "revoked": if revoke { json!(["g-tech"]) } else { json!([]) }});
-    fleet::sign_bundle_description(&fleet_key(), KID, &serde_json::to_vec(&desc).unwrap())
-        .unwrap()
+    fleet::sign_bundle_description(&fleet_key(), KID, &serde_json::to_vec(&desc).unwrap()).unwrap()
 }
 
 /// One box: a `sitegate run` child process.
@@ -190,7 +189,10 @@ pub async fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -229,7 +231,11 @@ pub async fn login(http: &reqwest::Client, b: &FleetBox) -> String {
             assert_eq!(status, 201, "login on {}: {body}", b.site);
             return body["token"].as_str().unwrap().to_string();
         }
-        assert!(Instant::now() < deadline, "the API of {} never came up", b.site);
+        assert!(
+            Instant::now() < deadline,
+            "the API of {} never came up",
+            b.site
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -199,11 +199,7 @@ pub fn mqtt_config(port: u16, client_id: &str) -> sitegate::config::Mqtt {
 /// Publishes every `(topic, payload)` in order with QoS 1 (retained when `retain`) as a
 /// third-party client, and waits for all their PUBACKs: what a cloud does.
 pub async fn publish_all(port: u16, msgs: Vec<(String, Vec<u8>)>, retain: bool) {
-    let mut o = MqttOptions::new(
-        format!("test-cloud-{}", rand_suffix()),
-        "127.0.0.1",
-        port,
-    );
+    let mut o = MqttOptions::new(format!("test-cloud-{}", rand_suffix()), "127.0.0.1", port);
     o.set_max_packet_size(8 << 20, 8 << 20);
     let (client, mut el) = AsyncClient::new(o, 64);
     let total = msgs.len();
@@ -245,7 +241,11 @@ pub async fn publish_retained(port: u16, topic: &str, payload: Vec<u8>) {
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The topic root of [`site`].
