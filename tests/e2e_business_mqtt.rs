@@ -15,32 +15,16 @@ mod e2e_support;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::mqtt::Collector;
+use common::mqtt::{Collector, ROOT, mqtt_toml, observer};
 use e2e_support::*;
 use serde_json::json;
-
-const ROOT: &str = "sitegate/v1/s-1/gw-1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspension_and_its_restoration_are_reported_to_the_cloud() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    let cloud = Collector::start(
-        broker.port,
-        "e2e-observer",
-        &format!("{ROOT}/#"),
-        false,
-        None,
-    );
-    cloud.wait_subscribed().await;
-    let s = Site::start(
-        "plain",
-        &format!(
-            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"sitegate-e2e\"\n",
-            broker.port
-        ),
-    )
-    .await;
+    let cloud = observer(broker.port, "e2e-observer").await;
+    let s = Site::start("plain", &mqtt_toml(broker.port, "sitegate-e2e")).await;
     let members = vec![
         Member {
             user: "olga",

@@ -155,3 +155,114 @@ fn the_worked_bundle_example_in_the_docs_verifies_and_applies() {
     let vk = VerifiedKeys::verify(keys_env.as_bytes(), &provider).unwrap();
     assert_eq!(vk.keys[0].public_key, fleet::public_key(&key2).unwrap());
 }
+
+/// The limit of the worked example of bundles in parts (small, so that the example has parts).
+const PARTS_EXAMPLE_LIMIT: usize = 1024;
+
+#[test]
+#[ignore = "generator for docs/grants.md"]
+fn print_docs_parts_example() {
+    let key = fleet::keypair_from_seed(&seed("text example-seed")).unwrap();
+    let envelope = block("json example-envelope");
+    let s = fleet::split_bundle(
+        &key,
+        "fleet-example",
+        envelope.as_bytes(),
+        PARTS_EXAMPLE_LIMIT,
+    )
+    .unwrap();
+    let opened: serde_json::Value = serde_json::from_slice(&s.manifest).unwrap();
+    let payload = sitegate::util_b64::decode(opened["payload"].as_str().unwrap()).unwrap();
+    println!("manifest-payload {}", String::from_utf8(payload).unwrap());
+    println!(
+        "manifest {}",
+        String::from_utf8(s.manifest.clone()).unwrap()
+    );
+    for (i, p) in s.parts.iter().enumerate() {
+        println!("part-{i} {}", String::from_utf8(p.clone()).unwrap());
+    }
+}
+
+#[test]
+fn the_worked_parts_example_in_the_docs_is_what_the_fleet_tool_makes_and_applies() {
+    let key = fleet::keypair_from_seed(&seed("text example-seed")).unwrap();
+    let pk = fleet::public_key(&key).unwrap();
+    let envelope = block("json example-envelope");
+    let s = fleet::split_bundle(
+        &key,
+        "fleet-example",
+        envelope.as_bytes(),
+        PARTS_EXAMPLE_LIMIT,
+    )
+    .unwrap();
+    // Exactly the documented messages, each within the limit.
+    assert_eq!(s.manifest, block("json example-manifest").as_bytes());
+    let opened: serde_json::Value = serde_json::from_slice(&s.manifest).unwrap();
+    assert_eq!(
+        sitegate::util_b64::decode(opened["payload"].as_str().unwrap()).unwrap(),
+        block("json example-manifest-payload").as_bytes()
+    );
+    assert_eq!(s.parts.len(), 2);
+    for (i, p) in s.parts.iter().enumerate() {
+        assert_eq!(
+            *p,
+            block(&format!("json example-part-{i}")).as_bytes(),
+            "part {i}"
+        );
+        assert!(p.len() <= PARTS_EXAMPLE_LIMIT);
+    }
+    assert!(s.manifest.len() <= PARTS_EXAMPLE_LIMIT);
+    // The manifest names the SHA-256 of each part's data and of the whole envelope.
+    let m: serde_json::Value =
+        serde_json::from_str(&block("json example-manifest-payload")).unwrap();
+    let mut whole = Vec::new();
+    for (i, p) in s.parts.iter().enumerate() {
+        let part: serde_json::Value = serde_json::from_slice(p).unwrap();
+        let data = sitegate::util_b64::decode(part["data"].as_str().unwrap()).unwrap();
+        assert_eq!(m["parts"][i], sitegate::util::sha256_hex(&data));
+        whole.extend_from_slice(&data);
+    }
+    assert_eq!(whole, envelope.as_bytes());
+    assert_eq!(m["sha256"], sitegate::util::sha256_hex(&whole));
+    assert_eq!(m["size"], whole.len());
+
+    // A box applies the set in any order: part 1, the manifest, part 0.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in(dir.path()).unwrap();
+    let clock: SharedClock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-11-23 20:05 UTC),
+    ));
+    let audit = Audit::new(store.clone(), clock.clone(), None);
+    let cfg = sitegate::config::Grants {
+        trust: vec![sitegate::config::TrustKey {
+            kid: "fleet-example".into(),
+            public_key: pk,
+        }],
+        future_skew: std::time::Duration::from_secs(60),
+        clock_rollback_alarm: std::time::Duration::from_secs(3600),
+    };
+    let engine =
+        sitegate::grants::GrantEngine::open(store, audit, clock, SiteId::new("s-1").unwrap(), &cfg)
+            .unwrap();
+    let apply = |b: &[u8]| engine.apply(Some(Kind::Bundle), b, "docs").unwrap();
+    assert_eq!(
+        apply(&s.parts[1]),
+        ApplyOutcome::PartPending {
+            seq: 42,
+            received: 1,
+            count: None
+        }
+    );
+    assert_eq!(
+        apply(&s.manifest),
+        ApplyOutcome::PartPending {
+            seq: 42,
+            received: 1,
+            count: Some(2)
+        }
+    );
+    assert_eq!(apply(&s.parts[0]), ApplyOutcome::Applied { seq: 42 });
+    // Redelivered (retained, on every reconnect): duplicates.
+    assert_eq!(apply(&s.manifest), ApplyOutcome::Duplicate { seq: 42 });
+    assert_eq!(apply(&s.parts[1]), ApplyOutcome::Duplicate { seq: 42 });
+}

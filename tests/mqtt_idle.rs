@@ -14,24 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::mqtt::{Collector, Received, mqtt_config, site, wait_for};
+use common::mqtt::{Collector, NoSink, ROOT, Received, mqtt_config, site, wait_for};
 use serde_json::{Value, json};
 use sitegate::audit::Audit;
 use sitegate::clock::SystemClock;
 use sitegate::model::UnitId;
-use sitegate::mqtt::{GrantSink, InboundKind, MqttClient, PointSample, Quality};
+use sitegate::mqtt::{MqttClient, PointSample, Quality};
 use sitegate::store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-const ROOT: &str = "sitegate/v1/s-1/gw-1";
-
-struct NoSink;
-impl GrantSink for NoSink {
-    fn apply(&self, _: InboundKind, _: Vec<u8>) -> Value {
-        json!({})
-    }
-}
 
 /// Bytes of one QoS 1 PUBLISH on the wire (fixed header, remaining length, topic, packet id,
 /// payload) plus its PUBACK (4 bytes).

@@ -9,63 +9,18 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::mqtt::{Collector, mqtt_config, site, wait_for};
-use serde_json::{Value, json};
-use sitegate::audit::{Audit, Event};
-use sitegate::clock::SystemClock;
-use sitegate::mqtt::{GrantSink, InboundKind, MqttClient, MqttHandle, PointSample, Quality};
+use common::mqtt::{Collector, ROOT, Running, mqtt_config, wait_for};
+use serde_json::json;
+use sitegate::audit::Event;
+use sitegate::mqtt::{PointSample, Quality};
 use sitegate::outbox::{self, Class};
 use sitegate::store::Store;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-const ROOT: &str = "sitegate/v1/s-1/gw-1";
-
-struct NoSink;
-impl GrantSink for NoSink {
-    fn apply(&self, _: InboundKind, _: Vec<u8>) -> Value {
-        json!({"sink": "called"})
-    }
-}
-
-struct Running {
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    handle: MqttHandle,
-    audit: Audit,
-    store: Store,
-}
 
 fn start(dir: &std::path::Path, cfg: sitegate::config::Mqtt) -> Running {
-    let store = Store::open_in(dir).unwrap();
-    let audit = Audit::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        Some(format!("{ROOT}/events")),
-    );
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let handle = MqttClient::start(
-        &cfg,
-        &site(),
-        store.clone(),
-        audit.clone(),
-        Arc::new(NoSink),
-        shutdown.clone(),
-        &tracker,
-    )
-    .unwrap();
-    Running {
-        shutdown,
-        tracker,
-        handle,
-        audit,
-        store,
-    }
+    Running::start(dir, cfg, true)
 }
 
 fn event_ids(c: &Collector) -> HashSet<String> {

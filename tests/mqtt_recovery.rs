@@ -10,70 +10,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::Broker;
-use common::mqtt::{Collector, mqtt_config, site, wait_for};
-use serde_json::{Value, json};
-use sitegate::audit::{self, Audit, Event, Record};
-use sitegate::clock::SystemClock;
-use sitegate::mqtt::{GrantSink, InboundKind, MqttClient, MqttHandle};
-use sitegate::store::Store;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-const ROOT: &str = "sitegate/v1/s-1/gw-1";
-
-struct NoSink;
-impl GrantSink for NoSink {
-    fn apply(&self, _: InboundKind, _: Vec<u8>) -> Value {
-        json!({})
-    }
-}
-
-struct Running {
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    handle: MqttHandle,
-    audit: Audit,
-    store: Store,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
-}
+use common::mqtt::{Collector, ROOT, Running, mqtt_config, wait_for};
+use serde_json::json;
+use sitegate::audit::{self, Event, Record};
 
 fn start(dir: &std::path::Path, cfg: sitegate::config::Mqtt) -> Running {
-    let store = Store::open_in(dir).unwrap();
-    let audit = Audit::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        Some(format!("{ROOT}/events")),
-    );
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let handle = MqttClient::start(
-        &cfg,
-        &site(),
-        store.clone(),
-        audit.clone(),
-        Arc::new(NoSink),
-        shutdown.clone(),
-        &tracker,
-    )
-    .unwrap();
-    Running {
-        shutdown,
-        tracker,
-        handle,
-        audit,
-        store,
-    }
+    Running::start(dir, cfg, true)
 }
 
 /// Time the reconnect schedule does not cover: one TCP connect and CONNACK, queuing and

@@ -393,6 +393,7 @@ fn outcome_str(o: &ApplyOutcome) -> &'static str {
         ApplyOutcome::KeysApplied { .. } => "keys_applied",
         ApplyOutcome::KeysDuplicate { .. } => "keys_duplicate",
         ApplyOutcome::TokenAdmitted { .. } => "token_admitted",
+        ApplyOutcome::PartPending { .. } => "part_pending",
     }
 }
 

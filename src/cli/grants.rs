@@ -74,6 +74,43 @@ pub enum FleetCommand {
         #[arg(long)]
         public_key: String,
     },
+    /// Cut a signed bundle into parts of at most `--max-message-size` bytes and sign their
+    /// manifest: writes `manifest.env` and `part-0000.json`, `part-0001.json`, … into `--out-dir`.
+    Split {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        kid: String,
+        /// The signed bundle envelope.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The broker's message limit: bytes, or with a unit (`128KiB`, `256KB`, `1MiB`).
+        #[arg(long)]
+        max_message_size: String,
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Publish a signed bundle to a site over MQTT (retained, QoS 1): as one message when it fits
+    /// in `--max-message-size`, otherwise as parts on `…/grants/parts/{i}` then their signed
+    /// manifest on `…/grants` (needs `--key`/`--kid`); clears parts a previous set left behind.
+    Publish {
+        /// `mqtt://host:port`.
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        gateway: String,
+        #[arg(long = "in")]
+        input: PathBuf,
+        #[arg(long, default_value = "128KiB")]
+        max_message_size: String,
+        /// Key that signs the manifest (only needed when the bundle is cut into parts).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        kid: Option<String>,
+    },
     /// Hash a password read from stdin (first line) into the PBKDF2 verifier format.
     HashPassword {
         #[arg(long, default_value_t = crate::grants::password::DEFAULT_ITERATIONS)]
@@ -260,6 +297,22 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
                         t.site, t.user.id, t.grant.id
                     )
                 }
+                crate::grants::Kind::Manifest => {
+                    let m = crate::grants::parts::VerifiedManifest::verify(&bytes, &provider)?;
+                    format!(
+                        "manifest for site `{}`, bundle seq {}, {} parts, {} bytes",
+                        m.site,
+                        m.manifest.seq,
+                        m.manifest.parts.len(),
+                        m.manifest.size
+                    )
+                }
+                crate::grants::Kind::Part => {
+                    return Err(GrantError::Invalid(
+                        "a part is not signed: verify its manifest, then the reassembled bundle"
+                            .into(),
+                    ));
+                }
                 crate::grants::Kind::Keys => {
                     let k = crate::grants::VerifiedKeys::verify(&bytes, &provider)?;
                     format!(
@@ -271,6 +324,73 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
                 }
             };
             println!("valid: {summary}");
+            Ok(())
+        }
+        FleetCommand::Split {
+            key,
+            kid,
+            input,
+            max_message_size,
+            out_dir,
+        } => {
+            let max = crate::grants::parts::parse_size(&max_message_size)
+                .map_err(|e| GrantError::Invalid(format!("--max-message-size: {e}")))?;
+            let k = fleet::load_pkcs8(&key)?;
+            let split = fleet::split_bundle(&k, &kid, &read(&input)?, max)?;
+            let io = |p: PathBuf| {
+                move |e| GrantError::Io {
+                    path: p.display().to_string(),
+                    source: e,
+                }
+            };
+            std::fs::create_dir_all(&out_dir).map_err(io(out_dir.clone()))?;
+            let path = out_dir.join("manifest.env");
+            crate::util::write_public(&path, &split.manifest).map_err(io(path.clone()))?;
+            for (i, part) in split.parts.iter().enumerate() {
+                let path = out_dir.join(format!("part-{i:04}.json"));
+                crate::util::write_public(&path, part).map_err(io(path.clone()))?;
+            }
+            println!(
+                "bundle seq {} for site `{}`: {} parts and manifest.env in `{}`",
+                split.seq,
+                split.site,
+                split.parts.len(),
+                out_dir.display()
+            );
+            Ok(())
+        }
+        FleetCommand::Publish {
+            broker,
+            site,
+            gateway,
+            input,
+            max_message_size,
+            key,
+            kid,
+        } => {
+            let max = crate::grants::parts::parse_size(&max_message_size)
+                .map_err(|e| GrantError::Invalid(format!("--max-message-size: {e}")))?;
+            let site = crate::model::SiteId::new(&site)
+                .map_err(|e| GrantError::Invalid(format!("--site: {e}")))?;
+            let gateway = crate::model::GatewayId::new(&gateway)
+                .map_err(|e| GrantError::Invalid(format!("--gateway: {e}")))?;
+            let envelope = read(&input)?;
+            let messages = if envelope.len() <= max {
+                crate::grants::publish::Messages::Whole(envelope)
+            } else {
+                let (Some(key), Some(kid)) = (key, kid) else {
+                    return Err(GrantError::Invalid(format!(
+                        "the bundle is {} bytes, above --max-message-size {max}: --key and --kid \
+                         are needed to sign the manifest of its parts",
+                        envelope.len()
+                    )));
+                };
+                let k = fleet::load_pkcs8(&key)?;
+                crate::grants::publish::Messages::Parts(fleet::split_bundle(&k, &kid, &envelope, max)?)
+            };
+            let root = format!("sitegate/v1/{site}/{gateway}");
+            let report = crate::grants::publish::publish(&broker, &root, messages)?;
+            println!("{report}");
             Ok(())
         }
         FleetCommand::HashPassword { iterations } => {

@@ -444,8 +444,9 @@ pub struct Mqtt {
     pub backfill_rate: u32,
 }
 
-/// Default cap of the first MQTT reconnect delay (the delay is uniform in [cap/2, cap]; each
-/// failed attempt doubles the cap up to `reconnect_max`).
+/// Default cap of the first MQTT reconnect delay. Each delay is uniform in [0, cap] ("full
+/// jitter"); the cap is the larger of this and twice the time since the drop, up to
+/// `reconnect_max` (see docs/mqtt.md, reconnect).
 pub const RECONNECT_MIN: Duration = Duration::from_millis(250);
 
 /// Default time an MQTT connection must stay up after its CONNACK to reset the reconnect backoff.

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::bundle::{Bundle, VerifiedBundle, VerifiedToken, policy_to_json};
 use super::envelope::{Kind, payload_sha256, peek_kind};
+use super::parts::{Assembler, Manifest, Step, VerifiedManifest};
 use super::trust::{self, TrustSet, VerifiedKeys};
 use super::{CLOCK_TOLERANCE, GrantError, Reason, Rejection, reject};
 use crate::access::{AccessState, Policy};
@@ -48,6 +49,13 @@ pub enum ApplyOutcome {
     KeysDuplicate { seq: u64 },
     /// An installer token's user and grant were added.
     TokenAdmitted { grant: GrantId },
+    /// A manifest or a part of a bundle sent in parts was kept; the set is not complete yet
+    /// (`count` is `None` while its manifest has not arrived). Nothing changed.
+    PartPending {
+        seq: u64,
+        received: usize,
+        count: Option<usize>,
+    },
 }
 
 /// The last rejection, for `…/grants/state`.
@@ -93,6 +101,8 @@ struct Inner {
     tx: watch::Sender<Arc<AccessState>>,
     trust: ArcSwap<TrustSet>,
     book: Mutex<Book>,
+    /// Bundles being received in parts (only touched under `apply_lock`).
+    parts: Mutex<Assembler>,
     apply_lock: Mutex<()>,
 }
 
@@ -333,6 +343,7 @@ impl GrantEngine {
                 tx,
                 trust: ArcSwap::new(Arc::new(loaded.trust)),
                 book: Mutex::new(book),
+                parts: Mutex::new(Assembler::default()),
                 apply_lock: Mutex::new(()),
             }),
         };
@@ -464,16 +475,155 @@ impl GrantEngine {
         source: &str,
     ) -> Result<ApplyOutcome, Rejection> {
         let _guard = lock(&self.inner.apply_lock);
-        let kind = match peek_kind(bytes) {
-            Ok(k) => kind_hint.unwrap_or(k),
-            Err(r) => {
-                return Err(self.rejected(kind_hint.unwrap_or(Kind::Bundle), source, r, None));
+        let kind = match (peek_kind(bytes), kind_hint) {
+            // The bundle channel (`…/grants` and `…/grants/parts/+`) also carries bundles in
+            // parts: their manifest and their parts.
+            (Ok(k @ (Kind::Manifest | Kind::Part)), Some(Kind::Bundle)) => k,
+            (Ok(k), hint) => hint.unwrap_or(k),
+            (Err(r), hint) => {
+                return Err(self.rejected(hint.unwrap_or(Kind::Bundle), source, r, None));
             }
         };
         match kind {
-            Kind::Bundle => self.apply_bundle(bytes, source),
+            Kind::Bundle => {
+                let outcome = self.apply_bundle(bytes, source, None)?;
+                if let ApplyOutcome::Applied { seq } = outcome {
+                    lock(&self.inner.parts).bundle_applied(seq);
+                }
+                Ok(outcome)
+            }
             Kind::Keys => self.apply_keys(bytes, source),
             Kind::Token => self.admit_token_locked(bytes, source),
+            Kind::Manifest => self.apply_manifest(bytes, source),
+            Kind::Part => self.apply_part(bytes, source),
+        }
+    }
+
+    /// Audits a verified set that was dropped before it completed (`incomplete`).
+    fn expire_parts(&self, source: &str) {
+        let dropped = lock(&self.inner.parts).expire(std::time::Instant::now());
+        if let Some(d) = dropped {
+            self.rejected(Kind::Manifest, source, d.rejection(), Some(d.seq));
+        }
+    }
+
+    /// A manifest of a bundle in parts: verified (signature first), checked against the bundle in
+    /// force, then the set waits for its parts (or completes with parts that came first).
+    fn apply_manifest(&self, bytes: &[u8], source: &str) -> Result<ApplyOutcome, Rejection> {
+        self.expire_parts(source);
+        let trust = self.inner.trust.load_full();
+        let vm = VerifiedManifest::verify(bytes, &trust.active_at(self.inner.clock.signed_now()))
+            .map_err(|r| self.rejected(Kind::Manifest, source, r, None))?;
+        let m = &vm.manifest;
+        let fail = |r: Rejection| self.rejected(Kind::Manifest, source, r, Some(m.seq));
+        if vm.site != self.inner.site {
+            return Err(fail(Rejection::new(
+                Reason::WrongSite,
+                format!(
+                    "manifest is for site `{}`, this box serves `{}`",
+                    vm.site, self.inner.site
+                ),
+            )));
+        }
+        let cur = self.inner.state.load_full();
+        if m.seq < cur.seq {
+            return Err(fail(Rejection::new(
+                Reason::Replay,
+                format!(
+                    "manifest for seq {} is older than the applied seq {}",
+                    m.seq, cur.seq
+                ),
+            )));
+        }
+        if m.seq == cur.seq {
+            let book = lock(&self.inner.book);
+            if book.stored_bundle_valid
+                && book.bundle_sha256.as_deref() == Some(m.payload_sha256.as_str())
+            {
+                drop(book);
+                lock(&self.inner.parts).applied(&vm.sha256, m.seq);
+                return Ok(ApplyOutcome::Duplicate { seq: m.seq });
+            }
+            // Same seq, other content: reassembled, the bundle path decides (equivocation).
+        }
+        // INVARIANT: `parts` is never held while `book` is taken (`rejected` takes `book`;
+        // `state_json` takes `book` then `parts`).
+        let taken = lock(&self.inner.parts).on_manifest(&vm, std::time::Instant::now());
+        let (step, dropped, refused) = taken.map_err(fail)?;
+        if let Some(d) = dropped {
+            self.rejected(Kind::Manifest, source, d.rejection(), Some(d.seq));
+        }
+        for r in refused {
+            self.rejected(Kind::Part, source, r, Some(m.seq));
+        }
+        self.finish_step(step, &vm.sha256, source)
+    }
+
+    /// A part of a bundle in parts.
+    fn apply_part(&self, bytes: &[u8], source: &str) -> Result<ApplyOutcome, Rejection> {
+        self.expire_parts(source);
+        let p = super::parts::parse_part(bytes)
+            .map_err(|r| self.rejected(Kind::Part, source, r, None))?;
+        let seq = p.seq;
+        let fail = |r: Rejection| self.rejected(Kind::Part, source, r, Some(seq));
+        if p.site != self.inner.site {
+            return Err(fail(Rejection::new(
+                Reason::WrongSite,
+                format!(
+                    "part is for site `{}`, this box serves `{}`",
+                    p.site, self.inner.site
+                ),
+            )));
+        }
+        let cur_seq = self.inner.state.load().seq;
+        if p.seq < cur_seq {
+            return Err(fail(Rejection::new(
+                Reason::Replay,
+                format!(
+                    "part {} of seq {} is older than the applied seq {cur_seq}",
+                    p.index, p.seq
+                ),
+            )));
+        }
+        let manifest_sha = p.manifest.clone();
+        let taken = {
+            let mut parts = lock(&self.inner.parts);
+            if p.seq == cur_seq && parts.is_applied(&p.manifest) {
+                // A redelivery of the set in force (retained parts on every reconnect).
+                return Ok(ApplyOutcome::Duplicate { seq: cur_seq });
+            }
+            parts.on_part(p, std::time::Instant::now())
+        };
+        let step = taken.map_err(fail)?;
+        self.finish_step(step, &manifest_sha, source)
+    }
+
+    /// A complete set goes to the bundle path as one envelope; a pending one reports progress.
+    fn finish_step(
+        &self,
+        step: Step,
+        manifest_sha: &str,
+        source: &str,
+    ) -> Result<ApplyOutcome, Rejection> {
+        match step {
+            Step::Pending {
+                seq,
+                received,
+                count,
+            } => Ok(ApplyOutcome::PartPending {
+                seq,
+                received,
+                count,
+            }),
+            Step::Complete { manifest, bytes } => {
+                super::parts::check_whole(&manifest, &bytes)
+                    .map_err(|r| self.rejected(Kind::Manifest, source, r, Some(manifest.seq)))?;
+                let outcome = self.apply_bundle(&bytes, source, Some(&manifest))?;
+                if let ApplyOutcome::Applied { seq } | ApplyOutcome::Duplicate { seq } = outcome {
+                    lock(&self.inner.parts).applied(manifest_sha, seq);
+                }
+                Ok(outcome)
+            }
         }
     }
 
@@ -503,7 +653,7 @@ impl GrantEngine {
     ) -> Rejection {
         let event_kind = match kind {
             Kind::Keys => "keys_rejected",
-            Kind::Bundle | Kind::Token => "grant_rejected",
+            Kind::Bundle | Kind::Token | Kind::Manifest | Kind::Part => "grant_rejected",
         };
         tracing::warn!(kind = %kind, reason = %r.reason, source, "{}", r.message);
         let mut detail = json!({
@@ -533,7 +683,14 @@ impl GrantEngine {
         r
     }
 
-    fn apply_bundle(&self, bytes: &[u8], source: &str) -> Result<ApplyOutcome, Rejection> {
+    /// Applies a bundle envelope; `manifest` when it was reassembled from parts (then the bundle
+    /// must be the one the manifest names).
+    fn apply_bundle(
+        &self,
+        bytes: &[u8],
+        source: &str,
+        manifest: Option<&Manifest>,
+    ) -> Result<ApplyOutcome, Rejection> {
         self.check_clock();
         let now = self.inner.clock.now();
         let cur = self.inner.state.load_full();
@@ -555,6 +712,22 @@ impl GrantEngine {
         let vb = VerifiedBundle::verify(bytes, &trust.active_at(self.inner.clock.signed_now()))
             .map_err(|r| self.rejected(Kind::Bundle, source, r, None))?;
         let seq = vb.bundle().seq;
+        if let Some(m) = manifest
+            && (m.seq != seq || m.payload_sha256 != vb.payload_sha256())
+        {
+            return Err(self.rejected(
+                Kind::Manifest,
+                source,
+                Rejection::new(
+                    Reason::PartMismatch,
+                    format!(
+                        "the reassembled bundle (seq {seq}) is not the one its manifest names (seq {})",
+                        m.seq
+                    ),
+                ),
+                Some(m.seq),
+            ));
+        }
         self.check_bundle(&vb, &cur, eff)
             .map_err(|r| self.rejected(Kind::Bundle, source, r, Some(seq)))
             .and_then(|dup| match dup {
@@ -1122,6 +1295,7 @@ impl GrantEngine {
             "users": s.users.len(),
             "grants": s.grants.len(),
             "revoked": s.revoked.len(),
+            "parts": lock(&self.inner.parts).progress(),
             "rejection": book.last_rejection.as_ref().map(|r| json!({
                 "kind": r.kind,
                 "reason": r.reason.as_str(),

@@ -19,6 +19,11 @@ pub enum Kind {
     Keys,
     /// An installer token: one user and one grant.
     Token,
+    /// The signed manifest of a bundle sent in parts (see `parts`).
+    Manifest,
+    /// One part of a bundle sent in parts. Not an envelope and never signed: it is trusted only
+    /// through the hash its verified manifest lists.
+    Part,
 }
 
 impl Kind {
@@ -27,6 +32,8 @@ impl Kind {
             Kind::Bundle => "bundle",
             Kind::Keys => "keys",
             Kind::Token => "token",
+            Kind::Manifest => "manifest",
+            Kind::Part => "part",
         }
     }
     pub fn parse(s: &str) -> Option<Kind> {
@@ -34,6 +41,8 @@ impl Kind {
             "bundle" => Some(Kind::Bundle),
             "keys" => Some(Kind::Keys),
             "token" => Some(Kind::Token),
+            "manifest" => Some(Kind::Manifest),
+            "part" => Some(Kind::Part),
             _ => None,
         }
     }

@@ -175,6 +175,59 @@ pub fn sign_keys_description(
     Ok(sign_keys(signers, &payload))
 }
 
+/// A bundle envelope cut for a broker's message limit: the signed manifest and the part
+/// messages (see `parts` and docs/grants.md, "Bundles in parts").
+#[derive(Debug, Clone)]
+pub struct SplitBundle {
+    pub site: String,
+    pub seq: u64,
+    /// The manifest envelope (`kind: "manifest"`), published retained on `…/grants`.
+    pub manifest: Vec<u8>,
+    /// Part `i` is published retained on `…/grants/parts/{i}`.
+    pub parts: Vec<Vec<u8>>,
+}
+
+/// Cuts a signed bundle envelope into parts of at most `max_message` bytes and signs their
+/// manifest with `key`. The bundle is checked as the box would parse it (its signature is the
+/// box's business: the box verifies the reassembled envelope as any other).
+pub fn split_bundle(
+    key: &Ed25519KeyPair,
+    kid: &str,
+    envelope: &[u8],
+    max_message: usize,
+) -> Result<SplitBundle, GrantError> {
+    let opened = super::envelope::open(envelope, Kind::Bundle)
+        .map_err(|e| GrantError::Invalid(format!("not a bundle envelope: {e}")))?;
+    let bundle = super::bundle::check_bundle_payload(&opened.payload)
+        .map_err(|e| GrantError::Invalid(format!("bundle would be rejected: {e}")))?;
+    let site = bundle.site.to_string();
+    let payload_sha = crate::util::sha256_hex(&opened.payload);
+    let split = super::parts::split(envelope, &site, bundle.seq, &payload_sha, max_message)
+        .map_err(GrantError::Invalid)?;
+    let manifest = sign(Kind::Manifest, kid, key, &split.manifest_payload);
+    if manifest.len() > max_message {
+        return Err(GrantError::Invalid(format!(
+            "the manifest is {} bytes, above the maximum message size {max_message}",
+            manifest.len()
+        )));
+    }
+    Ok(SplitBundle {
+        site,
+        seq: bundle.seq,
+        manifest,
+        parts: split.parts,
+    })
+}
+
+/// The number of parts a retained message on `…/grants` announces, when it is a manifest (read
+/// without verifying: only used to clear the retained parts a smaller set leaves behind).
+pub fn announced_parts(retained: &[u8]) -> usize {
+    super::envelope::open(retained, Kind::Manifest)
+        .ok()
+        .and_then(|o| serde_json::from_slice::<super::parts::Manifest>(&o.payload).ok())
+        .map_or(0, |m| m.parts.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,9 @@ pub mod ed25519;
 pub mod engine;
 pub mod envelope;
 pub mod fleet;
+pub mod parts;
 pub mod password;
+pub mod publish;
 pub mod strict_json;
 pub mod trust;
 
@@ -98,6 +100,12 @@ pub enum Reason {
     WeakKey,
     /// A signature with `S` >= L or an `R` that is not a canonical point of large order.
     NonCanonicalSignature,
+    /// A part of a bundle sent in parts whose bytes are not the ones its verified manifest lists,
+    /// or that names another manifest than the one in force for its seq (see `parts`).
+    PartMismatch,
+    /// A bundle sent in parts that did not complete (a part missing when a newer manifest came,
+    /// or after ten minutes); nothing of it was applied.
+    Incomplete,
 }
 
 impl Reason {
@@ -123,6 +131,8 @@ impl Reason {
             Reason::Storage => "storage",
             Reason::WeakKey => "weak_key",
             Reason::NonCanonicalSignature => "non_canonical_signature",
+            Reason::PartMismatch => "part_mismatch",
+            Reason::Incomplete => "incomplete",
         }
     }
 }

@@ -117,6 +117,9 @@ pub struct Topics {
     pub root: String,
     pub status: String,
     pub grants: String,
+    /// `…/grants/parts/+` (cloud → box, retained): the parts of a bundle sent in parts, whose
+    /// signed manifest comes on `…/grants` (docs/grants.md, "Bundles in parts").
+    pub grants_parts: String,
     pub keys: String,
     pub grants_state: String,
     pub events: String,
@@ -133,6 +136,7 @@ impl Topics {
         Topics {
             status: format!("{root}/status"),
             grants: format!("{root}/grants"),
+            grants_parts: format!("{root}/grants/parts/+"),
             keys: format!("{root}/keys"),
             grants_state: format!("{root}/grants/state"),
             events: format!("{root}/events"),
@@ -145,6 +149,13 @@ impl Topics {
     /// `…/telemetry/{unit}`.
     pub fn telemetry(&self, unit: &str) -> String {
         format!("{}/telemetry/{unit}", self.root)
+    }
+    /// Is `topic` one of `…/grants/parts/{i}`?
+    pub fn is_grants_part(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(self.grants.as_str())
+            .and_then(|t| t.strip_prefix("/parts/"))
+            .is_some_and(|i| !i.is_empty() && !i.contains('/'))
     }
     /// `…/units/{unit}/availability`.
     pub fn availability(&self, unit: &str) -> String {

@@ -130,15 +130,25 @@ pub(super) fn spawn(p: Parts<'_>) {
         .spawn(drain.run(ev_rx, fetch_rx, p.shutdown, poll_stop));
 }
 
-/// Exponential backoff with jitter: the n-th delay after a drop (n = 0, 1, …) is uniform in
-/// [c/2, c] with the cap c = min(min · 2ⁿ, max). Only failed attempts grow it; a connection that
-/// stayed up `stable` after its CONNACK resets it, so every drop after a working period starts
-/// again at a sub-second delay however long an earlier outage was. The jitter spreads a fleet
-/// that lost the same broker over the whole interval instead of reconnecting in step.
+/// Reconnect delays with full jitter: each delay is uniform in [0, c], where the cap
+/// c = min(max(min, 2·t), max) grows with t, the time since the connection was lost (the first
+/// failure of the streak). Only an outage grows it; a connection that stayed up `stable` after
+/// its CONNACK resets it, so every drop after a working period starts again at a sub-second
+/// delay however long an earlier outage was. One that a broker accepts and drops at once (a
+/// duplicate client id kicking us out) continues the streak, so such a pair slows down.
+///
+/// Full jitter, because a broker restart drops a whole fleet at the same instant: uniform over
+/// the whole window spreads their CONNECTs evenly (see docs/PERFORMANCE.md, "Fleet"). The cap
+/// follows elapsed time rather than doubling per attempt, because with full jitter a run of
+/// short draws would otherwise inflate the cap within moments; this way the box retries at most
+/// T + min(2·T + min, max) after the drop when the broker is back at T, as with a [c/2, c]
+/// schedule. Each draw comes from the OS random generator (`getrandom`, seeded per device by the
+/// kernel), so no two boxes share a sequence even when they booted from one image at one second.
 struct Backoff {
-    next: Duration,
     min: Duration,
     max: Duration,
+    /// When the current streak of failures began.
+    since: Option<std::time::Instant>,
 }
 
 impl Backoff {
@@ -146,21 +156,27 @@ impl Backoff {
         let min = s.min.max(Duration::from_millis(1));
         let max = s.max.max(min);
         Backoff {
-            next: min,
             min,
             max,
+            since: None,
         }
     }
     fn reset(&mut self) {
-        self.next = self.min;
+        self.since = None;
+    }
+    /// The cap of the next delay at `now`.
+    fn cap(&mut self, now: std::time::Instant) -> Duration {
+        let since = *self.since.get_or_insert(now);
+        (now.saturating_duration_since(since) * 2).clamp(self.min, self.max)
+    }
+    fn delay_at(&mut self, now: std::time::Instant) -> Duration {
+        let cap = self.cap(now);
+        let r = u64::from_le_bytes(crate::util::random_bytes::<8>());
+        let cap_us = u64::try_from(cap.as_micros()).unwrap_or(u64::MAX).max(1);
+        Duration::from_micros(r % (cap_us + 1))
     }
     fn delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(self.max);
-        let r = u64::from_le_bytes(crate::util::random_bytes::<8>());
-        let half = d / 2;
-        let half_us = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_micros(r % (half_us + 1))
+        self.delay_at(std::time::Instant::now())
     }
 }
 
@@ -620,7 +636,9 @@ impl Drain {
                 }
             }
             Event::Incoming(Packet::Publish(p)) => {
-                let kind = if p.topic == self.shared.topics.grants {
+                let kind = if p.topic == self.shared.topics.grants
+                    || self.shared.topics.is_grants_part(&p.topic)
+                {
                     InboundKind::Grants
                 } else if p.topic == self.shared.topics.keys {
                     InboundKind::Keys
@@ -695,6 +713,9 @@ impl Drain {
             t.keys.clone(),
             t.backfill.clone(),
             t.snapshot.clone(),
+            // After `…/grants`: retained parts then usually arrive after their manifest (the box
+            // takes either order).
+            t.grants_parts.clone(),
         ]
     }
 
@@ -980,28 +1001,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
+    fn backoff_is_full_jitter_under_a_cap_that_follows_the_outage_and_resets() {
         let min = Duration::from_millis(250);
         let mut b = Backoff::new(Schedule {
             min,
             max: Duration::from_secs(4),
             stable: Duration::from_secs(2),
         });
-        let mut last_cap = Duration::ZERO;
-        for i in 0..10 {
-            let cap = (min * 2u32.pow(i)).min(Duration::from_secs(4));
-            let d = b.delay();
-            assert!(
-                d >= cap / 2 && d <= cap,
-                "attempt {i}: {d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
-            assert!(cap >= last_cap);
-            last_cap = cap;
+        let t0 = std::time::Instant::now();
+        assert_eq!(b.cap(t0), min);
+        assert_eq!(b.cap(t0 + Duration::from_millis(100)), min);
+        assert_eq!(b.cap(t0 + Duration::from_secs(1)), Duration::from_secs(2));
+        assert_eq!(b.cap(t0 + Duration::from_secs(60)), Duration::from_secs(4));
+        for i in 0..50 {
+            let d = b.delay_at(t0 + Duration::from_millis(i * 100));
+            assert!(d <= Duration::from_secs(4), "{d:?}");
         }
         b.reset();
-        let first = b.delay();
-        assert!(first >= min / 2 && first <= min, "{first:?}");
+        let t1 = t0 + Duration::from_secs(100);
+        assert_eq!(b.cap(t1), min);
+        assert!(b.delay_at(t1) <= min);
+        // Full jitter: over many draws the delays cover the lower part of the window too.
+        let late = t1 + Duration::from_secs(10);
+        let low = (0..200)
+            .filter(|_| b.delay_at(late) < Duration::from_secs(1))
+            .count();
+        assert!(low > 0, "no delay below a quarter of the cap in 200 draws");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod client;
 pub mod daemon;
+pub mod fleet;
 pub mod modbus;
 pub mod mqtt;
 pub mod pki;

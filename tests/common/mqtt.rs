@@ -195,3 +195,137 @@ pub fn mqtt_config(port: u16, client_id: &str) -> sitegate::config::Mqtt {
         backfill_rate: 500,
     }
 }
+
+/// Publishes every `(topic, payload)` in order with QoS 1 (retained when `retain`) as a
+/// third-party client, and waits for all their PUBACKs: what a cloud does.
+pub async fn publish_all(port: u16, msgs: Vec<(String, Vec<u8>)>, retain: bool) {
+    let mut o = MqttOptions::new(format!("test-cloud-{}", rand_suffix()), "127.0.0.1", port);
+    o.set_max_packet_size(8 << 20, 8 << 20);
+    let (client, mut el) = AsyncClient::new(o, 64);
+    let total = msgs.len();
+    let publisher = {
+        let client = client.clone();
+        async move {
+            for (topic, payload) in msgs {
+                client
+                    .publish(topic, QoS::AtLeastOnce, retain, payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let acks = async {
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout(Duration::from_secs(20), el.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publishing: {e}"),
+                Err(_) => panic!("no PUBACK within 20 s ({acked} of {total})"),
+            }
+        }
+    };
+    tokio::join!(publisher, acks);
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while el.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// Publishes one retained message with QoS 1 and waits for its PUBACK.
+pub async fn publish_retained(port: u16, topic: &str, payload: Vec<u8>) {
+    publish_all(port, vec![(topic.to_string(), payload)], true).await;
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The topic root of [`site`].
+pub const ROOT: &str = "sitegate/v1/s-1/gw-1";
+
+/// A grant sink that applies nothing: it answers `{"sink":"called"}` (published on
+/// `…/grants/state`, so a test can see that a message reached it).
+pub struct NoSink;
+
+impl sitegate::mqtt::GrantSink for NoSink {
+    fn apply(&self, _: sitegate::mqtt::InboundKind, _: Vec<u8>) -> serde_json::Value {
+        serde_json::json!({"sink": "called"})
+    }
+}
+
+/// The MQTT client of one box in-process (SQLite store in `dir`, audit), with [`NoSink`].
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub tracker: tokio_util::task::TaskTracker,
+    pub handle: sitegate::mqtt::MqttHandle,
+    pub audit: sitegate::audit::Audit,
+    pub store: sitegate::store::Store,
+}
+
+impl Running {
+    /// Starts the client; audit records go to `…/events` when `events`.
+    pub fn start(dir: &std::path::Path, cfg: sitegate::config::Mqtt, events: bool) -> Running {
+        let store = sitegate::store::Store::open_in(dir).unwrap();
+        let audit = sitegate::audit::Audit::new(
+            store.clone(),
+            Arc::new(sitegate::clock::SystemClock),
+            events.then(|| format!("{ROOT}/events")),
+        );
+        let shutdown = CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let handle = sitegate::mqtt::MqttClient::start(
+            &cfg,
+            &site(),
+            store.clone(),
+            audit.clone(),
+            Arc::new(NoSink),
+            shutdown.clone(),
+            &tracker,
+        )
+        .unwrap();
+        Running {
+            shutdown,
+            tracker,
+            handle,
+            audit,
+            store,
+        }
+    }
+
+    /// Stops the client and waits for its tasks.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Waits until the client is connected.
+    pub async fn wait_connected(&self) {
+        let h = self.handle.clone();
+        wait_for("the box to connect", Duration::from_secs(10), || {
+            h.connected()
+        })
+        .await;
+    }
+}
+
+/// The `[mqtt]` section of a daemon config for a broker on 127.0.0.1:`port`.
+pub fn mqtt_toml(port: u16, client_id: &str) -> String {
+    format!("\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"{client_id}\"\n")
+}
+
+/// A third-party observer subscribed to everything under [`ROOT`] (not persistent), once its
+/// subscription is in place.
+pub async fn observer(port: u16, client_id: &str) -> Collector {
+    let c = Collector::start(port, client_id, &format!("{ROOT}/#"), false, None);
+    c.wait_subscribed().await;
+    c
+}
