@@ -386,7 +386,9 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
                     )));
                 };
                 let k = fleet::load_pkcs8(&key)?;
-                crate::grants::publish::Messages::Parts(fleet::split_bundle(&k, &kid, &envelope, max)?)
+                crate::grants::publish::Messages::Parts(fleet::split_bundle(
+                    &k, &kid, &envelope, max,
+                )?)
             };
             let root = format!("sitegate/v1/{site}/{gateway}");
             let report = crate::grants::publish::publish(&broker, &root, messages)?;
