@@ -684,11 +684,6 @@ async fn events_recorded_while_the_broker_refuses_the_login_all_arrive_once_it_a
     );
     let shutdown = CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
-    // The first attempt is at start; the next four wait at least half their caps each.
-    let t0 = Instant::now();
-    let min_gaps: Duration = (0..4u32)
-        .map(|i| (cfg.reconnect_min * 2u32.pow(i)).min(cfg.reconnect_max) / 2)
-        .sum();
     let h = sitegate::mqtt::MqttClient::start(
         &cfg,
         &site(),
@@ -708,16 +703,13 @@ async fn events_recorded_while_the_broker_refuses_the_login_all_arrive_once_it_a
             .unwrap();
         ids.insert(rec.id);
     }
-    // Refused repeatedly, with growing gaps between attempts (backoff, capped at 2 s).
+    // Refused repeatedly (the reconnect delays are full jitter under a cap that grows with the
+    // outage: no lower bound per attempt exists to assert here; the schedule itself is checked by
+    // `mqtt::session::tests::backoff_is_full_jitter_under_a_cap_that_follows_the_outage_and_resets`).
     wait_for("five refused attempts", Duration::from_secs(20), || {
         b.log().matches("not authorised").count() >= 5
     })
     .await;
-    let elapsed = t0.elapsed();
-    assert!(
-        elapsed >= min_gaps,
-        "five attempts in {elapsed:?}, the schedule allows no fewer than {min_gaps:?}: no backoff"
-    );
     assert!(!h.connected());
     let queued = store
         .with_conn(|c| outbox::class_depth(c, Class::Event))
