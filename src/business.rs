@@ -27,6 +27,14 @@ use crate::store::{Store, StoreError};
 /// Longest note on a suspension.
 pub const MAX_NOTE_CHARS: usize = 500;
 
+/// A suspension note: at most [`MAX_NOTE_CHARS`] characters.
+pub fn check_note(note: Option<&str>) -> Result<(), BusinessError> {
+    if note.is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS) {
+        return Err(BusinessError::NoteTooLong);
+    }
+    Ok(())
+}
+
 /// One suspension in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Suspension {
@@ -378,10 +386,8 @@ impl Businesses {
             return Err(BusinessError::UnknownBusiness);
         };
         let business = &business;
+        check_note(note.as_deref())?;
         let note = note.unwrap_or_default();
-        if note.chars().count() > MAX_NOTE_CHARS {
-            return Err(BusinessError::NoteTooLong);
-        }
         let members = ix.businesses().remove(business);
         let b = business.clone();
         let already = self

@@ -7,7 +7,12 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::de::DeserializeOwned;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::error::{ApiError, safe};
 use super::ports::SessionInfo;
@@ -76,21 +81,43 @@ impl FromRequestParts<ApiState> for Caller {
 }
 
 /// A JSON body whose rejections follow the error contract: syntax → 400 `malformed_json`,
-/// wrong shape → 400 `invalid_body`, too large → 413, wrong content type → 415.
+/// wrong shape (anything but a JSON object included) → 400 `invalid_body`, too large → 413, wrong
+/// content type → 415.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<ApiState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        match axum::Json::<Object<T>>::from_request(req, state).await {
+            Ok(axum::Json(Object(v))) => Ok(ApiJson(v)),
             Err(rej) => Err(json_rejection(&rej, state.0.limits.max_body_bytes)),
         }
     }
 }
 
-fn json_rejection(rej: &JsonRejection, limit: usize) -> ApiError {
+/// `T` read from a JSON object and nothing else. serde's derived structs also accept an array of
+/// the fields in order (`[]` for a struct whose fields are all optional), which no body the API
+/// documents is.
+pub(super) struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Fields(PhantomData)).map(Object)
+    }
+}
+
+pub(super) fn json_rejection(rej: &JsonRejection, limit: usize) -> ApiError {
     match rej {
         JsonRejection::JsonSyntaxError(_) => {
             ApiError::bad_request("malformed_json", "the request body is not valid JSON")
@@ -148,7 +175,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-fn query_rejection(rej: &QueryRejection) -> ApiError {
+pub(super) fn query_rejection(rej: &QueryRejection) -> ApiError {
     let text = rej.body_text();
     let detail = text
         .strip_prefix("Failed to deserialize query string: ")

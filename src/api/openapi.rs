@@ -24,6 +24,8 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::OPENAPI_JSON;
+
+    mod requests;
     use crate::api::ports::{
         Diagnostics, EnumLabel, GrantInfo, LinkStats, Lockout, PendingRequest, PointInfo, Reading,
         RegisterKind, UnitProfile, UnitSummary,
@@ -120,15 +122,45 @@ mod tests {
             errs.push(format!("{at}: {v} is not of type {}", ty.unwrap_or("?")));
             return;
         }
-        if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64()) {
-            if n < min {
+        // Integers compare exactly (an `int64` bound is not exact as a float).
+        let exact = |x: &Value| {
+            x.as_i64()
+                .map(i128::from)
+                .or_else(|| x.as_u64().map(i128::from))
+        };
+        match (exact(&schema["minimum"]), exact(v)) {
+            (Some(min), Some(n)) if n < min => {
                 errs.push(format!("{at}: {n} is below the minimum {min}"));
             }
+            (None, _) | (_, None) => {
+                if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64()) {
+                    if n < min {
+                        errs.push(format!("{at}: {n} is below the minimum {min}"));
+                    }
+                }
+            }
+            _ => {}
         }
-        if let (Some(max), Some(n)) = (schema["maximum"].as_f64(), v.as_f64()) {
-            if n > max {
+        match (exact(&schema["maximum"]), exact(v)) {
+            (Some(max), Some(n)) if n > max => {
                 errs.push(format!("{at}: {n} is above the maximum {max}"));
             }
+            (None, _) | (_, None) => {
+                if let (Some(max), Some(n)) = (schema["maximum"].as_f64(), v.as_f64()) {
+                    if n > max {
+                        errs.push(format!("{at}: {n} is above the maximum {max}"));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let (lo, hi) = match schema["format"].as_str() {
+            Some("int32") => (i128::from(i32::MIN), i128::from(i32::MAX)),
+            Some("int64") => (i128::from(i64::MIN), i128::from(i64::MAX)),
+            _ => (i128::MIN, i128::MAX),
+        };
+        if exact(v).is_some_and(|n| n < lo || n > hi) {
+            errs.push(format!("{at}: {v} is outside the integer format"));
         }
         if let Some(s) = v.as_str() {
             let len = s.chars().count() as u64;
@@ -139,6 +171,13 @@ mod tests {
             }
             if schema["format"] == "date-time" && crate::clock::parse_rfc3339(s).is_err() {
                 errs.push(format!("{at}: `{s}` is not an RFC 3339 date-time"));
+            }
+            if let Some(p) = schema["pattern"].as_str() {
+                match regex::Regex::new(p) {
+                    Ok(re) if re.is_match(s) => {}
+                    Ok(_) => errs.push(format!("{at}: `{s}` does not match `{p}`")),
+                    Err(e) => errs.push(format!("{at}: pattern `{p}` does not compile: {e}")),
+                }
             }
         }
         if let Some(items) = v.as_array() {
@@ -154,6 +193,12 @@ mod tests {
             }
         }
         if let Some(obj) = v.as_object() {
+            let n = obj.len() as u64;
+            if schema["minProperties"].as_u64().is_some_and(|m| n < m)
+                || schema["maxProperties"].as_u64().is_some_and(|m| n > m)
+            {
+                errs.push(format!("{at}: {n} properties, outside the schema's bounds"));
+            }
             for r in schema["required"].as_array().into_iter().flatten() {
                 if let Some(name) = r.as_str().filter(|n| !obj.contains_key(*n)) {
                     errs.push(format!("{at}: required `{name}` is missing"));

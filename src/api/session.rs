@@ -44,21 +44,44 @@ pub struct LoginBody {
     device: Option<String>,
 }
 
-/// Logs in with a password or an installer token; the session as `POST /session` returns it.
-pub async fn login(state: &ApiState, ip: IpAddr, body: LoginBody) -> Result<SessionOut, ApiError> {
-    let auth = &state.0.ports.auth;
-    let (token, session, device) = match body {
+/// Longest device cookie accepted at login (the box issues shorter ones).
+pub const MAX_DEVICE: usize = 128;
+
+/// What a login body asks for, once its shape and bounds are checked.
+pub enum Credentials {
+    Password {
+        email: String,
+        password: String,
+        device: Option<String>,
+    },
+    Token(String),
+}
+
+/// Checks a login body before anything is asked of the auth engine: exactly one of the two
+/// shapes (else `400 invalid_body`), and every value within the documented bounds (else
+/// `401 invalid_credentials`, like any refused login). Lengths count characters, as the
+/// document's `maxLength` does.
+pub fn credentials(body: LoginBody) -> Result<Credentials, ApiError> {
+    match body {
         LoginBody {
             email: Some(email),
             password: Some(password),
             token: None,
             device,
         } => {
-            if email.len() > MAX_EMAIL || password.len() > MAX_PASSWORD {
+            if email.chars().count() > MAX_EMAIL
+                || password.chars().count() > MAX_PASSWORD
+                || device
+                    .as_ref()
+                    .is_some_and(|d| d.chars().count() > MAX_DEVICE)
+            {
                 return Err(AuthError::InvalidCredentials.into());
             }
-            auth.login_password_on_device(email.trim(), &password, ip, device.as_deref())
-                .await?
+            Ok(Credentials::Password {
+                email,
+                password,
+                device,
+            })
         }
         LoginBody {
             email: None,
@@ -73,14 +96,30 @@ pub async fn login(state: &ApiState, ip: IpAddr, body: LoginBody) -> Result<Sess
             {
                 return Err(AuthError::InvalidCredentials.into());
             }
+            Ok(Credentials::Token(token))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_body",
+            "send either `email` and `password`, or `token`",
+        )),
+    }
+}
+
+/// Logs in with a password or an installer token; the session as `POST /session` returns it.
+pub async fn login(state: &ApiState, ip: IpAddr, body: LoginBody) -> Result<SessionOut, ApiError> {
+    let auth = &state.0.ports.auth;
+    let (token, session, device) = match credentials(body)? {
+        Credentials::Password {
+            email,
+            password,
+            device,
+        } => {
+            auth.login_password_on_device(email.trim(), &password, ip, device.as_deref())
+                .await?
+        }
+        Credentials::Token(token) => {
             let (token, session) = auth.login_token(token.as_bytes(), ip).await?;
             (token, session, None)
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "send either `email` and `password`, or `token`",
-            ));
         }
     };
     Ok(session_out(token, session, device))

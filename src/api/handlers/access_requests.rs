@@ -26,12 +26,8 @@ pub async fn list(State(state): State<ApiState>, caller: Caller) -> ApiResult<So
     Ok(Sorted(RequestList { requests }))
 }
 
-/// `POST /access-requests`: records a request and sends it upward (202 `pending`).
-pub async fn create(
-    State(state): State<ApiState>,
-    caller: Caller,
-    ApiJson(req): ApiJson<AccessRequest>,
-) -> ApiResult<WithStatus<GrantChange>> {
+/// Checks an access request before the engine sees it (`422 invalid_request`).
+pub fn check_request(req: &AccessRequest) -> Result<(), ApiError> {
     if req
         .message
         .as_ref()
@@ -42,6 +38,16 @@ pub async fn create(
             format!("`message` is longer than {MAX_MESSAGE} characters"),
         ));
     }
+    Ok(())
+}
+
+/// `POST /access-requests`: records a request and sends it upward (202 `pending`).
+pub async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<AccessRequest>,
+) -> ApiResult<WithStatus<GrantChange>> {
+    check_request(&req)?;
     let request_id = state
         .0
         .ports

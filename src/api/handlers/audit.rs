@@ -15,6 +15,8 @@ use crate::model::Capability;
 /// Audit page size bounds.
 const DEFAULT_AUDIT_PAGE: u32 = 50;
 const MAX_AUDIT_PAGE: u32 = 200;
+/// Longest `kind`, `actor` or `unit` filter.
+const MAX_FILTER_CHARS: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,13 +29,8 @@ pub struct AuditQuery {
     unit: Option<String>,
 }
 
-/// `GET /audit`: a page of records, newest first, limited to what the caller may diagnose.
-pub async fn query(
-    State(state): State<ApiState>,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<AuditQuery>,
-) -> ApiResult<Sorted<AuditPage>> {
-    let user = &caller.session.user;
+/// Checks the query before anything is read (`400 invalid_query`); the page size.
+pub fn check_query(q: &AuditQuery) -> Result<u32, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_AUDIT_PAGE);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -42,13 +39,24 @@ pub async fn query(
         ));
     }
     for s in [&q.kind, &q.actor, &q.unit].into_iter().flatten() {
-        if s.chars().count() > 64 {
+        if s.chars().count() > MAX_FILTER_CHARS {
             return Err(ApiError::bad_request(
                 "invalid_query",
                 "filter value too long",
             ));
         }
     }
+    Ok(limit)
+}
+
+/// `GET /audit`: a page of records, newest first, limited to what the caller may diagnose.
+pub async fn query(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Sorted<AuditPage>> {
+    let user = &caller.session.user;
+    let limit = check_query(&q)?;
     // Per unit: only records of units the caller may diagnose. Records about no unit (logins,
     // grants, delegations — they may name any unit or user) only for a caller who may diagnose
     // the whole site with no unit withheld. A `?unit=` filter naming a unit the caller may not

@@ -32,26 +32,12 @@ fn may_not_diagnose_unit() -> ApiError {
     ApiError::forbidden("reading diagnostics needs `diagnose` on that unit")
 }
 
-/// `GET /units/{unit}/diagnostics[?kind=…&address=…&count=…]`.
-pub async fn read(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path(unit): Path<String>,
-    ApiQuery(q): ApiQuery<DiagQuery>,
-) -> ApiResult<Sorted<DiagnosticsOut>> {
-    let user = &caller.session.user;
-    let unit = match usable_unit(&state, user, &unit, &[Capability::Diagnose]) {
-        Ok(u) => u,
-        Err(reason) => {
-            let detail = json!({ "reason": reason });
-            audit_unit_event(&state, "diagnostics", user, Some(&unit), "denied", detail).await;
-            return Err(may_not_diagnose_unit());
-        }
-    };
-    let units = &state.0.ports.units;
-    let diagnostics = units.diagnostics(&unit).ok_or_else(may_not_diagnose_unit)?;
-    let raw = match (q.kind, q.address, q.count) {
-        (None, None, None) => None,
+/// The raw read a query asks for, if any: `kind` and `address` together (`count` only with
+/// them), at most [`MAX_RAW_REGISTERS`] registers or [`MAX_RAW_BITS`] bits, inside the register
+/// space; otherwise `400 invalid_query`.
+pub fn raw_read(q: &DiagQuery) -> Result<Option<(RegisterKind, u16, u16)>, ApiError> {
+    match (q.kind, q.address, q.count) {
+        (None, None, None) => Ok(None),
         (Some(kind), Some(address), count) => {
             let count = count.unwrap_or(1);
             let max = match kind {
@@ -70,6 +56,36 @@ pub async fn read(
                     "`address` + `count` passes the end of the register space",
                 ));
             }
+            Ok(Some((kind, address, count)))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_query",
+            "a raw read needs both `kind` and `address` (and optionally `count`)",
+        )),
+    }
+}
+
+/// `GET /units/{unit}/diagnostics[?kind=…&address=…&count=…]`.
+pub async fn read(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(unit): Path<String>,
+    ApiQuery(q): ApiQuery<DiagQuery>,
+) -> ApiResult<Sorted<DiagnosticsOut>> {
+    let user = &caller.session.user;
+    let unit = match usable_unit(&state, user, &unit, &[Capability::Diagnose]) {
+        Ok(u) => u,
+        Err(reason) => {
+            let detail = json!({ "reason": reason });
+            audit_unit_event(&state, "diagnostics", user, Some(&unit), "denied", detail).await;
+            return Err(may_not_diagnose_unit());
+        }
+    };
+    let units = &state.0.ports.units;
+    let diagnostics = units.diagnostics(&unit).ok_or_else(may_not_diagnose_unit)?;
+    let raw = match raw_read(&q)? {
+        None => None,
+        Some((kind, address, count)) => {
             let limit = state.0.limits.fresh_read_timeout;
             let values =
                 interactive_read(limit, units.read_raw(&unit, kind, address, count, limit)).await?;
@@ -79,12 +95,6 @@ pub async fn read(
                 count,
                 values,
             })
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "a raw read needs both `kind` and `address` (and optionally `count`)",
-            ));
         }
     };
     Ok(Sorted(DiagnosticsOut { diagnostics, raw }))

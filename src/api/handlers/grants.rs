@@ -38,13 +38,11 @@ pub async fn list(State(state): State<ApiState>, caller: Caller) -> ApiResult<So
     Ok(Sorted(GrantList { grants }))
 }
 
-/// `POST /grants`: delegates a local grant to an existing user of the site.
-pub async fn create(
-    State(state): State<ApiState>,
-    caller: Caller,
-    ApiJson(req): ApiJson<DelegateRequest>,
-) -> ApiResult<WithStatus<GrantChange>> {
-    if req.email.is_empty() || req.email.len() > MAX_EMAIL || !req.email.contains('@') {
+/// Checks a delegation request before the engine sees it (`422 invalid_request`). Lengths count
+/// characters, as the document's `maxLength` does.
+pub fn check_delegation(req: &DelegateRequest) -> Result<(), ApiError> {
+    let email_len = req.email.chars().count();
+    if email_len == 0 || email_len > MAX_EMAIL || !req.email.contains('@') {
         return Err(ApiError::unprocessable(
             "invalid_request",
             "`email` must be an email address",
@@ -53,7 +51,7 @@ pub async fn create(
     if req
         .password
         .as_ref()
-        .is_some_and(|p| p.len() > MAX_PASSWORD)
+        .is_some_and(|p| p.chars().count() > MAX_PASSWORD)
         || req
             .name
             .as_ref()
@@ -72,6 +70,16 @@ pub async fn create(
             "accounts are created by the cloud; delegate to an existing user by email",
         ));
     }
+    Ok(())
+}
+
+/// `POST /grants`: delegates a local grant to an existing user of the site.
+pub async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<DelegateRequest>,
+) -> ApiResult<WithStatus<GrantChange>> {
+    check_delegation(&req)?;
     let out = state
         .0
         .ports
