@@ -18,6 +18,107 @@ use serde::Serialize;
 use super::ports::{AuthError, DelegationError, ReadError, WriteFailure};
 use crate::business::{BusinessError, MAX_NOTE_CHARS};
 
+/// One error answer a route may give: its status and its code.
+pub type Answer = (u16, &'static str);
+
+/// What the layers around every route may answer: a body that cannot be read or is over the
+/// limit (whatever the method), the rate limit, the request timeout.
+pub const EVERY_ROUTE: &[Answer] = &[
+    (400, "unreadable_body"),
+    (413, "payload_too_large"),
+    (429, "rate_limited"),
+    (504, "request_timeout"),
+];
+/// Answers about a path rather than an operation: no such route, a method the path does not
+/// take, a refused CORS preflight.
+pub const NO_OPERATION: &[Answer] = &[
+    (404, "not_found"),
+    (405, "method_not_allowed"),
+    (403, "forbidden"),
+];
+/// An authenticated caller (`extract::Caller`): no, a malformed or an unknown token, an expired
+/// session, a store failure.
+pub const CALLER: &[Answer] = &[
+    (401, "unauthenticated"),
+    (401, "session_expired"),
+    (500, "internal"),
+];
+/// A cookie-authenticated request that changes something, without the CSRF token or from
+/// another origin.
+pub const CSRF: &[Answer] = &[(403, "csrf_failed")];
+/// A JSON body (`extract::ApiJson`); its size and readability are [`EVERY_ROUTE`]'s.
+pub const JSON_BODY: &[Answer] = &[
+    (400, "malformed_json"),
+    (400, "invalid_body"),
+    (415, "unsupported_media_type"),
+];
+/// A query string (`extract::ApiQuery`).
+pub const QUERY: &[Answer] = &[(400, "invalid_query")];
+/// Path parameters (`extract::ApiPath`): a segment that is not UTF-8 once decoded.
+pub const PATH: &[Answer] = &[(404, "not_found")];
+/// Every answer of `From<AuthError>` a login can give.
+pub const LOGIN: &[Answer] = &[
+    (401, "invalid_credentials"),
+    (401, "unauthenticated"),
+    (429, "login_throttled"),
+    (500, "internal"),
+];
+/// The image of `From<AuthError>` for lockout management.
+pub const LOCKOUT_ERRORS: &[Answer] = &[
+    (403, "forbidden"),
+    (404, "lockout_not_found"),
+    (500, "internal"),
+];
+/// The image of `From<ReadError>` (and of [`ApiError::device_timeout`]).
+pub const READ_ERRORS: &[Answer] = &[
+    (404, "unit_not_found"),
+    (422, "device_refused"),
+    (502, "device_error"),
+    (504, "device_timeout"),
+];
+/// The image of `From<WriteFailure>`.
+pub const WRITE_ERRORS: &[Answer] = &[
+    (404, "command_not_found"),
+    (404, "point_not_found"),
+    (409, "command_not_supported"),
+    (409, "not_possible_in_mode"),
+    (422, "invalid_value"),
+    (502, "device_error"),
+    (502, "readback_mismatch"),
+    (503, "link_busy"),
+    (504, "device_timeout"),
+];
+/// The image of `From<DelegationError>`.
+pub const DELEGATION_ERRORS: &[Answer] = &[
+    (403, "above_ceiling"),
+    (403, "above_own_role"),
+    (403, "forbidden"),
+    (403, "not_cloud_grant"),
+    (404, "grant_not_found"),
+    (409, "conflict"),
+    (422, "circular_delegation"),
+    (422, "expiry_invalid"),
+    (422, "expiry_required"),
+    (422, "expiry_too_late"),
+    (422, "none_not_delegable"),
+    (422, "note_too_long"),
+    (422, "unknown_user"),
+    (500, "internal"),
+];
+/// The image of `From<BusinessError>`.
+pub const BUSINESS_ERRORS: &[Answer] = &[
+    (403, "forbidden"),
+    (404, "business_not_found"),
+    (404, "not_suspended"),
+    (422, "note_too_long"),
+    (500, "internal"),
+];
+
+/// The code of an error response, kept on the response so that the route's guard can compare it
+/// with what the route declares.
+#[derive(Debug, Clone, Copy)]
+pub struct Code(pub &'static str);
+
 /// An API failure: status, stable code, safe message, and optionally a `Retry-After`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -287,6 +388,7 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        resp.extensions_mut().insert(Code(self.code));
         if let Some(after) = self.retry_after {
             // Whole seconds, rounded up, at least 1.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -317,6 +419,193 @@ pub fn safe(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    fn image(errors: impl IntoIterator<Item = ApiError>) -> BTreeSet<Answer> {
+        errors
+            .into_iter()
+            .map(|e| (e.status.as_u16(), e.code))
+            .collect()
+    }
+
+    fn set(answers: &[Answer]) -> BTreeSet<Answer> {
+        answers.iter().copied().collect()
+    }
+
+    #[test]
+    fn each_declared_error_set_is_exactly_the_image_of_its_mapping() {
+        use crate::business::BusinessError as B;
+        use crate::delegation::DelegationError as D;
+        let s = String::new;
+        // Every variant; the matches fail to compile when one is added, so its answer is
+        // declared (and documented) too.
+        let auth = [
+            AuthError::InvalidCredentials,
+            AuthError::Throttled {
+                retry_after: Duration::ZERO,
+            },
+            AuthError::Locked {
+                retry_after: Duration::ZERO,
+            },
+            AuthError::TokenRejected(s()),
+            AuthError::TokenUnavailable,
+            AuthError::Unauthenticated,
+            AuthError::SessionExpired,
+            AuthError::UserInactive,
+            AuthError::PasswordChanged,
+            AuthError::Forbidden,
+            AuthError::NoSuchLockout(s()),
+            AuthError::Store(s()),
+        ];
+        for e in &auth {
+            match e {
+                AuthError::InvalidCredentials
+                | AuthError::Throttled { .. }
+                | AuthError::Locked { .. }
+                | AuthError::TokenRejected(_)
+                | AuthError::TokenUnavailable
+                | AuthError::Unauthenticated
+                | AuthError::SessionExpired
+                | AuthError::UserInactive
+                | AuthError::PasswordChanged
+                | AuthError::Forbidden
+                | AuthError::NoSuchLockout(_)
+                | AuthError::Store(_) => {}
+            }
+        }
+        let all_auth = image(auth.iter().cloned().map(ApiError::from));
+        let declared: BTreeSet<Answer> = [CALLER, LOGIN, LOCKOUT_ERRORS]
+            .into_iter()
+            .flat_map(set)
+            .collect();
+        assert_eq!(all_auth, declared, "From<AuthError>");
+
+        let read = [
+            ReadError::UnknownUnit,
+            ReadError::Timeout,
+            ReadError::Refused(s()),
+            ReadError::Exception(s()),
+            ReadError::Transport(s()),
+        ];
+        for e in &read {
+            match e {
+                ReadError::UnknownUnit
+                | ReadError::Timeout
+                | ReadError::Refused(_)
+                | ReadError::Exception(_)
+                | ReadError::Transport(_) => {}
+            }
+        }
+        assert_eq!(
+            image(read.into_iter().map(ApiError::from)),
+            set(READ_ERRORS)
+        );
+
+        let write = [
+            WriteFailure::Validation(s()),
+            WriteFailure::UnknownPoint,
+            WriteFailure::UnknownCommand,
+            WriteFailure::Timeout,
+            WriteFailure::Mismatch(s()),
+            WriteFailure::Exception(s()),
+            WriteFailure::Transport(s()),
+            WriteFailure::Busy(s()),
+            WriteFailure::NotSupported(s()),
+            WriteFailure::NotPossible(s()),
+        ];
+        for e in &write {
+            match e {
+                WriteFailure::Validation(_)
+                | WriteFailure::UnknownPoint
+                | WriteFailure::UnknownCommand
+                | WriteFailure::Timeout
+                | WriteFailure::Mismatch(_)
+                | WriteFailure::Exception(_)
+                | WriteFailure::Transport(_)
+                | WriteFailure::Busy(_)
+                | WriteFailure::NotSupported(_)
+                | WriteFailure::NotPossible(_) => {}
+            }
+        }
+        assert_eq!(
+            image(write.into_iter().map(ApiError::from)),
+            set(WRITE_ERRORS)
+        );
+
+        use crate::authz::DenyReason;
+        use crate::model::{Role, UnitId};
+        let unit = UnitId::new("u").unwrap();
+        let deleg = [
+            D::Forbidden {
+                scope: s(),
+                reason: DenyReason::NoGrant,
+            },
+            D::NoneNotDelegable,
+            D::AboveCeiling {
+                requested: Role::Admin,
+                ceiling: Role::Viewer,
+            },
+            D::AboveOwnRole {
+                requested: Role::Admin,
+                unit,
+            },
+            D::UnknownUser(s()),
+            D::CircularDelegation(s()),
+            D::ExpiryRequired(s()),
+            D::ExpiryTooLate(s()),
+            D::ExpiryInvalid,
+            D::NotCloudGrant,
+            D::NotFound(s()),
+            D::NoteTooLong,
+            D::TooManyRequests,
+            D::Key(s()),
+            D::Store(s()),
+        ];
+        for e in &deleg {
+            match e {
+                D::Forbidden { .. }
+                | D::NoneNotDelegable
+                | D::AboveCeiling { .. }
+                | D::AboveOwnRole { .. }
+                | D::UnknownUser(_)
+                | D::CircularDelegation(_)
+                | D::ExpiryRequired(_)
+                | D::ExpiryTooLate(_)
+                | D::ExpiryInvalid
+                | D::NotCloudGrant
+                | D::NotFound(_)
+                | D::NoteTooLong
+                | D::TooManyRequests
+                | D::Key(_)
+                | D::Store(_) => {}
+            }
+        }
+        assert_eq!(
+            image(deleg.into_iter().map(ApiError::from)),
+            set(DELEGATION_ERRORS)
+        );
+
+        let business = [
+            B::NotOwner { reason: "x" },
+            B::UnknownBusiness,
+            B::NotSuspended,
+            B::NoteTooLong,
+            B::Store(s()),
+        ];
+        for e in &business {
+            match e {
+                B::NotOwner { .. }
+                | B::UnknownBusiness
+                | B::NotSuspended
+                | B::NoteTooLong
+                | B::Store(_) => {}
+            }
+        }
+        assert_eq!(
+            image(business.into_iter().map(ApiError::from)),
+            set(BUSINESS_ERRORS)
+        );
+    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {

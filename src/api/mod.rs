@@ -41,7 +41,12 @@ use handlers::{
     units,
 };
 
+use axum::response::{IntoResponse, Response};
 pub use error::ApiError;
+use error::{
+    Answer, CALLER, CSRF, Code, DELEGATION_ERRORS, EVERY_ROUTE, JSON_BODY, LOCKOUT_ERRORS, LOGIN,
+    PATH, QUERY, READ_ERRORS, WRITE_ERRORS,
+};
 pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
 pub use openapi::OPENAPI_JSON;
 pub use state::{ApiState, Limits, Ports};
@@ -58,12 +63,63 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client gets to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One route: method, path template (axum and OpenAPI share the `{param}` syntax) and the
-/// handler that serves it.
+/// One route: method, path template (axum and OpenAPI share the `{param}` syntax), the handler
+/// that serves it, and every error answer it may give (besides [`error::EVERY_ROUTE`]'s):
+/// the sets of [`error`] for the extractors and engine errors it uses, and its own. The router
+/// holds the handler to them (see [`declared_only`]); `docs/openapi.json` must list exactly these
+/// under the operation's `x-error-codes` and responses (a test enforces it).
 pub struct RouteDef {
     pub method: Method,
     pub path: &'static str,
     handler: fn() -> MethodRouter<ApiState>,
+    pub answers: &'static [&'static [Answer]],
+}
+
+impl RouteDef {
+    /// Every error answer of the route, [`error::EVERY_ROUTE`]'s included.
+    pub fn error_answers(&self) -> impl Iterator<Item = Answer> + '_ {
+        self.answers
+            .iter()
+            .flat_map(|a| a.iter())
+            .chain(EVERY_ROUTE)
+            .copied()
+    }
+
+    fn may_answer(&self, status: u16, code: &str) -> bool {
+        // A wrong method is answered by the path's method router, inside this guard.
+        self.error_answers().any(|(s, c)| s == status && c == code)
+            || (status, code) == (405, "method_not_allowed")
+    }
+}
+
+/// Holds a route to the error answers it declares. One it does not declare is a bug (the
+/// document does not list it): it is logged, and in debug builds — every test and the contract
+/// run — answered as `500 internal` so that the test fails; release builds send it as is.
+async fn declared_only(def: &'static RouteDef, resp: Response) -> Response {
+    let Some(Code(code)) = resp.extensions().get::<Code>().copied() else {
+        return resp;
+    };
+    let status = resp.status().as_u16();
+    if def.may_answer(status, code) {
+        return resp;
+    }
+    tracing::error!(
+        method = %def.method,
+        route = def.path,
+        status,
+        code,
+        "undeclared error answer (not in docs/openapi.json for this route)"
+    );
+    if cfg!(debug_assertions) {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("undeclared error answer {status} `{code}`"),
+        )
+        .into_response()
+    } else {
+        resp
+    }
 }
 
 /// Every route of the API. The router is built from this table and nothing else.
@@ -72,116 +128,177 @@ pub static ROUTES: &[RouteDef] = &[
         method: Method::POST,
         path: "/api/v1/session",
         handler: || post(sessions::login),
+        answers: &[JSON_BODY, LOGIN],
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/session",
         handler: || delete(sessions::logout),
+        answers: &[CALLER, CSRF],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/me",
         handler: || get(sessions::me),
+        answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units",
         handler: || get(units::list),
+        answers: &[CALLER],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/stream",
         handler: || get(stream::units_stream),
+        answers: &[CALLER],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/{unit}",
         handler: || get(units::detail),
+        answers: &[CALLER, PATH, QUERY, READ_ERRORS],
     },
     RouteDef {
         method: Method::PUT,
         path: "/api/v1/units/{unit}/points/{point}",
         handler: || put(commands::write_point),
+        answers: &[
+            CALLER,
+            CSRF,
+            PATH,
+            JSON_BODY,
+            &[(403, "forbidden"), (422, "point_read_only")],
+            WRITE_ERRORS,
+        ],
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/units/{unit}/commands/{command}",
         handler: || post(commands::run_command),
+        answers: &[CALLER, CSRF, PATH, &[(403, "forbidden")], WRITE_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/{unit}/diagnostics",
         handler: || get(diagnostics::read),
+        answers: &[CALLER, PATH, QUERY, &[(403, "forbidden")], READ_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/audit",
         handler: || get(audit::query),
+        answers: &[CALLER, QUERY, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/grants",
         handler: || get(grants::list),
+        answers: &[CALLER],
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/grants",
         handler: || post(grants::create),
+        answers: &[
+            CALLER,
+            CSRF,
+            JSON_BODY,
+            &[(422, "invalid_request")],
+            DELEGATION_ERRORS,
+        ],
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/grants/{id}",
         handler: || delete(grants::revoke),
+        answers: &[CALLER, CSRF, PATH, DELEGATION_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/access-requests",
         handler: || get(access_requests::list),
+        answers: &[CALLER],
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/access-requests",
         handler: || post(access_requests::create),
+        answers: &[
+            CALLER,
+            CSRF,
+            JSON_BODY,
+            &[(422, "invalid_request")],
+            DELEGATION_ERRORS,
+        ],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/lockouts",
         handler: || get(lockouts::list),
+        answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/lockouts/{key}",
         handler: || delete(lockouts::clear),
+        answers: &[CALLER, CSRF, PATH, LOCKOUT_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/businesses",
         handler: || get(businesses::list),
+        answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::PUT,
         path: "/api/v1/businesses/{business}/suspension",
         handler: || put(businesses::suspend),
+        answers: &[
+            CALLER,
+            CSRF,
+            PATH,
+            JSON_BODY,
+            &[
+                (403, "forbidden"),
+                (404, "business_not_found"),
+                (422, "note_too_long"),
+            ],
+        ],
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/businesses/{business}/suspension",
         handler: || delete(businesses::restore),
+        answers: &[
+            CALLER,
+            CSRF,
+            PATH,
+            &[
+                (403, "forbidden"),
+                (404, "business_not_found"),
+                (404, "not_suspended"),
+            ],
+        ],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/healthz",
         handler: || get(system::healthz),
+        answers: &[],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/metrics",
         handler: || get(system::metrics),
+        answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/openapi.json",
         handler: || get(system::openapi),
+        answers: &[],
     },
 ];
 
@@ -190,7 +307,11 @@ pub fn router(state: ApiState) -> Router {
     let mut r: Router<ApiState> = Router::new();
     for def in ROUTES {
         // Several methods on one path merge into one method router.
-        r = r.route(def.path, (def.handler)());
+        let guarded =
+            (def.handler)().layer(axum::middleware::map_response(move |resp: Response| {
+                declared_only(def, resp)
+            }));
+        r = r.route(def.path, guarded);
     }
     // The web page and its assets (not API routes: outside /api/v1 and the OpenAPI document).
     for (path, handler) in web::routes() {
@@ -381,7 +502,7 @@ fn tune(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn documented() -> BTreeSet<(String, String)> {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
@@ -413,6 +534,87 @@ mod tests {
             "routes missing from docs/openapi.json: {missing:?}"
         );
         assert!(extra.is_empty(), "documented but not routed: {extra:?}");
+    }
+
+    /// A route's error answers as the document writes them: status → codes.
+    fn declared_codes(def: &RouteDef) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (status, code) in def.error_answers() {
+            out.entry(status.to_string())
+                .or_default()
+                .insert(code.to_string());
+        }
+        out
+    }
+
+    fn op<'a>(doc: &'a serde_json::Value, def: &RouteDef) -> &'a serde_json::Value {
+        let path = def.path.strip_prefix("/api/v1").unwrap();
+        &doc["paths"][path][def.method.as_str().to_lowercase()]
+    }
+
+    #[test]
+    fn every_route_documents_exactly_the_error_answers_it_declares() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let mut errs = Vec::new();
+        let mut every_code: BTreeSet<String> = error::NO_OPERATION
+            .iter()
+            .map(|(_, c)| c.to_string())
+            .collect();
+        for def in ROUTES {
+            let op = op(&doc, def);
+            let declared = declared_codes(def);
+            every_code.extend(declared.values().flatten().cloned());
+            let documented: BTreeMap<String, BTreeSet<String>> = op["x-error-codes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(s, codes)| {
+                    let codes = codes.as_array().into_iter().flatten();
+                    (
+                        s.clone(),
+                        codes.map(|c| c.as_str().unwrap().to_string()).collect(),
+                    )
+                })
+                .collect();
+            if declared != documented {
+                errs.push(format!(
+                    "{} {}: docs/openapi.json must list \"x-error-codes\": {} (the route's \
+                     `answers` in src/api/mod.rs)",
+                    def.method,
+                    def.path,
+                    serde_json::to_string(&declared).unwrap()
+                ));
+            }
+            let statuses: BTreeSet<String> = op["responses"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(s, _)| s.clone())
+                .filter(|s| !s.starts_with('2'))
+                .collect();
+            let want: BTreeSet<String> = declared.keys().cloned().collect();
+            if statuses != want {
+                errs.push(format!(
+                    "{} {}: the document's error responses are {statuses:?}, the route can \
+                     answer {want:?}",
+                    def.method, def.path
+                ));
+            }
+        }
+        let error_enum: BTreeSet<String> =
+            doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+        if error_enum != every_code {
+            errs.push(format!(
+                "the Error schema's `error` enum must be every code: {}",
+                serde_json::to_string(&every_code).unwrap()
+            ));
+        }
+        assert!(errs.is_empty(), "{}", errs.join("\n"));
     }
 
     #[test]
