@@ -13,6 +13,51 @@ use crate::model::{CapSet, Capability, UnitId, UserId};
 
 /// What a write or command needs at least one of before anything else is looked up.
 pub const WRITE_CAPS: [Capability; 2] = [Capability::Control, Capability::Configure];
+/// What a unit's diagnostics need, asked before anything else is looked up.
+pub const DIAGNOSE_CAPS: [Capability; 1] = [Capability::Diagnose];
+/// What reading a unit needs (a unit without it answers like a missing one).
+pub const VIEW_CAPS: [Capability; 1] = [Capability::View];
+
+/// Who may use a route: declared in the route table beside the handler, stated by the document
+/// as the operation's `x-access` (a test compares them), and asked by the handler through the
+/// constants above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a session.
+    Public,
+    /// Any live session; what the route shows is filtered by the caller's grants.
+    Session,
+    /// One of these capabilities on the unit the path names.
+    Unit(&'static [Capability]),
+    /// The capability on at least one unit (the result is limited to those units).
+    SomeUnit(Capability),
+    /// The capability on the whole site.
+    Site(Capability),
+    /// `manage_users` on the scope the request names or the grant covers (the delegation
+    /// engine decides, with its ceilings).
+    ManagesScope,
+    /// The site owner.
+    Owner,
+    /// Loopback clients; from the LAN, a session with the capability on the whole site.
+    LoopbackOrSite(Capability),
+}
+
+impl Access {
+    /// The operation's `x-access` in the document.
+    pub fn document(self) -> serde_json::Value {
+        let caps = |c: &[Capability]| c.iter().map(|c| c.as_str()).collect::<Vec<_>>();
+        match self {
+            Access::Public => json!({"who": "anyone"}),
+            Access::Session => json!({"who": "session"}),
+            Access::Unit(c) => json!({"who": "unit", "any_of": caps(c)}),
+            Access::SomeUnit(c) => json!({"who": "some_unit", "any_of": caps(&[c])}),
+            Access::Site(c) => json!({"who": "site", "any_of": caps(&[c])}),
+            Access::ManagesScope => json!({"who": "scope", "any_of": ["manage_users"]}),
+            Access::Owner => json!({"who": "owner"}),
+            Access::LoopbackOrSite(c) => json!({"who": "loopback_or_site", "any_of": caps(&[c])}),
+        }
+    }
+}
 
 /// Asks the authorization port; `Some(reason)` when denied (counted in the metrics).
 pub fn deny_reason(
@@ -56,7 +101,10 @@ pub fn visible_unit(state: &ApiState, user: &UserId, raw: &str) -> Result<UnitId
     if state.0.ports.units.unit(&unit).is_none() {
         return Err(ApiError::unit_not_found());
     }
-    if allows(state, user, Capability::View, &Target::Unit(unit.clone())) {
+    if VIEW_CAPS
+        .iter()
+        .any(|&c| allows(state, user, c, &Target::Unit(unit.clone())))
+    {
         Ok(unit)
     } else {
         Err(ApiError::unit_not_found())

@@ -41,12 +41,15 @@ use handlers::{
     units,
 };
 
+use crate::model::Capability;
 use axum::response::{IntoResponse, Response};
 pub use error::ApiError;
 use error::{
     Answer, CALLER, CSRF, Code, DELEGATION_ERRORS, EVERY_ROUTE, JSON_BODY, LOCKOUT_ERRORS, LOGIN,
     PATH, QUERY, READ_ERRORS, WRITE_ERRORS,
 };
+pub use guard::Access;
+use guard::{DIAGNOSE_CAPS, VIEW_CAPS, WRITE_CAPS};
 pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
 pub use openapi::OPENAPI_JSON;
 pub use state::{ApiState, Limits, Ports};
@@ -73,6 +76,8 @@ pub struct RouteDef {
     pub path: &'static str,
     handler: fn() -> MethodRouter<ApiState>,
     pub answers: &'static [&'static [Answer]],
+    /// Who may use it (the document's `x-access`).
+    pub access: Access,
 }
 
 impl RouteDef {
@@ -127,42 +132,49 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::POST,
         path: "/api/v1/session",
+        access: Access::Public,
         handler: || post(sessions::login),
         answers: &[JSON_BODY, LOGIN],
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/session",
+        access: Access::Session,
         handler: || delete(sessions::logout),
         answers: &[CALLER, CSRF],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/me",
+        access: Access::Session,
         handler: || get(sessions::me),
         answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units",
+        access: Access::Session,
         handler: || get(units::list),
         answers: &[CALLER],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/stream",
+        access: Access::Session,
         handler: || get(stream::units_stream),
         answers: &[CALLER],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/{unit}",
+        access: Access::Unit(&VIEW_CAPS),
         handler: || get(units::detail),
         answers: &[CALLER, PATH, QUERY, READ_ERRORS],
     },
     RouteDef {
         method: Method::PUT,
         path: "/api/v1/units/{unit}/points/{point}",
+        access: Access::Unit(&WRITE_CAPS),
         handler: || put(commands::write_point),
         answers: &[
             CALLER,
@@ -176,30 +188,35 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::POST,
         path: "/api/v1/units/{unit}/commands/{command}",
+        access: Access::Unit(&WRITE_CAPS),
         handler: || post(commands::run_command),
         answers: &[CALLER, CSRF, PATH, &[(403, "forbidden")], WRITE_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/units/{unit}/diagnostics",
+        access: Access::Unit(&DIAGNOSE_CAPS),
         handler: || get(diagnostics::read),
         answers: &[CALLER, PATH, QUERY, &[(403, "forbidden")], READ_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/audit",
+        access: Access::SomeUnit(Capability::Diagnose),
         handler: || get(audit::query),
         answers: &[CALLER, QUERY, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/grants",
+        access: Access::Session,
         handler: || get(grants::list),
         answers: &[CALLER],
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/grants",
+        access: Access::ManagesScope,
         handler: || post(grants::create),
         answers: &[
             CALLER,
@@ -212,18 +229,21 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/grants/{id}",
+        access: Access::ManagesScope,
         handler: || delete(grants::revoke),
         answers: &[CALLER, CSRF, PATH, DELEGATION_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/access-requests",
+        access: Access::Session,
         handler: || get(access_requests::list),
         answers: &[CALLER],
     },
     RouteDef {
         method: Method::POST,
         path: "/api/v1/access-requests",
+        access: Access::Session,
         handler: || post(access_requests::create),
         answers: &[
             CALLER,
@@ -236,24 +256,28 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::GET,
         path: "/api/v1/lockouts",
+        access: Access::Site(Capability::ManageUsers),
         handler: || get(lockouts::list),
         answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/lockouts/{key}",
+        access: Access::Site(Capability::ManageUsers),
         handler: || delete(lockouts::clear),
         answers: &[CALLER, CSRF, PATH, LOCKOUT_ERRORS],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/businesses",
+        access: Access::Owner,
         handler: || get(businesses::list),
         answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::PUT,
         path: "/api/v1/businesses/{business}/suspension",
+        access: Access::Owner,
         handler: || put(businesses::suspend),
         answers: &[
             CALLER,
@@ -270,6 +294,7 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/businesses/{business}/suspension",
+        access: Access::Owner,
         handler: || delete(businesses::restore),
         answers: &[
             CALLER,
@@ -285,18 +310,21 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::GET,
         path: "/api/v1/healthz",
+        access: Access::Public,
         handler: || get(system::healthz),
         answers: &[],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/metrics",
+        access: Access::LoopbackOrSite(Capability::Diagnose),
         handler: || get(system::metrics),
         answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,
         path: "/api/v1/openapi.json",
+        access: Access::Public,
         handler: || get(system::openapi),
         answers: &[],
     },
@@ -615,6 +643,87 @@ mod tests {
             ));
         }
         assert!(errs.is_empty(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn every_route_documents_who_may_use_it_as_the_route_table_declares() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let mut errs = Vec::new();
+        for def in ROUTES {
+            let op = op(&doc, def);
+            let want = def.access.document();
+            if op["x-access"] != want {
+                errs.push(format!(
+                    "{} {}: docs/openapi.json must state \"x-access\": {want} (the route's \
+                     `access` in src/api/mod.rs)",
+                    def.method, def.path
+                ));
+            }
+            // The document's security and the 401 follow from who may use the route.
+            let security = &op["security"];
+            let (want_security, authenticates) = match def.access {
+                Access::Public => (serde_json::json!([]), false),
+                Access::LoopbackOrSite(_) => (serde_json::json!([{}, {"bearer": []}]), true),
+                _ => (serde_json::Value::Null, true),
+            };
+            if *security != want_security {
+                errs.push(format!(
+                    "{} {}: security must be {want_security} for {:?}",
+                    def.method, def.path, def.access
+                ));
+            }
+            let caller = CALLER.iter().all(|a| def.error_answers().any(|b| b == *a));
+            if caller != authenticates {
+                errs.push(format!(
+                    "{} {}: {:?} {} a session, but the route {} the caller's answers \
+                     (error::CALLER)",
+                    def.method,
+                    def.path,
+                    def.access,
+                    if authenticates { "needs" } else { "needs no" },
+                    if caller {
+                        "declares"
+                    } else {
+                        "does not declare"
+                    }
+                ));
+            }
+        }
+        assert!(errs.is_empty(), "{}", errs.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_the_route_does_not_declare_is_answered_as_internal_in_tests() {
+        use tower::ServiceExt;
+        static DEF: RouteDef = RouteDef {
+            method: Method::GET,
+            path: "/t",
+            handler: || get(system::healthz),
+            answers: &[CALLER],
+            access: Access::Session,
+        };
+        static OK: RouteDef = RouteDef {
+            method: Method::GET,
+            path: "/t",
+            handler: || get(system::healthz),
+            answers: &[&[(403, "forbidden")]],
+            access: Access::Session,
+        };
+        for (def, want) in [(&DEF, 500), (&OK, 403)] {
+            // The route's handler refuses with `403 forbidden`.
+            let refuses = get(|| async { ApiError::forbidden("x") });
+            let app: Router = Router::new().route(
+                def.path,
+                refuses.layer(axum::middleware::map_response(move |r: Response| {
+                    declared_only(def, r)
+                })),
+            );
+            let req = axum::http::Request::get("/t")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            assert_eq!(resp.status().as_u16(), want);
+        }
     }
 
     #[test]

@@ -8,11 +8,10 @@ use serde_json::json;
 use super::ApiResult;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiPath as Path, ApiQuery, Caller};
-use crate::api::guard::{audit_unit_event, interactive_read, usable_unit};
+use crate::api::guard::{DIAGNOSE_CAPS, audit_unit_event, interactive_read, usable_unit};
 use crate::api::ports::RegisterKind;
 use crate::api::state::ApiState;
 use crate::api::views::{DiagnosticsOut, RawRead, Sorted};
-use crate::model::Capability;
 
 /// Most coils or discrete inputs in one raw read (the Modbus limit).
 const MAX_RAW_BITS: u16 = 2000;
@@ -73,7 +72,7 @@ pub async fn read(
     ApiQuery(q): ApiQuery<DiagQuery>,
 ) -> ApiResult<Sorted<DiagnosticsOut>> {
     let user = &caller.session.user;
-    let unit = match usable_unit(&state, user, &unit, &[Capability::Diagnose]) {
+    let unit = match usable_unit(&state, user, &unit, &DIAGNOSE_CAPS) {
         Ok(u) => u,
         Err(reason) => {
             let detail = json!({ "reason": reason });
