@@ -692,6 +692,98 @@ mod tests {
         assert!(errs.is_empty(), "{}", errs.join("\n"));
     }
 
+    /// Each route's handler signature, read from its source: `(module, function, signature)` in
+    /// the order of [`ROUTES`].
+    fn handler_signatures() -> Vec<(String, String, String)> {
+        let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        let table = std::fs::read_to_string(api.join("mod.rs")).unwrap();
+        let table = table.split("#[cfg(test)]").next().unwrap();
+        let mut out = Vec::new();
+        for line in table
+            .lines()
+            .filter(|l| l.trim_start().starts_with("handler: || "))
+        {
+            // `handler: || post(grants::create),`
+            let call = line.split('(').nth(1).unwrap().trim_end_matches("),");
+            let (module, function) = call.split_once("::").unwrap();
+            let file = [
+                api.join("handlers").join(format!("{module}.rs")),
+                api.join(format!("{module}.rs")),
+            ]
+            .into_iter()
+            .find(|f| f.exists())
+            .unwrap_or_else(|| panic!("no source for `{call}`"));
+            let text = std::fs::read_to_string(file).unwrap();
+            let start = text
+                .find(&format!("pub async fn {function}("))
+                .unwrap_or_else(|| panic!("no `pub async fn {function}` for `{call}`"));
+            let sig = &text[start..];
+            let sig = &sig[..sig.find(" {\n").unwrap()];
+            out.push((module.to_string(), function.to_string(), sig.to_string()));
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_that_reads_a_body_or_a_query_documents_it_and_no_other_does() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let sigs = handler_signatures();
+        assert_eq!(sigs.len(), ROUTES.len(), "one handler line per route");
+        let mut errs = Vec::new();
+        for (def, (module, function, sig)) in ROUTES.iter().zip(&sigs) {
+            let op = op(&doc, def);
+            let documents_body = !op["requestBody"].is_null();
+            let documents_query = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["in"] == "query");
+            for (what, reads, documents) in [
+                (
+                    "a JSON body (`ApiJson`)",
+                    sig.contains("ApiJson<"),
+                    documents_body,
+                ),
+                (
+                    "a query (`ApiQuery`)",
+                    sig.contains("ApiQuery<"),
+                    documents_query,
+                ),
+            ] {
+                if reads != documents {
+                    errs.push(format!(
+                        "{} {} ({module}::{function}) {} {what}, and docs/openapi.json {} it",
+                        def.method,
+                        def.path,
+                        if reads { "reads" } else { "reads no" },
+                        if documents {
+                            "documents"
+                        } else {
+                            "does not document"
+                        },
+                    ));
+                }
+            }
+            // A body or query the handler reads is answered as the extractor's sets say.
+            for (reads, set, name) in [
+                (sig.contains("ApiJson<"), JSON_BODY, "JSON_BODY"),
+                (sig.contains("ApiQuery<"), QUERY, "QUERY"),
+                (sig.contains("Path<"), PATH, "PATH"),
+                (sig.contains("caller: Caller"), CALLER, "CALLER"),
+            ] {
+                let declared = set.iter().all(|a| def.error_answers().any(|b| b == *a));
+                if reads && !declared {
+                    errs.push(format!(
+                        "{} {}: the handler's extractors can answer error::{name}, which the \
+                         route's `answers` lack",
+                        def.method, def.path
+                    ));
+                }
+            }
+        }
+        assert!(errs.is_empty(), "{}", errs.join("\n"));
+    }
+
     #[tokio::test]
     async fn an_error_answer_the_route_does_not_declare_is_answered_as_internal_in_tests() {
         use tower::ServiceExt;
