@@ -76,9 +76,9 @@ struct Case {
     /// Properties the document allows but the handler always refuses when set (not null),
     /// with the documented answer.
     refused: &'static [(&'static str, u16, &'static str)],
-    /// Valid starting points (query parameters that only go together).
+    /// Valid starting points for a query (parameters that only go together).
     bases: &'static [&'static str],
-    /// Cross-parameter rules the schema cannot state (the parameter descriptions do):
+    /// Rules the schema cannot state (the parameter descriptions do), and their neighbours:
     /// `(request, None)` accepted, `(request, Some((status, code)))` refused.
     extra: &'static [(&'static str, Option<(u16, &'static str)>)],
 }
@@ -155,7 +155,7 @@ fn cases() -> Vec<Case> {
             run: |s| diagnostics::raw_read(&query(s)?).map(|_| ()),
             refusal: query_refusal::<diagnostics::DiagQuery>,
             refused: &[],
-            bases: &["", "kind=coil&address=0"],
+            bases: &["", "kind=coil&address=0", "kind=holding&address=0"],
             extra: &[
                 ("kind=coil&address=0&count=2000", None),
                 ("kind=discrete&address=0&count=2000", None),
@@ -394,18 +394,68 @@ fn query_params(op: &Value) -> Vec<&Value> {
         .collect()
 }
 
-/// The query parameters as one object schema (what the handler's struct reads).
-fn query_schema(op: &Value) -> Value {
-    let mut props = Map::new();
-    let mut required = Vec::new();
+/// The query's fields as the handler's struct reads them, `(name, schema)`: each plain
+/// parameter, and each property of an object parameter sent exploded (`style: form`,
+/// `explode: true`: its properties are the query parameters), of every `oneOf` alternative.
+fn query_fields<'a>(doc: &'a Value, op: &'a Value) -> Vec<(String, &'a Value)> {
+    let mut out = Vec::new();
     for p in query_params(op) {
-        let name = p["name"].as_str().unwrap();
-        props.insert(name.to_string(), p["schema"].clone());
-        if p["required"] == true {
-            required.push(json!(name));
+        if p["explode"] == true {
+            let schema = resolve(doc, &p["schema"]);
+            let alts: Vec<&Value> = match schema["oneOf"].as_array() {
+                Some(a) => a.iter().map(|a| resolve(doc, a)).collect(),
+                None => vec![schema],
+            };
+            for a in alts {
+                for (name, s) in a["properties"].as_object().into_iter().flatten() {
+                    out.push((name.clone(), s));
+                }
+            }
+        } else {
+            out.push((p["name"].as_str().unwrap().to_string(), &p["schema"]));
         }
     }
-    json!({"type": "object", "properties": props, "required": required})
+    out
+}
+
+/// Whether the document allows a (typed) query: plain parameters against their schemas, the
+/// fields of an exploded object parameter together against its schema (or all absent when it
+/// is optional), and no other names.
+fn query_valid(doc: &Value, op: &Value, v: &Value) -> bool {
+    let mut rest = v.as_object().cloned().unwrap_or_default();
+    for p in query_params(op) {
+        if p["explode"] == true {
+            let schema = resolve(doc, &p["schema"]);
+            let names: BTreeSet<String> = query_fields(doc, op)
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| rest.contains_key(n))
+                .collect();
+            let mut sub = Map::new();
+            for n in &names {
+                sub.extend(rest.remove_entry(n));
+            }
+            if sub.is_empty() {
+                if p["required"] == true {
+                    return false;
+                }
+            } else if !valid(doc, schema, &Value::Object(sub)) {
+                return false;
+            }
+        } else {
+            let name = p["name"].as_str().unwrap();
+            match rest.remove(name) {
+                Some(x) => {
+                    if !valid(doc, &p["schema"], &x) {
+                        return false;
+                    }
+                }
+                None if p["required"] == true => return false,
+                None => {}
+            }
+        }
+    }
+    rest.is_empty()
 }
 
 fn encode(s: &str) -> String {
@@ -453,15 +503,15 @@ fn to_query(v: &Value) -> Option<String> {
 
 /// A query string as the document's reader types it: integers and booleans by the parameter's
 /// schema, everything else a string.
-fn typed_query(op: &Value, q: &str) -> Value {
+fn typed_query(doc: &Value, op: &Value, q: &str) -> Value {
     let mut out = Map::new();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (decode(k), decode(v));
-        let ty = query_params(op)
+        let ty = query_fields(doc, op)
             .into_iter()
-            .find(|p| p["name"] == k.as_str())
-            .map(|p| p["schema"]["type"].as_str().unwrap_or("").to_string())
+            .find(|(name, _)| *name == k)
+            .map(|(_, s)| s["type"].as_str().unwrap_or("").to_string())
             .unwrap_or_default();
         let typed = match ty.as_str() {
             "integer" => v
@@ -475,19 +525,6 @@ fn typed_query(op: &Value, q: &str) -> Value {
         out.insert(k, typed);
     }
     Value::Object(out)
-}
-
-/// `x-requires`: parameters that need others beside them.
-fn requires_ok(op: &Value, v: &Value) -> bool {
-    query_params(op).into_iter().all(|p| {
-        let name = p["name"].as_str().unwrap();
-        v.get(name).is_none()
-            || p["x-requires"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .all(|r| v.get(r.as_str().unwrap()).is_some())
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -587,7 +624,27 @@ fn every_request_struct_reads_exactly_the_documented_names() {
     for c in cases() {
         let o = op(&doc, &c);
         let (schema, probe) = if c.query {
-            (query_schema(o), "%01probe=1".to_string())
+            let mut props = Map::new();
+            // A field in several alternatives takes every member any of them allows.
+            for (name, s) in query_fields(&doc, o) {
+                let entry = props.entry(name).or_insert_with(|| s.clone());
+                if let (Some(have), Some(more)) =
+                    (entry["enum"].as_array().cloned(), s["enum"].as_array())
+                {
+                    let mut all = have;
+                    all.extend(
+                        more.iter()
+                            .filter(|m| !all.contains(m))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    );
+                    entry["enum"] = Value::Array(all);
+                }
+            }
+            (
+                json!({"type": "object", "properties": props}),
+                "%01probe=1".to_string(),
+            )
         } else {
             (body_schema(&doc, &c).clone(), "{\"\\u0001probe\":1}".into())
         };
@@ -623,7 +680,11 @@ fn every_request_struct_reads_exactly_the_documented_names() {
                 } else {
                     continue;
                 };
-            let mut inst = first_valid(&doc, &schema);
+            let mut inst = if c.query {
+                typed_query(&doc, o, c.bases.last().copied().unwrap_or(""))
+            } else {
+                first_valid(&doc, &schema)
+            };
             if let Some(obj) = inst.as_object_mut() {
                 obj.insert(name.clone(), probe_value);
             }
@@ -657,12 +718,12 @@ fn every_request_the_document_allows_is_accepted_and_every_other_refused_as_docu
         // (raw request, documented valid?, typed instance)
         let mut tries: Vec<(String, bool, Value)> = Vec::new();
         if c.query {
-            let schema = query_schema(o);
+            let fields = query_fields(&doc, o);
             let mut insts: Vec<Value> = Vec::new();
             for base in c.bases {
-                let base = typed_query(o, base);
+                let base = typed_query(&doc, o, base);
                 insts.push(base.clone());
-                for (name, p) in schema["properties"].as_object().unwrap() {
+                for (name, p) in &fields {
                     let mut v = base.clone();
                     v.as_object_mut().unwrap().remove(name);
                     insts.push(v);
@@ -675,8 +736,8 @@ fn every_request_the_document_allows_is_accepted_and_every_other_refused_as_docu
             }
             for inst in insts {
                 let Some(q) = to_query(&inst) else { continue };
-                let typed = typed_query(o, &q);
-                let ok = valid(&doc, &schema, &typed) && requires_ok(o, &typed);
+                let typed = typed_query(&doc, o, &q);
+                let ok = query_valid(&doc, o, &typed);
                 tries.push((q, ok, typed));
             }
         } else {
