@@ -445,13 +445,9 @@ fn query_valid(doc: &Value, op: &Value, v: &Value) -> bool {
         } else {
             let name = p["name"].as_str().unwrap();
             match rest.remove(name) {
-                Some(x) => {
-                    if !valid(doc, &p["schema"], &x) {
-                        return false;
-                    }
-                }
+                Some(x) if !valid(doc, &p["schema"], &x) => return false,
                 None if p["required"] == true => return false,
-                None => {}
+                _ => {}
             }
         }
     }
