@@ -19,7 +19,7 @@
 //! `cargo bench --bench bms` writes `$SITEGATE_BENCH_OUT` (default
 //! `target/bench-results/bms.json`); `cargo test --bench bms` runs a short check (20 reads per
 //! client) and writes only when `SITEGATE_BENCH_OUT` is set. `SITEGATE_BENCH_READS` sets the
-//! reads per client (default 500 under `cargo bench`).
+//! reads per client (default 5000 under `cargo bench`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -184,7 +184,7 @@ fn main() {
     let reads: usize = std::env::var("SITEGATE_BENCH_READS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(if bench_mode { 500 } else { 20 });
+        .unwrap_or(if bench_mode { 5000 } else { 20 });
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
