@@ -480,6 +480,17 @@ unit_id = 7
     // A CRL file left broken refuses the reload: the running listener keeps its lists and its
     // connections (nothing was restarted).
     std::fs::write(&crl, "-----BEGIN X509 CRL-----\nnot base64\n").unwrap();
+    // `check-config` says so too, as the operator runs it before reloading.
+    let check = common::daemon::sitegate(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(check.code, 78, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stderr.contains("modbus_server.tls: `")
+            && check
+                .stderr
+                .contains("holds no PEM certificate revocation list"),
+        "{}",
+        check.stderr
+    );
     signal(child.id(), "HUP");
     logs.wait_for("configuration reload refused", Duration::from_secs(20));
     assert_eq!(probe(&mut a).await, refused_address, "{}", logs.all());
