@@ -131,6 +131,7 @@ async fn phase(name: &str, t: &Target, clients: usize, reads: usize, sim: &SimHa
         let barrier = barrier.clone();
         joins.push(tokio::spawn(async move {
             barrier.wait().await;
+            let start = Instant::now();
             let mut lat = Vec::with_capacity(reads);
             let mut wrong = 0usize;
             for _ in 0..reads {
@@ -141,20 +142,28 @@ async fn phase(name: &str, t: &Target, clients: usize, reads: usize, sim: &SimHa
                     wrong += 1;
                 }
             }
-            (lat, wrong)
+            (lat, wrong, start, Instant::now())
         }));
     }
     let before = sim.stats().requests;
     barrier.wait().await;
-    let t0 = Instant::now();
     let mut lat = Vec::with_capacity(clients * reads);
     let mut wrong = 0;
+    // From the first client's start to the last one's end, as the clients saw it (this task may
+    // be woken after they started).
+    let mut first: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
     for j in joins {
-        let (l, w) = j.await.unwrap();
+        let (l, w, start, end) = j.await.unwrap();
         lat.extend(l);
         wrong += w;
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |e| e.max(end)));
     }
-    let wall = t0.elapsed();
+    let wall = match (first, last) {
+        (Some(f), Some(l)) => l - f,
+        _ => Duration::ZERO,
+    };
     let bus = sim.stats().requests - before;
     lat.sort();
     let n = lat.len();
