@@ -204,7 +204,10 @@ async fn reload(
     .await
     .unwrap_or_else(|e| Err(format!("cannot read the config: {e}")));
     let problems: Vec<String> = match &read {
-        Ok(new) => restart_only_changes(&cfg, new),
+        Ok(new) => restart_only_changes(&cfg, new)
+            .into_iter()
+            .chain(unusable_files(new))
+            .collect(),
         Err(text) => text.lines().map(str::to_string).collect(),
     };
     let new = match read {
@@ -298,6 +301,20 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// Files the new config names that would stop it from starting, checked before the running
+/// daemon is stopped: the Modbus/TLS listener's CA and CRLs (re-read by every reload, so that a
+/// newly revoked BMS certificate is refused; a CRL file left half-written refuses the reload
+/// and the running listener keeps the lists it has).
+fn unusable_files(new: &Config) -> Vec<String> {
+    let Some(tls) = new.modbus_server.as_ref().and_then(|b| b.tls.as_ref()) else {
+        return Vec::new();
+    };
+    match crate::bms::tls::check_client_trust(&tls.files) {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![format!("modbus_server.tls: {e}")],
+    }
+}
+
 /// The config sections a reload changes (compared by their validated values), and the units
 /// added and removed.
 fn changes(old: &Config, new: &Config) -> serde_json::Value {
@@ -305,7 +322,7 @@ fn changes(old: &Config, new: &Config) -> serde_json::Value {
         format!("{a:?}") != format!("{b:?}")
     }
     let mut sections = Vec::new();
-    let pairs: [(&str, bool); 8] = [
+    let pairs: [(&str, bool); 9] = [
         ("log", old.log_level != new.log_level),
         ("api", differ(&old.api, &new.api)),
         ("auth", differ(&old.auth, &new.auth)),
@@ -314,6 +331,7 @@ fn changes(old: &Config, new: &Config) -> serde_json::Value {
         ("profiles", old.profiles_dir != new.profiles_dir),
         ("links", differ(&old.links, &new.links)),
         ("units", differ(&old.units, &new.units)),
+        ("modbus_server", old.modbus_server != new.modbus_server),
     ];
     for (name, changed) in pairs {
         if changed {

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod modbus;
 pub mod mqtt;
 pub mod pki;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
