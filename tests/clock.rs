@@ -14,7 +14,6 @@ mod e2e_support;
 mod grants_common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
 use grants_common::*;
 use serde_json::json;
