@@ -1102,8 +1102,8 @@ fn a_bound_principal_loses_access_at_once_when_its_grant_is_revoked_or_its_user_
         &["bms-1"],
         vec![grant("g1", "bms-1", Role::ControlOnly, s_site())],
     );
-    let authz = Authz::new(inputs(base.clone(), Vec::new()));
-    let decide = |a: &Authz| {
+    let authz = crate::authz::owner::Access::new(inputs(base.clone(), Vec::new()));
+    let decide = |a: &crate::authz::owner::Access| {
         a.index().decide_with_role(
             Role::ControlOnly,
             Some(&uid("bms-1")),
