@@ -2,8 +2,9 @@
 //! service: an installer token admitted at the LAN login is kept as the signed envelope received
 //! and re-verified on every start; a stored row that no longer verifies (tampered in the SQLite
 //! file, signed by a key a rotation retired, or a pre-6 row kept without its envelope) is
-//! dropped, audited as `token_dropped` with its reason, and grants nothing; and no module but the
-//! owner publishes the authorization index.
+//! dropped, audited as `token_dropped` with its reason, and grants nothing (a rotation that
+//! retires the signing key drops it at once); and no module but the owner publishes the
+//! authorization index.
 
 #![allow(
     clippy::unwrap_used,
@@ -197,32 +198,71 @@ async fn a_token_row_tampered_in_the_database_is_dropped_at_start_audited_and_gr
     );
 }
 
+fn rotate_to_key_b() -> Vec<u8> {
+    let (a, b) = (key(1), key(2));
+    sign_keyset(&keyset(1, &[(KID_B, &b)]), &[(KID_A, &a), (KID_B, &b)])
+}
+
 #[tokio::test]
-async fn a_token_whose_signing_key_a_rotation_retired_is_dropped_at_the_next_start() {
+async fn a_token_whose_signing_key_a_rotation_retires_is_dropped_at_once() {
     let fx = Fx::new();
     let (access, auth) = start(&fx, fx.engine.clone());
-    auth.login_token(&login_token_envelope(), IP).await.unwrap();
+    let session = auth.login_token(&login_token_envelope(), IP).await.unwrap();
     assert_eq!(configure(&access, &fx), Decision::Allow);
-    // The fleet rotates to key B; key A is retired.
-    let (a, b) = (key(1), key(2));
-    let ks = keyset(1, &[(KID_B, &b)]);
+    // The fleet rotates to key B; key A, which signed the token, is retired.
     access
-        .apply(
-            Some(Kind::Keys),
-            &sign_keyset(&ks, &[(KID_A, &a), (KID_B, &b)]),
-            "test",
-        )
+        .apply(Some(Kind::Keys), &rotate_to_key_b(), "test")
         .unwrap();
-    drop((access, auth));
-    let (access, _auth) = start(&fx, fx.reopen());
     assert_eq!(
         configure(&access, &fx),
         Decision::Deny(DenyReason::UnknownUser)
+    );
+    assert_eq!(
+        auth.authenticate(&session.token)
+            .await
+            .unwrap_err()
+            .status(),
+        401
     );
     let dropped = fx.audit_of_kind("token_dropped");
     assert_eq!(dropped.len(), 1);
     assert_eq!(dropped[0].detail["reason"], json!("retired_key"));
     assert!(token_rows(&fx.store).is_empty());
+    // A restart finds nothing more to drop.
+    drop((access, auth));
+    let (access, _auth) = start(&fx, fx.reopen());
+    assert_eq!(fx.audit_of_kind("token_dropped").len(), 1);
+    assert_eq!(
+        configure(&access, &fx),
+        Decision::Deny(DenyReason::UnknownUser)
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_applied_by_the_cli_drops_the_token_row_and_the_daemon_loses_it_at_its_restart()
+{
+    let fx = Fx::new();
+    let (access, auth) = start(&fx, fx.engine.clone());
+    auth.login_token(&login_token_envelope(), IP).await.unwrap();
+    // `sitegate grants apply` rotates the keys on the same database while the daemon runs: the
+    // tool's engine re-verifies the stored token against the new set and drops its row.
+    let tool = fx.reopen();
+    tool.apply(Some(Kind::Keys), &rotate_to_key_b(), "cli")
+        .unwrap();
+    assert!(token_rows(&fx.store).is_empty());
+    let dropped = fx.audit_of_kind("token_dropped");
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].detail["reason"], json!("retired_key"));
+    // The running daemon judges by what it loaded until it restarts (as for every change the
+    // CLI makes to the database); after the restart the token is gone.
+    assert_eq!(configure(&access, &fx), Decision::Allow);
+    drop((access, auth, tool));
+    let (access, _auth) = start(&fx, fx.reopen());
+    assert_eq!(
+        configure(&access, &fx),
+        Decision::Deny(DenyReason::UnknownUser)
+    );
+    assert_eq!(fx.audit_of_kind("token_dropped").len(), 1);
 }
 
 /// A database of schema 5 (both token tables), as the previous release left it.

@@ -1213,13 +1213,46 @@ impl GrantEngine {
             })
             .map_err(|e| fail(Rejection::new(Reason::Storage, format!("database: {e}"))))?
             .map_err(fail)?;
-        self.inner.trust.store(Arc::new(new_trust));
+        let new_trust = Arc::new(new_trust);
+        self.inner.trust.store(new_trust.clone());
         self.inner.clock.raise_floor(floor);
-        lock(&self.inner.book).rejected_since_apply = false;
-        if cur.last_trusted_time != Some(floor) {
-            let mut next = (*cur).clone();
-            next.last_trusted_time = Some(floor);
-            self.publish(Arc::new(next));
+        // Installer tokens signed by a key this set retired no longer vouch for anyone: they are
+        // dropped now, as the next start would drop them.
+        let withdrawn = {
+            let mut book = lock(&self.inner.book);
+            book.rejected_since_apply = false;
+            let keys = new_trust.active_at(now);
+            let mut withdrawn = Vec::new();
+            book.tokens
+                .retain(|t| match VerifiedToken::verify(t.envelope(), &keys) {
+                    Ok(_) => true,
+                    Err(r) => {
+                        let sha = crate::util::sha256_hex(t.envelope());
+                        withdrawn.push((t.grant.id.as_str().to_string(), sha, r));
+                        false
+                    }
+                });
+            withdrawn
+        };
+        if !withdrawn.is_empty()
+            && let Err(e) = drop_token_rows(&self.inner.store, &self.inner.audit, &withdrawn)
+        {
+            // The rows stay; the next start re-verifies and drops them.
+            tracing::error!(error = %e, "cannot delete the installer tokens the key set withdrew");
+        }
+        if cur.last_trusted_time != Some(floor) || !withdrawn.is_empty() {
+            let next = {
+                let book = lock(&self.inner.book);
+                Arc::new(build_state(
+                    &self.inner.site,
+                    book.bundle.as_deref(),
+                    cur.seq,
+                    cur.revoked.clone(),
+                    &book.tokens,
+                    Some(floor),
+                ))
+            };
+            self.publish(next);
         }
         tracing::info!(seq = vk.seq, source, "trusted key set applied");
         Ok(ApplyOutcome::KeysApplied { seq: vk.seq })
