@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::modbus::*;
 use sitegate::access::{AccessState, Grant, Origin, Policy, User};
-use sitegate::authz::{Authz, Inputs};
+use sitegate::authz::Inputs;
 use sitegate::bms::config::{PlainListener, TlsListener};
 use sitegate::bms::tls::TlsFiles;
 use sitegate::bms::{BmsConfig, Face, Listening, PlainAllow, RoleMap};
@@ -254,7 +254,7 @@ struct Bed {
     dir: tempfile::TempDir,
     sim: SimHandle,
     harness: Harness,
-    authz: Arc<Authz>,
+    authz: sitegate::authz::owner::Access,
     listening: Listening,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -304,12 +304,12 @@ impl Bed {
             &[unit("ac-1", "bus", 2, profile, 60_000)],
             registry,
         );
-        let authz = Arc::new(Authz::new(Inputs {
+        let authz = sitegate::authz::owner::Access::new(Inputs {
             site: Some(site()),
             state: state(CapSet::ALL, false),
             inventory: vec![(uid("ac-1"), None)],
             ..Inputs::default()
-        }));
+        });
         let (server_cert, server_key) = cert(dir.path(), "ca", "modbus-server", None, true);
         let mut crls = Vec::new();
         if !revoked.is_empty() {
@@ -348,7 +348,7 @@ impl Bed {
         };
         let face = Arc::new(Face::new(
             harness.engine.clone(),
-            authz.clone(),
+            authz.authz(),
             harness.audit.clone(),
             Arc::new(SystemClock),
             &cfg.units,

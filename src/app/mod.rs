@@ -18,7 +18,8 @@ pub mod adapters;
 use crate::api::{self, ApiState, Ports};
 use crate::audit::{Audit, Event};
 use crate::auth::{Auth, TokenVerifier};
-use crate::authz::{Authz, Inputs};
+use crate::authz::Authz;
+use crate::authz::owner::Access;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, Site};
 use crate::delegation::Delegations;
@@ -373,6 +374,9 @@ pub struct Daemon {
 #[derive(Clone)]
 pub struct Running {
     pub grants: GrantEngine,
+    /// The one owner (and only writer) of the access state and the authorization index.
+    pub access: Access,
+    /// Read-only handle on the index the owner publishes.
     pub authz: Arc<Authz>,
     pub auth: Auth,
     pub delegations: Delegations,
@@ -589,7 +593,7 @@ async fn start_engines(
 ) -> anyhow::Result<Running> {
     // The engines open SQLite and key files synchronously: build them on the blocking pool so a
     // signal during start-up is still handled at once.
-    let (applier, grants, registry, authz, auth, delegations, businesses) = {
+    let (access, applier, grants, registry, authz, auth, delegations, businesses) = {
         let (store, audit, clock, site, cfg) = (
             store.clone(),
             audit.clone(),
@@ -616,19 +620,17 @@ async fn start_engines(
                 .iter()
                 .map(|u| (u.id.clone(), u.group.clone()))
                 .collect();
-            let state = grants.snapshot();
-            let authz = Arc::new(Authz::new(Inputs {
-                site: Some(site.id.clone()),
-                state: state.clone(),
-                inventory,
-                ..Inputs::default()
-            }));
-            let applier = GrantApplier::new(grants.clone(), authz.clone(), state);
-            let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(grants.clone()));
+            // The one owner of the access state: over what the engine re-verified (the stored
+            // bundle and installer tokens); local delegations and suspensions join it below,
+            // before the API serves.
+            let access = Access::open(grants.clone(), site.id.clone(), inventory);
+            let authz = access.authz();
+            let applier = GrantApplier::new(access.clone());
+            let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(access.clone()));
             let auth = Auth::new(
                 store.clone(),
                 audit.clone(),
-                authz.clone(),
+                access.clone(),
                 clock.clone(),
                 cfg.auth.clone(),
                 Some(verifier),
@@ -636,7 +638,7 @@ async fn start_engines(
             let delegations = Delegations::new(
                 store.clone(),
                 audit.clone(),
-                authz.clone(),
+                access.clone(),
                 clock.clone(),
                 &cfg.state_dir,
                 Some(format!("{}/requests", site.topic_root())),
@@ -646,11 +648,12 @@ async fn start_engines(
             let businesses = crate::business::Businesses::new(
                 store,
                 audit,
-                authz.clone(),
+                access.clone(),
                 clock,
                 Some(format!("{}/suspensions", site.topic_root())),
             )?;
             Ok((
+                access,
                 applier,
                 grants,
                 registry,
@@ -667,13 +670,13 @@ async fn start_engines(
     set_grant_gauges(&metrics, &grants.snapshot());
 
     // Every change of the access state (an applied bundle, token or key set, whatever its
-    // source) reaches the authorization index through the applier — swapped once: an apply
-    // swaps it before returning and this task then finds it in force — and updates the gauges,
+    // source) reaches the authorization index through its owner — published once: an apply
+    // publishes before returning and this task then finds it in force — and updates the gauges,
     // ends the sessions of users it deactivated or whose password it changed, and resolves
     // access requests.
     {
         let mut rx = grants.subscribe();
-        let applier = applier.clone();
+        let access = access.clone();
         let auth = auth.clone();
         let delegations = delegations.clone();
         let metrics = metrics.clone();
@@ -686,7 +689,7 @@ async fn start_engines(
                         if changed.is_err() { break }
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
-                        applier.sync();
+                        access.sync_grants();
                         if let Err(e) = auth.end_changed_sessions().await {
                             tracing::warn!(error = %e, "cannot end the sessions a bundle invalidated");
                         }
@@ -767,6 +770,7 @@ async fn start_engines(
 
     let running = Running {
         grants,
+        access,
         authz,
         auth,
         delegations,
