@@ -121,7 +121,6 @@ fn fixture() -> (Inputs, Vec<(UserId, UnitId)>) {
         state: Arc::new(state),
         local: Vec::new(),
         local_revoked: HashSet::new(),
-        tokens: Vec::new(),
         inventory,
         suspended: Vec::new(),
     };

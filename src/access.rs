@@ -1,8 +1,10 @@
 //! The site's access state as the box knows it: users, grants, revocations and site policy.
 //!
-//! `grants` produces an [`AccessState`] from a verified bundle (plus locally signed delegations
-//! and installer tokens); `authz` builds its decision index from it. These are plain data: no
-//! verification or decision logic lives here.
+//! `grants` produces an [`AccessState`] from a verified bundle and the admitted installer tokens;
+//! `authz` builds its decision index from it, the local delegations and the suspensions. The
+//! types here are plain data: no verification or decision logic. The one owner of the access
+//! state, and the only writer of the index, is `authz::owner::Access` (see
+//! `docs/authorization.md`, "One owner of access state").
 
 use std::collections::{BTreeMap, HashSet};
 

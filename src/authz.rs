@@ -1,8 +1,10 @@
 //! The authorization decision: may this user use this capability on this target, right now?
 //!
-//! Owns the immutable decision [`Index`] (built from the applied [`AccessState`], the box's local
-//! delegations, installer-token grants and the unit inventory) and the [`Authz`] handle that swaps
-//! a freshly built index in whole on every change. Readers load the current index without locking.
+//! Owns the immutable decision [`Index`] (built from the applied [`AccessState`] with its
+//! installer-token grants, the box's local delegations, the suspensions and the unit inventory)
+//! and the [`Authz`] handle that holds the current one. Readers load it without locking. The one
+//! writer is [`owner::Access`], the owner of the access state: it rebuilds the whole index on
+//! every change and swaps it in as one value.
 //!
 //! [`Index::decide`] is a plain synchronous function: no locks, no I/O, no async, no clock reads
 //! (the caller passes `now`). It must never allow by default: every path that is not an explicit
@@ -17,7 +19,7 @@
 //! Effective capabilities = role ∩ package features. Time is judged at max(now, last_trusted_time).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -181,8 +183,6 @@ pub struct Inputs {
     pub local: Vec<Grant>,
     /// Local delegations revoked on this box.
     pub local_revoked: HashSet<GrantId>,
-    /// Installer-token logins: the token's user and grant (`Origin::Token`).
-    pub tokens: Vec<(User, Grant)>,
     /// The unit inventory from the config: unit and its group.
     pub inventory: Vec<(UnitId, Option<GroupId>)>,
     /// Service businesses the site owner suspended on this box, each with the users that
@@ -371,9 +371,9 @@ impl Index {
             ix.unit_ids.push(unit.clone());
             ix.unit_group.push(g);
         }
-        // Users: the bundle's first (its `active` flag wins), then token users it does not know.
-        let token_users = inputs.tokens.iter().map(|(u, _)| u);
-        for user in state.users.iter().chain(token_users) {
+        // Users of the access state (the bundle's, then the installer-token users the engine
+        // added; see `grants::engine`).
+        for user in state.users.iter() {
             if ix.users.contains_key(&user.id) {
                 continue;
             }
@@ -395,13 +395,9 @@ impl Index {
                 local: Levels::default(),
             });
         }
-        // Grants: cloud, then token, then local (a later duplicate id is dropped).
-        let token_grants = inputs.tokens.iter().map(|(_, g)| g);
-        let all = state
-            .grants
-            .iter()
-            .chain(token_grants)
-            .chain(inputs.local.iter());
+        // Grants: cloud and token (both in the access state), then local (a later duplicate id
+        // is dropped).
+        let all = state.grants.iter().chain(inputs.local.iter());
         for grant in all {
             if ix.grant_ids.contains_key(&grant.id) {
                 ix.drop_grant(&grant.id, "duplicate grant id");
@@ -1096,11 +1092,10 @@ pub struct EffCaps {
 
 /// The shared authorization handle: the current [`Index`] behind an `ArcSwap`.
 ///
-/// Readers (`index`, `decide`) never lock. Writers (`set_*`) serialize on a mutex that only they
-/// take, rebuild the whole index from the new inputs, and swap it in as one value.
+/// Readers (`index`, `decide`) never lock. Only the access-state owner ([`owner::Access`]) swaps
+/// a new index in: `Authz::install` is private to this module and its child `owner`.
 pub struct Authz {
     current: ArcSwap<Index>,
-    inputs: Mutex<Inputs>,
 }
 
 impl std::fmt::Debug for Authz {
@@ -1112,11 +1107,11 @@ impl std::fmt::Debug for Authz {
 }
 
 impl Authz {
+    /// A handle over the index built from `inputs`. Without the owner it never changes (tools
+    /// and tests that judge one fixed state); the daemon gets its handle from the owner.
     pub fn new(inputs: Inputs) -> Authz {
-        let ix = Index::build(&inputs);
         Authz {
-            current: ArcSwap::from_pointee(ix),
-            inputs: Mutex::new(inputs),
+            current: ArcSwap::from_pointee(Index::build(&inputs)),
         }
     }
 
@@ -1139,55 +1134,14 @@ impl Authz {
         self.current.load().decide(user, cap, target, now)
     }
 
-    /// Changes the inputs with `f`, rebuilds, and swaps the new index in.
-    pub fn update(&self, f: impl FnOnce(&mut Inputs)) -> Arc<Index> {
-        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut inputs);
-        let ix = Arc::new(Index::build(&inputs));
-        self.current.store(ix.clone());
-        ix
-    }
-
-    /// A new applied access state (from the grants engine).
-    pub fn set_state(&self, state: Arc<AccessState>) -> Arc<Index> {
-        self.update(|i| i.state = state)
-    }
-
-    /// The full set of local delegations and the ones revoked on this box.
-    pub fn set_local(&self, local: Vec<Grant>, revoked: HashSet<GrantId>) -> Arc<Index> {
-        self.update(|i| {
-            i.local = local;
-            i.local_revoked = revoked;
-        })
-    }
-
-    /// The full set of installer-token logins.
-    pub fn set_tokens(&self, tokens: Vec<(User, Grant)>) -> Arc<Index> {
-        self.update(|i| i.tokens = tokens)
-    }
-
-    /// Adds (or replaces, by grant id) one installer-token login.
-    pub fn add_token(&self, user: User, grant: Grant) -> Arc<Index> {
-        self.update(|i| {
-            i.tokens.retain(|(_, g)| g.id != grant.id);
-            i.tokens.push((user, grant));
-        })
-    }
-
-    /// The suspended businesses (from the store, after a suspension or restoration).
-    pub fn set_suspended(&self, suspended: Vec<(BusinessId, Vec<UserId>)>) -> Arc<Index> {
-        self.update(|i| i.suspended = suspended)
-    }
-
-    /// The current suspension inputs (to skip a rebuild when nothing changed).
-    pub fn suspended_inputs(&self) -> Vec<(BusinessId, Vec<UserId>)> {
-        self.inputs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .suspended
-            .clone()
+    /// Swaps `index` in as one value. Private to this module, so only its child
+    /// [`owner`] (the access-state owner) can call it: no other module can publish an index.
+    fn install(&self, index: Arc<Index>) {
+        self.current.store(index);
     }
 }
+
+pub mod owner;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -2,7 +2,7 @@
 //! by the users of one business on this box.
 //!
 //! Owns the `business_suspensions` table. A suspension takes effect at once and offline: it is
-//! stored, the authorization index is rebuilt with it (`authz` then denies every grant of the
+//! stored, the access-state owner rebuilds the authorization index with it (`authz` then denies every grant of the
 //! business's users, and every delegation from them, with `business_suspended`), it is audited
 //! (the audit record also goes to the cloud on `…/events`) and the full list of suspensions is
 //! published retained on `…/suspensions`. It survives restarts and later bundles: only the site
@@ -18,7 +18,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::audit::{Audit, Event};
-use crate::authz::{Authz, Index};
+use crate::authz::Index;
+use crate::authz::owner::Access;
 use crate::clock::{SharedClock, from_unix_ms, rfc3339, unix_ms};
 use crate::model::{BusinessId, UserId};
 use crate::outbox::{self, Class};
@@ -280,18 +281,18 @@ pub struct Businesses {
 struct Inner {
     store: Store,
     audit: Audit,
-    authz: Arc<Authz>,
+    access: Access,
     clock: SharedClock,
     /// `sitegate/v1/{site}/{gateway}/suspensions`, or `None` before provisioning.
     state_topic: Option<String>,
 }
 
 impl Businesses {
-    /// Opens the service and loads the stored suspensions into the authorization index.
+    /// Opens the service and hands the stored suspensions to the access-state owner.
     pub fn new(
         store: Store,
         audit: Audit,
-        authz: Arc<Authz>,
+        access: Access,
         clock: SharedClock,
         state_topic: Option<String>,
     ) -> Result<Businesses, BusinessError> {
@@ -299,7 +300,7 @@ impl Businesses {
             inner: Arc::new(Inner {
                 store,
                 audit,
-                authz,
+                access,
                 clock,
                 state_topic,
             }),
@@ -312,12 +313,7 @@ impl Businesses {
     /// they differ from what it holds. Blocking. Returns whether anything changed.
     pub fn refresh(&self) -> Result<bool, BusinessError> {
         let list = self.inner.store.with_conn(|c| load(c))?;
-        let input = authz_input(&list);
-        if input == self.inner.authz.suspended_inputs() {
-            return Ok(false);
-        }
-        self.inner.authz.set_suspended(input);
-        Ok(true)
+        Ok(self.inner.access.set_suspended(authz_input(&list)))
     }
 
     fn check_owner(&self, ix: &Index, actor: &UserId) -> Result<(), BusinessError> {
@@ -336,7 +332,7 @@ impl Businesses {
 
     /// Every business known to the current access state or suspended here (owner only).
     pub async fn list(&self, actor: &UserId) -> Result<Vec<BusinessInfo>, BusinessError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
                 self.audit_refusal("business_list", actor, "", reason).await;
@@ -373,7 +369,7 @@ impl Businesses {
         business: &str,
         note: Option<String>,
     ) -> Result<Change, BusinessError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
                 let named = crate::audit::cap_str(business).into_owned();
@@ -424,7 +420,7 @@ impl Businesses {
         actor: &UserId,
         business: &str,
     ) -> Result<Suspension, BusinessError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
                 let named = crate::audit::cap_str(business).into_owned();

@@ -24,7 +24,8 @@ use time::OffsetDateTime;
 
 use crate::access::{AccessState, Grant, Origin};
 use crate::audit::{Audit, Event};
-use crate::authz::{Authz, DenyReason, Index, Target};
+use crate::authz::owner::Access;
+use crate::authz::{DenyReason, Index, Target};
 use crate::clock::{SharedClock, from_unix_ms, unix_ms};
 use crate::model::{Capability, GrantId, Management, Role, Scope, UnitId, UserId};
 use crate::outbox::{self, Class};
@@ -298,7 +299,7 @@ pub struct Delegations {
 struct Inner {
     store: Store,
     audit: Audit,
-    authz: Arc<Authz>,
+    access: Access,
     clock: SharedClock,
     key: DeviceKey,
     /// `sitegate/v1/{site}/{gateway}/requests`, or `None` before provisioning.
@@ -306,12 +307,12 @@ struct Inner {
 }
 
 impl Delegations {
-    /// Opens the service: loads (or creates) the device key and loads the stored local grants
-    /// into the authorization index, re-verifying each signature.
+    /// Opens the service: loads (or creates) the device key, re-verifies every stored local grant
+    /// and hands the valid ones to the access-state owner.
     pub fn new(
         store: Store,
         audit: Audit,
-        authz: Arc<Authz>,
+        access: Access,
         clock: SharedClock,
         state_dir: &Path,
         requests_topic: Option<String>,
@@ -321,7 +322,7 @@ impl Delegations {
             inner: Arc::new(Inner {
                 store,
                 audit,
-                authz,
+                access,
                 clock,
                 key,
                 requests_topic,
@@ -336,8 +337,9 @@ impl Delegations {
         self.inner.key.public_key().to_vec()
     }
 
-    /// Reads every stored local grant, verifies its signature and swaps a new index in.
-    /// A row whose signature fails is ignored and audited.
+    /// Reads every stored local grant, verifies its signature and hands the whole set to the
+    /// access-state owner, which publishes a new index. A row whose signature fails is ignored
+    /// and audited.
     pub fn reload(&self) -> Result<(), DelegationError> {
         let rows = self.inner.store.with_conn(|c| load_rows(c))?;
         let mut grants = Vec::new();
@@ -361,7 +363,7 @@ impl Delegations {
                 }
             }
         }
-        self.inner.authz.set_local(grants, revoked);
+        self.inner.access.set_local(grants, revoked);
         Ok(())
     }
 
@@ -513,7 +515,7 @@ impl Delegations {
         scope: Scope,
         expires_at: Option<OffsetDateTime>,
     ) -> Result<Created, DelegationError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         let user = ix.user_by_email(email).map(|u| u.id.clone());
         let Some(user) = user else {
             let now = self.inner.clock.now();
@@ -547,7 +549,7 @@ impl Delegations {
         actor: &UserId,
         req: DelegationRequest,
     ) -> Result<Created, DelegationError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         let now = self.inner.clock.now();
         let parent = match Self::check(&ix, actor, &req, now) {
             Ok(p) => p,
@@ -658,7 +660,7 @@ impl Delegations {
         role: Role,
         note: &str,
     ) -> Result<PendingRequest, DelegationError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         if ix.user(actor).is_none_or(|u| !u.active) {
             return Err(DelegationError::UnknownUser(actor.to_string()));
         }
@@ -742,7 +744,7 @@ impl Delegations {
     /// The local grants and requests `actor` may see: their own (as delegator, delegatee or
     /// requester), plus everything on scopes where they hold `manage_users`.
     pub async fn list(&self, actor: &UserId) -> Result<Listing, DelegationError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         let now = self.inner.clock.now();
         let (rows, reqs) = self
             .inner
@@ -787,7 +789,7 @@ impl Delegations {
         &self,
         state: &AccessState,
     ) -> Result<Vec<(String, &'static str)>, DelegationError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         let now = ix.effective_now(self.inner.clock.now());
         let reqs = self.inner.store.with_conn(|c| load_pending(c))?;
         let granted = |r: &PendingRequest| {
@@ -857,7 +859,7 @@ impl Delegations {
     /// Revokes a local grant: allowed to its delegator, and to holders of `manage_users` on its
     /// scope whose role there is at least the grant's. Idempotent; audited.
     pub async fn revoke(&self, actor: &UserId, id: &GrantId) -> Result<(), DelegationError> {
-        let ix = self.inner.authz.index();
+        let ix = self.inner.access.index();
         let now = self.inner.clock.now();
         let key = id.to_string();
         let row = self

@@ -14,13 +14,13 @@ mod e2e_support;
 mod grants_common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
 use grants_common::*;
 use serde_json::json;
 use sitegate::audit::Audit;
 use sitegate::auth::Auth;
-use sitegate::authz::{Authz, Decision, DenyReason, Inputs, Target};
+use sitegate::authz::owner::Access;
+use sitegate::authz::{Decision, DenyReason, Target};
 use sitegate::clock::{Clock, SharedClock};
 use sitegate::grants::{CLOCK_TOLERANCE, GrantEngine};
 use sitegate::model::{Capability, SiteId, UnitId, UserId};
@@ -29,13 +29,12 @@ use time::Duration;
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20));
 
-fn authz_over(engine: &GrantEngine) -> Arc<Authz> {
-    Arc::new(Authz::new(Inputs {
-        site: Some(SiteId::new(SITE).unwrap()),
-        state: engine.snapshot(),
-        inventory: vec![(UnitId::new("hvac-1").unwrap(), None)],
-        ..Inputs::default()
-    }))
+fn authz_over(engine: &GrantEngine) -> Access {
+    Access::open(
+        engine.clone(),
+        SiteId::new(SITE).unwrap(),
+        vec![(UnitId::new("hvac-1").unwrap(), None)],
+    )
 }
 
 fn ana() -> UserId {
@@ -232,7 +231,7 @@ fn a_forward_jump_is_put_right_by_the_next_bundle_signed_at_the_corrected_time_a
     let mut b = bundle(2);
     b["issued_at"] = json!(ts(real));
     fx.apply(&sign_bundle(&b)).unwrap();
-    authz.set_state(fx.engine.snapshot());
+    authz.sync_grants();
     assert_eq!(view(&fx.engine), Decision::Deny(DenyReason::Expired));
     assert_eq!(fx.audit_of_kind("clock_corrected").len(), 0);
     // NTP puts the clock right: that is a rollback of the mark, still nothing revives.
@@ -251,7 +250,7 @@ fn a_forward_jump_is_put_right_by_the_next_bundle_signed_at_the_corrected_time_a
     let mut b = bundle(4);
     b["issued_at"] = json!(ts(signed));
     fx.apply(&sign_bundle(&b)).unwrap();
-    authz.set_state(fx.engine.snapshot());
+    authz.sync_grants();
     let corrected = fx.audit_of_kind("clock_corrected");
     assert_eq!(corrected.len(), 1);
     assert_eq!(

@@ -463,12 +463,18 @@ fn before_the_first_bundle_each_token_holder_gets_exactly_their_role_and_after_i
         )
     };
     let hvac = Target::Unit(UnitId::new("hvac-1").unwrap());
-    let inputs = |state: AccessState| Inputs {
-        site: Some(site.clone()),
-        state: Arc::new(state),
-        tokens: vec![token("ivo", Role::Technician), token("vic", Role::Viewer)],
-        inventory: vec![(UnitId::new("hvac-1").unwrap(), None)],
-        ..Inputs::default()
+    // Admitted tokens are part of the access state the grants engine publishes.
+    let inputs = |mut state: AccessState| {
+        for (u, g) in [token("ivo", Role::Technician), token("vic", Role::Viewer)] {
+            state.users.push(u);
+            state.grants.push(g);
+        }
+        Inputs {
+            site: Some(site.clone()),
+            state: Arc::new(state),
+            inventory: vec![(UnitId::new("hvac-1").unwrap(), None)],
+            ..Inputs::default()
+        }
     };
     let ivo = UserId::new("ivo").unwrap();
     let vic = UserId::new("vic").unwrap();

@@ -16,33 +16,9 @@ mod e2e_support;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::mqtt::Collector;
+use common::mqtt::{Collector, ROOT, publish_retained};
 use e2e_support::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
-
-const ROOT: &str = "sitegate/v1/s-1/gw-1";
-
-/// Publishes `payload` retained with QoS 1 and waits for the broker's PUBACK.
-async fn publish_retained(port: u16, topic: &str, payload: Vec<u8>) {
-    let mut o = MqttOptions::new("e2e-cloud", "127.0.0.1", port);
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut el) = AsyncClient::new(o, 10);
-    client
-        .publish(topic, QoS::AtLeastOnce, true, payload)
-        .await
-        .unwrap();
-    let acked = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Event::Incoming(Packet::PubAck(_)) = el.poll().await.unwrap() {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(acked.is_ok(), "no PUBACK for {topic}");
-    let _ = client.disconnect().await;
-}
 
 fn members() -> Vec<Member> {
     vec![Member {

@@ -23,7 +23,7 @@ use common::modbus::{ChildGuard, Harness, eventually, rtu_link, tcp_link, uid, u
 use grants_common::*;
 use serde_json::{Value, json};
 use sitegate::audit::{Audit, Event};
-use sitegate::authz::{Authz, Inputs, Target};
+use sitegate::authz::Target;
 use sitegate::clock::SystemClock;
 use sitegate::grants::{Kind, Reason};
 use sitegate::modbus::profile::RegKind;
@@ -561,12 +561,11 @@ fn apply_child(dir: &str) {
 fn clock_jumps_across_expiry_never_revive_a_grant_expired_at_signed_time() {
     let fx = Fx::new();
     fx.apply_seq(1);
-    let authz = Authz::new(Inputs {
-        site: Some(sitegate::model::SiteId::new(SITE).unwrap()),
-        state: fx.engine.snapshot(),
-        inventory: vec![(UnitId::new("hvac-1").unwrap(), None)],
-        ..Inputs::default()
-    });
+    let authz = sitegate::authz::owner::Access::open(
+        fx.engine.clone(),
+        sitegate::model::SiteId::new(SITE).unwrap(),
+        vec![(UnitId::new("hvac-1").unwrap(), None)],
+    );
     let ben = UserId::new("u-2").unwrap();
     let ana = UserId::new("u-1").unwrap();
     let hvac = Target::Unit(UnitId::new("hvac-1").unwrap());
@@ -593,7 +592,7 @@ fn clock_jumps_across_expiry_never_revive_a_grant_expired_at_signed_time() {
     let mut b = bundle(seq);
     b["issued_at"] = json!(ts(ana_expiry + time::Duration::days(1)));
     fx.apply(&sign_bundle(&b)).unwrap();
-    authz.set_state(fx.engine.snapshot());
+    authz.sync_grants();
     assert!(!decide(&ana));
 
     // The clock is set far back (before the grant was even issued): still expired, the

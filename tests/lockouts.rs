@@ -34,6 +34,12 @@ fn members() -> Vec<Member> {
             scope: json!({"site": SITE}),
             grant: "g-viewer",
         },
+        Member {
+            user: "tom",
+            role: "technician",
+            scope: json!({"site": SITE}),
+            grant: "g-tech",
+        },
     ]
 }
 
@@ -96,6 +102,16 @@ async fn a_lan_guesser_cannot_lock_the_admin_out_of_their_own_device_and_the_adm
     let vera = v["token"].as_str().unwrap().to_string();
     let (st, _) = call(&s, reqwest::Method::GET, "/lockouts", &vera).await;
     assert_eq!(st, 403);
+    // A site-wide technician holds `manage_users` but not the admin role: refused too.
+    let (st, t) = login(&s, "tom", PASSWORD, None).await;
+    assert_eq!(st, 201, "{t}");
+    let tom = t["token"].as_str().unwrap().to_string();
+    let (st, body) = call(&s, reqwest::Method::GET, "/lockouts", &tom).await;
+    assert_eq!(
+        (st, body["error"].clone()),
+        (403, json!("forbidden")),
+        "{body}"
+    );
     let (st, list) = call(&s, reqwest::Method::GET, "/lockouts", &ada).await;
     assert_eq!(st, 200, "{list}");
     let entry = list["lockouts"]
@@ -111,6 +127,8 @@ async fn a_lan_guesser_cannot_lock_the_admin_out_of_their_own_device_and_the_adm
     assert!(key.starts_with("email:"), "{key}");
     let path = format!("/lockouts/{key}");
     let (st, _) = call(&s, reqwest::Method::DELETE, &path, &vera).await;
+    assert_eq!(st, 403);
+    let (st, _) = call(&s, reqwest::Method::DELETE, &path, &tom).await;
     assert_eq!(st, 403);
     let (st, _) = call(&s, reqwest::Method::DELETE, &path, &ada).await;
     assert_eq!(st, 204);
@@ -162,9 +180,7 @@ async fn root_on_the_box_lists_and_clears_lockouts_with_the_cli_and_the_clear_is
         let store = sitegate::store::Store::open_in(&state).unwrap();
         let clock: sitegate::clock::SharedClock = Arc::new(sitegate::clock::SystemClock);
         let audit = sitegate::audit::Audit::new(store.clone(), clock.clone(), None);
-        let authz = Arc::new(sitegate::authz::Authz::new(
-            sitegate::authz::Inputs::default(),
-        ));
+        let authz = sitegate::authz::owner::Access::new(sitegate::authz::Inputs::default());
         let cfg = sitegate::config::Auth {
             session_ttl: std::time::Duration::from_secs(3600),
             throttle_base: std::time::Duration::from_millis(1),

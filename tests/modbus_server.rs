@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::modbus::*;
 use sitegate::access::{AccessState, Grant, Origin, Policy, User};
-use sitegate::authz::{Authz, Inputs};
+use sitegate::authz::Inputs;
 use sitegate::bms::config::{PlainListener, TlsListener};
 use sitegate::bms::tls::TlsFiles;
 use sitegate::bms::{BmsConfig, Face, Listening, PlainAllow, RoleMap};
@@ -200,11 +200,61 @@ fn state(features: CapSet, revoke_bound: bool) -> Arc<AccessState> {
     })
 }
 
+/// ACME RB4 relay board, from its (invented) vendor register map: four relays as coils 0-3
+/// switched with `control`, and a discrete input for the board's supply.
+const RB4: &str = r#"name = "acme-rb4"
+description = "ACME RB4 four-relay board"
+manufacturer = "ACME"
+
+[[points]]
+name = "relay_1"
+kind = "coil"
+address = 0
+type = "bool"
+write = "control"
+
+[[points]]
+name = "relay_2"
+kind = "coil"
+address = 1
+type = "bool"
+write = "control"
+
+[[points]]
+name = "relay_3"
+kind = "coil"
+address = 2
+type = "bool"
+write = "control"
+
+[[points]]
+name = "relay_4"
+kind = "coil"
+address = 3
+type = "bool"
+write = "control"
+
+[[points]]
+name = "supply_ok"
+kind = "discrete"
+address = 0
+type = "bool"
+"#;
+
+/// What the simulator behind the face is.
+#[derive(Clone, Copy)]
+enum Device {
+    /// The built-in HVAC (coolmaster-va).
+    Hvac,
+    /// The relay board of [`RB4`], a profile from the profiles directory.
+    Relays,
+}
+
 struct Bed {
     dir: tempfile::TempDir,
     sim: SimHandle,
     harness: Harness,
-    authz: Arc<Authz>,
+    authz: sitegate::authz::owner::Access,
     listening: Listening,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -219,26 +269,47 @@ impl Bed {
     /// `revoked`: client certificates (role control-only) issued before start and listed in the
     /// CA's CRL the listener is configured with.
     async fn start_with(max_age_ms: u64, revoked: &[&str]) -> Bed {
+        Bed::start_on(max_age_ms, revoked, Device::Hvac).await
+    }
+
+    async fn start_on(max_age_ms: u64, revoked: &[&str], device: Device) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let sim_stop = CancellationToken::new();
+        // The relay board is a device of the installer's own: its profile is read from a
+        // `[profiles] dir` like the daemon reads it.
+        let (sim_unit, profile, registry) = match device {
+            Device::Hvac => (
+                SimUnit::hvac(2),
+                "coolmaster-va",
+                ProfileRegistry::builtin().unwrap(),
+            ),
+            Device::Relays => {
+                let profiles = dir.path().join("profiles");
+                std::fs::create_dir(&profiles).unwrap();
+                std::fs::write(profiles.join("acme-rb4.toml"), RB4).unwrap();
+                let registry = ProfileRegistry::load(Some(&profiles)).unwrap();
+                let p = registry.get("acme-rb4").unwrap();
+                (SimUnit::profile(2, p), "acme-rb4", registry)
+            }
+        };
         let sim = SimServer::start_tcp(
             "127.0.0.1:0".parse().unwrap(),
-            vec![SimUnit::hvac(2)],
+            vec![sim_unit],
             sim_stop.clone(),
         )
         .await
         .unwrap();
         let harness = Harness::start(
             &[tcp_link("bus", sim.addr.unwrap(), 1000)],
-            &[unit("ac-1", "bus", 2, "coolmaster-va", 60_000)],
-            ProfileRegistry::builtin().unwrap(),
+            &[unit("ac-1", "bus", 2, profile, 60_000)],
+            registry,
         );
-        let authz = Arc::new(Authz::new(Inputs {
+        let authz = sitegate::authz::owner::Access::new(Inputs {
             site: Some(site()),
             state: state(CapSet::ALL, false),
             inventory: vec![(uid("ac-1"), None)],
             ..Inputs::default()
-        }));
+        });
         let (server_cert, server_key) = cert(dir.path(), "ca", "modbus-server", None, true);
         let mut crls = Vec::new();
         if !revoked.is_empty() {
@@ -277,7 +348,7 @@ impl Bed {
         };
         let face = Arc::new(Face::new(
             harness.engine.clone(),
-            authz.clone(),
+            authz.authz(),
             harness.audit.clone(),
             Arc::new(SystemClock),
             &cfg.units,
@@ -753,5 +824,74 @@ async fn mbpoll_reads_through_the_plain_listener_as_the_source_addresses_viewer_
         )),
         "{audit:?}"
     );
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coils_are_read_and_switched_with_fc01_05_15_once_each_with_read_back_and_refused_to_a_viewer()
+ {
+    let bed = Bed::start_on(2000, &[], Device::Relays).await;
+    let dir = bed.dir.path();
+    let coil_writes = |bed: &Bed| -> Vec<(u8, u16, Vec<u16>)> {
+        bed.sim
+            .stats()
+            .writes_to(2)
+            .iter()
+            .map(|w| (w.function, w.address, w.values.clone()))
+            .collect()
+    };
+    let coil = |bed: &Bed, a: u16| bed.sim.register(2, RegKind::Coil, a);
+
+    // A viewer reads the relays (FC01) and is refused a switch (01), nothing reaches the board.
+    let (c, k) = cert(dir, "ca", "viewer-bms", Some("viewer"), false);
+    let mut viewer = start_bms(&bed, &c, &k).await;
+    assert_eq!(viewer.connected, "connected");
+    assert_eq!(ask(&mut viewer, "readc 7 0 4").await, "ok 0,0,0,0");
+    assert_eq!(ask(&mut viewer, "writec 7 1 1").await, "exception 1");
+    assert_eq!(ask(&mut viewer, "writecs 7 1 1,1").await, "exception 1");
+    assert_eq!(coil_writes(&bed), vec![]);
+
+    // A control-only client switches relay 2 with FC05: one write at the board, read back.
+    let (c, k) = cert(dir, "ca", "ctl-bms", Some("control-only"), false);
+    let mut ctl = start_bms(&bed, &c, &k).await;
+    assert_eq!(ask(&mut ctl, "writec 7 1 1").await, "ok");
+    assert_eq!(coil_writes(&bed), vec![(5, 1, vec![1])]);
+    assert_eq!(coil(&bed, 1), Some(1));
+    assert_eq!(ask(&mut ctl, "readc 7 0 4").await, "ok 0,1,0,0");
+
+    // FC15 over relays 3 and 4: each relay is a point, validated and written with read-back
+    // on its own (one FC05 per point, in address order).
+    assert_eq!(ask(&mut ctl, "writecs 7 2 1,1").await, "ok");
+    assert_eq!(
+        coil_writes(&bed),
+        vec![(5, 1, vec![1]), (5, 2, vec![1]), (5, 3, vec![1])]
+    );
+    assert_eq!(ask(&mut ctl, "readc 7 0 4").await, "ok 0,1,1,1");
+    // Off again, one relay.
+    assert_eq!(ask(&mut ctl, "writec 7 2 0").await, "ok");
+    assert_eq!(coil(&bed, 2), Some(0));
+    assert_eq!(coil_writes(&bed).len(), 4);
+
+    // Coils the board's map does not have: 02, for reads and for both write functions, and a
+    // range running past the last relay is refused whole.
+    assert_eq!(ask(&mut ctl, "readc 7 10 1").await, "exception 2");
+    assert_eq!(ask(&mut ctl, "writec 7 10 1").await, "exception 2");
+    assert_eq!(ask(&mut ctl, "writecs 7 3 1,1").await, "exception 2");
+    assert_eq!(coil_writes(&bed).len(), 4);
+    assert_eq!(coil(&bed, 3), Some(1));
+    // The supply input is a discrete input, not a coil.
+    assert_eq!(ask(&mut ctl, "readc 7 4 1").await, "exception 2");
+
+    // The viewer's refusals of relay 2 are audited once per connection, the switches each.
+    let audit = bed.audit().await;
+    let count = |actor: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|(k, a, o)| k == "command" && a.as_deref() == Some(actor) && o == outcome)
+            .count()
+    };
+    assert_eq!(count("modbus:viewer-bms", "denied"), 1, "{audit:?}");
+    assert_eq!(count("modbus:ctl-bms", "ok"), 4, "{audit:?}");
+    drop((viewer, ctl));
     bed.shutdown().await;
 }

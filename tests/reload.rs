@@ -272,3 +272,249 @@ async fn sighup_applies_a_new_unit_keeps_the_session_and_outbox_and_refuses_a_br
         .unwrap();
     assert!(chain.is_ok(), "{chain:?}");
 }
+
+/// A CRL of the Modbus client CA in `ca_dir` revoking the given certificates (PEM files).
+fn modbus_crl(ca_dir: &Path, revoked: &[&Path], number: u64) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap(),
+        key,
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let revoked_certs = revoked
+        .iter()
+        .map(|p| {
+            let der = CertificateDer::from_pem_file(p).unwrap();
+            let (_, c) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).unwrap();
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(c.raw_serial()),
+                revocation_time: now - time::Duration::minutes(5),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// A BMS over Modbus/TCP Security: rustls with the client certificate `issued/NAME.pem`, then
+/// tokio-modbus on the TLS stream, talking to unit id 7.
+async fn modbus_tls(
+    port: u16,
+    d: &Path,
+    name: &str,
+) -> std::io::Result<tokio_modbus::client::Context> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(d.join("ca/ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs = CertificateDer::pem_file_iter(d.join(format!("issued/{name}.pem")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(d.join(format!("issued/{name}.key"))).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await?;
+    Ok(tokio_modbus::client::tcp::attach_slave(
+        tls,
+        tokio_modbus::prelude::Slave(7),
+    ))
+}
+
+/// One read of holding register 900 (not in the HVAC's map): the face answers exception 02
+/// without touching the bus, so an answer shows the session is authenticated and served.
+/// `Ok(Err(code))` is the face's answer; `Err` means the connection is gone.
+async fn probe(
+    ctx: &mut tokio_modbus::client::Context,
+) -> Result<Result<Vec<u16>, tokio_modbus::prelude::ExceptionCode>, String> {
+    use tokio_modbus::client::Reader;
+    match tokio::time::timeout(Duration::from_secs(5), ctx.read_holding_registers(900, 1)).await {
+        Err(_) => Err("no answer within 5 s".into()),
+        Ok(Err(e)) => Err(format!("transport: {e}")),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_modbus_ca_and_crl_and_a_newly_revoked_bms_certificate_is_refused() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("fleet-a.pk8");
+    let out = sitegate_ok(&[
+        "fleet",
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--kid",
+        "fleet-a",
+    ]);
+    let pk = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key: "))
+        .unwrap()
+        .to_string();
+    let issue = |name: &str, role: Option<&str>| {
+        let (ca, out) = (d.join("ca"), d.join("issued"));
+        let mut args = vec![
+            "modbus-client-cert",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--name",
+            name,
+            "--out-dir",
+            out.to_str().unwrap(),
+        ];
+        match role {
+            Some(r) => args.extend(["--role", r]),
+            None => args.extend(["--server", "127.0.0.1"]),
+        }
+        sitegate_ok(&args);
+    };
+    issue("modbus-server", None);
+    issue("bms-a", Some("viewer"));
+    issue("lost-laptop", Some("viewer"));
+    let crl = d.join("ca/ca.crl.pem");
+    std::fs::write(&crl, modbus_crl(&d.join("ca"), &[], 1)).unwrap();
+
+    let (port, bus_port, bms_port) = (free_port(), free_port(), free_port());
+    let state = d.join("state");
+    let config = d.join("sitegate.toml");
+    let bms = format!(
+        r#"
+[modbus_server.tls]
+listen = "127.0.0.1:{bms_port}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+crl = ["{crl}"]
+
+[[modbus_server.units]]
+unit = "hvac-1"
+unit_id = 7
+"#,
+        ca = d.join("ca/ca.pem").display(),
+        cert = d.join("issued/modbus-server.pem").display(),
+        key = d.join("issued/modbus-server.key").display(),
+        crl = crl.display(),
+    );
+    std::fs::write(
+        &config,
+        config_text(&state, port, bus_port, &pk, &format!("{UNIT_HVAC}{bms}")),
+    )
+    .unwrap();
+    let (mut child, logs) = spawn_run(&config, None, &[]);
+    logs.wait_for(
+        "Modbus/TCP Security listener started",
+        Duration::from_secs(30),
+    );
+
+    // Both certificates are good: both sessions are served.
+    let mut a = modbus_tls(bms_port, d, "bms-a").await.unwrap();
+    let mut lost = modbus_tls(bms_port, d, "lost-laptop").await.unwrap();
+    let refused_address = Ok(Err(
+        tokio_modbus::prelude::ExceptionCode::IllegalDataAddress,
+    ));
+    assert_eq!(probe(&mut a).await, refused_address);
+    assert_eq!(probe(&mut lost).await, refused_address);
+
+    // The laptop is lost: the CA's new CRL revokes it, the config is unchanged, SIGHUP.
+    std::fs::write(
+        &crl,
+        modbus_crl(&d.join("ca"), &[&d.join("issued/lost-laptop.pem")], 2),
+    )
+    .unwrap();
+    signal(child.id(), "HUP");
+    logs.wait_for("configuration reloaded", Duration::from_secs(20));
+    // A reload restarts the engines the face serves from: every open Modbus connection is
+    // closed, the revoked one with the others.
+    for (name, ctx) in [("bms-a", &mut a), ("lost-laptop", &mut lost)] {
+        let got = probe(ctx).await;
+        assert!(
+            matches!(&got, Err(e) if e.starts_with("transport: ")),
+            "{name}: {got:?}"
+        );
+    }
+    // The revoked certificate is refused at its next handshake (with TLS 1.3 the client learns
+    // it when it first reads), and the log says why; the other one connects again.
+    let refused = match modbus_tls(bms_port, d, "lost-laptop").await {
+        Err(e) => Err(format!("handshake: {e}")),
+        Ok(mut ctx) => probe(&mut ctx).await,
+    };
+    assert!(refused.is_err(), "{refused:?}\n{}", logs.all());
+    logs.wait_for(
+        "the certificate is revoked by the configured CRL",
+        Duration::from_secs(5),
+    );
+    let mut a = modbus_tls(bms_port, d, "bms-a").await.unwrap();
+    assert_eq!(probe(&mut a).await, refused_address);
+
+    // A CRL file left broken refuses the reload: the running listener keeps its lists and its
+    // connections (nothing was restarted).
+    std::fs::write(&crl, "-----BEGIN X509 CRL-----\nnot base64\n").unwrap();
+    // `check-config` says so too, as the operator runs it before reloading.
+    let check = common::daemon::sitegate(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(check.code, 78, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stderr.contains("modbus_server.tls: `")
+            && check
+                .stderr
+                .contains("holds no PEM certificate revocation list"),
+        "{}",
+        check.stderr
+    );
+    signal(child.id(), "HUP");
+    logs.wait_for("configuration reload refused", Duration::from_secs(20));
+    assert_eq!(probe(&mut a).await, refused_address, "{}", logs.all());
+    let mut again = modbus_tls(bms_port, d, "bms-a").await.unwrap();
+    assert_eq!(probe(&mut again).await, refused_address);
+    drop((a, again));
+
+    signal(child.id(), "TERM");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "{}", logs.all());
+    let reloaded = audit_of(&state, "config_reloaded");
+    assert_eq!(reloaded.len(), 1);
+    assert_eq!(reloaded[0].detail["changed"]["sections"], json!([]));
+    let refused = audit_of(&state, "config_reload_refused");
+    assert_eq!(refused.len(), 1);
+    let problems = refused[0].detail["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .starts_with("modbus_server.tls: "),
+        "{problems:?}"
+    );
+}

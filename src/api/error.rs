@@ -267,9 +267,9 @@ impl From<AuthError> for ApiError {
                 "session_expired",
                 "the session has expired; log in again",
             ),
-            AuthError::Forbidden => {
-                Self::forbidden("managing lockouts needs `manage_users` on the whole site")
-            }
+            AuthError::Forbidden => Self::forbidden(
+                "managing lockouts needs the admin role on the whole site (or the site owner)",
+            ),
             AuthError::NoSuchLockout(_) => Self::not_found("lockout_not_found", "no such lockout"),
             // Details are logged by the engine.
             AuthError::TokenUnavailable | AuthError::Store(_) => Self::internal(),

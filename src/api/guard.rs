@@ -31,13 +31,13 @@ pub enum Access {
     Unit(&'static [Capability]),
     /// The capability on at least one unit (the result is limited to those units).
     SomeUnit(Capability),
-    /// The capability on the whole site.
-    Site(Capability),
     /// `manage_users` on the scope the request names or the grant covers (the delegation
     /// engine decides, with its ceilings).
     ManagesScope,
     /// The site owner.
     Owner,
+    /// The `admin` role on the whole site, or the site owner (the auth engine decides).
+    SiteAdminOrOwner,
     /// Loopback clients; from the LAN, a session with the capability on the whole site.
     LoopbackOrSite(Capability),
 }
@@ -51,9 +51,9 @@ impl Access {
             Access::Session => json!({"who": "session"}),
             Access::Unit(c) => json!({"who": "unit", "any_of": caps(c)}),
             Access::SomeUnit(c) => json!({"who": "some_unit", "any_of": caps(&[c])}),
-            Access::Site(c) => json!({"who": "site", "any_of": caps(&[c])}),
             Access::ManagesScope => json!({"who": "scope", "any_of": ["manage_users"]}),
             Access::Owner => json!({"who": "owner"}),
+            Access::SiteAdminOrOwner => json!({"who": "site_admin_or_owner"}),
             Access::LoopbackOrSite(c) => json!({"who": "loopback_or_site", "any_of": caps(&[c])}),
         }
     }

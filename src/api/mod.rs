@@ -256,14 +256,14 @@ pub static ROUTES: &[RouteDef] = &[
     RouteDef {
         method: Method::GET,
         path: "/api/v1/lockouts",
-        access: Access::Site(Capability::ManageUsers),
+        access: Access::SiteAdminOrOwner,
         handler: || get(lockouts::list),
         answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::DELETE,
         path: "/api/v1/lockouts/{key}",
-        access: Access::Site(Capability::ManageUsers),
+        access: Access::SiteAdminOrOwner,
         handler: || delete(lockouts::clear),
         answers: &[CALLER, CSRF, PATH, LOCKOUT_ERRORS],
     },

@@ -91,13 +91,14 @@ pub trait AuthPort: Send + Sync + 'static {
     /// Ends the session of this bearer token (idempotent: an unknown token is `Invalid`).
     fn logout<'a>(&'a self, bearer: &'a str) -> BoxFut<'a, Result<(), AuthError>>;
 
-    /// Current login throttles and lockouts; only for holders of `manage_users` on the site.
+    /// Current login throttles and lockouts; only for site admins (the `admin` role on the site)
+    /// and the site owner.
     fn lockouts<'a>(&'a self, actor: &'a UserId) -> BoxFut<'a, Result<Vec<Lockout>, AuthError>> {
         let _ = actor;
         Box::pin(async { Err(AuthError::Store("lockouts are not kept here".into())) })
     }
 
-    /// Clears one lockout by its key (audited); only for holders of `manage_users` on the site.
+    /// Clears one lockout by its key (audited); only for site admins and the site owner.
     fn clear_lockout<'a>(
         &'a self,
         actor: &'a UserId,

@@ -7,9 +7,10 @@
 //! [`crate::mqtt::GrantSink`]).
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::access::{AccessState, Origin};
+use crate::access::Origin;
+use crate::authz::owner::Access;
 use std::time::Duration;
 
 use crate::api::ports::{
@@ -304,36 +305,20 @@ impl DelegationPort for DelegationAdapter {
 // Grants: MQTT inbound and installer tokens
 // ---------------------------------------------------------------------------------------------
 
-/// Applies signed envelopes and keeps the authorization index in step with the grants engine.
-///
-/// The one place the daemon moves the engine's access state into the [`Authz`] index. An apply
-/// swaps the index before it returns (a login or command right after a successful apply is
-/// judged by it); the task following the engine's state then finds that state in force and
-/// leaves it, so each change rebuilds the index once. Changes the engine makes by itself (for
-/// instance an admitted installer token) reach the index through that task.
-///
-/// It is also the [`crate::mqtt::GrantSink`]: what arrives on `…/grants` and `…/keys` is applied
-/// here and answered with the state document for `…/grants/state`.
+/// The MQTT face of the access-state owner: what arrives on `…/grants` and `…/keys` is applied
+/// through [`Access::apply`] (which publishes the new index before returning) and answered with
+/// the state document for `…/grants/state`.
 #[derive(Clone)]
 pub struct GrantApplier {
-    grants: GrantEngine,
-    authz: Arc<Authz>,
-    /// The access state last swapped into `authz` (pointer identity: the engine publishes a new
-    /// `Arc` for every change).
-    in_force: Arc<Mutex<Arc<AccessState>>>,
+    access: Access,
 }
 
 impl GrantApplier {
-    /// Over `authz`, which was built on the engine's access state `in_force`.
-    pub fn new(grants: GrantEngine, authz: Arc<Authz>, in_force: Arc<AccessState>) -> Self {
-        GrantApplier {
-            grants,
-            authz,
-            in_force: Arc::new(Mutex::new(in_force)),
-        }
+    pub fn new(access: Access) -> Self {
+        GrantApplier { access }
     }
 
-    /// Applies a signed envelope (blocking: call from `spawn_blocking`) and swaps the
+    /// Applies a signed envelope (blocking: call from `spawn_blocking`) and publishes the new
     /// authorization index before returning.
     pub fn apply(
         &self,
@@ -341,25 +326,14 @@ impl GrantApplier {
         bytes: &[u8],
         source: &str,
     ) -> Result<ApplyOutcome, Rejection> {
-        let outcome = self.grants.apply(kind, bytes, source)?;
-        self.sync();
-        Ok(outcome)
+        self.access.apply(kind, bytes, source)
     }
 
-    /// Swaps the engine's current access state into the index unless it is in force already;
-    /// returns whether it swapped. Serialized, so an older state never replaces a newer one.
-    pub fn sync(&self) -> bool {
-        let mut in_force = self
-            .in_force
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.grants.snapshot();
-        if Arc::ptr_eq(&in_force, &current) {
-            return false;
-        }
-        self.authz.set_state(current.clone());
-        *in_force = current;
-        true
+    fn state_json(&self) -> serde_json::Value {
+        self.access
+            .grants()
+            .map(GrantEngine::state_json)
+            .unwrap_or_default()
     }
 }
 
@@ -378,7 +352,7 @@ impl crate::mqtt::GrantSink for GrantApplier {
                 "message": r.message,
             }),
         };
-        let mut state = self.grants.state_json();
+        let mut state = self.state_json();
         if let Some(o) = state.as_object_mut() {
             o.insert("last_message".into(), outcome);
         }
@@ -397,16 +371,30 @@ fn outcome_str(o: &ApplyOutcome) -> &'static str {
     }
 }
 
-/// [`TokenVerifier`] over the grants engine (trusted keys, site, revocations, expiry).
-pub struct GrantsTokens(pub GrantEngine);
+/// [`TokenVerifier`] over the access-state owner: the grants engine verifies (trusted keys, site,
+/// revocations, expiry); the owner admits (the envelope kept, the index published).
+pub struct GrantsTokens(pub Access);
 
 impl TokenVerifier for GrantsTokens {
     fn verify(
         &self,
         envelope: &[u8],
     ) -> Result<(crate::access::User, crate::access::Grant), String> {
-        self.0
+        let Some(grants) = self.0.grants() else {
+            return Err("no grants engine on this box".to_string());
+        };
+        grants
             .verify_token(envelope)
+            .map(|t| (t.user, t.grant))
+            .map_err(|r| format!("{}: {}", r.reason.as_str(), r.message))
+    }
+
+    fn admit(
+        &self,
+        envelope: &[u8],
+    ) -> Result<(crate::access::User, crate::access::Grant), String> {
+        self.0
+            .admit_login_token(envelope)
             .map(|t| (t.user, t.grant))
             .map_err(|r| format!("{}: {}", r.reason.as_str(), r.message))
     }

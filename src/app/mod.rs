@@ -18,7 +18,8 @@ pub mod adapters;
 use crate::api::{self, ApiState, Ports};
 use crate::audit::{Audit, Event};
 use crate::auth::{Auth, TokenVerifier};
-use crate::authz::{Authz, Inputs};
+use crate::authz::Authz;
+use crate::authz::owner::Access;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, Site};
 use crate::delegation::Delegations;
@@ -204,7 +205,10 @@ async fn reload(
     .await
     .unwrap_or_else(|e| Err(format!("cannot read the config: {e}")));
     let problems: Vec<String> = match &read {
-        Ok(new) => restart_only_changes(&cfg, new),
+        Ok(new) => restart_only_changes(&cfg, new)
+            .into_iter()
+            .chain(unusable_files(new))
+            .collect(),
         Err(text) => text.lines().map(str::to_string).collect(),
     };
     let new = match read {
@@ -298,6 +302,20 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// Files the new config names that would stop it from starting, checked before the running
+/// daemon is stopped: the Modbus/TLS listener's CA and CRLs (re-read by every reload, so that a
+/// newly revoked BMS certificate is refused; a CRL file left half-written refuses the reload
+/// and the running listener keeps the lists it has).
+fn unusable_files(new: &Config) -> Vec<String> {
+    let Some(tls) = new.modbus_server.as_ref().and_then(|b| b.tls.as_ref()) else {
+        return Vec::new();
+    };
+    match crate::bms::tls::check_client_trust(&tls.files) {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![format!("modbus_server.tls: {e}")],
+    }
+}
+
 /// The config sections a reload changes (compared by their validated values), and the units
 /// added and removed.
 fn changes(old: &Config, new: &Config) -> serde_json::Value {
@@ -305,7 +323,7 @@ fn changes(old: &Config, new: &Config) -> serde_json::Value {
         format!("{a:?}") != format!("{b:?}")
     }
     let mut sections = Vec::new();
-    let pairs: [(&str, bool); 8] = [
+    let pairs: [(&str, bool); 9] = [
         ("log", old.log_level != new.log_level),
         ("api", differ(&old.api, &new.api)),
         ("auth", differ(&old.auth, &new.auth)),
@@ -314,6 +332,7 @@ fn changes(old: &Config, new: &Config) -> serde_json::Value {
         ("profiles", old.profiles_dir != new.profiles_dir),
         ("links", differ(&old.links, &new.links)),
         ("units", differ(&old.units, &new.units)),
+        ("modbus_server", old.modbus_server != new.modbus_server),
     ];
     for (name, changed) in pairs {
         if changed {
@@ -355,6 +374,9 @@ pub struct Daemon {
 #[derive(Clone)]
 pub struct Running {
     pub grants: GrantEngine,
+    /// The one owner (and only writer) of the access state and the authorization index.
+    pub access: Access,
+    /// Read-only handle on the index the owner publishes.
     pub authz: Arc<Authz>,
     pub auth: Auth,
     pub delegations: Delegations,
@@ -571,7 +593,7 @@ async fn start_engines(
 ) -> anyhow::Result<Running> {
     // The engines open SQLite and key files synchronously: build them on the blocking pool so a
     // signal during start-up is still handled at once.
-    let (applier, grants, registry, authz, auth, delegations, businesses) = {
+    let (access, applier, grants, registry, authz, auth, delegations, businesses) = {
         let (store, audit, clock, site, cfg) = (
             store.clone(),
             audit.clone(),
@@ -598,19 +620,17 @@ async fn start_engines(
                 .iter()
                 .map(|u| (u.id.clone(), u.group.clone()))
                 .collect();
-            let state = grants.snapshot();
-            let authz = Arc::new(Authz::new(Inputs {
-                site: Some(site.id.clone()),
-                state: state.clone(),
-                inventory,
-                ..Inputs::default()
-            }));
-            let applier = GrantApplier::new(grants.clone(), authz.clone(), state);
-            let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(grants.clone()));
+            // The one owner of the access state: over what the engine re-verified (the stored
+            // bundle and installer tokens); local delegations and suspensions join it below,
+            // before the API serves.
+            let access = Access::open(grants.clone(), site.id.clone(), inventory);
+            let authz = access.authz();
+            let applier = GrantApplier::new(access.clone());
+            let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(access.clone()));
             let auth = Auth::new(
                 store.clone(),
                 audit.clone(),
-                authz.clone(),
+                access.clone(),
                 clock.clone(),
                 cfg.auth.clone(),
                 Some(verifier),
@@ -618,7 +638,7 @@ async fn start_engines(
             let delegations = Delegations::new(
                 store.clone(),
                 audit.clone(),
-                authz.clone(),
+                access.clone(),
                 clock.clone(),
                 &cfg.state_dir,
                 Some(format!("{}/requests", site.topic_root())),
@@ -628,11 +648,12 @@ async fn start_engines(
             let businesses = crate::business::Businesses::new(
                 store,
                 audit,
-                authz.clone(),
+                access.clone(),
                 clock,
                 Some(format!("{}/suspensions", site.topic_root())),
             )?;
             Ok((
+                access,
                 applier,
                 grants,
                 registry,
@@ -649,13 +670,13 @@ async fn start_engines(
     set_grant_gauges(&metrics, &grants.snapshot());
 
     // Every change of the access state (an applied bundle, token or key set, whatever its
-    // source) reaches the authorization index through the applier — swapped once: an apply
-    // swaps it before returning and this task then finds it in force — and updates the gauges,
+    // source) reaches the authorization index through its owner — published once: an apply
+    // publishes before returning and this task then finds it in force — and updates the gauges,
     // ends the sessions of users it deactivated or whose password it changed, and resolves
     // access requests.
     {
         let mut rx = grants.subscribe();
-        let applier = applier.clone();
+        let access = access.clone();
         let auth = auth.clone();
         let delegations = delegations.clone();
         let metrics = metrics.clone();
@@ -668,7 +689,7 @@ async fn start_engines(
                         if changed.is_err() { break }
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
-                        applier.sync();
+                        access.sync_grants();
                         if let Err(e) = auth.end_changed_sessions().await {
                             tracing::warn!(error = %e, "cannot end the sessions a bundle invalidated");
                         }
@@ -749,6 +770,7 @@ async fn start_engines(
 
     let running = Running {
         grants,
+        access,
         authz,
         auth,
         delegations,

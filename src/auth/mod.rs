@@ -1,10 +1,12 @@
 //! Local authentication: password and installer-token login, bearer sessions, failed-login
 //! throttling and lockouts.
 //!
-//! Owns the `sessions`, `login_throttle` and `token_grants` tables. A session is a random 256-bit
+//! Owns the `sessions` and `login_throttle` tables. A session is a random 256-bit
 //! bearer token of which only the SHA-256 is stored; [`Auth::authenticate`] checks it on every
 //! request, and authorization is decided afresh by [`crate::authz`] each time, so revocation,
-//! deactivation and expiry bite live sessions at once.
+//! deactivation and expiry bite live sessions at once. An installer token presented at the login
+//! is admitted by the access-state owner (its envelope kept and re-verified on every start); this
+//! module never writes authorization inputs.
 //!
 //! It must never log, audit or store a password, a bearer token or a derived hash of a password;
 //! an attempted email appears in the audit log only as a hash. Unknown accounts cost the same
@@ -26,7 +28,8 @@ use time::OffsetDateTime;
 
 use crate::access::{Grant, Origin, User};
 use crate::audit::{Audit, Event};
-use crate::authz::{Authz, Target};
+use crate::authz::Target;
+use crate::authz::owner::Access;
 use crate::clock::SharedClock;
 use crate::model::{Capability, UserId};
 use crate::store::{Store, StoreError};
@@ -44,10 +47,14 @@ pub fn hash_password(password: &str, iterations: u32) -> String {
 }
 pub use store::Lockout;
 
-/// Verifies a cloud-signed installer token (`kind:"token"` envelope) and returns its user and
-/// grant. The grants engine implements this; [`Auth`] never parses tokens itself.
+/// Verifies and admits cloud-signed installer tokens (`kind:"token"` envelopes). The access-state
+/// owner over the grants engine implements this; [`Auth`] never parses tokens itself.
 pub trait TokenVerifier: Send + Sync + 'static {
+    /// Verifies `envelope` and returns its user and grant; changes nothing.
     fn verify(&self, envelope: &[u8]) -> Result<(User, Grant), String>;
+    /// Verifies `envelope` again and admits it: keeps the envelope as received and publishes an
+    /// index in which its grant is in force before returning. Blocking.
+    fn admit(&self, envelope: &[u8]) -> Result<(User, Grant), String>;
 }
 
 /// Why authentication failed. `status()` is the HTTP status the API should answer with.
@@ -187,7 +194,7 @@ pub struct Auth {
 struct Inner {
     store: Store,
     audit: Audit,
-    authz: Arc<Authz>,
+    access: Access,
     clock: SharedClock,
     cfg: crate::config::Auth,
     tokens: Option<Arc<dyn TokenVerifier>>,
@@ -245,19 +252,15 @@ fn ip_key(client: IpAddr) -> String {
 }
 
 impl Auth {
-    /// Opens the service and loads stored installer-token logins (dropping expired ones) into
-    /// the authorization index.
+    /// Opens the service (and its device-cookie secret). Decisions are read from `access`'s index.
     pub fn new(
         store: Store,
         audit: Audit,
-        authz: Arc<Authz>,
+        access: Access,
         clock: SharedClock,
         cfg: crate::config::Auth,
         tokens: Option<Arc<dyn TokenVerifier>>,
     ) -> Result<Auth, AuthError> {
-        let now = authz.index().effective_now(clock.now());
-        let stored = store.with_conn(|c| store::load_tokens(c, now))?;
-        authz.set_tokens(stored);
         let secret = store.with_conn(|c| {
             let tx = c.transaction()?;
             let secret = match Store::meta_get(&tx, DEVICE_KEY_META)?
@@ -278,7 +281,7 @@ impl Auth {
             inner: Arc::new(Inner {
                 store,
                 audit,
-                authz,
+                access,
                 clock,
                 cfg,
                 tokens,
@@ -294,7 +297,7 @@ impl Auth {
     /// session issued on a clock that lags the floor is not born expired.
     fn now(&self) -> OffsetDateTime {
         self.inner
-            .authz
+            .access
             .index()
             .effective_now(self.inner.clock.now())
     }
@@ -412,7 +415,7 @@ impl Auth {
         }
         // Look the account up in the current index; unknown accounts verify against a dummy so
         // that they cost the same as a wrong password.
-        let index = self.inner.authz.index();
+        let index = self.inner.access.index();
         let user = index.user_by_email(&email).cloned();
         let typical = index
             .users()
@@ -503,14 +506,12 @@ impl Auth {
         let Some(verifier) = self.inner.tokens.clone() else {
             return Err(AuthError::TokenUnavailable);
         };
-        let index = self.inner.authz.index();
+        let index = self.inner.access.index();
         let now = index.effective_now(self.now());
-        let checked = verifier.verify(envelope).and_then(|(mut user, mut grant)| {
+        let checked = verifier.verify(envelope).and_then(|(user, grant)| {
             if grant.user != user.id {
                 return Err("token grant names another user".to_string());
             }
-            grant.origin = Origin::Token;
-            user.email = user.email.trim().to_lowercase();
             if grant.expires_at.is_some_and(|e| now >= e) {
                 return Err("token has expired".to_string());
             }
@@ -527,8 +528,19 @@ impl Auth {
             if index.user(&user.id).is_some_and(|u| !u.active) {
                 return Err("account is deactivated".to_string());
             }
-            Ok((user, grant))
+            Ok(())
         });
+        // Admitted by the access-state owner: the envelope is kept and the grant is in force
+        // when this returns.
+        let checked = match checked {
+            Ok(()) => {
+                let (v, env) = (verifier.clone(), envelope.to_vec());
+                tokio::task::spawn_blocking(move || v.admit(&env))
+                    .await
+                    .unwrap_or_else(|_| Err("token admission failed".to_string()))
+            }
+            Err(why) => Err(why),
+        };
         let (user, grant) = match checked {
             Ok(ug) => ug,
             Err(why) => {
@@ -546,13 +558,6 @@ impl Auth {
                 return Err(AuthError::TokenRejected(why));
             }
         };
-        let (u2, g2) = (user.clone(), grant.clone());
-        let now_real = self.now();
-        self.inner
-            .store
-            .call(move |c| store::save_token(c, &u2, &g2, now_real))
-            .await?;
-        self.inner.authz.add_token(user.clone(), grant.clone());
         let session = self
             .open_session(
                 user.id.clone(),
@@ -622,7 +627,7 @@ impl Auth {
         }
         let hash = crate::util::sha256_hex(bearer.as_bytes());
         // Judged on the same clock floor as grants: setting the clock back extends nothing.
-        let index = self.inner.authz.index();
+        let index = self.inner.access.index();
         let now = index.effective_now(self.now());
         let h2 = hash.clone();
         let row = self
@@ -732,9 +737,10 @@ impl Auth {
             .await?)
     }
 
-    /// Current lockouts and throttles; only for holders of `manage_users` on the site.
+    /// Current lockouts and throttles; only for site admins and the site owner (see
+    /// [`Auth::require_lockout_admin`]).
     pub async fn lockouts(&self, actor: &UserId) -> Result<Vec<Lockout>, AuthError> {
-        self.require_site_admin(actor)?;
+        self.require_lockout_admin(actor)?;
         let now = self.now();
         Ok(self
             .inner
@@ -743,9 +749,9 @@ impl Auth {
             .await?)
     }
 
-    /// Clears one lockout (by its key from [`Auth::lockouts`]); audited.
+    /// Clears one lockout (by its key from [`Auth::lockouts`]); audited. Same rule as listing.
     pub async fn clear_lockout(&self, actor: &UserId, key: &str) -> Result<(), AuthError> {
-        self.require_site_admin(actor)?;
+        self.require_lockout_admin(actor)?;
         let key = key.to_string();
         let audit = self.inner.audit.clone();
         let ev = Event::new("lockout_cleared", "ok")
@@ -805,7 +811,7 @@ impl Auth {
     /// [`Auth::prune`] and after every new access state.
     pub async fn end_changed_sessions(&self) -> Result<usize, AuthError> {
         let all = self.inner.store.call(|c| store::all_sessions(c)).await?;
-        let index = self.inner.authz.index();
+        let index = self.inner.access.index();
         let mut inactive = Vec::new();
         let mut changed = Vec::new();
         for (hash, user, method, credential) in all {
@@ -839,32 +845,43 @@ impl Auth {
         Ok(n)
     }
 
-    /// Deletes expired sessions and installer-token logins (call periodically).
+    /// Deletes expired sessions and ends the ones a new access state invalidated (call
+    /// periodically). Expired installer tokens grant nothing (the index judges their expiry);
+    /// the grants engine prunes their rows.
     pub async fn prune(&self) -> Result<(), AuthError> {
         self.end_changed_sessions().await?;
-        let now_idx = self.now();
-        let now = now_idx;
-        let tokens = self
-            .inner
+        let now = self.now();
+        self.inner
             .store
             .call(move |c| {
                 c.execute(
                     "DELETE FROM sessions WHERE expires_ms <= ?1",
                     [crate::clock::unix_ms(now)],
                 )?;
-                store::load_tokens(c, now_idx)
+                Ok(())
             })
             .await?;
-        self.inner.authz.set_tokens(tokens);
         Ok(())
     }
 
-    fn require_site_admin(&self, actor: &UserId) -> Result<(), AuthError> {
-        let d = self
-            .inner
-            .authz
-            .decide(actor, Capability::ManageUsers, &Target::Site, self.now());
-        if d.is_allow() {
+    /// Listing and clearing sign-in lockouts lifts a brute-force protection: it needs the `admin`
+    /// role on the site (with `manage_users` in the package), or the site owner. A technician,
+    /// who holds `manage_users` too, is refused.
+    fn require_lockout_admin(&self, actor: &UserId) -> Result<(), AuthError> {
+        let index = self.inner.access.index();
+        if index.is_owner(actor) {
+            return Ok(());
+        }
+        let now = self.now();
+        let admin = matches!(
+            index.effective_caps(actor, &Target::Site, now),
+            Ok((crate::model::Role::Admin, _))
+        );
+        if admin
+            && index
+                .decide(actor, Capability::ManageUsers, &Target::Site, now)
+                .is_allow()
+        {
             Ok(())
         } else {
             Err(AuthError::Forbidden)

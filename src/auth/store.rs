@@ -1,4 +1,5 @@
-//! SQL for sessions, throttling and installer-token logins (tables of migration 3).
+//! SQL for sessions and login throttling (tables of migration 3). Installer tokens are kept by
+//! the grants engine (`grant_tokens`).
 //!
 //! Plain functions over a connection so that callers can put them in one transaction with an
 //! audit record. Never stores a bearer token or password, only hashes.
@@ -8,9 +9,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{AuthError, Method, SessionInfo};
-use crate::access::{Grant, Origin, User};
 use crate::clock::{from_unix_ms, unix_ms};
-use crate::model::{BusinessId, GrantId, Role, Scope, UserId};
+use crate::model::UserId;
 use crate::store::StoreError;
 
 /// A throttled or locked account or client, as admins see it.
@@ -255,98 +255,4 @@ pub(crate) fn lockouts(c: &Connection, now: OffsetDateTime) -> Result<Vec<Lockou
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-pub(super) fn save_token(
-    c: &Connection,
-    user: &User,
-    grant: &Grant,
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    let scope = serde_json::to_string(&grant.scope)
-        .map_err(|e| StoreError::Corrupt(format!("token scope: {e}")))?;
-    c.execute(
-        "INSERT INTO token_grants(grant_id, user_id, email, name, role, scope, not_before_ms, expires_ms, added_ms, business)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT(grant_id) DO UPDATE SET user_id = excluded.user_id, email = excluded.email,
-             name = excluded.name, role = excluded.role, scope = excluded.scope,
-             not_before_ms = excluded.not_before_ms, expires_ms = excluded.expires_ms,
-             business = excluded.business",
-        params![
-            grant.id.as_str(),
-            user.id.as_str(),
-            user.email,
-            user.name,
-            grant.role.as_str(),
-            scope,
-            grant.not_before.map(unix_ms),
-            grant.expires_at.map(unix_ms),
-            unix_ms(now),
-            user.business.as_ref().map(|b| b.as_str())
-        ],
-    )?;
-    Ok(())
-}
-
-/// Loads installer-token logins still valid at `now`, deleting expired ones.
-pub(super) fn load_tokens(
-    c: &Connection,
-    now: OffsetDateTime,
-) -> Result<Vec<(User, Grant)>, StoreError> {
-    c.execute(
-        "DELETE FROM token_grants WHERE expires_ms IS NOT NULL AND expires_ms <= ?1",
-        [unix_ms(now)],
-    )?;
-    let mut stmt = c.prepare(
-        "SELECT grant_id, user_id, email, name, role, scope, not_before_ms, expires_ms, business
-         FROM token_grants ORDER BY added_ms",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, Option<i64>>(6)?,
-            r.get::<_, Option<i64>>(7)?,
-            r.get::<_, Option<String>>(8)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (gid, uid, email, name, role, scope, nb, exp, business) = row?;
-        let parsed = (|| {
-            let user = User {
-                id: UserId::new(uid).ok()?,
-                email,
-                name,
-                active: true,
-                password: None,
-                // A token user's business survives the restart (an unreadable one would
-                // escape a suspension, so it makes the row unreadable).
-                business: match business {
-                    Some(b) => Some(BusinessId::new(b).ok()?),
-                    None => None,
-                },
-                owner: false,
-            };
-            let grant = Grant {
-                id: GrantId::new(gid).ok()?,
-                user: user.id.clone(),
-                role: role.parse::<Role>().ok()?,
-                scope: serde_json::from_str::<Scope>(&scope).ok()?,
-                not_before: nb.map(from_unix_ms),
-                expires_at: exp.map(from_unix_ms),
-                origin: Origin::Token,
-            };
-            Some((user, grant))
-        })();
-        match parsed {
-            Some(ug) => out.push(ug),
-            None => tracing::warn!("ignoring an unreadable stored installer-token grant"),
-        }
-    }
-    Ok(out)
 }

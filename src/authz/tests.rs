@@ -108,7 +108,6 @@ pub(crate) fn inputs(state: AccessState, local: Vec<Grant>) -> Inputs {
         state: Arc::new(state),
         local,
         local_revoked: HashSet::new(),
-        tokens: Vec::new(),
         inventory: inventory(),
         suspended: Vec::new(),
     }
@@ -833,9 +832,10 @@ fn token_grants_join_the_index_and_bundle_deactivation_wins() {
     let mut tok = grant("t1", "inst", Role::Technician, s_site());
     tok.origin = Origin::Token;
     tok.expires_at = Some(NOW + Duration::hours(8));
-    let mut inp = inputs(state(&[], vec![]), vec![]);
-    inp.tokens = vec![(tok_user.clone(), tok.clone())];
-    let ix = Index::build(&inp);
+    // Admitted tokens reach the index as part of the access state (see `grants::engine`).
+    let mut st = state(&[], vec![tok.clone()]);
+    st.users.push(tok_user.clone());
+    let ix = Index::build(&inputs(st, vec![]));
     assert_eq!(
         ix.decide(&uid("inst"), Configure, &Target::Unit(unit("b1")), NOW),
         Allow
@@ -851,11 +851,9 @@ fn token_grants_join_the_index_and_bundle_deactivation_wins() {
     );
     assert!(ix.user_by_email("inst@EXAMPLE.com ").is_some());
     // The bundle knows the installer and has deactivated them.
-    let mut st = state(&["inst"], vec![]);
+    let mut st = state(&["inst"], vec![tok]);
     st.users[0].active = false;
-    let mut inp = inputs(st, vec![]);
-    inp.tokens = vec![(tok_user, tok)];
-    let ix = Index::build(&inp);
+    let ix = Index::build(&inputs(st, vec![]));
     assert_eq!(
         ix.decide(&uid("inst"), View, &Target::Unit(unit("b1")), NOW),
         Deny(R::UserInactive)
@@ -931,7 +929,7 @@ fn listing_shows_only_usable_units_and_points() {
 
 #[test]
 fn authz_swaps_a_rebuilt_index_and_old_readers_keep_theirs() {
-    let authz = Authz::new(inputs(
+    let authz = crate::authz::owner::Access::new(inputs(
         state(&["u"], vec![grant("g1", "u", Role::Admin, s_site())]),
         vec![],
     ));
@@ -962,7 +960,8 @@ fn authz_swaps_a_rebuilt_index_and_old_readers_keep_theirs() {
 fn readers_never_see_a_half_built_index_while_writers_swap() {
     let mut first = state(&["u"], vec![]);
     first.seq = 0;
-    let authz = Arc::new(Authz::new(inputs(first, vec![])));
+    let owner = crate::authz::owner::Access::new(inputs(first, vec![]));
+    let authz = owner.authz();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start = Arc::new(std::sync::Barrier::new(2));
     let reader = {
@@ -989,7 +988,7 @@ fn readers_never_see_a_half_built_index_while_writers_swap() {
         };
         let mut st = state(&["u"], grants);
         st.seq = seq;
-        authz.set_state(Arc::new(st));
+        owner.set_state(Arc::new(st));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() >= 1000);
@@ -1103,8 +1102,8 @@ fn a_bound_principal_loses_access_at_once_when_its_grant_is_revoked_or_its_user_
         &["bms-1"],
         vec![grant("g1", "bms-1", Role::ControlOnly, s_site())],
     );
-    let authz = Authz::new(inputs(base.clone(), Vec::new()));
-    let decide = |a: &Authz| {
+    let authz = crate::authz::owner::Access::new(inputs(base.clone(), Vec::new()));
+    let decide = |a: &crate::authz::owner::Access| {
         a.index().decide_with_role(
             Role::ControlOnly,
             Some(&uid("bms-1")),

@@ -67,6 +67,39 @@ pub use crate::config::modbus_server::TlsFiles;
 /// CA, checked against the CRLs, and carrying a role the map knows.
 pub fn server_config(files: &TlsFiles, roles: Arc<RoleMap>) -> Result<ServerConfig, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = client_verifier(files, roles, provider.clone())?;
+    let cert_pem = read(&files.cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsSetupError::NoCertificate(files.cert.clone()));
+    }
+    let key_pem = read(&files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| TlsSetupError::NoKey(files.key.clone()))?;
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsSetupError::Config(e.to_string()))
+}
+
+/// Reads the CA and the CRLs the way [`server_config`] does, without building a listener: a
+/// configuration reload checks them before it stops the running listener (a CRL file left
+/// unreadable or half-written then refuses the reload instead of taking the face down).
+pub fn check_client_trust(files: &TlsFiles) -> Result<(), TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_verifier(files, Arc::new(RoleMap::standard()), provider).map(|_| ())
+}
+
+/// The client certificate verifier: chain to the CA, the CRLs, then the role extension.
+fn client_verifier(
+    files: &TlsFiles,
+    roles: Arc<RoleMap>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
     let mut store = RootCertStore::empty();
     let ca_pem = read(&files.ca)?;
     let mut any = false;
@@ -92,30 +125,14 @@ pub fn server_config(files: &TlsFiles, roles: Arc<RoleMap>) -> Result<ServerConf
         }
         crls.extend(list);
     }
-    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
         .with_crls(crls)
         .build()
         .map_err(|e| TlsSetupError::Config(format!("client verifier: {e}")))?;
-    let verifier = Arc::new(RoleVerifier {
+    Ok(Arc::new(RoleVerifier {
         inner: webpki,
         roles,
-    });
-    let cert_pem = read(&files.cert)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .filter_map(Result::ok)
-        .collect();
-    if chain.is_empty() {
-        return Err(TlsSetupError::NoCertificate(files.cert.clone()));
-    }
-    let key_pem = read(&files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| TlsSetupError::NoKey(files.key.clone()))?;
-    ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsSetupError::Config(e.to_string()))
+    }))
 }
 
 /// Why a client certificate that chains correctly is still refused.

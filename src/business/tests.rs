@@ -65,7 +65,7 @@ fn site() -> (AccessState, Vec<Grant>) {
 }
 
 struct Env {
-    authz: Arc<Authz>,
+    authz: crate::authz::owner::Access,
     b: Businesses,
     store: Store,
 }
@@ -74,7 +74,7 @@ fn open(dir: &Path, st: AccessState, local: Vec<Grant>) -> Env {
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let store = Store::open_in(dir).unwrap();
     let audit = Audit::new(store.clone(), clock.clone(), None);
-    let authz = Arc::new(Authz::new(inputs(st, local)));
+    let authz = crate::authz::owner::Access::new(inputs(st, local));
     let b = Businesses::new(
         store.clone(),
         audit,
@@ -86,7 +86,7 @@ fn open(dir: &Path, st: AccessState, local: Vec<Grant>) -> Env {
     Env { authz, b, store }
 }
 
-fn decide(authz: &Authz, who: &str, cap: Capability, u: &str) -> Decision {
+fn decide(authz: &crate::authz::owner::Access, who: &str, cap: Capability, u: &str) -> Decision {
     authz.decide(&uid(who), cap, &Target::Unit(unit(u)), NOW)
 }
 
@@ -345,13 +345,14 @@ async fn a_suspension_made_by_another_process_is_picked_up_by_refresh() {
 
 #[test]
 fn a_token_user_of_a_suspended_business_is_suspended_too() {
-    let (st, _) = site();
-    let mut inp = inputs(st, Vec::new());
+    let (mut st, _) = site();
     let mut u = crate::authz::tests::user("inst");
     u.business = Some(acme());
     let mut g = grant("t-1", "inst", Role::Technician, s_site());
     g.origin = crate::access::Origin::Token;
-    inp.tokens.push((u, g));
+    st.users.push(u);
+    st.grants.push(g);
+    let mut inp = inputs(st, Vec::new());
     inp.suspended = vec![(acme(), vec![])];
     let ix = Index::build(&inp);
     assert_eq!(

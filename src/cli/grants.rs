@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Subcommand;
+use ring::signature::Ed25519KeyPair;
 
 use crate::audit::Audit;
 use crate::clock::{Clock, SystemClock, rfc3339};
@@ -148,6 +149,64 @@ pub enum GrantsCommand {
     },
 }
 
+/// A signing function of [`fleet`]: the signers (kid, key) and the description file's bytes in,
+/// the signed envelope out.
+type SignFn = fn(&[(&str, &Ed25519KeyPair)], &[u8]) -> Result<Vec<u8>, GrantError>;
+
+/// The signing subcommands and what each signs with. Bundles and installer tokens are signed by
+/// one key (clap takes exactly one `--key`/`--kid`); a key set by every key given.
+const SIGNING: [(&str, SignFn); 3] = [
+    ("sign-bundle", |signers, d| {
+        let (kid, key) = one_signer(signers)?;
+        fleet::sign_bundle_description(key, kid, d)
+    }),
+    ("issue-token", |signers, d| {
+        let (kid, key) = one_signer(signers)?;
+        fleet::sign_token_description(key, kid, d)
+    }),
+    ("sign-keys", fleet::sign_keys_description),
+];
+
+fn one_signer<'a>(
+    signers: &[(&'a str, &'a Ed25519KeyPair)],
+) -> Result<(&'a str, &'a Ed25519KeyPair), GrantError> {
+    match signers {
+        [one] => Ok(*one),
+        _ => Err(GrantError::Invalid(
+            "give exactly one --key and --kid".into(),
+        )),
+    }
+}
+
+/// `sitegate fleet sign-bundle | issue-token | sign-keys`: loads the keys, signs the description
+/// in `input` with the command's function from [`SIGNING`], prints or writes the envelope.
+fn sign(
+    command: &str,
+    keys: &[PathBuf],
+    kids: &[String],
+    input: &Path,
+    out: Option<&Path>,
+) -> Result<(), GrantError> {
+    let Some((_, sign)) = SIGNING.iter().find(|(c, _)| *c == command) else {
+        return Err(GrantError::Invalid(format!(
+            "`{command}` is not a signing command"
+        )));
+    };
+    if keys.len() != kids.len() {
+        return Err(GrantError::Invalid(
+            "give one --kid for each --key, in the same order".into(),
+        ));
+    }
+    let loaded = keys
+        .iter()
+        .map(|p| fleet::load_pkcs8(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let signers: Vec<(&str, &Ed25519KeyPair)> =
+        kids.iter().map(String::as_str).zip(loaded.iter()).collect();
+    let env = sign(&signers, &read(input)?)?;
+    emit(out, &env)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, GrantError> {
     std::fs::read(path).map_err(|e| GrantError::Io {
         path: path.display().to_string(),
@@ -222,41 +281,19 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
             kid,
             input,
             out,
-        } => {
-            let k = fleet::load_pkcs8(&key)?;
-            let env = fleet::sign_bundle_description(&k, &kid, &read(&input)?)?;
-            emit(out.as_deref(), &env)
-        }
+        } => sign("sign-bundle", &[key], &[kid], &input, out.as_deref()),
         FleetCommand::IssueToken {
             key,
             kid,
             input,
             out,
-        } => {
-            let k = fleet::load_pkcs8(&key)?;
-            let env = fleet::sign_token_description(&k, &kid, &read(&input)?)?;
-            emit(out.as_deref(), &env)
-        }
+        } => sign("issue-token", &[key], &[kid], &input, out.as_deref()),
         FleetCommand::SignKeys {
             key,
             kid,
             input,
             out,
-        } => {
-            if key.len() != kid.len() {
-                return Err(GrantError::Invalid(
-                    "give one --kid for each --key, in the same order".into(),
-                ));
-            }
-            let keys = key
-                .iter()
-                .map(|p| fleet::load_pkcs8(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let signers: Vec<(&str, &ring::signature::Ed25519KeyPair)> =
-                kid.iter().map(String::as_str).zip(keys.iter()).collect();
-            let env = fleet::sign_keys_description(&signers, &read(&input)?)?;
-            emit(out.as_deref(), &env)
-        }
+        } => sign("sign-keys", &key, &kid, &input, out.as_deref()),
         FleetCommand::Verify {
             input,
             kid,

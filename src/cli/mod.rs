@@ -170,6 +170,13 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::CheckConfig { config } => match load_config(&config) {
             Ok(c) => {
+                // The Modbus face's CA and CRLs, as a reload checks them before applying.
+                if let Some(t) = c.modbus_server.as_ref().and_then(|b| b.tls.as_ref())
+                    && let Err(e) = crate::bms::tls::check_client_trust(&t.files)
+                {
+                    eprintln!("config `{}`: modbus_server.tls: {e}", config.display());
+                    return crate::config::EX_CONFIG;
+                }
                 println!(
                     "config `{}` is valid: {} link(s), {} unit(s){}",
                     config.display(),

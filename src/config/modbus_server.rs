@@ -133,7 +133,7 @@ pub struct RawExposed {
 }
 
 /// The validated section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BmsConfig {
     pub tls: Option<TlsListener>,
     pub plain: Option<PlainListener>,
@@ -146,13 +146,13 @@ pub struct BmsConfig {
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsListener {
     pub listen: SocketAddr,
     pub files: TlsFiles,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlainListener {
     pub listen: SocketAddr,
     pub allow: Vec<PlainAllow>,

@@ -15,7 +15,7 @@ use crate::clock::ManualClock;
 const TOPIC: &str = "sitegate/v1/s-1/gw-1/requests";
 
 struct Env {
-    authz: Arc<Authz>,
+    authz: crate::authz::owner::Access,
     d: Delegations,
     store: Store,
 }
@@ -24,7 +24,7 @@ fn open(dir: &Path, st: AccessState) -> Env {
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let store = Store::open_in(dir).unwrap();
     let audit = Audit::new(store.clone(), clock.clone(), None);
-    let authz = Arc::new(Authz::new(inputs(st, vec![])));
+    let authz = crate::authz::owner::Access::new(inputs(st, vec![]));
     let d = Delegations::new(
         store.clone(),
         audit,
@@ -68,7 +68,7 @@ fn count(store: &Store, sql: &str) -> i64 {
         .unwrap()
 }
 
-fn allowed(authz: &Authz, who: &str, cap: Capability, u: &str) -> bool {
+fn allowed(authz: &crate::authz::owner::Access, who: &str, cap: Capability, u: &str) -> bool {
     authz
         .decide(&uid(who), cap, &Target::Unit(unit(u)), NOW)
         .is_allow()
@@ -854,7 +854,7 @@ fn open_with_clock(dir: &Path, st: AccessState) -> (Env, Arc<ManualClock>) {
     let shared: SharedClock = clock.clone();
     let store = Store::open_in(dir).unwrap();
     let audit = Audit::new(store.clone(), shared.clone(), None);
-    let authz = Arc::new(Authz::new(inputs(st, vec![])));
+    let authz = crate::authz::owner::Access::new(inputs(st, vec![]));
     let d = Delegations::new(
         store.clone(),
         audit,

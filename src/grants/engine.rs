@@ -226,8 +226,72 @@ struct Loaded {
     high_water: Option<OffsetDateTime>,
     revoked: HashSet<GrantId>,
     bundle_row: Option<(u64, String, Vec<u8>)>,
-    tokens: Vec<Vec<u8>>,
+    tokens: Vec<StoredToken>,
     warnings: Vec<String>,
+}
+
+/// A row of `grant_tokens` as start-up reads it.
+struct StoredToken {
+    grant_id: String,
+    user_id: String,
+    envelope: Vec<u8>,
+    /// SHA-256 of the stored bytes (audited when the row is dropped).
+    sha256: String,
+}
+
+/// Re-verifies a stored installer token the way it was admitted: its envelope through
+/// [`VerifiedToken::verify`] with the keys usable now (a key retired or expired since drops it),
+/// for this site, and for the grant and user its row names (a row whose envelope was swapped for
+/// another token's is dropped). `Ok(None)`: valid but expired.
+fn verify_stored_token(
+    row: &StoredToken,
+    trust: &TrustSet,
+    site: &SiteId,
+    now: OffsetDateTime,
+) -> Result<Option<VerifiedToken>, Rejection> {
+    let t = VerifiedToken::verify(&row.envelope, &trust.active_at(now))?;
+    if &t.site != site {
+        return reject(
+            Reason::WrongSite,
+            format!("stored token is for site `{}`", t.site),
+        );
+    }
+    if t.grant.id.as_str() != row.grant_id || t.user.id.as_str() != row.user_id {
+        return reject(
+            Reason::Malformed,
+            "stored token's envelope names another grant or user than its row",
+        );
+    }
+    Ok(t.grant.expires_at.is_some_and(|e| e > now).then_some(t))
+}
+
+/// Deletes the `grant_tokens` rows that failed re-verification, each with a `token_dropped`
+/// audit record (`reason` is the stable rejection code), in one transaction.
+fn drop_token_rows(
+    store: &Store,
+    audit: &Audit,
+    dropped: &[(String, String, Rejection)],
+) -> Result<(), StoreError> {
+    store.with_conn(|conn| {
+        let tx = conn.transaction()?;
+        for (grant, sha256, r) in dropped {
+            tracing::error!(grant = %super::short(grant), reason = %r.reason, "stored installer token no longer verifies; dropped");
+            tx.execute("DELETE FROM grant_tokens WHERE grant_id = ?1", [grant])?;
+            audit.record_in(
+                &tx,
+                &Event::new("token_dropped", "rejected")
+                    .actor("system")
+                    .detail(json!({
+                        "grant": grant,
+                        "reason": r.reason.as_str(),
+                        "message": r.message,
+                        "envelope_sha256": sha256,
+                    })),
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 impl GrantEngine {
@@ -264,10 +328,19 @@ impl GrantEngine {
                 )
                 .optional()?
                 .map(|(s, h, e)| (u64::try_from(s).unwrap_or(0), h, e));
-            let mut stmt =
-                conn.prepare("SELECT envelope FROM grant_tokens ORDER BY admitted_ms")?;
+            let mut stmt = conn.prepare(
+                "SELECT grant_id, user_id, envelope FROM grant_tokens ORDER BY admitted_ms",
+            )?;
             let tokens = stmt
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                .query_map([], |r| {
+                    let envelope = r.get::<_, Vec<u8>>(2)?;
+                    Ok(StoredToken {
+                        grant_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        sha256: crate::util::sha256_hex(&envelope),
+                        envelope,
+                    })
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Loaded {
                 trust,
@@ -311,15 +384,17 @@ impl GrantEngine {
             }
         }
         let eff = tclock.now();
-        for env in &loaded.tokens {
-            match VerifiedToken::verify(env, &loaded.trust.ever_trusted()) {
-                Ok(t) if t.site == site && t.grant.expires_at.is_some_and(|e| e > eff) => {
-                    book.tokens.push(t);
-                    book.rejected_since_apply = false;
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(format!("stored installer token no longer verifies: {e}")),
+        let mut dropped = Vec::new();
+        for row in &loaded.tokens {
+            match verify_stored_token(row, &loaded.trust, &site, eff) {
+                Ok(Some(t)) => book.tokens.push(t),
+                // Expired: it grants nothing; the next applied bundle prunes the row.
+                Ok(None) => {}
+                Err(r) => dropped.push((row.grant_id.clone(), row.sha256.clone(), r)),
             }
+        }
+        if !dropped.is_empty() {
+            drop_token_rows(&store, &audit, &dropped)?;
         }
         let state = build_state(
             &site,
@@ -1138,13 +1213,46 @@ impl GrantEngine {
             })
             .map_err(|e| fail(Rejection::new(Reason::Storage, format!("database: {e}"))))?
             .map_err(fail)?;
-        self.inner.trust.store(Arc::new(new_trust));
+        let new_trust = Arc::new(new_trust);
+        self.inner.trust.store(new_trust.clone());
         self.inner.clock.raise_floor(floor);
-        lock(&self.inner.book).rejected_since_apply = false;
-        if cur.last_trusted_time != Some(floor) {
-            let mut next = (*cur).clone();
-            next.last_trusted_time = Some(floor);
-            self.publish(Arc::new(next));
+        // Installer tokens signed by a key this set retired no longer vouch for anyone: they are
+        // dropped now, as the next start would drop them.
+        let withdrawn = {
+            let mut book = lock(&self.inner.book);
+            book.rejected_since_apply = false;
+            let keys = new_trust.active_at(now);
+            let mut withdrawn = Vec::new();
+            book.tokens
+                .retain(|t| match VerifiedToken::verify(t.envelope(), &keys) {
+                    Ok(_) => true,
+                    Err(r) => {
+                        let sha = crate::util::sha256_hex(t.envelope());
+                        withdrawn.push((t.grant.id.as_str().to_string(), sha, r));
+                        false
+                    }
+                });
+            withdrawn
+        };
+        if !withdrawn.is_empty()
+            && let Err(e) = drop_token_rows(&self.inner.store, &self.inner.audit, &withdrawn)
+        {
+            // The rows stay; the next start re-verifies and drops them.
+            tracing::error!(error = %e, "cannot delete the installer tokens the key set withdrew");
+        }
+        if cur.last_trusted_time != Some(floor) || !withdrawn.is_empty() {
+            let next = {
+                let book = lock(&self.inner.book);
+                Arc::new(build_state(
+                    &self.inner.site,
+                    book.bundle.as_deref(),
+                    cur.seq,
+                    cur.revoked.clone(),
+                    &book.tokens,
+                    Some(floor),
+                ))
+            };
+            self.publish(next);
         }
         tracing::info!(seq = vk.seq, source, "trusted key set applied");
         Ok(ApplyOutcome::KeysApplied { seq: vk.seq })
@@ -1206,10 +1314,28 @@ impl GrantEngine {
         self.admit_token_locked(bytes, source)
     }
 
+    /// [`GrantEngine::admit_token`] for a token presented at the LAN login: the same
+    /// verification, persistence (the envelope as received, in `grant_tokens`) and publication,
+    /// but a rejection is only audited, not made the last rejection of `…/grants/state` (anyone
+    /// on the LAN can send a token to the login). Returns the admitted token.
+    pub fn admit_login_token(&self, bytes: &[u8]) -> Result<VerifiedToken, Rejection> {
+        let _guard = lock(&self.inner.apply_lock);
+        let t = self
+            .verify_token_inner(bytes)
+            .map_err(|r| self.audit_rejection(Kind::Token, "login", r, None))?;
+        self.store_token(t.clone(), "login")?;
+        Ok(t)
+    }
+
     fn admit_token_locked(&self, bytes: &[u8], source: &str) -> Result<ApplyOutcome, Rejection> {
         let t = self
             .verify_token_inner(bytes)
             .map_err(|r| self.rejected(Kind::Token, source, r, None))?;
+        self.store_token(t, source)
+    }
+
+    /// Persists a verified token's envelope, moves the clock floor and publishes the new state.
+    fn store_token(&self, t: VerifiedToken, source: &str) -> Result<ApplyOutcome, Rejection> {
         let now = self.inner.clock.now();
         let cur = self.inner.state.load_full();
         let floor = match cur.last_trusted_time {

@@ -215,4 +215,19 @@ ALTER TABLE token_grants ADD COLUMN business TEXT;
 ALTER TABLE access_requests ADD COLUMN resolved_ms INTEGER;
 ",
     },
+    Migration {
+        version: 6,
+        name: "one table of installer tokens: token_grants merged into grant_tokens",
+        sql: "
+-- Installer tokens admitted at the LAN login were kept decoded in `token_grants`, without their
+-- signature; tokens admitted over MQTT kept their envelope in `grant_tokens`. From this version
+-- every token keeps its envelope in `grant_tokens` and is re-verified on every start. A
+-- `token_grants` row moves over with an empty envelope: it cannot be re-verified, so the first
+-- start drops it with a `token_dropped` audit record (reason `malformed`) and its holder logs in
+-- with the token again. A grant id present in both keeps its signed row.
+INSERT OR IGNORE INTO grant_tokens(grant_id, user_id, envelope, expires_at_ms, admitted_ms)
+    SELECT grant_id, user_id, X'', COALESCE(expires_ms, 0), added_ms FROM token_grants;
+DROP TABLE token_grants;
+",
+    },
 ];

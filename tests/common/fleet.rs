@@ -19,14 +19,18 @@ use sitegate::grants::fleet;
 
 use super::daemon::{Lines, free_port, signal, spawn_run, wait_exit};
 use super::mqtt::Received;
+use super::signing::TestFleet;
 
-pub const KID: &str = "fleet-sim";
-pub const PASSWORD: &str = "correct horse battery staple";
+pub use super::signing::PASSWORD;
+
+/// This fleet's signing key (its own seed: a separate fleet from `tests/e2e_support`'s).
+const FLEET: TestFleet = TestFleet::new("fleet-sim", 77);
+pub const KID: &str = FLEET.kid;
 pub const GATEWAY: &str = "gw-1";
 
 /// The fleet signing key (fixed seed: every run signs the same way).
 pub fn fleet_key() -> ring::signature::Ed25519KeyPair {
-    fleet::keypair_from_seed(&[77; 32]).unwrap()
+    FLEET.key()
 }
 
 pub fn site_id(i: usize) -> String {

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod modbus;
 pub mod mqtt;
 pub mod pki;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -526,7 +527,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub clock: Arc<ManualClock>,
     pub auth: Arc<MemAuth>,
-    pub authz: Arc<sitegate::authz::Authz>,
+    /// The access-state owner over the site (the only writer of the index the API reads).
+    pub authz: sitegate::authz::owner::Access,
     pub units: Arc<MemUnits>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -554,7 +556,7 @@ impl Harness {
         let store = Store::open_in(dir.path()).unwrap();
         let audit = Audit::new(store.clone(), shared.clone(), None);
         let auth = Arc::new(MemAuth::new(clock.clone()));
-        let authz = Arc::new(sitegate::authz::Authz::new(site_inputs(clock.now())));
+        let authz = sitegate::authz::owner::Access::new(site_inputs(clock.now()));
         let units = Arc::new(MemUnits::new(clock.clone()));
         let delegations = sitegate::delegation::Delegations::new(
             store.clone(),
@@ -567,7 +569,7 @@ impl Harness {
         .unwrap();
         let delegation = Arc::new(sitegate::app::adapters::DelegationAdapter {
             delegations,
-            authz: authz.clone(),
+            authz: authz.authz(),
         });
         let businesses = Arc::new(
             sitegate::business::Businesses::new(
@@ -584,7 +586,7 @@ impl Harness {
             Ports {
                 auth: auth.clone(),
                 authz: Arc::new(sitegate::app::adapters::AuthzAdapter {
-                    authz: authz.clone(),
+                    authz: authz.authz(),
                     clock: shared.clone(),
                 }),
                 units: units.clone(),

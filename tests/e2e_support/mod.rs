@@ -23,18 +23,30 @@ use sitegate::notify::Notifier;
 use sitegate::sim::{SimHandle, SimServer, SimUnit};
 use tokio_util::sync::CancellationToken;
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "a test that also has `mod common` loads the file twice; it holds only constants and a pure function"
+)]
+#[path = "../common/signing.rs"]
+mod signing;
+
+pub use signing::PASSWORD;
+use signing::TestFleet;
+
 pub const SITE: &str = "s-1";
-pub const PASSWORD: &str = "correct horse battery staple";
-pub const KID: &str = "fleet-e2e";
+
+/// This fleet's signing key (its own seed: a separate fleet from `tests/common/fleet.rs`'s).
+const FLEET: TestFleet = TestFleet::new("fleet-e2e", 42);
+pub const KID: &str = FLEET.kid;
 
 /// The fleet signing key (fixed seed, so every run signs the same way).
 pub fn fleet_key() -> ring::signature::Ed25519KeyPair {
-    fleet::keypair_from_seed(&[42; 32]).unwrap()
+    FLEET.key()
 }
 
 /// A key the box does not trust.
 pub fn forged_key() -> ring::signature::Ed25519KeyPair {
-    fleet::keypair_from_seed(&[66; 32]).unwrap()
+    TestFleet::new("forged", 66).key()
 }
 
 /// One user with one grant: `(user id, email, role, scope json, grant id)`.

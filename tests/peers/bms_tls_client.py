@@ -5,6 +5,9 @@ Reads commands from stdin, one per line, and answers each with one line:
   read UNIT ADDR COUNT   -> "ok V1,V2,..." | "exception N" | "error TEXT"
   write UNIT ADDR VALUE  -> "ok" | "exception N" | "error TEXT"   (FC06)
   writes UNIT ADDR V1,V2 -> "ok" | "exception N" | "error TEXT"   (FC16)
+  readc UNIT ADDR COUNT  -> "ok B1,B2,..." (0/1) | "exception N" | "error TEXT" (FC01)
+  writec UNIT ADDR 0|1   -> "ok" | "exception N" | "error TEXT"   (FC05)
+  writecs UNIT ADDR 1,0  -> "ok" | "exception N" | "error TEXT"   (FC15)
 The first line printed is "connected" or "not-connected".
 """
 
@@ -52,6 +55,29 @@ for line in sys.stdin:
             unit, addr = int(parts[1]), int(parts[2])
             values = [int(x) for x in parts[3].split(",")]
             rr = client.write_registers(addr, values, device_id=unit)
+            if rr.isError():
+                print(f"exception {rr.exception_code}", flush=True)
+            else:
+                print("ok", flush=True)
+        elif parts[0] == "readc":
+            unit, addr, count = (int(x) for x in parts[1:4])
+            rr = client.read_coils(addr, count=count, device_id=unit)
+            if rr.isError():
+                print(f"exception {rr.exception_code}", flush=True)
+            else:
+                # The response is padded to whole bytes: only the bits asked for.
+                print("ok " + ",".join(str(int(b)) for b in rr.bits[:count]), flush=True)
+        elif parts[0] == "writec":
+            unit, addr, value = (int(x) for x in parts[1:4])
+            rr = client.write_coil(addr, bool(value), device_id=unit)
+            if rr.isError():
+                print(f"exception {rr.exception_code}", flush=True)
+            else:
+                print("ok", flush=True)
+        elif parts[0] == "writecs":
+            unit, addr = int(parts[1]), int(parts[2])
+            values = [x == "1" for x in parts[3].split(",")]
+            rr = client.write_coils(addr, values, device_id=unit)
             if rr.isError():
                 print(f"exception {rr.exception_code}", flush=True)
             else:

@@ -1,5 +1,5 @@
-//! `GET /lockouts` and `DELETE /lockouts/{key}`: login throttles and lockouts (site admins; the
-//! auth engine checks `manage_users` on the whole site).
+//! `GET /lockouts` and `DELETE /lockouts/{key}`: login throttles and lockouts (the auth engine
+//! checks the `admin` role on the whole site, or the site owner).
 
 use axum::extract::State;
 use axum::http::StatusCode;

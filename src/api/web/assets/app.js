@@ -652,7 +652,7 @@
     const load = async () => {
       const r = await api('GET', '/api/v1/lockouts');
       if (r.status === 403) {
-        section.hidden = true; // lockouts are for holders of manage_users on the whole site
+        section.hidden = true; // lockouts are for site admins and the site owner
         return;
       }
       if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
