@@ -18,6 +18,7 @@ mod layers;
 pub mod openapi;
 pub mod ports;
 mod rate;
+mod scans;
 mod session;
 mod state;
 mod stream;
@@ -37,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ApiMode};
 use handlers::{
-    access_requests, audit, businesses, commands, diagnostics, grants, lockouts, sessions, system,
-    units,
+    access_requests, audit, businesses, commands, diagnostics, grants, lockouts, scans as scan,
+    sessions, system, units,
 };
 
 pub use error::ApiError;
@@ -112,6 +113,31 @@ pub static ROUTES: &[RouteDef] = &[
         method: Method::GET,
         path: "/api/v1/units/{unit}/diagnostics",
         handler: || get(diagnostics::read),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/units/{unit}/test",
+        handler: || post(diagnostics::test),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/scans",
+        handler: || get(scan::list),
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/scans",
+        handler: || post(scan::start),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/scans/{id}",
+        handler: || get(scan::status),
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/scans/{id}",
+        handler: || delete(scan::cancel),
     },
     RouteDef {
         method: Method::GET,

@@ -75,11 +75,15 @@ static INDEX: LazyLock<String> = LazyLock::new(|| {
 
 /// The web routes (outside `/api/v1`, so they are not part of the OpenAPI document).
 pub fn routes() -> Vec<(&'static str, MethodRouter<ApiState>)> {
-    vec![
-        ("/", get(index)),
-        ("/assets/{name}", get(asset)),
-        ("/web/session", get(session_info).post(login).delete(logout)),
-    ]
+    let mut r = page_routes();
+    r.push(("/web/session", get(session_info).post(login).delete(logout)));
+    r
+}
+
+/// The page and its assets alone, for any router (the first-boot setup server serves them too:
+/// on a blank box the page shows the setup form).
+pub fn page_routes<S: Clone + Send + Sync + 'static>() -> Vec<(&'static str, MethodRouter<S>)> {
+    vec![("/", get(index)), ("/assets/{name}", get(asset))]
 }
 
 fn page_headers(resp: &mut Response, cache: &'static str) {
