@@ -293,23 +293,27 @@
     document.title = 'First-boot setup · sitegate';
     const h = await api('GET', '/api/v1/healthz');
     const fp = h.status === 200 && h.body && h.body.tls_fingerprint ? h.body.tls_fingerprint : null;
+    const nodes = [];
     const field = (id, label, attrs, hint) => {
-      const input = el(attrs.tag || 'input', Object.assign({ id, name: id, autocomplete: 'off', spellcheck: 'false' }, attrs, { tag: undefined }));
-      return [el('label', { for: id, text: label }), hint ? el('p', { class: 'why', id: `${id}-hint`, text: hint }) : null, input];
+      const a = Object.assign({ id, name: id, autocomplete: 'off', spellcheck: 'false' }, attrs);
+      if (hint) a['aria-describedby'] = `${id}-hint`;
+      const input = el(attrs.tag || 'input', Object.assign(a, { tag: undefined }));
+      nodes.push(el('label', { for: id, text: label }), hint ? el('p', { class: 'why', id: `${id}-hint`, text: hint }) : null, input);
+      return input;
     };
-    const [lc, hc, code] = field('su-code', 'Setup code', { required: true, 'aria-describedby': 'su-code-hint' },
+    const code = field('su-code', 'Setup code', { required: true },
       'Shown on the box\'s console and in its journal, and in the file setup-code of its state directory.');
-    const [ls, site] = field('su-site', 'Site id', { required: true });
-    const [lg, gateway] = field('su-gateway', 'Gateway id (this box)', { required: true });
-    const [ln, name] = field('su-name', 'Name of the site (optional)', {});
-    const [lk, hk, kid] = field('su-kid', 'Fleet trust key id', { required: true, 'aria-describedby': 'su-kid-hint' },
+    const site = field('su-site', 'Site id', { required: true });
+    const gateway = field('su-gateway', 'Gateway id (this box)', { required: true });
+    const name = field('su-name', 'Name of the site (optional)', {});
+    const kid = field('su-kid', 'Fleet trust key id', { required: true },
       'From your fleet\'s trust key sheet: the key id and the Ed25519 public key (base64url).');
-    const [lp, pub] = field('su-key', 'Fleet trust public key', { tag: 'textarea', required: true });
-    const [lm, hm, mqtt] = field('su-mqtt', 'Cloud broker URL (optional)', { 'aria-describedby': 'su-mqtt-hint' }, 'mqtts://host:8883; empty: the box works offline until one is set.');
+    const pub = field('su-key', 'Fleet trust public key', { tag: 'textarea', required: true });
+    const mqtt = field('su-mqtt', 'Cloud broker URL (optional)', {}, 'mqtts://host:8883; empty: the box works offline until one is set.');
     const err = el('p', { class: 'error', role: 'alert' });
     const submit = el('button', { type: 'submit', text: 'Set up this box' });
     const form = el('form', { class: 'login', novalidate: true, 'aria-labelledby': 'su-h' },
-      el('h2', { id: 'su-h', text: 'Site and gateway' }), lc, hc, code, ls, site, lg, gateway, ln, name, lk, hk, kid, lp, pub, lm, hm, mqtt, submit);
+      el('h2', { id: 'su-h', text: 'Site and gateway' }), ...nodes.filter((n) => n), submit);
     const cert = el('section', { 'aria-labelledby': 'fp-h', class: 'control' },
       el('h2', { id: 'fp-h', text: 'Certificate to pin' }),
       el('p', { text: 'This box made its own certificate. Before you type the setup code, check that your browser shows the same SHA-256 fingerprint for this page (the padlock, then the certificate), and note it: it stays the same after setup, and your tools should accept only it.' }),
@@ -418,8 +422,9 @@
     // The admin and scan views are built from their own requests, not from the stream: a stream
     // message never rebuilds them (their unit lists are refreshed in place).
     if (location.hash === '#/admin' || location.hash === '#/scan') return '';
-    // The structure (which units, which controls) changes only with access or inventory.
-    return JSON.stringify(units.map((u) => [u.id, u.online, u.capabilities,
+    // The structure (which units, which controls) changes only with access or inventory, and
+    // once, when the first message replaces "Loading" (even with no unit to show).
+    return (lastMsgAt ? 'loaded' : 'loading') + JSON.stringify(units.map((u) => [u.id, u.online, u.capabilities,
       u.points.map((p) => [p.name, p.writable]), u.commands.map((c) => [c.name, c.allowed])]));
   }
 
