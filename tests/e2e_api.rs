@@ -1118,3 +1118,53 @@ async fn before_the_first_bundle_an_installer_token_scans_and_tests_units() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_lists_every_role_in_force_with_its_source_and_the_audit_chain_verifies() {
+    let s = site().await;
+    let ada = s.login("ada").await;
+    let r = get(&s, "/roles", &ada).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut roles: Vec<String> = r.body["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            format!(
+                "{} {} {} {}",
+                g["email"].as_str().unwrap_or("?"),
+                g["role"].as_str().unwrap(),
+                g["scope"],
+                g["origin"].as_str().unwrap()
+            )
+        })
+        .collect();
+    roles.sort();
+    eprintln!("{roles:#?}");
+    assert_eq!(roles.len(), members().len(), "{roles:#?}");
+    assert!(roles.iter().all(|r| r.ends_with(" cloud")), "{roles:#?}");
+    // Someone who manages users nowhere may not list roles.
+    let carl = s.login("carl").await;
+    let r = get(&s, "/roles", &carl).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // The chain: intact for a site technician or admin; not for a viewer.
+    let r = get(&s, "/audit/verify", &ada).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["intact"].as_bool(), r.body["broken_at"].is_null()),
+        (Some(true), true),
+        "{}",
+        r.body
+    );
+    assert!(r.body["records"].as_u64().unwrap() >= 2, "{}", r.body);
+    let vera = s.login("vera").await;
+    let r = get(&s, "/audit/verify", &vera).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    s.stop().await;
+}

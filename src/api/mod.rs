@@ -146,6 +146,16 @@ pub static ROUTES: &[RouteDef] = &[
     },
     RouteDef {
         method: Method::GET,
+        path: "/api/v1/audit/verify",
+        handler: || get(audit::verify),
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/roles",
+        handler: || get(grants::roles),
+    },
+    RouteDef {
+        method: Method::GET,
         path: "/api/v1/grants",
         handler: || get(grants::list),
     },

@@ -523,6 +523,25 @@ mod tests {
             ("get", "/audit", StatusCode::OK, body(audit_page(full))),
             (
                 "get",
+                "/audit/verify",
+                StatusCode::OK,
+                body(AuditVerify {
+                    intact: !full,
+                    records: if full { 0 } else { 12 },
+                    broken_at: full.then_some(7),
+                    checked_at: crate::clock::rfc3339(t()),
+                }),
+            ),
+            (
+                "get",
+                "/roles",
+                StatusCode::OK,
+                body(RoleList {
+                    roles: vec![grant(full)],
+                }),
+            ),
+            (
+                "get",
                 "/grants",
                 StatusCode::OK,
                 body(GrantList {

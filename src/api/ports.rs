@@ -171,6 +171,13 @@ pub trait AuthzPort: Send + Sync + 'static {
 
     /// The user's profile and effective capabilities; `None` if the user is unknown or inactive.
     fn me(&self, user: &UserId) -> Option<Me>;
+
+    /// Every grant in force on this box now (from the cloud's bundle, installer tokens and local
+    /// delegations; revoked, expired and not yet valid ones left out, and those of inactive
+    /// users), with the user's email. The API filters it to what the caller may see.
+    fn roles(&self) -> Vec<GrantInfo> {
+        Vec::new()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

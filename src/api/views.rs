@@ -362,6 +362,24 @@ pub struct ScanList {
 // Grants, access requests, lockouts, businesses
 // ---------------------------------------------------------------------------------------------
 
+/// `GET /audit/verify`.
+#[derive(Debug, Serialize)]
+pub struct AuditVerify {
+    /// Every record matches its content and its predecessor.
+    pub intact: bool,
+    /// Records checked (0 when the chain is broken).
+    pub records: u64,
+    /// The `seq` of the first record that does not match.
+    pub broken_at: Option<i64>,
+    pub checked_at: String,
+}
+
+/// `GET /roles`.
+#[derive(Debug, Serialize)]
+pub struct RoleList {
+    pub roles: Vec<GrantInfo>,
+}
+
 /// `GET /grants`.
 #[derive(Debug, Serialize)]
 pub struct GrantList {

@@ -205,6 +205,27 @@ impl AuthzPort for AuthzAdapter {
             owner: ix.is_owner(user),
         })
     }
+
+    fn roles(&self) -> Vec<GrantInfo> {
+        let ix = self.authz.index();
+        let eff = ix.effective_now(self.clock.now());
+        let mut out: Vec<GrantInfo> = ix
+            .users()
+            .filter(|u| u.active)
+            .flat_map(|u| {
+                ix.grants_of(&u.id)
+                    .filter(|g| {
+                        !ix.is_revoked(&g.id)
+                            && g.not_before.is_none_or(|nb| nb <= eff)
+                            && g.expires_at.is_none_or(|e| e > eff)
+                    })
+                    .map(|g| grant_info(g, Some(u.email.clone())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.email, &a.id).cmp(&(&b.email, &b.id)));
+        out
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

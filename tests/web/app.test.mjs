@@ -311,6 +311,24 @@ try {
       await page.getByRole('link', { name: 'Access & audit' }).click();
       const grants = page.getByRole('table', { name: 'Access given on this box' });
       await grants.waitFor();
+      // Every role in force, with its source (here all from the cloud's bundle; carl's hvac-1
+      // grant was revoked by the bundle applied earlier, so it is not listed).
+      await page.waitForFunction(() => document.querySelector('section[aria-labelledby="w-h"] .result').textContent.length > 0);
+      assert.equal(await page.locator('section[aria-labelledby="w-h"] .result').textContent(), '4 roles in force.');
+      const whoRows = [];
+      for (const row of await page.getByRole('table', { name: 'Who has access' }).locator('tbody tr').all()) {
+        const c = await row.locator('td').allTextContents();
+        whoRows.push([c[0], c[1], c[2], c[4]].join(' | '));
+      }
+      assert.deepEqual(whoRows.sort(), [
+        'ada@example.com | admin | whole site | cloud',
+        'carl@example.com | control-only | unit gen-1 | cloud',
+        'tess@example.com | technician | whole site | cloud',
+        'vera@example.com | viewer | whole site | cloud',
+      ]);
+      // The daemon walked the audit chain: intact.
+      await page.locator('#chain .badge.online').waitFor();
+      assert.match(await page.locator('#chain .badge').textContent(), /^chain verified: \d+ records intact$/);
       await page.getByLabel('Email', { exact: true }).fill('vera@example.com');
       await page.getByLabel('Role', { exact: true }).selectOption('control-only');
       await page.getByLabel('Where', { exact: true }).selectOption('unit:hvac-2');

@@ -840,7 +840,7 @@
     document.title = 'Access & audit · sitegate';
     const site = (me && me.site && me.site.capabilities) || [];
     const parts = [el('p', {}, el('a', { href: '#/', text: '← All units' })), el('h1', { text: 'Access & audit' })];
-    if (site.includes('manage_users')) parts.push(grantsSection(), requestsSection(), lockoutsSection());
+    if (site.includes('manage_users')) parts.push(rolesSection(), grantsSection(), requestsSection(), lockoutsSection());
     if (me && me.user && me.user.owner) parts.push(businessesSection());
     if (site.includes('diagnose')) parts.push(auditSection());
     show(...parts);
@@ -874,6 +874,27 @@
     denied: 'denied',
     expired: 'expired (30 days without an answer)',
   };
+
+  const ORIGIN = { cloud: 'cloud', token: 'installer token' };
+
+  // Who has which role where on this box (GET /roles): every grant in force in the scopes the
+  // caller manages, with its source.
+  function rolesSection() {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const { body, table } = listTable('Who has access', ['Person', 'Role', 'Where', 'Until', 'Source']);
+    (async () => {
+      const r = await api('GET', '/api/v1/roles');
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      body.replaceChildren(...r.body.roles.map((g) => el('tr', { 'data-grant': g.id },
+        el('td', { text: g.email || g.user }), el('td', { text: g.role }), el('td', { text: fmtScope(g.scope) }),
+        el('td', { text: g.expires_at ? fmtTime(g.expires_at) : 'no end' }),
+        el('td', { text: g.origin === 'local' ? `local, by ${g.delegator || '?'}` : (ORIGIN[g.origin] || g.origin) }))));
+      setResult(out, '', `${r.body.roles.length} role${r.body.roles.length === 1 ? '' : 's'} in force.`);
+    })();
+    return el('section', { 'aria-labelledby': 'w-h' }, el('h2', { id: 'w-h', text: 'Who has access' }),
+      el('p', { class: 'why', text: 'Every role in force on this box in the scopes you manage: from the cloud, from installer tokens, and given here.' }),
+      out, table);
+  }
 
   function requestsSection() {
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
@@ -1105,8 +1126,22 @@
     });
     more.addEventListener('click', () => load(true));
     load(false);
+    // The chain badge (GET /audit/verify): the daemon walks the whole hash chain.
+    const badge = el('p', { id: 'chain', role: 'status', 'aria-live': 'polite' }, el('span', { class: 'badge stale', text: 'checking the chain…' }));
+    (async () => {
+      const r = await api('GET', '/api/v1/audit/verify');
+      if (r.status !== 200) {
+        badge.replaceChildren(el('span', { class: 'badge stale', text: 'chain not checked' }), el('span', { class: 'muted', text: ` ${errorText(r.status, r.body)}` }));
+        return;
+      }
+      const v = r.body;
+      badge.replaceChildren(v.intact
+        ? el('span', { class: 'badge online', text: `chain verified: ${v.records} records intact` })
+        : el('span', { class: 'badge offline', text: `chain broken at record ${v.broken_at}` }),
+      el('span', { class: 'muted', text: ` checked ${fmtTime(v.checked_at)}` }));
+    })();
     return el('section', { 'aria-labelledby': 'au-h' },
-      el('h2', { id: 'au-h', text: 'Audit trail' }), form, out,
+      el('h2', { id: 'au-h', text: 'Audit trail' }), badge, form, out,
       el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': 'Audit entries (scrolls sideways)' }, el('table', {},
         el('caption', { class: 'sr-only', text: 'Audit entries, newest first' }),
         el('thead', {}, el('tr', {}, ...['#', 'When', 'Kind', 'Outcome', 'Actor', 'Unit', 'Detail'].map((h) => el('th', { scope: 'col', text: h })))),
