@@ -333,6 +333,8 @@ async fn the_unit_stream_drops_a_revoked_unit_on_its_next_message_and_ends_at_lo
     let v: Value = serde_json::from_str(&first).unwrap();
     let hvac = &v["units"][1];
     assert_eq!(hvac["capabilities"], json!(["view", "control"]));
+    // Each unit's own poll interval, for the page's stale mark (the test site polls every 500 ms).
+    assert_eq!(hvac["poll_interval_ms"], json!(500));
     let setpoint = hvac["points"]
         .as_array()
         .unwrap()

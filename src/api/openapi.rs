@@ -224,6 +224,7 @@ mod tests {
             link: LinkId::new("bus1").unwrap(),
             online: full,
             last_seen: full.then(t),
+            poll_interval_ms: full.then_some(1000),
         }
     }
 

@@ -198,6 +198,9 @@ pub struct UnitSummary {
     /// Last successful transaction with the unit.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_seen: Option<OffsetDateTime>,
+    /// How often the box polls the unit (a value older than this, plus its delivery, is stale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// One enum value of a point.

@@ -460,6 +460,7 @@ fn summary(u: modbus::UnitInfo, last_seen: Option<time::OffsetDateTime>) -> Unit
         link: u.link,
         online: u.online.unwrap_or(false),
         last_seen,
+        poll_interval_ms: Some(u64::try_from(u.poll_interval.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 

@@ -45,6 +45,8 @@ pub struct UnitInfo {
     pub slave: u8,
     /// `None` until the first poll cycle decided.
     pub online: Option<bool>,
+    /// How often the unit is polled.
+    pub poll_interval: Duration,
 }
 
 /// The cached value of one point.
@@ -397,6 +399,7 @@ impl ModbusEngine {
                 link: u.cfg.link.clone(),
                 slave: u.cfg.slave.get(),
                 online: lock(&u.state).online,
+                poll_interval: u.cfg.poll_interval,
             })
             .collect()
     }

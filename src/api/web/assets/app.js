@@ -145,8 +145,15 @@
     return !es || performance.now() - lastMsgAt > intervalMs + 1000;
   }
 
-  function isStale(p) {
-    return p.quality !== 'good' || streamStale();
+  // A value is marked stale when its quality says so, when the stream has been silent for an
+  // interval and a second, or when it is older than the unit's own poll interval, plus the
+  // stream interval that delivers it, plus a second (the daemon's own `stale` quality comes only
+  // after three poll intervals).
+  function isStale(p, u) {
+    if (p.quality !== 'good' || streamStale()) return true;
+    const age = pointAge(p);
+    const poll = u && u.poll_interval_ms ? u.poll_interval_ms : null;
+    return poll !== null && age !== null && age > poll + intervalMs + 1000;
   }
 
   const ALARM_ACTIVE = new Set(['warning', 'shutdown', 'electrical_trip']);
@@ -485,7 +492,7 @@
         return;
       }
       v.textContent = fmtValue(p);
-      const stale = isStale(p);
+      const stale = isStale(p, u);
       v.className = 'val' + (stale ? ' stale' : '');
       const a = pointAge(p);
       age.textContent = (a === null ? 'not read yet' : fmtAge(a)) + (p.quality !== 'good' && p.quality !== 'stale' ? ` · ${words(p.quality)}` : '');
