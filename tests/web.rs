@@ -385,6 +385,25 @@ async fn the_page_and_its_assets_carry_the_page_policy_and_the_api_keeps_its_own
         asset.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
+    // Without `Accept-Encoding: gzip` the asset comes as is; with it, precompressed (build.rs),
+    // and both answers say they vary by it.
+    assert!(asset.headers().get("content-encoding").is_none());
+    assert_eq!(asset.headers()["vary"], "accept-encoding");
+    let plain = asset.bytes().await.unwrap();
+    let gz = s
+        .http
+        .get(format!("{root}{js}"))
+        .header("accept-encoding", "gzip, deflate, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.status(), 200);
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.headers()["vary"], "accept-encoding");
+    let packed = gz.bytes().await.unwrap();
+    assert_eq!(&packed[..2], &[0x1f, 0x8b], "a gzip stream");
+    eprintln!("app.js: {} B, gzip {} B", plain.len(), packed.len());
+    assert!(packed.len() * 3 < plain.len());
     let missing = s
         .http
         .get(format!("{root}/assets/app.000000000000.js"))
