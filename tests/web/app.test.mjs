@@ -345,6 +345,11 @@ try {
       assert.equal(await grantOut.textContent(), 'vera@example.com now has control-only on unit hvac-2.');
       const neo = grants.getByRole('row', { name: /vera@example\.com/ });
       await neo.getByRole('cell', { name: 'local, by ada' }).waitFor();
+      // "Who has access" is read again: vera's delegation is there with its source.
+      await page.getByText('5 roles in force.').waitFor();
+      const veraRoles = page.getByRole('table', { name: 'Who has access' }).getByRole('row', { name: /vera@example\.com/ });
+      assert.deepEqual((await veraRoles.all()).length, 2);
+      await veraRoles.filter({ hasText: 'local, by ada' }).getByRole('cell', { name: 'unit hvac-2' }).waitFor();
       await page.getByLabel('Kind', { exact: true }).fill('command');
       await page.getByRole('button', { name: 'Filter' }).click();
       // The unfiltered page already says "N entries shown.": wait for the filtered rows themselves.
@@ -361,6 +366,7 @@ try {
       await screen(page, 'admin');
       await neo.getByRole('button', { name: /^Revoke control-only of vera@example\.com/ }).click();
       await page.getByText('Revoked control-only of vera@example.com.').waitFor();
+      await page.getByText('4 roles in force.').waitFor();
       assert.equal(await grants.getByRole('row', { name: /vera@example\.com/ }).count(), 0);
 
       // Lockouts: ten wrong passwords lock carl's account (the address is only delayed, 2 ms in

@@ -886,10 +886,12 @@
 
   // Who has which role where on this box (GET /roles): every grant in force in the scopes the
   // caller manages, with its source.
+  let reloadRoles = null;
+
   function rolesSection() {
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
     const { body, table } = listTable('Who has access', ['Person', 'Role', 'Where', 'Until', 'Source']);
-    (async () => {
+    reloadRoles = async () => {
       const r = await api('GET', '/api/v1/roles');
       if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
       body.replaceChildren(...r.body.roles.map((g) => el('tr', { 'data-grant': g.id },
@@ -897,7 +899,8 @@
         el('td', { text: g.expires_at ? fmtTime(g.expires_at) : 'no end' }),
         el('td', { text: g.origin === 'local' ? `local, by ${g.delegator || '?'}` : (ORIGIN[g.origin] || g.origin) }))));
       setResult(out, '', `${r.body.roles.length} role${r.body.roles.length === 1 ? '' : 's'} in force.`);
-    })();
+    };
+    reloadRoles();
     return el('section', { 'aria-labelledby': 'w-h' }, el('h2', { id: 'w-h', text: 'Who has access' }),
       el('p', { class: 'why', text: 'Every role in force on this box in the scopes you manage: from the cloud, from installer tokens, and given here.' }),
       out, table);
@@ -1003,7 +1006,11 @@
       el('thead', {}, el('tr', {}, ...['Person', 'Role', 'Where', 'Until', 'Source', ''].map((h, i) =>
         el('th', { scope: 'col', text: h || undefined }, i === 5 ? el('span', { class: 'sr-only', text: 'Actions' }) : null)))),
       body);
+    let first = true;
     const load = async () => {
+      // After a delegation or revocation, "Who has access" is read again too.
+      if (!first && reloadRoles) reloadRoles();
+      first = false;
       const r = await api('GET', '/api/v1/grants');
       if (r.status !== 200) {
         out.className = 'result bad';
