@@ -1160,6 +1160,22 @@ async fn the_admin_lists_every_role_in_force_with_its_source_and_the_audit_chain
         r.body
     );
     assert!(r.body["records"].as_u64().unwrap() >= 2, "{}", r.body);
+    // A record edited behind the daemon's back breaks the chain at that record.
+    let db = rusqlite::Connection::open(s.cfg.state_dir.join("sitegate.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let edited = db
+        .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
+        .unwrap();
+    assert_eq!(edited, 1);
+    drop(db);
+    let r = get(&s, "/audit/verify", &ada).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["intact"].as_bool(), r.body["broken_at"].as_i64()),
+        (Some(false), Some(2)),
+        "{}",
+        r.body
+    );
     let vera = s.login("vera").await;
     let r = get(&s, "/audit/verify", &vera).await;
     assert_eq!(
