@@ -207,3 +207,124 @@ pub async fn scan<P: Prober>(
         cancelled: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bus where `alive` ids answer FC43 and nothing else, and `broken` stops the scan.
+    struct Fake {
+        alive: Vec<u8>,
+        broken: Option<u8>,
+        steps: usize,
+    }
+
+    impl Prober for Fake {
+        type Stop = String;
+        fn step<'a>(
+            &'a mut self,
+            slave: SlaveId,
+            step: Step,
+            _timeout: Duration,
+        ) -> ProbeFut<'a, Result<Result<Answer, ModbusError>, String>> {
+            Box::pin(async move {
+                self.steps += 1;
+                if self.broken == Some(slave.get()) {
+                    return Err(format!("link down at {slave}"));
+                }
+                Ok(match step {
+                    Step::DeviceId if self.alive.contains(&slave.get()) => {
+                        Ok(Answer::Identity(vec![(0, "Acme".into())]))
+                    }
+                    Step::DeviceId => Err(ModbusError::Timeout),
+                    Step::Read(_) => Err(ModbusError::Exception(2)),
+                })
+            })
+        }
+    }
+
+    fn id(n: u8) -> SlaveId {
+        SlaveId::new(n).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_scan_reports_every_id_finds_who_answers_stops_when_cancelled_or_the_link_fails() {
+        let registry = ProfileRegistry::builtin().unwrap();
+        let never = CancellationToken::new();
+        let mut seen = Vec::new();
+        let mut bus = Fake {
+            alive: vec![2, 4],
+            broken: None,
+            steps: 0,
+        };
+        let done = scan(
+            &mut bus,
+            id(1),
+            id(5),
+            Duration::from_millis(10),
+            &registry,
+            Duration::ZERO,
+            &never,
+            &mut |probed, total, found| seen.push((probed, total, found.len())),
+        )
+        .await
+        .unwrap();
+        let slaves: Vec<u8> = done.found.iter().map(|f| f.slave.get()).collect();
+        assert_eq!(
+            (slaves, done.probed, done.cancelled),
+            (vec![2, 4], 5, false)
+        );
+        assert_eq!(
+            seen,
+            vec![(1, 5, 0), (2, 5, 1), (3, 5, 1), (4, 5, 2), (5, 5, 2)]
+        );
+        // Identified by nothing: no profile matched an "Acme" that answers no register.
+        assert_eq!(done.found[0].profile, None);
+        assert_eq!(done.found[0].identity, vec![(0, "Acme".to_string())]);
+
+        // Cancelled after the second id: the third is never probed.
+        let stop = CancellationToken::new();
+        let mut bus = Fake {
+            alive: vec![],
+            broken: None,
+            steps: 0,
+        };
+        let done = scan(
+            &mut bus,
+            id(1),
+            id(247),
+            Duration::from_millis(10),
+            &registry,
+            Duration::ZERO,
+            &stop,
+            &mut |probed, _, _| {
+                if probed == 2 {
+                    stop.cancel();
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((done.probed, done.cancelled, bus.steps), (2, true, 2));
+
+        // A link that fails stops the scan with the reason.
+        let mut bus = Fake {
+            alive: vec![1],
+            broken: Some(3),
+            steps: 0,
+        };
+        let err = scan(
+            &mut bus,
+            id(1),
+            id(9),
+            Duration::from_millis(10),
+            &registry,
+            Duration::ZERO,
+            &never,
+            &mut |_, _, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err, "link down at 3");
+    }
+}
