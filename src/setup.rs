@@ -59,6 +59,8 @@ struct Shared {
     audit: Audit,
     code: Mutex<(String, u32)>,
     done: CancellationToken,
+    /// SHA-256 of the served certificate, once the listener is up (for the installer to pin).
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -222,8 +224,12 @@ async fn not_provisioned() -> Response {
     )
 }
 
-async fn health() -> Response {
-    Json(json!({ "status": "setup", "provisioned": false })).into_response()
+/// `GET /api/v1/healthz` before provisioning: says so, with the certificate's fingerprint (the
+/// same certificate is served after setup, so the installer pins it now and compares it with
+/// what the browser shows). The fingerprint is public (any TLS client sees the certificate).
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    let fp = s.fingerprint.get().cloned();
+    Json(json!({ "status": "setup", "provisioned": false, "tls_fingerprint": fp })).into_response()
 }
 
 /// Serves the setup endpoint until setup succeeds (then cancels `done`, which restarts the
@@ -240,30 +246,40 @@ pub async fn serve(
         audit,
         code: Mutex::new((new_code(), 0)),
         done: done.clone(),
+        fingerprint: std::sync::OnceLock::new(),
     });
     {
         let code = shared.code.lock().unwrap_or_else(|e| e.into_inner());
         shared.announce(&code.0);
     }
     let read_time = cfg.api.request_timeout;
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/api/v1/setup", post(setup))
-        .route("/api/v1/healthz", get(health))
+        .route("/api/v1/healthz", get(health));
+    // The web page and its assets: on a blank box the page shows the first-boot form.
+    for (path, handler) in api::web::page_routes() {
+        router = router.route(path, handler);
+    }
+    let router = router
         .fallback(not_provisioned)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         // Bounds the body and answers an oversized one with a 413 the client can read.
         .layer(axum::middleware::from_fn(move |req, next| {
             api::limit_body(MAX_BODY, read_time, req, next)
         }))
-        .with_state(shared);
-    api::serve_router_on(
+        .with_state(shared.clone());
+    let serving = api::serve_router_on(
         router,
         &cfg.api,
         &cfg.state_dir,
         done.child_token(),
         listener,
     )
-    .await
+    .await?;
+    if let Some(fp) = &serving.tls_fingerprint {
+        let _ = shared.fingerprint.set(fp.clone());
+    }
+    Ok(serving)
 }
 
 #[cfg(test)]

@@ -906,3 +906,281 @@ async fn the_longest_installer_token_fits_the_body_limit_even_fully_escaped() {
     }
     s.stop().await;
 }
+
+/// Polls `GET /scans/{id}` until the scan is no longer running (bounded).
+async fn scan_finished(s: &Site, id: &str, token: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = get(s, &format!("/scans/{id}"), token).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body["status"] != "running" {
+            return r.body;
+        }
+        assert!(Instant::now() < deadline, "scan still running: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_technician_scans_the_link_through_the_daemon_and_tests_a_unit_and_nothing_is_written() {
+    let s = site().await;
+    let tess = s.login("tess").await;
+    let vera = s.login("vera").await;
+    s.sim.reset_stats();
+
+    // Only `diagnose` on the whole site may scan; on the unit, only `diagnose` may test it.
+    let r = post(
+        &s,
+        "/scans",
+        &vera,
+        json!({"link": "bus", "from": 1, "to": 6}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let r = post(&s, "/units/hvac-1/test", &vera, json!({})).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let r = post(&s, "/units/nope/test", &vera, json!({})).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // Bounds, after authorization.
+    for bad in [
+        json!({"link": "nope"}),
+        json!({"link": "bus", "from": 0}),
+        json!({"link": "bus", "from": 9, "to": 3}),
+        json!({"link": "bus", "to": 248}),
+        json!({"link": "bus", "timeout_ms": 5}),
+    ] {
+        let r = post(&s, "/scans", &tess, bad.clone()).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (422, Some("invalid_request")),
+            "{bad}: {}",
+            r.body
+        );
+    }
+
+    // The unit test reads every point now; the simulated indoor unit answers every one.
+    let r = post(&s, "/units/hvac-1/test", &tess, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let points = r.body["points"].as_array().unwrap();
+    let bad: Vec<&Value> = points.iter().filter(|p| p["quality"] != "good").collect();
+    assert_eq!(
+        (r.body["passed"].as_bool(), r.body["failures"].as_u64()),
+        (Some(bad.is_empty()), Some(bad.len() as u64)),
+        "{}",
+        r.body
+    );
+    assert!(points.len() > 5, "{}", r.body);
+
+    // A scan of ids 1..=6: the four simulated devices, each with its profile and its unit.
+    let r = post(
+        &s,
+        "/scans",
+        &tess,
+        json!({"link": "bus", "from": 1, "to": 6, "timeout_ms": 200}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        (r.body["status"].as_str(), r.body["total"].as_u64()),
+        (Some("running"), Some(6))
+    );
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // One at a time.
+    let again = post(&s, "/scans", &tess, json!({"link": "bus"})).await;
+    let done = scan_finished(&s, &id, &tess).await;
+    assert_eq!(
+        (again.status, again.body["error"].as_str()),
+        (409, Some("scan_running")),
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        (done["status"].as_str(), done["probed"].as_u64()),
+        (Some("done"), Some(6)),
+        "{done}"
+    );
+    let found: Vec<(u64, Option<&str>, Option<&str>)> = done["found"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["slave"].as_u64().unwrap(),
+                f["profile"].as_str(),
+                f["unit"].as_str(),
+            )
+        })
+        .collect();
+    eprintln!("scan: {done}");
+    assert_eq!(
+        found,
+        vec![
+            (1, Some("dse-gencomm"), Some("gen-1")),
+            (2, Some("coolmaster-va"), Some("hvac-1")),
+            (3, Some("coolmaster-va"), Some("hvac-2")),
+            (4, Some("coolmaster-va"), Some("hvac-3")),
+        ]
+    );
+    // Polling went on during the scan, and neither the scan nor the test wrote anything.
+    assert_eq!(s.sim.stats().writes.len(), 0);
+
+    // A scan of every id, cancelled: it stops after the id being probed.
+    let r = post(
+        &s,
+        "/scans",
+        &tess,
+        json!({"link": "bus", "from": 5, "to": 247, "timeout_ms": 100}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let r = delete(&s, &format!("/scans/{id}"), &tess).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = scan_finished(&s, &id, &tess).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(done["probed"].as_u64().unwrap() < 243, "{done}");
+    let r = get(&s, "/scans/does-not-exist", &tess).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (404, Some("scan_not_found"))
+    );
+    let r = get(&s, "/scans", &tess).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["links"], json!(["bus"]));
+    assert_eq!(r.body["scans"].as_array().unwrap().len(), 2);
+
+    // Audited: the two scans (started, then ok / cancel_requested + cancelled), the unit test,
+    // and the refusals.
+    let admin = s.login("ada").await;
+    let r = get(&s, "/audit?kind=scan&limit=50", &admin).await;
+    let outcomes: Vec<&str> = r.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            "cancelled",
+            "cancel_requested",
+            "started",
+            "ok",
+            "started",
+            "denied"
+        ]
+    );
+    let r = get(&s, "/audit?kind=unit_test&limit=50", &admin).await;
+    let outcomes: Vec<&str> = r.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["ok", "denied", "denied"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_first_bundle_an_installer_token_scans_and_tests_units() {
+    let s = Site::start("plain", "").await;
+    let user =
+        json!({"id": "ivo", "email": "ivo@example.com", "name": "Ivo Installer", "active": true});
+    let ivo = token_login(&s, &installer_token(user, "g-ivo", time::Duration::days(1))).await;
+    let r = post(&s, "/units/gen-1/test", &ivo, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(
+        &s,
+        "/scans",
+        &ivo,
+        json!({"link": "bus", "from": 1, "to": 2, "timeout_ms": 200}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let done = scan_finished(&s, &id, &ivo).await;
+    assert_eq!(
+        (
+            done["status"].as_str(),
+            done["found"].as_array().map(Vec::len)
+        ),
+        (Some("done"), Some(2)),
+        "{done}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_lists_every_role_in_force_with_its_source_and_the_audit_chain_verifies() {
+    let s = site().await;
+    let ada = s.login("ada").await;
+    let r = get(&s, "/roles", &ada).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut roles: Vec<String> = r.body["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            format!(
+                "{} {} {} {}",
+                g["email"].as_str().unwrap_or("?"),
+                g["role"].as_str().unwrap(),
+                g["scope"],
+                g["origin"].as_str().unwrap()
+            )
+        })
+        .collect();
+    roles.sort();
+    eprintln!("{roles:#?}");
+    assert_eq!(roles.len(), members().len(), "{roles:#?}");
+    assert!(roles.iter().all(|r| r.ends_with(" cloud")), "{roles:#?}");
+    // Someone who manages users nowhere may not list roles.
+    let carl = s.login("carl").await;
+    let r = get(&s, "/roles", &carl).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // The chain: intact for a site technician or admin; not for a viewer.
+    let r = get(&s, "/audit/verify", &ada).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["intact"].as_bool(), r.body["broken_at"].is_null()),
+        (Some(true), true),
+        "{}",
+        r.body
+    );
+    assert!(r.body["records"].as_u64().unwrap() >= 2, "{}", r.body);
+    // A record edited behind the daemon's back breaks the chain at that record.
+    let db = rusqlite::Connection::open(s.cfg.state_dir.join("sitegate.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let edited = db
+        .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
+        .unwrap();
+    assert_eq!(edited, 1);
+    drop(db);
+    let r = get(&s, "/audit/verify", &ada).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["intact"].as_bool(), r.body["broken_at"].as_i64()),
+        (Some(false), Some(2)),
+        "{}",
+        r.body
+    );
+    let vera = s.login("vera").await;
+    let r = get(&s, "/audit/verify", &vera).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    s.stop().await;
+}

@@ -13,6 +13,9 @@
     reason = "test code: a failed step should fail the test loudly"
 )]
 
+#[allow(dead_code, reason = "only the process helpers are used here")]
+#[path = "common/daemon.rs"]
+mod daemon;
 mod e2e_support;
 
 use std::path::{Path, PathBuf};
@@ -179,6 +182,95 @@ async fn each_role_uses_the_web_app_in_chromium_and_the_page_never_exceeds_their
     s.stop().await;
 }
 
+/// Waits (bounded) for a file to appear with content; returns it.
+async fn wait_file(path: &Path, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path)
+            && !t.trim().is_empty()
+        {
+            return t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first-boot page in Chromium: a blank box (the real binary, no `[site]`) serves the setup
+/// form over TLS; the installer checks the certificate fingerprint (the harness computes it from
+/// the certificate file, independently of the page), enters the setup code, the site and gateway
+/// ids and the fleet trust key; the box restarts provisioned with the same certificate, and the
+/// installer signs in with a token signed by that key (tests/web/setup.test.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blank_box_is_set_up_from_the_first_boot_page_and_the_installer_signs_in() {
+    use rustls_pki_types::pem::PemObject;
+    let dir = web_dir();
+    assert!(
+        Path::new("/usr/bin/chromium").exists()
+            && dir.join("node_modules/playwright-core").exists(),
+        "chromium or tests/web/node_modules is missing: run scripts/install-deps"
+    );
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let config = tmp.path().join("sitegate.toml");
+    let port = daemon::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "# blank box\n[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let (mut box_process, logs) = daemon::spawn_run(&config, None, &[]);
+    let code = wait_file(&state.join("setup-code"), "setup code").await;
+    let pem = wait_file(&state.join("tls/cert.pem"), "certificate").await;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let fingerprint = sitegate::tls::fingerprint(der.as_ref());
+    let out = std::env::var_os("SITEGATE_WEB_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("web"));
+    std::fs::create_dir_all(&out).unwrap();
+    let token_file = out.join("installer-setup.token");
+    std::fs::write(&token_file, installer_token()).unwrap();
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join("setup.test.mjs"))
+        .env("SITEGATE_ORIGIN", format!("https://127.0.0.1:{port}"))
+        .env("SITEGATE_WEB_OUT", &out)
+        .env("SITEGATE_SETUP_CODE", code.trim())
+        .env("SITEGATE_FINGERPRINT", &fingerprint)
+        .env("SITEGATE_SITE", SITE)
+        .env("SITEGATE_KID", KID)
+        .env(
+            "SITEGATE_PUBLIC_KEY",
+            sitegate::grants::fleet::public_key_b64(&fleet_key()),
+        )
+        .env("SITEGATE_INSTALLER_TOKEN", &token_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node");
+    let status = tokio::time::timeout(RUN_LIMIT, child.wait())
+        .await
+        .expect("the browser test did not finish in time")
+        .unwrap();
+    let _ = box_process.kill();
+    let _ = box_process.wait();
+    assert!(
+        status.success(),
+        "browser test failed: {status}\n{}",
+        logs.all()
+    );
+    // The box kept its certificate across the restart (the fingerprint pinned at setup).
+    let after = std::fs::read_to_string(state.join("tls/cert.pem")).unwrap();
+    assert_eq!(after, pem);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&format!("\"{SITE}\"")), "{text}");
+}
+
 /// Reads server-sent events from `resp` until one named `want` arrives (bounded by a timeout);
 /// returns its data.
 async fn next_event(resp: &mut reqwest::Response, buf: &mut String, want: &str) -> String {
@@ -241,6 +333,8 @@ async fn the_unit_stream_drops_a_revoked_unit_on_its_next_message_and_ends_at_lo
     let v: Value = serde_json::from_str(&first).unwrap();
     let hvac = &v["units"][1];
     assert_eq!(hvac["capabilities"], json!(["view", "control"]));
+    // Each unit's own poll interval, for the page's stale mark (the test site polls every 500 ms).
+    assert_eq!(hvac["poll_interval_ms"], json!(500));
     let setpoint = hvac["points"]
         .as_array()
         .unwrap()
@@ -291,6 +385,25 @@ async fn the_page_and_its_assets_carry_the_page_policy_and_the_api_keeps_its_own
         asset.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
+    // Without `Accept-Encoding: gzip` the asset comes as is; with it, precompressed (build.rs),
+    // and both answers say they vary by it.
+    assert!(asset.headers().get("content-encoding").is_none());
+    assert_eq!(asset.headers()["vary"], "accept-encoding");
+    let plain = asset.bytes().await.unwrap();
+    let gz = s
+        .http
+        .get(format!("{root}{js}"))
+        .header("accept-encoding", "gzip, deflate, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.status(), 200);
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.headers()["vary"], "accept-encoding");
+    let packed = gz.bytes().await.unwrap();
+    assert_eq!(&packed[..2], &[0x1f, 0x8b], "a gzip stream");
+    eprintln!("app.js: {} B, gzip {} B", plain.len(), packed.len());
+    assert!(packed.len() * 3 < plain.len());
     let missing = s
         .http
         .get(format!("{root}/assets/app.000000000000.js"))

@@ -36,6 +36,9 @@ pub enum Access {
     ManagesScope,
     /// The site owner.
     Owner,
+    /// The capability on the whole site (the route reaches beyond any one unit: a bus, the
+    /// whole audit chain).
+    Site(Capability),
     /// The `admin` role on the whole site, or the site owner (the auth engine decides).
     SiteAdminOrOwner,
     /// Loopback clients; from the LAN, a session with the capability on the whole site.
@@ -52,6 +55,7 @@ impl Access {
             Access::Unit(c) => json!({"who": "unit", "any_of": caps(c)}),
             Access::SomeUnit(c) => json!({"who": "some_unit", "any_of": caps(&[c])}),
             Access::ManagesScope => json!({"who": "scope", "any_of": ["manage_users"]}),
+            Access::Site(c) => json!({"who": "site", "any_of": caps(&[c])}),
             Access::Owner => json!({"who": "owner"}),
             Access::SiteAdminOrOwner => json!({"who": "site_admin_or_owner"}),
             Access::LoopbackOrSite(c) => json!({"who": "loopback_or_site", "any_of": caps(&[c])}),

@@ -18,6 +18,7 @@ mod layers;
 pub mod openapi;
 pub mod ports;
 mod rate;
+mod scan_jobs;
 mod session;
 mod state;
 mod stream;
@@ -37,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ApiMode};
 use handlers::{
-    access_requests, audit, businesses, commands, diagnostics, grants, lockouts, sessions, system,
-    units,
+    access_requests, audit, businesses, commands, diagnostics, grants, lockouts, scans, sessions,
+    system, units,
 };
 
 use crate::model::Capability;
@@ -200,11 +201,74 @@ pub static ROUTES: &[RouteDef] = &[
         answers: &[CALLER, PATH, QUERY, &[(403, "forbidden")], READ_ERRORS],
     },
     RouteDef {
+        method: Method::POST,
+        path: "/api/v1/units/{unit}/test",
+        access: Access::Unit(&DIAGNOSE_CAPS),
+        handler: || post(diagnostics::test),
+        answers: &[CALLER, CSRF, PATH, &[(403, "forbidden")], READ_ERRORS],
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/scans",
+        access: Access::Site(Capability::Diagnose),
+        handler: || get(scans::list),
+        answers: &[CALLER, &[(403, "forbidden")]],
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/scans",
+        access: Access::Site(Capability::Diagnose),
+        handler: || post(scans::start),
+        answers: &[
+            CALLER,
+            CSRF,
+            JSON_BODY,
+            &[
+                (403, "forbidden"),
+                (409, "scan_running"),
+                (422, "invalid_request"),
+            ],
+        ],
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/scans/{id}",
+        access: Access::Site(Capability::Diagnose),
+        handler: || get(scans::status),
+        answers: &[CALLER, PATH, &[(403, "forbidden"), (404, "scan_not_found")]],
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/scans/{id}",
+        access: Access::Site(Capability::Diagnose),
+        handler: || delete(scans::cancel),
+        answers: &[
+            CALLER,
+            CSRF,
+            PATH,
+            &[(403, "forbidden"), (404, "scan_not_found")],
+        ],
+    },
+    RouteDef {
         method: Method::GET,
         path: "/api/v1/audit",
         access: Access::SomeUnit(Capability::Diagnose),
         handler: || get(audit::query),
         answers: &[CALLER, QUERY, &[(403, "forbidden")]],
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/audit/verify",
+        access: Access::Site(Capability::Diagnose),
+        handler: || get(audit::verify),
+        answers: &[CALLER, &[(403, "forbidden")]],
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/roles",
+        access: Access::SomeUnit(Capability::ManageUsers),
+        handler: || get(grants::roles),
+        answers: &[CALLER, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,

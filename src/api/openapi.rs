@@ -28,8 +28,9 @@ mod tests {
     mod requests;
     use crate::api::ports::{
         Diagnostics, EnumLabel, GrantInfo, LinkStats, Lockout, PendingRequest, PointInfo, Reading,
-        RegisterKind, UnitProfile, UnitSummary,
+        RegisterKind, ScanFound, UnitProfile, UnitSummary,
     };
+    use crate::api::scan_jobs::{Progress, Scan, ScanStatus};
     use crate::api::views::*;
     use crate::audit::Record;
     use crate::business::{BusinessInfo, Suspension};
@@ -268,6 +269,7 @@ mod tests {
             link: LinkId::new("bus1").unwrap(),
             online: full,
             last_seen: full.then(t),
+            poll_interval_ms: full.then_some(1000),
         }
     }
 
@@ -423,6 +425,61 @@ mod tests {
         }
     }
 
+    fn scan(full: bool) -> ScanView {
+        let s = Scan {
+            id: "5c4e".into(),
+            link: LinkId::new("bus1").unwrap(),
+            from: 1,
+            to: 10,
+            timeout_ms: 200,
+            started_by: user("u-1"),
+            started_at: t(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            progress: std::sync::Mutex::new(Progress {
+                status: if full {
+                    ScanStatus::Failed
+                } else {
+                    ScanStatus::Running
+                },
+                probed: 3,
+                found: vec![ScanFound {
+                    slave: 2,
+                    identity: full
+                        .then(|| "CoolAutomation".to_string())
+                        .into_iter()
+                        .collect(),
+                    profile: full.then(|| "coolmaster-va".into()),
+                    matched_by: full.then(|| "signature registers".into()),
+                    unit: full.then(|| unit("hvac-1")),
+                }],
+                error: full.then(|| "link `bus1`: connection refused".into()),
+                finished_at: full.then(t),
+            }),
+        };
+        ScanView::of(&s)
+    }
+
+    fn unit_test(full: bool) -> UnitTestOut {
+        UnitTestOut {
+            unit: unit("hvac-1"),
+            passed: !full,
+            failures: usize::from(full),
+            points: vec![TestedPoint {
+                point: "room_temp".into(),
+                label: "Room temperature".into(),
+                unit: full.then(|| "°C".into()),
+                value: if full { Value::Null } else { json!(21.5) },
+                quality: if full {
+                    Quality::OpenCircuit
+                } else {
+                    Quality::Good
+                },
+            }],
+            at: crate::clock::rfc3339(t()),
+            duration_ms: 42,
+        }
+    }
+
     fn body<T: Serialize>(v: T) -> Value {
         serde_json::to_value(v).unwrap()
     }
@@ -491,7 +548,44 @@ mod tests {
                 StatusCode::OK,
                 body(diagnostics(full)),
             ),
+            (
+                "post",
+                "/units/{unit}/test",
+                StatusCode::OK,
+                body(unit_test(full)),
+            ),
+            (
+                "get",
+                "/scans",
+                StatusCode::OK,
+                body(ScanList {
+                    links: vec![LinkId::new("bus1").unwrap()],
+                    scans: vec![scan(full)],
+                }),
+            ),
+            ("post", "/scans", StatusCode::ACCEPTED, body(scan(full))),
+            ("get", "/scans/{id}", StatusCode::OK, body(scan(full))),
+            ("delete", "/scans/{id}", StatusCode::OK, body(scan(full))),
             ("get", "/audit", StatusCode::OK, body(audit_page(full))),
+            (
+                "get",
+                "/audit/verify",
+                StatusCode::OK,
+                body(AuditVerify {
+                    intact: !full,
+                    records: if full { 0 } else { 12 },
+                    broken_at: full.then_some(7),
+                    checked_at: crate::clock::rfc3339(t()),
+                }),
+            ),
+            (
+                "get",
+                "/roles",
+                StatusCode::OK,
+                body(RoleList {
+                    roles: vec![grant(full)],
+                }),
+            ),
             (
                 "get",
                 "/grants",

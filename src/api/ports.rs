@@ -172,6 +172,13 @@ pub trait AuthzPort: Send + Sync + 'static {
 
     /// The user's profile and effective capabilities; `None` if the user is unknown or inactive.
     fn me(&self, user: &UserId) -> Option<Me>;
+
+    /// Every grant in force on this box now (from the cloud's bundle, installer tokens and local
+    /// delegations; revoked, expired and not yet valid ones left out, and those of inactive
+    /// users), with the user's email. The API filters it to what the caller may see.
+    fn roles(&self) -> Vec<GrantInfo> {
+        Vec::new()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,6 +199,9 @@ pub struct UnitSummary {
     /// Last successful transaction with the unit.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_seen: Option<OffsetDateTime>,
+    /// How often the box polls the unit (a value older than this, plus its delivery, is stale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// One enum value of a point.
@@ -422,6 +432,27 @@ pub trait UnitsPort: Send + Sync + 'static {
     /// Unit and link diagnostics (cached counters).
     fn diagnostics(&self, unit: &UnitId) -> Option<Diagnostics>;
 
+    /// The configured links, by name.
+    fn links(&self) -> Vec<LinkId> {
+        Vec::new()
+    }
+
+    /// Scans a link for devices: probes slave ids `from..=to` (read-only), waiting `per_id` for
+    /// each id's first answer, through the link's own task (never a second transport on a bus
+    /// the daemon polls); `cancel` is looked at between ids. The default cannot scan.
+    fn scan<'a>(
+        &'a self,
+        link: &'a LinkId,
+        from: u8,
+        to: u8,
+        per_id: Duration,
+        cancel: &'a tokio_util::sync::CancellationToken,
+        progress: ScanProgress<'a>,
+    ) -> BoxFut<'a, Result<ScanDone, ScanFailure>> {
+        let _ = (link, from, to, per_id, cancel, progress);
+        Box::pin(async { Err(ScanFailure::Unavailable) })
+    }
+
     /// Reads `count` raw registers (or coils, as 0/1) starting at the 0-based `address`.
     /// The API has already bounded `count` (125 registers, 2000 bits) and the address range.
     fn read_raw<'a>(
@@ -433,6 +464,50 @@ pub trait UnitsPort: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFut<'a, Result<Vec<u16>, ReadError>>;
 }
+
+/// A device a scan found at one slave id of a link.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScanFound {
+    pub slave: u8,
+    /// The device's identification texts (vendor, product code, revision), empty when it does
+    /// not implement FC43.
+    pub identity: Vec<String>,
+    /// The suggested profile, if one matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// How the profile was matched (`signature registers`, `device identification (FC43)`,
+    /// `register map fits (unconfirmed)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_by: Option<String>,
+    /// The unit of the configuration at this link and slave id, if there is one (to test it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<UnitId>,
+}
+
+/// How a scan ended (all ids probed, or cancelled after `probed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanDone {
+    pub found: Vec<ScanFound>,
+    pub probed: usize,
+    pub cancelled: bool,
+}
+
+/// Why a scan stopped before its last id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanFailure {
+    /// No link by that name.
+    #[error("unknown link")]
+    UnknownLink,
+    /// The link's transport cannot be opened or broke.
+    #[error("{0}")]
+    Link(String),
+    /// This box cannot scan (shutting down, or no engine).
+    #[error("scanning is not available")]
+    Unavailable,
+}
+
+/// Progress of a scan: `(probed, total, found so far)`, after every id.
+pub type ScanProgress<'a> = &'a mut (dyn FnMut(usize, usize, &[ScanFound]) + Send);
 
 // ---------------------------------------------------------------------------------------------
 // Delegation

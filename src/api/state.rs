@@ -58,6 +58,7 @@ pub(super) struct Inner {
     pub(super) limits: Limits,
     pub(super) cors_origins: Vec<HeaderValue>,
     pub(super) rate: RateLimiter,
+    pub(super) scans: super::scan_jobs::Scans,
 }
 
 impl ApiState {
@@ -82,6 +83,7 @@ impl ApiState {
             clock,
             limits,
             cors_origins,
+            scans: super::scan_jobs::Scans::default(),
         }))
     }
 

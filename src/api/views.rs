@@ -17,13 +17,14 @@ use time::OffsetDateTime;
 use super::error::ApiError;
 use super::ports::{
     CommandInfo, Diagnostics, GrantInfo, Lockout, PendingRequest, PointInfo, Reading, RegisterKind,
-    UnitProfile, UnitSummary,
+    ScanFound, UnitProfile, UnitSummary,
 };
+use super::scan_jobs::{Scan, ScanStatus};
 use crate::audit::Record;
 use crate::business::{BusinessInfo, Suspension};
 use crate::clock::{rfc3339, unix_ms};
 use crate::modbus::Quality;
-use crate::model::{BusinessId, CapSet, Capability, GrantId, Management, UnitId, UserId};
+use crate::model::{BusinessId, CapSet, Capability, GrantId, LinkId, Management, UnitId, UserId};
 
 /// A JSON body with its object keys sorted at every level (the API's canonical form).
 pub struct Sorted<T>(pub T);
@@ -285,9 +286,99 @@ pub struct AuditPage {
     pub next_before: Option<i64>,
 }
 
+/// `POST /units/{unit}/test`: every point of the unit read now, and whether each is good.
+#[derive(Debug, Serialize)]
+pub struct UnitTestOut {
+    pub unit: UnitId,
+    /// Every point read with quality `good`.
+    pub passed: bool,
+    /// Points whose quality is not `good`.
+    pub failures: usize,
+    pub points: Vec<TestedPoint>,
+    pub at: String,
+    pub duration_ms: u64,
+}
+
+/// One point of a unit test.
+#[derive(Debug, Serialize)]
+pub struct TestedPoint {
+    pub point: String,
+    pub label: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub value: Value,
+    pub quality: Quality,
+}
+
+/// `POST /scans` (202), `GET /scans/{id}`, `DELETE /scans/{id}`.
+#[derive(Debug, Serialize)]
+pub struct ScanView {
+    pub id: String,
+    pub link: LinkId,
+    pub from: u8,
+    pub to: u8,
+    pub timeout_ms: u64,
+    pub started_by: UserId,
+    pub started_at: String,
+    pub status: ScanStatus,
+    pub probed: usize,
+    pub total: usize,
+    pub found: Vec<ScanFound>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl ScanView {
+    pub fn of(scan: &Scan) -> ScanView {
+        let p = scan.progress();
+        ScanView {
+            id: scan.id.clone(),
+            link: scan.link.clone(),
+            from: scan.from,
+            to: scan.to,
+            timeout_ms: scan.timeout_ms,
+            started_by: scan.started_by.clone(),
+            started_at: rfc3339(scan.started_at),
+            status: p.status,
+            probed: p.probed,
+            total: scan.total(),
+            found: p.found,
+            error: p.error,
+            finished_at: p.finished_at.map(rfc3339),
+        }
+    }
+}
+
+/// `GET /scans`: the links that can be scanned and the recent scans, newest first.
+#[derive(Debug, Serialize)]
+pub struct ScanList {
+    pub links: Vec<LinkId>,
+    pub scans: Vec<ScanView>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Grants, access requests, lockouts, businesses
 // ---------------------------------------------------------------------------------------------
+
+/// `GET /audit/verify`.
+#[derive(Debug, Serialize)]
+pub struct AuditVerify {
+    /// Every record matches its content and its predecessor.
+    pub intact: bool,
+    /// Records checked (0 when the chain is broken).
+    pub records: u64,
+    /// The `seq` of the first record that does not match.
+    pub broken_at: Option<i64>,
+    pub checked_at: String,
+}
+
+/// `GET /roles`.
+#[derive(Debug, Serialize)]
+pub struct RoleList {
+    pub roles: Vec<GrantInfo>,
+}
 
 /// `GET /grants`.
 #[derive(Debug, Serialize)]

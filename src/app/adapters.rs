@@ -16,8 +16,9 @@ use std::time::Duration;
 use crate::api::ports::{
     self, AccessRequest, AuthPort, AuthzPort, BoxFut, BusinessPort, CommandInfo, CommandOutcome,
     DelegateRequest, DelegationOutcome, DelegationPort, Diagnostics, EnumLabel, GrantInfo,
-    LinkStats, Me, PendingRequest, PointInfo, ReadError, Reading, RegisterKind, SessionInfo,
-    UnitProfile, UnitSummary, UnitsPort, WriteFailure,
+    LinkStats, Me, PendingRequest, PointInfo, ReadError, Reading, RegisterKind, ScanDone,
+    ScanFailure, ScanFound, ScanProgress, SessionInfo, UnitProfile, UnitSummary, UnitsPort,
+    WriteFailure,
 };
 use crate::auth::{self, Auth, AuthError, TokenVerifier};
 use crate::authz::{Authz, Decision, Target};
@@ -26,7 +27,7 @@ use crate::clock::SharedClock;
 use crate::delegation::{self, Delegations};
 use crate::grants::{ApplyOutcome, GrantEngine, Kind, Rejection};
 use crate::modbus::{self, ModbusEngine};
-use crate::model::{CapSet, Capability, GrantId, UnitId, UserId};
+use crate::model::{CapSet, Capability, GrantId, LinkId, SlaveId, UnitId, UserId};
 use crate::mqtt::PointSample;
 
 // ---------------------------------------------------------------------------------------------
@@ -204,6 +205,27 @@ impl AuthzPort for AuthzAdapter {
             business_suspended: ix.is_suspended(user),
             owner: ix.is_owner(user),
         })
+    }
+
+    fn roles(&self) -> Vec<GrantInfo> {
+        let ix = self.authz.index();
+        let eff = ix.effective_now(self.clock.now());
+        let mut out: Vec<GrantInfo> = ix
+            .users()
+            .filter(|u| u.active)
+            .flat_map(|u| {
+                ix.grants_of(&u.id)
+                    .filter(|g| {
+                        !ix.is_revoked(&g.id)
+                            && g.not_before.is_none_or(|nb| nb <= eff)
+                            && g.expires_at.is_none_or(|e| e > eff)
+                    })
+                    .map(|g| grant_info(g, Some(u.email.clone())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.email, &a.id).cmp(&(&b.email, &b.id)));
+        out
     }
 }
 
@@ -426,6 +448,7 @@ fn summary(u: modbus::UnitInfo, last_seen: Option<time::OffsetDateTime>) -> Unit
         link: u.link,
         online: u.online.unwrap_or(false),
         last_seen,
+        poll_interval_ms: Some(u64::try_from(u.poll_interval.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
@@ -693,6 +716,62 @@ impl UnitsPort for UnitsAdapter {
             last_success: self.last_seen(unit),
             last_error: link.last_error.clone(),
             link,
+        })
+    }
+
+    fn links(&self) -> Vec<LinkId> {
+        self.0.link_names()
+    }
+
+    fn scan<'a>(
+        &'a self,
+        link: &'a LinkId,
+        from: u8,
+        to: u8,
+        per_id: Duration,
+        cancel: &'a tokio_util::sync::CancellationToken,
+        progress: ScanProgress<'a>,
+    ) -> BoxFut<'a, Result<ScanDone, ScanFailure>> {
+        Box::pin(async move {
+            let (Ok(from), Ok(to)) = (SlaveId::new(from), SlaveId::new(to)) else {
+                return Err(ScanFailure::Link("slave ids are 1..=247".into()));
+            };
+            // The configured unit at each slave id of this link, to name it in the result.
+            let configured: Vec<(u8, UnitId)> = self
+                .0
+                .units()
+                .into_iter()
+                .filter(|u| u.link == *link)
+                .map(|u| (u.slave, u.id))
+                .collect();
+            let found = |f: &modbus::scan::Found| ScanFound {
+                slave: f.slave.get(),
+                identity: f.identity.iter().map(|(_, v)| v.clone()).collect(),
+                profile: f.profile.as_ref().map(|(p, _)| p.clone()),
+                matched_by: f.profile.as_ref().map(|(_, how)| (*how).to_string()),
+                unit: configured
+                    .iter()
+                    .find(|(s, _)| *s == f.slave.get())
+                    .map(|(_, u)| u.clone()),
+            };
+            let mut each = |probed: usize, total: usize, so_far: &[modbus::scan::Found]| {
+                let list: Vec<ScanFound> = so_far.iter().map(found).collect();
+                progress(probed, total, &list);
+            };
+            let done = self
+                .0
+                .scan(link, from, to, per_id, cancel, &mut each)
+                .await
+                .map_err(|e| match e {
+                    modbus::ScanError::UnknownLink => ScanFailure::UnknownLink,
+                    modbus::ScanError::Link(m) => ScanFailure::Link(m),
+                    modbus::ScanError::ShuttingDown => ScanFailure::Unavailable,
+                })?;
+            Ok(ScanDone {
+                found: done.found.iter().map(found).collect(),
+                probed: done.probed,
+                cancelled: done.cancelled,
+            })
         })
     }
 

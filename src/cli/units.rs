@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::Audit;
 use crate::config::{Config, EX_CONFIG};
-use crate::modbus::link::{self, ModbusError, Op, Reply};
-use crate::modbus::profile::{Profile, ProfileRegistry};
-use crate::modbus::scheduler;
+use crate::modbus::link::{self, ModbusError};
+use crate::modbus::profile::ProfileRegistry;
+use crate::modbus::scan::{self, Answer, Found, PROGRESS_EVERY, ProbeFut, Prober, Step};
 use crate::modbus::{ModbusEngine, Quality};
 use crate::model::SlaveId;
 
@@ -196,115 +196,44 @@ fn parse_range(s: &str) -> Result<(SlaveId, SlaveId), String> {
     Ok((a, b))
 }
 
-/// What a probe found at one slave id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub slave: SlaveId,
-    pub identity: Vec<(u8, String)>,
-    /// Profile name and how it was identified.
-    pub profile: Option<(String, &'static str)>,
+/// The command line's prober: its own transport, opened on first use and re-opened after a
+/// transaction that broke it (a late answer must not be taken for the next id's).
+struct CtxProber<'a> {
+    link: &'a crate::config::Link,
+    ctx: Option<tokio_modbus::client::Context>,
 }
 
-async fn read_ok(
-    ctx: &mut tokio_modbus::client::Context,
-    slave: SlaveId,
-    op: &Op,
-    t: Duration,
-) -> Result<Reply, ModbusError> {
-    link::transact(ctx, slave, op, t).await
+impl Prober for CtxProber<'_> {
+    type Stop = link::OpenError;
+    fn step<'b>(
+        &'b mut self,
+        slave: SlaveId,
+        step: Step,
+        t: Duration,
+    ) -> ProbeFut<'b, Result<Result<Answer, ModbusError>, link::OpenError>> {
+        Box::pin(async move {
+            let c = match &mut self.ctx {
+                Some(c) => c,
+                None => self.ctx.insert(link::open(self.link).await?),
+            };
+            let r = match &step {
+                Step::DeviceId => link::read_device_id(c, slave, t)
+                    .await
+                    .map(Answer::Identity),
+                Step::Read(op) => link::transact(c, slave, op, t).await.map(Answer::Reply),
+            };
+            if let Err(e) = &r
+                && e.breaks_transport()
+            {
+                self.ctx = None;
+            }
+            if !self.link.inter_frame_delay.is_zero() {
+                tokio::time::sleep(self.link.inter_frame_delay).await;
+            }
+            Ok(r)
+        })
+    }
 }
-
-/// Probes one id; `Ok(None)` when nothing answers, `Err` when the transport cannot be (re)opened.
-async fn probe(
-    ctx: &mut Option<tokio_modbus::client::Context>,
-    link_cfg: &crate::config::Link,
-    slave: SlaveId,
-    t: Duration,
-    profiles: &[Arc<Profile>],
-) -> Result<Option<Found>, link::OpenError> {
-    let c = match ctx {
-        Some(c) => c,
-        None => ctx.insert(link::open(link_cfg).await?),
-    };
-    let identity = match link::read_device_id(c, slave, t).await {
-        Ok(id) => id,
-        Err(ModbusError::Exception(_)) => Vec::new(),
-        Err(_) => {
-            // No answer (or garbage): re-open so a late answer cannot confuse the next id.
-            *ctx = None;
-            return Ok(None);
-        }
-    };
-    let vendor = identity
-        .iter()
-        .find(|(id, _)| *id == 0)
-        .map(|(_, v)| v.to_lowercase());
-    let mut profile = None;
-    for p in profiles {
-        if !p.signature.is_empty() {
-            let mut all = true;
-            for s in &p.signature {
-                let op = Op::Read {
-                    kind: s.kind,
-                    addr: s.address,
-                    count: 1,
-                };
-                match read_ok(c, slave, &op, t).await {
-                    Ok(Reply::Words(w)) if w.first() == Some(&s.value) => {}
-                    Ok(Reply::Bits(b)) if b.first() == Some(&(s.value != 0)) => {}
-                    _ => {
-                        all = false;
-                        break;
-                    }
-                }
-            }
-            if all {
-                profile = Some((p.name.clone(), "signature registers"));
-                break;
-            }
-        }
-    }
-    if profile.is_none()
-        && let Some(v) = &vendor
-    {
-        profile = profiles
-            .iter()
-            .find(|p| {
-                p.manufacturer
-                    .as_deref()
-                    .is_some_and(|m| !v.is_empty() && m.to_lowercase().contains(v.as_str()))
-            })
-            .map(|p| (p.name.clone(), "device identification (FC43)"));
-    }
-    if profile.is_none() {
-        // Last resort: a profile without signature whose whole read plan answers.
-        'outer: for p in profiles.iter().filter(|p| p.signature.is_empty()) {
-            let blocks = scheduler::plan(p, 0..p.points.len(), 0, &BTreeSet::new());
-            for b in &blocks {
-                let op = Op::Read {
-                    kind: b.kind,
-                    addr: b.start,
-                    count: b.count,
-                };
-                if read_ok(c, slave, &op, t).await.is_err() {
-                    continue 'outer;
-                }
-            }
-            if !blocks.is_empty() {
-                profile = Some((p.name.clone(), "register map fits (unconfirmed)"));
-                break;
-            }
-        }
-    }
-    Ok(Some(Found {
-        slave,
-        identity,
-        profile,
-    }))
-}
-
-/// Ids probed between two progress reports of a scan.
-pub const PROGRESS_EVERY: usize = 10;
 
 /// Probes `from..=to` on a link and returns what answered. The transport is opened first, and
 /// re-opened after an id that did not answer; if it cannot be, the scan stops with the reason
@@ -316,25 +245,30 @@ pub async fn scan_link(
     to: SlaveId,
     per_id: Duration,
     registry: &ProfileRegistry,
-    progress: &mut dyn FnMut(usize, usize, usize),
+    progress: &mut (dyn FnMut(usize, usize, usize) + Send),
 ) -> Result<Vec<Found>, link::OpenError> {
-    let profiles: Vec<Arc<Profile>> = registry.iter().cloned().collect();
-    let mut ctx = Some(link::open(link_cfg).await?);
-    let mut found = Vec::new();
-    let total = usize::from(to.get().saturating_sub(from.get())) + 1;
-    for (i, slave) in SlaveId::range(from, to).enumerate() {
-        if let Some(f) = probe(&mut ctx, link_cfg, slave, per_id, &profiles).await? {
-            found.push(f);
-        }
-        let probed = i + 1;
+    let mut p = CtxProber {
+        link: link_cfg,
+        ctx: Some(link::open(link_cfg).await?),
+    };
+    let mut every = |probed: usize, total: usize, found: &[Found]| {
         if probed % PROGRESS_EVERY == 0 || probed == total {
             progress(probed, total, found.len());
         }
-        if !link_cfg.inter_frame_delay.is_zero() {
-            tokio::time::sleep(link_cfg.inter_frame_delay).await;
-        }
-    }
-    Ok(found)
+    };
+    let never = CancellationToken::new();
+    let done = scan::scan(
+        &mut p,
+        from,
+        to,
+        per_id,
+        registry,
+        Duration::ZERO,
+        &never,
+        &mut every,
+    )
+    .await?;
+    Ok(done.found)
 }
 
 /// Prints a transport failure with its hint, and says so when the daemon is running (it holds

@@ -23,11 +23,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, Event};
 use crate::config::{Link, Unit};
-use crate::model::{GroupId, LinkId, UnitId};
+use crate::model::{GroupId, LinkId, SlaveId, UnitId};
 
 use super::codec::{self, Encoded, Raw, ValueError};
 use super::link::{self, LinkStats, ModbusError, Op, Reply};
 use super::profile::{CommandCondition, Profile, ProfileRegistry, Quality, RegKind};
+use super::scan::{self, Answer, Found, ProbeFut, Prober, Scanned, Step};
 use link_task::LinkTask;
 
 /// Interval of the read-back of a command's result.
@@ -44,6 +45,8 @@ pub struct UnitInfo {
     pub slave: u8,
     /// `None` until the first poll cycle decided.
     pub online: Option<bool>,
+    /// How often the unit is polled.
+    pub poll_interval: Duration,
 }
 
 /// The cached value of one point.
@@ -223,6 +226,8 @@ struct Inner {
     by_id: HashMap<UnitId, usize>,
     links: Vec<LinkHandle>,
     updates: broadcast::Sender<UnitUpdate>,
+    /// Every profile, for proposing one to a unit a scan finds.
+    registry: Arc<ProfileRegistry>,
 }
 
 /// The handle to the running engine (cheap to clone).
@@ -251,6 +256,13 @@ enum JobKind {
     },
     Refresh {
         reply: oneshot::Sender<Result<(), ModbusError>>,
+    },
+    /// One transaction of a scan, at any slave id (`Job::unit` is not used).
+    Probe {
+        slave: SlaveId,
+        step: Step,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Answer, ModbusError>>,
     },
 }
 
@@ -321,6 +333,7 @@ impl ModbusEngine {
             return Err(EngineError::Config(problems.join("; ")));
         }
         let mut handles = Vec::new();
+        let registry_kept = registry.clone();
         for (li, link) in links.iter().enumerate() {
             let (cmd_tx, cmd_rx) = mpsc::channel(32);
             let (int_tx, int_rx) = mpsc::channel(64);
@@ -361,6 +374,7 @@ impl ModbusEngine {
                 by_id,
                 links: handles,
                 updates,
+                registry: registry_kept,
             }),
         })
     }
@@ -385,6 +399,7 @@ impl ModbusEngine {
                 link: u.cfg.link.clone(),
                 slave: u.cfg.slave.get(),
                 online: lock(&u.state).online,
+                poll_interval: u.cfg.poll_interval,
             })
             .collect()
     }
@@ -770,6 +785,45 @@ impl ModbusEngine {
         }
     }
 
+    /// Scans slave ids `from..=to` on `link` through the link's own task: each probe
+    /// transaction waits its turn behind commands and between poll reads, so polling goes on
+    /// during a scan. Progress after every id; `cancel` is looked at between ids. A transport
+    /// that cannot be opened stops the scan with the reason.
+    pub async fn scan(
+        &self,
+        link: &LinkId,
+        from: SlaveId,
+        to: SlaveId,
+        per_id: Duration,
+        cancel: &CancellationToken,
+        progress: &mut (dyn FnMut(usize, usize, &[Found]) + Send),
+    ) -> Result<Scanned, ScanError> {
+        let Some(index) = self.inner.links.iter().position(|l| l.name == *link) else {
+            return Err(ScanError::UnknownLink);
+        };
+        let mut p = EngineProber {
+            engine: self,
+            link: index,
+        };
+        let registry = self.inner.registry.clone();
+        scan::scan(
+            &mut p,
+            from,
+            to,
+            per_id,
+            &registry,
+            Duration::ZERO,
+            cancel,
+            progress,
+        )
+        .await
+    }
+
+    /// The links, in config order.
+    pub fn link_names(&self) -> Vec<LinkId> {
+        self.inner.links.iter().map(|l| l.name.clone()).collect()
+    }
+
     /// Statistics of every link.
     pub fn link_stats(&self) -> Vec<LinkStats> {
         self.inner
@@ -787,6 +841,60 @@ impl ModbusEngine {
     /// Value and availability changes.
     pub fn subscribe(&self) -> broadcast::Receiver<UnitUpdate> {
         self.inner.updates.subscribe()
+    }
+}
+
+/// Why a scan stopped before its last id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("unknown link")]
+    UnknownLink,
+    /// The link's transport failed (cannot be opened, or broke): nothing more can be probed.
+    #[error("{0}")]
+    Link(String),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Probes through a link task's interactive queue.
+struct EngineProber<'e> {
+    engine: &'e ModbusEngine,
+    link: usize,
+}
+
+impl Prober for EngineProber<'_> {
+    type Stop = ScanError;
+    fn step<'a>(
+        &'a mut self,
+        slave: SlaveId,
+        step: Step,
+        timeout: Duration,
+    ) -> ProbeFut<'a, Result<Result<Answer, ModbusError>, ScanError>> {
+        Box::pin(async move {
+            let Some(l) = self.engine.inner.links.get(self.link) else {
+                return Err(ScanError::ShuttingDown);
+            };
+            let (tx, rx) = oneshot::channel();
+            let job = Job {
+                unit: usize::MAX,
+                kind: JobKind::Probe {
+                    slave,
+                    step,
+                    timeout,
+                    reply: tx,
+                },
+            };
+            // Wait for room rather than fail: a scan is not in a hurry.
+            if l.int_tx.send(job).await.is_err() {
+                return Err(ScanError::ShuttingDown);
+            }
+            match rx.await {
+                Err(_) => Err(ScanError::ShuttingDown),
+                // The transport cannot be opened, or broke: no id behind it can answer.
+                Ok(Err(ModbusError::Transport(e))) => Err(ScanError::Link(e)),
+                Ok(r) => Ok(r),
+            }
+        })
     }
 }
 

@@ -11,18 +11,20 @@
 //! - [`placement`]: units moved to their VA or base offset; overlap checks across units.
 //! - [`scheduler`]: the read plan (coalescing, gap splitting).
 //! - [`engine`]: unit state, cache, the public handle; `engine::link_task`: one task per link.
-//! - [`tools`]: `sitegate units test` and `sitegate scan`.
+//! - [`scan`]: finding units on a bus (probing slave ids, proposing profiles), over the
+//!   command line's own transport or through a running link task.
 
 pub mod codec;
 pub mod engine;
 pub mod link;
 pub mod placement;
 pub mod profile;
+pub mod scan;
 pub mod scheduler;
 
 pub use engine::{
-    EngineError, ModbusEngine, PointValue, RawValues, UnitInfo, UnitSnapshot, UnitUpdate,
-    WriteError, WriteOutcome, WriteStatus,
+    EngineError, ModbusEngine, PointValue, RawValues, ScanError, UnitInfo, UnitSnapshot,
+    UnitUpdate, WriteError, WriteOutcome, WriteStatus,
 };
 pub use link::{LinkStats, ModbusError};
 pub use profile::{Profile, ProfileRegistry, Quality, RegKind};

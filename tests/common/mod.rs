@@ -363,6 +363,7 @@ impl UnitsPort for MemUnits {
             link: LinkId::new("bus1").unwrap(),
             online: true,
             last_seen: Some(self.clock.now()),
+            poll_interval_ms: None,
         })
     }
 

@@ -8,7 +8,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::{ApiQuery, Caller};
 use crate::api::ports::Target;
 use crate::api::state::ApiState;
-use crate::api::views::{AuditPage, Sorted};
+use crate::api::views::{AuditPage, AuditVerify, Sorted};
 use crate::audit;
 use crate::model::Capability;
 
@@ -116,5 +116,48 @@ pub async fn query(
     Ok(Sorted(AuditPage {
         records,
         next_before,
+    }))
+}
+
+/// `GET /audit/verify`: walks the whole hash chain of the audit trail and says whether every
+/// record matches its content and its predecessor (else the `seq` of the first that does not).
+/// Needs `diagnose` on the whole site (the chain covers every record).
+pub async fn verify(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> ApiResult<Sorted<AuditVerify>> {
+    let user = &caller.session.user;
+    if !crate::api::guard::allows(&state, user, Capability::Diagnose, &Target::Site) {
+        return Err(ApiError::forbidden(
+            "verifying the audit chain needs `diagnose` on the whole site",
+        ));
+    }
+    let result = state
+        .0
+        .audit
+        .store()
+        .call(|c| audit::verify_chain(c))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit chain verification failed to run");
+            ApiError::internal()
+        })?;
+    let checked_at = crate::clock::rfc3339(state.0.clock.now());
+    Ok(Sorted(match result {
+        Ok(records) => AuditVerify {
+            intact: true,
+            records,
+            broken_at: None,
+            checked_at,
+        },
+        Err(seq) => {
+            tracing::error!(seq, "the audit chain is broken");
+            AuditVerify {
+                intact: false,
+                records: 0,
+                broken_at: Some(seq),
+                checked_at,
+            }
+        }
     }))
 }

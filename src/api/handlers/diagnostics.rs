@@ -1,4 +1,5 @@
-//! `GET /units/{unit}/diagnostics`: unit and link counters, and raw register reads. Needs
+//! `GET /units/{unit}/diagnostics`: unit and link counters, and raw register reads;
+//! `POST /units/{unit}/test`: every point read now, each judged by its quality. Both need
 //! `diagnose` on the unit, asked before anything about the unit is looked up.
 
 use axum::extract::State;
@@ -8,10 +9,12 @@ use serde_json::json;
 use super::ApiResult;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiPath as Path, ApiQuery, Caller};
-use crate::api::guard::{DIAGNOSE_CAPS, audit_unit_event, interactive_read, usable_unit};
-use crate::api::ports::RegisterKind;
+use crate::api::guard::{DIAGNOSE_CAPS, audit_unit_event, caps_on, interactive_read, usable_unit};
+use crate::api::ports::{RegisterKind, Target};
 use crate::api::state::ApiState;
-use crate::api::views::{DiagnosticsOut, RawRead, Sorted};
+use crate::api::views::{DiagnosticsOut, RawRead, Sorted, TestedPoint, UnitTestOut};
+use crate::clock::rfc3339;
+use crate::modbus::Quality;
 
 /// Most coils or discrete inputs in one raw read (the Modbus limit).
 const MAX_RAW_BITS: u16 = 2000;
@@ -97,4 +100,83 @@ pub async fn read(
         }
     };
     Ok(Sorted(DiagnosticsOut { diagnostics, raw }))
+}
+
+/// `POST /units/{unit}/test`: reads every point the caller may read now (interactive priority,
+/// through the link's own task), and passes when each reads with quality `good` (a sentinel such
+/// as `unimplemented` or `open_circuit` fails: wiring or profile work before the installer
+/// leaves). Never writes. Audited with the number of failures.
+pub async fn test(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(unit): Path<String>,
+) -> ApiResult<Sorted<UnitTestOut>> {
+    let user = &caller.session.user;
+    let unit = match usable_unit(&state, user, &unit, &DIAGNOSE_CAPS) {
+        Ok(u) => u,
+        Err(reason) => {
+            let detail = json!({ "reason": reason });
+            audit_unit_event(&state, "unit_test", user, Some(&unit), "denied", detail).await;
+            return Err(ApiError::forbidden(
+                "testing a unit needs `diagnose` on that unit",
+            ));
+        }
+    };
+    let units = &state.0.ports.units;
+    let profile = units.profile(&unit).unwrap_or_default();
+    let caps = caps_on(&state, user, &Target::Unit(unit.clone()));
+    let limit = state.0.limits.fresh_read_timeout;
+    let started = std::time::Instant::now();
+    let readings = match interactive_read(limit, units.read_fresh(&unit, limit)).await {
+        Ok(r) => r,
+        Err(e) => {
+            let detail = json!({ "error": e.code });
+            audit_unit_event(
+                &state,
+                "unit_test",
+                user,
+                Some(unit.as_str()),
+                "failed",
+                detail,
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    let points: Vec<TestedPoint> = profile
+        .points
+        .iter()
+        .filter(|p| caps.contains(p.read))
+        .map(|p| {
+            let r = readings.iter().find(|r| r.point == p.name);
+            TestedPoint {
+                point: p.name.clone(),
+                label: p.label.clone(),
+                unit: p.unit.clone(),
+                value: r.map_or(serde_json::Value::Null, |r| r.value.clone()),
+                quality: r.map_or(Quality::Unknown, |r| r.quality),
+            }
+        })
+        .collect();
+    let failures = points.iter().filter(|p| p.quality != Quality::Good).count();
+    let passed = failures == 0 && !points.is_empty();
+    let detail = json!({ "points": points.len(), "failures": failures });
+    let outcome = if passed { "ok" } else { "failed" };
+    audit_unit_event(
+        &state,
+        "unit_test",
+        user,
+        Some(unit.as_str()),
+        outcome,
+        detail,
+    )
+    .await;
+    Ok(Sorted(UnitTestOut {
+        unit,
+        passed,
+        failures,
+        points,
+        at: rfc3339(state.0.clock.now()),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }))
 }

@@ -8,11 +8,12 @@ use axum::http::StatusCode;
 use super::ApiResult;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiPath as Path, Caller};
+use crate::api::ports::Target;
 use crate::api::ports::{DelegateRequest, DelegationError, DelegationOutcome};
 use crate::api::session::{MAX_EMAIL, MAX_PASSWORD};
 use crate::api::state::ApiState;
-use crate::api::views::{GrantChange, GrantList, Sorted, WithStatus};
-use crate::model::GrantId;
+use crate::api::views::{GrantChange, GrantList, RoleList, Sorted, WithStatus};
+use crate::model::{Capability, GrantId};
 
 /// Longest display name accepted in a delegation (the name itself comes from the bundle).
 const MAX_NAME_CHARS: usize = 200;
@@ -121,4 +122,39 @@ pub async fn revoke(
             WithStatus(StatusCode::ACCEPTED, GrantChange::Pending { request_id })
         }
     })
+}
+
+/// `GET /roles`: who has which role where on this box, until when, and from where (`cloud`,
+/// `token`, `local` with the delegator): every grant in force whose scope the caller holds
+/// `manage_users` on. `403` for a caller who manages users nowhere.
+pub async fn roles(State(state): State<ApiState>, caller: Caller) -> ApiResult<Sorted<RoleList>> {
+    let user = &caller.session.user;
+    let authz = &state.0.ports.authz;
+    let manages_somewhere = authz
+        .decide(user, Capability::ManageUsers, &Target::Site)
+        .is_allow()
+        || authz
+            .visible_units(user)
+            .iter()
+            .any(|(_, caps)| caps.contains(Capability::ManageUsers));
+    if !manages_somewhere {
+        state
+            .0
+            .metrics
+            .observe_denial("manage_users", "no_manage_users_scope");
+        return Err(ApiError::forbidden(
+            "listing roles needs `manage_users` on at least one unit",
+        ));
+    }
+    let roles = authz
+        .roles()
+        .into_iter()
+        .filter(|g| {
+            // Described, not refused: a grant outside the caller's scopes is left out.
+            authz
+                .decide(user, Capability::ManageUsers, &Target::of_scope(&g.scope))
+                .is_allow()
+        })
+        .collect();
+    Ok(Sorted(RoleList { roles }))
 }

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod diagnostics;
 pub mod grants;
 pub mod lockouts;
+pub mod scans;
 pub mod sessions;
 pub mod system;
 pub mod units;

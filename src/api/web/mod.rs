@@ -36,31 +36,69 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &[u8] = include_bytes!("assets/app.js");
 const APP_CSS: &[u8] = include_bytes!("assets/app.css");
 const ICON_SVG: &[u8] = include_bytes!("assets/icon.svg");
+// The same, gzip-compressed by build.rs (empty when the build machine had no gzip).
+const APP_JS_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/app.js.gz"));
+const APP_CSS_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/app.css.gz"));
+const ICON_SVG_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/icon.svg.gz"));
 
 /// One embedded asset under its content-hashed name.
 struct Asset {
     name: String,
     content_type: &'static str,
     body: &'static [u8],
+    /// The body gzip-compressed, when that is smaller.
+    gzip: Option<&'static [u8]>,
 }
 
-fn hashed(stem: &str, ext: &str, body: &'static [u8], content_type: &'static str) -> Asset {
+fn hashed(
+    stem: &str,
+    ext: &str,
+    body: &'static [u8],
+    gzip: &'static [u8],
+    content_type: &'static str,
+) -> Asset {
     let digest = ring::digest::digest(&ring::digest::SHA256, body);
     let short = hex::encode(&digest.as_ref()[..6]);
     Asset {
         name: format!("{stem}.{short}.{ext}"),
         content_type,
         body,
+        gzip: (!gzip.is_empty() && gzip.len() < body.len()).then_some(gzip),
     }
 }
 
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
     vec![
-        hashed("app", "js", APP_JS, "text/javascript; charset=utf-8"),
-        hashed("app", "css", APP_CSS, "text/css; charset=utf-8"),
-        hashed("icon", "svg", ICON_SVG, "image/svg+xml"),
+        hashed(
+            "app",
+            "js",
+            APP_JS,
+            APP_JS_GZ,
+            "text/javascript; charset=utf-8",
+        ),
+        hashed("app", "css", APP_CSS, APP_CSS_GZ, "text/css; charset=utf-8"),
+        hashed("icon", "svg", ICON_SVG, ICON_SVG_GZ, "image/svg+xml"),
     ]
 });
+
+/// Whether an `Accept-Encoding` header accepts gzip (`gzip` or `*`, not with `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+}
 
 /// The page with the hashed asset names filled in.
 static INDEX: LazyLock<String> = LazyLock::new(|| {
@@ -75,11 +113,15 @@ static INDEX: LazyLock<String> = LazyLock::new(|| {
 
 /// The web routes (outside `/api/v1`, so they are not part of the OpenAPI document).
 pub fn routes() -> Vec<(&'static str, MethodRouter<ApiState>)> {
-    vec![
-        ("/", get(index)),
-        ("/assets/{name}", get(asset)),
-        ("/web/session", get(session_info).post(login).delete(logout)),
-    ]
+    let mut r = page_routes();
+    r.push(("/web/session", get(session_info).post(login).delete(logout)));
+    r
+}
+
+/// The page and its assets alone, for any router (the first-boot setup server serves them too:
+/// on a blank box the page shows the setup form).
+pub fn page_routes<S: Clone + Send + Sync + 'static>() -> Vec<(&'static str, MethodRouter<S>)> {
+    vec![("/", get(index)), ("/assets/{name}", get(asset))]
 }
 
 fn page_headers(resp: &mut Response, cache: &'static str) {
@@ -101,11 +143,23 @@ async fn index() -> Response {
     resp
 }
 
-async fn asset(ApiPath(name): ApiPath<String>) -> Response {
+async fn asset(ApiPath(name): ApiPath<String>, headers: HeaderMap) -> Response {
     let Some(a) = ASSETS.iter().find(|a| a.name == name) else {
         return ApiError::route_not_found().into_response();
     };
-    let mut resp = ([(header::CONTENT_TYPE, a.content_type)], a.body).into_response();
+    let mut resp = match a.gzip.filter(|_| accepts_gzip(&headers)) {
+        Some(gz) => (
+            [
+                (header::CONTENT_TYPE, a.content_type),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            gz,
+        )
+            .into_response(),
+        None => ([(header::CONTENT_TYPE, a.content_type)], a.body).into_response(),
+    };
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     page_headers(&mut resp, "public, max-age=31536000, immutable");
     resp
 }
@@ -178,5 +232,50 @@ mod tests {
             );
         }
         assert!(!lower.contains("style="), "no inline styles");
+    }
+
+    #[test]
+    fn gzip_is_served_only_to_clients_that_accept_it() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            accepts_gzip(&m)
+        };
+        assert!(h("gzip, deflate, br, zstd"));
+        assert!(h("br;q=1.0, GZIP;q=0.5"));
+        assert!(h("*"));
+        assert!(!h("br, zstd"));
+        assert!(!h("gzip;q=0, br"));
+        assert!(!h("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_precompressed_assets_unpack_to_the_served_ones() {
+        // The build machine of this test has gzip (the build script used it).
+        let js = ASSETS.iter().find(|a| a.name.starts_with("app.")).unwrap();
+        for a in ASSETS.iter() {
+            let Some(gz) = a.gzip else {
+                continue;
+            };
+            let mut child = std::process::Command::new("gzip")
+                .arg("-dc")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            std::io::Write::write_all(&mut stdin, gz).unwrap();
+            drop(stdin);
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.stdout, a.body, "{}", a.name);
+        }
+        let gz = js.gzip.expect("app.js is precompressed");
+        assert!(
+            gz.len() * 3 < js.body.len(),
+            "{} -> {}",
+            js.body.len(),
+            gz.len()
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::model::SlaveId;
 use super::super::codec::{self, Raw};
 use super::super::link::{self, LinkStats, ModbusError, Op, Reply};
 use super::super::profile::{Quality, RegKind};
+use super::super::scan::{Answer, Step};
 use super::super::scheduler::{self, Block};
 use super::{Job, JobKind, PointValue, UnitShared, UnitUpdate, WriteReply, lock, unit_faulty};
 
@@ -220,12 +221,8 @@ impl LinkTask {
         }
     }
 
-    async fn exec_once(
-        &mut self,
-        slave: SlaveId,
-        op: &Op,
-        force: bool,
-    ) -> Result<Reply, ModbusError> {
+    /// Opens the transport unless it is open (inside the reconnect back-off only when `force`).
+    async fn ensure_connected(&mut self, force: bool) -> Result<(), ModbusError> {
         if self.ctx.is_none() {
             let now = Instant::now();
             if now < self.next_connect && !force {
@@ -255,6 +252,30 @@ impl LinkTask {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// After a transaction that broke the transport: drop it (a late answer would be taken
+    /// for the next request's) and, on RTU, let the late answer pass.
+    async fn after_broken(&mut self, e: &ModbusError) {
+        self.ctx = None;
+        lock(&self.stats).connected = false;
+        if *e == ModbusError::Timeout && !matches!(self.link.kind, LinkKind::Tcp { .. }) {
+            // RTU answers carry no transaction id: let a late answer arrive and be discarded
+            // (the port is cleared on reopen) before the bus is used again.
+            let settle =
+                (self.link.timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            sleep(settle).await;
+        }
+    }
+
+    async fn exec_once(
+        &mut self,
+        slave: SlaveId,
+        op: &Op,
+        force: bool,
+    ) -> Result<Reply, ModbusError> {
+        self.ensure_connected(force).await?;
         let Some(ctx) = self.ctx.as_mut() else {
             return Err(ModbusError::Transport("not connected".into()));
         };
@@ -275,16 +296,39 @@ impl LinkTask {
         if let Err(e) = &res
             && e.breaks_transport()
         {
-            // A late answer would be taken for the next request's: start afresh.
-            self.ctx = None;
-            lock(&self.stats).connected = false;
-            if *e == ModbusError::Timeout && !matches!(self.link.kind, LinkKind::Tcp { .. }) {
-                // RTU answers carry no transaction id: let a late answer arrive and be discarded
-                // (the port is cleared on reopen) before the bus is used again.
-                let settle = (self.link.timeout / 2)
-                    .clamp(Duration::from_millis(50), Duration::from_secs(1));
-                sleep(settle).await;
-            }
+            self.after_broken(e).await;
+        }
+        if !self.link.inter_frame_delay.is_zero() {
+            sleep(self.link.inter_frame_delay).await;
+        }
+        res
+    }
+
+    /// One scan transaction at any slave id, bounded by its own `timeout`. Not counted in the
+    /// link statistics: silence is the expected answer at most ids, and the counters describe
+    /// the link's units.
+    async fn probe(
+        &mut self,
+        slave: SlaveId,
+        step: &Step,
+        timeout: Duration,
+    ) -> Result<Answer, ModbusError> {
+        self.ensure_connected(true).await?;
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(ModbusError::Transport("not connected".into()));
+        };
+        let res = match step {
+            Step::DeviceId => link::read_device_id(ctx, slave, timeout)
+                .await
+                .map(Answer::Identity),
+            Step::Read(op) => link::transact(ctx, slave, op, timeout)
+                .await
+                .map(Answer::Reply),
+        };
+        if let Err(e) = &res
+            && e.breaks_transport()
+        {
+            self.after_broken(e).await;
         }
         if !self.link.inter_frame_delay.is_zero() {
             sleep(self.link.inter_frame_delay).await;
@@ -342,6 +386,17 @@ impl LinkTask {
                 let answered = r.as_ref().err().is_none_or(|e| !e.unit_unreachable());
                 let _ = reply.send(r);
                 answered
+            }
+            JobKind::Probe {
+                slave,
+                step,
+                timeout,
+                reply,
+            } => {
+                let r = self.probe(slave, &step, timeout).await;
+                let _ = reply.send(r);
+                // Not about any of the link's units.
+                false
             }
             JobKind::Refresh { reply } => {
                 let mut blocks: VecDeque<Block> = self.plan(job.unit).into();

@@ -26,7 +26,9 @@ use super::{check, doc, resolve};
 use crate::api::error::ApiError;
 use crate::api::extract::{Object, json_rejection, query_rejection};
 use crate::api::handlers::units::{self, DetailQuery};
-use crate::api::handlers::{access_requests, audit, businesses, commands, diagnostics, grants};
+use crate::api::handlers::{
+    access_requests, audit, businesses, commands, diagnostics, grants, scans,
+};
 use crate::api::session::{self, LoginBody};
 use crate::model::{BusinessId, GrantId, GroupId, SiteId, UnitId, UserId};
 
@@ -137,6 +139,19 @@ fn cases() -> Vec<Case> {
             refused: &[],
             bases: &[],
             extra: &[],
+        },
+        Case {
+            method: "post",
+            path: "/scans",
+            query: false,
+            run: |s| scans::check_scan(&body(s.as_bytes())?),
+            refusal: |s| body_refusal::<scans::ScanRequest>(s.as_bytes()),
+            refused: &[],
+            bases: &[],
+            extra: &[
+                (r#"{"link":"rtu-1","from":5,"to":5}"#, None),
+                (r#"{"link":"rtu-1","from":6,"to":5}"#, None),
+            ],
         },
         Case {
             method: "get",

@@ -145,8 +145,15 @@
     return !es || performance.now() - lastMsgAt > intervalMs + 1000;
   }
 
-  function isStale(p) {
-    return p.quality !== 'good' || streamStale();
+  // A value is marked stale when its quality says so, when the stream has been silent for an
+  // interval and a second, or when it is older than the unit's own poll interval, plus the
+  // stream interval that delivers it, plus a second (the daemon's own `stale` quality comes only
+  // after three poll intervals).
+  function isStale(p, u) {
+    if (p.quality !== 'good' || streamStale()) return true;
+    const age = pointAge(p);
+    const poll = u && u.poll_interval_ms ? u.poll_interval_ms : null;
+    return poll !== null && age !== null && age > poll + intervalMs + 1000;
   }
 
   const ALARM_ACTIVE = new Set(['warning', 'shutdown', 'electrical_trip']);
@@ -191,6 +198,8 @@
     if (r.status === 200 && r.body) {
       csrf = r.body.csrf_token;
       await afterLogin();
+    } else if (r.status === 503 && r.body && r.body.error === 'not_provisioned') {
+      renderSetup();
     } else {
       renderLogin();
     }
@@ -221,6 +230,9 @@
     if (!csrf) return;
     const name = me && me.user ? me.user.name || me.user.email || me.user.id : '';
     const site = (me && me.site && me.site.capabilities) || [];
+    if (site.includes('diagnose')) {
+      nav.append(el('a', { href: '#/scan', text: 'Scan' }));
+    }
     if (site.includes('manage_users') || site.includes('diagnose')) {
       nav.append(el('a', { href: '#/admin', text: 'Access & audit' }));
     }
@@ -282,6 +294,90 @@
     show(el('h1', { text: 'Sign in to this box' }), err, form, tform);
   }
 
+  // First boot (an unprovisioned box serves only POST /api/v1/setup): the setup code from the
+  // console, the site and gateway ids, the fleet trust key; the certificate fingerprint to pin.
+  async function renderSetup() {
+    document.title = 'First-boot setup · sitegate';
+    const h = await api('GET', '/api/v1/healthz');
+    const fp = h.status === 200 && h.body && h.body.tls_fingerprint ? h.body.tls_fingerprint : null;
+    const nodes = [];
+    const field = (id, label, attrs, hint) => {
+      const a = Object.assign({ id, name: id, autocomplete: 'off', spellcheck: 'false' }, attrs);
+      if (hint) a['aria-describedby'] = `${id}-hint`;
+      const input = el(attrs.tag || 'input', Object.assign(a, { tag: undefined }));
+      nodes.push(el('label', { for: id, text: label }), hint ? el('p', { class: 'why', id: `${id}-hint`, text: hint }) : null, input);
+      return input;
+    };
+    const code = field('su-code', 'Setup code', { required: true },
+      'Shown on the box\'s console and in its journal, and in the file setup-code of its state directory.');
+    const site = field('su-site', 'Site id', { required: true });
+    const gateway = field('su-gateway', 'Gateway id (this box)', { required: true });
+    const name = field('su-name', 'Name of the site (optional)', {});
+    const kid = field('su-kid', 'Fleet trust key id', { required: true },
+      'From your fleet\'s trust key sheet: the key id and the Ed25519 public key (base64url).');
+    const pub = field('su-key', 'Fleet trust public key', { tag: 'textarea', required: true });
+    const mqtt = field('su-mqtt', 'Cloud broker URL (optional)', {}, 'mqtts://host:8883; empty: the box works offline until one is set.');
+    const err = el('p', { class: 'error', role: 'alert' });
+    const submit = el('button', { type: 'submit', text: 'Set up this box' });
+    const form = el('form', { class: 'login', novalidate: true, 'aria-labelledby': 'su-h' },
+      el('h2', { id: 'su-h', text: 'Site and gateway' }), ...nodes.filter((n) => n), submit);
+    const cert = el('section', { 'aria-labelledby': 'fp-h', class: 'control' },
+      el('h2', { id: 'fp-h', text: 'Certificate to pin' }),
+      el('p', { text: 'This box made its own certificate. Before you type the setup code, check that your browser shows the same SHA-256 fingerprint for this page (the padlock, then the certificate), and note it: it stays the same after setup, and your tools should accept only it.' }),
+      el('p', { class: 'fingerprint', id: 'fp', text: fp || 'not available (the page is not served over TLS)' }));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      err.textContent = '';
+      const body = {
+        code: code.value.trim(), site: site.value.trim(), gateway: gateway.value.trim(),
+        trust: [{ kid: kid.value.trim(), public_key: pub.value.trim() }],
+      };
+      if (name.value.trim()) body.name = name.value.trim();
+      if (mqtt.value.trim()) body.mqtt_url = mqtt.value.trim();
+      if (!body.code || !body.site || !body.gateway || !body.trust[0].kid || !body.trust[0].public_key) {
+        err.textContent = 'Fill in the setup code, the site and gateway ids and the trust key.';
+        return;
+      }
+      submit.disabled = true;
+      const r = await api('POST', '/api/v1/setup', body);
+      submit.disabled = false;
+      if (r.status !== 200) {
+        err.textContent = r.body && r.body.error === 'wrong_setup_code'
+          ? 'The setup code is not right. After 5 wrong codes the box shows a new one on its console.'
+          : errorText(r.status, r.body);
+        return;
+      }
+      setupDone(r.body, fp);
+    });
+    show(el('h1', { text: 'Set up this box' }),
+      el('p', { text: 'This box is not provisioned yet. Give it its site, its gateway id and the key your fleet signs with; it then restarts as that site\'s gateway.' }),
+      cert, err, form);
+    code.focus();
+  }
+
+  async function setupDone(res, fp) {
+    const state = el('p', { class: 'result', role: 'status', 'aria-live': 'polite', id: 'setup-state', text: 'Restarting on the new configuration…' });
+    const next = el('p', {});
+    show(el('h1', { text: 'Box provisioned' }),
+      el('p', { class: 'result ok', text: `Site ${res.site}, gateway ${res.gateway}. The configuration is written.` }),
+      el('section', { 'aria-labelledby': 'fp-h', class: 'control' },
+        el('h2', { id: 'fp-h', text: 'Certificate to pin' }),
+        el('p', { class: 'fingerprint', id: 'fp', text: fp || 'not available' }),
+        el('p', { class: 'why', text: 'The box keeps this certificate. If your browser later shows another fingerprint for this address, do not sign in.' })),
+      state, next);
+    for (let i = 0; i < 120; i++) {
+      await new Promise((ok) => setTimeout(ok, 500));
+      const h = await api('GET', '/api/v1/healthz');
+      if (h.status === 200 && h.body && h.body.status === 'ok') {
+        state.textContent = 'The box is running as the site\'s gateway.';
+        next.replaceChildren(el('a', { href: '#/', id: 'setup-signin', onclick: (ev) => { ev.preventDefault(); renderLogin('Sign in with your installer token, then scan the links for units.'); }, text: 'Sign in with your installer token' }));
+        return;
+      }
+    }
+    state.className = 'result bad';
+    state.textContent = 'The box has not come back within a minute. Look at its console.';
+  }
+
   async function login(body, err) {
     const r = await api('POST', '/web/session', body);
     if (r.status === 201) {
@@ -330,8 +426,12 @@
   }, 1000);
 
   function viewSignature() {
-    // The structure (which units, which controls) changes only with access or inventory.
-    return JSON.stringify(units.map((u) => [u.id, u.online, u.capabilities,
+    // The admin and scan views are built from their own requests, not from the stream: a stream
+    // message never rebuilds them (their unit lists are refreshed in place).
+    if (location.hash === '#/admin' || location.hash === '#/scan') return '';
+    // The structure (which units, which controls) changes only with access or inventory, and
+    // once, when the first message replaces "Loading" (even with no unit to show).
+    return (lastMsgAt ? 'loaded' : 'loading') + JSON.stringify(units.map((u) => [u.id, u.online, u.capabilities,
       u.points.map((p) => [p.name, p.writable]), u.commands.map((c) => [c.name, c.allowed])]));
   }
 
@@ -366,6 +466,7 @@
     const m = location.hash.match(/^#\/unit\/([^/]+)$/);
     if (m) renderUnit(decodeURIComponent(m[1]));
     else if (location.hash === '#/admin') renderAdmin();
+    else if (location.hash === '#/scan') renderScan();
     else renderSite();
   }
 
@@ -391,7 +492,7 @@
         return;
       }
       v.textContent = fmtValue(p);
-      const stale = isStale(p);
+      const stale = isStale(p, u);
       v.className = 'val' + (stale ? ' stale' : '');
       const a = pointAge(p);
       age.textContent = (a === null ? 'not read yet' : fmtAge(a)) + (p.quality !== 'good' && p.quality !== 'stale' ? ` · ${words(p.quality)}` : '');
@@ -575,7 +676,160 @@
       el('h2', { id: 'diag-h', text: 'Diagnostics' }),
       el('div', { class: 'controls' },
         el('div', { class: 'control' }, refresh, statsOut, stats),
-        form));
+        form),
+      unitTest(u.id));
+  }
+
+  // Unit test (POST /units/{unit}/test): every point read now, judged by its quality. The last
+  // result is kept per unit, so a rebuilt view still shows it.
+  const lastTests = new Map();
+
+  function unitTest(unitId, headingLevel) {
+    const hid = `test-h-${unitId}`;
+    const btn = el('button', { type: 'button', text: 'Test this unit', 'aria-describedby': `${hid}-why` });
+    const out = el('div', { role: 'status', 'aria-live': 'polite' });
+    const showResult = (r) => {
+      if (r.status !== 200) {
+        out.replaceChildren(el('p', { class: 'result bad', text: `Test failed: ${errorText(r.status, r.body)}` }));
+        return;
+      }
+      const t = r.body;
+      const bad = t.points.filter((p) => p.quality !== 'good');
+      const verdict = t.passed
+        ? `Passed: all ${t.points.length} values read with good quality (${t.duration_ms} ms).`
+        : `Not passed: ${t.failures} of ${t.points.length} values not good${bad.length ? ` (${bad.map((p) => `${words(p.point)}: ${words(p.quality)}`).join(', ')})` : ''}.`;
+      out.replaceChildren(
+        el('p', { class: `result ${t.passed ? 'ok' : 'bad'}`, text: verdict }),
+        el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': `Unit test of ${unitId} (scrolls sideways)` },
+          el('table', { class: 'unit-test' },
+            el('caption', { class: 'sr-only', text: `Unit test of ${unitId}, ${fmtTime(t.at)}` }),
+            el('thead', {}, el('tr', {}, ...['Value', 'Read', 'Quality'].map((h) => el('th', { scope: 'col', text: h })))),
+            el('tbody', {}, ...t.points.map((p) => el('tr', { class: p.quality === 'good' ? '' : 'not-good' },
+              el('th', { scope: 'row', text: title({ name: p.point }) }),
+              el('td', { text: fmtValue({ value: p.value, unit: p.unit, type: typeof p.value === 'boolean' ? 'bool' : '' }) }),
+              el('td', { text: words(p.quality) })))))));
+    };
+    btn.addEventListener('click', async () => {
+      btn.disabled = true;
+      out.replaceChildren(el('p', { class: 'result', text: 'Reading every value now…' }));
+      const r = await api('POST', `/api/v1/units/${encodeURIComponent(unitId)}/test`);
+      btn.disabled = false;
+      lastTests.set(unitId, r);
+      showResult(r);
+    });
+    if (lastTests.has(unitId)) showResult(lastTests.get(unitId));
+    const H = headingLevel || 'h3';
+    return el('div', { class: 'control unit-test-box', 'aria-labelledby': hid },
+      el(H, { id: hid, text: `Unit test${headingLevel ? ` of ${unitId}` : ''}` }),
+      el('p', { class: 'why', id: `${hid}-why`, text: 'Reads every value now and checks that each one reads with good quality. Nothing is written.' }),
+      btn, out);
+  }
+
+  // Scan (GET/POST /scans, GET/DELETE /scans/{id}): probes slave ids on a link through the
+  // daemon's own link task and suggests a profile for each device that answers.
+  let scanTimer = null;
+
+  function renderScan() {
+    document.title = 'Scan · sitegate';
+    if (scanTimer) {
+      clearTimeout(scanTimer);
+      scanTimer = null;
+    }
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const link = el('select', { id: 's-link', name: 'link' });
+    const from = el('input', { id: 's-from', type: 'number', min: '1', max: '247', value: '1', inputmode: 'numeric' });
+    const to = el('input', { id: 's-to', type: 'number', min: '1', max: '247', value: '247', inputmode: 'numeric' });
+    const wait = el('input', { id: 's-timeout', type: 'number', min: '20', max: '2000', value: '200', inputmode: 'numeric' });
+    const startBtn = el('button', { type: 'submit', text: 'Start scan' });
+    const cancelBtn = el('button', { type: 'button', class: 'secondary', text: 'Cancel scan', hidden: true });
+    const bar = el('progress', { id: 's-progress', max: '1', value: '0', 'aria-label': 'Scan progress' });
+    const state = el('p', { id: 's-state' });
+    const { body, table } = listTable('Devices found', ['Slave id', 'Identifies as', 'Suggested profile', 'Unit']);
+    const tests = el('div', { class: 'controls' });
+    let current = null;
+    const showScan = (sc) => {
+      current = sc;
+      const running = sc.status === 'running';
+      bar.max = sc.total;
+      bar.value = sc.probed;
+      const what = `link ${sc.link}, ids ${sc.from}–${sc.to}`;
+      const found = `${sc.found.length} device${sc.found.length === 1 ? '' : 's'} answered`;
+      state.textContent = {
+        running: `Scanning ${what}: ${sc.probed} of ${sc.total} ids probed, ${found}.`,
+        done: `Scan of ${what} finished: ${sc.total} ids probed, ${found}.`,
+        cancelled: `Scan of ${what} cancelled after ${sc.probed} of ${sc.total} ids; ${found}.`,
+        failed: `Scan of ${what} stopped after ${sc.probed} of ${sc.total} ids: ${sc.error || 'the link failed'}.`,
+      }[sc.status] || sc.status;
+      state.className = sc.status === 'failed' ? 'result bad' : 'result';
+      cancelBtn.hidden = !running;
+      startBtn.disabled = running;
+      body.replaceChildren(...sc.found.map((f) => el('tr', { 'data-slave': String(f.slave) },
+        el('td', { text: String(f.slave) }),
+        el('td', { text: f.identity.length ? f.identity.join(' / ') : '—' }),
+        el('td', { text: f.profile ? `${f.profile} (by ${f.matched_by})` : 'no profile matched' }),
+        el('td', {}, f.unit ? el('a', { href: `#/unit/${encodeURIComponent(f.unit)}`, text: f.unit }) : el('span', { class: 'muted', text: 'not configured' })))));
+      if (!running) {
+        const ids = sc.found.filter((f) => f.unit).map((f) => f.unit);
+        if (tests.dataset.ids !== ids.join(',')) {
+          tests.dataset.ids = ids.join(',');
+          tests.replaceChildren(...ids.map((id) => unitTest(id, 'h3')));
+        }
+      }
+    };
+    const follow = async (id) => {
+      const r = await api('GET', `/api/v1/scans/${encodeURIComponent(id)}`);
+      if (location.hash !== '#/scan') return;
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      showScan(r.body);
+      if (r.body.status === 'running') scanTimer = setTimeout(() => follow(id), 500);
+    };
+    const form = el('form', { class: 'login', novalidate: true, 'aria-labelledby': 's-h' },
+      el('h2', { id: 's-h', text: 'Scan a link' }),
+      el('label', { for: 's-link', text: 'Link' }), link,
+      el('label', { for: 's-from', text: 'From slave id' }), from,
+      el('label', { for: 's-to', text: 'To slave id' }), to,
+      el('label', { for: 's-timeout', text: 'Wait for each id (ms)' }), wait,
+      el('div', { class: 'row' }, startBtn, cancelBtn));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      startBtn.disabled = true;
+      setResult(out, '', '');
+      const r = await api('POST', '/api/v1/scans', {
+        link: link.value, from: Number(from.value), to: Number(to.value), timeout_ms: Number(wait.value),
+      });
+      if (r.status !== 202) {
+        startBtn.disabled = false;
+        return setResult(out, 'bad', `Not started: ${errorText(r.status, r.body)}`);
+      }
+      tests.dataset.ids = '';
+      tests.replaceChildren();
+      showScan(r.body);
+      follow(r.body.id);
+    });
+    cancelBtn.addEventListener('click', async () => {
+      if (!current) return;
+      cancelBtn.disabled = true;
+      const r = await api('DELETE', `/api/v1/scans/${encodeURIComponent(current.id)}`);
+      cancelBtn.disabled = false;
+      if (r.status !== 200) setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      else setResult(out, '', 'Cancelling after the id being probed…');
+    });
+    (async () => {
+      const r = await api('GET', '/api/v1/scans');
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      link.replaceChildren(...r.body.links.map((l) => el('option', { value: l, text: l })));
+      const last = r.body.scans[0];
+      if (last) {
+        showScan(last);
+        if (last.status === 'running') follow(last.id);
+      }
+    })();
+    show(el('p', {}, el('a', { href: '#/', text: '← All units' })),
+      el('h1', { text: 'Find units on a link' }),
+      el('p', { class: 'why', text: 'The box asks each slave id on the link who it is, between its own polls (nothing is written), and suggests a profile for each device that answers. Units already configured can be tested here.' }),
+      form, out,
+      el('section', { 'aria-labelledby': 's-r-h' }, el('h2', { id: 's-r-h', text: 'Results' }), bar, state, table),
+      el('section', { 'aria-labelledby': 's-t-h' }, el('h2', { id: 's-t-h', text: 'Unit tests' }), tests));
   }
 
   // Admin: who has which role where (GET /grants), delegate (POST /grants), revoke
@@ -593,7 +847,7 @@
     document.title = 'Access & audit · sitegate';
     const site = (me && me.site && me.site.capabilities) || [];
     const parts = [el('p', {}, el('a', { href: '#/', text: '← All units' })), el('h1', { text: 'Access & audit' })];
-    if (site.includes('manage_users')) parts.push(grantsSection(), requestsSection(), lockoutsSection());
+    if (site.includes('manage_users')) parts.push(rolesSection(), grantsSection(), requestsSection(), lockoutsSection());
     if (me && me.user && me.user.owner) parts.push(businessesSection());
     if (site.includes('diagnose')) parts.push(auditSection());
     show(...parts);
@@ -627,6 +881,30 @@
     denied: 'denied',
     expired: 'expired (30 days without an answer)',
   };
+
+  const ORIGIN = { cloud: 'cloud', token: 'installer token' };
+
+  // Who has which role where on this box (GET /roles): every grant in force in the scopes the
+  // caller manages, with its source.
+  let reloadRoles = null;
+
+  function rolesSection() {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const { body, table } = listTable('Who has access', ['Person', 'Role', 'Where', 'Until', 'Source']);
+    reloadRoles = async () => {
+      const r = await api('GET', '/api/v1/roles');
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      body.replaceChildren(...r.body.roles.map((g) => el('tr', { 'data-grant': g.id },
+        el('td', { text: g.email || g.user }), el('td', { text: g.role }), el('td', { text: fmtScope(g.scope) }),
+        el('td', { text: g.expires_at ? fmtTime(g.expires_at) : 'no end' }),
+        el('td', { text: g.origin === 'local' ? `local, by ${g.delegator || '?'}` : (ORIGIN[g.origin] || g.origin) }))));
+      setResult(out, '', `${r.body.roles.length} role${r.body.roles.length === 1 ? '' : 's'} in force.`);
+    };
+    reloadRoles();
+    return el('section', { 'aria-labelledby': 'w-h' }, el('h2', { id: 'w-h', text: 'Who has access' }),
+      el('p', { class: 'why', text: 'Every role in force on this box in the scopes you manage: from the cloud, from installer tokens, and given here.' }),
+      out, table);
+  }
 
   function requestsSection() {
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
@@ -728,7 +1006,11 @@
       el('thead', {}, el('tr', {}, ...['Person', 'Role', 'Where', 'Until', 'Source', ''].map((h, i) =>
         el('th', { scope: 'col', text: h || undefined }, i === 5 ? el('span', { class: 'sr-only', text: 'Actions' }) : null)))),
       body);
+    let first = true;
     const load = async () => {
+      // After a delegation or revocation, "Who has access" is read again too.
+      if (!first && reloadRoles) reloadRoles();
+      first = false;
       const r = await api('GET', '/api/v1/grants');
       if (r.status !== 200) {
         out.className = 'result bad';
@@ -763,8 +1045,19 @@
 
     const email = el('input', { id: 'd-email', type: 'email', autocomplete: 'off', required: true });
     const role = el('select', { id: 'd-role' }, ...['viewer', 'control-only', 'technician', 'admin'].map((r) => el('option', { value: r, text: r })));
-    const where = el('select', { id: 'd-scope' }, el('option', { value: 'site', text: 'whole site' }),
-      ...units.map((u) => el('option', { value: `unit:${u.id}`, text: `unit ${u.name || u.id}` })));
+    const where = el('select', { id: 'd-scope' });
+    let whereIds = null;
+    const fillWhere = () => {
+      const ids = JSON.stringify(units.map((u) => [u.id, u.name]));
+      if (ids === whereIds) return;
+      whereIds = ids;
+      const chosen = where.value;
+      where.replaceChildren(el('option', { value: 'site', text: 'whole site' }),
+        ...units.map((u) => el('option', { value: `unit:${u.id}`, text: `unit ${u.name || u.id}` })));
+      if ([...where.options].some((o) => o.value === chosen)) where.value = chosen;
+    };
+    bindings.push(fillWhere);
+    fillWhere();
     const until = el('input', { id: 'd-until', type: 'datetime-local' });
     const give = el('button', { type: 'submit', text: 'Give access' });
     const form = el('form', { class: 'login', novalidate: true, 'aria-labelledby': 'd-h' },
@@ -847,8 +1140,22 @@
     });
     more.addEventListener('click', () => load(true));
     load(false);
+    // The chain badge (GET /audit/verify): the daemon walks the whole hash chain.
+    const badge = el('p', { id: 'chain', role: 'status', 'aria-live': 'polite' }, el('span', { class: 'badge stale', text: 'checking the chain…' }));
+    (async () => {
+      const r = await api('GET', '/api/v1/audit/verify');
+      if (r.status !== 200) {
+        badge.replaceChildren(el('span', { class: 'badge stale', text: 'chain not checked' }), el('span', { class: 'muted', text: ` ${errorText(r.status, r.body)}` }));
+        return;
+      }
+      const v = r.body;
+      badge.replaceChildren(v.intact
+        ? el('span', { class: 'badge online', text: `chain verified: ${v.records} records intact` })
+        : el('span', { class: 'badge offline', text: `chain broken at record ${v.broken_at}` }),
+      el('span', { class: 'muted', text: ` checked ${fmtTime(v.checked_at)}` }));
+    })();
     return el('section', { 'aria-labelledby': 'au-h' },
-      el('h2', { id: 'au-h', text: 'Audit trail' }), form, out,
+      el('h2', { id: 'au-h', text: 'Audit trail' }), badge, form, out,
       el('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': 'Audit entries (scrolls sideways)' }, el('table', {},
         el('caption', { class: 'sr-only', text: 'Audit entries, newest first' }),
         el('thead', {}, el('tr', {}, ...['#', 'When', 'Kind', 'Outcome', 'Actor', 'Unit', 'Detail'].map((h) => el('th', { scope: 'col', text: h })))),

@@ -1,0 +1,87 @@
+// Browser test of the first-boot page, run by tests/web.rs against the real binary on a blank box
+// (TLS, no [site]). Every wait has a timeout; the harness bounds the whole run.
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+const ORIGIN = process.env.SITEGATE_ORIGIN;
+const OUT = process.env.SITEGATE_WEB_OUT;
+const PHONE = { width: 390, height: 844 };
+const DESKTOP = { width: 1280, height: 800 };
+const log = (...a) => console.error('[setup]', ...a);
+
+const serious = [];
+async function screen(page, name) {
+  await page.evaluate(AXE);
+  const violations = await page.evaluate(async () => (await window.axe.run(document)).violations
+    .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help })));
+  const bad = violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  log(`axe ${name}: ${violations.length} violations, ${bad.length} serious/critical`, bad);
+  serious.push(...bad.map((v) => ({ screen: name, ...v })));
+  await page.screenshot({ path: path.join(OUT, `${name}-phone.png`), fullPage: true });
+  await page.setViewportSize(DESKTOP);
+  await page.screenshot({ path: path.join(OUT, `${name}-desktop.png`), fullPage: true });
+  await page.setViewportSize(PHONE);
+}
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run'],
+  timeout: 30000,
+});
+try {
+  const context = await browser.newContext({ viewport: PHONE, ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  page.on('pageerror', (e) => { throw new Error(`page error: ${e.message}`); });
+
+  // The blank box serves the first-boot form, with the certificate's fingerprint to pin: the
+  // same one the harness computed from the certificate file.
+  const resp = await page.goto(`${ORIGIN}/`);
+  assert.match(resp.headers()['content-security-policy'], /script-src 'self'/);
+  await page.getByRole('heading', { name: 'Set up this box' }).waitFor();
+  assert.equal(await page.locator('#fp').textContent(), process.env.SITEGATE_FINGERPRINT);
+  await screen(page, 'setup');
+
+  const fill = async (label, value) => page.getByLabel(label, { exact: true }).fill(value);
+  await fill('Site id', process.env.SITEGATE_SITE);
+  await fill('Gateway id (this box)', 'gw-web');
+  await fill('Name of the site (optional)', 'Plant room');
+  await fill('Fleet trust key id', process.env.SITEGATE_KID);
+  await fill('Fleet trust public key', process.env.SITEGATE_PUBLIC_KEY);
+  // A wrong code is refused in words and changes nothing.
+  await fill('Setup code', 'WRNG-CODE-XXXX');
+  await page.getByRole('button', { name: 'Set up this box' }).click();
+  await page.getByText('The setup code is not right. After 5 wrong codes the box shows a new one on its console.').waitFor();
+  await screen(page, 'setup-wrong-code');
+  await fill('Setup code', process.env.SITEGATE_SETUP_CODE);
+  await page.getByRole('button', { name: 'Set up this box' }).click();
+  await page.getByText(`Site ${process.env.SITEGATE_SITE}, gateway gw-web. The configuration is written.`).waitFor();
+  assert.equal(await page.locator('#fp').textContent(), process.env.SITEGATE_FINGERPRINT);
+  // The box restarts on its new config; the page follows it.
+  await page.getByText("The box is running as the site's gateway.").waitFor({ timeout: 60000 });
+  await screen(page, 'setup-done');
+
+  // Then the installer signs in with a token signed by the key given at setup (no bundle yet).
+  await page.getByRole('link', { name: 'Sign in with your installer token' }).click();
+  await page.getByLabel('or choose the token file').setInputFiles(process.env.SITEGATE_INSTALLER_TOKEN);
+  await page.waitForFunction(() => document.getElementById('token').value.length > 0);
+  await page.getByRole('button', { name: 'Sign in with token' }).click();
+  await page.getByText('Ivo Installer').waitFor();
+  await page.getByText('There are no units you can see on this box.').waitFor();
+  // The scan page is offered (diagnose on the site) and lists the box's links: none yet.
+  await page.getByRole('link', { name: 'Scan' }).click();
+  await page.getByRole('heading', { name: 'Find units on a link' }).waitFor();
+  assert.equal(await page.locator('#s-link option').count(), 0);
+  await context.close();
+  assert.deepEqual(serious, [], 'axe found serious or critical violations');
+  log('done');
+} finally {
+  await browser.close();
+}
+process.exit(0);
