@@ -419,6 +419,14 @@ def main():
     w("`cargo test --profile bench --test web each_role` (metrics in `target/tmp/web/metrics.json`),")
     w("`SITEGATE_FLEET_BOXES=100 cargo test --profile bench --test fleet -- --ignored --nocapture fleet_bench`.")
     w("")
+    w("Single figures of `benches/e2e.rs` with the built bench binary (`target/release/deps/e2e-…")
+    w("--bench`): `SITEGATE_E2E_ONLY=rss` (the 100-unit memory figure, with its smaps breakdown),")
+    w("`SITEGATE_E2E_ONLY=flash-up` (the same with a broker), `SITEGATE_E2E_COMMANDS_ONLY=1` (round trips")
+    w("and the 50-client loads); `TMPDIR=/dev/shm` puts the state directory in RAM (the software without")
+    w("the disk's sync); `SITEGATE_E2E_ROUND_TRIPS=n` and `SITEGATE_BENCH_SECS=0` for a profiler, e.g.")
+    w("`valgrind --tool=callgrind` twice with different `n` (build with `CARGO_PROFILE_BENCH_STRIP=false`")
+    w("to keep the symbols).")
+    w("")
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(L))
 
