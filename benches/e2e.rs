@@ -46,7 +46,14 @@ use tokio_modbus::client::{Reader, Writer};
 use tokio_modbus::prelude::SlaveContext;
 
 const CLIENTS: usize = 50;
-const ROUND_TRIPS: usize = 1000;
+/// Sequential round trips measured (after 50 warm-up calls); `SITEGATE_E2E_ROUND_TRIPS` sets it
+/// (e.g. fewer under a profiler).
+fn round_trips() -> usize {
+    std::env::var("SITEGATE_E2E_ROUND_TRIPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+}
 const RSS_UNITS: usize = 100;
 const RSS_LINKS: usize = 4;
 const RSS_SETTLE: Duration = Duration::from_secs(10);
@@ -74,8 +81,8 @@ fn members() -> Vec<Member> {
 async fn round_trip(site: &Site, token: &str) -> Value {
     let url = format!("{}/units/hvac-1/points/setpoint", site.base);
     let http = reqwest::Client::new();
-    let mut api = Vec::with_capacity(ROUND_TRIPS);
-    for i in 0..ROUND_TRIPS + 50 {
+    let mut api = Vec::with_capacity(round_trips());
+    for i in 0..round_trips() + 50 {
         let v = 20.0 + (i % 5) as f64;
         let t = Instant::now();
         let r = http
@@ -95,9 +102,9 @@ async fn round_trip(site: &Site, token: &str) -> Value {
         .await
         .unwrap();
     ctx.set_slave(tokio_modbus::Slave(HVAC1_SLAVE));
-    let mut write = Vec::with_capacity(ROUND_TRIPS);
-    let mut write_read = Vec::with_capacity(ROUND_TRIPS);
-    for i in 0..ROUND_TRIPS + 50 {
+    let mut write = Vec::with_capacity(round_trips());
+    let mut write_read = Vec::with_capacity(round_trips());
+    for i in 0..round_trips() + 50 {
         let v = 200 + (i % 5) as u16 * 10;
         let t = Instant::now();
         ctx.write_single_register(18, v).await.unwrap().unwrap();
@@ -111,7 +118,33 @@ async fn round_trip(site: &Site, token: &str) -> Value {
         }
     }
     json!({"api_put": summary(api), "direct_write": summary(write),
-           "direct_write_readback": summary(write_read)})
+           "direct_write_readback": summary(write_read), "fsync_4k": fsync_reference()})
+}
+
+/// The disk's own commit cost, measured next to the round trip: 4 KiB appended and
+/// `fdatasync`ed, 200 times, to a file on the file system of the daemon's state directory
+/// (`std::env::temp_dir()`, where the bench's temporary directories live). A command's audit
+/// record is committed with `synchronous=FULL`: its WAL frames are appended and synced once per
+/// commit (shared by the commands of a group commit), so this is the floor of a sequential
+/// command on that disk. (An append costs about twice an overwrite on ext4: the file size
+/// changes, so the sync also commits the journal.)
+fn fsync_reference() -> Value {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join("sync")).unwrap();
+    let block = [0x5au8; 4096];
+    let mut lat = Vec::with_capacity(200);
+    for i in 0..220u64 {
+        f.write_all(&block).unwrap();
+        let t = Instant::now();
+        f.sync_data().unwrap();
+        if i >= 20 {
+            lat.push(t.elapsed());
+        }
+    }
+    let mut s = summary(lat);
+    s["dir"] = json!(std::env::temp_dir().display().to_string());
+    s
 }
 
 async fn load(site: &Site, token: &str, secs: u64, put: bool) -> Value {
@@ -239,6 +272,7 @@ fn rss_child(spec: &str) {
     let rt = sitegate::app::runtime().unwrap();
     rt.block_on(async move {
         let before = vm_rss_kib().unwrap_or(0);
+        let before_breakdown = mem_breakdown();
         let dir = tempfile::tempdir().unwrap();
         let links: Vec<(String, std::net::SocketAddr)> = addrs
             .split(',')
@@ -269,6 +303,7 @@ fn rss_child(spec: &str) {
         let steady = vm_rss_kib().unwrap_or(0);
         let hwm = status_kib("VmHWM").unwrap_or(0);
         let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        let breakdown = mem_breakdown();
         let online = daemon
             .site
             .as_ref()
@@ -286,7 +321,8 @@ fn rss_child(spec: &str) {
             json!({"units": total, "links": links.len(), "poll_ms": 1000,
                    "settle_s": RSS_SETTLE.as_secs(), "rss_before_start_kib": before,
                    "rss_after_start_kib": started, "rss_steady_kib": steady,
-                   "vm_hwm_kib": hwm, "threads": threads, "link_stats": online})
+                   "vm_hwm_kib": hwm, "threads": threads, "link_stats": online,
+                   "breakdown": breakdown, "before_start_breakdown": before_breakdown})
         );
     });
 }
@@ -450,6 +486,7 @@ fn flash_child(spec: &str) {
         let rss = vm_rss_kib().unwrap_or(0);
         let hwm = status_kib("VmHWM").unwrap_or(0);
         let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        let breakdown = mem_breakdown();
         daemon.stop(true).await;
         // After the stop: what the outbox holds (the broker-down case spilled telemetry there).
         let store = sitegate::store::Store::open_in(&state).unwrap();
@@ -474,9 +511,76 @@ fn flash_child(spec: &str) {
                    "cpu_ms": (c1 - c0) as f64 / 1e6,
                    "cpu_ms_per_poll_cycle": (c1 - c0) as f64 / 1e6 / secs,
                    "rss_steady_kib": rss, "vm_hwm_kib": hwm, "threads": threads,
-                   "outbox_rows_inserted_total": written, "outbox_depth_after_stop": depth})
+                   "breakdown": breakdown, "outbox_rows_inserted_total": written, "outbox_depth_after_stop": depth})
         );
     });
+}
+
+/// Where the resident memory of this process sits, from `/proc/self/smaps`: totals per kind of
+/// mapping (the executable's own pages, shared libraries, `[heap]` (the main malloc arena),
+/// anonymous mappings (other malloc arenas, thread stacks, mmap'd allocations), `[stack]`), and
+/// the largest anonymous mappings with their size, so arenas (64 MiB reservations) and thread
+/// stacks (2 MiB + guard) can be told apart.
+fn mem_breakdown() -> Value {
+    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
+        return Value::Null;
+    };
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut totals = std::collections::BTreeMap::<&str, u64>::new();
+    let mut anon: Vec<(u64, u64, String)> = Vec::new();
+    let mut current: Option<(&str, u64, String)> = None;
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let perms = f.next().unwrap_or("").to_string();
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            let (lo, hi) = first.split_once('-').unwrap_or(("0", "0"));
+            let size = (u64::from_str_radix(hi, 16).unwrap_or(0)
+                - u64::from_str_radix(lo, 16).unwrap_or(0))
+                / 1024;
+            let kind = if path.is_empty() {
+                "anon"
+            } else if path == exe {
+                "exe"
+            } else if path == "[heap]" {
+                "heap"
+            } else if path == "[stack]" {
+                "stack"
+            } else if path.starts_with('/') {
+                "libs"
+            } else {
+                "other"
+            };
+            current = Some((kind, size, perms));
+        } else if first == "Rss:" {
+            let rss: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if let Some((kind, size, perms)) = current.take() {
+                *totals.entry(kind).or_default() += rss;
+                if kind == "anon" && rss > 0 {
+                    anon.push((rss, size, perms));
+                }
+            }
+        }
+    }
+    anon.sort_by(|a, b| b.cmp(a));
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    json!({"rss_kib_by_kind": totals, "anonymous_kib": field("Anonymous:"),
+           "file_backed_kib": field("Rss:").saturating_sub(field("Anonymous:")),
+           "anon_mappings_top": anon.iter().take(24)
+               .map(|(rss, size, perms)| json!({"rss_kib": rss, "size_kib": size, "perms": perms}))
+               .collect::<Vec<_>>(),
+           "anon_mappings_resident": anon.len()})
 }
 
 fn status_kib(field: &str) -> Option<u64> {
@@ -508,7 +612,23 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `SITEGATE_E2E_ONLY=rss` (the 100-unit memory figure alone) or `flash-up` (the same with a
+    // broker connected): one figure, for measuring a change or running under a profiler.
+    let only = std::env::var("SITEGATE_E2E_ONLY").unwrap_or_default();
     let result = rt.block_on(async move {
+        match only.as_str() {
+            "rss" => {
+                let r = rss(RSS_UNITS, RSS_LINKS).await;
+                println!("rss: {r}");
+                return json!({ "rss": r });
+            }
+            "flash-up" => {
+                let f = flash("up").await;
+                println!("flash up: {f}");
+                return json!({ "flash": [f] });
+            }
+            _ => {}
+        }
         let site = Site::start_with_clock("plain", "", false).await;
         site.apply(bundle(1, &members(), &[])).await;
         let token = site.login("tess").await;
@@ -540,6 +660,8 @@ fn main() {
             "rss_after_start_kib": rss_main["rss_after_start_kib"],
             "rss_steady_kib": rss_main["rss_steady_kib"], "vm_hwm_kib": rss_main["vm_hwm_kib"],
             "link_stats": rss_main["link_stats"], "sim_requests_total": rss_main["sim_requests_total"],
+            "threads": rss_main["threads"], "breakdown": rss_main["breakdown"],
+            "before_start_breakdown": rss_main["before_start_breakdown"],
             "budget_20_units": rss_20, "budget_one_link": rss_1link});
         let mut flash_figures = Vec::new();
         if bench_mode || std::env::var("SITEGATE_FLASH_SECS").is_ok() {

@@ -351,7 +351,7 @@ def main():
     w("")
     w("| path | p50 | p99 | mean |")
     w("|---|---|---|---|")
-    for key, label in [("api_put", "HTTP PUT point (full daemon)"), ("direct_write_readback", "direct write + read-back (same Modbus work)"), ("direct_write", "direct single write (physical limit)")]:
+    for key, label in [("api_put", "HTTP PUT point (full daemon)"), ("direct_write_readback", "direct write + read-back (same Modbus work)"), ("direct_write", "direct single write (physical limit)"), ("fsync_4k", "4 KiB append + fdatasync on the state file system (the disk's commit floor)")]:
         s = rt.get(key)
         if s:
             w(f"| {label} | {us(s['p50_us'])} | {us(s['p99_us'])} | {us(s['mean_us'])} |")
@@ -364,6 +364,14 @@ def main():
         w(f"Overhead of the HTTP command over the same Modbus work (p50): {us(over)}; "
           f"target ≤ 300 µs (issue 16): {'**met**' if over <= 300 else '**not met**'} "
           f"(before group commit: 760 µs − 31 µs = 729 µs).")
+        fs = rt.get("fsync_4k")
+        if fs:
+            w(f"Each sequential command waits for the commit of its audit record (`synchronous=FULL`: "
+              f"one WAL sync). The disk's own sync, measured right after the series on the same file "
+              f"system (`{fs.get('dir', '?')}`), took {us(fs['p50_us'])} p50 / {us(fs['p99_us'])} p99 in "
+              f"this run; on a shared machine it swings with the other processes' I/O from one second "
+              f"to the next, so the overhead above includes a disk-bound part. With the state directory "
+              f"on tmpfs (`TMPDIR=/dev/shm`) the same bench measures the software alone.")
     w("")
 
     w("## LAN API under 50 concurrent clients")
@@ -390,10 +398,10 @@ def main():
           f"(target ≤ 20 ms: {'**met**' if put['p99_us'] <= 20000 else '**not met**'}).")
         w("")
     if any("busy" in k for k in (put.get("errors") or {})):
-        w("Refused PUTs: each Modbus link queues at most 32 pending jobs (`src/modbus/engine.rs`); with")
-        w("50 writers on one link the excess is refused at once with \"link busy\", which the API")
-        w("currently answers as `502 device_error` (a `503` with `Retry-After` would describe it")
-        w("better; nothing reached the device for those requests).")
+        w("Refused PUTs: a Modbus link queues a bounded number of writes (`COMMAND_QUEUE` in")
+        w("`src/modbus/engine.rs`); the excess is refused at once with `503 link_busy` and")
+        w("`Retry-After: 1` (nothing reached the device). The bench clients retry at once, so refused")
+        w("requests are counted but not in req/s.")
         w("")
     dwr = (rt.get("direct_write_readback") or {}).get("mean_us")
     if dwr:
@@ -401,7 +409,7 @@ def main():
         w(f"the loopback link alone would allow about {1e6 / dwr:.0f} writes/s, so PUT throughput and the")
         w("HTTP round trip above are dominated by the API layer (session, authorization, the audit")
         w("record committed to SQLite for every write), which the in-memory reference (same router and")
-        w("SQLite audit, no Modbus) shows on its own. Not profiled further in this run.")
+        w("SQLite audit, no Modbus) shows on its own. Where the time goes: \"Command path\" below.")
     w("")
 
     w("## Memory with 100 simulated units (real daemon, steady state)")
@@ -417,9 +425,14 @@ def main():
         w("| figure | value | reference (same process) |")
         w("|---|---|---|")
         w(f"| VmRSS at steady state | {r['rss_steady_kib'] / 1024:.1f} MiB | before `Daemon::start` (runtime only): {r['rss_before_start_kib'] / 1024:.1f} MiB |")
+        b = r.get("breakdown") or {}
+        if b.get("anonymous_kib") is not None:
+            kinds = b.get("rss_kib_by_kind") or {}
+            w(f"| of which anonymous (heap, malloc arenas, stacks, relocated data) | {b['anonymous_kib'] / 1024:.1f} MiB | before start: {(r.get('before_start_breakdown') or {}).get('anonymous_kib', 0) / 1024:.1f} MiB |")
+            w(f"| of which file-backed (clean code and read-only data: the executable {kinds.get('exe', 0) / 1024:.1f} MiB, shared libraries {kinds.get('libs', 0) / 1024:.1f} MiB) | {b['file_backed_kib'] / 1024:.1f} MiB | reclaimable by the kernel, shared with the page cache |")
         w(f"| VmRSS right after start | {r['rss_after_start_kib'] / 1024:.1f} MiB | – |")
         w(f"| peak (VmHWM) | {r['vm_hwm_kib'] / 1024:.1f} MiB | – |")
-        w(f"| Modbus requests while settling | {reqs} | {polls:.0f} unit polls scheduled → {reqs / polls:.2f} requests per HVAC poll (16 registers coalesced into one read) |")
+        w(f"| Modbus requests while settling | {reqs} | {polls:.0f} unit polls scheduled → {reqs / polls:.2f} requests per HVAC poll (one coalesced read per register kind of the profile) |")
         w(f"| target ≤ 8 MiB (issue 16), without MQTT | {'**met**' if r['rss_steady_kib'] <= 8 * 1024 else '**not met**'} | with MQTT: see the flash section |")
         w("")
         w(memory_budget(r))
@@ -460,6 +473,14 @@ def main():
     w("`cargo test --profile bench --test web each_role` (metrics in `target/tmp/web/metrics.json`),")
     w("`SITEGATE_FLEET_BOXES=100 cargo test --profile bench --test fleet -- --ignored --nocapture fleet_bench`.")
     w("")
+    w("Single figures of `benches/e2e.rs` with the built bench binary (`target/release/deps/e2e-…")
+    w("--bench`): `SITEGATE_E2E_ONLY=rss` (the 100-unit memory figure, with its smaps breakdown),")
+    w("`SITEGATE_E2E_ONLY=flash-up` (the same with a broker), `SITEGATE_E2E_COMMANDS_ONLY=1` (round trips")
+    w("and the 50-client loads); `TMPDIR=/dev/shm` puts the state directory in RAM (the software without")
+    w("the disk's sync); `SITEGATE_E2E_ROUND_TRIPS=n` and `SITEGATE_BENCH_SECS=0` for a profiler, e.g.")
+    w("`valgrind --tool=callgrind` twice with different `n` (build with `CARGO_PROFILE_BENCH_STRIP=false`")
+    w("to keep the symbols).")
+    w("")
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(L))
 
@@ -473,7 +494,8 @@ def memory_budget(r):
     l1 = r.get("budget_one_link") or {}
     w("### Memory budget")
     w("")
-    w("Per unit and per link from three runs of the same child (steady VmRSS): 100 units on 4 links,")
+    w("Per unit and per link from three runs of the same child (steady anonymous memory, where the")
+    w("daemon's own allocations live; the file-backed part is code and moves with what ran): 100 units on 4 links,")
     w("20 units on 4 links, 100 units on 1 link. The fixed parts are bounded by configuration and")
     w("measured as the child's VmRSS before `Daemon::start` (runtime, code pages of the binary, libc).")
     w("")
@@ -482,12 +504,19 @@ def memory_budget(r):
     w(f"| runtime + code pages (before start) | {r['rss_before_start_kib'] / 1024:.1f} MiB | `app::runtime`: 2 worker threads, ≤ 8 blocking threads (idle ones exit after 10 s); {r.get('threads', '?')} threads at steady state |")
     w("| SQLite page cache | ≤ 1 MiB | `PRAGMA cache_size=-1024` (`src/store/mod.rs`), one connection; no mmap |")
     w("| TLS buffers | ≈ 35 KiB per connection (rustls: 16 KiB record buffer each way + state) | one MQTT connection; API connections are bounded by the HTTP server's limits |")
-    if u20.get("rss_steady_kib"):
+    anon = lambda x: (x.get("breakdown") or {}).get("anonymous_kib")
+    if anon(r) is not None and anon(u20) is not None:
+        per_unit = (anon(r) - anon(u20)) / (r["units"] - u20["units"])
+        w(f"| per unit (value cache, telemetry state, poll schedule) | {per_unit:.1f} KiB | anonymous memory (100 units − 20 units) / 80 = ({anon(r)} − {anon(u20)}) KiB / 80 |")
+    elif u20.get("rss_steady_kib"):
         per_unit = (r["rss_steady_kib"] - u20["rss_steady_kib"]) / (r["units"] - u20["units"])
         w(f"| per unit (value cache, telemetry state, poll schedule) | {per_unit:.1f} KiB | (VmRSS 100 units − 20 units) / 80 = ({r['rss_steady_kib']} − {u20['rss_steady_kib']}) KiB / 80 |")
     else:
         w(f"| per unit | {MISSING} | |")
-    if l1.get("rss_steady_kib"):
+    if anon(r) is not None and anon(l1) is not None:
+        per_link = (anon(r) - anon(l1)) / (r["links"] - l1["links"])
+        w(f"| per link (task, TCP stream, job queue) | {per_link:.1f} KiB | anonymous memory (4 links − 1 link, 100 units) / 3 = ({anon(r)} − {anon(l1)}) KiB / 3 |")
+    elif l1.get("rss_steady_kib"):
         per_link = (r["rss_steady_kib"] - l1["rss_steady_kib"]) / (r["links"] - l1["links"])
         w(f"| per link (task, TCP stream, job queue) | {per_link:.1f} KiB | (VmRSS 4 links − 1 link, 100 units) / 3 = ({r['rss_steady_kib']} − {l1['rss_steady_kib']}) KiB / 3 |")
     else:

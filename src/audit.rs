@@ -342,11 +342,8 @@ fn append(
     topic: Option<&str>,
 ) -> Result<Record, StoreError> {
     let prev: String = conn
-        .query_row(
-            "SELECT hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or_else(|| GENESIS.to_string());
     let event = &bounded(event);
@@ -362,21 +359,21 @@ fn append(
     };
     let hash = chain_hash(&prev, &canonical);
     let detail = serde_json::to_string(&event.detail).unwrap_or_else(|_| "null".into());
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit(id, at_ms, kind, actor, unit, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            id,
-            at_ms,
-            event.kind,
-            event.actor,
-            event.unit,
-            event.outcome,
-            detail,
-            prev,
-            hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        id,
+        at_ms,
+        event.kind,
+        event.actor,
+        event.unit,
+        event.outcome,
+        detail,
+        prev,
+        hash
+    ])?;
     let record = Record {
         seq: conn.last_insert_rowid(),
         id: id.to_string(),

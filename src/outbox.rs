@@ -55,25 +55,23 @@ pub fn enqueue(
     retain: bool,
 ) -> Result<(), StoreError> {
     if class == Class::State {
-        conn.execute(
-            "DELETE FROM outbox WHERE class = 'state' AND topic = ?1",
-            [topic],
-        )?;
+        conn.prepare_cached("DELETE FROM outbox WHERE class = 'state' AND topic = ?1")?
+            .execute([topic])?;
     }
     let now = crate::clock::unix_ms(time::OffsetDateTime::now_utc());
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO outbox(msg_id, class, topic, payload, qos, retain, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            msg_id,
-            class.as_str(),
-            topic,
-            payload,
-            i64::from(qos1),
-            i64::from(retain),
-            now
-        ],
-    )?;
+    )?
+    .execute(params![
+        msg_id,
+        class.as_str(),
+        topic,
+        payload,
+        i64::from(qos1),
+        i64::from(retain),
+        now
+    ])?;
     Ok(())
 }
 

@@ -226,3 +226,111 @@ async fn a_refused_login_is_audited_once_and_retried_until_the_broker_accepts_it
     assert!(!audit_text.contains("s3cret"));
     shutdown.cancel();
 }
+
+/// `sitegate fleet publish --broker mqtts://…`: against a broker that requires a client
+/// certificate, with the CA file and the client certificate the bundle is retained on
+/// `…/grants` byte for byte; without the client certificate, or trusting another CA, the tool
+/// fails with exit code 1 and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_publish_over_mutual_tls_retains_the_bundle_and_needs_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "pki");
+    let rogue = Pki::new(dir.path(), "rogue");
+    let b = Broker::start_with(dir.path(), &pki.mosquitto_mtls());
+    let envelope = dir.path().join("bundle.env");
+    let payload = b"{\"kind\":\"bundle\",\"payload\":\"opaque to the publisher\"}".to_vec();
+    std::fs::write(&envelope, &payload).unwrap();
+    let broker = format!("mqtts://127.0.0.1:{}", b.port);
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let run = |tls: &[String]| {
+        let mut args: Vec<String> = [
+            "fleet",
+            "publish",
+            "--broker",
+            &broker,
+            "--site",
+            "s-1",
+            "--gateway",
+            "gw-1",
+            "--in",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(path(&envelope));
+        args.extend(tls.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::daemon::sitegate(&refs)
+    };
+    let ca = ["--ca-file".to_string(), path(&pki.ca)];
+    let client = [
+        "--client-cert".to_string(),
+        path(&pki.client_cert),
+        "--client-key".to_string(),
+        path(&pki.client_key),
+    ];
+
+    let no_cert = run(&ca);
+    assert_eq!(no_cert.code, 1, "{}", no_cert.stderr);
+    assert!(
+        no_cert.stderr.starts_with("error: mqtt:"),
+        "{}",
+        no_cert.stderr
+    );
+
+    let mut other_ca = vec!["--ca-file".to_string(), path(&rogue.ca)];
+    other_ca.extend(client.iter().cloned());
+    let untrusted = run(&other_ca);
+    assert_eq!(untrusted.code, 1, "{}", untrusted.stderr);
+    assert!(
+        untrusted.stderr.starts_with("error: mqtt:"),
+        "{}",
+        untrusted.stderr
+    );
+
+    let plain_with_tls = common::daemon::sitegate(&[
+        "fleet",
+        "publish",
+        "--broker",
+        &format!("mqtt://127.0.0.1:{}", b.port),
+        "--site",
+        "s-1",
+        "--gateway",
+        "gw-1",
+        "--in",
+        &path(&envelope),
+        "--ca-file",
+        &path(&pki.ca),
+    ]);
+    assert_eq!(plain_with_tls.code, 1, "{}", plain_with_tls.stderr);
+    assert!(
+        plain_with_tls.stderr.contains("need an `mqtts://` broker"),
+        "{}",
+        plain_with_tls.stderr
+    );
+
+    let mut full = ca.to_vec();
+    full.extend(client.iter().cloned());
+    let ok = run(&full);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert_eq!(
+        ok.stdout.trim(),
+        format!(
+            "published the bundle ({} bytes) on `{ROOT}/grants`",
+            payload.len()
+        )
+    );
+    let cloud = Collector::start(
+        b.port,
+        "cloud-fleet-tls",
+        &format!("{ROOT}/grants"),
+        false,
+        Some(pki.client_config()),
+    );
+    let m = cloud
+        .wait_message(&format!("{ROOT}/grants"), Duration::from_secs(10), |m| {
+            m.retain
+        })
+        .await;
+    assert_eq!(m.payload, payload);
+}

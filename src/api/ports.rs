@@ -403,6 +403,15 @@ pub trait UnitsPort: Send + Sync + 'static {
     /// The unit's points and commands.
     fn profile(&self, unit: &UnitId) -> Option<UnitProfile>;
 
+    /// One point of the unit's profile (as [`UnitsPort::profile`] lists it), or `None`. The
+    /// command path asks for the one point it writes instead of copying the whole profile.
+    fn point(&self, unit: &UnitId, point: &str) -> Option<PointInfo> {
+        self.profile(unit)?
+            .points
+            .into_iter()
+            .find(|p| p.name == point)
+    }
+
     /// The cached values of every point of the unit (no bus traffic).
     fn snapshot(&self, unit: &UnitId) -> Option<Vec<Reading>>;
 

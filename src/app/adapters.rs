@@ -439,6 +439,32 @@ pub fn point_sample(name: &str, v: &modbus::PointValue) -> PointSample {
     }
 }
 
+/// A profile point as the API describes it.
+fn point_info(pt: &modbus::profile::Point) -> PointInfo {
+    PointInfo {
+        name: pt.name.clone(),
+        label: if pt.description.is_empty() {
+            pt.name.clone()
+        } else {
+            pt.description.clone()
+        },
+        unit: pt.unit.clone(),
+        kind: pt.ty.as_str().to_string(),
+        read: pt.read,
+        write: pt.write,
+        min: pt.min,
+        max: pt.max,
+        enum_labels: pt
+            .labels
+            .iter()
+            .map(|(v, l)| EnumLabel {
+                value: i64::from(*v),
+                label: l.clone(),
+            })
+            .collect(),
+    }
+}
+
 fn summary(u: modbus::UnitInfo, last_seen: Option<time::OffsetDateTime>) -> UnitSummary {
     UnitSummary {
         id: u.id,
@@ -470,12 +496,7 @@ fn readings(s: &modbus::UnitSnapshot) -> Vec<Reading> {
 impl UnitsAdapter {
     fn last_seen(&self, unit: &UnitId) -> Option<time::OffsetDateTime> {
         self.0
-            .snapshot(unit)?
-            .points
-            .values()
-            .filter(|v| v.quality != modbus::Quality::Error)
-            .filter_map(|v| v.at_ms)
-            .max()
+            .last_seen_ms(unit)
             .and_then(|ms| i64::try_from(ms).ok())
             .map(crate::clock::from_unix_ms)
     }
@@ -582,39 +603,19 @@ impl UnitsPort for UnitsAdapter {
     }
 
     fn unit(&self, unit: &UnitId) -> Option<UnitSummary> {
-        let u = self.0.units().into_iter().find(|u| u.id == *unit)?;
+        let u = self.0.unit_info(unit)?;
         Some(summary(u, self.last_seen(unit)))
+    }
+
+    fn point(&self, unit: &UnitId, point: &str) -> Option<PointInfo> {
+        let p = self.0.profile_of(unit)?;
+        p.points.iter().find(|pt| pt.name == point).map(point_info)
     }
 
     fn profile(&self, unit: &UnitId) -> Option<UnitProfile> {
         let p = self.0.profile_of(unit)?;
         Some(UnitProfile {
-            points: p
-                .points
-                .iter()
-                .map(|pt| PointInfo {
-                    name: pt.name.clone(),
-                    label: if pt.description.is_empty() {
-                        pt.name.clone()
-                    } else {
-                        pt.description.clone()
-                    },
-                    unit: pt.unit.clone(),
-                    kind: pt.ty.as_str().to_string(),
-                    read: pt.read,
-                    write: pt.write,
-                    min: pt.min,
-                    max: pt.max,
-                    enum_labels: pt
-                        .labels
-                        .iter()
-                        .map(|(v, l)| EnumLabel {
-                            value: i64::from(*v),
-                            label: l.clone(),
-                        })
-                        .collect(),
-                })
-                .collect(),
+            points: p.points.iter().map(point_info).collect(),
             // A command is offered only when the controller reports it supported (profiles
             // with `supported_if`; not yet read = not offered).
             commands: p

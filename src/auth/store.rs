@@ -54,13 +54,12 @@ pub(super) fn insert_session(
 
 /// The credential fingerprint a session was opened with.
 pub(super) fn session_credential(c: &Connection, hash: &str) -> Result<String, StoreError> {
-    Ok(c.query_row(
-        "SELECT credential FROM sessions WHERE token_hash = ?1",
-        [hash],
-        |r| r.get::<_, String>(0),
+    Ok(
+        c.prepare_cached("SELECT credential FROM sessions WHERE token_hash = ?1")?
+            .query_row([hash], |r| r.get::<_, String>(0))
+            .optional()?
+            .unwrap_or_default(),
     )
-    .optional()?
-    .unwrap_or_default())
 }
 
 /// Every session: token hash, user, method and credential fingerprint.
@@ -102,12 +101,11 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SessionRow
 
 pub(super) fn get_session(c: &Connection, hash: &str) -> Result<Option<SessionRow>, StoreError> {
     let row = c
-        .query_row(
+        .prepare_cached(
             "SELECT token_hash, user, method, created_ms, expires_ms, last_seen_ms, client
              FROM sessions WHERE token_hash = ?1",
-            [hash],
-            session_from_row,
-        )
+        )?
+        .query_row([hash], session_from_row)
         .optional()?;
     match row {
         None => Ok(None),
@@ -141,10 +139,8 @@ pub(super) fn touch_session(
     hash: &str,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    c.execute(
-        "UPDATE sessions SET last_seen_ms = ?2 WHERE token_hash = ?1",
-        params![hash, unix_ms(now)],
-    )?;
+    c.prepare_cached("UPDATE sessions SET last_seen_ms = ?2 WHERE token_hash = ?1")?
+        .execute(params![hash, unix_ms(now)])?;
     Ok(())
 }
 

@@ -95,9 +95,26 @@ pub enum FleetCommand {
     /// in `--max-message-size`, otherwise as parts on `…/grants/parts/{i}` then their signed
     /// manifest on `…/grants` (needs `--key`/`--kid`); clears parts a previous set left behind.
     Publish {
-        /// `mqtt://host:port`.
+        /// `mqtt://host[:port]` or, over TLS, `mqtts://host[:port]`.
         #[arg(long)]
         broker: String,
+        /// CA certificates (PEM) that sign the broker's certificate (`mqtts://`; the system
+        /// trust store when absent).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Client certificate (PEM) for brokers that require one (`mqtts://`, with
+        /// `--client-key`).
+        #[arg(long)]
+        client_cert: Option<PathBuf>,
+        /// Private key (PEM) of `--client-cert`.
+        #[arg(long)]
+        client_key: Option<PathBuf>,
+        /// User name, if the broker asks for one (with `--password-file`).
+        #[arg(long)]
+        username: Option<String>,
+        /// File holding the password (first line), never on the command line.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
         #[arg(long)]
         site: String,
         #[arg(long)]
@@ -398,6 +415,11 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
         }
         FleetCommand::Publish {
             broker,
+            ca_file,
+            client_cert,
+            client_key,
+            username,
+            password_file,
             site,
             gateway,
             input,
@@ -427,8 +449,16 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
                     &k, &kid, &envelope, max,
                 )?)
             };
+            let access = publish_access(
+                &broker,
+                ca_file.as_deref(),
+                client_cert.as_deref(),
+                client_key.as_deref(),
+                username,
+                password_file.as_deref(),
+            )?;
             let root = format!("sitegate/v1/{site}/{gateway}");
-            let report = crate::grants::publish::publish(&broker, &root, messages)?;
+            let report = crate::grants::publish::publish(&broker, access, &root, messages)?;
             println!("{report}");
             Ok(())
         }
@@ -451,6 +481,49 @@ fn fleet_inner(cmd: FleetCommand) -> Result<(), GrantError> {
             Ok(())
         }
     }
+}
+
+/// The TLS configuration and credentials of `sitegate fleet publish`, read from the files named
+/// on the command line with the rules of the daemon's `[mqtt]` settings.
+fn publish_access(
+    broker: &str,
+    ca_file: Option<&Path>,
+    client_cert: Option<&Path>,
+    client_key: Option<&Path>,
+    username: Option<String>,
+    password_file: Option<&Path>,
+) -> Result<crate::grants::publish::Access, GrantError> {
+    let invalid = |e: crate::mqtt::MqttError| GrantError::Invalid(e.to_string());
+    let tls_flags = ca_file.is_some() || client_cert.is_some() || client_key.is_some();
+    let tls = if crate::grants::publish::is_tls_url(broker) {
+        if client_cert.is_some() != client_key.is_some() {
+            return Err(GrantError::Invalid(
+                "--client-cert and --client-key go together".into(),
+            ));
+        }
+        let config =
+            crate::mqtt::tls_client_config(ca_file, client_cert, client_key).map_err(invalid)?;
+        Some(Arc::new(config))
+    } else if tls_flags {
+        return Err(GrantError::Invalid(format!(
+            "--ca-file, --client-cert and --client-key need an `mqtts://` broker, not `{broker}`"
+        )));
+    } else {
+        None
+    };
+    let credentials = match (username, password_file) {
+        (Some(user), Some(path)) => {
+            Some((user, crate::mqtt::read_password(path).map_err(invalid)?))
+        }
+        (Some(user), None) => Some((user, String::new())),
+        (None, Some(_)) => {
+            return Err(GrantError::Invalid(
+                "--password-file needs --username".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    Ok(crate::grants::publish::Access { tls, credentials })
 }
 
 fn open_store(config: &Path) -> Result<(crate::config::Config, Store), i32> {

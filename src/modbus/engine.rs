@@ -214,6 +214,13 @@ struct UnitState {
     values: Vec<Cached>,
 }
 
+/// Writes and commands queued per link before the engine answers `Busy` (`503 link_busy`).
+/// Above the 50 concurrent writers of the LAN API's load target: with group commit their
+/// answers, and so their next requests, arrive in bursts, and a queue of 32 refused ~20 % of
+/// them (docs/PERFORMANCE.md). A full queue on RS-485 at 9600 baud (≈ 20–50 ms per write and
+/// read-back) drains in ≈ 1.3–3.2 s, inside the API's request timeout.
+const COMMAND_QUEUE: usize = 64;
+
 struct LinkHandle {
     name: LinkId,
     cmd_tx: mpsc::Sender<Job>,
@@ -335,7 +342,7 @@ impl ModbusEngine {
         let mut handles = Vec::new();
         let registry_kept = registry.clone();
         for (li, link) in links.iter().enumerate() {
-            let (cmd_tx, cmd_rx) = mpsc::channel(32);
+            let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
             let (int_tx, int_rx) = mpsc::channel(64);
             let stats = Arc::new(Mutex::new(LinkStats::new(link)));
             let task = LinkTask::new(
@@ -402,6 +409,34 @@ impl ModbusEngine {
                 poll_interval: u.cfg.poll_interval,
             })
             .collect()
+    }
+
+    /// One configured unit (as [`ModbusEngine::units`] lists it), without copying the others.
+    pub fn unit_info(&self, id: &UnitId) -> Option<UnitInfo> {
+        self.unit(id).map(|u| UnitInfo {
+            id: u.cfg.id.clone(),
+            name: u.cfg.name.clone(),
+            group: u.cfg.group.clone(),
+            profile: u.cfg.profile.clone(),
+            link: u.cfg.link.clone(),
+            slave: u.cfg.slave.get(),
+            online: lock(&u.state).online,
+        })
+    }
+
+    /// The newest read time (unix ms) among the unit's cached values that are not in error:
+    /// the same as the newest `at_ms` of a [`ModbusEngine::snapshot`] without `Error` quality,
+    /// without copying the values.
+    pub fn last_seen_ms(&self, id: &UnitId) -> Option<u64> {
+        let u = self.unit(id)?;
+        let st = lock(&u.state);
+        u.profile
+            .points
+            .iter()
+            .zip(st.values.iter())
+            .filter(|(_, c)| c.quality != Quality::Error)
+            .filter_map(|(_, c)| c.at.map(|(_, ms)| ms))
+            .max()
     }
 
     pub fn profile_of(&self, id: &UnitId) -> Option<Arc<Profile>> {

@@ -37,6 +37,7 @@ use crate::config::{Mqtt, Site};
 use crate::model::UnitId;
 use crate::outbox::{self, Class};
 use crate::store::{Store, StoreError};
+pub use tls::{read_password, tls_client_config};
 
 /// Largest inbound payload handed to the [`GrantSink`]; a bigger grants/keys message is rejected
 /// on `…/grants/state` with reason `too_large` (and audited) without being parsed.

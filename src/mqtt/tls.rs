@@ -63,17 +63,31 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, MqttError> {
     })
 }
 
-/// Builds the rustls configuration with ring as the crypto provider: roots from `ca_file` (or
-/// the system trust store when none is configured), and the client certificate when both
-/// `client_cert` and `client_key` are set.
+/// Builds the rustls configuration of the daemon's broker connection (see
+/// [`tls_client_config`]).
 pub(super) fn client_config(cfg: &Mqtt) -> Result<ClientConfig, MqttError> {
+    tls_client_config(
+        cfg.ca_file.as_deref(),
+        cfg.client_cert.as_deref(),
+        cfg.client_key.as_deref(),
+    )
+}
+
+/// Builds a rustls client configuration with ring as the crypto provider: roots from `ca_file`
+/// (or the system trust store when none is given), and the client certificate when both
+/// `client_cert` and `client_key` are given. Used by the daemon and by `sitegate fleet publish`.
+pub fn tls_client_config(
+    ca_file: Option<&Path>,
+    client_cert: Option<&Path>,
+    client_key: Option<&Path>,
+) -> Result<ClientConfig, MqttError> {
     let mut roots = RootCertStore::empty();
-    match &cfg.ca_file {
+    match ca_file {
         Some(path) => {
             for cert in read_certs(path, "CA file")? {
                 roots.add(cert).map_err(|e| MqttError::File {
                     what: "CA file",
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     reason: format!("unusable CA certificate: {e}"),
                 })?;
             }
@@ -93,7 +107,7 @@ pub(super) fn client_config(cfg: &Mqtt) -> Result<ClientConfig, MqttError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| MqttError::Tls(e.to_string()))?
         .with_root_certificates(roots);
-    match (&cfg.client_cert, &cfg.client_key) {
+    match (client_cert, client_key) {
         (Some(cert_path), Some(key_path)) => {
             let certs = read_certs(cert_path, "client certificate")?;
             let key = read_key(key_path)?;
@@ -110,7 +124,7 @@ pub(super) fn client_config(cfg: &Mqtt) -> Result<ClientConfig, MqttError> {
 }
 
 /// Reads the broker password: the file's content without a trailing newline.
-pub(super) fn read_password(path: &Path) -> Result<String, MqttError> {
+pub fn read_password(path: &Path) -> Result<String, MqttError> {
     let what = "password file";
     let bytes = read_file(path, what)?;
     let text = String::from_utf8(bytes).map_err(|_| MqttError::File {

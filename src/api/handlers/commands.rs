@@ -72,12 +72,12 @@ pub async fn write_point(
         }
     };
     let target = Target::Unit(unit.clone());
-    let profile = state.0.ports.units.profile(&unit).unwrap_or_default();
     // A point the caller may not even read answers like a missing one.
-    let Some(p) = profile
-        .points
-        .iter()
-        .find(|p| p.name == point)
+    let Some(p) = state
+        .0
+        .ports
+        .units
+        .point(&unit, &point)
         .filter(|p| state.0.ports.authz.decide(user, p.read, &target).is_allow())
     else {
         return Err(WriteFailure::UnknownPoint.into());
