@@ -59,7 +59,7 @@ impl Scan {
             .clone()
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut Progress)) {
+    pub fn set_progress(&self, f: impl FnOnce(&mut Progress)) {
         f(&mut self.progress.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }

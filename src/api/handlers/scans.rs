@@ -173,7 +173,7 @@ pub async fn start(
 async fn run(state: ApiState, scan: Arc<Scan>) {
     let progress_of = scan.clone();
     let mut progress = move |probed: usize, _total: usize, found: &[_]| {
-        progress_of.update(|p| {
+        progress_of.set_progress(|p| {
             p.probed = probed;
             p.found = found.to_vec();
         });
@@ -201,7 +201,7 @@ async fn run(state: ApiState, scan: Arc<Scan>) {
             };
             let found = done.found.len();
             let probed = done.probed;
-            scan.update(|p| {
+            scan.set_progress(|p| {
                 p.status = status;
                 p.probed = probed;
                 p.found = done.found;
@@ -217,7 +217,7 @@ async fn run(state: ApiState, scan: Arc<Scan>) {
                 ScanFailure::Link(m) => format!("link `{}`: {m}", scan.link),
                 other => other.to_string(),
             };
-            scan.update(|p| {
+            scan.set_progress(|p| {
                 p.status = ScanStatus::Failed;
                 p.error = Some(message.clone());
                 p.finished_at = Some(now);
