@@ -49,6 +49,20 @@ pub struct UnitInfo {
     pub poll_interval: Duration,
 }
 
+/// What [`ModbusEngine::units`] and [`ModbusEngine::unit_info`] say of one unit.
+fn unit_info_of(u: &UnitShared) -> UnitInfo {
+    UnitInfo {
+        id: u.cfg.id.clone(),
+        name: u.cfg.name.clone(),
+        group: u.cfg.group.clone(),
+        profile: u.cfg.profile.clone(),
+        link: u.cfg.link.clone(),
+        slave: u.cfg.slave.get(),
+        online: lock(&u.state).online,
+        poll_interval: u.cfg.poll_interval,
+    }
+}
+
 /// The cached value of one point.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PointValue {
@@ -395,33 +409,12 @@ impl ModbusEngine {
 
     /// Every configured unit, in config order.
     pub fn units(&self) -> Vec<UnitInfo> {
-        self.inner
-            .units
-            .iter()
-            .map(|u| UnitInfo {
-                id: u.cfg.id.clone(),
-                name: u.cfg.name.clone(),
-                group: u.cfg.group.clone(),
-                profile: u.cfg.profile.clone(),
-                link: u.cfg.link.clone(),
-                slave: u.cfg.slave.get(),
-                online: lock(&u.state).online,
-                poll_interval: u.cfg.poll_interval,
-            })
-            .collect()
+        self.inner.units.iter().map(|u| unit_info_of(u)).collect()
     }
 
     /// One configured unit (as [`ModbusEngine::units`] lists it), without copying the others.
     pub fn unit_info(&self, id: &UnitId) -> Option<UnitInfo> {
-        self.unit(id).map(|u| UnitInfo {
-            id: u.cfg.id.clone(),
-            name: u.cfg.name.clone(),
-            group: u.cfg.group.clone(),
-            profile: u.cfg.profile.clone(),
-            link: u.cfg.link.clone(),
-            slave: u.cfg.slave.get(),
-            online: lock(&u.state).online,
-        })
+        self.unit(id).map(|u| unit_info_of(u))
     }
 
     /// The newest read time (unix ms) among the unit's cached values that are not in error:
