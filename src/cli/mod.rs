@@ -18,6 +18,7 @@ mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod units;
+pub mod watch;
 
 use crate::config::Config;
 use crate::logging::{self, LogFormat};
@@ -81,7 +82,8 @@ pub enum Command {
     /// Serve simulated Modbus units (generator, HVAC) over TCP, RTU or RTU over TCP.
     #[cfg(feature = "sim")]
     Sim(sim::SimArgs),
-    /// Unit tools for installers (`units test [UNIT]`: read every point and print a table).
+    /// Unit tools for installers (`units test [UNIT]`: read every point and print a table;
+    /// `units watch [UNIT]`: live values).
     #[command(subcommand)]
     Units(UnitsCommand),
     /// Probe slave ids on a link and print proposed `[[units]]` entries.
@@ -116,6 +118,9 @@ pub enum Command {
 pub enum UnitsCommand {
     /// Read every readable point of a unit (or all units) and print values, units and failures.
     Test(units::UnitsTestArgs),
+    /// Print live decoded values of a unit (or all units), read directly on the bus: every
+    /// point, then each change (`--count N` rounds, or until Ctrl-C).
+    Watch(watch::UnitsWatchArgs),
 }
 
 /// Process environment lookup (tests pass their own).
@@ -146,6 +151,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Units(UnitsCommand::Test(args)) => {
             logging::init(cli.log_format, "error", &env);
             units::units_test(args)
+        }
+        Command::Units(UnitsCommand::Watch(args)) => {
+            logging::init(cli.log_format, "error", &env);
+            watch::units_watch(args)
         }
         Command::Scan(args) => {
             logging::init(cli.log_format, "error", &env);
