@@ -176,9 +176,15 @@ async fn every_command_of_the_operations_guide_runs_in_order() {
         names.iter().any(|n| n.ends_with("sitegate.toml")),
         "{names:?}"
     );
-    assert!(names.iter().any(|n| n.ends_with("sitegate.db")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("sitegate.db")),
+        "{names:?}"
+    );
     let cfg = std::fs::read_to_string(root.join("etc/sitegate/sitegate.toml")).unwrap();
     assert!(cfg.contains("id = \"s-1042\""), "{cfg}");
-    assert!(sim.stats().writes.is_empty(), "no command of the guide writes to a device");
+    assert!(
+        sim.stats().writes.is_empty(),
+        "no command of the guide writes to a device"
+    );
     stop.cancel();
 }
