@@ -435,3 +435,75 @@ async fn a_point_has_the_same_quality_name_in_the_api_and_on_mqtt() {
     );
     site.stop().await;
 }
+
+/// The generator's points span several read blocks (pages 3, 4, 5, 7, 8 of GenComm): a poll cycle
+/// that finds changes in two of them sends ONE telemetry message with both, not one per block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_sends_one_telemetry_message_per_poll_cycle_however_many_blocks_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let topic = format!("{ROOT}/telemetry/gen-1");
+    let cloud = Collector::start(broker.port, "e2e-observer", &topic, false, None);
+    cloud.wait_subscribed().await;
+    let site = Site::start(
+        "plain",
+        &format!(
+            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"sitegate-e2e\"\n",
+            broker.port
+        ),
+    )
+    .await;
+    // Steady: every point sent (the first cycle and the snapshot on connect).
+    cloud
+        .wait_message(&topic, Duration::from_secs(15), |m| {
+            m.json()["points"]["fuel_level"].is_object()
+        })
+        .await;
+    // Change a register in two blocks (768.. and 1024..) while the generator does not answer,
+    // so that one cycle, the first after it answers again, reads both changes.
+    site.sim.set_fault(
+        Some(GEN_SLAVE),
+        sitegate::sim::Fault {
+            drop: true,
+            ..Default::default()
+        },
+    );
+    common::mqtt::wait_for("a dropped request", Duration::from_secs(10), || {
+        site.sim.stats().dropped >= 1
+    })
+    .await;
+    let before = cloud.on(&topic).len();
+    site.sim.set_register(
+        GEN_SLAVE,
+        sitegate::modbus::profile::RegKind::Holding,
+        769,
+        4321,
+    );
+    site.sim.set_register(
+        GEN_SLAVE,
+        sitegate::modbus::profile::RegKind::Holding,
+        1027,
+        50,
+    );
+    site.sim.clear_faults();
+    let msg = cloud
+        .wait_message(&topic, Duration::from_secs(15), |m| {
+            m.json()["points"]["fuel_level"]["value"] == json!(50)
+        })
+        .await;
+    let m = msg.json();
+    assert_eq!(m["reason"], "change", "{m}");
+    let names: Vec<&String> = m["points"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["fuel_level", "model_number"], "{m}");
+    assert_eq!(m["points"]["model_number"]["value"], json!(4321));
+    // Four more poll cycles (500 ms): nothing else changed, nothing else is sent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = cloud.on(&topic);
+    assert_eq!(
+        after.len(),
+        before + 1,
+        "{:?}",
+        after.iter().map(|r| r.json()).collect::<Vec<_>>()
+    );
+    site.stop().await;
+}

@@ -843,3 +843,81 @@ async fn a_gateway_reporting_its_target_unreachable_takes_the_unit_offline() {
     h.shutdown().await;
     stop.cancel();
 }
+
+/// A present holding register at 1000 and seven input registers the device does not have: five
+/// far apart (one request each) and a contiguous pair (one coalesced request, then split).
+fn with_absent_registers() -> (Profile, Profile) {
+    let present = "[[points]]\nname=\"p\"\nkind=\"holding\"\naddress=1000\ntype=\"u16\"\n";
+    let mut t = format!("name = \"absent\"\n{present}");
+    for (n, a) in [0, 20, 40, 60, 80, 100, 101].iter().enumerate() {
+        t.push_str(&format!(
+            "[[points]]\nname=\"a{n}\"\nkind=\"input\"\naddress={a}\ntype=\"u16\"\n"
+        ));
+    }
+    let device = format!("name = \"absent\"\n{present}");
+    (
+        Profile::parse(&t).unwrap(),
+        Profile::parse(&device).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_registers_are_backed_off_and_reported_once() {
+    let (p, device) = with_absent_registers();
+    // The simulator maps only `p`: every input register answers exception 02.
+    let (s, stop) = sim(vec![SimUnit::profile(7, Arc::new(device))]).await;
+    s.set_register(7, RegKind::Holding, 1000, 5);
+    let h = Harness::start(
+        &[tcp_link("bus", s.addr.unwrap(), 500)],
+        &[unit("x", "bus", 7, "absent", 150)],
+        ProfileRegistry::from_profiles([p]),
+    );
+    let mut rx = h.engine.subscribe();
+    // One FC3 (the present register, read last in its cycle) per poll cycle.
+    eventually(20, "eight poll cycles", || {
+        (s.stats().function(3) >= 8).then_some(())
+    })
+    .await;
+    // Cycle 1: five single reads, the pair (1 + 2 after the split): 8; then the seven absent
+    // points are read again in cycles 3 and 6 only (back-off 1, 2, then 4 cycles: next in 11):
+    // 8 + 7 + 7. Without back-off: 8 + 7 × 7 = 57.
+    let st = s.stats();
+    assert_eq!((st.function(3), st.function(4)), (8, 22), "{st:?}");
+    let snap = h.engine.snapshot(&uid("x")).unwrap();
+    for n in 0..7 {
+        let v = &snap.points[&format!("a{n}")];
+        assert_eq!(
+            (v.quality, &v.value),
+            (Quality::Unimplemented, &json!(null))
+        );
+    }
+    assert_eq!(snap.points["p"].quality, Quality::Good);
+    assert_eq!(h.engine.units()[0].online, Some(true));
+    // Reported once: one update for the unit's first cycle (all eight points), none after.
+    let mut updates = Vec::new();
+    while let Ok(u) = rx.try_recv() {
+        if let UnitUpdate::Values { points, .. } = u {
+            updates.push(points);
+        }
+    }
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0].len(), 8);
+    assert!(
+        (0..7).all(|n| updates[0][&format!("a{n}")].quality == Quality::Unimplemented),
+        "{updates:?}"
+    );
+    // A fresh read tries every point: a register that answers now is present again.
+    s.set_register(7, RegKind::Input, 40, 42);
+    let snap = h
+        .engine
+        .read_fresh(&uid("x"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (snap.points["a2"].quality, &snap.points["a2"].value),
+        (Quality::Good, &json!(42))
+    );
+    assert_eq!(snap.points["a3"].quality, Quality::Unimplemented);
+    h.shutdown().await;
+    stop.cancel();
+}

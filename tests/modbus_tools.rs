@@ -372,3 +372,88 @@ async fn scan_finds_and_identifies_units_and_proposes_config_entries() {
     assert!(s.stats().writes.is_empty(), "a scan never writes");
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_watch_prints_every_point_then_only_what_changes_and_stops_after_count_rounds() {
+    use std::io::BufRead;
+    let stop = CancellationToken::new();
+    let s = SimServer::start_tcp(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![SimUnit::generator(1), SimUnit::hvac(2)],
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), s.addr.unwrap().port());
+    let reg = sitegate::modbus::ProfileRegistry::builtin().unwrap();
+    let profile = reg.get("dse-gencomm").unwrap();
+    let points = profile.points.len();
+    let fuel = profile.point("fuel_level").unwrap().clone();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sitegate"))
+        .args([
+            "units",
+            "watch",
+            "gen-1",
+            "--count",
+            "10",
+            "--interval-ms",
+            "200",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    // The header, then every point once (round 1).
+    while lines.len() < 1 + points {
+        let l = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        lines.push(l);
+    }
+    // A change while it watches: exactly one more line, in a later round.
+    assert!(s.set_register(1, fuel.kind, fuel.address, 50));
+    while let Some(l) = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
+    {
+        lines.push(l);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        lines[0],
+        "watching unit `gen-1` (dse-gencomm, link `bus`, slave 1) every 200 ms"
+    );
+    // Each value line: a time, then unit, point, value, engineering unit and quality.
+    let rest = |l: &str| l.split_once(' ').map(|(_, r)| r.to_string()).unwrap();
+    let first: Vec<String> = lines[1..=points].iter().map(|l| rest(l)).collect();
+    assert!(
+        first.contains(&"gen-1 fuel_level = 78 % (good)".to_string()),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&"gen-1 oil_temperature = null °C (unimplemented)".to_string()),
+        "{first:?}"
+    );
+    assert_eq!(lines.len(), points + 2, "{lines:#?}");
+    assert_eq!(rest(&lines[points + 1]), "gen-1 fuel_level = 50 % (good)");
+    assert!(s.stats().writes.is_empty(), "the tool never writes");
+    stop.cancel();
+}

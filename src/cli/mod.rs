@@ -18,6 +18,7 @@ mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod units;
+pub mod watch;
 
 use crate::config::Config;
 use crate::logging::{self, LogFormat};
@@ -81,7 +82,8 @@ pub enum Command {
     /// Serve simulated Modbus units (generator, HVAC) over TCP, RTU or RTU over TCP.
     #[cfg(feature = "sim")]
     Sim(sim::SimArgs),
-    /// Unit tools for installers (`units test [UNIT]`: read every point and print a table).
+    /// Unit tools for installers (`units test [UNIT]`: read every point and print a table;
+    /// `units watch [UNIT]`: live values).
     #[command(subcommand)]
     Units(UnitsCommand),
     /// Probe slave ids on a link and print proposed `[[units]]` entries.
@@ -116,6 +118,9 @@ pub enum Command {
 pub enum UnitsCommand {
     /// Read every readable point of a unit (or all units) and print values, units and failures.
     Test(units::UnitsTestArgs),
+    /// Print live decoded values of a unit (or all units), read directly on the bus: every
+    /// point, then each change (`--count N` rounds, or until Ctrl-C).
+    Watch(watch::UnitsWatchArgs),
 }
 
 /// Process environment lookup (tests pass their own).
@@ -147,6 +152,10 @@ pub fn run(cli: Cli) -> i32 {
             logging::init(cli.log_format, "error", &env);
             units::units_test(args)
         }
+        Command::Units(UnitsCommand::Watch(args)) => {
+            logging::init(cli.log_format, "error", &env);
+            watch::units_watch(args)
+        }
         Command::Scan(args) => {
             logging::init(cli.log_format, "error", &env);
             units::scan(args)
@@ -177,17 +186,7 @@ pub fn run(cli: Cli) -> i32 {
                     eprintln!("config `{}`: modbus_server.tls: {e}", config.display());
                     return crate::config::EX_CONFIG;
                 }
-                println!(
-                    "config `{}` is valid: {} link(s), {} unit(s){}",
-                    config.display(),
-                    c.links.len(),
-                    c.units.len(),
-                    if c.site.is_none() {
-                        ", not provisioned"
-                    } else {
-                        ""
-                    }
-                );
+                print!("{}", check_config_report(&config, &c));
                 0
             }
             Err(code) => code,
@@ -264,4 +263,44 @@ fn api_cert(cfg: &Config, names: &[String], renew: bool) -> i32 {
             1
         }
     }
+}
+
+/// What `check-config` prints for a valid config: the counts, whether the box is provisioned, and
+/// warnings about a config that would start a box nobody can log in to. It never opens the
+/// database (run as root, that would leave files the service user cannot write), so keys added
+/// with `sitegate trust import` are not seen: a warning, not an error.
+fn check_config_report(path: &std::path::Path, c: &crate::config::Config) -> String {
+    let mut out = format!(
+        "config `{}` is valid: {} link(s), {} unit(s)\n",
+        path.display(),
+        c.links.len(),
+        c.units.len()
+    );
+    let Some(site) = &c.site else {
+        out.push_str(
+            "not provisioned (no [site]): the daemon serves only the first-boot setup; \
+             provision with the setup code over the LAN or `sitegate provision`\n",
+        );
+        return out;
+    };
+    out.push_str(&format!(
+        "provisioned: site {}, gateway {}, {} trust key(s), MQTT {}\n",
+        site.id,
+        site.gateway,
+        c.grants.trust.len(),
+        if c.mqtt.is_some() { "on" } else { "off" }
+    ));
+    if c.grants.trust.is_empty() {
+        out.push_str(
+            "warning: no [[grants.trust]] key: nobody can log in (bundles and installer tokens \
+             are verified against trust keys) unless one was imported with `sitegate trust \
+             import` (see `sitegate trust list`)\n",
+        );
+    } else if c.mqtt.is_none() {
+        out.push_str(
+            "note: no [mqtt]: user bundles reach this box only with `sitegate grants apply` on \
+             the box; installers can log in with an installer token\n",
+        );
+    }
+    out
 }

@@ -273,7 +273,7 @@ pub async fn scan_link(
 
 /// Prints a transport failure with its hint, and says so when the daemon is running (it holds
 /// the serial port, or a gateway's only connection).
-fn report_open_error(link_name: &str, e: &link::OpenError, cfg: &Config) {
+pub(super) fn report_open_error(link_name: &str, e: &link::OpenError, cfg: &Config) {
     eprintln!("error: link `{link_name}`: {e}");
     let daemon = daemon_answers(cfg);
     match (e.failure, daemon) {

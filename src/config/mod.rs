@@ -24,6 +24,7 @@ use crate::model::{GatewayId, GroupId, LinkId, SiteId, SlaveId, UnitId};
 
 mod checks;
 pub mod modbus_server;
+mod type_errors;
 
 /// Exit code for an invalid configuration (sysexits EX_CONFIG).
 pub const EX_CONFIG: i32 = 78;
@@ -602,17 +603,41 @@ impl Config {
         base: &Path,
         profile_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: None,
-            problems: vec![toml_problem(&e)],
-        })?;
+        let raw: RawConfig = match serde_path_to_error::deserialize(toml::Deserializer::new(text)) {
+            Ok(raw) => raw,
+            Err(first) => {
+                let first_path = first.path().to_string();
+                let first = first.into_inner();
+                // A syntax error ends parsing there; a type error does not stop the rest from
+                // being checked: every type problem is listed with its key path.
+                let problems = match toml::from_str::<toml::Table>(text) {
+                    Err(syntax) => vec![toml_problem(&syntax)],
+                    Ok(table) => {
+                        let mut all = type_errors::problems(&table);
+                        match all.iter_mut().find(|p| p.path == first_path) {
+                            // The one the parser met first also gets its place in the file.
+                            Some(p) => p.message.push_str(&span_note(&first)),
+                            None => all.insert(0, toml_problem(&first)),
+                        }
+                        all
+                    }
+                };
+                return Err(ConfigError {
+                    file: None,
+                    problems,
+                });
+            }
+        };
         raw.validate(base, profile_exists)
     }
 }
 
 /// Turns a TOML/serde error into a problem with the key path the parser reported.
 fn toml_problem(e: &toml::de::Error) -> Problem {
-    let message = e.message().trim_end_matches('.').to_string();
+    let message = e
+        .message()
+        .trim_end_matches(['.', '\n'])
+        .replace('\n', ": ");
     let line = e.span().map(|_| String::new()).unwrap_or_default();
     Problem {
         path: line,

@@ -36,6 +36,9 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// Pause before retrying a failed read.
 const RETRY_BASE: Duration = Duration::from_millis(25);
+/// Longest back-off of a point whose register is absent (exception 02 on a read of that point
+/// alone): it is read again after 1, 2, 4 … poll cycles, at most this long apart.
+const ABSENT_MAX: Duration = Duration::from_secs(600);
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -53,6 +56,21 @@ struct UnitSched {
     fails: u32,
     cycle_ok: bool,
     cycle_failed: bool,
+    /// Poll cycles started (the clock of the absent points' back-off).
+    cycle: u64,
+    /// Points whose register answered exception 02 on its own read, by point index.
+    absent: BTreeMap<usize, Absent>,
+    /// Changes read since the last publication: one update per unit and poll cycle, however
+    /// many blocks the cycle reads.
+    pending: BTreeMap<String, PointValue>,
+}
+
+/// The back-off of one absent point.
+struct Absent {
+    /// Cycles skipped after the last failed read (1, 2, 4 … up to the cap).
+    skip: u64,
+    /// The first cycle that reads the point again.
+    retry_at: u64,
 }
 
 struct PollItem {
@@ -117,6 +135,9 @@ impl LinkTask {
                 fails: 0,
                 cycle_ok: false,
                 cycle_failed: false,
+                cycle: 0,
+                absent: BTreeMap::new(),
+                pending: BTreeMap::new(),
             })
             .collect();
         LinkTask {
@@ -339,6 +360,8 @@ impl LinkTask {
     async fn run_job(&mut self, job: Job) {
         let unit = job.unit;
         let answered = self.run_job_inner(job).await;
+        // What a write's read-back or a fresh read found goes out now, not with the next cycle.
+        self.publish(unit);
         if answered {
             // The unit answered a command or interactive read: whatever the poll cycle thought,
             // it is reachable, so leave degraded mode and poll it now.
@@ -493,6 +516,16 @@ impl LinkTask {
         let s = &mut self.sched[unit];
         s.cycle_ok = false;
         s.cycle_failed = false;
+        s.cycle += 1;
+        if !s.absent.is_empty() {
+            // Absent registers cost the bus nothing until their back-off ends.
+            let cycle = s.cycle;
+            blocks.retain(|b| {
+                !b.points
+                    .iter()
+                    .all(|i| s.absent.get(i).is_some_and(|a| a.retry_at > cycle))
+            });
+        }
         if s.fails >= OFFLINE_AFTER {
             // Degraded: one probe request per cycle until the unit answers.
             blocks.truncate(1);
@@ -655,6 +688,7 @@ impl LinkTask {
     }
 
     fn finish_cycle(&mut self, unit: usize) {
+        self.publish(unit);
         let interval = self.units[unit].cfg.poll_interval;
         let s = &mut self.sched[unit];
         let now = Instant::now();
@@ -738,7 +772,7 @@ impl LinkTask {
                 };
                 let splits = b.split_points(&u.profile);
                 if splits.is_empty() {
-                    self.mark_error(unit, b);
+                    self.mark_absent(unit, b);
                     return BlockResult::Exception;
                 }
                 tracing::info!(unit = %u.cfg.id, start = b.start, count = b.count,
@@ -754,6 +788,10 @@ impl LinkTask {
                 );
                 BlockResult::Split(more)
             }
+            Err(ModbusError::Exception(2)) => {
+                self.mark_absent(unit, b);
+                BlockResult::Exception
+            }
             Err(_) => {
                 self.mark_error(unit, b);
                 BlockResult::Exception
@@ -761,48 +799,100 @@ impl LinkTask {
         }
     }
 
-    fn mark_error(&mut self, unit: usize, b: &Block) {
-        let Some(u) = self.units.get(unit) else {
+    /// The points of `b` answered exception 02 (illegal data address) on a read of their own:
+    /// the device has no such register. They get quality `unimplemented` (published once, like
+    /// any quality change; logged once) and are read again only after a back-off of 1, 2, 4 …
+    /// poll cycles, at most [`ABSENT_MAX`] apart. A good read (a later cycle, a write's
+    /// read-back, a fresh read) clears it; a reload starts afresh.
+    fn mark_absent(&mut self, unit: usize, b: &Block) {
+        let Some(u) = self.units.get(unit).cloned() else {
             return;
         };
-        let mut changed = BTreeMap::new();
-        {
-            let mut st = lock(&u.state);
-            for &i in &b.points {
-                if let (Some(c), Some(p)) = (st.values.get_mut(i), u.profile.points.get(i))
-                    && c.quality != Quality::Error
-                {
-                    c.quality = Quality::Error;
-                    c.value = Value::Null;
-                    c.published = Value::Null;
-                    changed.insert(
-                        p.name.clone(),
-                        PointValue {
-                            value: Value::Null,
-                            unit: p.unit.clone(),
-                            quality: Quality::Error,
-                            at_ms: c.at.map(|(_, ms)| ms),
-                            age_ms: None,
+        let cap = u64::try_from(ABSENT_MAX.as_millis() / u.cfg.poll_interval.as_millis().max(1))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let s = &mut self.sched[unit];
+        for &i in &b.points {
+            let cycle = s.cycle;
+            match s.absent.get_mut(&i) {
+                Some(a) => {
+                    a.skip = a.skip.saturating_mul(2).min(cap);
+                    a.retry_at = cycle.saturating_add(a.skip).saturating_add(1);
+                }
+                None => {
+                    if let Some(p) = u.profile.points.get(i) {
+                        tracing::info!(unit = %u.cfg.id, point = %p.name, kind = p.kind.as_str(),
+                            address = p.address,
+                            "the device answers exception 02 (illegal data address) for this point: \
+                             it is reported `unimplemented` and read again with a back-off");
+                    }
+                    s.absent.insert(
+                        i,
+                        Absent {
+                            skip: 1,
+                            retry_at: cycle.saturating_add(2),
                         },
                     );
                 }
             }
         }
-        if !changed.is_empty() {
-            let _ = self.updates.send(UnitUpdate::Values {
-                unit: u.cfg.id.clone(),
-                points: changed,
-            });
+        self.set_quality(unit, b, Quality::Unimplemented);
+    }
+
+    /// Queues the unit's changes read since its last publication as one update.
+    fn publish(&mut self, unit: usize) {
+        let (Some(u), Some(s)) = (self.units.get(unit), self.sched.get_mut(unit)) else {
+            return;
+        };
+        if s.pending.is_empty() {
+            return;
+        }
+        let points = std::mem::take(&mut s.pending);
+        let _ = self.updates.send(UnitUpdate::Values {
+            unit: u.cfg.id.clone(),
+            points,
+        });
+    }
+
+    fn mark_error(&mut self, unit: usize, b: &Block) {
+        self.set_quality(unit, b, Quality::Error);
+    }
+
+    /// Sets the points of `b` to `quality` without a value; the ones that changed are queued
+    /// for publication.
+    fn set_quality(&mut self, unit: usize, b: &Block, quality: Quality) {
+        let (Some(u), Some(s)) = (self.units.get(unit), self.sched.get_mut(unit)) else {
+            return;
+        };
+        let mut st = lock(&u.state);
+        for &i in &b.points {
+            if let (Some(c), Some(p)) = (st.values.get_mut(i), u.profile.points.get(i))
+                && c.quality != quality
+            {
+                c.quality = quality;
+                c.value = Value::Null;
+                c.published = Value::Null;
+                s.pending.insert(
+                    p.name.clone(),
+                    PointValue {
+                        value: Value::Null,
+                        unit: p.unit.clone(),
+                        quality,
+                        at_ms: c.at.map(|(_, ms)| ms),
+                        age_ms: None,
+                    },
+                );
+            }
         }
     }
 
     /// Decodes a reply into the cache; publishes the points that changed beyond their deadband.
     fn store(&mut self, unit: usize, b: &Block, reply: &Reply) {
-        let Some(u) = self.units.get(unit) else {
+        let (Some(u), Some(s)) = (self.units.get(unit), self.sched.get_mut(unit)) else {
             return;
         };
         let now = (Instant::now(), unix_ms());
-        let mut changed = BTreeMap::new();
+        let changed = &mut s.pending;
         {
             let mut st = lock(&u.state);
             let mut decoded = Vec::with_capacity(b.points.len());
@@ -824,6 +914,10 @@ impl LinkTask {
                     Reply::Written => continue,
                 };
                 decoded.push((i, vq));
+                if s.absent.remove(&i).is_some() {
+                    tracing::info!(unit = %u.cfg.id, point = %p.name,
+                        "the point's register answers again; it is polled every cycle");
+                }
             }
             // A gateway that reports its device as not answering keeps serving the last values:
             // they are stale, not good.
@@ -871,12 +965,6 @@ impl LinkTask {
                 }
                 c.at = Some(now);
             }
-        }
-        if !changed.is_empty() {
-            let _ = self.updates.send(UnitUpdate::Values {
-                unit: u.cfg.id.clone(),
-                points: changed,
-            });
         }
     }
 }
