@@ -279,13 +279,17 @@ pub(super) fn report_open_error(link_name: &str, e: &link::OpenError, cfg: &Conf
     match (e.failure, daemon) {
         (link::OpenFailure::Busy, Some(addr)) => eprintln!(
             "hint: the sitegate daemon is running (its API answers on {addr}) and holds this \
-             port; stop it first: `systemctl stop sitegate`"
+             port; scan and test through it (the web page's Scan screen, or `POST \
+             https://{addr}/api/v1/scans` and `POST …/api/v1/units/UNIT/test` as a technician \
+             or with the installer token), or stop it first: `systemctl stop sitegate`"
         ),
         (link::OpenFailure::Refused | link::OpenFailure::TimedOut, Some(addr)) => {
             eprintln!("hint: {}", e.failure.hint());
             eprintln!(
                 "hint: the sitegate daemon is running (its API answers on {addr}); a gateway \
-                 that takes one connection at a time refuses a second: `systemctl stop sitegate`"
+                 that takes one connection at a time refuses a second: scan and test through \
+                 the daemon (the web page's Scan screen, or `POST https://{addr}/api/v1/scans`), \
+                 or `systemctl stop sitegate`"
             );
         }
         (failure, _) => eprintln!("hint: {}", failure.hint()),
