@@ -12,10 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bind :0, read, close).
+#[path = "port.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "loaded by each helper file that a test may load alone"
+)]
+mod port;
+
+/// A free TCP port on 127.0.0.1 (common/port.rs).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    port::free_port_in(0)
 }
 
 pub struct Broker {

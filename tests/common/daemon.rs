@@ -14,10 +14,16 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sitegate"))
 }
 
-/// A free TCP port on 127.0.0.1 (bind :0, read, close).
+#[path = "port.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "loaded by each helper file that a test may load alone"
+)]
+mod port;
+
+/// A free TCP port on 127.0.0.1 (common/port.rs).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    port::free_port_in(1)
 }
 
 /// Sends a signal by name to a process (`kill -TERM pid`).

@@ -139,13 +139,16 @@ pub async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+#[path = "port.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "loaded by each helper file that a test may load alone"
+)]
+mod port;
+
+/// A free TCP port on 127.0.0.1 (common/port.rs).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    port::free_port_in(2)
 }
 
 /// A child process that is killed (by its own pid) when dropped.
