@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::Audit;
-use crate::config::{Config, EX_CONFIG};
+use crate::config::{Config, EX_CONFIG, Unit};
 use crate::modbus::link::{self, ModbusError};
 use crate::modbus::profile::ProfileRegistry;
 use crate::modbus::scan::{self, Answer, Found, PROGRESS_EVERY, ProbeFut, Prober, Step};
@@ -60,19 +60,19 @@ fn load(path: &Path) -> Result<(Config, ProfileRegistry), i32> {
     super::shared::load_with_profiles(path)
 }
 
-/// `sitegate units test`: exit 0 when every point read with good quality, 1 otherwise.
-pub fn units_test(args: UnitsTestArgs) -> i32 {
-    let (cfg, reg) = match load(&args.config) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let units: Vec<_> = cfg
+/// The units a bus tool works on: every unit of the config, or the one named, polled only when
+/// the tool asks (fresh reads). `Err(1)` after saying so when there is none.
+pub(super) fn tool_units(
+    cfg: &Config,
+    unit: Option<&str>,
+    config: &Path,
+) -> Result<Vec<Unit>, i32> {
+    let units: Vec<Unit> = cfg
         .units
         .iter()
-        .filter(|u| args.unit.as_deref().is_none_or(|n| u.id.as_str() == n))
+        .filter(|u| unit.is_none_or(|n| u.id.as_str() == n))
         .cloned()
         .map(|mut u| {
-            // Only the reads this tool asks for.
             u.poll_interval = Duration::from_secs(24 * 3600);
             u
         })
@@ -80,49 +80,92 @@ pub fn units_test(args: UnitsTestArgs) -> i32 {
     if units.is_empty() {
         eprintln!(
             "no unit `{}` in `{}`",
-            args.unit.unwrap_or_default(),
-            args.config.display()
+            unit.unwrap_or_default(),
+            config.display()
         );
-        return 1;
+        return Err(1);
     }
-    let Some(rt) = runtime() else { return 1 };
-    rt.block_on(async move {
-        // Open each link once first, so a transport that cannot open is named, with a hint,
-        // instead of every unit on it failing alike.
+    Ok(units)
+}
+
+/// A Modbus engine of a bus tool's own (scratch store, no cloud), for `units test` and
+/// `units watch`.
+pub(super) struct ToolEngine {
+    pub engine: ModbusEngine,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ToolEngine {
+    /// Opens each link of `units` once first, so a transport that cannot open is named, with a
+    /// hint, instead of every unit on it failing alike; then starts the engine. `Err` is the
+    /// exit code, after saying why.
+    pub(super) async fn start(
+        cfg: &Config,
+        units: &[Unit],
+        reg: ProfileRegistry,
+    ) -> Result<Self, i32> {
         let links: BTreeSet<&str> = units.iter().map(|u| u.link.as_str()).collect();
         for name in links {
             let Some(l) = cfg.links.iter().find(|l| l.name.as_str() == name) else {
                 continue;
             };
             if let Err(e) = link::open(l).await {
-                report_open_error(name, &e, &cfg);
-                return 1;
+                report_open_error(name, &e, cfg);
+                return Err(1);
             }
         }
-        let store = match crate::store::Store::open(Path::new(":memory:")) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("cannot open a scratch store: {e}");
-                return 1;
-            }
-        };
+        let store = crate::store::Store::open(Path::new(":memory:")).map_err(|e| {
+            eprintln!("cannot open a scratch store: {e}");
+            1
+        })?;
         let audit = Audit::new(store, Arc::new(crate::clock::SystemClock), None);
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let engine = match ModbusEngine::start(
+        let engine = ModbusEngine::start(
             &cfg.links,
-            &units,
+            units,
             Arc::new(reg),
             audit,
             stop.clone(),
             &tracker,
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("{e}");
-                return EX_CONFIG;
-            }
+        )
+        .map_err(|e| {
+            eprintln!("{e}");
+            EX_CONFIG
+        })?;
+        Ok(ToolEngine {
+            engine,
+            stop,
+            tracker,
+        })
+    }
+
+    /// Stops the engine's tasks (bounded).
+    pub(super) async fn stop(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.wait()).await;
+    }
+}
+
+/// `sitegate units test`: exit 0 when every point read with good quality, 1 otherwise.
+pub fn units_test(args: UnitsTestArgs) -> i32 {
+    let (cfg, reg) = match load(&args.config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let units = match tool_units(&cfg, args.unit.as_deref(), &args.config) {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime() else { return 1 };
+    rt.block_on(async move {
+        let tool = match ToolEngine::start(&cfg, &units, reg).await {
+            Ok(t) => t,
+            Err(code) => return code,
         };
+        let engine = &tool.engine;
         let mut failures = 0;
         for u in &units {
             println!(
@@ -167,9 +210,7 @@ pub fn units_test(args: UnitsTestArgs) -> i32 {
                 }
             }
         }
-        stop.cancel();
-        tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+        tool.stop().await;
         if failures == 0 {
             println!("all points read with good quality");
             0

@@ -6,19 +6,13 @@
 //! (`GET /api/v1/units/stream`, see docs/operations.md). Bounded with `--count N` (rounds);
 //! otherwise it runs until Ctrl-C.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::audit::Audit;
-use crate::config::EX_CONFIG;
-use crate::modbus::link;
-use crate::modbus::{ModbusEngine, Quality};
+use crate::modbus::Quality;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UnitsWatchArgs {
@@ -47,25 +41,10 @@ pub fn units_watch(args: UnitsWatchArgs) -> i32 {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let units: Vec<_> = cfg
-        .units
-        .iter()
-        .filter(|u| args.unit.as_deref().is_none_or(|n| u.id.as_str() == n))
-        .cloned()
-        .map(|mut u| {
-            // Only the reads of the rounds below.
-            u.poll_interval = Duration::from_secs(24 * 3600);
-            u
-        })
-        .collect();
-    if units.is_empty() {
-        eprintln!(
-            "no unit `{}` in `{}`",
-            args.unit.unwrap_or_default(),
-            args.config.display()
-        );
-        return 1;
-    }
+    let units = match super::units::tool_units(&cfg, args.unit.as_deref(), &args.config) {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,40 +52,11 @@ pub fn units_watch(args: UnitsWatchArgs) -> i32 {
         return 1;
     };
     rt.block_on(async move {
-        let links: BTreeSet<&str> = units.iter().map(|u| u.link.as_str()).collect();
-        for name in links {
-            let Some(l) = cfg.links.iter().find(|l| l.name.as_str() == name) else {
-                continue;
-            };
-            if let Err(e) = link::open(l).await {
-                super::units::report_open_error(name, &e, &cfg);
-                return 1;
-            }
-        }
-        let store = match crate::store::Store::open(Path::new(":memory:")) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("cannot open a scratch store: {e}");
-                return 1;
-            }
+        let tool = match super::units::ToolEngine::start(&cfg, &units, reg).await {
+            Ok(t) => t,
+            Err(code) => return code,
         };
-        let audit = Audit::new(store, Arc::new(crate::clock::SystemClock), None);
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let engine = match ModbusEngine::start(
-            &cfg.links,
-            &units,
-            Arc::new(reg),
-            audit,
-            stop.clone(),
-            &tracker,
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("{e}");
-                return EX_CONFIG;
-            }
-        };
+        let engine = &tool.engine;
         for u in &units {
             println!(
                 "watching unit `{}` ({}, link `{}`, slave {}) every {} ms",
@@ -165,9 +115,7 @@ pub fn units_watch(args: UnitsWatchArgs) -> i32 {
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
-        stop.cancel();
-        tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+        tool.stop().await;
         0
     })
 }
