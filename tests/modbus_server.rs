@@ -118,42 +118,8 @@ fn lib_cert(dir: &Path, name: &str, role: Option<&str>, expired: bool) -> (PathB
 
 /// A CRL of the site CA revoking the given certificates (PEM).
 fn crl(dir: &Path, certs: &[PathBuf]) -> String {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    use x509_parser::prelude::FromDer;
-    let key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca/ca.key")).unwrap()).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(dir.join("ca/ca.pem")).unwrap(),
-        key,
-    )
-    .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let revoked_certs = certs
-        .iter()
-        .map(|p| {
-            let der = CertificateDer::from_pem_file(p).unwrap();
-            let (_, c) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).unwrap();
-            rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from_slice(c.raw_serial()),
-                revocation_time: now - time::Duration::minutes(5),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            }
-        })
-        .collect();
-    rcgen::CertificateRevocationListParams {
-        this_update: now - time::Duration::hours(1),
-        next_update: now + time::Duration::days(1),
-        crl_number: rcgen::SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs,
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&issuer)
-    .unwrap()
-    .pem()
-    .unwrap()
+    let certs: Vec<&Path> = certs.iter().map(PathBuf::as_path).collect();
+    common::pki::crl(&dir.join("ca/ca.key"), &dir.join("ca/ca.pem"), &certs, 1)
 }
 
 fn site() -> SiteId {

@@ -275,42 +275,12 @@ async fn sighup_applies_a_new_unit_keeps_the_session_and_outbox_and_refuses_a_br
 
 /// A CRL of the Modbus client CA in `ca_dir` revoking the given certificates (PEM files).
 fn modbus_crl(ca_dir: &Path, revoked: &[&Path], number: u64) -> String {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    use x509_parser::prelude::FromDer;
-    let key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(
-        &std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap(),
-        key,
+    common::pki::crl(
+        &ca_dir.join("ca.key"),
+        &ca_dir.join("ca.pem"),
+        revoked,
+        number,
     )
-    .unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let revoked_certs = revoked
-        .iter()
-        .map(|p| {
-            let der = CertificateDer::from_pem_file(p).unwrap();
-            let (_, c) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).unwrap();
-            rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from_slice(c.raw_serial()),
-                revocation_time: now - time::Duration::minutes(5),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            }
-        })
-        .collect();
-    rcgen::CertificateRevocationListParams {
-        this_update: now - time::Duration::hours(1),
-        next_update: now + time::Duration::days(1),
-        crl_number: rcgen::SerialNumber::from(number),
-        issuing_distribution_point: None,
-        revoked_certs,
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&issuer)
-    .unwrap()
-    .pem()
-    .unwrap()
 }
 
 /// A BMS over Modbus/TCP Security: rustls with the client certificate `issued/NAME.pem`, then

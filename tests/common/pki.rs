@@ -92,3 +92,38 @@ impl Pki {
         Arc::new(cfg)
     }
 }
+
+/// A CRL (PEM) issued by the CA whose key and certificate are the PEM files `ca_key` and
+/// `ca_pem`, number `number`, revoking the certificates in the PEM files `revoked` (key
+/// compromise, 5 minutes ago; valid from an hour ago for a day).
+pub fn crl(ca_key: &Path, ca_pem: &Path, revoked: &[&Path], number: u64) -> String {
+    use x509_parser::prelude::FromDer;
+    let key = KeyPair::from_pem(&std::fs::read_to_string(ca_key).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(ca_pem).unwrap(), key).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let revoked_certs = revoked
+        .iter()
+        .map(|p| {
+            let der = CertificateDer::from_pem_file(p).unwrap();
+            let (_, c) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).unwrap();
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(c.raw_serial()),
+                revocation_time: now - time::Duration::minutes(5),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
