@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{bin, free_port, signal, sitegate_ok, spawn_run, wait_exit};
+use common::daemon::{bin, fleet_keygen, free_port, signal, sitegate_ok, spawn_run, wait_exit};
 use serde_json::{Value, json};
 
 fn mode(p: &Path) -> u32 {
@@ -56,19 +56,7 @@ async fn a_backup_restored_on_a_fresh_state_dir_starts_the_same_box_with_its_ses
     common::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = d.join("fleet-a.pk8");
-    let pk = sitegate_ok(&[
-        "fleet",
-        "keygen",
-        "--out",
-        key.to_str().unwrap(),
-        "--kid",
-        "fleet-a",
-    ])
-    .lines()
-    .find_map(|l| l.strip_prefix("public_key: "))
-    .unwrap()
-    .to_string();
+    let (key, pk) = fleet_keygen(d, "fleet-a");
     let port = free_port();
     let state = d.join("state");
     let etc = d.join("etc");

@@ -16,7 +16,7 @@ mod e2e_support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::daemon::{free_port, signal, sitegate, spawn_run, wait_exit};
+use common::daemon::{fleet_keygen, free_port, signal, sitegate, spawn_run, wait_exit};
 use e2e_support::{install_crypto, start_sim};
 use serde_json::{Value, json};
 use sitegate::sim::SimUnit;
@@ -118,22 +118,7 @@ async fn an_installer_token_commissions_a_box_that_has_never_seen_a_bundle_withi
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The fleet key, made and used only through the fleet tool.
-    let key = d.join("fleet-a.pk8");
-    let out = sitegate(&[
-        "fleet",
-        "keygen",
-        "--out",
-        key.to_str().unwrap(),
-        "--kid",
-        "fleet-a",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let pk = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("public_key: "))
-        .unwrap()
-        .to_string();
+    let (key, pk) = fleet_keygen(d, "fleet-a");
 
     let (sim, sim_stop) = start_sim(vec![SimUnit::generator(GEN), SimUnit::hvac(HVAC)]).await;
     let addr = sim.addr.unwrap();

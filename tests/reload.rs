@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::daemon::{free_port, signal, sitegate_ok, spawn_run, wait_exit};
+use common::daemon::{fleet_keygen, free_port, signal, sitegate_ok, spawn_run, wait_exit};
 use serde_json::{Value, json};
 
 const UNIT_GEN: &str = r#"
@@ -110,20 +110,7 @@ async fn sighup_applies_a_new_unit_keeps_the_session_and_outbox_and_refuses_a_br
     common::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = d.join("fleet-a.pk8");
-    let out = sitegate_ok(&[
-        "fleet",
-        "keygen",
-        "--out",
-        key.to_str().unwrap(),
-        "--kid",
-        "fleet-a",
-    ]);
-    let pk = out
-        .lines()
-        .find_map(|l| l.strip_prefix("public_key: "))
-        .unwrap()
-        .to_string();
+    let (key, pk) = fleet_keygen(d, "fleet-a");
     let (port, bus_port) = (free_port(), free_port());
     let state = d.join("state");
     let config = d.join("sitegate.toml");
@@ -338,20 +325,7 @@ async fn sighup_rereads_the_modbus_ca_and_crl_and_a_newly_revoked_bms_certificat
     common::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = d.join("fleet-a.pk8");
-    let out = sitegate_ok(&[
-        "fleet",
-        "keygen",
-        "--out",
-        key.to_str().unwrap(),
-        "--kid",
-        "fleet-a",
-    ]);
-    let pk = out
-        .lines()
-        .find_map(|l| l.strip_prefix("public_key: "))
-        .unwrap()
-        .to_string();
+    let (_, pk) = fleet_keygen(d, "fleet-a");
     let issue = |name: &str, role: Option<&str>| {
         let (ca, out) = (d.join("ca"), d.join("issued"));
         let mut args = vec![

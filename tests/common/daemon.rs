@@ -177,3 +177,23 @@ pub fn sitegate_ok(args: &[&str]) -> String {
     assert!(out.code == 0, "{args:?}: {}", out.stderr);
     out.stdout
 }
+
+/// Makes a fleet signing key with `sitegate fleet keygen` as `DIR/KID.pk8`; returns its path and
+/// the public key the tool prints (base64).
+pub fn fleet_keygen(dir: &Path, kid: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{kid}.pk8"));
+    let out = sitegate_ok(&[
+        "fleet",
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--kid",
+        kid,
+    ]);
+    let pk = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key: "))
+        .unwrap()
+        .to_string();
+    (key, pk)
+}
