@@ -113,17 +113,22 @@ def mib(b):
     return MISSING if b is None else f"{b / 1024 / 1024:.2f} MiB ({b} bytes)"
 
 
+def load_json(res, *path):
+    """A results file as a dict; {} when it is missing or unreadable (its figures show as missing)."""
+    try:
+        with open(os.path.join(res, *path), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def web_section(res):
     """The web app's budgets, from the browser test's metrics (tests/web/app.test.mjs)."""
     L = []
     w = L.append
     w("## Web app in Chromium (real daemon over TLS, loopback, tests/web.rs)")
     w("")
-    try:
-        with open(os.path.join(res, "web", "metrics.json"), encoding="utf-8") as f:
-            m = json.load(f)
-    except (OSError, ValueError):
-        m = {}
+    m = load_json(res, "web", "metrics.json")
     lat = sorted(m.get("sim_to_screen_ms") or [])
     first = m.get("first_load_bytes")
     w(f"Build: {m.get('build', MISSING)}. Stream interval 1 s, unit poll interval 500 ms.")
@@ -149,11 +154,7 @@ def fleet_section(res):
     w = L.append
     w("## Fleet: real daemons on one mosquitto (tests/fleet.rs, fleet_bench)")
     w("")
-    try:
-        with open(os.path.join(res, "fleet.json"), encoding="utf-8") as f:
-            m = json.load(f)
-    except (OSError, ValueError):
-        m = {}
+    m = load_json(res, "fleet.json")
     if not m:
         w(MISSING)
         w("")
@@ -188,11 +189,7 @@ def bms_section(res):
     w = L.append
     w("## Modbus server face: 20 concurrent BMS clients vs direct Modbus (benches/bms.rs)")
     w("")
-    try:
-        with open(os.path.join(res, "bms.json"), encoding="utf-8") as f:
-            m = json.load(f)
-    except (OSError, ValueError):
-        m = {}
+    m = load_json(res, "bms.json")
     if not m:
         w(MISSING)
         w("")
@@ -312,12 +309,7 @@ def main():
         ca, cb = crit(res, "modbus", a), crit(res, "modbus", b)
         w(f"| {label} | {cm(ca)} | {cm(cb)} | {ratio(ca and ca['median'], cb and cb['median'])} |")
     gc = crit(res, "modbus", "command_round_trip/engine_generator_command")
-    poll_cost = {}
-    try:
-        with open(os.path.join(res, "e2e.json"), encoding="utf-8") as f:
-            poll_cost = {p["unit"]: p for p in json.load(f).get("poll_cost", [])}
-    except (OSError, ValueError):
-        pass
+    poll_cost = {p["unit"]: p for p in load_json(res, "e2e.json").get("poll_cost", [])}
     w(f"| generator command (one FC16 key write) | {cm(gc)} | – | – |")
     w("")
     w("Poll cycle cost in Modbus requests (counted at the simulator over 5 s of 500 ms polls, real")
@@ -336,12 +328,7 @@ def main():
     w("")
 
     # --- e2e ---
-    e2e = {}
-    try:
-        with open(os.path.join(res, "e2e.json"), encoding="utf-8") as f:
-            e2e = json.load(f)
-    except (OSError, ValueError):
-        pass
+    e2e = load_json(res, "e2e.json")
     w("## HTTP command round trip vs direct Modbus (real daemon, benches/e2e.rs)")
     w("")
     rt = e2e.get("round_trip", {})
