@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{Audit, Event};
 use crate::authz::Index;
-use crate::authz::owner::Access;
+use crate::authz::owner::SuspensionWriter;
 use crate::clock::{SharedClock, from_unix_ms, rfc3339, unix_ms};
 use crate::model::{BusinessId, UserId};
 use crate::outbox::{self, Class};
@@ -281,18 +281,20 @@ pub struct Businesses {
 struct Inner {
     store: Store,
     audit: Audit,
-    access: Access,
+    /// The access-state owner's one writer of suspensions; reads go to its owner.
+    suspensions: SuspensionWriter,
     clock: SharedClock,
     /// `sitegate/v1/{site}/{gateway}/suspensions`, or `None` before provisioning.
     state_topic: Option<String>,
 }
 
 impl Businesses {
-    /// Opens the service and hands the stored suspensions to the access-state owner.
+    /// Opens the service and hands the stored suspensions to the access-state owner through
+    /// `suspensions`, its writer of suspensions.
     pub fn new(
         store: Store,
         audit: Audit,
-        access: Access,
+        suspensions: SuspensionWriter,
         clock: SharedClock,
         state_topic: Option<String>,
     ) -> Result<Businesses, BusinessError> {
@@ -300,7 +302,7 @@ impl Businesses {
             inner: Arc::new(Inner {
                 store,
                 audit,
-                access,
+                suspensions,
                 clock,
                 state_topic,
             }),
@@ -313,7 +315,7 @@ impl Businesses {
     /// they differ from what it holds. Blocking. Returns whether anything changed.
     pub fn refresh(&self) -> Result<bool, BusinessError> {
         let list = self.inner.store.with_conn(|c| load(c))?;
-        Ok(self.inner.access.set_suspended(authz_input(&list)))
+        Ok(self.inner.suspensions.set_suspended(authz_input(&list)))
     }
 
     fn check_owner(&self, ix: &Index, actor: &UserId) -> Result<(), BusinessError> {
@@ -332,7 +334,7 @@ impl Businesses {
 
     /// Every business known to the current access state or suspended here (owner only).
     pub async fn list(&self, actor: &UserId) -> Result<Vec<BusinessInfo>, BusinessError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.suspensions.owner().index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
                 self.audit_refusal("business_list", actor, "", reason).await;
@@ -369,7 +371,7 @@ impl Businesses {
         business: &str,
         note: Option<String>,
     ) -> Result<Change, BusinessError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.suspensions.owner().index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
                 let named = crate::audit::cap_str(business).into_owned();
@@ -420,7 +422,7 @@ impl Businesses {
         actor: &UserId,
         business: &str,
     ) -> Result<Suspension, BusinessError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.suspensions.owner().index();
         if let Err(e) = self.check_owner(&ix, actor) {
             if let BusinessError::NotOwner { reason } = &e {
                 let named = crate::audit::cap_str(business).into_owned();

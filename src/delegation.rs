@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 
 use crate::access::{AccessState, Grant, Origin};
 use crate::audit::{Audit, Event};
-use crate::authz::owner::Access;
+use crate::authz::owner::LocalWriter;
 use crate::authz::{DenyReason, Index, Target};
 use crate::clock::{SharedClock, from_unix_ms, unix_ms};
 use crate::model::{Capability, GrantId, Management, Role, Scope, UnitId, UserId};
@@ -299,7 +299,8 @@ pub struct Delegations {
 struct Inner {
     store: Store,
     audit: Audit,
-    access: Access,
+    /// The access-state owner's one writer of local delegations; reads go to its owner.
+    local: LocalWriter,
     clock: SharedClock,
     key: DeviceKey,
     /// `sitegate/v1/{site}/{gateway}/requests`, or `None` before provisioning.
@@ -308,11 +309,12 @@ struct Inner {
 
 impl Delegations {
     /// Opens the service: loads (or creates) the device key, re-verifies every stored local grant
-    /// and hands the valid ones to the access-state owner.
+    /// and hands the valid ones to the access-state owner through `local`, its writer of local
+    /// delegations.
     pub fn new(
         store: Store,
         audit: Audit,
-        access: Access,
+        local: LocalWriter,
         clock: SharedClock,
         state_dir: &Path,
         requests_topic: Option<String>,
@@ -322,7 +324,7 @@ impl Delegations {
             inner: Arc::new(Inner {
                 store,
                 audit,
-                access,
+                local,
                 clock,
                 key,
                 requests_topic,
@@ -363,7 +365,7 @@ impl Delegations {
                 }
             }
         }
-        self.inner.access.set_local(grants, revoked);
+        self.inner.local.set_local(grants, revoked);
         Ok(())
     }
 
@@ -515,7 +517,7 @@ impl Delegations {
         scope: Scope,
         expires_at: Option<OffsetDateTime>,
     ) -> Result<Created, DelegationError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.local.owner().index();
         let user = ix.user_by_email(email).map(|u| u.id.clone());
         let Some(user) = user else {
             let now = self.inner.clock.now();
@@ -549,7 +551,7 @@ impl Delegations {
         actor: &UserId,
         req: DelegationRequest,
     ) -> Result<Created, DelegationError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.local.owner().index();
         let now = self.inner.clock.now();
         let parent = match Self::check(&ix, actor, &req, now) {
             Ok(p) => p,
@@ -660,7 +662,7 @@ impl Delegations {
         role: Role,
         note: &str,
     ) -> Result<PendingRequest, DelegationError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.local.owner().index();
         if ix.user(actor).is_none_or(|u| !u.active) {
             return Err(DelegationError::UnknownUser(actor.to_string()));
         }
@@ -744,7 +746,7 @@ impl Delegations {
     /// The local grants and requests `actor` may see: their own (as delegator, delegatee or
     /// requester), plus everything on scopes where they hold `manage_users`.
     pub async fn list(&self, actor: &UserId) -> Result<Listing, DelegationError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.local.owner().index();
         let now = self.inner.clock.now();
         let (rows, reqs) = self
             .inner
@@ -789,7 +791,7 @@ impl Delegations {
         &self,
         state: &AccessState,
     ) -> Result<Vec<(String, &'static str)>, DelegationError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.local.owner().index();
         let now = ix.effective_now(self.inner.clock.now());
         let reqs = self.inner.store.with_conn(|c| load_pending(c))?;
         let granted = |r: &PendingRequest| {
@@ -859,7 +861,7 @@ impl Delegations {
     /// Revokes a local grant: allowed to its delegator, and to holders of `manage_users` on its
     /// scope whose role there is at least the grant's. Idempotent; audited.
     pub async fn revoke(&self, actor: &UserId, id: &GrantId) -> Result<(), DelegationError> {
-        let ix = self.inner.access.index();
+        let ix = self.inner.local.owner().index();
         let now = self.inner.clock.now();
         let key = id.to_string();
         let row = self

@@ -3,8 +3,9 @@
 //! and re-verified on every start; a stored row that no longer verifies (tampered in the SQLite
 //! file, signed by a key a rotation retired, or a pre-6 row kept without its envelope) is
 //! dropped, audited as `token_dropped` with its reason, and grants nothing (a rotation that
-//! retires the signing key drops it at once); and no module but the owner publishes the
-//! authorization index.
+//! retires the signing key drops it at once); and each kind of input of the authorization index
+//! has one writer, made with the owner, never copied, and demanded by the one component the kind
+//! of input belongs to.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +16,7 @@
 
 mod grants_common;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
@@ -24,11 +26,15 @@ use serde_json::{Value, json};
 use sitegate::app::adapters::GrantsTokens;
 use sitegate::audit::Audit;
 use sitegate::auth::{Auth, AuthError, TokenVerifier};
-use sitegate::authz::owner::Access;
-use sitegate::authz::{Decision, DenyReason, Target};
+use sitegate::authz::owner::{
+    Access, GrantsFollower, LocalWriter, SuspensionWriter, TokenAdmission, Writers,
+};
+use sitegate::authz::{Decision, DenyReason, Inputs, Target};
+use sitegate::business::{BusinessError, Businesses};
 use sitegate::clock::SharedClock;
-use sitegate::grants::{GrantEngine, Kind};
-use sitegate::model::{Capability, SiteId, UserId};
+use sitegate::delegation::{DelegationError, Delegations};
+use sitegate::grants::{GrantEngine, Kind, Reason};
+use sitegate::model::{BusinessId, Capability, GrantId, SiteId, UserId};
 use sitegate::store::{MIGRATIONS, Store};
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 30));
@@ -40,7 +46,7 @@ fn installer() -> UserId {
 /// The daemon's start-up order on `engine`: the owner over what the engine re-verified, then
 /// the auth service with the owner as its token verifier.
 fn start(fx: &Fx, engine: GrantEngine) -> (Access, Auth) {
-    let access = Access::open(engine.clone(), SiteId::new(SITE).unwrap(), Vec::new());
+    let (access, writers) = Access::open(engine.clone(), SiteId::new(SITE).unwrap(), Vec::new());
     let clock: SharedClock = engine.clock();
     let audit = Audit::new(fx.store.clone(), clock.clone(), None);
     let cfg = sitegate::config::Auth {
@@ -50,7 +56,7 @@ fn start(fx: &Fx, engine: GrantEngine) -> (Access, Auth) {
         lockout_after_failures: 5,
         lockout: std::time::Duration::from_secs(600),
     };
-    let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(access.clone()));
+    let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(writers.tokens));
     let auth = Auth::new(
         fx.store.clone(),
         audit,
@@ -322,7 +328,7 @@ fn a_schema_5_database_keeps_its_signed_tokens_and_drops_the_unsigned_ones_at_th
     let state = engine.snapshot();
     let ids: Vec<&str> = state.grants.iter().map(|g| g.id.as_str()).collect();
     assert_eq!(ids, vec!["g-t1"]);
-    let access = Access::open(engine.clone(), SiteId::new(SITE).unwrap(), Vec::new());
+    let (access, _) = Access::open(engine.clone(), SiteId::new(SITE).unwrap(), Vec::new());
     let now = engine.effective_now();
     assert_eq!(
         access.decide(&installer(), Capability::Configure, &Target::Site, now),
@@ -355,32 +361,96 @@ fn a_schema_5_database_keeps_its_signed_tokens_and_drops_the_unsigned_ones_at_th
     assert_eq!(dropped[0].detail["reason"], json!("malformed"));
 }
 
-/// Every `src/` file that publishes into the authorization index or changes the owner's inputs,
-/// with the calls it makes. The compiler already keeps `Authz::install` to `authz` and its child
-/// `owner`; this keeps the callers of the owner's typed entry points to the one module each kind
-/// of state belongs to.
+/// Compiles only when `$t` is not `Clone`: for a `Clone` type both impls of `NotClone` apply
+/// and the call is ambiguous (a compile error, so this file does not build).
+macro_rules! assert_not_clone {
+    ($($t:ty),+ $(,)?) => {{
+        trait NotClone<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> NotClone<()> for T {}
+        struct IsClone;
+        impl<T: ?Sized + Clone> NotClone<IsClone> for T {}
+        $(<$t as NotClone<_>>::check();)+
+    }};
+}
+
+/// The structure that keeps each kind of input to one module, checked when this file compiles:
+/// the writers' fields are private to `authz::owner` (nothing outside it can make one; the only
+/// makers are `Access::open` and `Access::staged`, one set per owner), no writer is `Clone` (the
+/// one set cannot be copied to a second component), and the component each kind of input
+/// belongs to cannot be built without its writer. At run time: a writer changes the owner that
+/// made it and no other one.
 #[test]
-fn only_the_owner_publishes_the_index_and_each_kind_of_state_has_one_caller() {
+fn each_kind_of_input_has_one_writer_made_with_its_owner_and_demanded_by_its_component() {
+    assert_not_clone!(
+        Writers,
+        LocalWriter,
+        SuspensionWriter,
+        TokenAdmission,
+        GrantsFollower
+    );
+    let _: fn(
+        Store,
+        Audit,
+        LocalWriter,
+        SharedClock,
+        &Path,
+        Option<String>,
+    ) -> Result<Delegations, DelegationError> = Delegations::new;
+    let _: fn(
+        Store,
+        Audit,
+        SuspensionWriter,
+        SharedClock,
+        Option<String>,
+    ) -> Result<Businesses, BusinessError> = Businesses::new;
+    let _: fn(TokenAdmission) -> GrantsTokens = GrantsTokens;
+
+    let site = || Inputs {
+        site: Some(SiteId::new(SITE).unwrap()),
+        ..Inputs::default()
+    };
+    let (a, a_writers, _) = Access::staged(site());
+    let (b, _b_writers, _) = Access::staged(site());
+    let acme = BusinessId::new("acme").unwrap();
+    assert!(
+        a_writers
+            .suspensions
+            .set_suspended(vec![(acme.clone(), Vec::new())])
+    );
+    assert!(a.index().business_suspended(&acme));
+    assert!(!b.index().business_suspended(&acme));
+    let revoked = GrantId::new("g-local").unwrap();
+    a_writers
+        .local
+        .set_local(Vec::new(), HashSet::from([revoked.clone()]));
+    assert!(a.index().is_revoked(&revoked));
+    assert!(!b.index().is_revoked(&revoked));
+    // An owner without an engine has nothing to follow or admit with.
+    assert!(!a_writers.follower.sync_grants());
+    let refused = a_writers.tokens.admit_login_token(b"{}").unwrap_err();
+    assert_eq!(refused.reason, Reason::Storage);
+    assert_eq!(refused.message, "no grants engine on this box");
+}
+
+/// The daemon's owner, and with it the one set of writers the daemon moves into its components,
+/// is made in one place: the wiring in `app`. Owners without an engine (`Access::new`,
+/// `Access::staged`) are for tools and tests and are never made by `src/` code. Only code is
+/// read: comments and test code may name them.
+#[test]
+fn the_daemons_owner_and_its_writers_are_made_only_by_the_wiring() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     collect(&root, &mut files);
     assert!(files.len() > 20);
-    // (call, the files allowed to make it outside test code)
+    // (constructor, the files allowed to call it outside test code)
     let rules: &[(&str, &[&str])] = &[
-        (".install(", &["authz/owner.rs"]),
-        (".set_local(", &["authz/owner.rs", "delegation.rs"]),
-        (".set_suspended(", &["authz/owner.rs", "business.rs"]),
-        (
-            ".admit_login_token(",
-            &["authz/owner.rs", "app/adapters.rs"],
-        ),
-        (".sync_grants(", &["authz/owner.rs", "app/mod.rs"]),
-        (".set_state(", &["authz/owner.rs"]),
-        (".update(|", &["authz/owner.rs"]),
         ("Access::open(", &["app/mod.rs"]),
-        ("Access::new(", &["authz/owner.rs"]),
+        ("Access::staged(", &[]),
+        ("Access::new(", &[]),
     ];
-    let mut wrong = Vec::new();
+    let mut found = Vec::new();
     for f in &files {
         let rel = f
             .strip_prefix(&root)
@@ -391,22 +461,34 @@ fn only_the_owner_publishes_the_index_and_each_kind_of_state_has_one_caller() {
             continue;
         }
         let text = std::fs::read_to_string(f).unwrap();
-        // Test code at the end of a file (`#[cfg(test)] mod tests { … }`) may stage any state.
+        // Test code at the end of a file (`#[cfg(test)] mod tests { … }`) may make any owner.
         let code = match text.find("#[cfg(test)]\nmod tests {") {
             Some(i) => &text[..i],
             None => &text,
         };
-        for (call, allowed) in rules {
-            if code.contains(call) && !allowed.contains(&rel.as_str()) {
-                wrong.push(format!("{rel}: {call}"));
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (call, _) in rules {
+                if line.contains(call) {
+                    found.push((rel.clone(), *call));
+                }
             }
         }
     }
+    let wrong: Vec<_> = found
+        .iter()
+        .filter(|(rel, call)| {
+            !rules
+                .iter()
+                .any(|(c, allowed)| c == call && allowed.contains(&rel.as_str()))
+        })
+        .collect();
     assert!(
         wrong.is_empty(),
-        "authorization inputs written outside their owner: {wrong:?} (docs/authorization.md, \
+        "access-state owners made outside the wiring: {wrong:?} (docs/authorization.md, \
          \"One owner of access state\")"
     );
+    // The wiring makes exactly one.
+    assert_eq!(found, vec![("app/mod.rs".to_string(), "Access::open(")]);
 }
 
 fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

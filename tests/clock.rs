@@ -19,7 +19,7 @@ use grants_common::*;
 use serde_json::json;
 use sitegate::audit::Audit;
 use sitegate::auth::Auth;
-use sitegate::authz::owner::Access;
+use sitegate::authz::owner::{Access, GrantsFollower};
 use sitegate::authz::{Decision, DenyReason, Target};
 use sitegate::clock::{Clock, SharedClock};
 use sitegate::grants::{CLOCK_TOLERANCE, GrantEngine};
@@ -29,12 +29,14 @@ use time::Duration;
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20));
 
-fn authz_over(engine: &GrantEngine) -> Access {
-    Access::open(
+/// The owner over `engine`, and its writer that follows the engine's state.
+fn authz_over(engine: &GrantEngine) -> (Access, GrantsFollower) {
+    let (access, writers) = Access::open(
         engine.clone(),
         SiteId::new(SITE).unwrap(),
         vec![(UnitId::new("hvac-1").unwrap(), None)],
-    )
+    );
+    (access, writers.follower)
 }
 
 fn ana() -> UserId {
@@ -75,7 +77,7 @@ async fn a_clock_two_days_behind_the_floor_issues_sessions_that_the_next_call_ac
     // The box reboots without a real-time clock: two days behind the last signed time.
     fx.clock.set(issued(1) - Duration::days(2));
     let engine = fx.reopen();
-    let authz = authz_over(&engine);
+    let (authz, _) = authz_over(&engine);
     let clock = engine.clock();
     let audit = Audit::new(fx.store.clone(), clock.clone(), None);
     let cfg = sitegate::config::Auth {
@@ -142,7 +144,7 @@ fn setting_the_clock_back_an_hour_never_revives_an_admin_grant_that_expired_afte
     let expiry = floor + Duration::minutes(150);
     fx.clock.set(floor);
     fx.apply(&sign_bundle(&admin_until(1, expiry))).unwrap();
-    let authz = authz_over(&fx.engine);
+    let (authz, _) = authz_over(&fx.engine);
     let manage = |engine: &GrantEngine| {
         authz.decide(
             &ana(),
@@ -212,7 +214,7 @@ fn a_forward_jump_is_put_right_by_the_next_bundle_signed_at_the_corrected_time_a
  {
     let fx = Fx::new();
     fx.apply_seq(1);
-    let authz = authz_over(&fx.engine);
+    let (authz, follower) = authz_over(&fx.engine);
     let view = |engine: &GrantEngine| {
         authz.decide(
             &ana(),
@@ -231,7 +233,7 @@ fn a_forward_jump_is_put_right_by_the_next_bundle_signed_at_the_corrected_time_a
     let mut b = bundle(2);
     b["issued_at"] = json!(ts(real));
     fx.apply(&sign_bundle(&b)).unwrap();
-    authz.sync_grants();
+    follower.sync_grants();
     assert_eq!(view(&fx.engine), Decision::Deny(DenyReason::Expired));
     assert_eq!(fx.audit_of_kind("clock_corrected").len(), 0);
     // NTP puts the clock right: that is a rollback of the mark, still nothing revives.
@@ -250,7 +252,7 @@ fn a_forward_jump_is_put_right_by_the_next_bundle_signed_at_the_corrected_time_a
     let mut b = bundle(4);
     b["issued_at"] = json!(ts(signed));
     fx.apply(&sign_bundle(&b)).unwrap();
-    authz.sync_grants();
+    follower.sync_grants();
     let corrected = fx.audit_of_kind("clock_corrected");
     assert_eq!(corrected.len(), 1);
     assert_eq!(

@@ -561,7 +561,7 @@ fn apply_child(dir: &str) {
 fn clock_jumps_across_expiry_never_revive_a_grant_expired_at_signed_time() {
     let fx = Fx::new();
     fx.apply_seq(1);
-    let authz = sitegate::authz::owner::Access::open(
+    let (authz, writers) = sitegate::authz::owner::Access::open(
         fx.engine.clone(),
         sitegate::model::SiteId::new(SITE).unwrap(),
         vec![(UnitId::new("hvac-1").unwrap(), None)],
@@ -592,7 +592,7 @@ fn clock_jumps_across_expiry_never_revive_a_grant_expired_at_signed_time() {
     let mut b = bundle(seq);
     b["issued_at"] = json!(ts(ana_expiry + time::Duration::days(1)));
     fx.apply(&sign_bundle(&b)).unwrap();
-    authz.sync_grants();
+    writers.follower.sync_grants();
     assert!(!decide(&ana));
 
     // The clock is set far back (before the grant was even issued): still expired, the

@@ -220,7 +220,8 @@ struct Bed {
     dir: tempfile::TempDir,
     sim: SimHandle,
     harness: Harness,
-    authz: sitegate::authz::owner::Access,
+    /// Stages the owner's access state, as a newer bundle would.
+    stage: sitegate::authz::owner::Stage,
     listening: Listening,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -270,7 +271,7 @@ impl Bed {
             &[unit("ac-1", "bus", 2, profile, 60_000)],
             registry,
         );
-        let authz = sitegate::authz::owner::Access::new(Inputs {
+        let (authz, _, stage) = sitegate::authz::owner::Access::staged(Inputs {
             site: Some(site()),
             state: state(CapSet::ALL, false),
             inventory: vec![(uid("ac-1"), None)],
@@ -330,7 +331,7 @@ impl Bed {
             dir,
             sim,
             harness,
-            authz,
+            stage,
             listening,
             stop,
             tasks,
@@ -558,7 +559,7 @@ async fn a_revoking_bundle_and_a_package_change_take_effect_on_an_open_connectio
     // diagnostic register.
     assert_eq!(ask(&mut bms, "read 7 25 1").await, "exception 1");
     // The cloud revokes the grant: same connection, refused, nothing written.
-    bed.authz.set_state(state(CapSet::ALL, true));
+    bed.stage.set_state(state(CapSet::ALL, true));
     assert_eq!(ask(&mut bms, "write 7 18 225").await, "exception 1");
     assert_eq!(ask(&mut bms, "read 7 18 1").await, "exception 1");
     assert_eq!(bed.writes(), 1);
@@ -568,7 +569,7 @@ async fn a_revoking_bundle_and_a_package_change_take_effect_on_an_open_connectio
     let mut other = start_bms(&bed, &c, &k).await;
     assert_eq!(ask(&mut other, "write 7 18 230").await, "ok");
     assert_eq!(bed.writes(), 2);
-    bed.authz.set_state(state(
+    bed.stage.set_state(state(
         CapSet::of(&[Capability::View, Capability::Diagnose]),
         true,
     ));

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::access::Origin;
-use crate::authz::owner::Access;
+use crate::authz::owner::{Access, TokenAdmission};
 use std::time::Duration;
 
 use crate::api::ports::{
@@ -394,15 +394,16 @@ fn outcome_str(o: &ApplyOutcome) -> &'static str {
 }
 
 /// [`TokenVerifier`] over the access-state owner: the grants engine verifies (trusted keys, site,
-/// revocations, expiry); the owner admits (the envelope kept, the index published).
-pub struct GrantsTokens(pub Access);
+/// revocations, expiry); the owner admits (the envelope kept, the index published) through its
+/// one [`TokenAdmission`].
+pub struct GrantsTokens(pub TokenAdmission);
 
 impl TokenVerifier for GrantsTokens {
     fn verify(
         &self,
         envelope: &[u8],
     ) -> Result<(crate::access::User, crate::access::Grant), String> {
-        let Some(grants) = self.0.grants() else {
+        let Some(grants) = self.0.owner().grants() else {
             return Err("no grants engine on this box".to_string());
         };
         grants

@@ -374,7 +374,8 @@ pub struct Daemon {
 #[derive(Clone)]
 pub struct Running {
     pub grants: GrantEngine,
-    /// The one owner (and only writer) of the access state and the authorization index.
+    /// The one owner of the access state and the authorization index (read-only here: its
+    /// writers are with the components each kind of input belongs to).
     pub access: Access,
     /// Read-only handle on the index the owner publishes.
     pub authz: Arc<Authz>,
@@ -593,7 +594,7 @@ async fn start_engines(
 ) -> anyhow::Result<Running> {
     // The engines open SQLite and key files synchronously: build them on the blocking pool so a
     // signal during start-up is still handled at once.
-    let (access, applier, grants, registry, authz, auth, delegations, businesses) = {
+    let (access, follower, applier, grants, registry, authz, auth, delegations, businesses) = {
         let (store, audit, clock, site, cfg) = (
             store.clone(),
             audit.clone(),
@@ -622,11 +623,12 @@ async fn start_engines(
                 .collect();
             // The one owner of the access state: over what the engine re-verified (the stored
             // bundle and installer tokens); local delegations and suspensions join it below,
-            // before the API serves.
-            let access = Access::open(grants.clone(), site.id.clone(), inventory);
+            // before the API serves. Each of its writers goes to the one component its kind of
+            // input belongs to.
+            let (access, writers) = Access::open(grants.clone(), site.id.clone(), inventory);
             let authz = access.authz();
             let applier = GrantApplier::new(access.clone());
-            let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(access.clone()));
+            let verifier: Arc<dyn TokenVerifier> = Arc::new(GrantsTokens(writers.tokens));
             let auth = Auth::new(
                 store.clone(),
                 audit.clone(),
@@ -638,7 +640,7 @@ async fn start_engines(
             let delegations = Delegations::new(
                 store.clone(),
                 audit.clone(),
-                access.clone(),
+                writers.local,
                 clock.clone(),
                 &cfg.state_dir,
                 Some(format!("{}/requests", site.topic_root())),
@@ -648,12 +650,13 @@ async fn start_engines(
             let businesses = crate::business::Businesses::new(
                 store,
                 audit,
-                access.clone(),
+                writers.suspensions,
                 clock,
                 Some(format!("{}/suspensions", site.topic_root())),
             )?;
             Ok((
                 access,
+                writers.follower,
                 applier,
                 grants,
                 registry,
@@ -676,7 +679,6 @@ async fn start_engines(
     // access requests.
     {
         let mut rx = grants.subscribe();
-        let access = access.clone();
         let auth = auth.clone();
         let delegations = delegations.clone();
         let metrics = metrics.clone();
@@ -689,7 +691,7 @@ async fn start_engines(
                         if changed.is_err() { break }
                         let state = rx.borrow_and_update().clone();
                         set_grant_gauges(&metrics, &state);
-                        access.sync_grants();
+                        follower.sync_grants();
                         if let Err(e) = auth.end_changed_sessions().await {
                             tracing::warn!(error = %e, "cannot end the sessions a bundle invalidated");
                         }

@@ -66,6 +66,8 @@ fn site() -> (AccessState, Vec<Grant>) {
 
 struct Env {
     authz: crate::authz::owner::Access,
+    /// The owner's writer of local delegations, for a test that opens the delegation service.
+    local: crate::authz::owner::LocalWriter,
     b: Businesses,
     store: Store,
 }
@@ -74,16 +76,21 @@ fn open(dir: &Path, st: AccessState, local: Vec<Grant>) -> Env {
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let store = Store::open_in(dir).unwrap();
     let audit = Audit::new(store.clone(), clock.clone(), None);
-    let authz = crate::authz::owner::Access::new(inputs(st, local));
+    let (authz, writers, _) = crate::authz::owner::Access::staged(inputs(st, local));
     let b = Businesses::new(
         store.clone(),
         audit,
-        authz.clone(),
+        writers.suspensions,
         clock,
         Some(TOPIC.into()),
     )
     .unwrap();
-    Env { authz, b, store }
+    Env {
+        authz,
+        local: writers.local,
+        b,
+        store,
+    }
 }
 
 fn decide(authz: &crate::authz::owner::Access, who: &str, cap: Capability, u: &str) -> Decision {
@@ -424,7 +431,7 @@ proptest! {
             let env = open(dir.path(), st, local);
             let clock: SharedClock = Arc::new(ManualClock::new(NOW));
             let audit = Audit::new(env.store.clone(), clock.clone(), None);
-            let d = Delegations::new(env.store.clone(), audit, env.authz.clone(), clock, dir.path(), None).unwrap();
+            let d = Delegations::new(env.store.clone(), audit, env.local, clock, dir.path(), None).unwrap();
             env.b.suspend(&uid("own"), acme().as_str(), None).await.unwrap();
             let scopes = [s_site(), s_group("g-a"), s_unit("b1")];
             for o in ops {

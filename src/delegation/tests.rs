@@ -24,11 +24,11 @@ fn open(dir: &Path, st: AccessState) -> Env {
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let store = Store::open_in(dir).unwrap();
     let audit = Audit::new(store.clone(), clock.clone(), None);
-    let authz = crate::authz::owner::Access::new(inputs(st, vec![]));
+    let (authz, writers, _) = crate::authz::owner::Access::staged(inputs(st, vec![]));
     let d = Delegations::new(
         store.clone(),
         audit,
-        authz.clone(),
+        writers.local,
         clock,
         dir,
         Some(TOPIC.into()),
@@ -854,11 +854,11 @@ fn open_with_clock(dir: &Path, st: AccessState) -> (Env, Arc<ManualClock>) {
     let shared: SharedClock = clock.clone();
     let store = Store::open_in(dir).unwrap();
     let audit = Audit::new(store.clone(), shared.clone(), None);
-    let authz = crate::authz::owner::Access::new(inputs(st, vec![]));
+    let (authz, writers, _) = crate::authz::owner::Access::staged(inputs(st, vec![]));
     let d = Delegations::new(
         store.clone(),
         audit,
-        authz.clone(),
+        writers.local,
         shared,
         dir,
         Some(TOPIC.into()),

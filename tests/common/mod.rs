@@ -530,6 +530,8 @@ pub struct Harness {
     pub auth: Arc<MemAuth>,
     /// The access-state owner over the site (the only writer of the index the API reads).
     pub authz: sitegate::authz::owner::Access,
+    /// Stages the owner's access state, as a newer bundle would.
+    pub stage: sitegate::authz::owner::Stage,
     pub units: Arc<MemUnits>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -557,12 +559,13 @@ impl Harness {
         let store = Store::open_in(dir.path()).unwrap();
         let audit = Audit::new(store.clone(), shared.clone(), None);
         let auth = Arc::new(MemAuth::new(clock.clone()));
-        let authz = sitegate::authz::owner::Access::new(site_inputs(clock.now()));
+        let (authz, writers, stage) =
+            sitegate::authz::owner::Access::staged(site_inputs(clock.now()));
         let units = Arc::new(MemUnits::new(clock.clone()));
         let delegations = sitegate::delegation::Delegations::new(
             store.clone(),
             audit.clone(),
-            authz.clone(),
+            writers.local,
             shared.clone(),
             dir.path(),
             None,
@@ -576,7 +579,7 @@ impl Harness {
             sitegate::business::Businesses::new(
                 store.clone(),
                 audit.clone(),
-                authz.clone(),
+                writers.suspensions,
                 shared.clone(),
                 None,
             )
@@ -614,6 +617,7 @@ impl Harness {
             clock,
             auth,
             authz,
+            stage,
             units,
             store,
             metrics,
@@ -627,7 +631,7 @@ impl Harness {
 
     /// Revokes a cloud grant, as a newer bundle would.
     pub fn revoke(&self, id: &str) {
-        self.authz.update(|i| {
+        self.stage.update(|i| {
             let mut st = (*i.state).clone();
             st.seq += 1;
             st.revoked.insert(GrantId::new(id).unwrap());
