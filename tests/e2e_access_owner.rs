@@ -46,21 +46,16 @@ fn token_rows(s: &Site) -> Vec<(String, Vec<u8>)> {
 }
 
 async fn session_with(s: &Site, envelope: &[u8]) -> (u16, Value) {
-    let r = s
-        .http
-        .post(format!("{}/session", s.base))
-        .json(&json!({ "token": std::str::from_utf8(envelope).unwrap() }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    session(
+        s,
+        &json!({ "token": std::str::from_utf8(envelope).unwrap() }),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_row_tampered_between_two_runs_of_the_daemon_is_dropped_and_its_session_ends() {
-    let s = Site::start("plain", "").await;
-    s.apply(bundle(1, &role_members(), &[])).await;
+    let s = Site::start_with_members(&role_members()).await;
     let genuine = ivo_token();
     let ivo = token_login(&s, &genuine).await;
     assert_eq!(get(&s, "/units/gen-1", &ivo).await.status, 200);
@@ -91,20 +86,7 @@ async fn a_token_row_tampered_between_two_runs_of_the_daemon_is_dropped_and_its_
     assert_eq!(r.status, 401);
     // The row is gone and the drop is audited with its reason.
     assert!(token_rows(&s).is_empty());
-    let dropped = s
-        .daemon
-        .store
-        .with_conn(|c| {
-            sitegate::audit::query(
-                c,
-                &sitegate::audit::Query {
-                    kind: Some("token_dropped".into()),
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let dropped = audit_of_kind(&s.daemon.store, "token_dropped");
     assert_eq!(dropped.len(), 1);
     assert_eq!(dropped[0].detail["grant"], json!("t-ivo"));
     assert_eq!(dropped[0].detail["reason"], json!("bad_signature"));

@@ -48,15 +48,7 @@ async fn login(s: &Site, user: &str, password: &str, device: Option<&str>) -> (u
     if let Some(d) = device {
         body["device"] = json!(d);
     }
-    let r = s
-        .http
-        .post(format!("{}/session", s.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    session(s, &body).await
 }
 
 async fn call(s: &Site, method: reqwest::Method, path: &str, bearer: &str) -> (u16, Value) {
@@ -74,8 +66,7 @@ async fn call(s: &Site, method: reqwest::Method, path: &str, bearer: &str) -> (u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lan_guesser_cannot_lock_the_admin_out_of_their_own_device_and_the_admin_clears_the_lockout()
  {
-    let s = Site::start("plain", "").await;
-    s.apply(bundle(1, &members(), &[])).await;
+    let s = Site::start_with_members(&members()).await;
     let (st, first) = login(&s, "ada", PASSWORD, None).await;
     assert_eq!(st, 201, "{first}");
     let cookie = first["device"].as_str().unwrap().to_string();
@@ -141,20 +132,7 @@ async fn a_lan_guesser_cannot_lock_the_admin_out_of_their_own_device_and_the_adm
     s.clock.advance(time::Duration::seconds(1));
     let (st, body) = login(&s, "ada", PASSWORD, None).await;
     assert_eq!(st, 201, "{body}");
-    let cleared: Vec<_> = s
-        .daemon
-        .store
-        .with_conn(|c| {
-            sitegate::audit::query(
-                c,
-                &sitegate::audit::Query {
-                    kind: Some("lockout_cleared".into()),
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let cleared = audit_of_kind(&s.daemon.store, "lockout_cleared");
     assert_eq!(cleared.len(), 1);
     assert_eq!(cleared[0].actor.as_deref(), Some("ada"));
     assert_eq!(cleared[0].detail["key"], json!(key));
@@ -227,18 +205,7 @@ async fn root_on_the_box_lists_and_clears_lockouts_with_the_cli_and_the_clear_is
     assert_eq!(code, 0);
     assert!(!out.contains(&key), "{out}");
     let store = sitegate::store::Store::open_in(&state).unwrap();
-    let recs = store
-        .with_conn(|c| {
-            sitegate::audit::query(
-                c,
-                &sitegate::audit::Query {
-                    kind: Some("lockout_cleared".into()),
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap();
+    let recs = audit_of_kind(&store, "lockout_cleared");
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].actor.as_deref(), Some("cli"));
     assert_eq!(recs[0].detail["key"], json!(key));

@@ -12,16 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::broker::{self, Broker};
-use common::mqtt::{Collector, mqtt_config, site};
+use common::mqtt::{Collector, ROOT, Running, mqtt_config};
 use serde_json::{Value, json};
-use sitegate::audit::Audit;
-use sitegate::clock::SystemClock;
-use sitegate::mqtt::{GrantSink, InboundKind, MqttClient};
-use sitegate::store::Store;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-const ROOT: &str = "sitegate/v1/s-1/gw-1";
+use sitegate::mqtt::{GrantSink, InboundKind};
 
 /// A stand-in for the grants engine: `{"seq":N,"sig":"good"}` is applied when N is above the last
 /// applied seq (same N: duplicate), anything else is rejected.
@@ -52,38 +45,9 @@ impl GrantSink for TestSink {
     }
 }
 
-struct Box_ {
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    handle: sitegate::mqtt::MqttHandle,
-    store: Store,
-}
-
-fn start_box(dir: &std::path::Path, port: u16, sink: Arc<TestSink>) -> Box_ {
-    let store = Store::open_in(dir).unwrap();
-    let audit = Audit::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        Some(format!("{ROOT}/events")),
-    );
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let handle = MqttClient::start(
-        &mqtt_config(port, "sitegate-test"),
-        &site(),
-        store.clone(),
-        audit,
-        sink,
-        shutdown.clone(),
-        &tracker,
-    )
-    .unwrap();
-    Box_ {
-        shutdown,
-        tracker,
-        handle,
-        store,
-    }
+/// The box's MQTT client with `sink`, audit records to `…/events`.
+fn start_box(dir: &std::path::Path, port: u16, sink: Arc<TestSink>) -> Running {
+    Running::start_with_sink(dir, mqtt_config(port, "sitegate-test"), true, sink)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,28 +11,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::mqtt::{Collector, mqtt_config, site, wait_for};
+use common::mqtt::{Collector, ROOT, Running, mqtt_config, wait_for};
 use serde_json::{Value, json};
-use sitegate::audit::Audit;
-use sitegate::clock::SystemClock;
-use sitegate::mqtt::{GrantSink, InboundKind, MqttClient, PointSample, Quality};
+use sitegate::mqtt::{PointSample, Quality};
 use sitegate::outbox::{self, Class};
 use sitegate::store::Store;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-const ROOT: &str = "sitegate/v1/s-1/gw-1";
-
-struct NoSink;
-impl GrantSink for NoSink {
-    fn apply(&self, _: InboundKind, _: Vec<u8>) -> Value {
-        json!({})
-    }
-}
 
 /// Outbox rows ever inserted (the table is AUTOINCREMENT: `sqlite_sequence` only grows).
 fn rows_written(store: &Store) -> i64 {
@@ -68,24 +54,8 @@ async fn telemetry_skips_the_disk_while_connected_and_survives_an_outage_in_orde
     // A persistent subscriber: the broker keeps its session across its own restart.
     let sub = Collector::start(b.port, "cloud", &topic, true, None);
     sub.wait_subscribed().await;
-    let store = Store::open_in(dir.path()).unwrap();
-    let audit = Audit::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        Some(format!("{ROOT}/events")),
-    );
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let h = MqttClient::start(
-        &mqtt_config(b.port, "sitegate-live"),
-        &site(),
-        store.clone(),
-        audit,
-        Arc::new(NoSink),
-        shutdown.clone(),
-        &tracker,
-    )
-    .unwrap();
+    let bx = Running::start(dir.path(), mqtt_config(b.port, "sitegate-live"), true);
+    let (h, store) = (bx.handle.clone(), bx.store.clone());
     wait_for("the box to connect", Duration::from_secs(10), || {
         h.connected()
     })
@@ -167,9 +137,7 @@ async fn telemetry_skips_the_disk_while_connected_and_survives_an_outage_in_orde
         seqs.windows(2).all(|w| w[0] < w[1]),
         "per-unit seq in order: {seqs:?}"
     );
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
+    bx.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,20 +145,8 @@ async fn live_telemetry_not_yet_delivered_is_kept_across_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on this port: the broker is unreachable for the whole run.
     let port = common::broker::free_port();
-    let store = Store::open_in(dir.path()).unwrap();
-    let audit = Audit::new(store.clone(), Arc::new(SystemClock), None);
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let h = MqttClient::start(
-        &mqtt_config(port, "sitegate-stop"),
-        &site(),
-        store.clone(),
-        audit,
-        Arc::new(NoSink),
-        shutdown.clone(),
-        &tracker,
-    )
-    .unwrap();
+    let bx = Running::start(dir.path(), mqtt_config(port, "sitegate-stop"), false);
+    let (h, store) = (bx.handle.clone(), bx.store.clone());
     let unit = "gen-1".parse().unwrap();
     for v in 0..3 {
         let now = time::OffsetDateTime::now_utc();
@@ -199,8 +155,6 @@ async fn live_telemetry_not_yet_delivered_is_kept_across_a_clean_stop() {
             .await
             .unwrap();
     }
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
+    bx.stop().await;
     assert_eq!(depth(&store, Class::Telemetry), 3);
 }

@@ -261,7 +261,8 @@ impl sitegate::mqtt::GrantSink for NoSink {
     }
 }
 
-/// The MQTT client of one box in-process (SQLite store in `dir`, audit), with [`NoSink`].
+/// The MQTT client of one box in-process (SQLite store in `dir`, audit), with a grant sink
+/// ([`NoSink`] unless the test brings its own).
 pub struct Running {
     pub shutdown: CancellationToken,
     pub tracker: tokio_util::task::TaskTracker,
@@ -273,6 +274,16 @@ pub struct Running {
 impl Running {
     /// Starts the client; audit records go to `…/events` when `events`.
     pub fn start(dir: &std::path::Path, cfg: sitegate::config::Mqtt, events: bool) -> Running {
+        Running::start_with_sink(dir, cfg, events, Arc::new(NoSink))
+    }
+
+    /// Starts the client with `sink` for what arrives on `…/grants` and `…/keys`.
+    pub fn start_with_sink(
+        dir: &std::path::Path,
+        cfg: sitegate::config::Mqtt,
+        events: bool,
+        sink: Arc<dyn sitegate::mqtt::GrantSink>,
+    ) -> Running {
         let store = sitegate::store::Store::open_in(dir).unwrap();
         let audit = sitegate::audit::Audit::new(
             store.clone(),
@@ -286,7 +297,7 @@ impl Running {
             &site(),
             store.clone(),
             audit.clone(),
-            Arc::new(NoSink),
+            sink,
             shutdown.clone(),
             &tracker,
         )

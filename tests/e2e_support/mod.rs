@@ -357,6 +357,13 @@ impl Site {
             .unwrap();
     }
 
+    /// The standard site over plain HTTP with bundle 1 of `members` applied.
+    pub async fn start_with_members(members: &[Member]) -> Site {
+        let s = Site::start("plain", "").await;
+        s.apply(bundle(1, members, &[])).await;
+        s
+    }
+
     /// Logs in as `user`; returns the bearer token.
     pub async fn login(&self, user: &str) -> String {
         let r = self
@@ -473,6 +480,36 @@ pub async fn post(s: &Site, path: &str, token: &str, body: Value) -> Resp {
 
 pub async fn delete(s: &Site, path: &str, token: &str) -> Resp {
     call(s, reqwest::Method::DELETE, path, token, None).await
+}
+
+/// `POST /session` with `body` (a password or a token login): the status and the JSON answer
+/// (`null` when the answer is not JSON).
+pub async fn session(s: &Site, body: &Value) -> (u16, Value) {
+    let r = s
+        .http
+        .post(format!("{}/session", s.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The audit records of `kind` in `store`, newest first (at most 10).
+pub fn audit_of_kind(store: &sitegate::store::Store, kind: &str) -> Vec<sitegate::audit::Record> {
+    store
+        .with_conn(|c| {
+            sitegate::audit::query(
+                c,
+                &sitegate::audit::Query {
+                    kind: Some(kind.into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap()
 }
 
 /// Logs in with an installer token envelope; returns the bearer token.
