@@ -375,6 +375,25 @@ macro_rules! assert_not_clone {
     }};
 }
 
+/// `Delegations::new`: the delegation service opens only with the writer of local delegations.
+type OpensDelegations = fn(
+    Store,
+    Audit,
+    LocalWriter,
+    SharedClock,
+    &Path,
+    Option<String>,
+) -> Result<Delegations, DelegationError>;
+
+/// `Businesses::new`: the business service opens only with the writer of suspensions.
+type OpensBusinesses = fn(
+    Store,
+    Audit,
+    SuspensionWriter,
+    SharedClock,
+    Option<String>,
+) -> Result<Businesses, BusinessError>;
+
 /// The structure that keeps each kind of input to one module, checked when this file compiles:
 /// the writers' fields are private to `authz::owner` (nothing outside it can make one; the only
 /// makers are `Access::open` and `Access::staged`, one set per owner), no writer is `Clone` (the
@@ -390,21 +409,8 @@ fn each_kind_of_input_has_one_writer_made_with_its_owner_and_demanded_by_its_com
         TokenAdmission,
         GrantsFollower
     );
-    let _: fn(
-        Store,
-        Audit,
-        LocalWriter,
-        SharedClock,
-        &Path,
-        Option<String>,
-    ) -> Result<Delegations, DelegationError> = Delegations::new;
-    let _: fn(
-        Store,
-        Audit,
-        SuspensionWriter,
-        SharedClock,
-        Option<String>,
-    ) -> Result<Businesses, BusinessError> = Businesses::new;
+    let _: OpensDelegations = Delegations::new;
+    let _: OpensBusinesses = Businesses::new;
     let _: fn(TokenAdmission) -> GrantsTokens = GrantsTokens;
 
     let site = || Inputs {
