@@ -16,8 +16,8 @@
 //! Who may change which input is held by the compiler, not by convention. Each kind of input
 //! has a capability, a value of a type defined here with private fields: [`LocalWriter`],
 //! [`SuspensionWriter`], [`TokenAdmission`], [`GrantsFollower`]. [`Access::open`] makes the one
-//! set of them ([`Writers`]) together with the owner; nothing else can make one, and none is
-//! `Clone`. The daemon's wiring moves each into the one component its kind of input belongs to
+//! set of them ([`Writers`]) together with the owner ([`Access::staged`] likewise for an owner
+//! without an engine); nothing else can make one, and none is `Clone`. The daemon's wiring moves each into the one component its kind of input belongs to
 //! (the delegation service, the business service, the LAN login's token verifier, the task that
 //! follows the engine), whose constructor demands it. Every other holder of an [`Access`] can
 //! read, decide and [`Access::apply`] a signed envelope through the engine, and nothing else.
