@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 pub mod backup;
 pub mod business;
+mod console;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod grants;
