@@ -2,10 +2,12 @@
 //! unit and print a table) and `sitegate scan` (probe slave ids on a link and propose `[[units]]`
 //! entries).
 //!
-//! They talk to the bus directly, outside the daemon: on a serial link stop the daemon first (two
-//! processes cannot share one RS-485 port). They never write to a device. A transport that does
-//! not open is named with a hint (and with the daemon as the likely holder when its API answers),
-//! and is a failure: never "0 units answered" with exit 0.
+//! When the daemon runs, they go through its local console socket (see `super::console`): the
+//! link task probes and reads between its poll reads, so they never fight it for the bus. With no
+//! daemon, or with `--direct`, they talk to the bus themselves (two processes cannot share one
+//! RS-485 port: `--direct` needs the daemon stopped on a serial link). They never write to a
+//! device. A transport that does not open is named with a hint (and with the daemon as the likely
+//! holder when its API answers), and is a failure: never "0 units answered" with exit 0.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -423,20 +425,30 @@ pub(super) fn report_open_error(link_name: &str, e: &link::OpenError, cfg: &Conf
     match (e.failure, daemon) {
         (link::OpenFailure::Busy, Some(addr)) => eprintln!(
             "hint: the sitegate daemon is running (its API answers on {addr}) and holds this \
-             port; scan and test through it (the web page's Scan screen, or `POST \
-             https://{addr}/api/v1/scans` and `POST …/api/v1/units/UNIT/test` as a technician \
-             or with the installer token), or stop it first: `systemctl stop sitegate`"
+             port; scan and test through it: without `--direct` the command goes through its \
+             console socket ({}), or use the web page's Scan screen; or stop it first: \
+             `systemctl stop sitegate`",
+            console_note(cfg)
         ),
         (link::OpenFailure::Refused | link::OpenFailure::TimedOut, Some(addr)) => {
             eprintln!("hint: {}", e.failure.hint());
             eprintln!(
                 "hint: the sitegate daemon is running (its API answers on {addr}); a gateway \
                  that takes one connection at a time refuses a second: scan and test through \
-                 the daemon (the web page's Scan screen, or `POST https://{addr}/api/v1/scans`), \
-                 or `systemctl stop sitegate`"
+                 the daemon (without `--direct`, through its console socket {}; or the web \
+                 page's Scan screen), or `systemctl stop sitegate`",
+                console_note(cfg)
             );
         }
         (failure, _) => eprintln!("hint: {}", failure.hint()),
+    }
+}
+
+/// Where the daemon's console socket is, as the hints name it.
+fn console_note(cfg: &Config) -> String {
+    match &cfg.api.console_socket {
+        Some(p) => format!("`{}`", p.display()),
+        None => "`[api] console_socket` is `off` in this config".into(),
     }
 }
 
