@@ -503,7 +503,7 @@ fn audit_of(state: &std::path::Path, kinds: &[&str]) -> Vec<(String, String, Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scan_and_units_test_run_through_the_running_daemons_console_as_the_console_actor() {
+async fn scan_units_test_and_watch_run_through_the_running_daemons_console_as_the_console_actor() {
     use std::os::unix::fs::PermissionsExt;
     let stop = CancellationToken::new();
     let s = SimServer::start_tcp(
@@ -590,6 +590,33 @@ async fn scan_and_units_test_run_through_the_running_daemons_console_as_the_cons
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.ends_with("all points read with good quality\n"),
+        "{out}"
+    );
+    // `units watch` too: the header, then every point of the unit once.
+    let (code, out, err) = run_full(args(&[
+        "units", "watch", "gen-1", "--config", &cfg, "--count", "1",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "watching unit `gen-1` (dse-gencomm, link `bus`, slave 1) every 1000 ms"
+    );
+    let points = sitegate::modbus::ProfileRegistry::builtin()
+        .unwrap()
+        .get("dse-gencomm")
+        .unwrap()
+        .points
+        .len();
+    assert_eq!(lines.len(), 1 + points, "{out}");
+    let rest: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    assert!(rest.contains(&"gen-1 fuel_level = 78 % (good)"), "{out}");
+    assert!(
+        rest.contains(&"gen-1 oil_temperature = null °C (unimplemented)"),
         "{out}"
     );
     assert!(s.stats().writes.is_empty(), "the tools never write");
