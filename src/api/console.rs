@@ -154,18 +154,12 @@ impl ConsoleAuthz {
     }
 }
 
-/// The console's router: [`CONSOLE_ROUTES`] of [`super::ROUTES`], with the API's layers, on a
-/// state whose authorization is [`ConsoleAuthz`].
-pub fn router(lan: &ApiState) -> Router {
-    let state = lan.console_face(Arc::new(ConsoleAuthz {
+/// The state of the console face: the LAN state's engines with [`ConsoleAuthz`] (the router is
+/// `super::console_router`).
+pub(super) fn face(lan: &ApiState) -> ApiState {
+    lan.console_face(Arc::new(ConsoleAuthz {
         units: lan.units().clone(),
-    }));
-    let routes = super::ROUTES.iter().filter(|d| {
-        CONSOLE_ROUTES
-            .iter()
-            .any(|(m, p)| *m == d.method && *p == d.path)
-    });
-    super::assemble(state, routes, false)
+    }))
 }
 
 /// Why the console socket was not made (the daemon runs on without it).
@@ -303,10 +297,11 @@ async fn answer_refused(mut stream: UnixStream) {
 }
 
 /// Makes the socket at `path` (replacing a stale one nobody answers on, never a live one or a
-/// file that is not a socket), mode [`SOCKET_MODE`], and serves the console until `shutdown`;
-/// then removes the socket file if it is still the one made here.
+/// file that is not a socket), mode [`SOCKET_MODE`], and serves `app` (the console router,
+/// `super::console_router`) until `shutdown`; then removes the socket file if it is still the
+/// one made here.
 pub async fn serve(
-    lan: &ApiState,
+    app: Router,
     audit: Audit,
     path: &Path,
     shutdown: CancellationToken,
@@ -339,7 +334,7 @@ pub async fn serve(
         audit,
         refused: HashMap::new(),
     };
-    let app = router(lan).into_make_service_with_connect_info::<ConsolePeer>();
+    let app = app.into_make_service_with_connect_info::<ConsolePeer>();
     let path = path.to_path_buf();
     tracing::info!(socket = %path.display(), "console listening");
     Ok(tokio::spawn(async move {

@@ -400,6 +400,17 @@ pub fn router(state: ApiState) -> Router {
     assemble(state, ROUTES.iter(), true)
 }
 
+/// The local console's router (`console`): only [`console::CONSOLE_ROUTES`] of [`ROUTES`], with
+/// the same layers, on the console face of `lan` (its own authorization port).
+pub fn console_router(lan: &ApiState) -> Router {
+    let routes = ROUTES.iter().filter(|d| {
+        console::CONSOLE_ROUTES
+            .iter()
+            .any(|(m, p)| *m == d.method && *p == d.path)
+    });
+    assemble(console::face(lan), routes, false)
+}
+
 /// A router of `routes` (with the web page when `web`) and every hardening layer.
 fn assemble(state: ApiState, routes: impl Iterator<Item = &'static RouteDef>, web: bool) -> Router {
     let mut r: Router<ApiState> = Router::new();

@@ -492,7 +492,8 @@ impl Daemon {
                     // The console is a convenience for the tools on the box: without it they
                     // use the bus directly, so a socket that cannot be made never stops the
                     // daemon.
-                    match api::console::serve(&state, audit.clone(), path, shutdown.child_token())
+                    let app = api::console_router(&state);
+                    match api::console::serve(app, audit.clone(), path, shutdown.child_token())
                         .await
                     {
                         Ok(task) => {
