@@ -280,7 +280,7 @@ fn database_trust_keys(c: &crate::config::Config) -> Result<Option<usize>, Strin
         set.keys
             .values()
             .filter(|k| k.source != "config")
-            .filter(|k| k.retired_at.is_none() && !k.not_after.is_some_and(|n| now >= n))
+            .filter(|k| k.retired_at.is_none() && k.not_after.is_none_or(|n| now < n))
             .count(),
     ))
 }
