@@ -771,6 +771,33 @@ profile = "missing"
     }
 
     #[test]
+    fn the_console_socket_is_an_absolute_path_by_default_or_off() {
+        let c = Config::parse(GOOD, Path::new("/"), &any_profile).unwrap();
+        assert_eq!(
+            c.api.console_socket,
+            Some(PathBuf::from("/run/sitegate/console.sock"))
+        );
+        let with = |v: &str| {
+            GOOD.replace(
+                "listen = \"127.0.0.1:8443\"",
+                &format!("listen = \"127.0.0.1:8443\"\nconsole_socket = \"{v}\""),
+            )
+        };
+        let c = Config::parse(&with("off"), Path::new("/"), &any_profile).unwrap();
+        assert_eq!(c.api.console_socket, None);
+        let c = Config::parse(&with("/tmp/x/console.sock"), Path::new("/"), &any_profile).unwrap();
+        assert_eq!(
+            c.api.console_socket,
+            Some(PathBuf::from("/tmp/x/console.sock"))
+        );
+        for bad in ["console.sock", "", "/run/sitegate/"] {
+            let e = Config::parse(&with(bad), Path::new("/"), &any_profile).unwrap_err();
+            assert_eq!(e.problems.len(), 1, "{bad}: {e}");
+            assert_eq!(e.problems[0].path, "api.console_socket", "{bad}");
+        }
+    }
+
+    #[test]
     fn keep_alive_below_one_second_is_refused_before_rumqttc_sees_it() {
         let text =
             format!("{GOOD}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nkeep_alive_secs = 0\n");
