@@ -265,7 +265,7 @@ impl axum::serve::Listener for ConsoleListener {
 }
 
 /// The one answer a refused connection gets, then the connection is closed.
-async fn answer_refused(mut stream: UnixStream) {
+pub(crate) async fn answer_refused(mut stream: UnixStream) {
     let body = json!({
         "error": REFUSED_CODE,
         "message": "the console admits only root and the daemon's user",

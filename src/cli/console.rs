@@ -138,3 +138,48 @@ pub fn segment(s: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_so_and_a_missing_or_dead_socket_means_no_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        assert!(matches!(
+            call(&path, Method::GET, "/api/v1/units", None).await,
+            Err(CallError::NoDaemon)
+        ));
+        // The daemon's answer to a uid it does not admit, over a real socket.
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            crate::api::console::answer_refused(stream).await;
+            listener
+        });
+        assert!(matches!(
+            call(
+                &path,
+                Method::POST,
+                "/api/v1/scans",
+                Some(&serde_json::json!({}))
+            )
+            .await,
+            Err(CallError::Refused)
+        ));
+        // A stale socket file nobody accepts on: no daemon.
+        drop(server.await.unwrap());
+        assert!(path.exists());
+        assert!(matches!(
+            call(&path, Method::GET, "/api/v1/units", None).await,
+            Err(CallError::NoDaemon)
+        ));
+    }
+
+    #[test]
+    fn path_segments_keep_ids_and_escape_anything_else() {
+        assert_eq!(segment("gen-1_a.b"), "gen-1_a.b");
+        assert_eq!(segment("a/b?c"), "a%2Fb%3Fc");
+    }
+}
