@@ -22,7 +22,8 @@
 //! - [`logging`]: tracing set-up (human, JSON, journald).
 //! - [`provision`]: from a blank box to a configured one (the work behind `sitegate provision`
 //!   and the first-boot setup endpoint).
-//! - [`api`]: the LAN API (HTTP/JSON under `/api/v1`): routes, error contract, hardening, serving.
+//! - [`api`]: the LAN API (HTTP/JSON under `/api/v1`): routes, error contract, hardening, serving;
+//!   and the local console socket for the installer tools on the box (`api::console`).
 //! - [`tls`]: the API's certificate (self-signed at provisioning, or configured) and its fingerprint.
 //! - [`metrics`]: the Prometheus registry behind `GET /api/v1/metrics`.
 //! - [`setup`]: the first-boot setup endpoint of an unprovisioned box.

@@ -105,6 +105,20 @@ id_type!(
     /// A user as named by the cloud (or by a local delegation).
     UserId
 );
+impl UserId {
+    /// The principal of a local console connection: the Unix user `uid` on the box itself (see
+    /// `api::console`). Its `:` and `=` are outside the id grammar, so no bundle, token or
+    /// delegation can ever name it.
+    pub fn console(uid: u32) -> UserId {
+        UserId(format!("console:uid={uid}"))
+    }
+
+    /// Is this a console principal (made by [`UserId::console`])?
+    pub fn is_console(&self) -> bool {
+        self.0.starts_with("console:uid=")
+    }
+}
+
 id_type!(
     /// A grant id; revocations name these.
     GrantId

@@ -1,6 +1,7 @@
 //! `sitegate check-config` through the real binary: every problem with its key path (type errors
 //! included, not just the first), the valid choices, a plain word on whether the box is
-//! provisioned, and a warning for a config that would start a box nobody can log in to.
+//! provisioned, and a warning for a config that would start a box nobody can log in to (keys
+//! imported into the database count, read without ever creating or changing it).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +13,7 @@ mod common;
 
 use std::path::Path;
 
-use common::daemon::{Out, sitegate};
+use common::daemon::{Out, sitegate, sitegate_ok};
 use sitegate::grants::fleet;
 
 fn check(dir: &Path, text: &str) -> (Out, String) {
@@ -61,7 +62,7 @@ profile = "dse-gencomm"
     assert_eq!(out.stdout, "");
     let expected = [
         format!("invalid config `{path}` (6 problems):"),
-        "  - api.listen_port: unknown field `listen_port`, expected one of `listen`, `mode`, `cert`, `key`, `max_body_bytes`, `request_timeout_ms`, `rate_limit_per_sec`, `rate_limit_burst`, `cors_origins`, `fresh_read_timeout_ms`".into(),
+        "  - api.listen_port: unknown field `listen_port`, expected one of `listen`, `mode`, `cert`, `key`, `max_body_bytes`, `request_timeout_ms`, `rate_limit_per_sec`, `rate_limit_burst`, `cors_origins`, `fresh_read_timeout_ms`, `console_socket`".into(),
         "  - colour: unknown field `colour`, expected one of `site`, `state`, `log`, `api`, `auth`, `grants`, `mqtt`, `profiles`, `links`, `units`, `modbus_server` (at line 1, column 1)".into(),
         "  - links[1].baud: expected an integer from 0 to 4294967295, found string \"fast\"".into(),
         "  - links[1].data_bits: expected an integer from 0 to 255, found integer `300`".into(),
@@ -152,5 +153,76 @@ fn it_says_plainly_whether_the_box_is_provisioned_and_whether_anyone_can_log_in(
             "config `{path}` is valid: 0 link(s), 0 unit(s)\n\
              provisioned: site s-1, gateway gw-1, 1 trust key(s), MQTT on\n"
         )
+    );
+}
+
+/// Name, size and modification time of every file in `dir` (none when it does not exist).
+fn files(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn keys_imported_into_the_database_count_and_check_config_never_makes_or_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let text = format!(
+        "[state]\ndir = \"{}\"\n[site]\nid = \"s-1\"\ngateway = \"gw-1\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\n",
+        state.display()
+    );
+    // No database yet: the warning, and still no database (nor state directory) after.
+    let (out, path) = check(dir.path(), &text);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    assert_eq!(
+        out.stdout,
+        format!(
+            "config `{path}` is valid: 0 link(s), 0 unit(s)\n\
+             provisioned: site s-1, gateway gw-1, 0 trust key(s), MQTT off\n\
+             warning: no [[grants.trust]] key: nobody can log in (bundles and installer tokens are verified against trust keys) unless one was imported with `sitegate trust import` (see `sitegate trust list`)\n"
+        )
+    );
+    assert!(!state.exists());
+
+    let k = fleet::keypair_from_seed(&[7u8; 32]).unwrap();
+    let import = dir.path().join("key.json");
+    std::fs::write(
+        &import,
+        format!(
+            "{{\"kid\":\"fleet-b\",\"public_key\":\"{}\"}}",
+            fleet::public_key_b64(&k)
+        ),
+    )
+    .unwrap();
+    let added = sitegate_ok(&["trust", "import", import.to_str().unwrap(), "-c", &path]);
+    assert!(added.starts_with("1 key(s) added"), "{added}");
+    let before = files(&state);
+    let out = sitegate(&["check-config", "--config", &path]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    assert_eq!(
+        out.stdout,
+        format!(
+            "config `{path}` is valid: 0 link(s), 0 unit(s)\n\
+             provisioned: site s-1, gateway gw-1, 0 trust key(s) (+1 in the database), MQTT off\n\
+             note: no [mqtt]: user bundles reach this box only with `sitegate grants apply` on the box; installers can log in with an installer token\n"
+        )
+    );
+    assert_eq!(
+        files(&state),
+        before,
+        "check-config left the state directory as it was"
     );
 }

@@ -17,11 +17,14 @@ fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
         &path,
         format!(
             "[state]\ndir = \"{}\"\n\
+             [api]\nlisten = \"127.0.0.1:{}\"\nmode = \"plain\"\nconsole_socket = \"{}\"\n\
              [[links]]\nname = \"bus\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{port}\"\ntimeout_ms = 300\n\
              [[units]]\nid = \"gen-1\"\nlink = \"bus\"\nslave = 1\nprofile = \"dse-gencomm\"\n\
              [[units]]\nid = \"ac-1\"\nlink = \"bus\"\nslave = 2\nprofile = \"coolmaster-va\"\n\
              [[units]]\nid = \"ghost\"\nlink = \"bus\"\nslave = 9\nprofile = \"coolmaster-va\"\n",
-            dir.join("state").display()
+            dir.join("state").display(),
+            common::broker::free_port(),
+            dir.join("console.sock").display(),
         ),
     )
     .unwrap();
@@ -61,10 +64,12 @@ fn config_with_link(dir: &std::path::Path, link: &str) -> String {
         &path,
         format!(
             "[state]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{}\"\nmode = \"plain\"\n\
+             console_socket = \"{}\"\n\
              [[links]]\nname = \"bus\"\n{link}\ntimeout_ms = 300\n\
              [[units]]\nid = \"gen-1\"\nlink = \"bus\"\nslave = 1\nprofile = \"dse-gencomm\"\n",
             dir.join("state").display(),
             common::broker::free_port(),
+            dir.join("console.sock").display(),
         ),
     )
     .unwrap();
@@ -153,7 +158,7 @@ async fn a_serial_port_held_by_the_running_daemon_is_named_as_such() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let err = loop {
         let (code, out, err) = run_full(args(&[
-            "scan", "--link", "bus", "--config", &cfg, "--range", "1",
+            "scan", "--link", "bus", "--config", &cfg, "--range", "1", "--direct",
         ]))
         .await;
         if err.contains("device busy (EBUSY)") {
@@ -172,6 +177,26 @@ async fn a_serial_port_held_by_the_running_daemon_is_named_as_such() {
         "{err}"
     );
     assert!(err.contains("systemctl stop sitegate"), "{err}");
+    // Without `--direct` the same scan runs through the daemon, on the port it holds (nothing
+    // answers on the other end of the PTY).
+    let (code, out, err) = run_full(args(&[
+        "scan",
+        "--link",
+        "bus",
+        "--config",
+        &cfg,
+        "--range",
+        "1",
+        "--timeout-ms",
+        "50",
+    ]))
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out, "# scan of link `bus`, slave ids 1..=1: 0 unit(s) answered\n",
+        "{err}"
+    );
+    assert!(!err.contains("EBUSY"), "{err}");
     common::daemon::signal(daemon.id(), "TERM");
     let _ = tokio::task::spawn_blocking(move || {
         common::daemon::wait_exit(&mut daemon, std::time::Duration::from_secs(15))
@@ -455,5 +480,171 @@ async fn units_watch_prints_every_point_then_only_what_changes_and_stops_after_c
     assert_eq!(lines.len(), points + 2, "{lines:#?}");
     assert_eq!(rest(&lines[points + 1]), "gen-1 fuel_level = 50 % (good)");
     assert!(s.stats().writes.is_empty(), "the tool never writes");
+    stop.cancel();
+}
+
+/// `(kind, actor, outcome, unit)` of the audit records of `kinds`, in order, from a stopped
+/// daemon's database.
+fn audit_of(state: &std::path::Path, kinds: &[&str]) -> Vec<(String, String, String, String)> {
+    let store = sitegate::store::Store::open_in(state).unwrap();
+    store
+        .with_conn(|c| {
+            let mut st = c.prepare(
+                "SELECT kind, coalesce(actor, ''), outcome, coalesce(unit, '') FROM audit \
+                 ORDER BY seq",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            Ok(rows.collect::<Result<Vec<(String, String, String, String)>, _>>()?)
+        })
+        .unwrap()
+        .into_iter()
+        .filter(|r| kinds.contains(&r.0.as_str()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_units_test_and_watch_run_through_the_running_daemons_console_as_the_console_actor() {
+    use std::os::unix::fs::PermissionsExt;
+    let stop = CancellationToken::new();
+    let s = SimServer::start_tcp(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![SimUnit::generator(1), SimUnit::hvac(2)],
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), s.addr.unwrap().port());
+    // A provisioned box, so the daemon runs its Modbus links.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[site]\nid = \"s-1\"\ngateway = \"gw-1\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (mut daemon, logs) = common::daemon::spawn_run(&cfg, None, &[]);
+    logs.wait_for("console listening", std::time::Duration::from_secs(20));
+    let socket = dir.path().join("console.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+    let cfg = cfg.display().to_string();
+
+    let (code, out, err) = run_full(args(&[
+        "scan",
+        "--link",
+        "bus",
+        "--config",
+        &cfg,
+        "--range",
+        "1-12",
+        "--timeout-ms",
+        "50",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}\n{}", logs.all());
+    assert!(
+        out.starts_with("# scan of link `bus`, slave ids 1..=12: 2 unit(s) answered\n"),
+        "{out}"
+    );
+    assert_eq!(out.matches("[[units]]").count(), 2, "{out}");
+    assert!(
+        out.contains("slave = 1\nprofile = \"dse-gencomm\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("slave = 2\nprofile = \"coolmaster-va\""),
+        "{out}"
+    );
+    let progress: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("scan: probed"))
+        .collect();
+    assert_eq!(progress.len(), 2, "{err}");
+    assert!(
+        progress[0].starts_with("scan: probed 10/12 id(s), 2 answered"),
+        "{err}"
+    );
+    assert!(
+        progress[1].starts_with("scan: probed 12/12 id(s), 2 answered"),
+        "{err}"
+    );
+
+    // The simulated generator has no oil temperature sender: one failure, exit 1.
+    let (code, out, err) = run_full(args(&["units", "test", "gen-1", "--config", &cfg])).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.starts_with("unit `gen-1` (dse-gencomm, link `bus`, slave 1)\n  point "),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("oil_temperature "))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["oil_temperature", "null", "°C", "unimplemented", "view"],
+        "{out}"
+    );
+    assert!(
+        out.ends_with("1 failure(s): unit(s) not answering or point(s) not good\n"),
+        "{out}"
+    );
+    let (code, out, err) = run_full(args(&["units", "test", "ac-1", "--config", &cfg])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.ends_with("all points read with good quality\n"),
+        "{out}"
+    );
+    // `units watch` too: the header, then every point of the unit once.
+    let (code, out, err) = run_full(args(&[
+        "units", "watch", "gen-1", "--config", &cfg, "--count", "1",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "watching unit `gen-1` (dse-gencomm, link `bus`, slave 1) every 1000 ms"
+    );
+    let points = sitegate::modbus::ProfileRegistry::builtin()
+        .unwrap()
+        .get("dse-gencomm")
+        .unwrap()
+        .points
+        .len();
+    assert_eq!(lines.len(), 1 + points, "{out}");
+    let rest: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    assert!(rest.contains(&"gen-1 fuel_level = 78 % (good)"), "{out}");
+    assert!(
+        rest.contains(&"gen-1 oil_temperature = null °C (unimplemented)"),
+        "{out}"
+    );
+    assert!(s.stats().writes.is_empty(), "the tools never write");
+
+    common::daemon::signal(daemon.id(), "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        common::daemon::wait_exit(&mut daemon, std::time::Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !socket.exists(),
+        "the daemon removes its socket when it stops"
+    );
+    // The daemon and the tools run as the same user here (root or not): admitted.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let actor = format!("console:uid={uid}");
+    let row =
+        |k: &str, o: &str, u: &str| (k.to_string(), actor.clone(), o.to_string(), u.to_string());
+    assert_eq!(
+        audit_of(&dir.path().join("state"), &["scan", "unit_test"]),
+        vec![
+            row("scan", "started", ""),
+            row("scan", "ok", ""),
+            row("unit_test", "failed", "gen-1"),
+            row("unit_test", "ok", "ac-1"),
+        ]
+    );
     stop.cancel();
 }

@@ -70,6 +70,22 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        // On the console face the caller is the connection's Unix user, admitted when the
+        // connection was accepted; tokens and cookies mean nothing there.
+        if state.0.console {
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<super::console::ConsolePeer>>()
+                .ok_or_else(ApiError::unauthenticated)?;
+            let session = SessionInfo {
+                user: crate::model::UserId::console(peer.0.uid),
+                expires_at: state.0.clock.now() + time::Duration::days(1),
+            };
+            return Ok(Caller {
+                session,
+                token: String::new(),
+            });
+        }
         // A bearer token wins; otherwise the web page's session cookie (CSRF-checked).
         let token = match bearer(&parts.headers)? {
             Some(t) => t,

@@ -10,6 +10,7 @@
 //! Every route is listed once in [`ROUTES`], which builds the router; `docs/openapi.json` must
 //! describe each of them (a test enforces it).
 
+pub mod console;
 pub mod error;
 mod extract;
 mod guard;
@@ -396,8 +397,24 @@ pub static ROUTES: &[RouteDef] = &[
 
 /// Builds the router from [`ROUTES`] with every hardening layer.
 pub fn router(state: ApiState) -> Router {
+    assemble(state, ROUTES.iter(), true)
+}
+
+/// The local console's router (`console`): only [`console::CONSOLE_ROUTES`] of [`ROUTES`], with
+/// the same layers, on the console face of `lan` (its own authorization port).
+pub fn console_router(lan: &ApiState) -> Router {
+    let routes = ROUTES.iter().filter(|d| {
+        console::CONSOLE_ROUTES
+            .iter()
+            .any(|(m, p)| *m == d.method && *p == d.path)
+    });
+    assemble(console::face(lan), routes, false)
+}
+
+/// A router of `routes` (with the web page when `web`) and every hardening layer.
+fn assemble(state: ApiState, routes: impl Iterator<Item = &'static RouteDef>, web: bool) -> Router {
     let mut r: Router<ApiState> = Router::new();
-    for def in ROUTES {
+    for def in routes {
         // Several methods on one path merge into one method router.
         let guarded =
             (def.handler)().layer(axum::middleware::map_response(move |resp: Response| {
@@ -406,8 +423,10 @@ pub fn router(state: ApiState) -> Router {
         r = r.route(def.path, guarded);
     }
     // The web page and its assets (not API routes: outside /api/v1 and the OpenAPI document).
-    for (path, handler) in web::routes() {
-        r = r.route(path, handler);
+    if web {
+        for (path, handler) in web::routes() {
+            r = r.route(path, handler);
+        }
     }
     // `layers::body_size` reads and bounds every body before a handler runs; the extractor
     // limit only has to let through what it passed.

@@ -58,7 +58,11 @@ pub(super) struct Inner {
     pub(super) limits: Limits,
     pub(super) cors_origins: Vec<HeaderValue>,
     pub(super) rate: RateLimiter,
-    pub(super) scans: super::scan_jobs::Scans,
+    /// Shared by the LAN face and the console face: one scan at a time on the box.
+    pub(super) scans: Arc<super::scan_jobs::Scans>,
+    /// The local console face (`super::console`): callers are the connection's Unix user, not a
+    /// session, and the authorization port is the console's fixed one.
+    pub(super) console: bool,
 }
 
 impl ApiState {
@@ -83,8 +87,33 @@ impl ApiState {
             clock,
             limits,
             cors_origins,
-            scans: super::scan_jobs::Scans::default(),
+            scans: Arc::default(),
+            console: false,
         }))
+    }
+
+    /// The state of the local console face: the same engines, audit trail, metrics, clock,
+    /// limits and scans, with `authz` answering for console principals only.
+    pub(super) fn console_face(&self, authz: Arc<dyn AuthzPort>) -> Self {
+        let i = &self.0;
+        let mut ports = i.ports.clone();
+        ports.authz = authz;
+        ApiState(Arc::new(Inner {
+            ports,
+            audit: i.audit.clone(),
+            metrics: i.metrics.clone(),
+            clock: i.clock.clone(),
+            limits: i.limits.clone(),
+            cors_origins: Vec::new(),
+            rate: RateLimiter::new(i.limits.rate_per_sec, i.limits.rate_burst),
+            scans: i.scans.clone(),
+            console: true,
+        }))
+    }
+
+    /// The units port (the console serves its own checks from it).
+    pub(super) fn units(&self) -> &Arc<dyn super::ports::UnitsPort> {
+        &self.0.ports.units
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -489,6 +489,22 @@ impl Daemon {
                     clock.clone(),
                     &cfg.api,
                 );
+                if let Some(path) = &cfg.api.console_socket {
+                    // The console is a convenience for the tools on the box: without it they
+                    // use the bus directly, so a socket that cannot be made never stops the
+                    // daemon.
+                    let app = api::console_router(&state);
+                    match api::console::serve(app, audit.clone(), path, shutdown.child_token())
+                        .await
+                    {
+                        Ok(task) => {
+                            tasks.spawn(async move {
+                                let _ = task.await;
+                            });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "no local console socket"),
+                    }
+                }
                 let serving = api::serve_on(
                     state,
                     &cfg.api,

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 pub mod backup;
 pub mod business;
+mod console;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod grants;
@@ -265,10 +266,29 @@ fn api_cert(cfg: &Config, names: &[String], renew: bool) -> i32 {
     }
 }
 
+/// Trust keys in the database that did not come from the config (`sitegate trust import`, a
+/// keys envelope) and are usable now: `Ok(None)` without a database. Read-only: never creates,
+/// migrates or changes it.
+fn database_trust_keys(c: &crate::config::Config) -> Result<Option<usize>, String> {
+    use crate::clock::Clock;
+    let Some(conn) = crate::store::open_read_only(&c.state_dir).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let set = crate::grants::trust::TrustSet::load(&conn).map_err(|e| e.to_string())?;
+    let now = crate::clock::SystemClock.now();
+    Ok(Some(
+        set.keys
+            .values()
+            .filter(|k| k.source != "config")
+            .filter(|k| k.retired_at.is_none() && k.not_after.is_none_or(|n| now < n))
+            .count(),
+    ))
+}
+
 /// What `check-config` prints for a valid config: the counts, whether the box is provisioned, and
-/// warnings about a config that would start a box nobody can log in to. It never opens the
-/// database (run as root, that would leave files the service user cannot write), so keys added
-/// with `sitegate trust import` are not seen: a warning, not an error.
+/// warnings about a config that would start a box nobody can log in to. Keys added with
+/// `sitegate trust import` live in the database: it is read (read-only, never created or
+/// migrated, see [`crate::store::open_read_only`]) when it exists; one it cannot read is said.
 fn check_config_report(path: &std::path::Path, c: &crate::config::Config) -> String {
     let mut out = format!(
         "config `{}` is valid: {} link(s), {} unit(s)\n",
@@ -283,14 +303,22 @@ fn check_config_report(path: &std::path::Path, c: &crate::config::Config) -> Str
         );
         return out;
     };
+    let (db_keys, db_note) = match database_trust_keys(c) {
+        Ok(None) => (0, String::new()),
+        Ok(Some(n)) => (n, format!(" (+{n} in the database)")),
+        Err(e) => (
+            0,
+            format!(" (the database could not be read for imported keys: {e})"),
+        ),
+    };
     out.push_str(&format!(
-        "provisioned: site {}, gateway {}, {} trust key(s), MQTT {}\n",
+        "provisioned: site {}, gateway {}, {} trust key(s){db_note}, MQTT {}\n",
         site.id,
         site.gateway,
         c.grants.trust.len(),
         if c.mqtt.is_some() { "on" } else { "off" }
     ));
-    if c.grants.trust.is_empty() {
+    if c.grants.trust.is_empty() && db_keys == 0 {
         out.push_str(
             "warning: no [[grants.trust]] key: nobody can log in (bundles and installer tokens \
              are verified against trust keys) unless one was imported with `sitegate trust \

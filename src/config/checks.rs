@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::{GatewayId, GroupId, LinkId, SiteId, SlaveId, UnitId, check_id};
@@ -156,6 +156,17 @@ fn check_api(api: RawApi, base: &Path, p: &mut Problems) -> Api {
             );
         }
     }
+    let console_socket = match api.console_socket.as_str() {
+        "off" => None,
+        path if Path::new(path).is_absolute() && !path.ends_with('/') => Some(PathBuf::from(path)),
+        other => {
+            p.add(
+                "api.console_socket",
+                format!("`{other}` must be an absolute path to a socket file, or `off`"),
+            );
+            None
+        }
+    };
     Api {
         // The fallbacks are never used: a problem above means no `Config` is built.
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
@@ -166,6 +177,7 @@ fn check_api(api: RawApi, base: &Path, p: &mut Problems) -> Api {
         rate_limit_burst: api.rate_limit_burst,
         cors_origins: api.cors_origins,
         fresh_read_timeout: Duration::from_millis(api.fresh_read_timeout_ms),
+        console_socket,
     }
 }
 

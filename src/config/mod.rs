@@ -125,6 +125,9 @@ pub struct RawApi {
     pub cors_origins: Vec<String>,
     #[serde(default = "default_fresh_read_timeout_ms")]
     pub fresh_read_timeout_ms: u64,
+    /// The local console socket (an absolute path), or `off`.
+    #[serde(default = "default_console_socket")]
+    pub console_socket: String,
 }
 impl Default for RawApi {
     fn default() -> Self {
@@ -139,6 +142,7 @@ impl Default for RawApi {
             rate_limit_burst: default_rate_burst(),
             cors_origins: Vec::new(),
             fresh_read_timeout_ms: default_fresh_read_timeout_ms(),
+            console_socket: default_console_socket(),
         }
     }
 }
@@ -159,6 +163,11 @@ fn default_rate_per_sec() -> u32 {
 }
 fn default_rate_burst() -> u32 {
     100
+}
+/// The console socket in the runtime directory systemd makes for the service.
+pub const DEFAULT_CONSOLE_SOCKET: &str = "/run/sitegate/console.sock";
+fn default_console_socket() -> String {
+    DEFAULT_CONSOLE_SOCKET.into()
 }
 fn default_fresh_read_timeout_ms() -> u64 {
     3_000
@@ -397,6 +406,8 @@ pub struct Api {
     pub rate_limit_burst: u32,
     pub cors_origins: Vec<String>,
     pub fresh_read_timeout: Duration,
+    /// The local console socket for installer tools on the box (`None`: `off`).
+    pub console_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -757,6 +768,33 @@ profile = "missing"
         );
         let e = Config::parse(&text, Path::new("/"), &any_profile).unwrap_err();
         assert_eq!(e.problems[0].path, "api.mode");
+    }
+
+    #[test]
+    fn the_console_socket_is_an_absolute_path_by_default_or_off() {
+        let c = Config::parse(GOOD, Path::new("/"), &any_profile).unwrap();
+        assert_eq!(
+            c.api.console_socket,
+            Some(PathBuf::from("/run/sitegate/console.sock"))
+        );
+        let with = |v: &str| {
+            GOOD.replace(
+                "listen = \"127.0.0.1:8443\"",
+                &format!("listen = \"127.0.0.1:8443\"\nconsole_socket = \"{v}\""),
+            )
+        };
+        let c = Config::parse(&with("off"), Path::new("/"), &any_profile).unwrap();
+        assert_eq!(c.api.console_socket, None);
+        let c = Config::parse(&with("/tmp/x/console.sock"), Path::new("/"), &any_profile).unwrap();
+        assert_eq!(
+            c.api.console_socket,
+            Some(PathBuf::from("/tmp/x/console.sock"))
+        );
+        for bad in ["console.sock", "", "/run/sitegate/"] {
+            let e = Config::parse(&with(bad), Path::new("/"), &any_profile).unwrap_err();
+            assert_eq!(e.problems.len(), 1, "{bad}: {e}");
+            assert_eq!(e.problems[0].path, "api.console_socket", "{bad}");
+        }
     }
 
     #[test]

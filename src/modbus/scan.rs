@@ -3,9 +3,10 @@
 //! whole read plan answers).
 //!
 //! The probing logic is written once over [`Prober`], one Modbus transaction at a time: the
-//! command line (`sitegate scan`, the daemon stopped) drives its own transport, the daemon
-//! (`POST /api/v1/scans`) sends each transaction through the link's own task, between its poll
-//! reads, so a scan never fights the poller for the bus. A scan never writes.
+//! command line with no daemon running (`sitegate scan`, or `--direct`) drives its own
+//! transport; the daemon (`POST /api/v1/scans`, also what `sitegate scan` asks through the local
+//! console when the daemon runs) sends each transaction through the link's own task, between
+//! its poll reads, so a scan never fights the poller for the bus. A scan never writes.
 
 use std::collections::BTreeSet;
 use std::future::Future;

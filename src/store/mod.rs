@@ -204,6 +204,52 @@ impl Store {
     }
 }
 
+/// Opens the database of `state_dir` read-only, for a look that must never create, migrate or
+/// change it (`check-config`, run as root, must not leave files the service user cannot write).
+/// `Ok(None)` when there is no database. Without a `-wal` file (no daemon has it open) the file
+/// is opened `immutable`, so no `-shm` or `-wal` is made either. `Err` when it cannot be read,
+/// or its schema is not this binary's.
+pub fn open_read_only(state_dir: &Path) -> Result<Option<Connection>, StoreError> {
+    use rusqlite::OpenFlags;
+    let path = state_dir.join(DB_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let open_err = |source| StoreError::Open {
+        path: path.clone(),
+        source,
+    };
+    // A URI path: `%`, `?` and `#` are escaped, everything else is taken as is.
+    let mut uri = String::from("file:");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro");
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    if !Path::new(&wal).exists() {
+        uri.push_str("&immutable=1");
+    }
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let found = current_version(&conn)?;
+    if found != SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "schema {found}, this binary reads schema {SCHEMA_VERSION}"
+        )));
+    }
+    Ok(Some(conn))
+}
+
 fn current_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row(
         "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",

@@ -521,6 +521,7 @@ pub fn api_config(mode: ApiMode) -> config::Api {
         rate_limit_burst: 10_000,
         cors_origins: Vec::new(),
         fresh_read_timeout: Duration::from_millis(300),
+        console_socket: None,
     }
 }
 
