@@ -443,7 +443,7 @@ def main():
     L.extend(web_section(res))
     L.extend(fleet_section(res))
 
-    w("## Binary sizes (stripped release, LTO, panic = abort)")
+    w("## Binary sizes (stripped release, opt-level \"s\", LTO, panic = abort)")
     w("")
     w("| target | size |")
     w("|---|---|")
