@@ -95,7 +95,7 @@ impl ParityName {
 }
 
 /// A `[[links]]` entry to add: the keys the config takes, unset ones left to its defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewLink {
     pub name: String,
@@ -108,12 +108,12 @@ pub struct NewLink {
     pub parity: Option<ParityName>,
     pub data_bits: Option<u8>,
     pub stop_bits: Option<u8>,
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u32>,
     pub retries: Option<u32>,
 }
 
 /// A `[[units]]` entry to add.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUnit {
     pub id: String,
@@ -375,8 +375,7 @@ fn link_table(l: &NewLink) -> Table {
         t.insert("stop_bits", value(i64::from(b)));
     }
     if let Some(ms) = l.timeout_ms {
-        // Past i64 the config's own range check refuses it anyway.
-        t.insert("timeout_ms", value(i64::try_from(ms).unwrap_or(i64::MAX)));
+        t.insert("timeout_ms", value(i64::from(ms)));
     }
     if let Some(r) = l.retries {
         t.insert("retries", value(i64::from(r)));
@@ -434,7 +433,8 @@ fn remove(doc: &mut DocumentMut, key: &str, field: &str, name: &str) -> bool {
 fn write_validated(path: &Path, bytes: &[u8]) -> Result<Config, EditError> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let unavailable = |what: &str, e: std::io::Error| EditError::Unavailable(format!("{what}: {e}"));
+    let unavailable =
+        |what: &str, e: std::io::Error| EditError::Unavailable(format!("{what}: {e}"));
     let meta = std::fs::metadata(path).map_err(|e| unavailable("cannot read", e))?;
     let tmp = temp_path(path);
     let result = (|| {

@@ -59,6 +59,17 @@ pub(super) struct Inner {
     pub(super) cors_origins: Vec<HeaderValue>,
     pub(super) rate: RateLimiter,
     pub(super) scans: super::scan_jobs::Scans,
+    pub(super) config_file: Option<ConfigFile>,
+}
+
+/// The config file the daemon runs on, for the commissioning routes: they edit it and then ask
+/// the daemon's run loop for the reload that SIGHUP performs.
+#[derive(Clone)]
+pub struct ConfigFile {
+    pub path: std::path::PathBuf,
+    /// Notified once per applied change; the run loop reloads (several changes in a row may be
+    /// applied by one reload, which reads the file as it is then).
+    pub reload: Arc<tokio::sync::Notify>,
 }
 
 impl ApiState {
@@ -68,6 +79,19 @@ impl ApiState {
         metrics: Arc<Metrics>,
         clock: SharedClock,
         cfg: &config::Api,
+    ) -> Self {
+        Self::with_config_file(ports, audit, metrics, clock, cfg, None)
+    }
+
+    /// [`ApiState::new`] with the config file the commissioning routes edit (without one they
+    /// answer `503 config_unavailable`).
+    pub fn with_config_file(
+        ports: Ports,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        cfg: &config::Api,
+        config_file: Option<ConfigFile>,
     ) -> Self {
         let limits = Limits::from_config(cfg);
         let cors_origins = cfg
@@ -84,6 +108,7 @@ impl ApiState {
             limits,
             cors_origins,
             scans: super::scan_jobs::Scans::default(),
+            config_file,
         }))
     }
 
