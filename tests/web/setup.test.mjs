@@ -108,6 +108,7 @@ try {
     await page.getByText(`Unit ${id} added.`).waitFor({ timeout: 40000 });
     await page.locator(`tr[data-slave="${slave}"] a`, { hasText: id }).waitFor();
   }
+  await page.locator('tr[data-link="bus"] td', { hasText: 'gen-1, hvac-1' }).waitFor();
   await screen(page, 'commission-units');
 
   // The site view shows them.

@@ -854,6 +854,8 @@
     return false;
   }
 
+  let reloadLinks = null;
+
   function linksSection(loadLinks) {
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
     const { body, table } = listTable('Links in the config', ['Name', 'Kind', 'Address or device', 'Units', '']);
@@ -932,6 +934,7 @@
       setResult(out, live ? 'ok' : 'bad', live ? `Link ${n} is ready. Scan it below.` : `Link ${n} is written but not live yet; reload this page in a moment.`);
       reload();
     });
+    reloadLinks = reload;
     reload();
     return el('section', { 'aria-labelledby': 'links-h' },
       el('h2', { id: 'links-h', text: 'Links' }), table, form, out);
@@ -966,6 +969,7 @@
       }
       form.replaceWith(el('a', { href: `#/unit/${encodeURIComponent(id)}`, text: id }));
       setResult(out, 'ok', `Unit ${id} added.`);
+      if (reloadLinks) reloadLinks();
     });
     return form;
   }
