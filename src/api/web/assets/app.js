@@ -943,7 +943,7 @@
   // A found device's row: its unit id and name (editable), added with the suggested profile.
   function addUnitForm(linkName, f, out) {
     const idIn = el('input', { id: `u-id-${f.slave}`, name: 'id', value: `unit-${f.slave}`, autocomplete: 'off', 'aria-label': `Unit id for slave ${f.slave}` });
-    const nameIn = el('input', { id: `u-name-${f.slave}`, name: 'name', value: '', autocomplete: 'off', 'aria-label': `Name for slave ${f.slave}` });
+    const nameIn = el('input', { id: `u-name-${f.slave}`, name: 'name', value: '', placeholder: 'Name (optional)', autocomplete: 'off', 'aria-label': `Name for slave ${f.slave}` });
     const add = el('button', { type: 'submit', text: 'Add unit', 'aria-label': `Add unit at slave ${f.slave}` });
     const form = el('form', { class: 'inline', novalidate: true }, idIn, nameIn, add);
     form.addEventListener('submit', async (ev) => {
