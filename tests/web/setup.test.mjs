@@ -34,9 +34,10 @@ const browser = await chromium.launch({
     '--disable-sync', '--no-first-run'],
   timeout: 30000,
 });
+let page = null;
 try {
   const context = await browser.newContext({ viewport: PHONE, ignoreHTTPSErrors: true });
-  const page = await context.newPage();
+  page = await context.newPage();
   page.setDefaultTimeout(15000);
   page.on('pageerror', (e) => { throw new Error(`page error: ${e.message}`); });
 
@@ -119,6 +120,13 @@ try {
   await context.close();
   assert.deepEqual(serious, [], 'axe found serious or critical violations');
   log('done');
+} catch (e) {
+  // What the page showed when a step failed (the harness prints this with the error).
+  if (page) {
+    log('page at failure:', await page.locator('body').innerText().catch(() => '?'));
+    log('me at failure:', await page.evaluate(async () => (await fetch('/api/v1/me')).text()).catch(() => '?'));
+  }
+  throw e;
 } finally {
   await browser.close();
 }
