@@ -31,6 +31,8 @@
 //! - `sim` (cargo feature `sim`, on by default): simulated generator and HVAC units (Modbus
 //!   TCP/RTU servers) for tests and the demo; a box build leaves it out.
 //! - [`config_load`]: reads the config file with the device profiles it may use (typed errors).
+//! - [`config_edit`]: commissioning edits of the config file (links and units), validated as
+//!   `check-config` validates and written atomically, comments kept.
 //! - [`signal`]: SIGTERM/SIGINT (stop) and SIGHUP (reload).
 //! - [`app`]: wiring — builds the components, spawns the tasks, owns shutdown and reload;
 //!   [`app::adapters`] puts the engines behind the API's port traits and applies grants.
@@ -53,6 +55,7 @@ pub mod business;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod config_edit;
 pub mod config_load;
 pub mod delegation;
 pub mod grants;

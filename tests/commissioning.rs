@@ -100,6 +100,10 @@ impl Api {
         self.call(reqwest::Method::PUT, path, bearer, Some(body))
             .await
     }
+    async fn post(&self, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, bearer, Some(body))
+            .await
+    }
     async fn token_login(&self, token: &str) -> (u16, Value) {
         self.call(
             reqwest::Method::POST,
@@ -516,5 +520,344 @@ fn before_the_first_bundle_each_token_holder_gets_exactly_their_role_and_after_i
     assert_eq!(
         bundled.decide(&ivo, Capability::Configure, &hvac, now),
         Decision::Deny(DenyReason::PackageExcludes)
+    );
+}
+
+/// Commissioning from the page's API on the real daemon: a provisioned box with no links gets a
+/// TCP link to a simulator, scans it, and gets the units the scan found; each change is written
+/// to the config file (a comment placed before it survives), applied by the daemon's reload, and
+/// audited. An invalid unit is refused with the config's own words and the file left byte for
+/// byte; users without `configure` on the site are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_technician_adds_a_link_scans_it_and_adds_the_units_found_which_then_answer_with_values()
+{
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, pk) = fleet_keygen(d, "fleet-a");
+    let (sim, sim_stop) = start_sim(vec![SimUnit::generator(GEN), SimUnit::hvac(HVAC)]).await;
+    let addr = sim.addr.unwrap();
+    let port = free_port();
+    let state = d.join("state");
+    let config = d.join("sitegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# Plant room B: commissioned from the page.
+[site]
+id = "s-1"
+gateway = "gw-1"
+
+[state]
+dir = "{state}"
+
+[api]
+listen = "127.0.0.1:{port}"
+mode = "plain"
+
+[auth]
+throttle_base_ms = 1
+throttle_max_ms = 2
+
+[[grants.trust]]
+kid = "fleet-a"
+public_key = "{pk}"
+"#,
+            state = state.display()
+        ),
+    )
+    .unwrap();
+
+    let (mut child, logs) = spawn_run(&config, None, &[]);
+    // A fresh connection for every request: a reload closes the old server's connections.
+    let api = Api {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{port}/api/v1"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = api.http.get(format!("{}/healthz", api.base)).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon never answered: {}",
+            logs.all()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let now = time::OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let mut bearers = Vec::new();
+    for (user, role) in [
+        ("ivo", "technician"),
+        ("vic", "viewer"),
+        ("carl", "control-only"),
+    ] {
+        let token = issue_token(
+            d,
+            &key,
+            user,
+            &token_desc(
+                "s-1",
+                user,
+                role,
+                json!({"site": "s-1"}),
+                now - time::Duration::minutes(1),
+                now + hour,
+            ),
+        );
+        let (st, body) = api.token_login(&token).await;
+        assert_eq!(st, 201, "{body}");
+        bearers.push(body["token"].as_str().unwrap().to_string());
+    }
+    let (tech, viewer, control) = (&bearers[0], &bearers[1], &bearers[2]);
+
+    let (st, body) = api.get("/config/links", tech).await;
+    assert_eq!((st, body), (200, json!({"links": []})));
+    let link =
+        json!({"name": "bus", "kind": "tcp", "address": addr.to_string(), "timeout_ms": 1000});
+
+    // Without `configure` on the site: refused, the file untouched.
+    let original = std::fs::read(&config).unwrap();
+    for bearer in [viewer, control] {
+        let (st, body) = api.post("/config/links", bearer, link.clone()).await;
+        assert_eq!(
+            (st, body["error"].clone()),
+            (403, json!("forbidden")),
+            "{body}"
+        );
+        let (st, body) = api.get("/config/units", bearer).await;
+        assert_eq!(
+            (st, body["error"].clone()),
+            (403, json!("forbidden")),
+            "{body}"
+        );
+    }
+    assert_eq!(std::fs::read(&config).unwrap(), original);
+
+    // The link: written, then live after the reload (the session carries over).
+    let (st, body) = api.post("/config/links", tech, link.clone()).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(
+        body,
+        json!({"change": "link_added", "link": {"name": "bus", "kind": "tcp",
+            "address": addr.to_string(), "timeout_ms": 1000, "retries": 1, "units": []}})
+    );
+    // A change is applied by a reload; the next request waits for it (a request arriving while
+    // the old server stops may be closed unanswered, and clients retry).
+    let reloaded = |n: usize| {
+        let logs = logs.clone();
+        tokio::task::spawn_blocking(move || {
+            logs.wait_for_count("configuration reloaded", n, Duration::from_secs(30))
+        })
+    };
+    reloaded(1).await.unwrap();
+    let (st, body) = api.get("/scans", tech).await;
+    assert_eq!((st, body["links"].clone()), (200, json!(["bus"])), "{body}");
+
+    // The scan finds both devices and suggests their profiles.
+    let (st, scan) = api
+        .post(
+            "/scans",
+            tech,
+            json!({"link": "bus", "from": 1, "to": 8, "timeout_ms": 150}),
+        )
+        .await;
+    assert_eq!(st, 202, "{scan}");
+    let path = format!("/scans/{}", scan["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let scan = loop {
+        let (st, scan) = api.get(&path, tech).await;
+        assert_eq!(st, 200, "{scan}");
+        if scan["status"] != json!("running") {
+            break scan;
+        }
+        assert!(Instant::now() < deadline, "scan never ended: {scan}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(scan["status"], json!("done"), "{scan}");
+    let found: Vec<(u64, String)> = scan["found"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["slave"].as_u64().unwrap(),
+                f["profile"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (u64::from(GEN), "dse-gencomm".to_string()),
+            (u64::from(HVAC), "coolmaster-va".to_string())
+        ],
+        "{scan}"
+    );
+
+    // Invalid units: the config's own problem with its key path, the file byte for byte.
+    let before = std::fs::read(&config).unwrap();
+    for (unit, message) in [
+        (
+            json!({"id": "gen-1", "link": "bus", "slave": GEN, "profile": "no-such-profile"}),
+            "the change would make the config invalid: units[0].profile: no profile named \
+             `no-such-profile`",
+        ),
+        (
+            json!({"id": "gen-1", "link": "bus", "slave": 0, "profile": "dse-gencomm"}),
+            "the change would make the config invalid: units[0].slave: 0 is not a unicast \
+             Modbus slave id (1 to 247; 0 is broadcast)",
+        ),
+    ] {
+        let (st, body) = api.post("/config/units", tech, unit).await;
+        assert_eq!(
+            (st, body),
+            (422, json!({"error": "config_invalid", "message": message}))
+        );
+        assert_eq!(std::fs::read(&config).unwrap(), before);
+    }
+
+    // The units found, with the suggested profile and the names the technician typed.
+    for (n, ((slave, profile), (id, name))) in (2..).zip(
+        found
+            .iter()
+            .zip([("gen-1", "Standby generator"), ("hvac-1", "Office AHU")]),
+    ) {
+        let (st, body) = api
+            .post(
+                "/config/units",
+                tech,
+                json!({"id": id, "name": name, "link": "bus", "slave": slave, "profile": profile}),
+            )
+            .await;
+        assert_eq!(st, 202, "{body}");
+        assert_eq!(body["unit"]["id"], json!(id), "{body}");
+        reloaded(n).await.unwrap();
+    }
+    // A duplicate id is refused like any invalid change.
+    let before = std::fs::read(&config).unwrap();
+    let (st, body) = api
+        .post(
+            "/config/units",
+            tech,
+            json!({"id": "gen-1", "link": "bus", "slave": 9, "profile": "dse-gencomm"}),
+        )
+        .await;
+    assert_eq!(
+        (st, body),
+        (
+            422,
+            json!({"error": "config_invalid", "message":
+                "the change would make the config invalid: units[2].id: duplicate unit id `gen-1`"})
+        )
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+    let (st, body) = api
+        .call(reqwest::Method::DELETE, "/config/links/bus", tech, None)
+        .await;
+    assert_eq!(
+        (st, body["error"].clone()),
+        (409, json!("link_in_use")),
+        "{body}"
+    );
+
+    // Once reloaded, the units answer with values.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, u) = api.get("/units/hvac-1", tech).await;
+        if st == 200 && u.to_string().contains("room_temperature") && u["online"] == json!(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no readings: {st} {u}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, units) = api.get("/units", tech).await;
+    assert_eq!(st, 200, "{units}");
+    let ids: Vec<&str> = units["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gen-1", "hvac-1"], "{units}");
+    let (st, body) = api.get("/config/units", tech).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        body,
+        json!({"units": [
+            {"id": "gen-1", "name": "Standby generator", "link": "bus", "slave": GEN, "profile": "dse-gencomm"},
+            {"id": "hvac-1", "name": "Office AHU", "link": "bus", "slave": HVAC, "profile": "coolmaster-va"},
+        ]})
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.starts_with("# Plant room B: commissioned from the page.\n[site]\n"),
+        "{text}"
+    );
+    assert_eq!(sim.stats().writes.len(), 0, "commissioning only reads");
+
+    signal(child.id(), "TERM");
+    let st = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    sim_stop.cancel();
+
+    // Every change, refusal and denial is in the audit trail, oldest first.
+    let store = sitegate::store::Store::open_in(&state).unwrap();
+    let mut records = store
+        .with_conn(|c| {
+            sitegate::audit::query(
+                c,
+                &sitegate::audit::Query {
+                    kind: Some("config_changed".into()),
+                    limit: 50,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    records.sort_by_key(|r| r.seq);
+    let seen: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.actor.clone().unwrap_or_default(),
+                r.outcome.clone(),
+                r.detail["change"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let row = |a: &str, o: &str, c: &str| (a.to_string(), o.to_string(), c.to_string());
+    assert_eq!(
+        seen,
+        [
+            row("vic", "denied", "link_added"),
+            row("vic", "denied", "list_units"),
+            row("carl", "denied", "link_added"),
+            row("carl", "denied", "list_units"),
+            row("ivo", "ok", "link_added"),
+            row("ivo", "refused", "unit_added"),
+            row("ivo", "refused", "unit_added"),
+            row("ivo", "ok", "unit_added"),
+            row("ivo", "ok", "unit_added"),
+            row("ivo", "refused", "unit_added"),
+            row("ivo", "refused", "link_removed"),
+        ]
+    );
+    let added = &records[4].detail;
+    assert_eq!(added["before"], Value::Null, "{added}");
+    assert_eq!(
+        added["after"]["address"],
+        json!(addr.to_string()),
+        "{added}"
     );
 }

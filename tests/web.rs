@@ -200,7 +200,9 @@ async fn wait_file(path: &Path, what: &str) -> String {
 /// form over TLS; the installer checks the certificate fingerprint (the harness computes it from
 /// the certificate file, independently of the page), enters the setup code, the site and gateway
 /// ids and the fleet trust key; the box restarts provisioned with the same certificate, and the
-/// installer signs in with a token signed by that key (tests/web/setup.test.mjs).
+/// installer signs in with a token signed by that key, then commissions the box from the Scan
+/// page: adds a TCP link to a simulator, scans it and adds the two units found, which then show
+/// in the site view (tests/web/setup.test.mjs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blank_box_is_set_up_from_the_first_boot_page_and_the_installer_signs_in() {
     use rustls_pki_types::pem::PemObject;
@@ -223,6 +225,11 @@ async fn a_blank_box_is_set_up_from_the_first_boot_page_and_the_installer_signs_
         ),
     )
     .unwrap();
+    let (sim, sim_stop) = start_sim(vec![
+        sitegate::sim::SimUnit::generator(3),
+        sitegate::sim::SimUnit::hvac(7),
+    ])
+    .await;
     let (mut box_process, logs) = daemon::spawn_run(&config, None, &[]);
     let code = wait_file(&state.join("setup-code"), "setup code").await;
     let pem = wait_file(&state.join("tls/cert.pem"), "certificate").await;
@@ -247,6 +254,7 @@ async fn a_blank_box_is_set_up_from_the_first_boot_page_and_the_installer_signs_
             sitegate::grants::fleet::public_key_b64(&fleet_key()),
         )
         .env("SITEGATE_INSTALLER_TOKEN", &token_file)
+        .env("SITEGATE_SIM_ADDR", sim.addr.unwrap().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -259,16 +267,43 @@ async fn a_blank_box_is_set_up_from_the_first_boot_page_and_the_installer_signs_
         .unwrap();
     let _ = box_process.kill();
     let _ = box_process.wait();
+    sim_stop.cancel();
     assert!(
         status.success(),
         "browser test failed: {status}\n{}",
         logs.all()
     );
+    assert_eq!(sim.stats().writes.len(), 0, "commissioning only reads");
     // The box kept its certificate across the restart (the fingerprint pinned at setup).
     let after = std::fs::read_to_string(state.join("tls/cert.pem")).unwrap();
     assert_eq!(after, pem);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains(&format!("\"{SITE}\"")), "{text}");
+    // The link and units added from the page, below the installer's comment.
+    assert!(text.starts_with("# blank box\n"), "{text}");
+    let cfg = sitegate::config_load::load(&config).unwrap();
+    let units: Vec<(String, String, u8, String)> = cfg
+        .units
+        .iter()
+        .map(|u| {
+            (
+                u.id.to_string(),
+                u.name.clone(),
+                u.slave.get(),
+                u.profile.clone(),
+            )
+        })
+        .collect();
+    let row = |id: &str, name: &str, slave: u8, profile: &str| {
+        (id.to_string(), name.to_string(), slave, profile.to_string())
+    };
+    assert_eq!(
+        units,
+        [
+            row("gen-1", "Standby generator", 3, "dse-gencomm"),
+            row("hvac-1", "Office AHU", 7, "coolmaster-va"),
+        ]
+    );
 }
 
 /// Reads server-sent events from `resp` until one named `want` arrives (bounded by a timeout);

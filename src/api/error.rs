@@ -114,6 +114,16 @@ pub const BUSINESS_ERRORS: &[Answer] = &[
     (500, "internal"),
 ];
 
+/// The image of `From<EditError>` for a change of the config file (the file cannot be read or
+/// written is `config_unavailable`).
+pub const CONFIG_EDIT_ERRORS: &[Answer] = &[
+    (403, "forbidden"),
+    (422, "config_invalid"),
+    (503, "config_unavailable"),
+];
+/// The config file cannot be read (the listings of `/config/…`).
+pub const CONFIG_READ_ERRORS: &[Answer] = &[(403, "forbidden"), (503, "config_unavailable")];
+
 /// The code of an error response, kept on the response so that the route's guard can compare it
 /// with what the route declares.
 #[derive(Debug, Clone, Copy)]
@@ -375,6 +385,59 @@ impl From<BusinessError> for ApiError {
             ),
             BusinessError::Store(_) => Self::internal(),
         }
+    }
+}
+
+/// Commissioning changes of the config file. An invalid result names every problem with its key
+/// path, as `check-config` prints them; a file that cannot be read or written is logged with its
+/// detail and answered without it.
+impl From<crate::config_edit::EditError> for ApiError {
+    fn from(e: crate::config_edit::EditError) -> Self {
+        use crate::config_edit::EditError;
+        match e {
+            EditError::Invalid(problems) => {
+                const SHOWN: usize = 10;
+                let mut lines: Vec<String> = problems
+                    .iter()
+                    .take(SHOWN)
+                    .map(|p| safe(&p.to_string()))
+                    .collect();
+                if problems.len() > SHOWN {
+                    lines.push(format!("and {} more", problems.len() - SHOWN));
+                }
+                Self::unprocessable(
+                    "config_invalid",
+                    format!(
+                        "the change would make the config invalid: {}",
+                        lines.join("; ")
+                    ),
+                )
+            }
+            EditError::LinkNotFound(l) => Self::not_found(
+                "link_not_found",
+                format!("no link named `{}` in the config", safe(&l)),
+            ),
+            EditError::UnitNotFound(_) => Self::unit_not_found(),
+            EditError::LinkInUse { .. } => {
+                Self::new(StatusCode::CONFLICT, "link_in_use", safe(&e.to_string()))
+            }
+            EditError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "the config file cannot be edited");
+                Self::config_unavailable()
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// The config file cannot be read or written, or the daemon was not started from one.
+    pub fn config_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "config_unavailable",
+            "the config file cannot be read or changed now (see the service log, or run \
+             `sitegate check-config`)",
+        )
     }
 }
 

@@ -40,21 +40,21 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, ApiMode};
 use handlers::{
     access_requests, audit, businesses, commands, diagnostics, grants, lockouts, scans, sessions,
-    system, units,
+    site_config, system, units,
 };
 
 use crate::model::Capability;
 use axum::response::{IntoResponse, Response};
 pub use error::ApiError;
 use error::{
-    Answer, CALLER, CSRF, Code, DELEGATION_ERRORS, EVERY_ROUTE, JSON_BODY, LOCKOUT_ERRORS, LOGIN,
-    PATH, QUERY, READ_ERRORS, WRITE_ERRORS,
+    Answer, CALLER, CONFIG_EDIT_ERRORS, CONFIG_READ_ERRORS, CSRF, Code, DELEGATION_ERRORS,
+    EVERY_ROUTE, JSON_BODY, LOCKOUT_ERRORS, LOGIN, PATH, QUERY, READ_ERRORS, WRITE_ERRORS,
 };
 pub use guard::Access;
 use guard::{DIAGNOSE_CAPS, VIEW_CAPS, WRITE_CAPS};
 pub use layers::{MAX_DISCARD_BYTES, MAX_LOGIN_BODY, limit_body};
 pub use openapi::OPENAPI_JSON;
-pub use state::{ApiState, Limits, Ports};
+pub use state::{ApiState, ConfigFile, Limits, Ports};
 
 /// How long in-flight requests get to finish after shutdown is requested.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -248,6 +248,60 @@ pub static ROUTES: &[RouteDef] = &[
             CSRF,
             PATH,
             &[(403, "forbidden"), (404, "scan_not_found")],
+        ],
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/config/links",
+        access: Access::Site(Capability::Configure),
+        handler: || get(site_config::links),
+        answers: &[CALLER, CONFIG_READ_ERRORS],
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/config/links",
+        access: Access::Site(Capability::Configure),
+        handler: || post(site_config::add_link),
+        answers: &[CALLER, CSRF, JSON_BODY, CONFIG_EDIT_ERRORS],
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/config/links/{link}",
+        access: Access::Site(Capability::Configure),
+        handler: || delete(site_config::remove_link),
+        answers: &[
+            CALLER,
+            CSRF,
+            PATH,
+            CONFIG_EDIT_ERRORS,
+            &[(404, "link_not_found"), (409, "link_in_use")],
+        ],
+    },
+    RouteDef {
+        method: Method::GET,
+        path: "/api/v1/config/units",
+        access: Access::Site(Capability::Configure),
+        handler: || get(site_config::units),
+        answers: &[CALLER, CONFIG_READ_ERRORS],
+    },
+    RouteDef {
+        method: Method::POST,
+        path: "/api/v1/config/units",
+        access: Access::Site(Capability::Configure),
+        handler: || post(site_config::add_unit),
+        answers: &[CALLER, CSRF, JSON_BODY, CONFIG_EDIT_ERRORS],
+    },
+    RouteDef {
+        method: Method::DELETE,
+        path: "/api/v1/config/units/{unit}",
+        access: Access::Site(Capability::Configure),
+        handler: || delete(site_config::remove_unit),
+        answers: &[
+            CALLER,
+            CSRF,
+            PATH,
+            CONFIG_EDIT_ERRORS,
+            &[(404, "unit_not_found")],
         ],
     },
     RouteDef {

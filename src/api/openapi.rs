@@ -485,6 +485,38 @@ mod tests {
     }
 
     /// `(method, path, status, body)` for every JSON success response.
+    fn config_link(full: bool) -> LinkEntry {
+        use crate::config_edit::{KindName, ParityName};
+        LinkEntry {
+            name: "bus".into(),
+            kind: if full { KindName::Rtu } else { KindName::Tcp },
+            address: (!full).then(|| "127.0.0.1:502".into()),
+            device: full.then(|| "/dev/ttyUSB0".into()),
+            baud: full.then_some(9600),
+            parity: full.then_some(ParityName::Even),
+            data_bits: full.then_some(8),
+            stop_bits: full.then_some(1),
+            timeout_ms: 1000,
+            retries: 1,
+            units: if full {
+                vec!["gen-1".into()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn config_unit(full: bool) -> UnitEntry {
+        UnitEntry {
+            id: "gen-1".into(),
+            name: "Generator 1".into(),
+            link: "bus".into(),
+            slave: 3,
+            profile: "dse-gencomm".into(),
+            group: full.then(|| "plant-room".into()),
+        }
+    }
+
     fn samples(full: bool) -> Vec<(&'static str, &'static str, StatusCode, Value)> {
         let pending = || GrantChange::Pending {
             request_id: "r-1".into(),
@@ -682,6 +714,62 @@ mod tests {
                 "/healthz",
                 StatusCode::OK,
                 body(Health { status: "ok" }),
+            ),
+            (
+                "get",
+                "/config/links",
+                StatusCode::OK,
+                body(ConfigLinks {
+                    links: vec![config_link(full)],
+                }),
+            ),
+            (
+                "get",
+                "/config/units",
+                StatusCode::OK,
+                body(ConfigUnits {
+                    units: vec![config_unit(full)],
+                }),
+            ),
+            (
+                "post",
+                "/config/links",
+                StatusCode::ACCEPTED,
+                body(ConfigChange {
+                    change: "link_added",
+                    link: full.then(|| config_link(full)),
+                    unit: None,
+                }),
+            ),
+            (
+                "delete",
+                "/config/links/{link}",
+                StatusCode::ACCEPTED,
+                body(ConfigChange {
+                    change: "link_removed",
+                    link: Some(config_link(full)),
+                    unit: None,
+                }),
+            ),
+            (
+                "post",
+                "/config/units",
+                StatusCode::ACCEPTED,
+                body(ConfigChange {
+                    change: "unit_added",
+                    link: None,
+                    unit: full.then(|| config_unit(full)),
+                }),
+            ),
+            (
+                "delete",
+                "/config/units/{unit}",
+                StatusCode::ACCEPTED,
+                body(ConfigChange {
+                    change: "unit_removed",
+                    link: None,
+                    unit: Some(config_unit(full)),
+                }),
             ),
         ]
     }

@@ -63,6 +63,17 @@ pub(super) struct Inner {
     /// The local console face (`super::console`): callers are the connection's Unix user, not a
     /// session, and the authorization port is the console's fixed one.
     pub(super) console: bool,
+    pub(super) config_file: Option<ConfigFile>,
+}
+
+/// The config file the daemon runs on, for the commissioning routes: they edit it and then ask
+/// the daemon's run loop for the reload that SIGHUP performs.
+#[derive(Clone)]
+pub struct ConfigFile {
+    pub path: std::path::PathBuf,
+    /// Notified once per applied change; the run loop reloads (several changes in a row may be
+    /// applied by one reload, which reads the file as it is then).
+    pub reload: Arc<tokio::sync::Notify>,
 }
 
 impl ApiState {
@@ -72,6 +83,19 @@ impl ApiState {
         metrics: Arc<Metrics>,
         clock: SharedClock,
         cfg: &config::Api,
+    ) -> Self {
+        Self::with_config_file(ports, audit, metrics, clock, cfg, None)
+    }
+
+    /// [`ApiState::new`] with the config file the commissioning routes edit (without one they
+    /// answer `503 config_unavailable`).
+    pub fn with_config_file(
+        ports: Ports,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        cfg: &config::Api,
+        config_file: Option<ConfigFile>,
     ) -> Self {
         let limits = Limits::from_config(cfg);
         let cors_origins = cfg
@@ -89,6 +113,7 @@ impl ApiState {
             cors_origins,
             scans: Arc::default(),
             console: false,
+            config_file,
         }))
     }
 
@@ -108,6 +133,8 @@ impl ApiState {
             rate: RateLimiter::new(i.limits.rate_per_sec, i.limits.rate_burst),
             scans: i.scans.clone(),
             console: true,
+            // The console never edits the configuration.
+            config_file: None,
         }))
     }
 

@@ -435,3 +435,29 @@ pub enum SuspensionChange {
 pub struct Health {
     pub status: &'static str,
 }
+
+pub use crate::config_edit::{LinkEntry, UnitEntry};
+
+/// `GET /config/links`.
+#[derive(Debug, Serialize)]
+pub struct ConfigLinks {
+    pub links: Vec<LinkEntry>,
+}
+
+/// `GET /config/units`.
+#[derive(Debug, Serialize)]
+pub struct ConfigUnits {
+    pub units: Vec<UnitEntry>,
+}
+
+/// A change of the config file, written and waiting for the reload that applies it: the link or
+/// unit as added, or as it was before its removal.
+#[derive(Debug, Serialize)]
+pub struct ConfigChange {
+    /// `link_added`, `link_removed`, `unit_added` or `unit_removed`.
+    pub change: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<UnitEntry>,
+}

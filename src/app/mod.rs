@@ -118,6 +118,9 @@ pub fn run_daemon(cfg: Config) -> Result<(), RunError> {
         };
         let mut cfg = cfg;
         let mut listener = None;
+        // Asked for by the commissioning routes after they changed the config file; kept across
+        // reloads and restarts, so that a change made meanwhile is not lost.
+        let reloads = Arc::new(tokio::sync::Notify::new());
         loop {
             tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
             let start = Daemon::start_on(
@@ -125,6 +128,7 @@ pub fn run_daemon(cfg: Config) -> Result<(), RunError> {
                 Arc::new(SystemClock),
                 notifier.clone(),
                 listener,
+                reloads.clone(),
             );
             let mut daemon = tokio::select! {
                 res = start => match res {
@@ -144,16 +148,17 @@ pub fn run_daemon(cfg: Config) -> Result<(), RunError> {
                 // A box provisioned through the first-boot setup endpoint stops its setup
                 // server and starts again on the configuration that setup wrote.
                 let sig = tokio::select! {
-                    s = signals.next() => Some(s),
+                    s = signals.next() => Some((s, "SIGHUP")),
+                    _ = reloads.notified() => Some((Sig::Reload, "a change of the config file through the API")),
                     _ = daemon.stopped() => None,
                 };
                 match sig {
-                    Some(Sig::Stop) => {
+                    Some((Sig::Stop, _)) => {
                         daemon.stop(true).await;
                         return Ok(());
                     }
-                    Some(Sig::Reload) => {
-                        (daemon, cfg) = reload(daemon, cfg, &notifier).await?;
+                    Some((Sig::Reload, why)) => {
+                        (daemon, cfg) = reload(daemon, cfg, &notifier, why, &reloads).await?;
                     }
                     None => break,
                 }
@@ -181,7 +186,8 @@ pub fn run_daemon(cfg: Config) -> Result<(), RunError> {
     outcome
 }
 
-/// `systemctl reload` (SIGHUP): re-reads the config file. A config that fails validation, or
+/// `systemctl reload` (SIGHUP), or a change of the config file through the commissioning routes
+/// (`why` says which): re-reads the config file. A config that fails validation, or
 /// that changes what only a restart can change (site identity, state dir, listen address), is
 /// refused — logged and audited as `config_reload_refused` — and the running daemon is kept.
 /// Otherwise the engines (links, units, profiles, MQTT, API settings) are stopped and started
@@ -192,8 +198,10 @@ async fn reload(
     daemon: Daemon,
     cfg: Config,
     notifier: &Notifier,
+    why: &str,
+    reloads: &Arc<tokio::sync::Notify>,
 ) -> Result<(Daemon, Config), RunError> {
-    tracing::info!("received SIGHUP; reloading the configuration");
+    tracing::info!(cause = why, "reloading the configuration");
     let Some(source) = cfg.source.clone() else {
         tracing::warn!("the configuration was not read from a file; nothing to reload");
         return Ok((daemon, cfg));
@@ -232,6 +240,7 @@ async fn reload(
         Arc::new(SystemClock),
         notifier.clone(),
         listener,
+        reloads.clone(),
     )
     .await
     {
@@ -253,8 +262,14 @@ async fn reload(
             tracing::error!(error = %problem, "reload refused; starting the previous configuration again");
             crate::logging::set_level(&cfg.log_level);
             refuse(&audit, &source, &[problem]).await;
-            match Daemon::start_on(cfg.clone(), Arc::new(SystemClock), notifier.clone(), spare)
-                .await
+            match Daemon::start_on(
+                cfg.clone(),
+                Arc::new(SystemClock),
+                notifier.clone(),
+                spare,
+                reloads.clone(),
+            )
+            .await
             {
                 Ok(d) => Ok((d, cfg)),
                 Err(e) => {
@@ -430,15 +445,20 @@ impl Daemon {
         clock: SharedClock,
         notifier: Notifier,
     ) -> anyhow::Result<Daemon> {
-        Daemon::start_on(cfg, clock, notifier, None).await
+        let reloads = Arc::new(tokio::sync::Notify::new());
+        Daemon::start_on(cfg, clock, notifier, None, reloads).await
     }
 
     /// [`Daemon::start`] serving the API on `listener` when given (a reload keeps the socket).
+    /// The commissioning routes notify `reloads` after changing the config file; the run loop
+    /// ([`run_daemon`]) waits on it next to SIGHUP (a daemon started on its own is not reloaded
+    /// by it).
     pub async fn start_on(
         cfg: Config,
         clock: SharedClock,
         notifier: Notifier,
         listener: Option<std::net::TcpListener>,
+        reloads: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Daemon> {
         let store = open_store(&cfg.state_dir).await?;
         let events_topic = cfg
@@ -482,12 +502,17 @@ impl Daemon {
                     }),
                     businesses: Arc::new(running.businesses.clone()),
                 };
-                let state = ApiState::new(
+                let config_file = cfg.source.clone().map(|path| api::ConfigFile {
+                    path,
+                    reload: reloads.clone(),
+                });
+                let state = ApiState::with_config_file(
                     ports,
                     audit.clone(),
                     running.metrics.clone(),
                     clock.clone(),
                     &cfg.api,
+                    config_file,
                 );
                 if let Some(path) = &cfg.api.console_socket {
                     // The console is a convenience for the tools on the box: without it they

@@ -123,6 +123,29 @@ impl Lines {
             self.all()
         );
     }
+
+    /// Waits until `n` lines contain `needle` (the n-th reload, say).
+    pub fn wait_for_count(&self, needle: &str, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= n
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "fewer than {n} lines containing {needle:?} within {limit:?}:\n{}",
+            self.all()
+        );
+    }
 }
 
 /// Starts `sitegate run --config CONFIG` with NOTIFY_SOCKET (and extra env), capturing stderr.

@@ -34,9 +34,10 @@ const browser = await chromium.launch({
     '--disable-sync', '--no-first-run'],
   timeout: 30000,
 });
+let page = null;
 try {
   const context = await browser.newContext({ viewport: PHONE, ignoreHTTPSErrors: true });
-  const page = await context.newPage();
+  page = await context.newPage();
   page.setDefaultTimeout(15000);
   page.on('pageerror', (e) => { throw new Error(`page error: ${e.message}`); });
 
@@ -78,9 +79,54 @@ try {
   await page.getByRole('link', { name: 'Scan' }).click();
   await page.getByRole('heading', { name: 'Find units on a link' }).waitFor();
   assert.equal(await page.locator('#s-link option').count(), 0);
+  await page.getByText('No links yet: add the bus the units are on.').waitFor();
+  await screen(page, 'commission-links');
+
+  // Commissioning from the page: a Modbus TCP link to the units' bus (here a simulator).
+  const [simHost, simPort] = process.env.SITEGATE_SIM_ADDR.split(':');
+  await fill('Link name', 'bus');
+  await page.getByLabel('Kind', { exact: true }).selectOption('tcp');
+  await fill('Host (IP address or name)', simHost);
+  await fill('Port', simPort);
+  await page.getByRole('button', { name: 'Add link' }).click();
+  await page.getByText('Link bus is ready. Scan it below.').waitFor({ timeout: 40000 });
+  assert.equal(await page.locator('#s-link option').count(), 1);
+  await page.locator('tr[data-link="bus"]').waitFor();
+
+  // Scan it: both devices answer with a suggested profile.
+  await fill('From slave id', '1');
+  await fill('To slave id', '8');
+  await fill('Wait for each id (ms)', '150');
+  await page.getByRole('button', { name: 'Start scan' }).click();
+  await page.getByText(/Scan of link bus, ids 1–8 finished: 8 ids probed, 2 devices answered\./).waitFor({ timeout: 60000 });
+  await screen(page, 'commission-scan');
+
+  // Add both with the suggested profile and the ids and names typed on the phone.
+  for (const [slave, id, name] of [[3, 'gen-1', 'Standby generator'], [7, 'hvac-1', 'Office AHU']]) {
+    await page.getByLabel(`Unit id for slave ${slave}`).fill(id);
+    await page.getByLabel(`Name for slave ${slave}`).fill(name);
+    await page.getByRole('button', { name: `Add unit at slave ${slave}` }).click();
+    await page.getByText(`Unit ${id} added.`).waitFor({ timeout: 40000 });
+    await page.locator(`tr[data-slave="${slave}"] a`, { hasText: id }).waitFor();
+  }
+  await page.locator('tr[data-link="bus"] td', { hasText: 'gen-1, hvac-1' }).waitFor();
+  await screen(page, 'commission-units');
+
+  // The site view shows them.
+  await page.getByRole('link', { name: '← All units' }).click();
+  await page.getByText('Standby generator').waitFor({ timeout: 30000 });
+  await page.getByText('Office AHU').waitFor({ timeout: 30000 });
+  await screen(page, 'commission-site');
   await context.close();
   assert.deepEqual(serious, [], 'axe found serious or critical violations');
   log('done');
+} catch (e) {
+  // What the page showed when a step failed (the harness prints this with the error).
+  if (page) {
+    log('page at failure:', await page.locator('body').innerText().catch(() => '?'));
+    log('me at failure:', await page.evaluate(async () => (await fetch('/api/v1/me')).text()).catch(() => '?'));
+  }
+  throw e;
 } finally {
   await browser.close();
 }

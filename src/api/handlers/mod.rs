@@ -15,6 +15,7 @@ pub mod grants;
 pub mod lockouts;
 pub mod scans;
 pub mod sessions;
+pub mod site_config;
 pub mod system;
 pub mod units;
 

@@ -154,6 +154,26 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            method: "post",
+            path: "/config/links",
+            query: false,
+            run: |s| body::<crate::config_edit::NewLink>(s.as_bytes()).map(|_| ()),
+            refusal: |s| body_refusal::<crate::config_edit::NewLink>(s.as_bytes()),
+            refused: &[],
+            bases: &[],
+            extra: &[],
+        },
+        Case {
+            method: "post",
+            path: "/config/units",
+            query: false,
+            run: |s| body::<crate::config_edit::NewUnit>(s.as_bytes()).map(|_| ()),
+            refusal: |s| body_refusal::<crate::config_edit::NewUnit>(s.as_bytes()),
+            refused: &[],
+            bases: &[],
+            extra: &[],
+        },
+        Case {
             method: "get",
             path: "/units/{unit}",
             query: true,
@@ -888,8 +908,9 @@ fn every_pattern_in_the_document_matches_exactly_what_its_parser_accepts() {
 /// looks up as is.
 #[test]
 fn every_path_parameter_is_an_id_with_the_id_pattern_or_a_named_free_text() {
-    // Names looked up as is (a profile's point or command, a lockout key from GET /lockouts).
-    const FREE: [&str; 3] = ["point", "command", "key"];
+    // Names looked up as is (a profile's point or command, a lockout key from GET /lockouts, a
+    // link of the config file).
+    const FREE: [&str; 4] = ["point", "command", "key", "link"];
     // Parsed as ids (`UnitId`, `GrantId`, `BusinessId`); a malformed one answers like an unknown
     // one.
     const IDS: [&str; 3] = ["unit", "id", "business"];

@@ -63,6 +63,7 @@
     rate_limited: 'Too many requests. Wait a moment.',
     request_timeout: 'The request took too long and was abandoned.',
     internal: 'The box could not complete this. Try again; if it persists, ask your technician.',
+    config_unavailable: 'The config file cannot be read or changed now. Check it with `sitegate check-config` on the box.',
   };
 
   function errorText(status, body) {
@@ -744,6 +745,8 @@
     const cancelBtn = el('button', { type: 'button', class: 'secondary', text: 'Cancel scan', hidden: true });
     const bar = el('progress', { id: 's-progress', max: '1', value: '0', 'aria-label': 'Scan progress' });
     const state = el('p', { id: 's-state' });
+    const site = (me && me.site && me.site.capabilities) || [];
+    const canConfigure = site.includes('configure');
     const { body, table } = listTable('Devices found', ['Slave id', 'Identifies as', 'Suggested profile', 'Unit']);
     const tests = el('div', { class: 'controls' });
     let current = null;
@@ -767,7 +770,8 @@
         el('td', { text: String(f.slave) }),
         el('td', { text: f.identity.length ? f.identity.join(' / ') : '—' }),
         el('td', { text: f.profile ? `${f.profile} (by ${f.matched_by})` : 'no profile matched' }),
-        el('td', {}, f.unit ? el('a', { href: `#/unit/${encodeURIComponent(f.unit)}`, text: f.unit }) : el('span', { class: 'muted', text: 'not configured' })))));
+        el('td', {}, f.unit ? el('a', { href: `#/unit/${encodeURIComponent(f.unit)}`, text: f.unit })
+          : (!running && canConfigure && f.profile ? addUnitForm(sc.link, f, out) : el('span', { class: 'muted', text: 'not configured' }))))));
       if (!running) {
         const ids = sc.found.filter((f) => f.unit).map((f) => f.unit);
         if (tests.dataset.ids !== ids.join(',')) {
@@ -814,11 +818,17 @@
       if (r.status !== 200) setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
       else setResult(out, '', 'Cancelling after the id being probed…');
     });
-    (async () => {
+    const loadLinks = async () => {
       const r = await api('GET', '/api/v1/scans');
       if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      const keep = link.value;
       link.replaceChildren(...r.body.links.map((l) => el('option', { value: l, text: l })));
-      const last = r.body.scans[0];
+      if (r.body.links.includes(keep)) link.value = keep;
+      return r.body;
+    };
+    (async () => {
+      const data = await loadLinks();
+      const last = data && data.scans[0];
       if (last) {
         showScan(last);
         if (last.status === 'running') follow(last.id);
@@ -827,9 +837,141 @@
     show(el('p', {}, el('a', { href: '#/', text: '← All units' })),
       el('h1', { text: 'Find units on a link' }),
       el('p', { class: 'why', text: 'The box asks each slave id on the link who it is, between its own polls (nothing is written), and suggests a profile for each device that answers. Units already configured can be tested here.' }),
+      canConfigure ? linksSection(loadLinks) : null,
       form, out,
       el('section', { 'aria-labelledby': 's-r-h' }, el('h2', { id: 's-r-h', text: 'Results' }), bar, state, table),
       el('section', { 'aria-labelledby': 's-t-h' }, el('h2', { id: 's-t-h', text: 'Unit tests' }), tests));
+  }
+
+  // Commissioning (needs `configure` on the site): the links of the config file, adding one,
+  // and adding a unit a scan found. The box writes the config file and reloads; the page waits
+  // until the change is live (a request during the reload may fail, so it asks again).
+  async function untilLive(check) {
+    for (let i = 0; i < 60; i += 1) {
+      if (await check()) return true;
+      await new Promise((done) => setTimeout(done, 500));
+    }
+    return false;
+  }
+
+  let reloadLinks = null;
+
+  function linksSection(loadLinks) {
+    const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
+    const { body, table } = listTable('Links in the config', ['Name', 'Kind', 'Address or device', 'Units', '']);
+    const reload = async () => {
+      const r = await api('GET', '/api/v1/config/links');
+      if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
+      body.replaceChildren(...r.body.links.map((l) => {
+        const remove = el('button', { type: 'button', class: 'secondary', text: 'Remove', 'aria-label': `Remove link ${l.name}` });
+        remove.addEventListener('click', async () => {
+          remove.disabled = true;
+          setResult(out, '', `Removing link ${l.name}…`);
+          const d = await api('DELETE', `/api/v1/config/links/${encodeURIComponent(l.name)}`);
+          if (d.status !== 202) {
+            remove.disabled = false;
+            return setResult(out, 'bad', `Not removed: ${errorText(d.status, d.body)}`);
+          }
+          await untilLive(async () => { const s = await loadLinks(); return s && !s.links.includes(l.name); });
+          setResult(out, 'ok', `Link ${l.name} removed.`);
+          reload();
+        });
+        return el('tr', { 'data-link': l.name },
+          el('td', { text: l.name }), el('td', { text: l.kind }),
+          el('td', { text: l.address || `${l.device} ${l.baud} baud, parity ${l.parity}, ${l.data_bits}${(l.parity || 'n')[0].toUpperCase()}${l.stop_bits}` }),
+          el('td', { text: l.units.length ? l.units.join(', ') : 'none' }),
+          el('td', {}, l.units.length ? null : remove));
+      }));
+      if (!r.body.links.length) body.replaceChildren(el('tr', {}, el('td', { colspan: '5', text: 'No links yet: add the bus the units are on.' })));
+    };
+    const field = (id, label, input) => [el('label', { for: id, text: label }), input];
+    const name = el('input', { id: 'l-name', name: 'name', required: true, autocomplete: 'off', value: 'bus' });
+    const kind = el('select', { id: 'l-kind', name: 'kind' },
+      el('option', { value: 'tcp', text: 'Modbus TCP' }),
+      el('option', { value: 'rtu', text: 'Serial RS-485 (RTU)' }),
+      el('option', { value: 'rtu-over-tcp', text: 'RTU over TCP (gateway)' }));
+    const host = el('input', { id: 'l-host', name: 'host', autocomplete: 'off', inputmode: 'url' });
+    const port = el('input', { id: 'l-port', name: 'port', type: 'number', min: '1', max: '65535', value: '502', inputmode: 'numeric' });
+    const device = el('input', { id: 'l-device', name: 'device', autocomplete: 'off', value: '/dev/ttyUSB0' });
+    const baud = el('input', { id: 'l-baud', name: 'baud', type: 'number', min: '1', value: '9600', inputmode: 'numeric' });
+    const parity = el('select', { id: 'l-parity', name: 'parity' },
+      el('option', { value: 'none', text: 'none' }), el('option', { value: 'even', text: 'even' }), el('option', { value: 'odd', text: 'odd' }));
+    const dataBits = el('input', { id: 'l-data', name: 'data_bits', type: 'number', min: '7', max: '8', value: '8', inputmode: 'numeric' });
+    const stopBits = el('input', { id: 'l-stop', name: 'stop_bits', type: 'number', min: '1', max: '2', value: '1', inputmode: 'numeric' });
+    const net = el('div', {}, ...field('l-host', 'Host (IP address or name)', host), ...field('l-port', 'Port', port));
+    const serial = el('div', { hidden: true }, ...field('l-device', 'Serial device', device), ...field('l-baud', 'Baud rate', baud),
+      ...field('l-parity', 'Parity', parity), ...field('l-data', 'Data bits', dataBits), ...field('l-stop', 'Stop bits', stopBits));
+    kind.addEventListener('change', () => {
+      serial.hidden = kind.value !== 'rtu';
+      net.hidden = kind.value === 'rtu';
+    });
+    const add = el('button', { type: 'submit', text: 'Add link' });
+    const form = el('form', { class: 'login', novalidate: true, 'aria-labelledby': 'l-h' },
+      el('h3', { id: 'l-h', text: 'Add a link' }),
+      ...field('l-name', 'Link name', name), ...field('l-kind', 'Kind', kind), net, serial,
+      el('div', { class: 'row' }, add));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const n = name.value.trim();
+      const req = { name: n, kind: kind.value };
+      if (kind.value === 'rtu') {
+        Object.assign(req, { device: device.value.trim(), baud: Number(baud.value), parity: parity.value,
+          data_bits: Number(dataBits.value), stop_bits: Number(stopBits.value) });
+      } else {
+        const h = host.value.trim();
+        req.address = `${h.includes(':') ? `[${h}]` : h}:${port.value}`;
+      }
+      add.disabled = true;
+      setResult(out, '', `Adding link ${n}…`);
+      const r = await api('POST', '/api/v1/config/links', req);
+      if (r.status !== 202) {
+        add.disabled = false;
+        return setResult(out, 'bad', `Not added: ${errorText(r.status, r.body)}`);
+      }
+      setResult(out, '', `Link ${n} is written to the config; the box is applying it…`);
+      const live = await untilLive(async () => { const s = await loadLinks(); return s && s.links.includes(n); });
+      add.disabled = false;
+      setResult(out, live ? 'ok' : 'bad', live ? `Link ${n} is ready. Scan it below.` : `Link ${n} is written but not live yet; reload this page in a moment.`);
+      reload();
+    });
+    reloadLinks = reload;
+    reload();
+    return el('section', { 'aria-labelledby': 'links-h' },
+      el('h2', { id: 'links-h', text: 'Links' }), table, form, out);
+  }
+
+  // A found device's row: its unit id and name (editable), added with the suggested profile.
+  function addUnitForm(linkName, f, out) {
+    const idIn = el('input', { id: `u-id-${f.slave}`, name: 'id', value: `unit-${f.slave}`, autocomplete: 'off', 'aria-label': `Unit id for slave ${f.slave}` });
+    const nameIn = el('input', { id: `u-name-${f.slave}`, name: 'name', value: '', placeholder: 'Name (optional)', autocomplete: 'off', 'aria-label': `Name for slave ${f.slave}` });
+    const add = el('button', { type: 'submit', text: 'Add unit', 'aria-label': `Add unit at slave ${f.slave}` });
+    const form = el('form', { class: 'inline', novalidate: true }, idIn, nameIn, add);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const id = idIn.value.trim();
+      const req = { id, link: linkName, slave: f.slave, profile: f.profile };
+      if (nameIn.value.trim()) req.name = nameIn.value.trim();
+      add.disabled = true;
+      setResult(out, '', `Adding unit ${id}…`);
+      const r = await api('POST', '/api/v1/config/units', req);
+      if (r.status !== 202) {
+        add.disabled = false;
+        return setResult(out, 'bad', `Unit ${id} not added: ${errorText(r.status, r.body)}`);
+      }
+      setResult(out, '', `Unit ${id} is written to the config; the box is applying it…`);
+      const live = await untilLive(async () => {
+        const u = await api('GET', '/api/v1/units');
+        return u.status === 200 && u.body.units.some((x) => x.id === id);
+      });
+      if (!live) {
+        add.disabled = false;
+        return setResult(out, 'bad', `Unit ${id} is written but not live yet; reload this page in a moment.`);
+      }
+      form.replaceWith(el('a', { href: `#/unit/${encodeURIComponent(id)}`, text: id }));
+      setResult(out, 'ok', `Unit ${id} added.`);
+      if (reloadLinks) reloadLinks();
+    });
+    return form;
   }
 
   // Admin: who has which role where (GET /grants), delegate (POST /grants), revoke
