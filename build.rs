@@ -27,7 +27,12 @@ fn main() {
                 Vec::new()
             }
         };
-        if let Err(e) = std::fs::write(out.join(format!("{name}.gz")), bytes) {
+        // A new file renamed into place: a build directory whose files are shared (hard-linked
+        // copies of `target/`) or read by a running build never sees a half-written or foreign
+        // file through the old name.
+        let dest = out.join(format!("{name}.gz"));
+        let tmp = out.join(format!("{name}.gz.{}.tmp", std::process::id()));
+        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &dest)) {
             println!("cargo:warning=cannot write {name}.gz: {e}");
         }
     }
