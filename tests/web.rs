@@ -40,9 +40,16 @@ fn installer_token() -> Vec<u8> {
 /// The site of the browser test: the role members, with ada the site owner and tess in the
 /// service company `acme` (the owner's switch for it is on the admin page).
 fn web_bundle(seq: u64, revoked: &[&str]) -> Vec<u8> {
+    web_bundle_with(seq, revoked, Vec::new())
+}
+
+/// [`web_bundle`] with `extra` members.
+fn web_bundle_with(seq: u64, revoked: &[&str], extra: Vec<Member>) -> Vec<u8> {
+    let mut members = role_members();
+    members.extend(extra);
     bundle_with_user_fields(
         seq,
-        &role_members(),
+        &members,
         revoked,
         &fleet_key(),
         &[
@@ -109,6 +116,21 @@ async fn handle(s: &Site, req: &Value) -> Value {
                 .collect();
             let revoked: Vec<&str> = revoked.iter().map(String::as_str).collect();
             s.apply(web_bundle(2, &revoked)).await;
+            json!({"ok": true})
+        }
+        "crowd" => {
+            // `n` more people, viewers on the site (`crowd-00` …), for paging "Who has access";
+            // carl's revoked grant stays revoked.
+            let n = req["n"].as_u64().unwrap();
+            let extra = (0..n)
+                .map(|i| Member {
+                    user: Box::leak(format!("crowd-{i:02}").into_boxed_str()),
+                    role: "viewer",
+                    scope: json!({"site": SITE}),
+                    grant: Box::leak(format!("g-crowd-{i:02}").into_boxed_str()),
+                })
+                .collect();
+            s.apply(web_bundle_with(3, &["g-carl-hvac"], extra)).await;
             json!({"ok": true})
         }
         other => panic!("unknown request from the browser test: {other}"),

@@ -378,6 +378,8 @@ pub struct AuditVerify {
 #[derive(Debug, Serialize)]
 pub struct RoleList {
     pub roles: Vec<GrantInfo>,
+    /// The `after` of the next page; `null` on the last one.
+    pub next_after: Option<String>,
 }
 
 /// `GET /grants`.

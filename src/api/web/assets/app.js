@@ -888,22 +888,49 @@
   // caller manages, with its source.
   let reloadRoles = null;
 
+  // A page at a time (50 roles, in the daemon's order), "More people" for the next page, and a
+  // search by email or user id (the daemon filters; substring, any case).
+  const ROLES_PAGE = 50;
+
   function rolesSection() {
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
     const { body, table } = listTable('Who has access', ['Person', 'Role', 'Where', 'Until', 'Source']);
-    reloadRoles = async () => {
-      const r = await api('GET', '/api/v1/roles');
+    const search = el('input', { id: 'w-search', type: 'search', maxlength: '64', autocomplete: 'off' });
+    const more = el('button', { type: 'button', class: 'secondary', text: 'More people', hidden: true });
+    let after = null;
+    let shown = 0;
+    const load = async (append) => {
+      const q = new URLSearchParams({ limit: String(ROLES_PAGE) });
+      if (search.value.trim()) q.set('user', search.value.trim());
+      if (append && after !== null) q.set('after', after);
+      const r = await api('GET', `/api/v1/roles?${q}`);
       if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
-      body.replaceChildren(...r.body.roles.map((g) => el('tr', { 'data-grant': g.id },
+      const rows = r.body.roles.map((g) => el('tr', { 'data-grant': g.id },
         el('td', { text: g.email || g.user }), el('td', { text: g.role }), el('td', { text: fmtScope(g.scope) }),
         el('td', { text: g.expires_at ? fmtTime(g.expires_at) : 'no end' }),
-        el('td', { text: g.origin === 'local' ? `local, by ${g.delegator || '?'}` : (ORIGIN[g.origin] || g.origin) }))));
-      setResult(out, '', `${r.body.roles.length} role${r.body.roles.length === 1 ? '' : 's'} in force.`);
+        el('td', { text: g.origin === 'local' ? `local, by ${g.delegator || '?'}` : (ORIGIN[g.origin] || g.origin) })));
+      if (append) body.append(...rows);
+      else body.replaceChildren(...rows);
+      shown = body.childElementCount;
+      after = r.body.next_after === undefined ? null : r.body.next_after;
+      more.hidden = after === null;
+      const n = `${shown} role${shown === 1 ? '' : 's'}`;
+      const what = search.value.trim() ? ' match' + (shown === 1 ? 'es' : '') : ' in force';
+      setResult(out, '', after === null ? `${n}${what}.` : `${n} shown; more follow.`);
     };
-    reloadRoles();
+    reloadRoles = () => load(false);
+    const form = el('form', { class: 'row', novalidate: true, role: 'search', 'aria-label': 'Search who has access' },
+      el('label', { for: 'w-search', text: 'Person (email or id)' }), search,
+      el('button', { type: 'submit', text: 'Search' }));
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      load(false);
+    });
+    more.addEventListener('click', () => load(true));
+    load(false);
     return el('section', { 'aria-labelledby': 'w-h' }, el('h2', { id: 'w-h', text: 'Who has access' }),
       el('p', { class: 'why', text: 'Every role in force on this box in the scopes you manage: from the cloud, from installer tokens, and given here.' }),
-      out, table);
+      form, out, table, more);
   }
 
   function requestsSection() {
