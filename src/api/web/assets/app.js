@@ -11,6 +11,7 @@
   let me = null; // GET /api/v1/me
   let units = []; // latest snapshot from the stream
   let lastMsgAt = 0; // performance.now() of the last stream message
+  let msgAt = 0; // the daemon's time of the last stream message (ms since the epoch)
   let intervalMs = 1000;
   let es = null;
   let signature = ''; // what the current view's structure was built from
@@ -135,10 +136,11 @@
     return String(p.value);
   }
 
-  // Time since the message that carried a point, plus its age then.
+  // The point's age when the last message was sent (its `at` − the point's `read_at`, both the
+  // daemon's clock), plus the time since that message arrived.
   function pointAge(p) {
-    if (p.age_ms === null || p.age_ms === undefined) return null;
-    return p.age_ms + (performance.now() - lastMsgAt);
+    if (!p.read_at) return null;
+    return Math.max(0, msgAt - Date.parse(p.read_at)) + (performance.now() - lastMsgAt);
   }
 
   function streamStale() {
@@ -392,6 +394,31 @@
   // Live updates
   // ---------------------------------------------------------------------------------------------
 
+  // The stream sends a full snapshot first (`full`), then deltas: `units` (appeared or changed
+  // shape, in full), `removed` (no longer visible) and `patches` (only values, qualities and read
+  // times changed; points named by their index in the unit's `points`). A message with none of
+  // them is a heartbeat.
+  function merge(prev, msg) {
+    if (msg.full) return msg.units || [];
+    const gone = new Set(msg.removed || []);
+    const fresh = new Map((msg.units || []).map((u) => [u.id, u]));
+    const next = prev.filter((u) => !gone.has(u.id)).map((u) => fresh.get(u.id) || u);
+    for (const u of fresh.values()) if (!prev.some((p) => p.id === u.id)) next.push(u);
+    for (const t of msg.patches || []) {
+      const i = next.findIndex((u) => u.id === t.id);
+      if (i < 0) continue;
+      const points = next[i].points.slice();
+      for (const [k, value, quality, readAt] of t.values || []) {
+        if (points[k]) points[k] = { ...points[k], value, quality, read_at: readAt };
+      }
+      for (const [readAt, ...idx] of t.read_at || []) {
+        for (const k of idx) if (points[k]) points[k] = { ...points[k], read_at: readAt };
+      }
+      next[i] = { ...next[i], last_seen: t.last_seen, points };
+    }
+    return next;
+  }
+
   function connect() {
     if (es) es.close();
     conn.textContent = 'Connecting…';
@@ -404,8 +431,9 @@
         return;
       }
       lastMsgAt = performance.now();
+      msgAt = Date.parse(msg.at);
       intervalMs = msg.interval_ms || 1000;
-      units = msg.units || [];
+      units = merge(units, msg);
       conn.textContent = 'Live';
       refresh();
     });
