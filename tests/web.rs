@@ -744,9 +744,6 @@ async fn stream_bytes(n: u8, poll_ms: u64, secs: u64) -> usize {
         .map(Result::unwrap)
     {
         bytes += chunk.len();
-        if std::env::var_os("SITEGATE_STREAM_DUMP").is_some() && n == 4 {
-            eprintln!("{}", String::from_utf8_lossy(&chunk));
-        }
     }
     drop(resp);
     daemon.stop(true).await;
