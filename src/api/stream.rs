@@ -220,10 +220,16 @@ pub async fn units_stream(
                 .id(seq.to_string())
                 .retry(RETRY)
                 .data(sorted_text(&body).unwrap_or_default());
-            Some((
-                Ok(ev),
-                Step::Running(seq + 1, Some(now.into_iter().collect())),
-            ))
+            // Kept for the next delta: shapes, values and read times; the full views are not
+            // needed again.
+            let kept = now
+                .into_iter()
+                .map(|(id, mut s)| {
+                    s.full = Value::Null;
+                    (id, s)
+                })
+                .collect();
+            Some((Ok(ev), Step::Running(seq + 1, Some(kept))))
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
