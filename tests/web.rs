@@ -431,8 +431,7 @@ async fn the_unit_stream_sends_a_full_snapshot_then_only_the_changed_unit_then_t
     // Right after the start a unit's first poll may still change its shape (`online`), and
     // hvac-1's room temperature drifts towards 28 °C while it is off (the simulator's model): put
     // it there (holding 22, VA 1), wait for a message with no unit in full and no changed value,
-    // then change the
-    // register.
+    // then change the register.
     assert!(s.sim.set_register(HVAC1_SLAVE, RegKind::Holding, 22, 280));
     let mut settled = false;
     for _ in 0..10 {
