@@ -1183,3 +1183,188 @@ async fn the_admin_lists_every_role_in_force_with_its_source_and_the_audit_chain
     );
     s.stop().await;
 }
+
+/// `crowd-0000` … `crowd-1049`, one cloud grant each: viewer on the site (`i % 3 == 0`), on the
+/// `offices` group (`1`) or on `hvac-2` (`2`).
+fn crowd() -> Vec<Member> {
+    (0..1050)
+        .map(|i| {
+            let user: &'static str = Box::leak(format!("crowd-{i:04}").into_boxed_str());
+            let grant: &'static str = Box::leak(format!("g-crowd-{i:04}").into_boxed_str());
+            let scope = match i % 3 {
+                0 => json!({"site": SITE}),
+                1 => json!({"group": "offices"}),
+                _ => json!({"unit": "hvac-2"}),
+            };
+            Member {
+                user,
+                role: "viewer",
+                scope,
+                grant,
+            }
+        })
+        .collect()
+}
+
+/// The grant ids of a `/roles` page and its `next_after`.
+async fn roles_page(s: &Site, token: &str, query: &str) -> (Vec<String>, Option<String>) {
+    let r = get(s, &format!("/roles?{query}"), token).await;
+    assert_eq!(r.status, 200, "{query}: {}", r.body);
+    let ids = r.body["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_string())
+        .collect();
+    (ids, r.body["next_after"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_page_through_1050_grants_without_skips_or_repeats_while_grants_change() {
+    let s = site().await;
+    let mut all = members();
+    all.extend(crowd());
+    s.apply(bundle(2, &all, &[])).await;
+    let ada = s.login("ada").await;
+    // One local delegation (ada's own access ends, so it needs an end date).
+    let r = post(
+        &s,
+        "/grants",
+        &ada,
+        json!({"email": email("vera"), "role": "control-only", "scope": {"unit": "hvac-2"},
+               "expires_at": in_a_day()}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let local = r.body["grant"]["id"].as_str().unwrap().to_string();
+
+    // Page 1: ada, carl's three grants (by grant id), then the crowd by email.
+    let (p1, after1) = roles_page(&s, &ada, "limit=500").await;
+    assert_eq!(p1.len(), 500);
+    assert_eq!(
+        p1[..5],
+        [
+            "g-admin",
+            "g-carl-gen",
+            "g-carl-hvac",
+            "g-carl-hvac3",
+            "g-crowd-0000"
+        ]
+    );
+    assert_eq!(p1[499], "g-crowd-0495");
+    assert_eq!(
+        after1.as_deref(),
+        Some("crowd-0495@example.com crowd-0495 g-crowd-0495 cloud")
+    );
+    // Between two pages the cloud revokes one grant already listed and one not yet listed.
+    s.apply(bundle(3, &all, &["g-crowd-0100", "g-crowd-0600"]))
+        .await;
+    let q = |after: &str| format!("limit=500&after={}", urlencode(after));
+    let (p2, after2) = roles_page(&s, &ada, &q(after1.as_deref().unwrap())).await;
+    assert_eq!(p2.len(), 500);
+    assert_eq!(
+        (p2[0].as_str(), p2[499].as_str()),
+        ("g-crowd-0496", "g-crowd-0996")
+    );
+    assert!(!p2.contains(&"g-crowd-0600".to_string()));
+    let (p3, after3) = roles_page(&s, &ada, &q(after2.as_deref().unwrap())).await;
+    assert_eq!(after3, None);
+    let mut tail: Vec<String> = (997..1050).map(|i| format!("g-crowd-{i:04}")).collect();
+    tail.extend(["g-rick-control", "g-rick-view", "g-tech"].map(String::from));
+    let mut vera = vec![local.clone(), "g-viewer".to_string()];
+    vera.sort();
+    tail.extend(vera);
+    assert_eq!(p3, tail);
+    // Every role in force exactly once: the members, the crowd but the one revoked ahead of the
+    // cursor (the one revoked behind it was listed before it went), the delegation.
+    let seen: Vec<&String> = p1.iter().chain(&p2).chain(&p3).collect();
+    let unique: std::collections::BTreeSet<&String> = seen.iter().copied().collect();
+    assert_eq!((seen.len(), unique.len()), (1058, 1058));
+    let mut want: std::collections::BTreeSet<String> =
+        all.iter().map(|m| m.grant.to_string()).collect();
+    want.remove("g-crowd-0600");
+    want.insert(local.clone());
+    assert_eq!(
+        unique
+            .into_iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+
+    // Filters: user (case-insensitive substring of email or id), origin, unit; combined.
+    let (ids, next) = roles_page(&s, &ada, "user=CROWD-104").await;
+    assert_eq!(
+        (ids, next),
+        (
+            (1040..1050).map(|i| format!("g-crowd-{i:04}")).collect(),
+            None
+        )
+    );
+    let (ids, _) = roles_page(&s, &ada, "user=rick").await;
+    assert_eq!(ids, ["g-rick-control", "g-rick-view"]);
+    let (ids, _) = roles_page(&s, &ada, "origin=local").await;
+    assert_eq!(ids, std::slice::from_ref(&local));
+    let (ids, next) = roles_page(&s, &ada, "origin=cloud&limit=1").await;
+    assert_eq!(
+        (ids, next.as_deref()),
+        (
+            vec!["g-admin".to_string()],
+            Some("ada@example.com ada g-admin cloud")
+        )
+    );
+    // hvac-2 (group `secret`): the site grants, hvac-2's own and the delegation; not `offices`.
+    let (ids, next) = roles_page(&s, &ada, "unit=hvac-2&user=crowd-00").await;
+    let crowd_hvac2: Vec<String> = (0..100)
+        .filter(|i| i % 3 != 1)
+        .map(|i| format!("g-crowd-{i:04}"))
+        .collect();
+    assert_eq!((ids, next), (crowd_hvac2, None));
+    let (ids, _) = roles_page(&s, &ada, "unit=hvac-2&user=vera").await;
+    assert_eq!(ids, tail[tail.len() - 2..]);
+    let (ids, _) = roles_page(&s, &ada, "unit=hvac-1&user=crowd-000").await;
+    assert_eq!(
+        ids,
+        [
+            "g-crowd-0000",
+            "g-crowd-0001",
+            "g-crowd-0003",
+            "g-crowd-0004",
+            "g-crowd-0006",
+            "g-crowd-0007",
+            "g-crowd-0009"
+        ]
+    );
+    let (ids, next) = roles_page(&s, &ada, "unit=hvac-9").await;
+    assert_eq!((ids.len(), next), (0, None));
+
+    // Limits and malformed queries: 400 invalid_query, as documented.
+    for bad in [
+        "limit=0".to_string(),
+        "limit=501".to_string(),
+        "origin=bundle".to_string(),
+        format!("user={}", "a".repeat(65)),
+        format!("after={}", "a".repeat(513)),
+        "page=2".to_string(),
+    ] {
+        let r = get(&s, &format!("/roles?{bad}"), &ada).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (400, Some("invalid_query")),
+            "{bad}: {}",
+            r.body
+        );
+    }
+    let (ids, _) = roles_page(&s, &ada, "").await;
+    assert_eq!(ids.len(), 100, "the default page size");
+    s.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

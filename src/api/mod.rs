@@ -323,7 +323,7 @@ pub static ROUTES: &[RouteDef] = &[
         path: "/api/v1/roles",
         access: Access::SomeUnit(Capability::ManageUsers),
         handler: || get(grants::roles),
-        answers: &[CALLER, &[(403, "forbidden")]],
+        answers: &[CALLER, QUERY, &[(403, "forbidden")]],
     },
     RouteDef {
         method: Method::GET,

@@ -616,6 +616,7 @@ mod tests {
                 StatusCode::OK,
                 body(RoleList {
                     roles: vec![grant(full)],
+                    next_after: full.then(|| "a@example.com u-1 g-1 cloud".to_string()),
                 }),
             ),
             (

@@ -231,7 +231,32 @@ pub struct StreamMessage {
     pub seq: u64,
     pub at: String,
     pub interval_ms: u64,
-    pub units: Vec<UnitView>,
+    /// The first message of a connection: `units` holds every visible unit.
+    pub full: bool,
+    /// Units shaped like `GET /units/{unit}` without `age_ms`: all of them when `full`, else
+    /// those that appeared or whose shape changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<Value>,
+    /// Units no longer visible since the previous message.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Units whose only changes are point values, qualities and read times.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<StreamPatch>,
+}
+
+/// A unit of the stream whose only changes are point values, qualities and read times. Points
+/// are named by their index in the unit's `points` as last sent in full.
+#[derive(Debug, Serialize)]
+pub struct StreamPatch {
+    pub id: String,
+    pub last_seen: Value,
+    /// `[index, value, quality, read_at]` per point whose value or quality changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<Value>,
+    /// `[read_at, index, …]` per new read time of the points only read again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub read_at: Vec<Vec<Value>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,6 +403,8 @@ pub struct AuditVerify {
 #[derive(Debug, Serialize)]
 pub struct RoleList {
     pub roles: Vec<GrantInfo>,
+    /// The `after` of the next page; `null` on the last one.
+    pub next_after: Option<String>,
 }
 
 /// `GET /grants`.

@@ -369,6 +369,33 @@ try {
       await page.getByText('4 roles in force.').waitFor();
       assert.equal(await grants.getByRole('row', { name: /vera@example\.com/ }).count(), 0);
 
+      // "Who has access" a page at a time: 60 more people make 64 roles, 50 on the first page;
+      // "More people" adds the other 14 in the daemon's order (by email), none twice.
+      await ctl('crowd', { n: 60 });
+      await page.reload();
+      await page.getByText('50 roles shown; more follow.').waitFor();
+      const who = page.getByRole('table', { name: 'Who has access' });
+      const whoEmails = async () => (await who.locator('tbody tr td:first-child').allTextContents());
+      assert.equal((await whoEmails()).length, 50);
+      await page.getByRole('button', { name: 'More people' }).click();
+      await page.getByText('64 roles in force.').waitFor();
+      const everyone = await whoEmails();
+      assert.deepEqual(everyone.slice(50), [
+        ...Array.from({ length: 12 }, (_, i) => `crowd-${48 + i}@example.com`),
+        'tess@example.com', 'vera@example.com',
+      ]);
+      assert.equal(new Set(everyone).size, 64, 'one role each, none twice');
+      assert.equal(await page.getByRole('button', { name: 'More people' }).isHidden(), true);
+      await screen(page, 'admin-roles-more');
+      // The search: the daemon filters by a piece of the email or id, in any case.
+      await page.getByLabel('Person (email or id)').fill('CROWD-5');
+      await page.getByRole('button', { name: 'Search', exact: true }).click();
+      await page.getByText('10 roles match.').waitFor();
+      assert.deepEqual(await whoEmails(), Array.from({ length: 10 }, (_, i) => `crowd-5${i}@example.com`));
+      await page.getByLabel('Person (email or id)').fill('');
+      await page.getByRole('button', { name: 'Search', exact: true }).click();
+      await page.getByText('50 roles shown; more follow.').waitFor();
+
       // Lockouts: ten wrong passwords lock carl's account (the address is only delayed, 2 ms in
       // the test config); even the right password is then refused. The admin sees the lock and
       // clears it; afterwards carl signs in.

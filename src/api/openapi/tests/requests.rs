@@ -226,6 +226,19 @@ fn cases() -> Vec<Case> {
             bases: &[""],
             extra: &[],
         },
+        Case {
+            method: "get",
+            path: "/roles",
+            query: true,
+            run: |s| grants::check_roles_query(query(s)?).map(|_| ()),
+            refusal: query_refusal::<grants::RolesQuery>,
+            refused: &[],
+            bases: &[""],
+            extra: &[
+                ("after=ada%40example.com%20ada%20g-admin%20cloud", None),
+                ("origin=local&user=ADA&unit=hvac-1&limit=500", None),
+            ],
+        },
     ]
 }
 

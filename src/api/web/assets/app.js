@@ -11,6 +11,7 @@
   let me = null; // GET /api/v1/me
   let units = []; // latest snapshot from the stream
   let lastMsgAt = 0; // performance.now() of the last stream message
+  let msgAt = 0; // the daemon's time of the last stream message (ms since the epoch)
   let intervalMs = 1000;
   let es = null;
   let signature = ''; // what the current view's structure was built from
@@ -136,10 +137,11 @@
     return String(p.value);
   }
 
-  // Time since the message that carried a point, plus its age then.
+  // The point's age when the last message was sent (its `at` − the point's `read_at`, both the
+  // daemon's clock), plus the time since that message arrived.
   function pointAge(p) {
-    if (p.age_ms === null || p.age_ms === undefined) return null;
-    return p.age_ms + (performance.now() - lastMsgAt);
+    if (!p.read_at) return null;
+    return Math.max(0, msgAt - Date.parse(p.read_at)) + (performance.now() - lastMsgAt);
   }
 
   function streamStale() {
@@ -393,6 +395,31 @@
   // Live updates
   // ---------------------------------------------------------------------------------------------
 
+  // The stream sends a full snapshot first (`full`), then deltas: `units` (appeared or changed
+  // shape, in full), `removed` (no longer visible) and `patches` (only values, qualities and read
+  // times changed; points named by their index in the unit's `points`). A message with none of
+  // them is a heartbeat.
+  function merge(prev, msg) {
+    if (msg.full) return msg.units || [];
+    const gone = new Set(msg.removed || []);
+    const fresh = new Map((msg.units || []).map((u) => [u.id, u]));
+    const next = prev.filter((u) => !gone.has(u.id)).map((u) => fresh.get(u.id) || u);
+    for (const u of fresh.values()) if (!prev.some((p) => p.id === u.id)) next.push(u);
+    for (const t of msg.patches || []) {
+      const i = next.findIndex((u) => u.id === t.id);
+      if (i < 0) continue;
+      const points = next[i].points.slice();
+      for (const [k, value, quality, readAt] of t.values || []) {
+        if (points[k]) points[k] = { ...points[k], value, quality, read_at: readAt };
+      }
+      for (const [readAt, ...idx] of t.read_at || []) {
+        for (const k of idx) if (points[k]) points[k] = { ...points[k], read_at: readAt };
+      }
+      next[i] = { ...next[i], last_seen: t.last_seen, points };
+    }
+    return next;
+  }
+
   function connect() {
     if (es) es.close();
     conn.textContent = 'Connecting…';
@@ -405,8 +432,9 @@
         return;
       }
       lastMsgAt = performance.now();
+      msgAt = Date.parse(msg.at);
       intervalMs = msg.interval_ms || 1000;
-      units = msg.units || [];
+      units = merge(units, msg);
       conn.textContent = 'Live';
       refresh();
     });
@@ -1030,22 +1058,49 @@
   // caller manages, with its source.
   let reloadRoles = null;
 
+  // A page at a time (50 roles, in the daemon's order), "More people" for the next page, and a
+  // search by email or user id (the daemon filters; substring, any case).
+  const ROLES_PAGE = 50;
+
   function rolesSection() {
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
     const { body, table } = listTable('Who has access', ['Person', 'Role', 'Where', 'Until', 'Source']);
-    reloadRoles = async () => {
-      const r = await api('GET', '/api/v1/roles');
+    const search = el('input', { id: 'w-search', type: 'search', maxlength: '64', autocomplete: 'off' });
+    const more = el('button', { type: 'button', class: 'secondary', text: 'More people', hidden: true });
+    let after = null;
+    let shown = 0;
+    const load = async (append) => {
+      const q = new URLSearchParams({ limit: String(ROLES_PAGE) });
+      if (search.value.trim()) q.set('user', search.value.trim());
+      if (append && after !== null) q.set('after', after);
+      const r = await api('GET', `/api/v1/roles?${q}`);
       if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
-      body.replaceChildren(...r.body.roles.map((g) => el('tr', { 'data-grant': g.id },
+      const rows = r.body.roles.map((g) => el('tr', { 'data-grant': g.id },
         el('td', { text: g.email || g.user }), el('td', { text: g.role }), el('td', { text: fmtScope(g.scope) }),
         el('td', { text: g.expires_at ? fmtTime(g.expires_at) : 'no end' }),
-        el('td', { text: g.origin === 'local' ? `local, by ${g.delegator || '?'}` : (ORIGIN[g.origin] || g.origin) }))));
-      setResult(out, '', `${r.body.roles.length} role${r.body.roles.length === 1 ? '' : 's'} in force.`);
+        el('td', { text: g.origin === 'local' ? `local, by ${g.delegator || '?'}` : (ORIGIN[g.origin] || g.origin) })));
+      if (append) body.append(...rows);
+      else body.replaceChildren(...rows);
+      shown = body.childElementCount;
+      after = r.body.next_after === undefined ? null : r.body.next_after;
+      more.hidden = after === null;
+      const n = `${shown} role${shown === 1 ? '' : 's'}`;
+      const what = search.value.trim() ? ' match' + (shown === 1 ? 'es' : '') : ' in force';
+      setResult(out, '', after === null ? `${n}${what}.` : `${n} shown; more follow.`);
     };
-    reloadRoles();
+    reloadRoles = () => load(false);
+    const form = el('form', { class: 'row', novalidate: true, role: 'search', 'aria-label': 'Search who has access' },
+      el('label', { for: 'w-search', text: 'Person (email or id)' }), search,
+      el('button', { type: 'submit', text: 'Search' }));
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      load(false);
+    });
+    more.addEventListener('click', () => load(true));
+    load(false);
     return el('section', { 'aria-labelledby': 'w-h' }, el('h2', { id: 'w-h', text: 'Who has access' }),
       el('p', { class: 'why', text: 'Every role in force on this box in the scopes you manage: from the cloud, from installer tokens, and given here.' }),
-      out, table);
+      form, out, table, more);
   }
 
   function requestsSection() {
