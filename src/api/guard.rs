@@ -79,6 +79,27 @@ pub fn deny_reason(
     }
 }
 
+/// A site-wide route's check: `Ok` when `user` holds `cap` on the whole site; otherwise the
+/// refusal is audited (`kind`, outcome `denied`, detail `{<key>: <action>, "reason": …}`) and
+/// answered `403 forbidden` with `message`.
+pub async fn require_on_site(
+    state: &ApiState,
+    user: &UserId,
+    cap: Capability,
+    kind: &'static str,
+    (key, action): (&'static str, &'static str),
+    message: &'static str,
+) -> Result<(), ApiError> {
+    let Some(reason) = deny_reason(state, user, cap, &Target::Site) else {
+        return Ok(());
+    };
+    let ev = Event::new(kind, "denied")
+        .actor(user.as_str())
+        .detail(json!({ key: action, "reason": reason }));
+    let _ = state.0.audit.record(ev).await;
+    Err(ApiError::forbidden(message))
+}
+
 /// Asks the authorization port; counts a denial.
 pub fn allows(state: &ApiState, user: &UserId, cap: Capability, target: &Target) -> bool {
     deny_reason(state, user, cap, target).is_none()

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::ApiResult;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiPath as Path, Caller};
-use crate::api::guard::deny_reason;
-use crate::api::ports::{ScanFailure, Target};
+use crate::api::guard::require_on_site;
+use crate::api::ports::ScanFailure;
 use crate::api::scan_jobs::{Progress, Scan, ScanStatus};
 use crate::api::state::ApiState;
 use crate::api::views::{ScanList, ScanView, Sorted, WithStatus};
@@ -59,23 +59,17 @@ async fn audit(state: &ApiState, user: &UserId, outcome: &'static str, detail: s
     let _ = state.0.audit.record(ev).await;
 }
 
-/// Scans need `diagnose` on the site; a refusal is audited.
+/// The routes need `diagnose` on the site; a refusal is audited.
 async fn authorize(state: &ApiState, user: &UserId, action: &'static str) -> Result<(), ApiError> {
-    match deny_reason(state, user, Capability::Diagnose, &Target::Site) {
-        None => Ok(()),
-        Some(reason) => {
-            audit(
-                state,
-                user,
-                "denied",
-                json!({ "action": action, "reason": reason }),
-            )
-            .await;
-            Err(ApiError::forbidden(
-                "scanning a link needs `diagnose` on the whole site",
-            ))
-        }
-    }
+    require_on_site(
+        state,
+        user,
+        Capability::Diagnose,
+        "scan",
+        ("action", action),
+        "scanning a link needs `diagnose` on the whole site",
+    )
+    .await
 }
 
 fn scan_not_found() -> ApiError {

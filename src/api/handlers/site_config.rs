@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 use super::ApiResult;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiPath as Path, Caller};
-use crate::api::guard::{bounded, deny_reason};
-use crate::api::ports::Target;
+use crate::api::guard::{bounded, require_on_site};
 use crate::api::state::ApiState;
 use crate::api::views::{ConfigChange, ConfigLinks, ConfigUnits, Sorted, WithStatus};
 use crate::audit::Event;
@@ -34,21 +33,15 @@ async fn audit(state: &ApiState, user: &UserId, outcome: &'static str, detail: V
 
 /// The routes need `configure` on the site; a refusal is audited.
 async fn authorize(state: &ApiState, user: &UserId, action: &'static str) -> Result<(), ApiError> {
-    match deny_reason(state, user, Capability::Configure, &Target::Site) {
-        None => Ok(()),
-        Some(reason) => {
-            audit(
-                state,
-                user,
-                "denied",
-                json!({ "change": action, "reason": reason }),
-            )
-            .await;
-            Err(ApiError::forbidden(
-                "commissioning links and units needs `configure` on the whole site",
-            ))
-        }
-    }
+    require_on_site(
+        state,
+        user,
+        Capability::Configure,
+        "config_changed",
+        ("change", action),
+        "commissioning links and units needs `configure` on the whole site",
+    )
+    .await
 }
 
 /// The config as the file declares it now (validated as `check-config` validates).
