@@ -395,6 +395,28 @@ try {
       await page.getByLabel('Person (email or id)').fill('');
       await page.getByRole('button', { name: 'Search', exact: true }).click();
       await page.getByText('50 roles shown; more follow.').waitFor();
+      // By source: nothing was given here (the delegation above was revoked).
+      await page.getByLabel('Source').selectOption('local');
+      await page.getByText('0 roles match.').waitFor();
+      assert.equal((await whoEmails()).length, 0);
+      await page.getByLabel('Source').selectOption('');
+      await page.getByText('50 roles shown; more follow.').waitFor();
+      // By unit: the roles that reach hvac-1 are those on the whole site (vera, tess, ada and the
+      // 60 new people); carl's role on gen-1 does not reach it (his hvac-1 role was revoked above).
+      await page.getByLabel('Reaches unit').selectOption('hvac-1');
+      await page.getByText('50 roles shown; more follow.').waitFor();
+      await page.getByRole('button', { name: 'More people' }).click();
+      await page.getByText('63 roles match.').waitFor();
+      const wheres = await who.locator('tbody tr td:nth-child(3)').allTextContents();
+      assert.equal(wheres.length, 63);
+      assert.deepEqual([...new Set(wheres)], ['whole site']);
+      assert.equal((await whoEmails()).includes('carl@example.com'), false);
+      await page.getByLabel('Reaches unit').selectOption('gen-1');
+      await page.getByRole('button', { name: 'More people' }).click();
+      await page.getByText('64 roles match.').waitFor();
+      assert.equal((await whoEmails()).filter((e) => e === 'carl@example.com').length, 1);
+      await page.getByLabel('Reaches unit').selectOption('');
+      await page.getByText('50 roles shown; more follow.').waitFor();
 
       // Lockouts: ten wrong passwords lock carl's account (the address is only delayed, 2 ms in
       // the test config); even the right password is then refused. The admin sees the lock and

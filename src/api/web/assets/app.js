@@ -1059,19 +1059,41 @@
   let reloadRoles = null;
 
   // A page at a time (50 roles, in the daemon's order), "More people" for the next page, and a
-  // search by email or user id (the daemon filters; substring, any case).
+  // search by email or user id (substring, any case), by source and by unit: the daemon filters
+  // (a unit matches the roles on the whole site, on its group and on the unit itself).
   const ROLES_PAGE = 50;
 
   function rolesSection() {
     const out = el('p', { class: 'result', role: 'status', 'aria-live': 'polite' });
     const { body, table } = listTable('Who has access', ['Person', 'Role', 'Where', 'Until', 'Source']);
     const search = el('input', { id: 'w-search', type: 'search', maxlength: '64', autocomplete: 'off' });
+    const origin = el('select', { id: 'w-origin' },
+      el('option', { value: '', text: 'any source' }),
+      el('option', { value: 'cloud', text: 'cloud' }),
+      el('option', { value: 'token', text: 'installer token' }),
+      el('option', { value: 'local', text: 'given here' }));
+    const unit = el('select', { id: 'w-unit' });
+    let unitIds = null;
+    const fillUnits = () => {
+      const ids = JSON.stringify(units.map((u) => [u.id, u.name]));
+      if (ids === unitIds) return;
+      unitIds = ids;
+      const chosen = unit.value;
+      unit.replaceChildren(el('option', { value: '', text: 'any unit' }),
+        ...units.map((u) => el('option', { value: u.id, text: u.name || u.id })));
+      if ([...unit.options].some((o) => o.value === chosen)) unit.value = chosen;
+    };
+    bindings.push(fillUnits);
+    fillUnits();
     const more = el('button', { type: 'button', class: 'secondary', text: 'More people', hidden: true });
     let after = null;
     let shown = 0;
+    const filtered = () => search.value.trim() !== '' || origin.value !== '' || unit.value !== '';
     const load = async (append) => {
       const q = new URLSearchParams({ limit: String(ROLES_PAGE) });
       if (search.value.trim()) q.set('user', search.value.trim());
+      if (origin.value) q.set('origin', origin.value);
+      if (unit.value) q.set('unit', unit.value);
       if (append && after !== null) q.set('after', after);
       const r = await api('GET', `/api/v1/roles?${q}`);
       if (r.status !== 200) return setResult(out, 'bad', `Error: ${errorText(r.status, r.body)}`);
@@ -1085,17 +1107,21 @@
       after = r.body.next_after === undefined ? null : r.body.next_after;
       more.hidden = after === null;
       const n = `${shown} role${shown === 1 ? '' : 's'}`;
-      const what = search.value.trim() ? ' match' + (shown === 1 ? 'es' : '') : ' in force';
+      const what = filtered() ? ' match' + (shown === 1 ? 'es' : '') : ' in force';
       setResult(out, '', after === null ? `${n}${what}.` : `${n} shown; more follow.`);
     };
     reloadRoles = () => load(false);
     const form = el('form', { class: 'row', novalidate: true, role: 'search', 'aria-label': 'Search who has access' },
       el('label', { for: 'w-search', text: 'Person (email or id)' }), search,
+      el('label', { for: 'w-origin', text: 'Source' }), origin,
+      el('label', { for: 'w-unit', text: 'Reaches unit' }), unit,
       el('button', { type: 'submit', text: 'Search' }));
     form.addEventListener('submit', (ev) => {
       ev.preventDefault();
       load(false);
     });
+    origin.addEventListener('change', () => load(false));
+    unit.addEventListener('change', () => load(false));
     more.addEventListener('click', () => load(true));
     load(false);
     return el('section', { 'aria-labelledby': 'w-h' }, el('h2', { id: 'w-h', text: 'Who has access' }),
