@@ -592,6 +592,27 @@ async fn scan_units_test_and_watch_run_through_the_running_daemons_console_as_th
         out.ends_with("all points read with good quality\n"),
         "{out}"
     );
+    // A config the daemon does not run (one more unit, the same console): that unit is named
+    // as unknown to the daemon, not as a refusal.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "{}\n[[units]]\nid = \"ac-7\"\nlink = \"bus\"\nslave = 7\nprofile = \"coolmaster-va\"\n",
+            std::fs::read_to_string(&cfg).unwrap()
+        ),
+    )
+    .unwrap();
+    let other = other.display().to_string();
+    let (code, out, err) = run_full(args(&["units", "test", "ac-7", "--config", &other])).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out,
+        "unit `ac-7` (coolmaster-va, link `bus`, slave 7)\n  FAILED: the running daemon has no \
+         unit `ac-7`: its configuration is not this file, or was changed and not reloaded \
+         (`systemctl reload sitegate`); `--direct` tests it on the bus\n\
+         1 failure(s): unit(s) not answering or point(s) not good\n"
+    );
     // `units watch` too: the header, then every point of the unit once.
     let (code, out, err) = run_full(args(&[
         "units", "watch", "gen-1", "--config", &cfg, "--count", "1",
@@ -644,6 +665,7 @@ async fn scan_units_test_and_watch_run_through_the_running_daemons_console_as_th
             row("scan", "ok", ""),
             row("unit_test", "failed", "gen-1"),
             row("unit_test", "ok", "ac-1"),
+            row("unit_test", "denied", "ac-7"),
         ]
     );
     stop.cancel();

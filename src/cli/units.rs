@@ -317,6 +317,17 @@ async fn units_test_through_daemon(
                 rows.sort_by(|a, b| a.point.cmp(&b.point));
                 failures += print_test_table(rows.into_iter());
             }
+            // The console may diagnose every unit the daemon runs: a refusal means the daemon
+            // does not run this one (its config is another file, or was edited and not reloaded).
+            (403, v) if v["error"] == "forbidden" => {
+                failures += 1;
+                println!(
+                    "  FAILED: the running daemon has no unit `{}`: its configuration is not this \
+                     file, or was changed and not reloaded (`systemctl reload sitegate`); \
+                     `--direct` tests it on the bus",
+                    u.id
+                );
+            }
             (status, v) => {
                 failures += 1;
                 println!("  FAILED: {}", super::console::message(status, &v));
