@@ -471,12 +471,26 @@ fn check_serial(l: &RawLink, path: &str, base: &Path, p: &mut Problems) -> Optio
     if l.address.is_some() {
         p.add(format!("{path}.address"), "does not apply to `rtu` links");
     }
-    let device = l.device.as_deref().map(|d| resolve(base, d));
-    if device.is_none() {
-        p.add(format!("{path}.device"), "is required for `rtu` links");
-    }
+    // A serial link is built only from settings that are all valid: its timing (the inter-frame
+    // delay divides by the baud rate) must never see a refused value.
+    let mut valid = true;
+    let device = match l.device.as_deref() {
+        None => {
+            p.add(format!("{path}.device"), "is required for `rtu` links");
+            None
+        }
+        Some(d) if d.as_os_str().is_empty() => {
+            p.add(
+                format!("{path}.device"),
+                "must name the serial device (e.g. /dev/ttyUSB0)",
+            );
+            None
+        }
+        Some(d) => Some(resolve(base, d)),
+    };
     let baud = l.baud.unwrap_or(9600);
     if !BAUDS.contains(&baud) {
+        valid = false;
         p.add(
             format!("{path}.baud"),
             format!("{baud} is not a standard baud rate"),
@@ -496,13 +510,15 @@ fn check_serial(l: &RawLink, path: &str, base: &Path, p: &mut Problems) -> Optio
     };
     let data_bits = l.data_bits.unwrap_or(8);
     if !(5..=8).contains(&data_bits) {
+        valid = false;
         p.add(format!("{path}.data_bits"), "must be 5 to 8");
     }
     let stop_bits = l.stop_bits.unwrap_or(1);
     if !(1..=2).contains(&stop_bits) {
+        valid = false;
         p.add(format!("{path}.stop_bits"), "must be 1 or 2");
     }
-    device.map(|device| LinkKind::Rtu {
+    device.filter(|_| valid).map(|device| LinkKind::Rtu {
         device,
         baud,
         parity,
@@ -533,7 +549,7 @@ fn check_inter_frame_delay(
             if *baud > 19_200 {
                 Duration::from_micros(1750)
             } else {
-                Duration::from_micros(u64::from(38_500_000 / *baud))
+                Duration::from_micros(u64::from(38_500_000u32.checked_div(*baud).unwrap_or(0)))
             }
         }
         _ => Duration::ZERO,

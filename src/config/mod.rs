@@ -761,6 +761,31 @@ profile = "missing"
     }
 
     #[test]
+    fn a_serial_link_with_impossible_settings_is_refused_with_each_problem_not_a_panic() {
+        // What a client of the commissioning API may send: every serial setting out of range.
+        let text = GOOD.replace(
+            "device = \"/dev/ttyUSB0\"\nbaud = 9600",
+            "device = \"\"\nbaud = 0\nparity = \"odd\"\ndata_bits = 0\nstop_bits = 0",
+        );
+        let e = Config::parse(&text, Path::new("/"), &any_profile).unwrap_err();
+        let found: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            found,
+            [
+                "links[1].device: must name the serial device (e.g. /dev/ttyUSB0)",
+                "links[1].baud: 0 is not a standard baud rate",
+                "links[1].data_bits: must be 5 to 8",
+                "links[1].stop_bits: must be 1 or 2",
+            ]
+        );
+        // A good device with a bad baud rate alone: one problem, no link timing from it.
+        let text = GOOD.replace("baud = 9600", "baud = 0");
+        let e = Config::parse(&text, Path::new("/"), &any_profile).unwrap_err();
+        let found: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(found, ["links[1].baud: 0 is not a standard baud rate"]);
+    }
+
+    #[test]
     fn plain_http_only_on_loopback() {
         let text = GOOD.replace(
             "listen = \"127.0.0.1:8443\"",
